@@ -1,0 +1,6 @@
+//! The layer kernels. Each works on `n` examples at once in NHWC and writes into buffers the
+//! network's workspace owns; none allocates.
+
+pub(crate) mod conv;
+pub(crate) mod pointwise;
+pub(crate) mod pool;

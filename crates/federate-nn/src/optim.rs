@@ -1,0 +1,175 @@
+//! Optimisers that update a flat parameter vector from a flat gradient: SGD (momentum,
+//! weight decay, PyTorch's conventions) and Adam.
+
+use serde::{Deserialize, Serialize};
+
+use crate::NnError;
+
+/// Which optimiser, with its hyper-parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "snake_case", deny_unknown_fields)]
+pub enum OptimizerSpec {
+    /// `v ← μ·v + (g + λ·θ)`, `θ ← θ − lr·v` (plain SGD when μ = 0).
+    Sgd {
+        /// Learning rate.
+        lr: f32,
+        /// Momentum μ in [0, 1).
+        #[serde(default)]
+        momentum: f32,
+        /// L2 weight decay λ ≥ 0.
+        #[serde(default)]
+        weight_decay: f32,
+    },
+    /// Adam (Kingma & Ba), L2 weight decay added to the gradient.
+    Adam {
+        /// Learning rate.
+        lr: f32,
+        /// First-moment decay.
+        #[serde(default = "beta1")]
+        beta1: f32,
+        /// Second-moment decay.
+        #[serde(default = "beta2")]
+        beta2: f32,
+        /// Denominator guard.
+        #[serde(default = "eps")]
+        eps: f32,
+        /// L2 weight decay λ ≥ 0.
+        #[serde(default)]
+        weight_decay: f32,
+    },
+}
+
+fn beta1() -> f32 {
+    0.9
+}
+fn beta2() -> f32 {
+    0.999
+}
+fn eps() -> f32 {
+    1e-8
+}
+
+impl OptimizerSpec {
+    /// Checks every hyper-parameter's range.
+    pub fn validate(&self) -> Result<(), NnError> {
+        let bad = |m: String| Err(NnError::BadHyperParameter(m));
+        match *self {
+            OptimizerSpec::Sgd { lr, momentum, weight_decay } => {
+                if !(lr > 0.0 && lr.is_finite()) {
+                    return bad(format!("learning rate lr = {lr} must be a positive number"));
+                }
+                if !(0.0..1.0).contains(&momentum) {
+                    return bad(format!("momentum = {momentum} must be in [0, 1)"));
+                }
+                if !(weight_decay >= 0.0 && weight_decay.is_finite()) {
+                    return bad(format!("weight_decay = {weight_decay} must be ≥ 0"));
+                }
+            }
+            OptimizerSpec::Adam { lr, beta1, beta2, eps, weight_decay } => {
+                if !(lr > 0.0 && lr.is_finite()) {
+                    return bad(format!("learning rate lr = {lr} must be a positive number"));
+                }
+                if !(0.0..1.0).contains(&beta1) || !(0.0..1.0).contains(&beta2) {
+                    return bad(format!("beta1 = {beta1} and beta2 = {beta2} must be in [0, 1)"));
+                }
+                if !(eps > 0.0) {
+                    return bad(format!("eps = {eps} must be > 0"));
+                }
+                if !(weight_decay >= 0.0 && weight_decay.is_finite()) {
+                    return bad(format!("weight_decay = {weight_decay} must be ≥ 0"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The learning rate.
+    pub fn lr(&self) -> f32 {
+        match *self {
+            OptimizerSpec::Sgd { lr, .. } | OptimizerSpec::Adam { lr, .. } => lr,
+        }
+    }
+
+    /// A fresh optimiser for `n` parameters.
+    pub fn build(&self, n: usize) -> Result<Optimizer, NnError> {
+        self.validate()?;
+        let (m, v) = match self {
+            OptimizerSpec::Sgd { momentum, .. } if *momentum == 0.0 => (Vec::new(), Vec::new()),
+            OptimizerSpec::Sgd { .. } => (vec![0.0; n], Vec::new()),
+            OptimizerSpec::Adam { .. } => (vec![0.0; n], vec![0.0; n]),
+        };
+        Ok(Optimizer { spec: self.clone(), m, v, t: 0 })
+    }
+}
+
+/// An optimiser's state; lives for one local training run.
+#[derive(Debug, Clone)]
+pub struct Optimizer {
+    spec: OptimizerSpec,
+    m: Vec<f32>,
+    v: Vec<f32>,
+    t: u32,
+}
+
+impl Optimizer {
+    /// Applies one step to `params` from `grad`.
+    pub fn step(&mut self, params: &mut [f32], grad: &[f32]) {
+        self.t += 1;
+        match self.spec {
+            OptimizerSpec::Sgd { lr, momentum, weight_decay } => {
+                if momentum == 0.0 {
+                    for (p, g) in params.iter_mut().zip(grad) {
+                        *p -= lr * (g + weight_decay * *p);
+                    }
+                } else {
+                    for ((p, g), v) in params.iter_mut().zip(grad).zip(&mut self.m) {
+                        *v = momentum * *v + g + weight_decay * *p;
+                        *p -= lr * *v;
+                    }
+                }
+            }
+            OptimizerSpec::Adam { lr, beta1, beta2, eps, weight_decay } => {
+                let bc1 = 1.0 - beta1.powi(self.t as i32);
+                let bc2 = 1.0 - beta2.powi(self.t as i32);
+                let step = lr / bc1;
+                let bc2s = bc2.sqrt();
+                for (((p, g), m), v) in params.iter_mut().zip(grad).zip(&mut self.m).zip(&mut self.v) {
+                    let g = g + weight_decay * *p;
+                    *m = beta1 * *m + (1.0 - beta1) * g;
+                    *v = beta2 * *v + (1.0 - beta2) * g * g;
+                    *p -= step * *m / (v.sqrt() / bc2s + eps);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sgd_momentum_matches_hand_computation() {
+        let mut o = OptimizerSpec::Sgd { lr: 0.1, momentum: 0.5, weight_decay: 0.0 }.build(1).unwrap();
+        let mut p = [1.0f32];
+        o.step(&mut p, &[2.0]); // v = 2, p = 0.8
+        o.step(&mut p, &[2.0]); // v = 3, p = 0.5
+        assert!((p[0] - 0.5).abs() < 1e-6);
+    }
+
+    #[test]
+    fn adam_first_step_moves_by_lr() {
+        let mut o = OptimizerSpec::Adam { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }
+            .build(2)
+            .unwrap();
+        let mut p = [0.0f32, 0.0];
+        o.step(&mut p, &[3.0, -0.5]);
+        assert!((p[0] + 0.01).abs() < 1e-6 && (p[1] - 0.01).abs() < 1e-6);
+    }
+
+    #[test]
+    fn bad_hyper_parameters_are_refused() {
+        assert!(OptimizerSpec::Sgd { lr: -0.1, momentum: 0.0, weight_decay: 0.0 }.build(1).is_err());
+        assert!(OptimizerSpec::Sgd { lr: 0.1, momentum: 1.0, weight_decay: 0.0 }.build(1).is_err());
+    }
+}

@@ -1,0 +1,351 @@
+//! Finite-difference checks of every layer's backward pass and of the loss.
+//!
+//! For each network we compare the analytic gradient with central differences of the mean
+//! loss, both along random directions (which exercise every parameter at once) and for
+//! single coordinates of every tensor.
+
+use federate_nn::{LayerSpec, ModelSpec, Network, Padding, PaddingName, Shape, softmax_cross_entropy};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn data(n: usize, d: usize, classes: usize, seed: u64) -> (Vec<f32>, Vec<u32>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let x = (0..n * d).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let y = (0..n).map(|_| rng.random_range(0..classes as u32)).collect();
+    (x, y)
+}
+
+fn mean_loss(net: &Network, p: &[f32], x: &[f32], y: &[u32]) -> f64 {
+    let mut ws = net.workspace(y.len(), threads());
+    ws.reseed(7);
+    let mut g = vec![0.0; net.num_params()];
+    net.loss_and_grad(p, &mut ws, x, y, &mut g).unwrap().mean_loss()
+}
+
+fn check(spec: ModelSpec, n: usize) {
+    let net = Network::new(spec).unwrap();
+    let mut p = net.init(3);
+    // Non-zero biases, so their gradients flow through every path.
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    for t in net.tensors() {
+        if t.name.ends_with("bias") {
+            for v in &mut p[t.offset..t.offset + t.len()] {
+                *v = rng.random_range(-0.1..0.1);
+            }
+        }
+    }
+    let (x, y) = data(n, net.input_len(), net.classes(), 5);
+    let mut ws = net.workspace(n, threads());
+    ws.reseed(7);
+    let mut g = vec![0.0; net.num_params()];
+    net.loss_and_grad(&p, &mut ws, &x, &y, &mut g).unwrap();
+
+    let eps = 1e-3f32;
+    // Random directions.
+    for trial in 0..3 {
+        let v: Vec<f32> = (0..p.len()).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let norm = v.iter().map(|a| (a * a) as f64).sum::<f64>().sqrt() as f32;
+        let v: Vec<f32> = v.iter().map(|a| a / norm).collect();
+        let plus: Vec<f32> = p.iter().zip(&v).map(|(a, b)| a + eps * b).collect();
+        let minus: Vec<f32> = p.iter().zip(&v).map(|(a, b)| a - eps * b).collect();
+        let num = (mean_loss(&net, &plus, &x, &y) - mean_loss(&net, &minus, &x, &y)) / (2.0 * eps as f64);
+        let ana: f64 = g.iter().zip(&v).map(|(a, b)| *a as f64 * *b as f64).sum();
+        assert!(
+            (num - ana).abs() <= 2e-2 * ana.abs().max(1e-2),
+            "direction {trial}: numeric {num} vs analytic {ana}"
+        );
+    }
+    // A few coordinates of every tensor.
+    for t in net.tensors() {
+        for j in [0, t.len() / 2, t.len() - 1] {
+            let i = t.offset + j;
+            let mut q = p.clone();
+            q[i] = p[i] + eps;
+            let lp = mean_loss(&net, &q, &x, &y);
+            q[i] = p[i] - eps;
+            let lm = mean_loss(&net, &q, &x, &y);
+            let num = (lp - lm) / (2.0 * eps as f64);
+            assert!(
+                (num - g[i] as f64).abs() <= 3e-2 * (g[i] as f64).abs() + 2e-4,
+                "{}[{j}]: numeric {num} vs analytic {}",
+                t.name,
+                g[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn linear_and_relu() {
+    use LayerSpec::*;
+    check(
+        ModelSpec {
+            input: Shape::flat(12),
+            classes: 4,
+            layers: vec![Linear { out: 9 }, Relu, Linear { out: 4 }],
+        },
+        6,
+    );
+}
+
+#[test]
+fn conv_same_pool_flatten() {
+    use LayerSpec::*;
+    let same = Padding::Named(PaddingName::Same);
+    check(
+        ModelSpec {
+            input: Shape::image(8, 8, 2),
+            classes: 3,
+            layers: vec![
+                Conv2d { out_channels: 4, kernel: 3, stride: 1, padding: same },
+                Relu,
+                MaxPool2d { kernel: 2, stride: None },
+                Conv2d { out_channels: 5, kernel: 3, stride: 1, padding: same },
+                Flatten,
+                Linear { out: 3 },
+            ],
+        },
+        4,
+    );
+}
+
+#[test]
+fn conv_strided_padded_and_valid() {
+    use LayerSpec::*;
+    check(
+        ModelSpec {
+            input: Shape::image(9, 7, 3),
+            classes: 3,
+            layers: vec![
+                Conv2d { out_channels: 4, kernel: 3, stride: 2, padding: Padding::Explicit(1) },
+                Relu,
+                Conv2d { out_channels: 3, kernel: 2, stride: 1, padding: Padding::Named(PaddingName::Valid) },
+                MaxPool2d { kernel: 2, stride: Some(1) },
+                Flatten,
+                Linear { out: 3 },
+            ],
+        },
+        3,
+    );
+}
+
+#[test]
+fn dropout_with_fixed_mask() {
+    use LayerSpec::*;
+    check(
+        ModelSpec {
+            input: Shape::flat(10),
+            classes: 3,
+            layers: vec![Linear { out: 16 }, Relu, Dropout { p: 0.3 }, Linear { out: 3 }],
+        },
+        5,
+    );
+}
+
+#[test]
+fn loss_gradient_matches_finite_differences() {
+    let (logits, labels) = data(4, 5, 5, 9);
+    let mut d = vec![0.0; logits.len()];
+    softmax_cross_entropy(&logits, &labels, 5, Some(&mut d)).unwrap();
+    let eps = 1e-3;
+    for i in 0..logits.len() {
+        let mut l = logits.clone();
+        l[i] += eps;
+        let lp = softmax_cross_entropy(&l, &labels, 5, None).unwrap().mean_loss();
+        l[i] -= 2.0 * eps;
+        let lm = softmax_cross_entropy(&l, &labels, 5, None).unwrap().mean_loss();
+        let num = (lp - lm) / (2.0 * eps as f64);
+        assert!((num - d[i] as f64).abs() < 1e-3, "logit {i}: {num} vs {}", d[i]);
+    }
+    // Hand-computed case: uniform logits over 4 classes give loss ln 4.
+    let s = softmax_cross_entropy(&[0.0; 4], &[2], 4, None).unwrap();
+    assert!((s.mean_loss() - 4f64.ln()).abs() < 1e-9);
+    assert!(softmax_cross_entropy(&[0.0; 4], &[4], 4, None).is_err());
+}
+
+#[test]
+fn cnn_has_the_published_parameter_count() {
+    let cnn = Network::new(ModelSpec::builtin("cnn", Shape::image(28, 28, 1), 10).unwrap()).unwrap();
+    assert_eq!(cnn.num_params(), 1_663_370);
+    let mlp = Network::new(ModelSpec::builtin("mlp", Shape::image(28, 28, 1), 10).unwrap()).unwrap();
+    assert_eq!(mlp.num_params(), 199_210);
+    let (_, train) = cnn.flops_per_example();
+    assert!((train / 1e6 - 72.4).abs() < 0.1, "{train}");
+}
+
+#[test]
+fn same_seed_same_result_bit_for_bit() {
+    let net = Network::new(ModelSpec::builtin("cnn", Shape::image(28, 28, 1), 10).unwrap()).unwrap();
+    let (x, y) = data(16, 784, 10, 1);
+    let run = || {
+        let mut p = net.init(42);
+        let mut ws = net.workspace(16, 2);
+        let mut g = vec![0.0; p.len()];
+        let mut opt = federate_nn::OptimizerSpec::Sgd { lr: 0.05, momentum: 0.9, weight_decay: 0.0 }
+            .build(p.len())
+            .unwrap();
+        for _ in 0..3 {
+            net.loss_and_grad(&p, &mut ws, &x, &y, &mut g).unwrap();
+            opt.step(&mut p, &g);
+        }
+        p
+    };
+    let a = run();
+    let b = run();
+    assert!(a.iter().zip(&b).all(|(u, v)| u.to_bits() == v.to_bits()));
+}
+
+#[test]
+fn conv_alone() {
+    use LayerSpec::*;
+    check(
+        ModelSpec {
+            input: Shape::image(5, 5, 2),
+            classes: 3,
+            layers: vec![
+                Conv2d { out_channels: 2, kernel: 3, stride: 1, padding: Padding::Named(PaddingName::Same) },
+                Flatten,
+                Linear { out: 3 },
+            ],
+        },
+        2,
+    );
+}
+
+#[test]
+fn pool_alone() {
+    use LayerSpec::*;
+    check(
+        ModelSpec {
+            input: Shape::image(4, 4, 2),
+            classes: 3,
+            layers: vec![
+                Conv2d { out_channels: 2, kernel: 1, stride: 1, padding: Padding::Explicit(0) },
+                MaxPool2d { kernel: 2, stride: None },
+                Flatten,
+                Linear { out: 3 },
+            ],
+        },
+        2,
+    );
+}
+
+#[test]
+fn conv_conv() {
+    use LayerSpec::*;
+    check(
+        ModelSpec {
+            input: Shape::image(5, 5, 1),
+            classes: 3,
+            layers: vec![
+                Conv2d { out_channels: 2, kernel: 3, stride: 1, padding: Padding::Named(PaddingName::Same) },
+                Conv2d { out_channels: 2, kernel: 3, stride: 1, padding: Padding::Named(PaddingName::Same) },
+                Flatten,
+                Linear { out: 3 },
+            ],
+        },
+        2,
+    );
+}
+
+#[test]
+fn conv_relu() {
+    use LayerSpec::*;
+    check(
+        ModelSpec {
+            input: Shape::image(5, 5, 1),
+            classes: 3,
+            layers: vec![
+                Conv2d { out_channels: 2, kernel: 3, stride: 1, padding: Padding::Named(PaddingName::Same) },
+                Relu,
+                Flatten,
+                Linear { out: 3 },
+            ],
+        },
+        2,
+    );
+}
+#[test]
+fn conv_relu_pool() {
+    use LayerSpec::*;
+    check(
+        ModelSpec {
+            input: Shape::image(4, 4, 1),
+            classes: 3,
+            layers: vec![
+                Conv2d { out_channels: 2, kernel: 3, stride: 1, padding: Padding::Named(PaddingName::Same) },
+                Relu,
+                MaxPool2d { kernel: 2, stride: None },
+                Flatten,
+                Linear { out: 3 },
+            ],
+        },
+        2,
+    );
+}
+/// The thread count the matrix products may use (the batch-split path needs ≥ 2).
+fn threads() -> usize {
+    2
+}
+#[test]
+fn conv_after_relu() {
+    use LayerSpec::*;
+    let same = Padding::Named(PaddingName::Same);
+    check(
+        ModelSpec {
+            input: Shape::image(5, 5, 1),
+            classes: 3,
+            layers: vec![
+                Conv2d { out_channels: 2, kernel: 3, stride: 1, padding: same },
+                Relu,
+                Conv2d { out_channels: 2, kernel: 3, stride: 1, padding: same },
+                Flatten,
+                Linear { out: 3 },
+            ],
+        },
+        2,
+    );
+}
+/// The thread count the matrix products may use (the batch-split path needs ≥ 2).
+fn threads() -> usize {
+    2
+}
+#[test]
+fn conv_after_relu() {
+    use LayerSpec::*;
+    let same = Padding::Named(PaddingName::Same);
+    check(
+        ModelSpec {
+            input: Shape::image(5, 5, 1),
+            classes: 3,
+            layers: vec![
+                Conv2d { out_channels: 2, kernel: 3, stride: 1, padding: same },
+                Relu,
+                Conv2d { out_channels: 2, kernel: 3, stride: 1, padding: same },
+                Flatten,
+                Linear { out: 3 },
+            ],
+        },
+        2,
+    );
+}
+#[test]
+fn conv_after_relu_nobias_rand() {
+    use LayerSpec::*;
+    let same = Padding::Named(PaddingName::Same);
+    check(
+        ModelSpec {
+            input: Shape::image(5, 5, 1),
+            classes: 3,
+            layers: vec![
+                Conv2d { out_channels: 2, kernel: 3, stride: 1, padding: same },
+                Relu,
+                Flatten,
+                Linear { out: 8 },
+                Relu,
+                Linear { out: 3 },
+            ],
+        },
+        2,
+    );
+}
