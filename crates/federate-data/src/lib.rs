@@ -1,0 +1,15 @@
+//! federate-data: the data side of a federation.
+//!
+//! IDX files (raw or gzip) with bounded parsing; datasets fetched once into a cache and
+//! verified by SHA-256 from whatever source is reachable; and partitioners that decide which
+//! examples each party holds. It knows nothing about models or the network.
+
+mod dataset;
+mod error;
+pub mod fetch;
+pub mod idx;
+pub mod partition;
+
+pub use dataset::{DATASETS, Dataset, TrainTest, dataset_info, images_and_labels, load, load_idx_dir};
+pub use error::DataError;
+pub use fetch::{FASHION_MNIST, FetchOptions, MNIST, default_cache_dir, ensure};

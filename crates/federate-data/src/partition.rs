@@ -1,0 +1,198 @@
+//! Partitioners: which examples each party holds. Each returns one list of example indices
+//! per party, disjoint, drawn from the caller's seeded random stream.
+
+use rand::seq::SliceRandom;
+use rand::Rng;
+use rand_distr::{Distribution, Gamma};
+
+use crate::DataError;
+
+/// Checks the party count.
+fn parties_ok(k: usize) -> Result<(), DataError> {
+    if k == 0 {
+        return Err(DataError::Partition("parties = 0: a federation needs at least 1 party".into()));
+    }
+    Ok(())
+}
+
+/// The worked example's split: `k` parties each get `per_party` examples drawn without
+/// replacement from `0..n`.
+pub fn disjoint_sample<R: Rng>(n: usize, k: usize, per_party: usize, rng: &mut R) -> Result<Vec<Vec<usize>>, DataError> {
+    parties_ok(k)?;
+    if per_party == 0 {
+        return Err(DataError::Partition("0 examples per party: ask for at least 1".into()));
+    }
+    if k * per_party > n {
+        return Err(DataError::Partition(format!(
+            "{k} parties × {per_party} examples = {} but only {n} exist: lower the parties or the examples per party",
+            k * per_party
+        )));
+    }
+    let mut idx: Vec<usize> = (0..n).collect();
+    idx.shuffle(rng);
+    Ok(idx.chunks(per_party).take(k).map(|c| c.to_vec()).collect())
+}
+
+/// IID: all `n` examples shuffled and dealt into `k` parts whose sizes differ by at most 1.
+pub fn iid<R: Rng>(n: usize, k: usize, rng: &mut R) -> Result<Vec<Vec<usize>>, DataError> {
+    parties_ok(k)?;
+    if n < k {
+        return Err(DataError::Partition(format!("{n} examples cannot be split across {k} parties")));
+    }
+    let mut idx: Vec<usize> = (0..n).collect();
+    idx.shuffle(rng);
+    let (base, extra) = (n / k, n % k);
+    let mut out = Vec::with_capacity(k);
+    let mut at = 0;
+    for p in 0..k {
+        let len = base + usize::from(p < extra);
+        out.push(idx[at..at + len].to_vec());
+        at += len;
+    }
+    Ok(out)
+}
+
+/// Label skew: for each class, the share of its examples each party gets is drawn from
+/// Dirichlet(α, …, α). Small α gives parties few classes. Draws again (up to 100 times)
+/// until every party holds at least `min_size` examples.
+pub fn dirichlet<R: Rng>(
+    labels: &[u32],
+    classes: usize,
+    k: usize,
+    alpha: f64,
+    min_size: usize,
+    rng: &mut R,
+) -> Result<Vec<Vec<usize>>, DataError> {
+    parties_ok(k)?;
+    if !(alpha > 0.0 && alpha.is_finite()) {
+        return Err(DataError::Partition(format!("dirichlet alpha = {alpha} must be a positive number")));
+    }
+    if labels.len() < k * min_size {
+        return Err(DataError::Partition(format!(
+            "{} examples cannot give {k} parties {min_size} each",
+            labels.len()
+        )));
+    }
+    let gamma = Gamma::new(alpha, 1.0).map_err(|e| DataError::Partition(format!("dirichlet alpha: {e}")))?;
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
+    for (i, &l) in labels.iter().enumerate() {
+        by_class[l as usize].push(i);
+    }
+    for _ in 0..100 {
+        let mut parts: Vec<Vec<usize>> = vec![Vec::new(); k];
+        for members in &by_class {
+            let mut members = members.clone();
+            members.shuffle(rng);
+            let w: Vec<f64> = (0..k).map(|_| gamma.sample(rng)).collect();
+            let total: f64 = w.iter().sum();
+            let mut at = 0;
+            let mut cum = 0.0;
+            for (p, wp) in w.iter().enumerate() {
+                cum += wp / total.max(f64::MIN_POSITIVE);
+                let end = if p + 1 == k { members.len() } else { ((cum * members.len() as f64) as usize).min(members.len()) };
+                parts[p].extend_from_slice(&members[at..end.max(at)]);
+                at = end.max(at);
+            }
+        }
+        if parts.iter().all(|p| p.len() >= min_size) {
+            for p in &mut parts {
+                p.shuffle(rng);
+            }
+            return Ok(parts);
+        }
+    }
+    Err(DataError::Partition(format!(
+        "dirichlet alpha = {alpha} left a party with fewer than {min_size} examples in 100 draws: raise alpha or lower the parties"
+    )))
+}
+
+/// McMahan et al.'s pathological non-IID split: sort by label, cut into `k·per_party`
+/// equal shards, give each party `per_party` shards at random.
+pub fn shards<R: Rng>(labels: &[u32], k: usize, per_party: usize, rng: &mut R) -> Result<Vec<Vec<usize>>, DataError> {
+    parties_ok(k)?;
+    let count = k * per_party;
+    if per_party == 0 || labels.len() < count {
+        return Err(DataError::Partition(format!(
+            "{} examples cannot be cut into {count} shards ({k} parties × {per_party})",
+            labels.len()
+        )));
+    }
+    let mut idx: Vec<usize> = (0..labels.len()).collect();
+    idx.sort_by_key(|&i| (labels[i], i));
+    let size = labels.len() / count;
+    let mut order: Vec<usize> = (0..count).collect();
+    order.shuffle(rng);
+    Ok(order
+        .chunks(per_party)
+        .map(|ss| ss.iter().flat_map(|&s| idx[s * size..(s + 1) * size].iter().copied()).collect())
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+    use std::collections::HashSet;
+
+    fn disjoint(parts: &[Vec<usize>]) -> bool {
+        let mut seen = HashSet::new();
+        parts.iter().flatten().all(|i| seen.insert(*i))
+    }
+
+    #[test]
+    fn worked_example_sizes_and_disjointness() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let p = disjoint_sample(60_000, 3, 2_000, &mut rng).unwrap();
+        assert_eq!(p.iter().map(Vec::len).collect::<Vec<_>>(), vec![2000; 3]);
+        assert!(disjoint(&p));
+        assert!(disjoint_sample(5_000, 3, 2_000, &mut rng).unwrap_err().to_string().contains("only 5000 exist"));
+        assert!(disjoint_sample(100, 0, 10, &mut rng).is_err());
+    }
+
+    #[test]
+    fn iid_covers_everything_once() {
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let p = iid(103, 10, &mut rng).unwrap();
+        assert!(disjoint(&p));
+        assert_eq!(p.iter().map(Vec::len).sum::<usize>(), 103);
+        assert!(p.iter().all(|x| x.len() == 10 || x.len() == 11));
+    }
+
+    #[test]
+    fn dirichlet_skews_labels() {
+        let labels: Vec<u32> = (0..10_000).map(|i| (i % 10) as u32).collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let p = dirichlet(&labels, 10, 10, 0.1, 10, &mut rng).unwrap();
+        assert!(disjoint(&p));
+        assert_eq!(p.iter().map(Vec::len).sum::<usize>(), 10_000);
+        // With α = 0.1 a typical party is dominated by a few classes.
+        let dominated = p
+            .iter()
+            .filter(|part| {
+                let mut c = [0usize; 10];
+                for &i in part.iter() {
+                    c[labels[i] as usize] += 1;
+                }
+                let mut c = c.to_vec();
+                c.sort_unstable_by(|a, b| b.cmp(a));
+                (c[0] + c[1]) * 2 > part.len()
+            })
+            .count();
+        assert!(dominated >= 6, "{dominated}");
+        assert!(dirichlet(&labels, 10, 10, 0.0, 10, &mut rng).is_err());
+    }
+
+    #[test]
+    fn shards_give_two_labels_per_party() {
+        let labels: Vec<u32> = (0..6000).map(|i| (i / 600) as u32).collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let p = shards(&labels, 10, 2, &mut rng).unwrap();
+        assert!(disjoint(&p));
+        for part in &p {
+            assert_eq!(part.len(), 600);
+            let distinct: HashSet<u32> = part.iter().map(|&i| labels[i]).collect();
+            assert!(distinct.len() <= 2);
+        }
+    }
+}
