@@ -1,0 +1,171 @@
+//! Parties: what the server asks of them (`FitTask`, `EvaluateTask`), what they answer
+//! (`FitReply`, `EvaluateReply`), the party-side `Client` trait, and the server-side
+//! `ClientProxy` that hides whether a party runs in this process or across the network.
+
+use std::collections::BTreeMap;
+
+use federate_data::Dataset;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::learner::Learner;
+use crate::params::Parameters;
+use crate::seed;
+use crate::train::{LocalTraining, optimizer_for, train_local};
+
+/// Instructions for one party's local training in one round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FitTask {
+    /// The round, from 1.
+    pub round: u32,
+    /// Local training settings.
+    pub training: LocalTraining,
+    /// Seed of this party's batch and dropout streams for this round.
+    pub seed: u64,
+}
+
+/// A party's answer to a `FitTask`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FitReply {
+    /// The locally trained parameters.
+    pub params: Vec<f32>,
+    /// Training examples the party used (its FedAvg weight).
+    pub num_examples: usize,
+    /// Named metrics (`train_loss`, `train_accuracy`, `steps`).
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// Instructions for one party's evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvaluateTask {
+    /// The round, from 1.
+    pub round: u32,
+}
+
+/// A party's evaluation of the parameters it was sent, on its own test data.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EvaluateReply {
+    /// Test examples evaluated.
+    pub num_examples: usize,
+    /// Mean loss.
+    pub loss: f64,
+    /// Fraction correct.
+    pub accuracy: f64,
+}
+
+/// Why a party could not answer.
+#[derive(Debug, Clone, Error, PartialEq)]
+pub enum ClientError {
+    /// The party's model refused the input (sizes, labels).
+    #[error("model error: {0}")]
+    Model(String),
+    /// The parameters sent do not fit the party's model.
+    #[error("received {got} parameters but the model has {expected}")]
+    WrongParameterCount {
+        /// Values received.
+        got: usize,
+        /// Values the model has.
+        expected: usize,
+    },
+    /// The party could not be reached or dropped out.
+    #[error("party unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A party, seen from its own side: trains and evaluates on data that never leaves it.
+///
+/// Execution model: the server calls `fit` or `evaluate` and waits for the answer. An error
+/// means the party contributes nothing this round; the server records it as a failure and
+/// carries on with the others.
+pub trait Client: Send {
+    /// Trains locally from `global` and returns the new parameters.
+    fn fit(&mut self, global: &Parameters, task: &FitTask) -> Result<FitReply, ClientError>;
+    /// Evaluates `params` on the party's test data.
+    fn evaluate(&mut self, params: &Parameters, task: &EvaluateTask) -> Result<EvaluateReply, ClientError>;
+}
+
+/// The server's handle on a party: in this process (`InProcess`) or remote.
+pub trait ClientProxy: Send {
+    /// The party's identity.
+    fn id(&self) -> &str;
+    /// Sends a fit task and waits for the reply.
+    fn fit(&mut self, global: &Parameters, task: &FitTask) -> Result<FitReply, ClientError>;
+    /// Sends an evaluation task and waits for the reply.
+    fn evaluate(&mut self, params: &Parameters, task: &EvaluateTask) -> Result<EvaluateReply, ClientError>;
+}
+
+/// A party living in the server's process (simulation).
+pub struct InProcess<C: Client> {
+    id: String,
+    client: C,
+}
+
+impl<C: Client> InProcess<C> {
+    /// Wraps a client under an identity.
+    pub fn new(id: impl Into<String>, client: C) -> Self {
+        InProcess { id: id.into(), client }
+    }
+}
+
+impl<C: Client> ClientProxy for InProcess<C> {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn fit(&mut self, global: &Parameters, task: &FitTask) -> Result<FitReply, ClientError> {
+        self.client.fit(global, task)
+    }
+    fn evaluate(&mut self, params: &Parameters, task: &EvaluateTask) -> Result<EvaluateReply, ClientError> {
+        self.client.evaluate(params, task)
+    }
+}
+
+/// The standard party: a learner plus local train and test sets.
+pub struct LocalClient<L: Learner> {
+    learner: L,
+    train: Dataset,
+    test: Dataset,
+}
+
+impl<L: Learner> LocalClient<L> {
+    /// A party holding `train` and `test`.
+    pub fn new(learner: L, train: Dataset, test: Dataset) -> Self {
+        LocalClient { learner, train, test }
+    }
+    /// Training examples held.
+    pub fn num_train(&self) -> usize {
+        self.train.len()
+    }
+}
+
+fn model_err(e: federate_nn::NnError) -> ClientError {
+    ClientError::Model(e.to_string())
+}
+
+impl<L: Learner> Client for LocalClient<L> {
+    fn fit(&mut self, global: &Parameters, task: &FitTask) -> Result<FitReply, ClientError> {
+        let expected = self.learner.layout().len();
+        if global.len() != expected {
+            return Err(ClientError::WrongParameterCount { got: global.len(), expected });
+        }
+        let mut params = global.values.clone();
+        let mut opt = optimizer_for(&task.training, params.len()).map_err(model_err)?;
+        let mut rng = seed::stream(task.seed, "batches", &[]);
+        self.learner.reseed(seed::derive(task.seed, "dropout", &[]));
+        let stats = train_local(&mut self.learner, &mut params, &self.train, &task.training, &mut opt, &mut rng)
+            .map_err(model_err)?;
+        let mut metrics = BTreeMap::new();
+        metrics.insert("train_loss".into(), stats.batches.mean_loss());
+        metrics.insert("train_accuracy".into(), stats.batches.accuracy());
+        metrics.insert("steps".into(), stats.steps as f64);
+        Ok(FitReply { params, num_examples: self.train.len(), metrics })
+    }
+
+    fn evaluate(&mut self, params: &Parameters, _task: &EvaluateTask) -> Result<EvaluateReply, ClientError> {
+        let expected = self.learner.layout().len();
+        if params.len() != expected {
+            return Err(ClientError::WrongParameterCount { got: params.len(), expected });
+        }
+        let s = self.learner.evaluate(&params.values, &self.test.x, &self.test.y).map_err(model_err)?;
+        Ok(EvaluateReply { num_examples: s.count, loss: s.mean_loss(), accuracy: s.accuracy() })
+    }
+}

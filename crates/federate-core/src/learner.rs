@@ -1,0 +1,93 @@
+//! The model-specific side of a party: loss, gradients and evaluation on flat parameters.
+//!
+//! Local algorithms (SGD today; FedProx, SCAFFOLD, ADMM and DP-SGD later) are written once on
+//! top of `Learner`. Any training engine can implement it; `NnLearner` is the built-in one
+//! over `federate-nn`.
+
+use std::sync::Arc;
+
+use federate_nn::{BatchStats, ModelSpec, Network, NnError, Workspace};
+
+use crate::params::{Layout, TensorSpec};
+
+/// Computes losses and gradients for batches of one model.
+///
+/// Execution model: the caller owns the parameters and the gradient buffer and calls
+/// `loss_and_grad` once per batch, then applies its own update. A returned error means the
+/// batch was not processed (wrong sizes, a bad label) and `grad` is unspecified.
+pub trait Learner: Send {
+    /// The parameter layout.
+    fn layout(&self) -> Arc<Layout>;
+    /// Initial parameters drawn from `seed`.
+    fn init(&self, seed: u64) -> Vec<f32>;
+    /// Values per input example.
+    fn input_len(&self) -> usize;
+    /// Writes the gradient of the batch's mean loss into `grad`; returns loss and accuracy.
+    fn loss_and_grad(&mut self, params: &[f32], x: &[f32], y: &[u32], grad: &mut [f32]) -> Result<BatchStats, NnError>;
+    /// Loss and accuracy over a whole set (no gradients).
+    fn evaluate(&mut self, params: &[f32], x: &[f32], y: &[u32]) -> Result<BatchStats, NnError>;
+    /// Reseeds any randomness inside the model (dropout masks).
+    fn reseed(&mut self, seed: u64);
+    /// Training FLOPs per example, if known (for throughput reports).
+    fn train_flops_per_example(&self) -> Option<f64> {
+        None
+    }
+}
+
+/// A `Learner` over a `federate-nn` network, with its workspace.
+#[derive(Debug)]
+pub struct NnLearner {
+    net: Network,
+    ws: Workspace,
+    eval_ws: Option<Workspace>,
+    layout: Arc<Layout>,
+    threads: usize,
+}
+
+/// Batch size used when evaluating.
+const EVAL_BATCH: usize = 256;
+
+impl NnLearner {
+    /// A learner for `spec` whose training batches hold at most `batch` examples; matrix
+    /// products use `threads` threads of the current rayon pool.
+    pub fn new(spec: ModelSpec, batch: usize, threads: usize) -> Result<Self, NnError> {
+        let net = Network::new(spec)?;
+        let ws = net.workspace(batch, threads);
+        let layout = Arc::new(Layout::new(
+            net.tensors()
+                .iter()
+                .map(|t| TensorSpec { name: t.name.clone(), shape: t.shape.clone(), offset: t.offset })
+                .collect(),
+        ));
+        Ok(NnLearner { net, ws, eval_ws: None, layout, threads })
+    }
+    /// The network.
+    pub fn network(&self) -> &Network {
+        &self.net
+    }
+}
+
+impl Learner for NnLearner {
+    fn layout(&self) -> Arc<Layout> {
+        self.layout.clone()
+    }
+    fn init(&self, seed: u64) -> Vec<f32> {
+        self.net.init(seed)
+    }
+    fn input_len(&self) -> usize {
+        self.net.input_len()
+    }
+    fn loss_and_grad(&mut self, params: &[f32], x: &[f32], y: &[u32], grad: &mut [f32]) -> Result<BatchStats, NnError> {
+        self.net.loss_and_grad(params, &mut self.ws, x, y, grad)
+    }
+    fn evaluate(&mut self, params: &[f32], x: &[f32], y: &[u32]) -> Result<BatchStats, NnError> {
+        let ws = self.eval_ws.get_or_insert_with(|| self.net.workspace(EVAL_BATCH, self.threads));
+        self.net.evaluate(params, ws, x, y)
+    }
+    fn reseed(&mut self, seed: u64) {
+        self.ws.reseed(seed);
+    }
+    fn train_flops_per_example(&self) -> Option<f64> {
+        Some(self.net.flops_per_example().1)
+    }
+}

@@ -1,0 +1,21 @@
+//! federate-core: the federated round loop.
+//!
+//! `Parameters` (flat values + layout), the model-side `Learner`, parties (`Client`) and the
+//! server's handle on them (`ClientProxy`), `Strategy` with FedAvg, and the `Server` loop that
+//! records every round. It knows nothing about sockets: a remote party is just another
+//! `ClientProxy`.
+
+pub mod client;
+pub mod learner;
+pub mod params;
+pub mod seed;
+pub mod server;
+pub mod strategy;
+pub mod train;
+
+pub use client::{Client, ClientError, ClientProxy, EvaluateReply, EvaluateTask, FitReply, FitTask, InProcess, LocalClient};
+pub use learner::{Learner, NnLearner};
+pub use params::{Layout, Parameters, TensorSpec};
+pub use server::{CentralEval, CentralEvaluator, ClientEval, ClientFit, Event, Failure, RoundRecord, Server, ServerConfig, ServerError};
+pub use strategy::{FedAvg, Rejection, Strategy, StrategyError, sample_clients, weighted_average, weighted_evaluation};
+pub use train::{LocalTraining, TrainStats, train_local};

@@ -1,0 +1,292 @@
+//! The round loop: configure, fit, aggregate, evaluate, record — the same loop for parties in
+//! this process and parties across the network (the transport is the `ClientProxy`).
+
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::client::{ClientProxy, EvaluateReply, FitReply};
+use crate::params::Parameters;
+use crate::seed;
+use crate::strategy::Strategy;
+
+/// Settings of the round loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerConfig {
+    /// Rounds to run.
+    pub rounds: u32,
+    /// The run's seed; every random stream derives from it.
+    pub seed: u64,
+}
+
+/// Why the loop could not run.
+#[derive(Debug, Clone, Error, PartialEq)]
+pub enum ServerError {
+    /// No parties connected.
+    #[error("no parties: a federation needs at least 1")]
+    NoClients,
+    /// Rounds = 0.
+    #[error("rounds = 0: run at least 1 round")]
+    NoRounds,
+    /// The initial parameters do not match.
+    #[error("{0}")]
+    BadInitial(String),
+}
+
+/// One party's training in a round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientFit {
+    /// Party identity.
+    pub id: String,
+    /// Examples it trained on.
+    pub num_examples: usize,
+    /// Mean training loss over its batches.
+    pub train_loss: f64,
+    /// Training accuracy over its batches.
+    pub train_accuracy: f64,
+    /// Wall-clock seconds of its fit call.
+    pub seconds: f64,
+}
+
+/// One party's evaluation in a round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientEval {
+    /// Party identity.
+    pub id: String,
+    /// Test examples.
+    pub num_examples: usize,
+    /// Mean loss.
+    pub loss: f64,
+    /// Accuracy.
+    pub accuracy: f64,
+}
+
+/// A party that contributed nothing at some stage, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    /// Party identity.
+    pub id: String,
+    /// `fit` or `evaluate`.
+    pub stage: String,
+    /// The reason.
+    pub reason: String,
+}
+
+/// Evaluation on a test set the server holds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CentralEval {
+    /// Examples.
+    pub num_examples: usize,
+    /// Mean loss.
+    pub loss: f64,
+    /// Accuracy.
+    pub accuracy: f64,
+}
+
+/// What happened in one round; written as one JSON line per round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundRecord {
+    /// The round, from 1.
+    pub round: u32,
+    /// The new global model's test accuracy (federated, example-weighted; else central).
+    pub accuracy: Option<f64>,
+    /// The matching test loss.
+    pub loss: Option<f64>,
+    /// Example-weighted mean training loss of the parties that trained.
+    pub train_loss: Option<f64>,
+    /// Whether a new global model was produced.
+    pub aggregated: bool,
+    /// Why not, if it was not.
+    pub error: Option<String>,
+    /// Parties that trained.
+    pub fit: Vec<ClientFit>,
+    /// Parties that evaluated.
+    pub evaluate: Vec<ClientEval>,
+    /// Parties that failed or whose replies were refused.
+    pub failures: Vec<Failure>,
+    /// Centralised evaluation, when configured.
+    pub centralized: Option<CentralEval>,
+    /// Seconds spent training (all parties).
+    pub fit_seconds: f64,
+    /// Seconds spent evaluating.
+    pub evaluate_seconds: f64,
+    /// Seconds for the whole round.
+    pub seconds: f64,
+}
+
+/// Progress notifications from the loop.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// A round begins with this many parties training.
+    RoundStarted {
+        /// The round.
+        round: u32,
+        /// Parties asked to train.
+        parties: usize,
+    },
+    /// One party finished training (or failed).
+    FitDone {
+        /// The round.
+        round: u32,
+        /// Party identity.
+        id: &'a str,
+    },
+    /// A round is complete.
+    RoundFinished(&'a RoundRecord),
+}
+
+/// Evaluates global parameters on a server-held test set.
+pub type CentralEvaluator = Box<dyn FnMut(&Parameters) -> Option<CentralEval> + Send>;
+
+/// The federated server.
+pub struct Server {
+    strategy: Box<dyn Strategy>,
+    clients: Vec<Box<dyn ClientProxy>>,
+    central: Option<CentralEvaluator>,
+}
+
+impl Server {
+    /// A server running `strategy` over `clients`.
+    pub fn new(strategy: Box<dyn Strategy>, clients: Vec<Box<dyn ClientProxy>>) -> Self {
+        Server { strategy, clients, central: None }
+    }
+
+    /// Adds centralised evaluation after every round.
+    pub fn with_central_evaluation(mut self, eval: CentralEvaluator) -> Self {
+        self.central = Some(eval);
+        self
+    }
+
+    /// Party identities, in index order.
+    pub fn client_ids(&self) -> Vec<String> {
+        self.clients.iter().map(|c| c.id().to_string()).collect()
+    }
+
+    /// Runs `cfg.rounds` rounds from `initial`; returns the final global parameters and the
+    /// record of every round. A round whose aggregation fails keeps the previous model.
+    pub fn run(
+        &mut self,
+        initial: Parameters,
+        cfg: &ServerConfig,
+        observer: &mut dyn FnMut(Event<'_>),
+    ) -> Result<(Parameters, Vec<RoundRecord>), ServerError> {
+        if self.clients.is_empty() {
+            return Err(ServerError::NoClients);
+        }
+        if cfg.rounds == 0 {
+            return Err(ServerError::NoRounds);
+        }
+        if initial.values.len() != initial.layout.len() {
+            return Err(ServerError::BadInitial(format!(
+                "initial parameters have {} values, the layout {}",
+                initial.values.len(),
+                initial.layout.len()
+            )));
+        }
+        let mut global = initial;
+        let mut records = Vec::with_capacity(cfg.rounds as usize);
+        for round in 1..=cfg.rounds {
+            let record = self.round(round, &mut global, cfg, observer);
+            observer(Event::RoundFinished(&record));
+            records.push(record);
+        }
+        Ok((global, records))
+    }
+
+    fn round(
+        &mut self,
+        round: u32,
+        global: &mut Parameters,
+        cfg: &ServerConfig,
+        observer: &mut dyn FnMut(Event<'_>),
+    ) -> RoundRecord {
+        let start = Instant::now();
+        let n = self.clients.len();
+        let mut rng = seed::stream(cfg.seed, "client-sampling", &[round as u64]);
+        let tasks = self.strategy.configure_fit(round, n, cfg.seed, &mut rng);
+        observer(Event::RoundStarted { round, parties: tasks.len() });
+        let mut replies: Vec<(usize, FitReply)> = Vec::with_capacity(tasks.len());
+        let mut fit = Vec::new();
+        let mut failures = Vec::new();
+        for (c, task) in &tasks {
+            let t = Instant::now();
+            let client = &mut self.clients[*c];
+            match client.fit(global, task) {
+                Ok(r) => {
+                    fit.push(ClientFit {
+                        id: client.id().to_string(),
+                        num_examples: r.num_examples,
+                        train_loss: r.metrics.get("train_loss").copied().unwrap_or(f64::NAN),
+                        train_accuracy: r.metrics.get("train_accuracy").copied().unwrap_or(f64::NAN),
+                        seconds: t.elapsed().as_secs_f64(),
+                    });
+                    replies.push((*c, r));
+                }
+                Err(e) => failures.push(Failure { id: client.id().to_string(), stage: "fit".into(), reason: e.to_string() }),
+            }
+            observer(Event::FitDone { round, id: self.clients[*c].id() });
+        }
+        let fit_seconds = start.elapsed().as_secs_f64();
+        let (aggregated, error) = match self.strategy.aggregate_fit(round, global, &replies) {
+            Ok((next, rejected)) => {
+                for r in rejected {
+                    let id = self.clients[r.client].id().to_string();
+                    fit.retain(|f| f.id != id);
+                    failures.push(Failure { id, stage: "fit".into(), reason: format!("update refused: {}", r.reason) });
+                }
+                *global = next;
+                (true, None)
+            }
+            Err(e) => (false, Some(e.to_string())),
+        };
+        let trained: usize = fit.iter().map(|f| f.num_examples).sum();
+        let train_loss = (trained > 0)
+            .then(|| fit.iter().map(|f| f.train_loss * f.num_examples as f64).sum::<f64>() / trained as f64);
+
+        let t_eval = Instant::now();
+        let mut rng = seed::stream(cfg.seed, "evaluate-sampling", &[round as u64]);
+        let etasks = self.strategy.configure_evaluate(round, n, &mut rng);
+        let mut ereplies: Vec<(usize, EvaluateReply)> = Vec::new();
+        let mut evaluate = Vec::new();
+        for (c, task) in &etasks {
+            let client = &mut self.clients[*c];
+            match client.evaluate(global, task) {
+                Ok(r) => {
+                    evaluate.push(ClientEval {
+                        id: client.id().to_string(),
+                        num_examples: r.num_examples,
+                        loss: r.loss,
+                        accuracy: r.accuracy,
+                    });
+                    ereplies.push((*c, r));
+                }
+                Err(e) => {
+                    failures.push(Failure { id: client.id().to_string(), stage: "evaluate".into(), reason: e.to_string() })
+                }
+            }
+        }
+        let federated = self.strategy.aggregate_evaluate(round, &ereplies);
+        let centralized = self.central.as_mut().and_then(|f| f(global));
+        let (accuracy, loss) = match (federated, centralized) {
+            (Some(f), _) => (Some(f.accuracy), Some(f.loss)),
+            (None, Some(c)) => (Some(c.accuracy), Some(c.loss)),
+            _ => (None, None),
+        };
+        RoundRecord {
+            round,
+            accuracy,
+            loss,
+            train_loss,
+            aggregated,
+            error,
+            fit,
+            evaluate,
+            failures,
+            centralized,
+            fit_seconds,
+            evaluate_seconds: t_eval.elapsed().as_secs_f64(),
+            seconds: start.elapsed().as_secs_f64(),
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! Strategies: the server-side algorithm, one extension point per concern — which parties
+//! train and how (`configure_fit`), how their replies become the next global model
+//! (`aggregate_fit`), and who evaluates (`configure_evaluate`, `aggregate_evaluate`).
+
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::client::{EvaluateReply, EvaluateTask, FitReply, FitTask};
+use crate::params::Parameters;
+use crate::seed;
+use crate::train::LocalTraining;
+
+/// Why a strategy could not produce the next model.
+#[derive(Debug, Clone, Error, PartialEq)]
+pub enum StrategyError {
+    /// Too few usable replies.
+    #[error("round {round}: {got} usable replies, at least {need} needed")]
+    TooFewReplies {
+        /// The round.
+        round: u32,
+        /// Usable replies.
+        got: usize,
+        /// Replies required.
+        need: usize,
+    },
+    /// A setting out of range.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// A reply the strategy refused, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rejection {
+    /// Index of the party in the server's list.
+    pub client: usize,
+    /// The reason.
+    pub reason: String,
+}
+
+/// The server-side algorithm of a federation.
+///
+/// Execution model: each round the server calls `configure_fit`, sends the tasks, collects
+/// replies (parties that fail are reported in `failures`, not in `replies`), then calls
+/// `aggregate_fit`. An error from `aggregate_fit` ends the round without changing the global
+/// model; the server records it. Evaluation follows the same pattern.
+pub trait Strategy: Send {
+    /// A short name for records.
+    fn name(&self) -> &str;
+
+    /// Chooses the parties for this round's training (indices into `num_clients`) and their
+    /// tasks. `rng` is the round's client-sampling stream.
+    fn configure_fit(&mut self, round: u32, num_clients: usize, run_seed: u64, rng: &mut ChaCha8Rng) -> Vec<(usize, FitTask)>;
+
+    /// Turns the replies into the next global parameters. Replies that are unusable (wrong
+    /// length, non-finite values, no examples) are refused and reported in the second value.
+    fn aggregate_fit(
+        &mut self,
+        round: u32,
+        global: &Parameters,
+        replies: &[(usize, FitReply)],
+    ) -> Result<(Parameters, Vec<Rejection>), StrategyError>;
+
+    /// Chooses the parties that evaluate the new model. Default: every party.
+    fn configure_evaluate(&mut self, round: u32, num_clients: usize, _rng: &mut ChaCha8Rng) -> Vec<(usize, EvaluateTask)> {
+        (0..num_clients).map(|c| (c, EvaluateTask { round })).collect()
+    }
+
+    /// Combines evaluation replies. Default: weighted by examples.
+    fn aggregate_evaluate(&mut self, _round: u32, replies: &[(usize, EvaluateReply)]) -> Option<EvaluateReply> {
+        weighted_evaluation(replies)
+    }
+}
+
+/// Example-weighted mean of loss and accuracy (equal to the accuracy on the union of the
+/// parties' test sets).
+pub fn weighted_evaluation(replies: &[(usize, EvaluateReply)]) -> Option<EvaluateReply> {
+    let n: usize = replies.iter().map(|(_, r)| r.num_examples).sum();
+    if n == 0 {
+        return None;
+    }
+    let (mut loss, mut acc) = (0.0, 0.0);
+    for (_, r) in replies {
+        loss += r.loss * r.num_examples as f64;
+        acc += r.accuracy * r.num_examples as f64;
+    }
+    Some(EvaluateReply { num_examples: n, loss: loss / n as f64, accuracy: acc / n as f64 })
+}
+
+/// Checks a reply against the global model; the reason it is unusable, if it is.
+pub fn check_reply(global: &Parameters, reply: &FitReply) -> Result<(), String> {
+    if reply.params.len() != global.len() {
+        return Err(format!("sent {} parameters, the model has {}", reply.params.len(), global.len()));
+    }
+    if reply.num_examples == 0 {
+        return Err("reported 0 training examples".into());
+    }
+    if let Some(i) = reply.params.iter().position(|v| !v.is_finite()) {
+        return Err(format!("parameter {i} is {} (not finite)", reply.params[i]));
+    }
+    Ok(())
+}
+
+/// θ = Σ_k (n_k / n) θ_k over the usable replies, accumulated in f64.
+pub fn weighted_average(global: &Parameters, replies: &[(usize, FitReply)]) -> (Option<Vec<f32>>, Vec<Rejection>) {
+    let mut rejected = Vec::new();
+    let mut acc = vec![0.0f64; global.len()];
+    let mut total = 0usize;
+    for (c, r) in replies {
+        if let Err(reason) = check_reply(global, r) {
+            rejected.push(Rejection { client: *c, reason });
+            continue;
+        }
+        let w = r.num_examples as f64;
+        for (a, v) in acc.iter_mut().zip(&r.params) {
+            *a += w * *v as f64;
+        }
+        total += r.num_examples;
+    }
+    if total == 0 {
+        return (None, rejected);
+    }
+    let inv = 1.0 / total as f64;
+    (Some(acc.iter().map(|a| (a * inv) as f32).collect()), rejected)
+}
+
+/// Client sampling shared by strategies: `max(min, ⌈fraction · n⌉)` parties (capped at n),
+/// chosen uniformly without replacement, in index order.
+pub fn sample_clients(n: usize, fraction: f64, min: usize, rng: &mut ChaCha8Rng) -> Vec<usize> {
+    let want = ((fraction * n as f64).ceil() as usize).max(min).min(n);
+    let mut idx: Vec<usize> = (0..n).collect();
+    idx.shuffle(rng);
+    idx.truncate(want);
+    idx.sort_unstable();
+    idx
+}
+
+/// Federated averaging (McMahan et al. 2017): sampled parties train locally from the global
+/// model; the server replaces it with the example-weighted mean of their parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FedAvg {
+    /// Fraction of parties that train each round, in (0, 1].
+    pub fraction_fit: f64,
+    /// At least this many parties train (when available).
+    pub min_fit_clients: usize,
+    /// Fraction of parties that evaluate each round, in [0, 1].
+    pub fraction_evaluate: f64,
+    /// Fewest usable replies that still produce a new model.
+    pub min_replies: usize,
+    /// Local training of every party.
+    pub training: LocalTraining,
+}
+
+impl FedAvg {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<(), StrategyError> {
+        if !(self.fraction_fit > 0.0 && self.fraction_fit <= 1.0) {
+            return Err(StrategyError::Config(format!("fraction_fit = {} must be in (0, 1]", self.fraction_fit)));
+        }
+        if !(0.0..=1.0).contains(&self.fraction_evaluate) {
+            return Err(StrategyError::Config(format!(
+                "fraction_evaluate = {} must be in [0, 1]",
+                self.fraction_evaluate
+            )));
+        }
+        if self.training.epochs == 0 || self.training.batch_size == 0 {
+            return Err(StrategyError::Config("epochs and batch_size must be at least 1".into()));
+        }
+        self.training.optimizer.validate().map_err(|e| StrategyError::Config(e.to_string()))
+    }
+}
+
+impl Strategy for FedAvg {
+    fn name(&self) -> &str {
+        "fedavg"
+    }
+
+    fn configure_fit(&mut self, round: u32, num_clients: usize, run_seed: u64, rng: &mut ChaCha8Rng) -> Vec<(usize, FitTask)> {
+        sample_clients(num_clients, self.fraction_fit, self.min_fit_clients, rng)
+            .into_iter()
+            .map(|c| {
+                let task = FitTask {
+                    round,
+                    training: self.training.clone(),
+                    seed: seed::derive(run_seed, "fit", &[round as u64, c as u64]),
+                };
+                (c, task)
+            })
+            .collect()
+    }
+
+    fn aggregate_fit(
+        &mut self,
+        round: u32,
+        global: &Parameters,
+        replies: &[(usize, FitReply)],
+    ) -> Result<(Parameters, Vec<Rejection>), StrategyError> {
+        let (avg, rejected) = weighted_average(global, replies);
+        let usable = replies.len() - rejected.len();
+        match avg {
+            Some(values) if usable >= self.min_replies.max(1) => {
+                Ok((Parameters { values, layout: global.layout.clone() }, rejected))
+            }
+            _ => Err(StrategyError::TooFewReplies { round, got: usable, need: self.min_replies.max(1) }),
+        }
+    }
+
+    fn configure_evaluate(&mut self, round: u32, num_clients: usize, rng: &mut ChaCha8Rng) -> Vec<(usize, EvaluateTask)> {
+        if self.fraction_evaluate == 0.0 {
+            return Vec::new();
+        }
+        sample_clients(num_clients, self.fraction_evaluate, 1, rng)
+            .into_iter()
+            .map(|c| (c, EvaluateTask { round }))
+            .collect()
+    }
+}
