@@ -19,6 +19,7 @@ mod spec;
 
 pub use error::NnError;
 pub use loss::softmax_cross_entropy;
+pub use matmul::measure_gemm_gflops;
 pub use network::{BatchStats, Network, TensorInfo, Workspace, predictions};
 pub use optim::{Optimizer, OptimizerSpec};
 pub use spec::{BUILTIN_MODELS, LayerSpec, ModelSpec, Padding, PaddingName, Shape};

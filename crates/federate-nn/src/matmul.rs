@@ -183,3 +183,21 @@ mod tests {
         }
     }
 }
+
+/// Measures the matrix-multiply rate (GFLOP/s) with `threads` threads on square products of
+/// side `n`, best of `reps`. Used to express training speed as a fraction of the machine's
+/// arithmetic floor.
+pub fn measure_gemm_gflops(n: usize, threads: usize, reps: usize) -> f64 {
+    let a: Vec<f32> = (0..n * n).map(|i| (i % 17) as f32 * 0.01).collect();
+    let b: Vec<f32> = (0..n * n).map(|i| (i % 13) as f32 * 0.01).collect();
+    let mut c = vec![0.0f32; n * n];
+    matmul(n, n, n, &mut c, &a, Op::N, &b, Op::N, false, 1.0, threads);
+    let mut best = 0.0f64;
+    for _ in 0..reps.max(1) {
+        let t = std::time::Instant::now();
+        matmul(n, n, n, &mut c, &a, Op::N, &b, Op::N, false, 1.0, threads);
+        let s = t.elapsed().as_secs_f64();
+        best = best.max(2.0 * (n * n * n) as f64 / s / 1e9);
+    }
+    best
+}

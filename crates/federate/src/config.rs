@@ -1,0 +1,346 @@
+//! The run configuration: a TOML file whose every key is known (a misspelt key is an error),
+//! with defaults that are the design document's worked example (MNIST, 3 parties of 2,000
+//! training and 500 test examples, the CNN, FedAvg), plus `--set key=value` overrides.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use federate_nn::{LayerSpec, OptimizerSpec};
+use serde::{Deserialize, Serialize};
+
+/// A whole run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Seed of every random stream.
+    pub seed: u64,
+    /// Federated rounds.
+    pub rounds: u32,
+    /// Worker threads (0 = one per core).
+    pub threads: usize,
+    /// Data and its split across parties.
+    pub data: DataConfig,
+    /// The model.
+    pub model: ModelConfig,
+    /// Local training of each party.
+    pub train: TrainConfig,
+    /// The server's strategy.
+    pub strategy: StrategyConfig,
+    /// What to evaluate.
+    pub evaluation: EvaluationConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            seed: 42,
+            rounds: 10,
+            threads: 0,
+            data: DataConfig::default(),
+            model: ModelConfig::default(),
+            train: TrainConfig::default(),
+            strategy: StrategyConfig::default(),
+            evaluation: EvaluationConfig::default(),
+        }
+    }
+}
+
+/// How data is split across parties.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PartitionKind {
+    /// Each party gets `train_per_party` training and `test_per_party` test examples drawn
+    /// without replacement (the worked example).
+    WorkedExample,
+    /// The whole training set dealt IID.
+    Iid,
+    /// Dirichlet(α) label skew.
+    Dirichlet,
+    /// McMahan et al.'s label-sorted shards.
+    Shards,
+}
+
+/// Data settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataConfig {
+    /// `mnist` or `fashion-mnist`.
+    pub dataset: String,
+    /// The partitioner.
+    pub partition: PartitionKind,
+    /// Number of parties.
+    pub parties: usize,
+    /// Training examples per party (worked-example partition).
+    pub train_per_party: usize,
+    /// Test examples per party (worked-example partition).
+    pub test_per_party: usize,
+    /// Dirichlet concentration α.
+    pub alpha: f64,
+    /// Shards per party.
+    pub shards_per_party: usize,
+    /// A directory already holding the IDX files (tried before any download).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// Cache directory (default: $FEDERATE_CACHE_DIR, else the user's cache directory).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            dataset: "mnist".into(),
+            partition: PartitionKind::WorkedExample,
+            parties: 3,
+            train_per_party: 2000,
+            test_per_party: 500,
+            alpha: 0.5,
+            shards_per_party: 2,
+            data_dir: None,
+            cache_dir: None,
+        }
+    }
+}
+
+/// Model settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// `cnn`, `mlp`, `logreg`, or `custom` (then `layers` is required).
+    pub name: String,
+    /// The layer list of a custom model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layers: Option<Vec<LayerSpec>>,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig { name: "cnn".into(), layers: None }
+    }
+}
+
+/// Optimiser names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerName {
+    /// SGD with optional momentum.
+    Sgd,
+    /// Adam.
+    Adam,
+}
+
+/// Local training settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Local epochs per round.
+    pub epochs: usize,
+    /// Minibatch size.
+    pub batch_size: usize,
+    /// Optimiser.
+    pub optimizer: OptimizerName,
+    /// Learning rate.
+    pub lr: f32,
+    /// SGD momentum.
+    pub momentum: f32,
+    /// L2 weight decay.
+    pub weight_decay: f32,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig { epochs: 2, batch_size: 32, optimizer: OptimizerName::Sgd, lr: 0.05, momentum: 0.9, weight_decay: 0.0 }
+    }
+}
+
+impl TrainConfig {
+    /// The optimiser description.
+    pub fn optimizer_spec(&self) -> OptimizerSpec {
+        match self.optimizer {
+            OptimizerName::Sgd => OptimizerSpec::Sgd { lr: self.lr, momentum: self.momentum, weight_decay: self.weight_decay },
+            OptimizerName::Adam => OptimizerSpec::Adam {
+                lr: self.lr,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: self.weight_decay,
+            },
+        }
+    }
+}
+
+/// Strategy settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StrategyConfig {
+    /// `fedavg`.
+    pub name: String,
+    /// Fraction of parties training each round.
+    pub fraction_fit: f64,
+    /// Minimum parties training each round.
+    pub min_fit_clients: usize,
+    /// Fraction of parties evaluating each round.
+    pub fraction_evaluate: f64,
+    /// Fewest usable replies that still make a new model.
+    pub min_replies: usize,
+}
+
+impl Default for StrategyConfig {
+    fn default() -> Self {
+        StrategyConfig { name: "fedavg".into(), fraction_fit: 1.0, min_fit_clients: 1, fraction_evaluate: 1.0, min_replies: 1 }
+    }
+}
+
+/// Evaluation settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvaluationConfig {
+    /// Also evaluate the global model on the dataset's whole test set each round.
+    pub centralized: bool,
+    /// After the run, train each party alone for the same number of local steps and report
+    /// its accuracy beside the federated model's.
+    pub baseline: bool,
+}
+
+impl Default for EvaluationConfig {
+    fn default() -> Self {
+        EvaluationConfig { centralized: false, baseline: true }
+    }
+}
+
+/// Reads a config file (or the defaults), applies `key=value` overrides, and validates.
+pub fn load(path: Option<&Path>, sets: &[String]) -> Result<Config> {
+    let mut table: toml::Table = match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read config {}", p.display()))?;
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("config {}: {}", p.display(), one_line(&e.to_string())))?
+        }
+        None => toml::Table::new(),
+    };
+    for s in sets {
+        apply_set(&mut table, s)?;
+    }
+    let what = path.map(|p| p.display().to_string()).unwrap_or_else(|| "--set".into());
+    let cfg: Config = toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| anyhow::anyhow!("config {what}: {}", one_line(&e.to_string())))?;
+    validate(&cfg)?;
+    Ok(cfg)
+}
+
+fn one_line(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('|') && !l.starts_with('^')).collect();
+    lines.join(" ")
+}
+
+/// Applies one `a.b.c=value` override; the value is read as TOML (number, bool, array,
+/// quoted string) and otherwise taken as a bare string.
+fn apply_set(table: &mut toml::Table, set: &str) -> Result<()> {
+    let Some((key, raw)) = set.split_once('=') else {
+        bail!("--set {set}: expected key=value, e.g. --set train.lr=0.01");
+    };
+    let key = key.trim();
+    if key.is_empty() || key.split('.').any(str::is_empty) {
+        bail!("--set {set}: the key is empty; write e.g. --set data.parties=5");
+    }
+    let value = match toml::from_str::<toml::Table>(&format!("v = {}", raw.trim())) {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.trim().into())),
+        Err(_) => toml::Value::String(raw.trim().into()),
+    };
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut cur = table;
+    for p in &parts[..parts.len() - 1] {
+        let entry = cur.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = match entry {
+            toml::Value::Table(t) => t,
+            _ => bail!("--set {set}: '{p}' is a value, not a section"),
+        };
+    }
+    cur.insert(parts[parts.len() - 1].to_string(), value);
+    Ok(())
+}
+
+/// Range checks that the types alone do not express.
+pub fn validate(c: &Config) -> Result<()> {
+    let d = &c.data;
+    if c.rounds == 0 {
+        bail!("rounds = 0: set rounds to at least 1");
+    }
+    if d.parties == 0 {
+        bail!("data.parties = 0: a federation needs at least 1 party");
+    }
+    if federate_data::dataset_info(&d.dataset).is_err() {
+        bail!("data.dataset = '{}' is unknown: use one of {}", d.dataset, federate_data::DATASETS.join(", "));
+    }
+    if d.partition == PartitionKind::WorkedExample && (d.train_per_party == 0 || d.test_per_party == 0) {
+        bail!("data.train_per_party and data.test_per_party must be at least 1");
+    }
+    if d.partition == PartitionKind::Dirichlet && !(d.alpha > 0.0 && d.alpha.is_finite()) {
+        bail!("data.alpha = {} must be a positive number", d.alpha);
+    }
+    let t = &c.train;
+    if t.epochs == 0 {
+        bail!("train.epochs = 0: set at least 1 local epoch");
+    }
+    if t.batch_size == 0 {
+        bail!("train.batch_size = 0: set at least 1");
+    }
+    t.optimizer_spec().validate().map_err(|e| anyhow::anyhow!("train: {e}"))?;
+    if c.strategy.name != "fedavg" {
+        bail!("strategy.name = '{}' is unknown: use fedavg", c.strategy.name);
+    }
+    let s = &c.strategy;
+    if !(s.fraction_fit > 0.0 && s.fraction_fit <= 1.0) {
+        bail!("strategy.fraction_fit = {} must be in (0, 1]", s.fraction_fit);
+    }
+    if !(0.0..=1.0).contains(&s.fraction_evaluate) {
+        bail!("strategy.fraction_evaluate = {} must be in [0, 1]", s.fraction_evaluate);
+    }
+    match c.model.name.as_str() {
+        "custom" if c.model.layers.is_none() => bail!("model.name = \"custom\" needs model.layers = [ ... ]"),
+        "custom" => {}
+        n if federate_nn::BUILTIN_MODELS.contains(&n) => {
+            if c.model.layers.is_some() {
+                bail!("model.layers is only read when model.name = \"custom\"; remove it or set name = \"custom\"");
+            }
+        }
+        n => bail!("model.name = '{n}' is unknown: use one of {}, or custom", federate_nn::BUILTIN_MODELS.join(", ")),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_worked_example() {
+        let c = load(None, &[]).unwrap();
+        assert_eq!((c.data.parties, c.data.train_per_party, c.data.test_per_party), (3, 2000, 500));
+        assert_eq!(c.model.name, "cnn");
+    }
+
+    #[test]
+    fn sets_override_and_unknown_keys_fail() {
+        let c = load(None, &["train.lr=0.01".into(), "data.dataset=fashion-mnist".into(), "rounds=3".into()]).unwrap();
+        assert_eq!(c.train.lr, 0.01);
+        assert_eq!(c.data.dataset, "fashion-mnist");
+        assert_eq!(c.rounds, 3);
+        let e = load(None, &["train.lrr=0.01".into()]).unwrap_err().to_string();
+        assert!(e.contains("lrr"), "{e}");
+        let e = load(None, &["train.lr=-1".into()]).unwrap_err().to_string();
+        assert!(e.contains("learning rate"), "{e}");
+        let e = load(None, &["data.parties=0".into()]).unwrap_err().to_string();
+        assert!(e.contains("parties = 0"), "{e}");
+        assert!(load(None, &["nokey".into()]).is_err());
+    }
+
+    #[test]
+    fn resolved_config_round_trips() {
+        let c = load(None, &["model.name=custom".into(), r#"model.layers=[{type="flatten"},{type="linear",out=10}]"#.into()])
+            .unwrap();
+        let text = toml::to_string(&c).unwrap();
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back, c);
+    }
+}

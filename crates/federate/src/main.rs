@@ -1,0 +1,269 @@
+//! `federate`: federated learning from one command.
+//!
+//! `federate run` simulates a federation in this process (with no config: the design
+//! document's worked example — MNIST, 3 parties, the CNN, FedAvg); `federate bench train`
+//! measures the training engine; `federate data fetch` fills the dataset cache.
+
+mod bench;
+mod config;
+mod report;
+mod sim;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use federate_core::Event;
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Parser)]
+#[command(name = "federate", version, about = "Federated learning: simulate, deploy, measure")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a federated simulation (no CONFIG: the worked example, MNIST with 3 parties).
+    Run(RunArgs),
+    /// Measure performance.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+    /// Manage datasets.
+    Data {
+        #[command(subcommand)]
+        what: DataCommand,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// A TOML config; every key is optional and defaults to the worked example.
+    config: Option<PathBuf>,
+    /// Seed of every random stream.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Number of rounds.
+    #[arg(long)]
+    rounds: Option<u32>,
+    /// Run directory (default: runs/run-<unix time>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Override a config key, e.g. --set train.lr=0.01 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// A directory already holding the dataset's IDX files.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Dataset cache directory.
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// No progress bar, only the final table.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Training throughput per batch size, against the machine's GEMM peak.
+    Train {
+        /// Built-in model.
+        #[arg(long, default_value = "cnn")]
+        model: String,
+        /// Batch sizes, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "10,32,64")]
+        batches: Vec<usize>,
+        /// Threads.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Seconds per batch size.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Fetch and verify a dataset into the cache.
+    Fetch {
+        /// mnist or fashion-mnist.
+        dataset: String,
+        /// A directory already holding the IDX files.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Cache directory.
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Bench { what: BenchCommand::Train { model, batches, threads, seconds } } => {
+            bench_train(&model, &batches, threads, seconds)
+        }
+        Command::Data { what: DataCommand::Fetch { dataset, data_dir, cache_dir } } => fetch(&dataset, data_dir, cache_dir),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_threads(n: usize) -> Result<()> {
+    rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("starting the thread pool")
+}
+
+fn quote(p: &std::path::Path) -> String {
+    toml::Value::String(p.display().to_string()).to_string()
+}
+
+fn run(args: RunArgs) -> Result<()> {
+    let mut sets = args.sets.clone();
+    if let Some(s) = args.seed {
+        sets.push(format!("seed={s}"));
+    }
+    if let Some(r) = args.rounds {
+        sets.push(format!("rounds={r}"));
+    }
+    if let Some(t) = args.threads {
+        sets.push(format!("threads={t}"));
+    }
+    if let Some(d) = &args.data_dir {
+        sets.push(format!("data.data_dir={}", quote(d)));
+    }
+    if let Some(d) = &args.cache_dir {
+        sets.push(format!("data.cache_dir={}", quote(d)));
+    }
+    let cfg = config::load(args.config.as_deref(), &sets)?;
+    init_threads(cfg.threads)?;
+    let out = args.out.clone().unwrap_or_else(|| {
+        let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        PathBuf::from(format!("runs/run-{t}"))
+    });
+    let mut dir = report::RunDir::create(&out, &cfg)?;
+    let tty = std::io::stderr().is_terminal() && !args.quiet;
+    let bar = if tty {
+        let b = ProgressBar::new(cfg.rounds as u64 * cfg.data.parties as u64);
+        b.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} round {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        Some(b)
+    } else {
+        None
+    };
+    if !args.quiet {
+        println!(
+            "federate: {} on {} ({} parties, {:?} partition), {} rounds, seed {}, {} threads → {}",
+            cfg.model.name,
+            cfg.data.dataset,
+            cfg.data.parties,
+            cfg.data.partition,
+            cfg.rounds,
+            cfg.seed,
+            rayon::current_num_threads(),
+            out.display()
+        );
+    }
+    let started = Instant::now();
+    let mut write_err: Option<anyhow::Error> = None;
+    let rounds = cfg.rounds;
+    let mut observer = |e: Event<'_>| match e {
+        Event::RoundStarted { round, parties } => {
+            if let Some(b) = &bar {
+                b.set_message(format!("{round}/{rounds}: {parties} parties training"));
+            }
+        }
+        Event::FitDone { round, id } => {
+            if let Some(b) = &bar {
+                b.inc(1);
+                b.set_message(format!("{round}/{rounds}: {id} done"));
+            }
+        }
+        Event::RoundFinished(r) => {
+            if let Err(e) = dir.record(r) {
+                write_err.get_or_insert(e);
+            }
+            let line = format!(
+                "round {:>3}/{rounds}  accuracy {}  train loss {}  failures {}  {:.1} s",
+                r.round,
+                r.accuracy.map(|a| format!("{:.2} %", a * 100.0)).unwrap_or_else(|| "-".into()),
+                r.train_loss.map(|l| format!("{l:.4}")).unwrap_or_else(|| "-".into()),
+                r.failures.len(),
+                r.seconds
+            );
+            match (&bar, args.quiet) {
+                (Some(b), _) => b.println(line),
+                (None, false) => println!("{line}"),
+                _ => {}
+            }
+        }
+    };
+    let result = sim::simulate(&cfg, &mut observer)?;
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    if let Some(e) = write_err {
+        return Err(e.context("writing rounds.jsonl"));
+    }
+    dir.finish(&cfg, &result)?;
+    println!("\n{}", report::table(&result));
+    println!(
+        "final global accuracy {:.2} % after {} rounds in {:.1} s; run directory {}",
+        result.records.last().and_then(|r| r.accuracy).unwrap_or(0.0) * 100.0,
+        result.records.len(),
+        started.elapsed().as_secs_f64(),
+        dir.path().display()
+    );
+    Ok(())
+}
+
+fn bench_train(model: &str, batches: &[usize], threads: usize, seconds: f64) -> Result<()> {
+    anyhow::ensure!(threads >= 1, "--threads must be at least 1");
+    anyhow::ensure!(!batches.is_empty() && batches.iter().all(|&b| b >= 1), "--batches must list sizes ≥ 1");
+    init_threads(threads)?;
+    let (peak, flops, rows) = bench::train(model, batches, seconds, threads)?;
+    println!(
+        "model={model} threads={threads} train_mflop_per_example={:.1} gemm_peak_gflops={peak:.1} floor_samples_per_s={:.0}",
+        flops / 1e6,
+        peak * 1e9 / flops
+    );
+    for r in rows {
+        println!(
+            "batch={} samples_per_s={:.0} ms_per_step={:.2} gflops={:.1} fraction_of_floor={:.2}",
+            r.batch,
+            r.samples_per_s,
+            r.ms_per_step,
+            r.gflops,
+            r.gflops / peak
+        );
+    }
+    Ok(())
+}
+
+fn fetch(dataset: &str, data_dir: Option<PathBuf>, cache_dir: Option<PathBuf>) -> Result<()> {
+    let info = federate_data::dataset_info(dataset)?;
+    let opts = federate_data::FetchOptions {
+        cache_dir: cache_dir.unwrap_or_else(federate_data::default_cache_dir),
+        data_dir,
+        ..Default::default()
+    };
+    let dir = federate_data::ensure(info, &opts)?;
+    println!("{dataset}: verified in {}", dir.display());
+    Ok(())
+}

@@ -1,0 +1,117 @@
+//! Run outputs: the run directory (resolved `config.toml`, `rounds.jsonl` written as rounds
+//! finish, `model.safetensors`, `summary.json`) and the final table.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use federate_core::{Parameters, RoundRecord};
+use safetensors::{Dtype, tensor::TensorView};
+
+use crate::config::Config;
+use crate::sim::SimResult;
+
+/// The directory a run writes into.
+pub struct RunDir {
+    path: PathBuf,
+    rounds: BufWriter<File>,
+}
+
+impl RunDir {
+    /// Creates the directory and writes the resolved config.
+    pub fn create(path: &Path, cfg: &Config) -> Result<Self> {
+        std::fs::create_dir_all(path).with_context(|| format!("cannot create run directory {}", path.display()))?;
+        let text = toml::to_string_pretty(cfg).context("serialising the config")?;
+        std::fs::write(path.join("config.toml"), text).with_context(|| format!("writing {}", path.display()))?;
+        let f = File::create(path.join("rounds.jsonl")).with_context(|| format!("writing {}", path.display()))?;
+        Ok(RunDir { path: path.to_path_buf(), rounds: BufWriter::new(f) })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one round's record as a JSON line, flushed at once.
+    pub fn record(&mut self, r: &RoundRecord) -> Result<()> {
+        serde_json::to_writer(&mut self.rounds, r)?;
+        self.rounds.write_all(b"\n")?;
+        self.rounds.flush()?;
+        Ok(())
+    }
+
+    /// Writes the final model and the summary.
+    pub fn finish(&mut self, cfg: &Config, result: &SimResult) -> Result<()> {
+        write_safetensors(&self.path.join("model.safetensors"), &result.global, cfg)?;
+        let summary = serde_json::json!({
+            "rounds": result.records.len(),
+            "accuracy": result.records.last().and_then(|r| r.accuracy),
+            "parties": result.parties,
+            "seconds": result.records.iter().map(|r| r.seconds).sum::<f64>(),
+        });
+        std::fs::write(self.path.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
+        Ok(())
+    }
+}
+
+/// Saves parameters as safetensors, one named tensor per layer weight and bias.
+pub fn write_safetensors(path: &Path, params: &Parameters, cfg: &Config) -> Result<()> {
+    let bytes: Vec<u8> = params.values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let mut views = Vec::new();
+    for t in params.layout.tensors() {
+        let len: usize = t.shape.iter().product();
+        let view = TensorView::new(Dtype::F32, t.shape.clone(), &bytes[t.offset * 4..(t.offset + len) * 4])
+            .map_err(|e| anyhow::anyhow!("tensor {}: {e}", t.name))?;
+        views.push((t.name.clone(), view));
+    }
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), "federate".to_string());
+    meta.insert("model".to_string(), cfg.model.name.clone());
+    meta.insert("layout".to_string(), "NHWC; conv weights [kh, kw, in, out]; linear weights [in, out]".to_string());
+    let data = safetensors::tensor::serialize(views, Some(meta)).map_err(|e| anyhow::anyhow!("safetensors: {e}"))?;
+    std::fs::write(path, data).with_context(|| format!("writing {}", path.display()))
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.2} %", 100.0 * x)
+}
+
+/// The final table: per party, its accuracy alone and the federated model's on its test set,
+/// then the global line.
+pub fn table(result: &SimResult) -> String {
+    let mut s = String::new();
+    s.push_str(&format!(
+        "{:<10} {:>7} {:>6} {:>12} {:>12}\n",
+        "party", "train", "test", "alone", "federated"
+    ));
+    for p in &result.parties {
+        s.push_str(&format!(
+            "{:<10} {:>7} {:>6} {:>12} {:>12}\n",
+            p.id,
+            p.train_examples,
+            p.test_examples,
+            p.alone_accuracy.map(pct).unwrap_or_else(|| "-".into()),
+            pct(p.federated_accuracy)
+        ));
+    }
+    let train: usize = result.parties.iter().map(|p| p.train_examples).sum();
+    let test: usize = result.parties.iter().map(|p| p.test_examples).sum();
+    let alone: Option<f64> = result
+        .parties
+        .iter()
+        .map(|p| p.alone_accuracy.map(|a| a * p.test_examples as f64))
+        .sum::<Option<f64>>()
+        .map(|a| a / test.max(1) as f64);
+    let fed = result.parties.iter().map(|p| p.federated_accuracy * p.test_examples as f64).sum::<f64>() / test.max(1) as f64;
+    s.push_str(&format!(
+        "{:<10} {:>7} {:>6} {:>12} {:>12}\n",
+        "all",
+        train,
+        test,
+        alone.map(pct).unwrap_or_else(|| "-".into()),
+        pct(fed)
+    ));
+    s
+}

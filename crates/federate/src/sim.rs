@@ -1,0 +1,183 @@
+//! Simulation: every party in this process. Loads and splits the data, builds one learner per
+//! party, runs the server loop, then (optionally) trains each party alone for comparison.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use federate_core::{
+    CentralEval, ClientProxy, Event, FedAvg, InProcess, Learner, LocalClient, LocalTraining, NnLearner, Parameters,
+    RoundRecord, Server, ServerConfig, seed, train_local,
+};
+use federate_data::{Dataset, FetchOptions, TrainTest, default_cache_dir, partition};
+use federate_nn::{ModelSpec, Shape};
+
+use crate::config::{Config, PartitionKind};
+
+/// One party's data.
+pub struct PartyData {
+    /// Identity.
+    pub id: String,
+    /// Training examples.
+    pub train: Dataset,
+    /// Test examples.
+    pub test: Dataset,
+}
+
+/// Loads the configured dataset (fetching and verifying it if needed).
+pub fn load_data(cfg: &Config) -> Result<TrainTest> {
+    let opts = FetchOptions {
+        cache_dir: cfg.data.cache_dir.clone().unwrap_or_else(default_cache_dir),
+        data_dir: cfg.data.data_dir.clone().or_else(|| std::env::var_os("FEDERATE_DATA_DIR").map(PathBuf::from)),
+        ..Default::default()
+    };
+    Ok(federate_data::load(&cfg.data.dataset, &opts)?)
+}
+
+/// Splits the data across parties as configured, from the run's partition stream.
+pub fn split(cfg: &Config, data: &TrainTest) -> Result<Vec<PartyData>> {
+    let d = &cfg.data;
+    let k = d.parties;
+    let mut rng = seed::stream(cfg.seed, "partition", &[]);
+    let (train_parts, test_parts) = match d.partition {
+        PartitionKind::WorkedExample => (
+            partition::disjoint_sample(data.train.len(), k, d.train_per_party, &mut rng)
+                .context("data.train_per_party")?,
+            partition::disjoint_sample(data.test.len(), k, d.test_per_party, &mut rng).context("data.test_per_party")?,
+        ),
+        PartitionKind::Iid => (partition::iid(data.train.len(), k, &mut rng)?, partition::iid(data.test.len(), k, &mut rng)?),
+        PartitionKind::Dirichlet => (
+            partition::dirichlet(&data.train.y, data.train.classes, k, d.alpha, 10, &mut rng)?,
+            partition::iid(data.test.len(), k, &mut rng)?,
+        ),
+        PartitionKind::Shards => (
+            partition::shards(&data.train.y, k, d.shards_per_party, &mut rng)?,
+            partition::iid(data.test.len(), k, &mut rng)?,
+        ),
+    };
+    Ok(train_parts
+        .iter()
+        .zip(&test_parts)
+        .enumerate()
+        .map(|(i, (tr, te))| PartyData {
+            id: format!("party-{}", i + 1),
+            train: data.train.subset(tr),
+            test: data.test.subset(te),
+        })
+        .collect())
+}
+
+/// The model description for the configured model and data.
+pub fn model_spec(cfg: &Config, data: &Dataset) -> Result<ModelSpec> {
+    let [h, w, c] = data.dims;
+    let input = Shape::image(h, w, c);
+    let spec = match &cfg.model.layers {
+        Some(layers) => ModelSpec { input, classes: data.classes, layers: layers.clone() },
+        None => ModelSpec::builtin(&cfg.model.name, input, data.classes)?,
+    };
+    spec.shapes().context("model.layers")?;
+    Ok(spec)
+}
+
+/// Local training settings from the config.
+pub fn local_training(cfg: &Config) -> LocalTraining {
+    LocalTraining { epochs: cfg.train.epochs, batch_size: cfg.train.batch_size, optimizer: cfg.train.optimizer_spec() }
+}
+
+/// The outcome of a simulation.
+pub struct SimResult {
+    /// Final global parameters.
+    pub global: Parameters,
+    /// Every round's record.
+    pub records: Vec<RoundRecord>,
+    /// Per party: (id, train n, test n, federated accuracy on its test set, alone accuracy).
+    pub parties: Vec<PartyResult>,
+}
+
+/// How one party fared.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PartyResult {
+    /// Identity.
+    pub id: String,
+    /// Training examples.
+    pub train_examples: usize,
+    /// Test examples.
+    pub test_examples: usize,
+    /// The final global model's accuracy on this party's test set.
+    pub federated_accuracy: f64,
+    /// Accuracy on its own test set after training alone for the same number of steps.
+    pub alone_accuracy: Option<f64>,
+}
+
+/// Runs the federation described by `cfg`, reporting progress to `observer`.
+pub fn simulate(cfg: &Config, observer: &mut dyn FnMut(Event<'_>)) -> Result<SimResult> {
+    let threads = rayon::current_num_threads();
+    let data = load_data(cfg)?;
+    let parties = split(cfg, &data)?;
+    let spec = model_spec(cfg, &data.train)?;
+    let batch = cfg.train.batch_size;
+    let mut clients: Vec<Box<dyn ClientProxy>> = Vec::with_capacity(parties.len());
+    for p in &parties {
+        let learner = NnLearner::new(spec.clone(), batch, threads)?;
+        clients.push(Box::new(InProcess::new(p.id.clone(), LocalClient::new(learner, p.train.clone(), p.test.clone()))));
+    }
+    let init_learner = NnLearner::new(spec.clone(), 1, threads)?;
+    let layout = init_learner.layout();
+    let init_values = init_learner.init(seed::derive(cfg.seed, "init", &[]));
+    let initial = Parameters::new(init_values.clone(), layout.clone()).context("initial parameters")?;
+
+    let strategy = FedAvg {
+        fraction_fit: cfg.strategy.fraction_fit,
+        min_fit_clients: cfg.strategy.min_fit_clients,
+        fraction_evaluate: cfg.strategy.fraction_evaluate,
+        min_replies: cfg.strategy.min_replies,
+        training: local_training(cfg),
+    };
+    strategy.validate()?;
+    let mut server = Server::new(Box::new(strategy), clients);
+    if cfg.evaluation.centralized {
+        let mut learner = NnLearner::new(spec.clone(), 1, threads)?;
+        let test = data.test.clone();
+        server = server.with_central_evaluation(Box::new(move |p: &Parameters| {
+            learner
+                .evaluate(&p.values, &test.x, &test.y)
+                .ok()
+                .map(|s| CentralEval { num_examples: s.count, loss: s.mean_loss(), accuracy: s.accuracy() })
+        }));
+    }
+    let (global, records) =
+        server.run(initial, &ServerConfig { rounds: cfg.rounds, seed: cfg.seed }, observer)?;
+
+    let mut results = Vec::with_capacity(parties.len());
+    let mut eval = NnLearner::new(spec.clone(), 1, threads)?;
+    for (i, p) in parties.iter().enumerate() {
+        let fed = eval.evaluate(&global.values, &p.test.x, &p.test.y)?.accuracy();
+        let alone = if cfg.evaluation.baseline {
+            let rounds_trained = records.iter().filter(|r| r.fit.iter().any(|f| f.id == p.id)).count();
+            Some(train_alone(cfg, &spec, p, &init_values, rounds_trained, i)?)
+        } else {
+            None
+        };
+        results.push(PartyResult {
+            id: p.id.clone(),
+            train_examples: p.train.len(),
+            test_examples: p.test.len(),
+            federated_accuracy: fed,
+            alone_accuracy: alone,
+        });
+    }
+    Ok(SimResult { global, records, parties: results })
+}
+
+/// Trains one party alone from the same initial model for `rounds × epochs` epochs — the
+/// same number of local steps it took in the federation — and returns its test accuracy.
+fn train_alone(cfg: &Config, spec: &ModelSpec, p: &PartyData, init: &[f32], rounds: usize, index: usize) -> Result<f64> {
+    let mut learner = NnLearner::new(spec.clone(), cfg.train.batch_size, rayon::current_num_threads())?;
+    let mut params = init.to_vec();
+    let mut training = local_training(cfg);
+    training.epochs = cfg.train.epochs * rounds;
+    let mut opt = training.optimizer.build(params.len())?;
+    let mut rng = seed::stream(cfg.seed, "alone", &[index as u64]);
+    learner.reseed(seed::derive(cfg.seed, "alone-dropout", &[index as u64]));
+    train_local(&mut learner, &mut params, &p.train, &training, &mut opt, &mut rng)?;
+    Ok(learner.evaluate(&params, &p.test.x, &p.test.y)?.accuracy())
+}
