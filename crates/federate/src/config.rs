@@ -84,6 +84,8 @@ pub struct DataConfig {
     /// Cache directory (default: $FEDERATE_CACHE_DIR, else the user's cache directory).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_dir: Option<PathBuf>,
+    /// Never download or run npm: use only the cache, `data_dir` and system packages.
+    pub offline: bool,
 }
 
 impl Default for DataConfig {
@@ -98,6 +100,7 @@ impl Default for DataConfig {
             shards_per_party: 2,
             data_dir: None,
             cache_dir: None,
+            offline: false,
         }
     }
 }

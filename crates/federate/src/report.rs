@@ -66,10 +66,13 @@ pub fn write_safetensors(path: &Path, params: &Parameters, cfg: &Config) -> Resu
             .map_err(|e| anyhow::anyhow!("tensor {}: {e}", t.name))?;
         views.push((t.name.clone(), view));
     }
+    // One metadata entry: a map of several would serialise in random order, and the file
+    // must be byte-identical for the same seed.
     let mut meta = HashMap::new();
-    meta.insert("format".to_string(), "federate".to_string());
-    meta.insert("model".to_string(), cfg.model.name.clone());
-    meta.insert("layout".to_string(), "NHWC; conv weights [kh, kw, in, out]; linear weights [in, out]".to_string());
+    meta.insert(
+        "federate".to_string(),
+        format!("model={}; activations NHWC; conv weights [kh, kw, in, out]; linear weights [in, out]", cfg.model.name),
+    );
     let data = safetensors::tensor::serialize(views, Some(meta)).map_err(|e| anyhow::anyhow!("safetensors: {e}"))?;
     std::fs::write(path, data).with_context(|| format!("writing {}", path.display()))
 }

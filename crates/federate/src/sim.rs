@@ -28,7 +28,9 @@ pub fn load_data(cfg: &Config) -> Result<TrainTest> {
     let opts = FetchOptions {
         cache_dir: cfg.data.cache_dir.clone().unwrap_or_else(default_cache_dir),
         data_dir: cfg.data.data_dir.clone().or_else(|| std::env::var_os("FEDERATE_DATA_DIR").map(PathBuf::from)),
-        ..Default::default()
+        download_base: None,
+        no_download: cfg.data.offline,
+        no_npm: cfg.data.offline,
     };
     Ok(federate_data::load(&cfg.data.dataset, &opts)?)
 }
