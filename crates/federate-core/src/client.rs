@@ -81,7 +81,11 @@ pub trait Client: Send {
     /// Trains locally from `global` and returns the new parameters.
     fn fit(&mut self, global: &Parameters, task: &FitTask) -> Result<FitReply, ClientError>;
     /// Evaluates `params` on the party's test data.
-    fn evaluate(&mut self, params: &Parameters, task: &EvaluateTask) -> Result<EvaluateReply, ClientError>;
+    fn evaluate(
+        &mut self,
+        params: &Parameters,
+        task: &EvaluateTask,
+    ) -> Result<EvaluateReply, ClientError>;
 }
 
 /// The server's handle on a party: in this process (`InProcess`) or remote.
@@ -91,7 +95,11 @@ pub trait ClientProxy: Send {
     /// Sends a fit task and waits for the reply.
     fn fit(&mut self, global: &Parameters, task: &FitTask) -> Result<FitReply, ClientError>;
     /// Sends an evaluation task and waits for the reply.
-    fn evaluate(&mut self, params: &Parameters, task: &EvaluateTask) -> Result<EvaluateReply, ClientError>;
+    fn evaluate(
+        &mut self,
+        params: &Parameters,
+        task: &EvaluateTask,
+    ) -> Result<EvaluateReply, ClientError>;
 }
 
 /// A party living in the server's process (simulation).
@@ -103,7 +111,10 @@ pub struct InProcess<C: Client> {
 impl<C: Client> InProcess<C> {
     /// Wraps a client under an identity.
     pub fn new(id: impl Into<String>, client: C) -> Self {
-        InProcess { id: id.into(), client }
+        InProcess {
+            id: id.into(),
+            client,
+        }
     }
 }
 
@@ -114,7 +125,11 @@ impl<C: Client> ClientProxy for InProcess<C> {
     fn fit(&mut self, global: &Parameters, task: &FitTask) -> Result<FitReply, ClientError> {
         self.client.fit(global, task)
     }
-    fn evaluate(&mut self, params: &Parameters, task: &EvaluateTask) -> Result<EvaluateReply, ClientError> {
+    fn evaluate(
+        &mut self,
+        params: &Parameters,
+        task: &EvaluateTask,
+    ) -> Result<EvaluateReply, ClientError> {
         self.client.evaluate(params, task)
     }
 }
@@ -129,7 +144,11 @@ pub struct LocalClient<L: Learner> {
 impl<L: Learner> LocalClient<L> {
     /// A party holding `train` and `test`.
     pub fn new(learner: L, train: Dataset, test: Dataset) -> Self {
-        LocalClient { learner, train, test }
+        LocalClient {
+            learner,
+            train,
+            test,
+        }
     }
     /// Training examples held.
     pub fn num_train(&self) -> usize {
@@ -145,27 +164,55 @@ impl<L: Learner> Client for LocalClient<L> {
     fn fit(&mut self, global: &Parameters, task: &FitTask) -> Result<FitReply, ClientError> {
         let expected = self.learner.layout().len();
         if global.len() != expected {
-            return Err(ClientError::WrongParameterCount { got: global.len(), expected });
+            return Err(ClientError::WrongParameterCount {
+                got: global.len(),
+                expected,
+            });
         }
         let mut params = global.values.clone();
         let mut opt = optimizer_for(&task.training, params.len()).map_err(model_err)?;
         let mut rng = seed::stream(task.seed, "batches", &[]);
         self.learner.reseed(seed::derive(task.seed, "dropout", &[]));
-        let stats = train_local(&mut self.learner, &mut params, &self.train, &task.training, &mut opt, &mut rng)
-            .map_err(model_err)?;
+        let stats = train_local(
+            &mut self.learner,
+            &mut params,
+            &self.train,
+            &task.training,
+            &mut opt,
+            &mut rng,
+        )
+        .map_err(model_err)?;
         let mut metrics = BTreeMap::new();
         metrics.insert("train_loss".into(), stats.batches.mean_loss());
         metrics.insert("train_accuracy".into(), stats.batches.accuracy());
         metrics.insert("steps".into(), stats.steps as f64);
-        Ok(FitReply { params, num_examples: self.train.len(), metrics })
+        Ok(FitReply {
+            params,
+            num_examples: self.train.len(),
+            metrics,
+        })
     }
 
-    fn evaluate(&mut self, params: &Parameters, _task: &EvaluateTask) -> Result<EvaluateReply, ClientError> {
+    fn evaluate(
+        &mut self,
+        params: &Parameters,
+        _task: &EvaluateTask,
+    ) -> Result<EvaluateReply, ClientError> {
         let expected = self.learner.layout().len();
         if params.len() != expected {
-            return Err(ClientError::WrongParameterCount { got: params.len(), expected });
+            return Err(ClientError::WrongParameterCount {
+                got: params.len(),
+                expected,
+            });
         }
-        let s = self.learner.evaluate(&params.values, &self.test.x, &self.test.y).map_err(model_err)?;
-        Ok(EvaluateReply { num_examples: s.count, loss: s.mean_loss(), accuracy: s.accuracy() })
+        let s = self
+            .learner
+            .evaluate(&params.values, &self.test.x, &self.test.y)
+            .map_err(model_err)?;
+        Ok(EvaluateReply {
+            num_examples: s.count,
+            loss: s.mean_loss(),
+            accuracy: s.accuracy(),
+        })
     }
 }

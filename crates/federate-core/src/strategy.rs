@@ -51,7 +51,13 @@ pub trait Strategy: Send {
 
     /// Chooses the parties for this round's training (indices into `num_clients`) and their
     /// tasks. `rng` is the round's client-sampling stream.
-    fn configure_fit(&mut self, round: u32, num_clients: usize, run_seed: u64, rng: &mut ChaCha8Rng) -> Vec<(usize, FitTask)>;
+    fn configure_fit(
+        &mut self,
+        round: u32,
+        num_clients: usize,
+        run_seed: u64,
+        rng: &mut ChaCha8Rng,
+    ) -> Vec<(usize, FitTask)>;
 
     /// Turns the replies into the next global parameters. Replies that are unusable (wrong
     /// length, non-finite values, no examples) are refused and reported in the second value.
@@ -63,12 +69,23 @@ pub trait Strategy: Send {
     ) -> Result<(Parameters, Vec<Rejection>), StrategyError>;
 
     /// Chooses the parties that evaluate the new model. Default: every party.
-    fn configure_evaluate(&mut self, round: u32, num_clients: usize, _rng: &mut ChaCha8Rng) -> Vec<(usize, EvaluateTask)> {
-        (0..num_clients).map(|c| (c, EvaluateTask { round })).collect()
+    fn configure_evaluate(
+        &mut self,
+        round: u32,
+        num_clients: usize,
+        _rng: &mut ChaCha8Rng,
+    ) -> Vec<(usize, EvaluateTask)> {
+        (0..num_clients)
+            .map(|c| (c, EvaluateTask { round }))
+            .collect()
     }
 
     /// Combines evaluation replies. Default: weighted by examples.
-    fn aggregate_evaluate(&mut self, _round: u32, replies: &[(usize, EvaluateReply)]) -> Option<EvaluateReply> {
+    fn aggregate_evaluate(
+        &mut self,
+        _round: u32,
+        replies: &[(usize, EvaluateReply)],
+    ) -> Option<EvaluateReply> {
         weighted_evaluation(replies)
     }
 }
@@ -85,13 +102,21 @@ pub fn weighted_evaluation(replies: &[(usize, EvaluateReply)]) -> Option<Evaluat
         loss += r.loss * r.num_examples as f64;
         acc += r.accuracy * r.num_examples as f64;
     }
-    Some(EvaluateReply { num_examples: n, loss: loss / n as f64, accuracy: acc / n as f64 })
+    Some(EvaluateReply {
+        num_examples: n,
+        loss: loss / n as f64,
+        accuracy: acc / n as f64,
+    })
 }
 
 /// Checks a reply against the global model; the reason it is unusable, if it is.
 pub fn check_reply(global: &Parameters, reply: &FitReply) -> Result<(), String> {
     if reply.params.len() != global.len() {
-        return Err(format!("sent {} parameters, the model has {}", reply.params.len(), global.len()));
+        return Err(format!(
+            "sent {} parameters, the model has {}",
+            reply.params.len(),
+            global.len()
+        ));
     }
     if reply.num_examples == 0 {
         return Err("reported 0 training examples".into());
@@ -103,7 +128,10 @@ pub fn check_reply(global: &Parameters, reply: &FitReply) -> Result<(), String> 
 }
 
 /// θ = Σ_k (n_k / n) θ_k over the usable replies, accumulated in f64.
-pub fn weighted_average(global: &Parameters, replies: &[(usize, FitReply)]) -> (Option<Vec<f32>>, Vec<Rejection>) {
+pub fn weighted_average(
+    global: &Parameters,
+    replies: &[(usize, FitReply)],
+) -> (Option<Vec<f32>>, Vec<Rejection>) {
     let mut rejected = Vec::new();
     let mut acc = vec![0.0f64; global.len()];
     let mut total = 0usize;
@@ -122,7 +150,10 @@ pub fn weighted_average(global: &Parameters, replies: &[(usize, FitReply)]) -> (
         return (None, rejected);
     }
     let inv = 1.0 / total as f64;
-    (Some(acc.iter().map(|a| (a * inv) as f32).collect()), rejected)
+    (
+        Some(acc.iter().map(|a| (a * inv) as f32).collect()),
+        rejected,
+    )
 }
 
 /// Client sampling shared by strategies: `max(min, ⌈fraction · n⌉)` parties (capped at n),
@@ -156,7 +187,10 @@ impl FedAvg {
     /// Checks the settings.
     pub fn validate(&self) -> Result<(), StrategyError> {
         if !(self.fraction_fit > 0.0 && self.fraction_fit <= 1.0) {
-            return Err(StrategyError::Config(format!("fraction_fit = {} must be in (0, 1]", self.fraction_fit)));
+            return Err(StrategyError::Config(format!(
+                "fraction_fit = {} must be in (0, 1]",
+                self.fraction_fit
+            )));
         }
         if !(0.0..=1.0).contains(&self.fraction_evaluate) {
             return Err(StrategyError::Config(format!(
@@ -165,9 +199,14 @@ impl FedAvg {
             )));
         }
         if self.training.epochs == 0 || self.training.batch_size == 0 {
-            return Err(StrategyError::Config("epochs and batch_size must be at least 1".into()));
+            return Err(StrategyError::Config(
+                "epochs and batch_size must be at least 1".into(),
+            ));
         }
-        self.training.optimizer.validate().map_err(|e| StrategyError::Config(e.to_string()))
+        self.training
+            .optimizer
+            .validate()
+            .map_err(|e| StrategyError::Config(e.to_string()))
     }
 }
 
@@ -176,7 +215,13 @@ impl Strategy for FedAvg {
         "fedavg"
     }
 
-    fn configure_fit(&mut self, round: u32, num_clients: usize, run_seed: u64, rng: &mut ChaCha8Rng) -> Vec<(usize, FitTask)> {
+    fn configure_fit(
+        &mut self,
+        round: u32,
+        num_clients: usize,
+        run_seed: u64,
+        rng: &mut ChaCha8Rng,
+    ) -> Vec<(usize, FitTask)> {
         sample_clients(num_clients, self.fraction_fit, self.min_fit_clients, rng)
             .into_iter()
             .map(|c| {
@@ -199,14 +244,27 @@ impl Strategy for FedAvg {
         let (avg, rejected) = weighted_average(global, replies);
         let usable = replies.len() - rejected.len();
         match avg {
-            Some(values) if usable >= self.min_replies.max(1) => {
-                Ok((Parameters { values, layout: global.layout.clone() }, rejected))
-            }
-            _ => Err(StrategyError::TooFewReplies { round, got: usable, need: self.min_replies.max(1) }),
+            Some(values) if usable >= self.min_replies.max(1) => Ok((
+                Parameters {
+                    values,
+                    layout: global.layout.clone(),
+                },
+                rejected,
+            )),
+            _ => Err(StrategyError::TooFewReplies {
+                round,
+                got: usable,
+                need: self.min_replies.max(1),
+            }),
         }
     }
 
-    fn configure_evaluate(&mut self, round: u32, num_clients: usize, rng: &mut ChaCha8Rng) -> Vec<(usize, EvaluateTask)> {
+    fn configure_evaluate(
+        &mut self,
+        round: u32,
+        num_clients: usize,
+        rng: &mut ChaCha8Rng,
+    ) -> Vec<(usize, EvaluateTask)> {
         if self.fraction_evaluate == 0.0 {
             return Vec::new();
         }

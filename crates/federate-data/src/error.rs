@@ -23,7 +23,9 @@ pub enum DataError {
         problem: String,
     },
     /// A file whose content does not match its published checksum.
-    #[error("{path}: SHA-256 is {got}, expected {expected}: the file is corrupt or not the published one; delete it and fetch again")]
+    #[error(
+        "{path}: SHA-256 is {got}, expected {expected}: the file is corrupt or not the published one; delete it and fetch again"
+    )]
     Checksum {
         /// The file.
         path: PathBuf,
@@ -50,6 +52,9 @@ pub enum DataError {
 
 impl DataError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        DataError::Io { path: path.into(), source }
+        DataError::Io {
+            path: path.into(),
+            source,
+        }
     }
 }

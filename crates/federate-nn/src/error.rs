@@ -6,7 +6,9 @@ use thiserror::Error;
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum NnError {
     /// The model name is not one of the built-in models.
-    #[error("unknown model '{0}': use one of cnn, mlp, logreg, or name = \"custom\" with a layer list")]
+    #[error(
+        "unknown model '{0}': use one of cnn, mlp, logreg, or name = \"custom\" with a layer list"
+    )]
     UnknownModel(String),
     /// A layer list whose shapes do not chain.
     #[error("layer {index} ({layer}): {problem}")]
@@ -19,7 +21,9 @@ pub enum NnError {
         problem: String,
     },
     /// A model whose last layer does not produce one score per class.
-    #[error("the model ends with {got} outputs but the data has {classes} classes: make the last layer linear with out = {classes}")]
+    #[error(
+        "the model ends with {got} outputs but the data has {classes} classes: make the last layer linear with out = {classes}"
+    )]
     OutputMismatch {
         /// Outputs the last layer produces.
         got: usize,

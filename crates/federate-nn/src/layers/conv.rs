@@ -115,7 +115,19 @@ impl Conv {
         let m = n * self.output.h * self.output.w;
         let cout = self.output.c;
         self.im2col(x, cols, n);
-        matmul(m, cout, self.row_len(), y, cols, Op::N, w, Op::N, false, 1.0, threads);
+        matmul(
+            m,
+            cout,
+            self.row_len(),
+            y,
+            cols,
+            Op::N,
+            w,
+            Op::N,
+            false,
+            1.0,
+            threads,
+        );
         add_bias(&mut y[..m * cout], b);
     }
 
