@@ -3,6 +3,7 @@
 //! `ClientProxy` that hides whether a party runs in this process or across the network.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use federate_data::Dataset;
 use serde::{Deserialize, Serialize};
@@ -11,7 +12,7 @@ use thiserror::Error;
 use crate::learner::Learner;
 use crate::params::Parameters;
 use crate::seed;
-use crate::train::{LocalTraining, optimizer_for, train_local};
+use crate::train::{LocalTraining, TrainStats, optimizer_for, train_local};
 
 /// Instructions for one party's local training in one round.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,11 +82,7 @@ pub trait Client: Send {
     /// Trains locally from `global` and returns the new parameters.
     fn fit(&mut self, global: &Parameters, task: &FitTask) -> Result<FitReply, ClientError>;
     /// Evaluates `params` on the party's test data.
-    fn evaluate(
-        &mut self,
-        params: &Parameters,
-        task: &EvaluateTask,
-    ) -> Result<EvaluateReply, ClientError>;
+    fn evaluate(&mut self, params: &Parameters, task: &EvaluateTask) -> Result<EvaluateReply, ClientError>;
 }
 
 /// The server's handle on a party: in this process (`InProcess`) or remote.
@@ -95,11 +92,7 @@ pub trait ClientProxy: Send {
     /// Sends a fit task and waits for the reply.
     fn fit(&mut self, global: &Parameters, task: &FitTask) -> Result<FitReply, ClientError>;
     /// Sends an evaluation task and waits for the reply.
-    fn evaluate(
-        &mut self,
-        params: &Parameters,
-        task: &EvaluateTask,
-    ) -> Result<EvaluateReply, ClientError>;
+    fn evaluate(&mut self, params: &Parameters, task: &EvaluateTask) -> Result<EvaluateReply, ClientError>;
 }
 
 /// A party living in the server's process (simulation).
@@ -111,10 +104,7 @@ pub struct InProcess<C: Client> {
 impl<C: Client> InProcess<C> {
     /// Wraps a client under an identity.
     pub fn new(id: impl Into<String>, client: C) -> Self {
-        InProcess {
-            id: id.into(),
-            client,
-        }
+        InProcess { id: id.into(), client }
     }
 }
 
@@ -125,30 +115,32 @@ impl<C: Client> ClientProxy for InProcess<C> {
     fn fit(&mut self, global: &Parameters, task: &FitTask) -> Result<FitReply, ClientError> {
         self.client.fit(global, task)
     }
-    fn evaluate(
-        &mut self,
-        params: &Parameters,
-        task: &EvaluateTask,
-    ) -> Result<EvaluateReply, ClientError> {
+    fn evaluate(&mut self, params: &Parameters, task: &EvaluateTask) -> Result<EvaluateReply, ClientError> {
         self.client.evaluate(params, task)
     }
 }
+
+/// Called after each local epoch with (round, epochs done, epochs in all); for progress
+/// displays.
+pub type EpochHook = Arc<dyn Fn(u32, usize, usize) + Send + Sync>;
 
 /// The standard party: a learner plus local train and test sets.
 pub struct LocalClient<L: Learner> {
     learner: L,
     train: Dataset,
     test: Dataset,
+    on_epoch: Option<EpochHook>,
 }
 
 impl<L: Learner> LocalClient<L> {
     /// A party holding `train` and `test`.
     pub fn new(learner: L, train: Dataset, test: Dataset) -> Self {
-        LocalClient {
-            learner,
-            train,
-            test,
-        }
+        LocalClient { learner, train, test, on_epoch: None }
+    }
+    /// Reports every finished local epoch to `hook`.
+    pub fn with_epoch_hook(mut self, hook: EpochHook) -> Self {
+        self.on_epoch = Some(hook);
+        self
     }
     /// Training examples held.
     pub fn num_train(&self) -> usize {
@@ -164,55 +156,38 @@ impl<L: Learner> Client for LocalClient<L> {
     fn fit(&mut self, global: &Parameters, task: &FitTask) -> Result<FitReply, ClientError> {
         let expected = self.learner.layout().len();
         if global.len() != expected {
-            return Err(ClientError::WrongParameterCount {
-                got: global.len(),
-                expected,
-            });
+            return Err(ClientError::WrongParameterCount { got: global.len(), expected });
         }
         let mut params = global.values.clone();
         let mut opt = optimizer_for(&task.training, params.len()).map_err(model_err)?;
         let mut rng = seed::stream(task.seed, "batches", &[]);
         self.learner.reseed(seed::derive(task.seed, "dropout", &[]));
-        let stats = train_local(
-            &mut self.learner,
-            &mut params,
-            &self.train,
-            &task.training,
-            &mut opt,
-            &mut rng,
-        )
-        .map_err(model_err)?;
+        // One epoch at a time (the batch stream and optimiser carry over, so this equals one
+        // call with all epochs) to report progress.
+        let one = LocalTraining { epochs: 1, ..task.training.clone() };
+        let mut stats = TrainStats::default();
+        for epoch in 0..task.training.epochs {
+            let s = train_local(&mut self.learner, &mut params, &self.train, &one, &mut opt, &mut rng)
+                .map_err(model_err)?;
+            stats.steps += s.steps;
+            stats.batches.merge(s.batches);
+            if let Some(hook) = &self.on_epoch {
+                hook(task.round, epoch + 1, task.training.epochs);
+            }
+        }
         let mut metrics = BTreeMap::new();
         metrics.insert("train_loss".into(), stats.batches.mean_loss());
         metrics.insert("train_accuracy".into(), stats.batches.accuracy());
         metrics.insert("steps".into(), stats.steps as f64);
-        Ok(FitReply {
-            params,
-            num_examples: self.train.len(),
-            metrics,
-        })
+        Ok(FitReply { params, num_examples: self.train.len(), metrics })
     }
 
-    fn evaluate(
-        &mut self,
-        params: &Parameters,
-        _task: &EvaluateTask,
-    ) -> Result<EvaluateReply, ClientError> {
+    fn evaluate(&mut self, params: &Parameters, _task: &EvaluateTask) -> Result<EvaluateReply, ClientError> {
         let expected = self.learner.layout().len();
         if params.len() != expected {
-            return Err(ClientError::WrongParameterCount {
-                got: params.len(),
-                expected,
-            });
+            return Err(ClientError::WrongParameterCount { got: params.len(), expected });
         }
-        let s = self
-            .learner
-            .evaluate(&params.values, &self.test.x, &self.test.y)
-            .map_err(model_err)?;
-        Ok(EvaluateReply {
-            num_examples: s.count,
-            loss: s.mean_loss(),
-            accuracy: s.accuracy(),
-        })
+        let s = self.learner.evaluate(&params.values, &self.test.x, &self.test.y).map_err(model_err)?;
+        Ok(EvaluateReply { num_examples: s.count, loss: s.mean_loss(), accuracy: s.accuracy() })
     }
 }

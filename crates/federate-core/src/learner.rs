@@ -23,13 +23,7 @@ pub trait Learner: Send {
     /// Values per input example.
     fn input_len(&self) -> usize;
     /// Writes the gradient of the batch's mean loss into `grad`; returns loss and accuracy.
-    fn loss_and_grad(
-        &mut self,
-        params: &[f32],
-        x: &[f32],
-        y: &[u32],
-        grad: &mut [f32],
-    ) -> Result<BatchStats, NnError>;
+    fn loss_and_grad(&mut self, params: &[f32], x: &[f32], y: &[u32], grad: &mut [f32]) -> Result<BatchStats, NnError>;
     /// Loss and accuracy over a whole set (no gradients).
     fn evaluate(&mut self, params: &[f32], x: &[f32], y: &[u32]) -> Result<BatchStats, NnError>;
     /// Reseeds any randomness inside the model (dropout masks).
@@ -62,20 +56,10 @@ impl NnLearner {
         let layout = Arc::new(Layout::new(
             net.tensors()
                 .iter()
-                .map(|t| TensorSpec {
-                    name: t.name.clone(),
-                    shape: t.shape.clone(),
-                    offset: t.offset,
-                })
+                .map(|t| TensorSpec { name: t.name.clone(), shape: t.shape.clone(), offset: t.offset })
                 .collect(),
         ));
-        Ok(NnLearner {
-            net,
-            ws,
-            eval_ws: None,
-            layout,
-            threads,
-        })
+        Ok(NnLearner { net, ws, eval_ws: None, layout, threads })
     }
     /// The network.
     pub fn network(&self) -> &Network {
@@ -93,19 +77,11 @@ impl Learner for NnLearner {
     fn input_len(&self) -> usize {
         self.net.input_len()
     }
-    fn loss_and_grad(
-        &mut self,
-        params: &[f32],
-        x: &[f32],
-        y: &[u32],
-        grad: &mut [f32],
-    ) -> Result<BatchStats, NnError> {
+    fn loss_and_grad(&mut self, params: &[f32], x: &[f32], y: &[u32], grad: &mut [f32]) -> Result<BatchStats, NnError> {
         self.net.loss_and_grad(params, &mut self.ws, x, y, grad)
     }
     fn evaluate(&mut self, params: &[f32], x: &[f32], y: &[u32]) -> Result<BatchStats, NnError> {
-        let ws = self
-            .eval_ws
-            .get_or_insert_with(|| self.net.workspace(EVAL_BATCH, self.threads));
+        let ws = self.eval_ws.get_or_insert_with(|| self.net.workspace(EVAL_BATCH, self.threads));
         self.net.evaluate(params, ws, x, y)
     }
     fn reseed(&mut self, seed: u64) {

@@ -14,17 +14,13 @@ pub mod strategy;
 pub mod train;
 
 pub use client::{
-    Client, ClientError, ClientProxy, EvaluateReply, EvaluateTask, FitReply, FitTask, InProcess,
-    LocalClient,
+    Client, ClientError, ClientProxy, EvaluateReply, EvaluateTask, FitReply, FitTask, InProcess, LocalClient,
 };
 pub use learner::{Learner, NnLearner};
 pub use params::{Layout, Parameters, TensorSpec};
 pub use server::{
-    CentralEval, CentralEvaluator, ClientEval, ClientFit, Event, Failure, RoundRecord, Server,
-    ServerConfig, ServerError,
+    CentralEval, CentralEvaluator, ClientEval, ClientFit, Event, Failure, RoundRecord, Server, ServerConfig,
+    ServerError,
 };
-pub use strategy::{
-    FedAvg, Rejection, Strategy, StrategyError, sample_clients, weighted_average,
-    weighted_evaluation,
-};
+pub use strategy::{FedAvg, Rejection, Strategy, StrategyError, sample_clients, weighted_average, weighted_evaluation};
 pub use train::{LocalTraining, TrainStats, train_local};

@@ -26,11 +26,7 @@ pub struct Layout {
 impl Layout {
     /// A layout from tensors laid out back to back from offset 0.
     pub fn new(tensors: Vec<TensorSpec>) -> Self {
-        let len = tensors
-            .iter()
-            .map(|t| t.offset + t.shape.iter().product::<usize>())
-            .max()
-            .unwrap_or(0);
+        let len = tensors.iter().map(|t| t.offset + t.shape.iter().product::<usize>()).max().unwrap_or(0);
         Layout { tensors, len }
     }
     /// The tensors.

@@ -149,11 +149,7 @@ pub struct Server {
 impl Server {
     /// A server running `strategy` over `clients`.
     pub fn new(strategy: Box<dyn Strategy>, clients: Vec<Box<dyn ClientProxy>>) -> Self {
-        Server {
-            strategy,
-            clients,
-            central: None,
-        }
+        Server { strategy, clients, central: None }
     }
 
     /// Adds centralised evaluation after every round.
@@ -209,10 +205,7 @@ impl Server {
         let n = self.clients.len();
         let mut rng = seed::stream(cfg.seed, "client-sampling", &[round as u64]);
         let tasks = self.strategy.configure_fit(round, n, cfg.seed, &mut rng);
-        observer(Event::RoundStarted {
-            round,
-            parties: tasks.len(),
-        });
+        observer(Event::RoundStarted { round, parties: tasks.len() });
         let mut replies: Vec<(usize, FitReply)> = Vec::with_capacity(tasks.len());
         let mut fit = Vec::new();
         let mut failures = Vec::new();
@@ -225,25 +218,16 @@ impl Server {
                         id: client.id().to_string(),
                         num_examples: r.num_examples,
                         train_loss: r.metrics.get("train_loss").copied().unwrap_or(f64::NAN),
-                        train_accuracy: r
-                            .metrics
-                            .get("train_accuracy")
-                            .copied()
-                            .unwrap_or(f64::NAN),
+                        train_accuracy: r.metrics.get("train_accuracy").copied().unwrap_or(f64::NAN),
                         seconds: t.elapsed().as_secs_f64(),
                     });
                     replies.push((*c, r));
                 }
-                Err(e) => failures.push(Failure {
-                    id: client.id().to_string(),
-                    stage: "fit".into(),
-                    reason: e.to_string(),
-                }),
+                Err(e) => {
+                    failures.push(Failure { id: client.id().to_string(), stage: "fit".into(), reason: e.to_string() })
+                }
             }
-            observer(Event::FitDone {
-                round,
-                id: self.clients[*c].id(),
-            });
+            observer(Event::FitDone { round, id: self.clients[*c].id() });
         }
         let fit_seconds = start.elapsed().as_secs_f64();
         let (aggregated, error) = match self.strategy.aggregate_fit(round, global, &replies) {
@@ -251,11 +235,7 @@ impl Server {
                 for r in rejected {
                     let id = self.clients[r.client].id().to_string();
                     fit.retain(|f| f.id != id);
-                    failures.push(Failure {
-                        id,
-                        stage: "fit".into(),
-                        reason: format!("update refused: {}", r.reason),
-                    });
+                    failures.push(Failure { id, stage: "fit".into(), reason: format!("update refused: {}", r.reason) });
                 }
                 *global = next;
                 (true, None)
@@ -263,12 +243,8 @@ impl Server {
             Err(e) => (false, Some(e.to_string())),
         };
         let trained: usize = fit.iter().map(|f| f.num_examples).sum();
-        let train_loss = (trained > 0).then(|| {
-            fit.iter()
-                .map(|f| f.train_loss * f.num_examples as f64)
-                .sum::<f64>()
-                / trained as f64
-        });
+        let train_loss = (trained > 0)
+            .then(|| fit.iter().map(|f| f.train_loss * f.num_examples as f64).sum::<f64>() / trained as f64);
 
         let t_eval = Instant::now();
         let mut rng = seed::stream(cfg.seed, "evaluate-sampling", &[round as u64]);

@@ -75,17 +75,11 @@ pub trait Strategy: Send {
         num_clients: usize,
         _rng: &mut ChaCha8Rng,
     ) -> Vec<(usize, EvaluateTask)> {
-        (0..num_clients)
-            .map(|c| (c, EvaluateTask { round }))
-            .collect()
+        (0..num_clients).map(|c| (c, EvaluateTask { round })).collect()
     }
 
     /// Combines evaluation replies. Default: weighted by examples.
-    fn aggregate_evaluate(
-        &mut self,
-        _round: u32,
-        replies: &[(usize, EvaluateReply)],
-    ) -> Option<EvaluateReply> {
+    fn aggregate_evaluate(&mut self, _round: u32, replies: &[(usize, EvaluateReply)]) -> Option<EvaluateReply> {
         weighted_evaluation(replies)
     }
 }
@@ -102,21 +96,13 @@ pub fn weighted_evaluation(replies: &[(usize, EvaluateReply)]) -> Option<Evaluat
         loss += r.loss * r.num_examples as f64;
         acc += r.accuracy * r.num_examples as f64;
     }
-    Some(EvaluateReply {
-        num_examples: n,
-        loss: loss / n as f64,
-        accuracy: acc / n as f64,
-    })
+    Some(EvaluateReply { num_examples: n, loss: loss / n as f64, accuracy: acc / n as f64 })
 }
 
 /// Checks a reply against the global model; the reason it is unusable, if it is.
 pub fn check_reply(global: &Parameters, reply: &FitReply) -> Result<(), String> {
     if reply.params.len() != global.len() {
-        return Err(format!(
-            "sent {} parameters, the model has {}",
-            reply.params.len(),
-            global.len()
-        ));
+        return Err(format!("sent {} parameters, the model has {}", reply.params.len(), global.len()));
     }
     if reply.num_examples == 0 {
         return Err("reported 0 training examples".into());
@@ -128,10 +114,7 @@ pub fn check_reply(global: &Parameters, reply: &FitReply) -> Result<(), String> 
 }
 
 /// θ = Σ_k (n_k / n) θ_k over the usable replies, accumulated in f64.
-pub fn weighted_average(
-    global: &Parameters,
-    replies: &[(usize, FitReply)],
-) -> (Option<Vec<f32>>, Vec<Rejection>) {
+pub fn weighted_average(global: &Parameters, replies: &[(usize, FitReply)]) -> (Option<Vec<f32>>, Vec<Rejection>) {
     let mut rejected = Vec::new();
     let mut acc = vec![0.0f64; global.len()];
     let mut total = 0usize;
@@ -150,10 +133,7 @@ pub fn weighted_average(
         return (None, rejected);
     }
     let inv = 1.0 / total as f64;
-    (
-        Some(acc.iter().map(|a| (a * inv) as f32).collect()),
-        rejected,
-    )
+    (Some(acc.iter().map(|a| (a * inv) as f32).collect()), rejected)
 }
 
 /// Client sampling shared by strategies: `max(min, ⌈fraction · n⌉)` parties (capped at n),
@@ -187,10 +167,7 @@ impl FedAvg {
     /// Checks the settings.
     pub fn validate(&self) -> Result<(), StrategyError> {
         if !(self.fraction_fit > 0.0 && self.fraction_fit <= 1.0) {
-            return Err(StrategyError::Config(format!(
-                "fraction_fit = {} must be in (0, 1]",
-                self.fraction_fit
-            )));
+            return Err(StrategyError::Config(format!("fraction_fit = {} must be in (0, 1]", self.fraction_fit)));
         }
         if !(0.0..=1.0).contains(&self.fraction_evaluate) {
             return Err(StrategyError::Config(format!(
@@ -199,14 +176,9 @@ impl FedAvg {
             )));
         }
         if self.training.epochs == 0 || self.training.batch_size == 0 {
-            return Err(StrategyError::Config(
-                "epochs and batch_size must be at least 1".into(),
-            ));
+            return Err(StrategyError::Config("epochs and batch_size must be at least 1".into()));
         }
-        self.training
-            .optimizer
-            .validate()
-            .map_err(|e| StrategyError::Config(e.to_string()))
+        self.training.optimizer.validate().map_err(|e| StrategyError::Config(e.to_string()))
     }
 }
 
@@ -244,18 +216,10 @@ impl Strategy for FedAvg {
         let (avg, rejected) = weighted_average(global, replies);
         let usable = replies.len() - rejected.len();
         match avg {
-            Some(values) if usable >= self.min_replies.max(1) => Ok((
-                Parameters {
-                    values,
-                    layout: global.layout.clone(),
-                },
-                rejected,
-            )),
-            _ => Err(StrategyError::TooFewReplies {
-                round,
-                got: usable,
-                need: self.min_replies.max(1),
-            }),
+            Some(values) if usable >= self.min_replies.max(1) => {
+                Ok((Parameters { values, layout: global.layout.clone() }, rejected))
+            }
+            _ => Err(StrategyError::TooFewReplies { round, got: usable, need: self.min_replies.max(1) }),
         }
     }
 

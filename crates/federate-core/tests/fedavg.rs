@@ -9,19 +9,11 @@ use federate_nn::OptimizerSpec;
 use rand::SeedableRng;
 
 fn layout(n: usize) -> Arc<Layout> {
-    Arc::new(Layout::new(vec![TensorSpec {
-        name: "w".into(),
-        shape: vec![n],
-        offset: 0,
-    }]))
+    Arc::new(Layout::new(vec![TensorSpec { name: "w".into(), shape: vec![n], offset: 0 }]))
 }
 
 fn reply(params: Vec<f32>, n: usize) -> FitReply {
-    FitReply {
-        params,
-        num_examples: n,
-        metrics: BTreeMap::new(),
-    }
+    FitReply { params, num_examples: n, metrics: BTreeMap::new() }
 }
 
 fn fedavg() -> FedAvg {
@@ -33,11 +25,7 @@ fn fedavg() -> FedAvg {
         training: LocalTraining {
             epochs: 1,
             batch_size: 1,
-            optimizer: OptimizerSpec::Sgd {
-                lr: 0.1,
-                momentum: 0.0,
-                weight_decay: 0.0,
-            },
+            optimizer: OptimizerSpec::Sgd { lr: 0.1, momentum: 0.0, weight_decay: 0.0 },
         },
     }
 }
@@ -46,18 +34,11 @@ fn fedavg() -> FedAvg {
 fn weighted_by_example_count() {
     let global = Parameters::new(vec![0.0; 2], layout(2)).unwrap();
     // n = 100 + 300 + 600 = 1000; θ = 0.1·[1, 2] + 0.3·[3, -1] + 0.6·[-2, 4] = [-0.2, 2.3]
-    let replies = vec![
-        (0, reply(vec![1.0, 2.0], 100)),
-        (1, reply(vec![3.0, -1.0], 300)),
-        (2, reply(vec![-2.0, 4.0], 600)),
-    ];
+    let replies =
+        vec![(0, reply(vec![1.0, 2.0], 100)), (1, reply(vec![3.0, -1.0], 300)), (2, reply(vec![-2.0, 4.0], 600))];
     let (p, rejected) = fedavg().aggregate_fit(1, &global, &replies).unwrap();
     assert!(rejected.is_empty());
-    assert!(
-        (p.values[0] + 0.2).abs() < 1e-6 && (p.values[1] - 2.3).abs() < 1e-6,
-        "{:?}",
-        p.values
-    );
+    assert!((p.values[0] + 0.2).abs() < 1e-6 && (p.values[1] - 2.3).abs() < 1e-6, "{:?}", p.values);
 }
 
 #[test]
@@ -71,10 +52,7 @@ fn bad_updates_are_refused_with_a_reason() {
     ];
     let (p, rejected) = fedavg().aggregate_fit(1, &global, &replies).unwrap();
     assert_eq!(p.values, vec![1.0, 1.0]);
-    let reasons: Vec<_> = rejected
-        .iter()
-        .map(|r| (r.client, r.reason.clone()))
-        .collect();
+    let reasons: Vec<_> = rejected.iter().map(|r| (r.client, r.reason.clone())).collect();
     assert_eq!(reasons.len(), 3);
     assert!(
         reasons[0].1.contains("not finite")
@@ -83,10 +61,7 @@ fn bad_updates_are_refused_with_a_reason() {
     );
     let mut s = fedavg();
     s.min_replies = 2;
-    assert!(matches!(
-        s.aggregate_fit(1, &global, &replies),
-        Err(StrategyError::TooFewReplies { got: 1, .. })
-    ));
+    assert!(matches!(s.aggregate_fit(1, &global, &replies), Err(StrategyError::TooFewReplies { got: 1, .. })));
 }
 
 #[test]
@@ -111,48 +86,22 @@ impl Client for Fixed {
         }
         Ok(reply(vec![self.target; global.len()], self.n))
     }
-    fn evaluate(
-        &mut self,
-        params: &Parameters,
-        _t: &EvaluateTask,
-    ) -> Result<EvaluateReply, ClientError> {
+    fn evaluate(&mut self, params: &Parameters, _t: &EvaluateTask) -> Result<EvaluateReply, ClientError> {
         let err = (params.values[0] - self.target).abs() as f64;
-        Ok(EvaluateReply {
-            num_examples: self.n,
-            loss: err,
-            accuracy: if err < 1.0 { 1.0 } else { 0.0 },
-        })
+        Ok(EvaluateReply { num_examples: self.n, loss: err, accuracy: if err < 1.0 { 1.0 } else { 0.0 } })
     }
 }
 
 #[test]
 fn a_failing_party_is_recorded_and_the_round_completes() {
     let clients: Vec<Box<dyn ClientProxy>> = vec![
-        Box::new(InProcess::new(
-            "a",
-            Fixed {
-                target: 1.0,
-                n: 1,
-                fail_round: None,
-            },
-        )),
-        Box::new(InProcess::new(
-            "b",
-            Fixed {
-                target: 4.0,
-                n: 2,
-                fail_round: Some(2),
-            },
-        )),
+        Box::new(InProcess::new("a", Fixed { target: 1.0, n: 1, fail_round: None })),
+        Box::new(InProcess::new("b", Fixed { target: 4.0, n: 2, fail_round: Some(2) })),
     ];
     let mut server = Server::new(Box::new(fedavg()), clients);
     let init = Parameters::new(vec![0.0; 3], layout(3)).unwrap();
     let mut events = 0;
-    let (p, records) = server
-        .run(init, &ServerConfig { rounds: 2, seed: 1 }, &mut |_| {
-            events += 1
-        })
-        .unwrap();
+    let (p, records) = server.run(init, &ServerConfig { rounds: 2, seed: 1 }, &mut |_| events += 1).unwrap();
     assert_eq!(records.len(), 2);
     // Round 1: (1·1 + 2·4) / 3 = 3; round 2: only "a" answers.
     assert_eq!(records[0].fit.len(), 2);

@@ -42,12 +42,7 @@ impl Dataset {
             x.extend_from_slice(&self.x[i * d..(i + 1) * d]);
             y.push(self.y[i]);
         }
-        Dataset {
-            x,
-            y,
-            dims: self.dims,
-            classes: self.classes,
-        }
+        Dataset { x, y, dims: self.dims, classes: self.classes }
     }
     /// How many examples of each class.
     pub fn label_counts(&self) -> Vec<usize> {
@@ -90,18 +85,11 @@ pub fn load(name: &str, opts: &FetchOptions) -> Result<TrainTest, DataError> {
 /// Loads the four IDX files of `info` from `dir` (already verified).
 pub fn load_idx_dir(dir: &Path, info: &DatasetInfo) -> Result<TrainTest, DataError> {
     let [tri, trl, tei, tel] = info.files.map(|(f, _)| dir.join(f));
-    Ok(TrainTest {
-        train: images_and_labels(&tri, &trl, 10)?,
-        test: images_and_labels(&tei, &tel, 10)?,
-    })
+    Ok(TrainTest { train: images_and_labels(&tri, &trl, 10)?, test: images_and_labels(&tei, &tel, 10)? })
 }
 
 /// Builds a dataset from an IDX image file (`n × h × w`) and an IDX label file (`n`).
-pub fn images_and_labels(
-    images: &Path,
-    labels: &Path,
-    classes: usize,
-) -> Result<Dataset, DataError> {
+pub fn images_and_labels(images: &Path, labels: &Path, classes: usize) -> Result<Dataset, DataError> {
     let im = read_idx(images)?;
     let lb = read_idx(labels)?;
     if im.dims.len() != 3 {
@@ -113,17 +101,11 @@ pub fn images_and_labels(
     if lb.dims.len() != 1 || lb.dims[0] != im.dims[0] {
         return Err(DataError::BadIdx {
             path: labels.into(),
-            problem: format!(
-                "expected {} labels, found dimensions {:?}",
-                im.dims[0], lb.dims
-            ),
+            problem: format!("expected {} labels, found dimensions {:?}", im.dims[0], lb.dims),
         });
     }
     if let Some(bad) = lb.data.iter().find(|&&l| l as usize >= classes) {
-        return Err(DataError::BadIdx {
-            path: labels.into(),
-            problem: format!("label {bad} is not below {classes}"),
-        });
+        return Err(DataError::BadIdx { path: labels.into(), problem: format!("label {bad} is not below {classes}") });
     }
     Ok(Dataset {
         x: im.data.iter().map(|&p| p as f32 / 255.0).collect(),

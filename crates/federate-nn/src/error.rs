@@ -6,9 +6,7 @@ use thiserror::Error;
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum NnError {
     /// The model name is not one of the built-in models.
-    #[error(
-        "unknown model '{0}': use one of cnn, mlp, logreg, or name = \"custom\" with a layer list"
-    )]
+    #[error("unknown model '{0}': use one of cnn, mlp, logreg, or name = \"custom\" with a layer list")]
     UnknownModel(String),
     /// A layer list whose shapes do not chain.
     #[error("layer {index} ({layer}): {problem}")]

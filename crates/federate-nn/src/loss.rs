@@ -13,17 +13,10 @@ pub fn softmax_cross_entropy(
 ) -> Result<BatchStats, NnError> {
     let n = labels.len();
     if logits.len() != n * classes {
-        return Err(NnError::SizeMismatch {
-            what: "logits",
-            got: logits.len(),
-            expected: n * classes,
-        });
+        return Err(NnError::SizeMismatch { what: "logits", got: logits.len(), expected: n * classes });
     }
     let inv_n = 1.0 / n.max(1) as f32;
-    let mut stats = BatchStats {
-        count: n,
-        ..Default::default()
-    };
+    let mut stats = BatchStats { count: n, ..Default::default() };
     for (i, (row, &label)) in logits.chunks_exact(classes).zip(labels).enumerate() {
         if label as usize >= classes {
             return Err(NnError::BadLabel { label, classes });

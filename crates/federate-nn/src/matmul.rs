@@ -20,11 +20,7 @@ pub(crate) enum Op {
 }
 
 fn parallelism(threads: usize) -> Parallelism {
-    if threads <= 1 {
-        Parallelism::None
-    } else {
-        Parallelism::Rayon(threads)
-    }
+    if threads <= 1 { Parallelism::None } else { Parallelism::Rayon(threads) }
 }
 
 /// `c (m×n) = [c +] scale · op(a) · op(b)` where `op(a)` is m×k and `op(b)` is k×n.
@@ -47,30 +43,15 @@ pub(crate) fn matmul(
     if m == 0 || n == 0 {
         return;
     }
-    assert!(
-        c.len() >= m * n,
-        "matmul: c has {} values, needs {}",
-        c.len(),
-        m * n
-    );
+    assert!(c.len() >= m * n, "matmul: c has {} values, needs {}", c.len(), m * n);
     if k == 0 {
         if !accumulate {
             c[..m * n].fill(0.0);
         }
         return;
     }
-    assert!(
-        a.len() >= m * k,
-        "matmul: a has {} values, needs {}",
-        a.len(),
-        m * k
-    );
-    assert!(
-        b.len() >= k * n,
-        "matmul: b has {} values, needs {}",
-        b.len(),
-        k * n
-    );
+    assert!(a.len() >= m * k, "matmul: a has {} values, needs {}", a.len(), m * k);
+    assert!(b.len() >= k * n, "matmul: b has {} values, needs {}", b.len(), k * n);
     let (a_rs, a_cs) = match ta {
         Op::N => (k as isize, 1),
         Op::T => (1, m as isize),
@@ -134,33 +115,18 @@ pub(crate) fn matmul_tn_split(
     outs.into_par_iter().enumerate().for_each(|(t, out)| {
         let lo = (t * per).min(k);
         let hi = ((t + 1) * per).min(k);
-        matmul(
-            m,
-            n,
-            hi - lo,
-            out,
-            &a[lo * m..hi * m],
-            Op::T,
-            &b[lo * n..hi * n],
-            Op::N,
-            false,
-            1.0,
-            1,
-        );
+        matmul(m, n, hi - lo, out, &a[lo * m..hi * m], Op::T, &b[lo * n..hi * n], Op::N, false, 1.0, 1);
     });
     let (head, rest) = (c, &*partial);
-    head[..mn]
-        .par_chunks_mut(4096)
-        .enumerate()
-        .for_each(|(i, dst)| {
-            let off = i * 4096;
-            for t in 0..chunks - 1 {
-                let src = &rest[t * mn + off..t * mn + off + dst.len()];
-                for (d, s) in dst.iter_mut().zip(src) {
-                    *d += s;
-                }
+    head[..mn].par_chunks_mut(4096).enumerate().for_each(|(i, dst)| {
+        let off = i * 4096;
+        for t in 0..chunks - 1 {
+            let src = &rest[t * mn + off..t * mn + off + dst.len()];
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d += s;
             }
-        });
+        }
+    });
 }
 
 /// Measures the matrix-multiply rate (GFLOP/s) with `threads` threads on square products of
@@ -191,16 +157,8 @@ mod tests {
             for j in 0..n {
                 let mut s = 0.0f64;
                 for l in 0..k {
-                    let av = if ta == Op::N {
-                        a[i * k + l]
-                    } else {
-                        a[l * m + i]
-                    };
-                    let bv = if tb == Op::N {
-                        b[l * n + j]
-                    } else {
-                        b[j * k + l]
-                    };
+                    let av = if ta == Op::N { a[i * k + l] } else { a[l * m + i] };
+                    let bv = if tb == Op::N { b[l * n + j] } else { b[j * k + l] };
                     s += av as f64 * bv as f64;
                 }
                 c[i * n + j] = s as f32;
@@ -212,12 +170,8 @@ mod tests {
     #[test]
     fn all_orientations_match_naive() {
         let (m, n, k) = (7, 5, 9);
-        let a: Vec<f32> = (0..m * k)
-            .map(|i| ((i * 37 % 11) as f32 - 5.0) / 3.0)
-            .collect();
-        let b: Vec<f32> = (0..k * n)
-            .map(|i| ((i * 13 % 7) as f32 - 3.0) / 2.0)
-            .collect();
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 11) as f32 - 5.0) / 3.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 13 % 7) as f32 - 3.0) / 2.0).collect();
         for ta in [Op::N, Op::T] {
             for tb in [Op::N, Op::T] {
                 let want = naive(m, n, k, &a, ta, &b, tb);
@@ -237,12 +191,8 @@ mod tests {
     #[test]
     fn split_product_matches() {
         let (m, n, k) = (6, 4, 1001);
-        let a: Vec<f32> = (0..k * m)
-            .map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0)
-            .collect();
-        let b: Vec<f32> = (0..k * n)
-            .map(|i| ((i * 3 % 5) as f32 - 2.0) / 4.0)
-            .collect();
+        let a: Vec<f32> = (0..k * m).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 3 % 5) as f32 - 2.0) / 4.0).collect();
         let want = naive(m, n, k, &a, Op::T, &b, Op::N);
         let mut c = vec![0.0; m * n];
         let mut partial = vec![0.0; 2 * m * n];

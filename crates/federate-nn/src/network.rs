@@ -79,19 +79,11 @@ impl BatchStats {
     }
     /// Mean loss (0 for an empty batch).
     pub fn mean_loss(&self) -> f64 {
-        if self.count == 0 {
-            0.0
-        } else {
-            self.loss_sum / self.count as f64
-        }
+        if self.count == 0 { 0.0 } else { self.loss_sum / self.count as f64 }
     }
     /// Fraction correct (0 for an empty batch).
     pub fn accuracy(&self) -> f64 {
-        if self.count == 0 {
-            0.0
-        } else {
-            self.correct as f64 / self.count as f64
-        }
+        if self.count == 0 { 0.0 } else { self.correct as f64 / self.count as f64 }
     }
 }
 
@@ -130,38 +122,21 @@ impl Network {
         for (i, l) in spec.layers.iter().enumerate() {
             let (input, output) = (shapes[i], shapes[i + 1]);
             let layer = match *l {
-                LayerSpec::Conv2d {
-                    kernel,
-                    stride,
-                    padding,
-                    ..
-                } => {
+                LayerSpec::Conv2d { kernel, stride, padding, .. } => {
                     let pad = match padding {
                         Padding::Explicit(p) => p,
                         Padding::Named(PaddingName::Valid) => 0,
                         Padding::Named(PaddingName::Same) => kernel / 2,
                     };
-                    Layer::Conv(Conv {
-                        input,
-                        output,
-                        kernel,
-                        stride,
-                        pad,
-                    })
+                    Layer::Conv(Conv { input, output, kernel, stride, pad })
                 }
-                LayerSpec::MaxPool2d { kernel, stride } => Layer::Pool(MaxPool {
-                    input,
-                    output,
-                    kernel,
-                    stride: stride.unwrap_or(kernel),
-                }),
+                LayerSpec::MaxPool2d { kernel, stride } => {
+                    Layer::Pool(MaxPool { input, output, kernel, stride: stride.unwrap_or(kernel) })
+                }
                 LayerSpec::Relu => Layer::Relu,
                 LayerSpec::Flatten => Layer::Flatten,
                 LayerSpec::Dropout { p } => Layer::Dropout(p),
-                LayerSpec::Linear { out } => Layer::Linear {
-                    input: input.size(),
-                    output: out,
-                },
+                LayerSpec::Linear { out } => Layer::Linear { input: input.size(), output: out },
             };
             let wshape = match &layer {
                 Layer::Conv(c) => Some(vec![c.kernel, c.kernel, input.c, output.c]),
@@ -171,16 +146,8 @@ impl Network {
             if let Some(ws) = wshape {
                 let wlen: usize = ws.iter().product();
                 let bias = output.c;
-                tensors.push(TensorInfo {
-                    name: format!("layers.{i}.weight"),
-                    shape: ws,
-                    offset,
-                });
-                tensors.push(TensorInfo {
-                    name: format!("layers.{i}.bias"),
-                    shape: vec![bias],
-                    offset: offset + wlen,
-                });
+                tensors.push(TensorInfo { name: format!("layers.{i}.weight"), shape: ws, offset });
+                tensors.push(TensorInfo { name: format!("layers.{i}.bias"), shape: vec![bias], offset: offset + wlen });
                 param_at.push(Some((offset, offset + wlen, offset + wlen + bias)));
                 offset += wlen + bias;
             } else {
@@ -188,14 +155,7 @@ impl Network {
             }
             layers.push(layer);
         }
-        Ok(Network {
-            spec,
-            layers,
-            shapes,
-            param_at,
-            tensors,
-            num_params: offset,
-        })
+        Ok(Network { spec, layers, shapes, param_at, tensors, num_params: offset })
     }
 
     /// The description this network was built from.
@@ -232,11 +192,8 @@ impl Network {
                 _ => unreachable!("only conv and linear layers own parameters"),
             };
             let relu_next = matches!(self.layers.get(i + 1), Some(Layer::Relu));
-            let limit = if relu_next {
-                (6.0 / fan_in as f64).sqrt()
-            } else {
-                (6.0 / (fan_in + fan_out) as f64).sqrt()
-            } as f32;
+            let limit =
+                if relu_next { (6.0 / fan_in as f64).sqrt() } else { (6.0 / (fan_in + fan_out) as f64).sqrt() } as f32;
             for p in &mut params[w0..w1] {
                 *p = rng.random_range(-limit..limit);
             }
@@ -249,22 +206,12 @@ impl Network {
     pub fn workspace(&self, capacity: usize, threads: usize) -> Workspace {
         let capacity = capacity.max(1);
         let threads = threads.max(1);
-        let acts: Vec<Vec<f32>> = self
-            .shapes
-            .iter()
-            .map(|s| vec![0.0; capacity * s.size()])
-            .collect();
+        let acts: Vec<Vec<f32>> = self.shapes.iter().map(|s| vec![0.0; capacity * s.size()]).collect();
         let grads: Vec<Vec<f32>> = self
             .shapes
             .iter()
             .enumerate()
-            .map(|(i, s)| {
-                if i == 0 {
-                    Vec::new()
-                } else {
-                    vec![0.0; capacity * s.size()]
-                }
-            })
+            .map(|(i, s)| if i == 0 { Vec::new() } else { vec![0.0; capacity * s.size()] })
             .collect();
         let mut partial_len = 0;
         let scratch = self
@@ -308,25 +255,13 @@ impl Network {
 
     fn check(&self, params: &[f32], x: &[f32], n: usize, ws: &Workspace) -> Result<(), NnError> {
         if params.len() != self.num_params {
-            return Err(NnError::SizeMismatch {
-                what: "parameters",
-                got: params.len(),
-                expected: self.num_params,
-            });
+            return Err(NnError::SizeMismatch { what: "parameters", got: params.len(), expected: self.num_params });
         }
         if x.len() != n * self.input_len() {
-            return Err(NnError::SizeMismatch {
-                what: "batch inputs",
-                got: x.len(),
-                expected: n * self.input_len(),
-            });
+            return Err(NnError::SizeMismatch { what: "batch inputs", got: x.len(), expected: n * self.input_len() });
         }
         if n > ws.capacity {
-            return Err(NnError::SizeMismatch {
-                what: "batch (workspace capacity)",
-                got: n,
-                expected: ws.capacity,
-            });
+            return Err(NnError::SizeMismatch { what: "batch (workspace capacity)", got: n, expected: ws.capacity });
         }
         Ok(())
     }
@@ -351,15 +286,7 @@ impl Network {
             match layer {
                 Layer::Conv(c) => {
                     let (w0, w1, b1) = self.param_at[i].unwrap_or_default();
-                    c.forward(
-                        &params[w0..w1],
-                        &params[w1..b1],
-                        xin,
-                        y,
-                        &mut ws.scratch[i],
-                        n,
-                        threads,
-                    );
+                    c.forward(&params[w0..w1], &params[w1..b1], xin, y, &mut ws.scratch[i], n, threads);
                 }
                 Layer::Pool(p) => p.forward(xin, y, &mut ws.argmax[i], n),
                 Layer::Relu => relu_forward(xin, y),
@@ -373,19 +300,7 @@ impl Network {
                 }
                 Layer::Linear { input, output } => {
                     let (w0, w1, b1) = self.param_at[i].unwrap_or_default();
-                    matmul(
-                        n,
-                        *output,
-                        *input,
-                        y,
-                        xin,
-                        Op::N,
-                        &params[w0..w1],
-                        Op::N,
-                        false,
-                        1.0,
-                        threads,
-                    );
+                    matmul(n, *output, *input, y, xin, Op::N, &params[w0..w1], Op::N, false, 1.0, threads);
                     add_bias(y, &params[w1..b1]);
                 }
             }
@@ -406,11 +321,7 @@ impl Network {
     ) -> Result<BatchStats, NnError> {
         let n = labels.len();
         if grad.len() != self.num_params {
-            return Err(NnError::SizeMismatch {
-                what: "gradient",
-                got: grad.len(),
-                expected: self.num_params,
-            });
+            return Err(NnError::SizeMismatch { what: "gradient", got: grad.len(), expected: self.num_params });
         }
         self.check(params, x, n, ws)?;
         self.forward(params, ws, x, true)?;
@@ -446,28 +357,14 @@ impl Network {
             let need_dx = i > 0;
             let (gb, ga) = ws.grads.split_at_mut(i + 1);
             let dy = &ga[0][..n * self.shapes[i + 1].size()];
-            let dx: Option<&mut [f32]> = if need_dx {
-                Some(&mut gb[i][..n * self.shapes[i].size()])
-            } else {
-                None
-            };
+            let dx: Option<&mut [f32]> = if need_dx { Some(&mut gb[i][..n * self.shapes[i].size()]) } else { None };
             let xin = &ws.acts[i][..n * self.shapes[i].size()];
             let yout = &ws.acts[i + 1][..n * self.shapes[i + 1].size()];
             match layer {
                 Layer::Conv(c) => {
                     let (w0, w1, b1) = self.param_at[i].unwrap_or_default();
                     let (gw, gbias) = grad[w0..b1].split_at_mut(w1 - w0);
-                    c.backward(
-                        &params[w0..w1],
-                        dy,
-                        gw,
-                        gbias,
-                        dx,
-                        &mut ws.scratch[i],
-                        &mut ws.partial,
-                        n,
-                        threads,
-                    );
+                    c.backward(&params[w0..w1], dy, gw, gbias, dx, &mut ws.scratch[i], &mut ws.partial, n, threads);
                 }
                 Layer::Pool(p) => {
                     if let Some(dx) = dx {
@@ -499,35 +396,11 @@ impl Network {
                     if n >= 256 {
                         matmul_tn_split(*input, *output, n, gw, xin, dy, &mut ws.partial, threads);
                     } else {
-                        matmul(
-                            *input,
-                            *output,
-                            n,
-                            gw,
-                            xin,
-                            Op::T,
-                            dy,
-                            Op::N,
-                            false,
-                            1.0,
-                            threads,
-                        );
+                        matmul(*input, *output, n, gw, xin, Op::T, dy, Op::N, false, 1.0, threads);
                     }
                     bias_grad(dy, gbias);
                     if let Some(dx) = dx {
-                        matmul(
-                            n,
-                            *input,
-                            *output,
-                            dx,
-                            dy,
-                            Op::N,
-                            &params[w0..w1],
-                            Op::T,
-                            false,
-                            1.0,
-                            threads,
-                        );
+                        matmul(n, *input, *output, dx, dy, Op::N, &params[w0..w1], Op::T, false, 1.0, threads);
                     }
                 }
             }
@@ -562,11 +435,7 @@ impl Network {
     ) -> Result<BatchStats, NnError> {
         let d = self.input_len();
         if x.len() != labels.len() * d {
-            return Err(NnError::SizeMismatch {
-                what: "inputs",
-                got: x.len(),
-                expected: labels.len() * d,
-            });
+            return Err(NnError::SizeMismatch { what: "inputs", got: x.len(), expected: labels.len() * d });
         }
         let cap = ws.capacity;
         let mut total = BatchStats::default();

@@ -54,11 +54,7 @@ impl OptimizerSpec {
     pub fn validate(&self) -> Result<(), NnError> {
         let bad = |m: String| Err(NnError::BadHyperParameter(m));
         match *self {
-            OptimizerSpec::Sgd {
-                lr,
-                momentum,
-                weight_decay,
-            } => {
+            OptimizerSpec::Sgd { lr, momentum, weight_decay } => {
                 if !(lr > 0.0 && lr.is_finite()) {
                     return bad(format!("learning rate lr = {lr} must be a positive number"));
                 }
@@ -69,20 +65,12 @@ impl OptimizerSpec {
                     return bad(format!("weight_decay = {weight_decay} must be ≥ 0"));
                 }
             }
-            OptimizerSpec::Adam {
-                lr,
-                beta1,
-                beta2,
-                eps,
-                weight_decay,
-            } => {
+            OptimizerSpec::Adam { lr, beta1, beta2, eps, weight_decay } => {
                 if !(lr > 0.0 && lr.is_finite()) {
                     return bad(format!("learning rate lr = {lr} must be a positive number"));
                 }
                 if !(0.0..1.0).contains(&beta1) || !(0.0..1.0).contains(&beta2) {
-                    return bad(format!(
-                        "beta1 = {beta1} and beta2 = {beta2} must be in [0, 1)"
-                    ));
+                    return bad(format!("beta1 = {beta1} and beta2 = {beta2} must be in [0, 1)"));
                 }
                 if eps.is_nan() || eps <= 0.0 {
                     return bad(format!("eps = {eps} must be > 0"));
@@ -110,12 +98,7 @@ impl OptimizerSpec {
             OptimizerSpec::Sgd { .. } => (vec![0.0; n], Vec::new()),
             OptimizerSpec::Adam { .. } => (vec![0.0; n], vec![0.0; n]),
         };
-        Ok(Optimizer {
-            spec: self.clone(),
-            m,
-            v,
-            t: 0,
-        })
+        Ok(Optimizer { spec: self.clone(), m, v, t: 0 })
     }
 }
 
@@ -133,11 +116,7 @@ impl Optimizer {
     pub fn step(&mut self, params: &mut [f32], grad: &[f32]) {
         self.t += 1;
         match self.spec {
-            OptimizerSpec::Sgd {
-                lr,
-                momentum,
-                weight_decay,
-            } => {
+            OptimizerSpec::Sgd { lr, momentum, weight_decay } => {
                 if momentum == 0.0 {
                     for (p, g) in params.iter_mut().zip(grad) {
                         *p -= lr * (g + weight_decay * *p);
@@ -149,23 +128,12 @@ impl Optimizer {
                     }
                 }
             }
-            OptimizerSpec::Adam {
-                lr,
-                beta1,
-                beta2,
-                eps,
-                weight_decay,
-            } => {
+            OptimizerSpec::Adam { lr, beta1, beta2, eps, weight_decay } => {
                 let bc1 = 1.0 - beta1.powi(self.t as i32);
                 let bc2 = 1.0 - beta2.powi(self.t as i32);
                 let step = lr / bc1;
                 let bc2s = bc2.sqrt();
-                for (((p, g), m), v) in params
-                    .iter_mut()
-                    .zip(grad)
-                    .zip(&mut self.m)
-                    .zip(&mut self.v)
-                {
+                for (((p, g), m), v) in params.iter_mut().zip(grad).zip(&mut self.m).zip(&mut self.v) {
                     let g = g + weight_decay * *p;
                     *m = beta1 * *m + (1.0 - beta1) * g;
                     *v = beta2 * *v + (1.0 - beta2) * g * g;
@@ -182,13 +150,7 @@ mod tests {
 
     #[test]
     fn sgd_momentum_matches_hand_computation() {
-        let mut o = OptimizerSpec::Sgd {
-            lr: 0.1,
-            momentum: 0.5,
-            weight_decay: 0.0,
-        }
-        .build(1)
-        .unwrap();
+        let mut o = OptimizerSpec::Sgd { lr: 0.1, momentum: 0.5, weight_decay: 0.0 }.build(1).unwrap();
         let mut p = [1.0f32];
         o.step(&mut p, &[2.0]); // v = 2, p = 0.8
         o.step(&mut p, &[2.0]); // v = 3, p = 0.5
@@ -197,15 +159,8 @@ mod tests {
 
     #[test]
     fn adam_first_step_moves_by_lr() {
-        let mut o = OptimizerSpec::Adam {
-            lr: 0.01,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-        }
-        .build(2)
-        .unwrap();
+        let mut o =
+            OptimizerSpec::Adam { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }.build(2).unwrap();
         let mut p = [0.0f32, 0.0];
         o.step(&mut p, &[3.0, -0.5]);
         assert!((p[0] + 0.01).abs() < 1e-6 && (p[1] - 0.01).abs() < 1e-6);
@@ -213,23 +168,7 @@ mod tests {
 
     #[test]
     fn bad_hyper_parameters_are_refused() {
-        assert!(
-            OptimizerSpec::Sgd {
-                lr: -0.1,
-                momentum: 0.0,
-                weight_decay: 0.0
-            }
-            .build(1)
-            .is_err()
-        );
-        assert!(
-            OptimizerSpec::Sgd {
-                lr: 0.1,
-                momentum: 1.0,
-                weight_decay: 0.0
-            }
-            .build(1)
-            .is_err()
-        );
+        assert!(OptimizerSpec::Sgd { lr: -0.1, momentum: 0.0, weight_decay: 0.0 }.build(1).is_err());
+        assert!(OptimizerSpec::Sgd { lr: 0.1, momentum: 1.0, weight_decay: 0.0 }.build(1).is_err());
     }
 }

@@ -41,11 +41,7 @@ impl Shape {
 
 impl std::fmt::Display for Shape {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.is_flat() {
-            write!(f, "[{}]", self.c)
-        } else {
-            write!(f, "[{}x{}x{}]", self.h, self.w, self.c)
-        }
+        if self.is_flat() { write!(f, "[{}]", self.c) } else { write!(f, "[{}x{}x{}]", self.h, self.w, self.c) }
     }
 }
 
@@ -156,49 +152,22 @@ impl ModelSpec {
         let same = Padding::Named(PaddingName::Same);
         let layers = match name {
             "cnn" => vec![
-                Conv2d {
-                    out_channels: 32,
-                    kernel: 5,
-                    stride: 1,
-                    padding: same,
-                },
+                Conv2d { out_channels: 32, kernel: 5, stride: 1, padding: same },
                 Relu,
-                MaxPool2d {
-                    kernel: 2,
-                    stride: None,
-                },
-                Conv2d {
-                    out_channels: 64,
-                    kernel: 5,
-                    stride: 1,
-                    padding: same,
-                },
+                MaxPool2d { kernel: 2, stride: None },
+                Conv2d { out_channels: 64, kernel: 5, stride: 1, padding: same },
                 Relu,
-                MaxPool2d {
-                    kernel: 2,
-                    stride: None,
-                },
+                MaxPool2d { kernel: 2, stride: None },
                 Flatten,
                 Linear { out: 512 },
                 Relu,
                 Linear { out: classes },
             ],
-            "mlp" => vec![
-                Flatten,
-                Linear { out: 200 },
-                Relu,
-                Linear { out: 200 },
-                Relu,
-                Linear { out: classes },
-            ],
+            "mlp" => vec![Flatten, Linear { out: 200 }, Relu, Linear { out: 200 }, Relu, Linear { out: classes }],
             "logreg" => vec![Flatten, Linear { out: classes }],
             other => return Err(NnError::UnknownModel(other.to_string())),
         };
-        Ok(ModelSpec {
-            input,
-            classes,
-            layers,
-        })
+        Ok(ModelSpec { input, classes, layers })
     }
 
     /// The activation shape after each layer (`shapes[0]` is the input), or an error naming
@@ -210,22 +179,11 @@ impl ModelSpec {
         let mut shapes = vec![self.input];
         for (index, layer) in self.layers.iter().enumerate() {
             let s = *shapes.last().unwrap_or(&self.input);
-            let bad = |problem: String| NnError::BadLayer {
-                index,
-                layer: layer.kind().to_string(),
-                problem,
-            };
+            let bad = |problem: String| NnError::BadLayer { index, layer: layer.kind().to_string(), problem };
             let next = match *layer {
-                LayerSpec::Conv2d {
-                    out_channels,
-                    kernel,
-                    stride,
-                    padding,
-                } => {
+                LayerSpec::Conv2d { out_channels, kernel, stride, padding } => {
                     if out_channels == 0 || kernel == 0 || stride == 0 {
-                        return Err(bad(
-                            "out_channels, kernel and stride must be at least 1".into()
-                        ));
+                        return Err(bad("out_channels, kernel and stride must be at least 1".into()));
                     }
                     let pad = match padding {
                         Padding::Explicit(p) => p,
@@ -265,11 +223,7 @@ impl ModelSpec {
                             "window {kernel} is larger than the input {s}: use a smaller window or remove the layer"
                         )));
                     }
-                    Shape::image(
-                        (s.h - kernel) / stride + 1,
-                        (s.w - kernel) / stride + 1,
-                        s.c,
-                    )
+                    Shape::image((s.h - kernel) / stride + 1, (s.w - kernel) / stride + 1, s.c)
                 }
                 LayerSpec::Relu => s,
                 LayerSpec::Dropout { p } => {
@@ -295,10 +249,7 @@ impl ModelSpec {
         }
         let last = shapes[shapes.len() - 1];
         if !last.is_flat() || last.c != self.classes {
-            return Err(NnError::OutputMismatch {
-                got: last.size(),
-                classes: self.classes,
-            });
+            return Err(NnError::OutputMismatch { got: last.size(), classes: self.classes });
         }
         Ok(shapes)
     }
@@ -319,32 +270,17 @@ mod tests {
 
     #[test]
     fn unchained_layers_are_named() {
-        let spec = ModelSpec {
-            input: Shape::image(28, 28, 1),
-            classes: 10,
-            layers: vec![LayerSpec::Linear { out: 10 }],
-        };
+        let spec =
+            ModelSpec { input: Shape::image(28, 28, 1), classes: 10, layers: vec![LayerSpec::Linear { out: 10 }] };
         let err = spec.shapes().unwrap_err().to_string();
-        assert!(
-            err.contains("layer 0 (linear)") && err.contains("flatten"),
-            "{err}"
-        );
+        assert!(err.contains("layer 0 (linear)") && err.contains("flatten"), "{err}");
         let spec = ModelSpec {
             input: Shape::image(28, 28, 1),
             classes: 10,
             layers: vec![LayerSpec::Flatten, LayerSpec::Linear { out: 7 }],
         };
-        assert!(matches!(
-            spec.shapes(),
-            Err(NnError::OutputMismatch {
-                got: 7,
-                classes: 10
-            })
-        ));
-        assert!(matches!(
-            ModelSpec::builtin("resnet", Shape::flat(3), 2),
-            Err(NnError::UnknownModel(_))
-        ));
+        assert!(matches!(spec.shapes(), Err(NnError::OutputMismatch { got: 7, classes: 10 })));
+        assert!(matches!(ModelSpec::builtin("resnet", Shape::flat(3), 2), Err(NnError::UnknownModel(_))));
     }
 
     #[test]
@@ -359,15 +295,8 @@ mod tests {
         .unwrap();
         assert_eq!(
             m.layers[0],
-            LayerSpec::Conv2d {
-                out_channels: 8,
-                kernel: 3,
-                stride: 1,
-                padding: Padding::Named(PaddingName::Same)
-            }
+            LayerSpec::Conv2d { out_channels: 8, kernel: 3, stride: 1, padding: Padding::Named(PaddingName::Same) }
         );
-        assert!(
-            toml::from_str::<M>(r#"layers = [{ type = "linear", out = 3, size = 3 }]"#).is_err()
-        );
+        assert!(toml::from_str::<M>(r#"layers = [{ type = "linear", out = 3, size = 3 }]"#).is_err());
     }
 }

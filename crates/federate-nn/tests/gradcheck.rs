@@ -4,18 +4,14 @@
 //! loss, both along random directions (which exercise every parameter at once) and for
 //! single coordinates of every tensor.
 
-use federate_nn::{
-    LayerSpec, ModelSpec, Network, Padding, PaddingName, Shape, softmax_cross_entropy,
-};
+use federate_nn::{LayerSpec, ModelSpec, Network, Padding, PaddingName, Shape, softmax_cross_entropy};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 fn data(n: usize, d: usize, classes: usize, seed: u64) -> (Vec<f32>, Vec<u32>) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let x = (0..n * d).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-    let y = (0..n)
-        .map(|_| rng.random_range(0..classes as u32))
-        .collect();
+    let y = (0..n).map(|_| rng.random_range(0..classes as u32)).collect();
     (x, y)
 }
 
@@ -23,9 +19,7 @@ fn mean_loss(net: &Network, p: &[f32], x: &[f32], y: &[u32]) -> f64 {
     let mut ws = net.workspace(y.len(), threads());
     ws.reseed(7);
     let mut g = vec![0.0; net.num_params()];
-    net.loss_and_grad(p, &mut ws, x, y, &mut g)
-        .unwrap()
-        .mean_loss()
+    net.loss_and_grad(p, &mut ws, x, y, &mut g).unwrap().mean_loss()
 }
 
 fn check(spec: ModelSpec, n: usize) {
@@ -49,20 +43,14 @@ fn check(spec: ModelSpec, n: usize) {
     let eps = 1e-3f32;
     // Random directions.
     for trial in 0..3 {
-        let v: Vec<f32> = (0..p.len())
-            .map(|_| rng.random_range(-1.0f32..1.0))
-            .collect();
+        let v: Vec<f32> = (0..p.len()).map(|_| rng.random_range(-1.0f32..1.0)).collect();
         let norm = v.iter().map(|a| (a * a) as f64).sum::<f64>().sqrt() as f32;
         let v: Vec<f32> = v.iter().map(|a| a / norm).collect();
         let plus: Vec<f32> = p.iter().zip(&v).map(|(a, b)| a + eps * b).collect();
         let minus: Vec<f32> = p.iter().zip(&v).map(|(a, b)| a - eps * b).collect();
-        let num =
-            (mean_loss(&net, &plus, &x, &y) - mean_loss(&net, &minus, &x, &y)) / (2.0 * eps as f64);
+        let num = (mean_loss(&net, &plus, &x, &y) - mean_loss(&net, &minus, &x, &y)) / (2.0 * eps as f64);
         let ana: f64 = g.iter().zip(&v).map(|(a, b)| *a as f64 * *b as f64).sum();
-        assert!(
-            (num - ana).abs() <= 2e-2 * ana.abs().max(1e-2),
-            "direction {trial}: numeric {num} vs analytic {ana}"
-        );
+        assert!((num - ana).abs() <= 2e-2 * ana.abs().max(1e-2), "direction {trial}: numeric {num} vs analytic {ana}");
     }
     // A few coordinates of every tensor.
     for t in net.tensors() {
@@ -88,11 +76,7 @@ fn check(spec: ModelSpec, n: usize) {
 fn linear_and_relu() {
     use LayerSpec::*;
     check(
-        ModelSpec {
-            input: Shape::flat(12),
-            classes: 4,
-            layers: vec![Linear { out: 9 }, Relu, Linear { out: 4 }],
-        },
+        ModelSpec { input: Shape::flat(12), classes: 4, layers: vec![Linear { out: 9 }, Relu, Linear { out: 4 }] },
         6,
     );
 }
@@ -106,23 +90,10 @@ fn conv_same_pool_flatten() {
             input: Shape::image(8, 8, 2),
             classes: 3,
             layers: vec![
-                Conv2d {
-                    out_channels: 4,
-                    kernel: 3,
-                    stride: 1,
-                    padding: same,
-                },
+                Conv2d { out_channels: 4, kernel: 3, stride: 1, padding: same },
                 Relu,
-                MaxPool2d {
-                    kernel: 2,
-                    stride: None,
-                },
-                Conv2d {
-                    out_channels: 5,
-                    kernel: 3,
-                    stride: 1,
-                    padding: same,
-                },
+                MaxPool2d { kernel: 2, stride: None },
+                Conv2d { out_channels: 5, kernel: 3, stride: 1, padding: same },
                 Flatten,
                 Linear { out: 3 },
             ],
@@ -139,23 +110,10 @@ fn conv_strided_padded_and_valid() {
             input: Shape::image(9, 7, 3),
             classes: 3,
             layers: vec![
-                Conv2d {
-                    out_channels: 4,
-                    kernel: 3,
-                    stride: 2,
-                    padding: Padding::Explicit(1),
-                },
+                Conv2d { out_channels: 4, kernel: 3, stride: 2, padding: Padding::Explicit(1) },
                 Relu,
-                Conv2d {
-                    out_channels: 3,
-                    kernel: 2,
-                    stride: 1,
-                    padding: Padding::Named(PaddingName::Valid),
-                },
-                MaxPool2d {
-                    kernel: 2,
-                    stride: Some(1),
-                },
+                Conv2d { out_channels: 3, kernel: 2, stride: 1, padding: Padding::Named(PaddingName::Valid) },
+                MaxPool2d { kernel: 2, stride: Some(1) },
                 Flatten,
                 Linear { out: 3 },
             ],
@@ -171,12 +129,7 @@ fn dropout_with_fixed_mask() {
         ModelSpec {
             input: Shape::flat(10),
             classes: 3,
-            layers: vec![
-                Linear { out: 16 },
-                Relu,
-                Dropout { p: 0.3 },
-                Linear { out: 3 },
-            ],
+            layers: vec![Linear { out: 16 }, Relu, Dropout { p: 0.3 }, Linear { out: 3 }],
         },
         5,
     );
@@ -191,19 +144,11 @@ fn loss_gradient_matches_finite_differences() {
     for i in 0..logits.len() {
         let mut l = logits.clone();
         l[i] += eps;
-        let lp = softmax_cross_entropy(&l, &labels, 5, None)
-            .unwrap()
-            .mean_loss();
+        let lp = softmax_cross_entropy(&l, &labels, 5, None).unwrap().mean_loss();
         l[i] -= 2.0 * eps;
-        let lm = softmax_cross_entropy(&l, &labels, 5, None)
-            .unwrap()
-            .mean_loss();
+        let lm = softmax_cross_entropy(&l, &labels, 5, None).unwrap().mean_loss();
         let num = (lp - lm) / (2.0 * eps as f64);
-        assert!(
-            (num - d[i] as f64).abs() < 1e-3,
-            "logit {i}: {num} vs {}",
-            d[i]
-        );
+        assert!((num - d[i] as f64).abs() < 1e-3, "logit {i}: {num} vs {}", d[i]);
     }
     // Hand-computed case: uniform logits over 4 classes give loss ln 4.
     let s = softmax_cross_entropy(&[0.0; 4], &[2], 4, None).unwrap();
@@ -213,11 +158,9 @@ fn loss_gradient_matches_finite_differences() {
 
 #[test]
 fn cnn_has_the_published_parameter_count() {
-    let cnn =
-        Network::new(ModelSpec::builtin("cnn", Shape::image(28, 28, 1), 10).unwrap()).unwrap();
+    let cnn = Network::new(ModelSpec::builtin("cnn", Shape::image(28, 28, 1), 10).unwrap()).unwrap();
     assert_eq!(cnn.num_params(), 1_663_370);
-    let mlp =
-        Network::new(ModelSpec::builtin("mlp", Shape::image(28, 28, 1), 10).unwrap()).unwrap();
+    let mlp = Network::new(ModelSpec::builtin("mlp", Shape::image(28, 28, 1), 10).unwrap()).unwrap();
     assert_eq!(mlp.num_params(), 199_210);
     let (_, train) = cnn.flops_per_example();
     assert!((train / 1e6 - 72.4).abs() < 0.1, "{train}");
@@ -225,20 +168,14 @@ fn cnn_has_the_published_parameter_count() {
 
 #[test]
 fn same_seed_same_result_bit_for_bit() {
-    let net =
-        Network::new(ModelSpec::builtin("cnn", Shape::image(28, 28, 1), 10).unwrap()).unwrap();
+    let net = Network::new(ModelSpec::builtin("cnn", Shape::image(28, 28, 1), 10).unwrap()).unwrap();
     let (x, y) = data(16, 784, 10, 1);
     let run = || {
         let mut p = net.init(42);
         let mut ws = net.workspace(16, 2);
         let mut g = vec![0.0; p.len()];
-        let mut opt = federate_nn::OptimizerSpec::Sgd {
-            lr: 0.05,
-            momentum: 0.9,
-            weight_decay: 0.0,
-        }
-        .build(p.len())
-        .unwrap();
+        let mut opt =
+            federate_nn::OptimizerSpec::Sgd { lr: 0.05, momentum: 0.9, weight_decay: 0.0 }.build(p.len()).unwrap();
         for _ in 0..3 {
             net.loss_and_grad(&p, &mut ws, &x, &y, &mut g).unwrap();
             opt.step(&mut p, &g);
@@ -258,12 +195,7 @@ fn conv_alone() {
             input: Shape::image(5, 5, 2),
             classes: 3,
             layers: vec![
-                Conv2d {
-                    out_channels: 2,
-                    kernel: 3,
-                    stride: 1,
-                    padding: Padding::Named(PaddingName::Same),
-                },
+                Conv2d { out_channels: 2, kernel: 3, stride: 1, padding: Padding::Named(PaddingName::Same) },
                 Flatten,
                 Linear { out: 3 },
             ],
@@ -280,16 +212,8 @@ fn pool_alone() {
             input: Shape::image(4, 4, 2),
             classes: 3,
             layers: vec![
-                Conv2d {
-                    out_channels: 2,
-                    kernel: 1,
-                    stride: 1,
-                    padding: Padding::Explicit(0),
-                },
-                MaxPool2d {
-                    kernel: 2,
-                    stride: None,
-                },
+                Conv2d { out_channels: 2, kernel: 1, stride: 1, padding: Padding::Explicit(0) },
+                MaxPool2d { kernel: 2, stride: None },
                 Flatten,
                 Linear { out: 3 },
             ],
@@ -306,18 +230,8 @@ fn conv_conv() {
             input: Shape::image(5, 5, 1),
             classes: 3,
             layers: vec![
-                Conv2d {
-                    out_channels: 2,
-                    kernel: 3,
-                    stride: 1,
-                    padding: Padding::Named(PaddingName::Same),
-                },
-                Conv2d {
-                    out_channels: 2,
-                    kernel: 3,
-                    stride: 1,
-                    padding: Padding::Named(PaddingName::Same),
-                },
+                Conv2d { out_channels: 2, kernel: 3, stride: 1, padding: Padding::Named(PaddingName::Same) },
+                Conv2d { out_channels: 2, kernel: 3, stride: 1, padding: Padding::Named(PaddingName::Same) },
                 Flatten,
                 Linear { out: 3 },
             ],
@@ -334,12 +248,7 @@ fn conv_relu() {
             input: Shape::image(5, 5, 1),
             classes: 3,
             layers: vec![
-                Conv2d {
-                    out_channels: 2,
-                    kernel: 3,
-                    stride: 1,
-                    padding: Padding::Named(PaddingName::Same),
-                },
+                Conv2d { out_channels: 2, kernel: 3, stride: 1, padding: Padding::Named(PaddingName::Same) },
                 Relu,
                 Flatten,
                 Linear { out: 3 },
@@ -356,17 +265,9 @@ fn conv_relu_pool() {
             input: Shape::image(4, 4, 1),
             classes: 3,
             layers: vec![
-                Conv2d {
-                    out_channels: 2,
-                    kernel: 3,
-                    stride: 1,
-                    padding: Padding::Named(PaddingName::Same),
-                },
+                Conv2d { out_channels: 2, kernel: 3, stride: 1, padding: Padding::Named(PaddingName::Same) },
                 Relu,
-                MaxPool2d {
-                    kernel: 2,
-                    stride: None,
-                },
+                MaxPool2d { kernel: 2, stride: None },
                 Flatten,
                 Linear { out: 3 },
             ],
@@ -387,19 +288,9 @@ fn conv_after_relu() {
             input: Shape::image(5, 5, 1),
             classes: 3,
             layers: vec![
-                Conv2d {
-                    out_channels: 2,
-                    kernel: 3,
-                    stride: 1,
-                    padding: same,
-                },
+                Conv2d { out_channels: 2, kernel: 3, stride: 1, padding: same },
                 Relu,
-                Conv2d {
-                    out_channels: 2,
-                    kernel: 3,
-                    stride: 1,
-                    padding: same,
-                },
+                Conv2d { out_channels: 2, kernel: 3, stride: 1, padding: same },
                 Flatten,
                 Linear { out: 3 },
             ],

@@ -22,30 +22,18 @@ pub struct TrainBench {
 
 /// Measures training steps of `model` (MNIST-shaped input) at each batch size for about
 /// `seconds` each, with `threads` threads; returns the GEMM peak and the rows.
-pub fn train(
-    model: &str,
-    batches: &[usize],
-    seconds: f64,
-    threads: usize,
-) -> Result<(f64, f64, Vec<TrainBench>)> {
+pub fn train(model: &str, batches: &[usize], seconds: f64, threads: usize) -> Result<(f64, f64, Vec<TrainBench>)> {
     let net = Network::new(ModelSpec::builtin(model, Shape::image(28, 28, 1), 10)?)?;
     let (_, flops) = net.flops_per_example();
     let peak = measure_gemm_gflops(1024, threads, 5).max(measure_gemm_gflops(2048, threads, 2));
     let mut rows = Vec::new();
     for &b in batches {
-        let x: Vec<f32> = (0..b * 784)
-            .map(|i| ((i * 7919) % 256) as f32 / 255.0)
-            .collect();
+        let x: Vec<f32> = (0..b * 784).map(|i| ((i * 7919) % 256) as f32 / 255.0).collect();
         let y: Vec<u32> = (0..b).map(|i| (i % 10) as u32).collect();
         let mut p = net.init(1);
         let mut g = vec![0.0; p.len()];
         let mut ws = net.workspace(b, threads);
-        let mut opt = OptimizerSpec::Sgd {
-            lr: 0.01,
-            momentum: 0.9,
-            weight_decay: 0.0,
-        }
-        .build(p.len())?;
+        let mut opt = OptimizerSpec::Sgd { lr: 0.01, momentum: 0.9, weight_decay: 0.0 }.build(p.len())?;
         for _ in 0..3 {
             net.loss_and_grad(&p, &mut ws, &x, &y, &mut g)?;
             opt.step(&mut p, &g);

@@ -118,10 +118,7 @@ pub struct ModelConfig {
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        ModelConfig {
-            name: "cnn".into(),
-            layers: None,
-        }
+        ModelConfig { name: "cnn".into(), layers: None }
     }
 }
 
@@ -170,11 +167,9 @@ impl TrainConfig {
     /// The optimiser description.
     pub fn optimizer_spec(&self) -> OptimizerSpec {
         match self.optimizer {
-            OptimizerName::Sgd => OptimizerSpec::Sgd {
-                lr: self.lr,
-                momentum: self.momentum,
-                weight_decay: self.weight_decay,
-            },
+            OptimizerName::Sgd => {
+                OptimizerSpec::Sgd { lr: self.lr, momentum: self.momentum, weight_decay: self.weight_decay }
+            }
             OptimizerName::Adam => OptimizerSpec::Adam {
                 lr: self.lr,
                 beta1: 0.9,
@@ -227,10 +222,7 @@ pub struct EvaluationConfig {
 
 impl Default for EvaluationConfig {
     fn default() -> Self {
-        EvaluationConfig {
-            centralized: false,
-            baseline: true,
-        }
+        EvaluationConfig { centralized: false, baseline: true }
     }
 }
 
@@ -238,35 +230,26 @@ impl Default for EvaluationConfig {
 pub fn load(path: Option<&Path>, sets: &[String]) -> Result<Config> {
     let mut table: toml::Table = match path {
         Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("cannot read config {}", p.display()))?;
-            toml::from_str(&text).map_err(|e| {
-                anyhow::anyhow!("config {}: {}", p.display(), one_line(&e.to_string()))
-            })?
+            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read config {}", p.display()))?;
+            toml::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("config {}: {}", p.display(), one_line(&e.to_string())))?
         }
         None => toml::Table::new(),
     };
     for s in sets {
         apply_set(&mut table, s)?;
     }
-    let what = path
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| "--set".into());
+    let what = path.map(|p| p.display().to_string()).unwrap_or_else(|| "--set".into());
     let cfg: Config = toml::Value::Table(table)
         .try_into()
-        .map_err(|e: toml::de::Error| {
-            anyhow::anyhow!("config {what}: {}", one_line(&e.to_string()))
-        })?;
+        .map_err(|e: toml::de::Error| anyhow::anyhow!("config {what}: {}", one_line(&e.to_string())))?;
     validate(&cfg)?;
     Ok(cfg)
 }
 
 fn one_line(s: &str) -> String {
-    let lines: Vec<&str> = s
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('|') && !l.starts_with('^'))
-        .collect();
+    let lines: Vec<&str> =
+        s.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('|') && !l.starts_with('^')).collect();
     lines.join(" ")
 }
 
@@ -281,17 +264,13 @@ fn apply_set(table: &mut toml::Table, set: &str) -> Result<()> {
         bail!("--set {set}: the key is empty; write e.g. --set data.parties=5");
     }
     let value = match toml::from_str::<toml::Table>(&format!("v = {}", raw.trim())) {
-        Ok(mut t) => t
-            .remove("v")
-            .unwrap_or_else(|| toml::Value::String(raw.trim().into())),
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.trim().into())),
         Err(_) => toml::Value::String(raw.trim().into()),
     };
     let parts: Vec<&str> = key.split('.').collect();
     let mut cur = table;
     for p in &parts[..parts.len() - 1] {
-        let entry = cur
-            .entry(p.to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let entry = cur.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
         cur = match entry {
             toml::Value::Table(t) => t,
             _ => bail!("--set {set}: '{p}' is a value, not a section"),
@@ -311,15 +290,9 @@ pub fn validate(c: &Config) -> Result<()> {
         bail!("data.parties = 0: a federation needs at least 1 party");
     }
     if federate_data::dataset_info(&d.dataset).is_err() {
-        bail!(
-            "data.dataset = '{}' is unknown: use one of {}",
-            d.dataset,
-            federate_data::DATASETS.join(", ")
-        );
+        bail!("data.dataset = '{}' is unknown: use one of {}", d.dataset, federate_data::DATASETS.join(", "));
     }
-    if d.partition == PartitionKind::WorkedExample
-        && (d.train_per_party == 0 || d.test_per_party == 0)
-    {
+    if d.partition == PartitionKind::WorkedExample && (d.train_per_party == 0 || d.test_per_party == 0) {
         bail!("data.train_per_party and data.test_per_party must be at least 1");
     }
     if d.partition == PartitionKind::Dirichlet && !(d.alpha > 0.0 && d.alpha.is_finite()) {
@@ -332,27 +305,16 @@ pub fn validate(c: &Config) -> Result<()> {
     if t.batch_size == 0 {
         bail!("train.batch_size = 0: set at least 1");
     }
-    t.optimizer_spec()
-        .validate()
-        .map_err(|e| anyhow::anyhow!("train: {e}"))?;
+    t.optimizer_spec().validate().map_err(|e| anyhow::anyhow!("train: {e}"))?;
     if c.strategy.name != "fedavg" {
-        bail!(
-            "strategy.name = '{}' is unknown: use fedavg",
-            c.strategy.name
-        );
+        bail!("strategy.name = '{}' is unknown: use fedavg", c.strategy.name);
     }
     let s = &c.strategy;
     if !(s.fraction_fit > 0.0 && s.fraction_fit <= 1.0) {
-        bail!(
-            "strategy.fraction_fit = {} must be in (0, 1]",
-            s.fraction_fit
-        );
+        bail!("strategy.fraction_fit = {} must be in (0, 1]", s.fraction_fit);
     }
     if !(0.0..=1.0).contains(&s.fraction_evaluate) {
-        bail!(
-            "strategy.fraction_evaluate = {} must be in [0, 1]",
-            s.fraction_evaluate
-        );
+        bail!("strategy.fraction_evaluate = {} must be in [0, 1]", s.fraction_evaluate);
     }
     match c.model.name.as_str() {
         "custom" if c.model.layers.is_none() => {
@@ -361,15 +323,10 @@ pub fn validate(c: &Config) -> Result<()> {
         "custom" => {}
         n if federate_nn::BUILTIN_MODELS.contains(&n) => {
             if c.model.layers.is_some() {
-                bail!(
-                    "model.layers is only read when model.name = \"custom\"; remove it or set name = \"custom\""
-                );
+                bail!("model.layers is only read when model.name = \"custom\"; remove it or set name = \"custom\"");
             }
         }
-        n => bail!(
-            "model.name = '{n}' is unknown: use one of {}, or custom",
-            federate_nn::BUILTIN_MODELS.join(", ")
-        ),
+        n => bail!("model.name = '{n}' is unknown: use one of {}, or custom", federate_nn::BUILTIN_MODELS.join(", ")),
     }
     Ok(())
 }
@@ -381,40 +338,21 @@ mod tests {
     #[test]
     fn defaults_are_the_worked_example() {
         let c = load(None, &[]).unwrap();
-        assert_eq!(
-            (
-                c.data.parties,
-                c.data.train_per_party,
-                c.data.test_per_party
-            ),
-            (3, 2000, 500)
-        );
+        assert_eq!((c.data.parties, c.data.train_per_party, c.data.test_per_party), (3, 2000, 500));
         assert_eq!(c.model.name, "cnn");
     }
 
     #[test]
     fn sets_override_and_unknown_keys_fail() {
-        let c = load(
-            None,
-            &[
-                "train.lr=0.01".into(),
-                "data.dataset=fashion-mnist".into(),
-                "rounds=3".into(),
-            ],
-        )
-        .unwrap();
+        let c = load(None, &["train.lr=0.01".into(), "data.dataset=fashion-mnist".into(), "rounds=3".into()]).unwrap();
         assert_eq!(c.train.lr, 0.01);
         assert_eq!(c.data.dataset, "fashion-mnist");
         assert_eq!(c.rounds, 3);
-        let e = load(None, &["train.lrr=0.01".into()])
-            .unwrap_err()
-            .to_string();
+        let e = load(None, &["train.lrr=0.01".into()]).unwrap_err().to_string();
         assert!(e.contains("lrr"), "{e}");
         let e = load(None, &["train.lr=-1".into()]).unwrap_err().to_string();
         assert!(e.contains("learning rate"), "{e}");
-        let e = load(None, &["data.parties=0".into()])
-            .unwrap_err()
-            .to_string();
+        let e = load(None, &["data.parties=0".into()]).unwrap_err().to_string();
         assert!(e.contains("parties = 0"), "{e}");
         assert!(load(None, &["nokey".into()]).is_err());
     }
@@ -423,10 +361,7 @@ mod tests {
     fn resolved_config_round_trips() {
         let c = load(
             None,
-            &[
-                "model.name=custom".into(),
-                r#"model.layers=[{type="flatten"},{type="linear",out=10}]"#.into(),
-            ],
+            &["model.name=custom".into(), r#"model.layers=[{type="flatten"},{type="linear",out=10}]"#.into()],
         )
         .unwrap();
         let text = toml::to_string(&c).unwrap();

@@ -12,6 +12,7 @@ mod sim;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
@@ -20,11 +21,7 @@ use federate_core::Event;
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser)]
-#[command(
-    name = "federate",
-    version,
-    about = "Federated learning: simulate, deploy, measure"
-)]
+#[command(name = "federate", version, about = "Federated learning: simulate, deploy, measure")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -114,23 +111,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args),
-        Command::Bench {
-            what:
-                BenchCommand::Train {
-                    model,
-                    batches,
-                    threads,
-                    seconds,
-                },
-        } => bench_train(&model, &batches, threads, seconds),
-        Command::Data {
-            what:
-                DataCommand::Fetch {
-                    dataset,
-                    data_dir,
-                    cache_dir,
-                },
-        } => fetch(&dataset, data_dir, cache_dir),
+        Command::Bench { what: BenchCommand::Train { model, batches, threads, seconds } } => {
+            bench_train(&model, &batches, threads, seconds)
+        }
+        Command::Data { what: DataCommand::Fetch { dataset, data_dir, cache_dir } } => {
+            fetch(&dataset, data_dir, cache_dir)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -142,10 +128,7 @@ fn main() -> ExitCode {
 }
 
 fn init_threads(n: usize) -> Result<()> {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(n)
-        .build_global()
-        .context("starting the thread pool")
+    rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("starting the thread pool")
 }
 
 fn quote(p: &std::path::Path) -> String {
@@ -172,16 +155,13 @@ fn run(args: RunArgs) -> Result<()> {
     let cfg = config::load(args.config.as_deref(), &sets)?;
     init_threads(cfg.threads)?;
     let out = args.out.clone().unwrap_or_else(|| {
-        let t = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         PathBuf::from(format!("runs/run-{t}"))
     });
     let mut dir = report::RunDir::create(&out, &cfg)?;
     let tty = std::io::stderr().is_terminal() && !args.quiet;
     let bar = if tty {
-        let b = ProgressBar::new(cfg.rounds as u64 * cfg.data.parties as u64);
+        let b = ProgressBar::new(cfg.rounds as u64 * cfg.data.parties as u64 * cfg.train.epochs as u64);
         b.set_style(
             ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} round {msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -214,7 +194,6 @@ fn run(args: RunArgs) -> Result<()> {
         }
         Event::FitDone { round, id } => {
             if let Some(b) = &bar {
-                b.inc(1);
                 b.set_message(format!("{round}/{rounds}: {id} done"));
             }
         }
@@ -225,12 +204,8 @@ fn run(args: RunArgs) -> Result<()> {
             let line = format!(
                 "round {:>3}/{rounds}  accuracy {}  train loss {}  failures {}  {:.1} s",
                 r.round,
-                r.accuracy
-                    .map(|a| format!("{:.2} %", a * 100.0))
-                    .unwrap_or_else(|| "-".into()),
-                r.train_loss
-                    .map(|l| format!("{l:.4}"))
-                    .unwrap_or_else(|| "-".into()),
+                r.accuracy.map(|a| format!("{:.2} %", a * 100.0)).unwrap_or_else(|| "-".into()),
+                r.train_loss.map(|l| format!("{l:.4}")).unwrap_or_else(|| "-".into()),
                 r.failures.len(),
                 r.seconds
             );
@@ -241,7 +216,14 @@ fn run(args: RunArgs) -> Result<()> {
             }
         }
     };
-    let result = sim::simulate(&cfg, &mut observer)?;
+    let epochs = cfg.train.epochs;
+    let on_epoch: Option<sim::PartyEpochHook> = bar.clone().map(|b| {
+        Arc::new(move |id: &str| {
+            b.inc(1);
+            b.set_message(format!("{}: {id} finished a local epoch (of {epochs})", b.position() / epochs as u64 + 1));
+        }) as sim::PartyEpochHook
+    });
+    let result = sim::simulate(&cfg, &mut observer, on_epoch)?;
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
@@ -252,12 +234,7 @@ fn run(args: RunArgs) -> Result<()> {
     println!("\n{}", report::table(&result));
     println!(
         "final global accuracy {:.2} % after {} rounds in {:.1} s; run directory {}",
-        result
-            .records
-            .last()
-            .and_then(|r| r.accuracy)
-            .unwrap_or(0.0)
-            * 100.0,
+        result.records.last().and_then(|r| r.accuracy).unwrap_or(0.0) * 100.0,
         result.records.len(),
         started.elapsed().as_secs_f64(),
         dir.path().display()
@@ -267,10 +244,7 @@ fn run(args: RunArgs) -> Result<()> {
 
 fn bench_train(model: &str, batches: &[usize], threads: usize, seconds: f64) -> Result<()> {
     anyhow::ensure!(threads >= 1, "--threads must be at least 1");
-    anyhow::ensure!(
-        !batches.is_empty() && batches.iter().all(|&b| b >= 1),
-        "--batches must list sizes ≥ 1"
-    );
+    anyhow::ensure!(!batches.is_empty() && batches.iter().all(|&b| b >= 1), "--batches must list sizes ≥ 1");
     init_threads(threads)?;
     let (peak, flops, rows) = bench::train(model, batches, seconds, threads)?;
     println!(

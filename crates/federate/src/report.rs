@@ -22,17 +22,11 @@ pub struct RunDir {
 impl RunDir {
     /// Creates the directory and writes the resolved config.
     pub fn create(path: &Path, cfg: &Config) -> Result<Self> {
-        std::fs::create_dir_all(path)
-            .with_context(|| format!("cannot create run directory {}", path.display()))?;
+        std::fs::create_dir_all(path).with_context(|| format!("cannot create run directory {}", path.display()))?;
         let text = toml::to_string_pretty(cfg).context("serialising the config")?;
-        std::fs::write(path.join("config.toml"), text)
-            .with_context(|| format!("writing {}", path.display()))?;
-        let f = File::create(path.join("rounds.jsonl"))
-            .with_context(|| format!("writing {}", path.display()))?;
-        Ok(RunDir {
-            path: path.to_path_buf(),
-            rounds: BufWriter::new(f),
-        })
+        std::fs::write(path.join("config.toml"), text).with_context(|| format!("writing {}", path.display()))?;
+        let f = File::create(path.join("rounds.jsonl")).with_context(|| format!("writing {}", path.display()))?;
+        Ok(RunDir { path: path.to_path_buf(), rounds: BufWriter::new(f) })
     }
 
     /// The directory.
@@ -57,10 +51,7 @@ impl RunDir {
             "parties": result.parties,
             "seconds": result.records.iter().map(|r| r.seconds).sum::<f64>(),
         });
-        std::fs::write(
-            self.path.join("summary.json"),
-            serde_json::to_string_pretty(&summary)?,
-        )?;
+        std::fs::write(self.path.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
         Ok(())
     }
 }
@@ -71,12 +62,8 @@ pub fn write_safetensors(path: &Path, params: &Parameters, cfg: &Config) -> Resu
     let mut views = Vec::new();
     for t in params.layout.tensors() {
         let len: usize = t.shape.iter().product();
-        let view = TensorView::new(
-            Dtype::F32,
-            t.shape.clone(),
-            &bytes[t.offset * 4..(t.offset + len) * 4],
-        )
-        .map_err(|e| anyhow::anyhow!("tensor {}: {e}", t.name))?;
+        let view = TensorView::new(Dtype::F32, t.shape.clone(), &bytes[t.offset * 4..(t.offset + len) * 4])
+            .map_err(|e| anyhow::anyhow!("tensor {}: {e}", t.name))?;
         views.push((t.name.clone(), view));
     }
     // One metadata entry: a map of several would serialise in random order, and the file
@@ -84,13 +71,9 @@ pub fn write_safetensors(path: &Path, params: &Parameters, cfg: &Config) -> Resu
     let mut meta = HashMap::new();
     meta.insert(
         "federate".to_string(),
-        format!(
-            "model={}; activations NHWC; conv weights [kh, kw, in, out]; linear weights [in, out]",
-            cfg.model.name
-        ),
+        format!("model={}; activations NHWC; conv weights [kh, kw, in, out]; linear weights [in, out]", cfg.model.name),
     );
-    let data = safetensors::tensor::serialize(views, Some(meta))
-        .map_err(|e| anyhow::anyhow!("safetensors: {e}"))?;
+    let data = safetensors::tensor::serialize(views, Some(meta)).map_err(|e| anyhow::anyhow!("safetensors: {e}"))?;
     std::fs::write(path, data).with_context(|| format!("writing {}", path.display()))
 }
 
@@ -102,10 +85,7 @@ fn pct(x: f64) -> String {
 /// then the global line.
 pub fn table(result: &SimResult) -> String {
     let mut s = String::new();
-    s.push_str(&format!(
-        "{:<10} {:>7} {:>6} {:>12} {:>12}\n",
-        "party", "train", "test", "alone", "federated"
-    ));
+    s.push_str(&format!("{:<10} {:>7} {:>6} {:>12} {:>12}\n", "party", "train", "test", "alone", "federated"));
     for p in &result.parties {
         s.push_str(&format!(
             "{:<10} {:>7} {:>6} {:>12} {:>12}\n",
@@ -124,12 +104,8 @@ pub fn table(result: &SimResult) -> String {
         .map(|p| p.alone_accuracy.map(|a| a * p.test_examples as f64))
         .sum::<Option<f64>>()
         .map(|a| a / test.max(1) as f64);
-    let fed = result
-        .parties
-        .iter()
-        .map(|p| p.federated_accuracy * p.test_examples as f64)
-        .sum::<f64>()
-        / test.max(1) as f64;
+    let fed =
+        result.parties.iter().map(|p| p.federated_accuracy * p.test_examples as f64).sum::<f64>() / test.max(1) as f64;
     s.push_str(&format!(
         "{:<10} {:>7} {:>6} {:>12} {:>12}\n",
         "all",

@@ -2,16 +2,20 @@
 //! party, runs the server loop, then (optionally) trains each party alone for comparison.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use federate_core::{
-    CentralEval, ClientProxy, Event, FedAvg, InProcess, Learner, LocalClient, LocalTraining,
-    NnLearner, Parameters, RoundRecord, Server, ServerConfig, seed, train_local,
+    CentralEval, ClientProxy, Event, FedAvg, InProcess, Learner, LocalClient, LocalTraining, NnLearner, Parameters,
+    RoundRecord, Server, ServerConfig, seed, train_local,
 };
 use federate_data::{Dataset, FetchOptions, TrainTest, default_cache_dir, partition};
 use federate_nn::{ModelSpec, Shape};
 
 use crate::config::{Config, PartitionKind};
+
+/// Called with a party's identity after each of its local epochs.
+pub type PartyEpochHook = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// One party's data.
 pub struct PartyData {
@@ -27,11 +31,7 @@ pub struct PartyData {
 pub fn load_data(cfg: &Config) -> Result<TrainTest> {
     let opts = FetchOptions {
         cache_dir: cfg.data.cache_dir.clone().unwrap_or_else(default_cache_dir),
-        data_dir: cfg
-            .data
-            .data_dir
-            .clone()
-            .or_else(|| std::env::var_os("FEDERATE_DATA_DIR").map(PathBuf::from)),
+        data_dir: cfg.data.data_dir.clone().or_else(|| std::env::var_os("FEDERATE_DATA_DIR").map(PathBuf::from)),
         download_base: None,
         no_download: cfg.data.offline,
         no_npm: cfg.data.offline,
@@ -51,10 +51,9 @@ pub fn split(cfg: &Config, data: &TrainTest) -> Result<Vec<PartyData>> {
             partition::disjoint_sample(data.test.len(), k, d.test_per_party, &mut rng)
                 .context("data.test_per_party")?,
         ),
-        PartitionKind::Iid => (
-            partition::iid(data.train.len(), k, &mut rng)?,
-            partition::iid(data.test.len(), k, &mut rng)?,
-        ),
+        PartitionKind::Iid => {
+            (partition::iid(data.train.len(), k, &mut rng)?, partition::iid(data.test.len(), k, &mut rng)?)
+        }
         PartitionKind::Dirichlet => (
             partition::dirichlet(&data.train.y, data.train.classes, k, d.alpha, 10, &mut rng)?,
             partition::iid(data.test.len(), k, &mut rng)?,
@@ -81,11 +80,7 @@ pub fn model_spec(cfg: &Config, data: &Dataset) -> Result<ModelSpec> {
     let [h, w, c] = data.dims;
     let input = Shape::image(h, w, c);
     let spec = match &cfg.model.layers {
-        Some(layers) => ModelSpec {
-            input,
-            classes: data.classes,
-            layers: layers.clone(),
-        },
+        Some(layers) => ModelSpec { input, classes: data.classes, layers: layers.clone() },
         None => ModelSpec::builtin(&cfg.model.name, input, data.classes)?,
     };
     spec.shapes().context("model.layers")?;
@@ -94,11 +89,7 @@ pub fn model_spec(cfg: &Config, data: &Dataset) -> Result<ModelSpec> {
 
 /// Local training settings from the config.
 pub fn local_training(cfg: &Config) -> LocalTraining {
-    LocalTraining {
-        epochs: cfg.train.epochs,
-        batch_size: cfg.train.batch_size,
-        optimizer: cfg.train.optimizer_spec(),
-    }
+    LocalTraining { epochs: cfg.train.epochs, batch_size: cfg.train.batch_size, optimizer: cfg.train.optimizer_spec() }
 }
 
 /// The outcome of a simulation.
@@ -126,8 +117,13 @@ pub struct PartyResult {
     pub alone_accuracy: Option<f64>,
 }
 
-/// Runs the federation described by `cfg`, reporting progress to `observer`.
-pub fn simulate(cfg: &Config, observer: &mut dyn FnMut(Event<'_>)) -> Result<SimResult> {
+/// Runs the federation described by `cfg`, reporting rounds to `observer` and, when given,
+/// every party's local epochs to `on_epoch` (called with the party's identity).
+pub fn simulate(
+    cfg: &Config,
+    observer: &mut dyn FnMut(Event<'_>),
+    on_epoch: Option<PartyEpochHook>,
+) -> Result<SimResult> {
     let threads = rayon::current_num_threads();
     let data = load_data(cfg)?;
     let parties = split(cfg, &data)?;
@@ -136,16 +132,17 @@ pub fn simulate(cfg: &Config, observer: &mut dyn FnMut(Event<'_>)) -> Result<Sim
     let mut clients: Vec<Box<dyn ClientProxy>> = Vec::with_capacity(parties.len());
     for p in &parties {
         let learner = NnLearner::new(spec.clone(), batch, threads)?;
-        clients.push(Box::new(InProcess::new(
-            p.id.clone(),
-            LocalClient::new(learner, p.train.clone(), p.test.clone()),
-        )));
+        let mut client = LocalClient::new(learner, p.train.clone(), p.test.clone());
+        if let Some(f) = &on_epoch {
+            let (f, id) = (f.clone(), p.id.clone());
+            client = client.with_epoch_hook(Arc::new(move |_, _, _| f(&id)));
+        }
+        clients.push(Box::new(InProcess::new(p.id.clone(), client)));
     }
     let init_learner = NnLearner::new(spec.clone(), 1, threads)?;
     let layout = init_learner.layout();
     let init_values = init_learner.init(seed::derive(cfg.seed, "init", &[]));
-    let initial =
-        Parameters::new(init_values.clone(), layout.clone()).context("initial parameters")?;
+    let initial = Parameters::new(init_values.clone(), layout.clone()).context("initial parameters")?;
 
     let strategy = FedAvg {
         fraction_fit: cfg.strategy.fraction_fit,
@@ -160,36 +157,21 @@ pub fn simulate(cfg: &Config, observer: &mut dyn FnMut(Event<'_>)) -> Result<Sim
         let mut learner = NnLearner::new(spec.clone(), 1, threads)?;
         let test = data.test.clone();
         server = server.with_central_evaluation(Box::new(move |p: &Parameters| {
-            learner
-                .evaluate(&p.values, &test.x, &test.y)
-                .ok()
-                .map(|s| CentralEval {
-                    num_examples: s.count,
-                    loss: s.mean_loss(),
-                    accuracy: s.accuracy(),
-                })
+            learner.evaluate(&p.values, &test.x, &test.y).ok().map(|s| CentralEval {
+                num_examples: s.count,
+                loss: s.mean_loss(),
+                accuracy: s.accuracy(),
+            })
         }));
     }
-    let (global, records) = server.run(
-        initial,
-        &ServerConfig {
-            rounds: cfg.rounds,
-            seed: cfg.seed,
-        },
-        observer,
-    )?;
+    let (global, records) = server.run(initial, &ServerConfig { rounds: cfg.rounds, seed: cfg.seed }, observer)?;
 
     let mut results = Vec::with_capacity(parties.len());
     let mut eval = NnLearner::new(spec.clone(), 1, threads)?;
     for (i, p) in parties.iter().enumerate() {
-        let fed = eval
-            .evaluate(&global.values, &p.test.x, &p.test.y)?
-            .accuracy();
+        let fed = eval.evaluate(&global.values, &p.test.x, &p.test.y)?.accuracy();
         let alone = if cfg.evaluation.baseline {
-            let rounds_trained = records
-                .iter()
-                .filter(|r| r.fit.iter().any(|f| f.id == p.id))
-                .count();
+            let rounds_trained = records.iter().filter(|r| r.fit.iter().any(|f| f.id == p.id)).count();
             Some(train_alone(cfg, &spec, p, &init_values, rounds_trained, i)?)
         } else {
             None
@@ -202,11 +184,7 @@ pub fn simulate(cfg: &Config, observer: &mut dyn FnMut(Event<'_>)) -> Result<Sim
             alone_accuracy: alone,
         });
     }
-    Ok(SimResult {
-        global,
-        records,
-        parties: results,
-    })
+    Ok(SimResult { global, records, parties: results })
 }
 
 /// Trains one party alone from the same initial model for `rounds × epochs` epochs — the
@@ -219,24 +197,13 @@ fn train_alone(
     rounds: usize,
     index: usize,
 ) -> Result<f64> {
-    let mut learner = NnLearner::new(
-        spec.clone(),
-        cfg.train.batch_size,
-        rayon::current_num_threads(),
-    )?;
+    let mut learner = NnLearner::new(spec.clone(), cfg.train.batch_size, rayon::current_num_threads())?;
     let mut params = init.to_vec();
     let mut training = local_training(cfg);
     training.epochs = cfg.train.epochs * rounds;
     let mut opt = training.optimizer.build(params.len())?;
     let mut rng = seed::stream(cfg.seed, "alone", &[index as u64]);
     learner.reseed(seed::derive(cfg.seed, "alone-dropout", &[index as u64]));
-    train_local(
-        &mut learner,
-        &mut params,
-        &p.train,
-        &training,
-        &mut opt,
-        &mut rng,
-    )?;
+    train_local(&mut learner, &mut params, &p.train, &training, &mut opt, &mut rng)?;
     Ok(learner.evaluate(&params, &p.test.x, &p.test.y)?.accuracy())
 }

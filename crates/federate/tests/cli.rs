@@ -5,17 +5,11 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn federate(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_federate"))
-        .args(args)
-        .output()
-        .expect("run federate")
+    Command::new(env!("CARGO_BIN_EXE_federate")).args(args).output().expect("run federate")
 }
 
 fn example() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../examples/mnist-3-parties.toml")
-        .display()
-        .to_string()
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/mnist-3-parties.toml").display().to_string()
 }
 
 fn accuracies(dir: &Path) -> Vec<f64> {
@@ -51,23 +45,13 @@ fn worked_example_two_rounds_is_far_above_chance() {
     // Chance is 10 %; one epoch per round on 3 × 2,000 examples already gives > 90 %.
     assert!(acc[1] > 0.90, "{acc:?}");
     let cfg = std::fs::read_to_string(out.path().join("config.toml")).unwrap();
-    assert!(
-        cfg.contains("rounds = 2") && cfg.contains("epochs = 1"),
-        "{cfg}"
-    );
+    assert!(cfg.contains("rounds = 2") && cfg.contains("epochs = 1"), "{cfg}");
     let bytes = std::fs::read(out.path().join("model.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let n: usize = st
-        .tensors()
-        .iter()
-        .map(|(_, t)| t.shape().iter().product::<usize>())
-        .sum();
+    let n: usize = st.tensors().iter().map(|(_, t)| t.shape().iter().product::<usize>()).sum();
     assert_eq!(n, 1_663_370);
     let table = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        table.contains("party-3") && table.contains("federated"),
-        "{table}"
-    );
+    assert!(table.contains("party-3") && table.contains("federated"), "{table}");
 }
 
 #[test]
@@ -105,11 +89,7 @@ fn bad_input_is_a_one_line_error() {
     let empty_cache = tempfile::tempdir().unwrap();
     let corrupt = tempfile::tempdir().unwrap();
     for (f, _) in federate_data::MNIST.files {
-        std::fs::write(
-            corrupt.path().join(f),
-            b"\x00\x00\x08\x01\x00\x00\x00\x02ab",
-        )
-        .unwrap();
+        std::fs::write(corrupt.path().join(f), b"\x00\x00\x08\x01\x00\x00\x00\x02ab").unwrap();
     }
     let bad_toml = corrupt.path().join("bad.toml");
     std::fs::write(&bad_toml, "rounds = [").unwrap();
@@ -118,51 +98,15 @@ fn bad_input_is_a_one_line_error() {
         (vec!["--set", "train.lrr=0.1"], "lrr"),
         (vec!["--set", "train.lr=-0.1"], "learning rate"),
         (vec!["--set", "data.parties=0"], "parties = 0"),
-        (
-            vec!["--set", "data.train_per_party=30000"],
-            "only 60000 exist",
-        ),
+        (vec!["--set", "data.train_per_party=30000"], "only 60000 exist"),
         (vec!["--set", "model.name=resnet"], "resnet"),
-        (
-            vec![
-                "--set",
-                "model.name=custom",
-                "--set",
-                r#"model.layers=[{type="conv3d"}]"#,
-            ],
-            "conv3d",
-        ),
-        (
-            vec![
-                "--set",
-                "model.name=custom",
-                "--set",
-                r#"model.layers=[{type="linear",out=10}]"#,
-            ],
-            "flatten",
-        ),
+        (vec!["--set", "model.name=custom", "--set", r#"model.layers=[{type="conv3d"}]"#], "conv3d"),
+        (vec!["--set", "model.name=custom", "--set", r#"model.layers=[{type="linear",out=10}]"#], "flatten"),
         (vec!["--set", "strategy.fraction_fit=2"], "fraction_fit"),
         (vec!["--rounds", "0"], "rounds = 0"),
+        (vec!["--set", "data.offline=true", "--cache-dir", cache, "--data-dir", "/nonexistent"], "not found"),
         (
-            vec![
-                "--set",
-                "data.offline=true",
-                "--cache-dir",
-                cache,
-                "--data-dir",
-                "/nonexistent",
-            ],
-            "not found",
-        ),
-        (
-            vec![
-                "--set",
-                "data.offline=true",
-                "--cache-dir",
-                cache,
-                "--data-dir",
-                corrupt.path().to_str().unwrap(),
-            ],
+            vec!["--set", "data.offline=true", "--cache-dir", cache, "--data-dir", corrupt.path().to_str().unwrap()],
             "SHA-256",
         ),
         (vec![bad_toml.to_str().unwrap()], "bad.toml"),
@@ -176,48 +120,19 @@ fn bad_input_is_a_one_line_error() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success(), "{args:?} succeeded");
         assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
-        assert_eq!(
-            err.trim().lines().count(),
-            1,
-            "{args:?}: not one line: {err}"
-        );
-        assert!(
-            err.starts_with("error: ") && err.contains(want),
-            "{args:?}: {err}"
-        );
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: not one line: {err}");
+        assert!(err.starts_with("error: ") && err.contains(want), "{args:?}: {err}");
     }
 }
 
 #[test]
 fn bench_train_prints_one_line_per_batch() {
-    let o = federate(&[
-        "bench",
-        "train",
-        "--model",
-        "mlp",
-        "--batches",
-        "4,8",
-        "--seconds",
-        "0.05",
-        "--threads",
-        "1",
-    ]);
+    let o = federate(&["bench", "train", "--model", "mlp", "--batches", "4,8", "--seconds", "0.05", "--threads", "1"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let s = String::from_utf8_lossy(&o.stdout);
     for b in ["batch=4 ", "batch=8 "] {
-        let line = s
-            .lines()
-            .find(|l| l.starts_with(b))
-            .unwrap_or_else(|| panic!("{s}"));
-        let sps: f64 = line
-            .split("samples_per_s=")
-            .nth(1)
-            .unwrap()
-            .split(' ')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let line = s.lines().find(|l| l.starts_with(b)).unwrap_or_else(|| panic!("{s}"));
+        let sps: f64 = line.split("samples_per_s=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
         assert!(sps > 0.0);
         assert!(line.contains("fraction_of_floor="));
     }

@@ -47,29 +47,26 @@ impl Conv {
         let row = self.row_len();
         let kc = self.kernel * s.c;
         let img_rows = o.h * o.w * row;
-        cols[..n * img_rows]
-            .par_chunks_mut(img_rows)
-            .zip(x.par_chunks(s.size()))
-            .for_each(|(dst, src)| {
-                for oy in 0..o.h {
-                    let (ky_lo, ky_hi, iy0) = self.kx_range(oy, s.h);
-                    for ox in 0..o.w {
-                        let (kx_lo, kx_hi, ix0) = self.kx_range(ox, s.w);
-                        let r = &mut dst[(oy * o.w + ox) * row..][..row];
-                        r[..ky_lo * kc].fill(0.0);
-                        r[ky_hi * kc..].fill(0.0);
-                        for ky in ky_lo..ky_hi {
-                            let seg = &mut r[ky * kc..(ky + 1) * kc];
-                            seg[..kx_lo * s.c].fill(0.0);
-                            seg[kx_hi * s.c..].fill(0.0);
-                            let iy = iy0 + ky - ky_lo;
-                            let from = (iy * s.w + ix0) * s.c;
-                            let len = (kx_hi - kx_lo) * s.c;
-                            seg[kx_lo * s.c..kx_hi * s.c].copy_from_slice(&src[from..from + len]);
-                        }
+        cols[..n * img_rows].par_chunks_mut(img_rows).zip(x.par_chunks(s.size())).for_each(|(dst, src)| {
+            for oy in 0..o.h {
+                let (ky_lo, ky_hi, iy0) = self.kx_range(oy, s.h);
+                for ox in 0..o.w {
+                    let (kx_lo, kx_hi, ix0) = self.kx_range(ox, s.w);
+                    let r = &mut dst[(oy * o.w + ox) * row..][..row];
+                    r[..ky_lo * kc].fill(0.0);
+                    r[ky_hi * kc..].fill(0.0);
+                    for ky in ky_lo..ky_hi {
+                        let seg = &mut r[ky * kc..(ky + 1) * kc];
+                        seg[..kx_lo * s.c].fill(0.0);
+                        seg[kx_hi * s.c..].fill(0.0);
+                        let iy = iy0 + ky - ky_lo;
+                        let from = (iy * s.w + ix0) * s.c;
+                        let len = (kx_hi - kx_lo) * s.c;
+                        seg[kx_lo * s.c..kx_hi * s.c].copy_from_slice(&src[from..from + len]);
                     }
                 }
-            });
+            }
+        });
     }
 
     fn col2im(&self, cols: &[f32], dx: &mut [f32], n: usize) {
@@ -77,57 +74,33 @@ impl Conv {
         let row = self.row_len();
         let kc = self.kernel * s.c;
         let img_rows = o.h * o.w * row;
-        dx[..n * s.size()]
-            .par_chunks_mut(s.size())
-            .zip(cols.par_chunks(img_rows))
-            .for_each(|(dst, src)| {
-                dst.fill(0.0);
-                for oy in 0..o.h {
-                    let (ky_lo, ky_hi, iy0) = self.kx_range(oy, s.h);
-                    for ox in 0..o.w {
-                        let (kx_lo, kx_hi, ix0) = self.kx_range(ox, s.w);
-                        let r = &src[(oy * o.w + ox) * row..][..row];
-                        for ky in ky_lo..ky_hi {
-                            let seg = &r[ky * kc + kx_lo * s.c..ky * kc + kx_hi * s.c];
-                            let iy = iy0 + ky - ky_lo;
-                            let from = (iy * s.w + ix0) * s.c;
-                            for (d, v) in dst[from..from + seg.len()].iter_mut().zip(seg) {
-                                *d += v;
-                            }
+        dx[..n * s.size()].par_chunks_mut(s.size()).zip(cols.par_chunks(img_rows)).for_each(|(dst, src)| {
+            dst.fill(0.0);
+            for oy in 0..o.h {
+                let (ky_lo, ky_hi, iy0) = self.kx_range(oy, s.h);
+                for ox in 0..o.w {
+                    let (kx_lo, kx_hi, ix0) = self.kx_range(ox, s.w);
+                    let r = &src[(oy * o.w + ox) * row..][..row];
+                    for ky in ky_lo..ky_hi {
+                        let seg = &r[ky * kc + kx_lo * s.c..ky * kc + kx_hi * s.c];
+                        let iy = iy0 + ky - ky_lo;
+                        let from = (iy * s.w + ix0) * s.c;
+                        for (d, v) in dst[from..from + seg.len()].iter_mut().zip(seg) {
+                            *d += v;
                         }
                     }
                 }
-            });
+            }
+        });
     }
 
     /// `y = conv(x) + b` for `n` examples; `cols` receives the im2col matrix.
     #[allow(clippy::too_many_arguments)]
-    pub fn forward(
-        &self,
-        w: &[f32],
-        b: &[f32],
-        x: &[f32],
-        y: &mut [f32],
-        cols: &mut [f32],
-        n: usize,
-        threads: usize,
-    ) {
+    pub fn forward(&self, w: &[f32], b: &[f32], x: &[f32], y: &mut [f32], cols: &mut [f32], n: usize, threads: usize) {
         let m = n * self.output.h * self.output.w;
         let cout = self.output.c;
         self.im2col(x, cols, n);
-        matmul(
-            m,
-            cout,
-            self.row_len(),
-            y,
-            cols,
-            Op::N,
-            w,
-            Op::N,
-            false,
-            1.0,
-            threads,
-        );
+        matmul(m, cout, self.row_len(), y, cols, Op::N, w, Op::N, false, 1.0, threads);
         add_bias(&mut y[..m * cout], b);
     }
 

@@ -35,8 +35,7 @@ impl MaxPool {
                         }
                         for ky in 0..self.kernel {
                             for kx in 0..self.kernel {
-                                let base =
-                                    ((oy * self.stride + ky) * s.w + ox * self.stride + kx) * c;
+                                let base = ((oy * self.stride + ky) * s.w + ox * self.stride + kx) * c;
                                 let src = &xi[base..base + c];
                                 for ch in 0..c {
                                     if src[ch] > out[ch] {
