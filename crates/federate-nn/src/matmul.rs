@@ -52,33 +52,37 @@ pub(crate) fn matmul(
     }
     assert!(a.len() >= m * k, "matmul: a has {} values, needs {}", a.len(), m * k);
     assert!(b.len() >= k * n, "matmul: b has {} values, needs {}", b.len(), k * n);
-    let (a_rs, a_cs) = match ta {
-        Op::N => (k as isize, 1),
-        Op::T => (1, m as isize),
+    // gemm is column-major at heart: it reads a column-major left operand without packing
+    // and writes a column-major destination directly. A row-major c is a column-major cᵀ,
+    // so we ask for cᵀ (n×m) = op(b)ᵀ · op(a)ᵀ.
+    // lhs'(j, l) = op(b)(l, j); rhs'(l, i) = op(a)(i, l).
+    let (l_rs, l_cs) = match tb {
+        Op::N => (1, n as isize),
+        Op::T => (k as isize, 1),
     };
-    let (b_rs, b_cs) = match tb {
-        Op::N => (n as isize, 1),
-        Op::T => (1, k as isize),
+    let (r_rs, r_cs) = match ta {
+        Op::N => (1, k as isize),
+        Op::T => (m as isize, 1),
     };
     // SAFETY: the asserts above guarantee that every element gemm touches lies inside its
-    // slice: c is m×n with row stride n; a holds op(a) (m×k) in m·k values with the strides
-    // computed for its orientation, and b likewise k·n values. `c` is a unique borrow, so it
-    // does not alias `a` or `b`.
+    // slice: dst(j, i) = c[i·n + j] with j < n, i < m is inside c[..m·n]; lhs'(j, l) reads
+    // b at l·n + j (N) or j·k + l (T), inside b[..k·n]; rhs'(l, i) reads a at i·k + l (N)
+    // or l·m + i (T), inside a[..m·k]. `c` is a unique borrow, so it aliases neither.
     unsafe {
         gemm(
-            m,
             n,
+            m,
             k,
             c.as_mut_ptr(),
-            1,
             n as isize,
+            1,
             accumulate,
-            a.as_ptr(),
-            a_cs,
-            a_rs,
             b.as_ptr(),
-            b_cs,
-            b_rs,
+            l_cs,
+            l_rs,
+            a.as_ptr(),
+            r_cs,
+            r_rs,
             1.0,
             scale,
             false,

@@ -1,6 +1,7 @@
 //! Optimisers that update a flat parameter vector from a flat gradient: SGD (momentum,
 //! weight decay, PyTorch's conventions) and Adam.
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::NnError;
@@ -115,17 +116,28 @@ impl Optimizer {
     /// Applies one step to `params` from `grad`.
     pub fn step(&mut self, params: &mut [f32], grad: &[f32]) {
         self.t += 1;
+        // Element-wise and memory-bound: split across the pool in fixed chunks (the result
+        // does not depend on the split).
+        const CHUNK: usize = 1 << 15;
         match self.spec {
             OptimizerSpec::Sgd { lr, momentum, weight_decay } => {
                 if momentum == 0.0 {
-                    for (p, g) in params.iter_mut().zip(grad) {
-                        *p -= lr * (g + weight_decay * *p);
-                    }
+                    params.par_chunks_mut(CHUNK).zip(grad.par_chunks(CHUNK)).for_each(|(p, g)| {
+                        for (p, g) in p.iter_mut().zip(g) {
+                            *p -= lr * (g + weight_decay * *p);
+                        }
+                    });
                 } else {
-                    for ((p, g), v) in params.iter_mut().zip(grad).zip(&mut self.m) {
-                        *v = momentum * *v + g + weight_decay * *p;
-                        *p -= lr * *v;
-                    }
+                    params
+                        .par_chunks_mut(CHUNK)
+                        .zip(grad.par_chunks(CHUNK))
+                        .zip(self.m.par_chunks_mut(CHUNK))
+                        .for_each(|((p, g), v)| {
+                            for ((p, g), v) in p.iter_mut().zip(g).zip(v) {
+                                *v = momentum * *v + g + weight_decay * *p;
+                                *p -= lr * *v;
+                            }
+                        });
                 }
             }
             OptimizerSpec::Adam { lr, beta1, beta2, eps, weight_decay } => {
@@ -133,12 +145,19 @@ impl Optimizer {
                 let bc2 = 1.0 - beta2.powi(self.t as i32);
                 let step = lr / bc1;
                 let bc2s = bc2.sqrt();
-                for (((p, g), m), v) in params.iter_mut().zip(grad).zip(&mut self.m).zip(&mut self.v) {
-                    let g = g + weight_decay * *p;
-                    *m = beta1 * *m + (1.0 - beta1) * g;
-                    *v = beta2 * *v + (1.0 - beta2) * g * g;
-                    *p -= step * *m / (v.sqrt() / bc2s + eps);
-                }
+                params
+                    .par_chunks_mut(CHUNK)
+                    .zip(grad.par_chunks(CHUNK))
+                    .zip(self.m.par_chunks_mut(CHUNK))
+                    .zip(self.v.par_chunks_mut(CHUNK))
+                    .for_each(|(((p, g), m), v)| {
+                        for (((p, g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
+                            let g = g + weight_decay * *p;
+                            *m = beta1 * *m + (1.0 - beta1) * g;
+                            *v = beta2 * *v + (1.0 - beta2) * g * g;
+                            *p -= step * *m / (v.sqrt() / bc2s + eps);
+                        }
+                    });
             }
         }
     }
