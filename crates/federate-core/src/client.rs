@@ -93,6 +93,11 @@ pub trait ClientProxy: Send {
     fn fit(&mut self, global: &Parameters, task: &FitTask) -> Result<FitReply, ClientError>;
     /// Sends an evaluation task and waits for the reply.
     fn evaluate(&mut self, params: &Parameters, task: &EvaluateTask) -> Result<EvaluateReply, ClientError>;
+    /// Whether the server may call this party at the same time as others (true for remote
+    /// parties, which compute elsewhere; false for parties sharing this process's cores).
+    fn concurrent(&self) -> bool {
+        false
+    }
 }
 
 /// A party living in the server's process (simulation).

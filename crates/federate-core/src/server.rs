@@ -132,12 +132,62 @@ pub enum Event<'a> {
         /// Party identity.
         id: &'a str,
     },
-    /// A round is complete.
-    RoundFinished(&'a RoundRecord),
+    /// A round is complete; `global` is the model it produced (for checkpoints).
+    RoundFinished {
+        /// What happened.
+        record: &'a RoundRecord,
+        /// The global model after the round.
+        global: &'a Parameters,
+    },
 }
 
 /// Evaluates global parameters on a server-held test set.
 pub type CentralEvaluator = Box<dyn FnMut(&Parameters) -> Option<CentralEval> + Send>;
+
+/// Runs `call` for every (client, task): parties whose proxy is `concurrent` (remote ones) all
+/// at once on their own threads, the others one after another. Outcomes come back in task
+/// order with their wall-clock seconds, whatever order they finished in, so aggregation is
+/// deterministic.
+fn dispatch<T: Sync, R: Send>(
+    clients: &mut [Box<dyn ClientProxy>],
+    tasks: &[(usize, T)],
+    call: impl Fn(&mut dyn ClientProxy, &T) -> Result<R, crate::ClientError> + Sync,
+) -> Vec<(usize, Result<R, crate::ClientError>, f64)> {
+    let timed = |client: &mut dyn ClientProxy, task: &T| {
+        let t = Instant::now();
+        let r = call(client, task);
+        (r, t.elapsed().as_secs_f64())
+    };
+    let wanted: std::collections::HashMap<usize, usize> = tasks.iter().enumerate().map(|(i, (c, _))| (*c, i)).collect();
+    let mut slots: Vec<Option<(Result<R, crate::ClientError>, f64)>> = tasks.iter().map(|_| None).collect();
+    std::thread::scope(|scope| {
+        let mut handles = Vec::new();
+        for (c, client) in clients.iter_mut().enumerate() {
+            let Some(&i) = wanted.get(&c) else { continue };
+            let task = &tasks[i].1;
+            if client.concurrent() {
+                let timed = &timed;
+                handles.push((i, scope.spawn(move || timed(client.as_mut(), task))));
+            } else {
+                slots[i] = Some(timed(client.as_mut(), task));
+            }
+        }
+        for (i, h) in handles {
+            let r = h.join().unwrap_or_else(|_| {
+                (Err(crate::ClientError::Unavailable("the party's handler panicked".into())), 0.0)
+            });
+            slots[i] = Some(r);
+        }
+    });
+    tasks
+        .iter()
+        .zip(slots)
+        .map(|((c, _), s)| {
+            let (r, secs) = s.unwrap_or((Err(crate::ClientError::Unavailable("not dispatched".into())), 0.0));
+            (*c, r, secs)
+        })
+        .collect()
+}
 
 /// The federated server.
 pub struct Server {
@@ -171,24 +221,38 @@ impl Server {
         cfg: &ServerConfig,
         observer: &mut dyn FnMut(Event<'_>),
     ) -> Result<(Parameters, Vec<RoundRecord>), ServerError> {
+        self.resume(initial, 0, cfg, observer)
+    }
+
+    /// Continues a run whose first `completed` rounds produced `global`: runs rounds
+    /// `completed + 1 ..= cfg.rounds` and returns their records. Every random stream is
+    /// derived from the seed and the round number, so a resumed run equals an uninterrupted
+    /// one.
+    pub fn resume(
+        &mut self,
+        global: Parameters,
+        completed: u32,
+        cfg: &ServerConfig,
+        observer: &mut dyn FnMut(Event<'_>),
+    ) -> Result<(Parameters, Vec<RoundRecord>), ServerError> {
         if self.clients.is_empty() {
             return Err(ServerError::NoClients);
         }
         if cfg.rounds == 0 {
             return Err(ServerError::NoRounds);
         }
-        if initial.values.len() != initial.layout.len() {
+        if global.values.len() != global.layout.len() {
             return Err(ServerError::BadInitial(format!(
                 "initial parameters have {} values, the layout {}",
-                initial.values.len(),
-                initial.layout.len()
+                global.values.len(),
+                global.layout.len()
             )));
         }
-        let mut global = initial;
-        let mut records = Vec::with_capacity(cfg.rounds as usize);
-        for round in 1..=cfg.rounds {
+        let mut global = global;
+        let mut records = Vec::new();
+        for round in completed + 1..=cfg.rounds {
             let record = self.round(round, &mut global, cfg, observer);
-            observer(Event::RoundFinished(&record));
+            observer(Event::RoundFinished { record: &record, global: &global });
             records.push(record);
         }
         Ok((global, records))
@@ -209,25 +273,24 @@ impl Server {
         let mut replies: Vec<(usize, FitReply)> = Vec::with_capacity(tasks.len());
         let mut fit = Vec::new();
         let mut failures = Vec::new();
-        for (c, task) in &tasks {
-            let t = Instant::now();
-            let client = &mut self.clients[*c];
-            match client.fit(global, task) {
+        let g: &Parameters = global;
+        let outcomes = dispatch(&mut self.clients, &tasks, |client, task| client.fit(g, task));
+        for (c, outcome, seconds) in outcomes {
+            let id = self.clients[c].id().to_string();
+            match outcome {
                 Ok(r) => {
                     fit.push(ClientFit {
-                        id: client.id().to_string(),
+                        id: id.clone(),
                         num_examples: r.num_examples,
                         train_loss: r.metrics.get("train_loss").copied().unwrap_or(f64::NAN),
                         train_accuracy: r.metrics.get("train_accuracy").copied().unwrap_or(f64::NAN),
-                        seconds: t.elapsed().as_secs_f64(),
+                        seconds,
                     });
-                    replies.push((*c, r));
+                    replies.push((c, r));
                 }
-                Err(e) => {
-                    failures.push(Failure { id: client.id().to_string(), stage: "fit".into(), reason: e.to_string() })
-                }
+                Err(e) => failures.push(Failure { id: id.clone(), stage: "fit".into(), reason: e.to_string() }),
             }
-            observer(Event::FitDone { round, id: self.clients[*c].id() });
+            observer(Event::FitDone { round, id: &id });
         }
         let fit_seconds = start.elapsed().as_secs_f64();
         let (aggregated, error) = match self.strategy.aggregate_fit(round, global, &replies) {
@@ -251,23 +314,15 @@ impl Server {
         let etasks = self.strategy.configure_evaluate(round, n, &mut rng);
         let mut ereplies: Vec<(usize, EvaluateReply)> = Vec::new();
         let mut evaluate = Vec::new();
-        for (c, task) in &etasks {
-            let client = &mut self.clients[*c];
-            match client.evaluate(global, task) {
+        let g: &Parameters = global;
+        for (c, outcome, _) in dispatch(&mut self.clients, &etasks, |client, task| client.evaluate(g, task)) {
+            let id = self.clients[c].id().to_string();
+            match outcome {
                 Ok(r) => {
-                    evaluate.push(ClientEval {
-                        id: client.id().to_string(),
-                        num_examples: r.num_examples,
-                        loss: r.loss,
-                        accuracy: r.accuracy,
-                    });
-                    ereplies.push((*c, r));
+                    evaluate.push(ClientEval { id, num_examples: r.num_examples, loss: r.loss, accuracy: r.accuracy });
+                    ereplies.push((c, r));
                 }
-                Err(e) => failures.push(Failure {
-                    id: client.id().to_string(),
-                    stage: "evaluate".into(),
-                    reason: e.to_string(),
-                }),
+                Err(e) => failures.push(Failure { id, stage: "evaluate".into(), reason: e.to_string() }),
             }
         }
         let federated = self.strategy.aggregate_evaluate(round, &ereplies);

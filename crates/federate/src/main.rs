@@ -197,7 +197,7 @@ fn run(args: RunArgs) -> Result<()> {
                 b.set_message(format!("{round}/{rounds}: {id} done"));
             }
         }
-        Event::RoundFinished(r) => {
+        Event::RoundFinished { record: r, .. } => {
             if let Err(e) = dir.record(r) {
                 write_err.get_or_insert(e);
             }

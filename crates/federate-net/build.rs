@@ -1,0 +1,7 @@
+//! Generates the protocol code from proto/federate.proto with protox (no protoc needed).
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto/federate.proto");
+    let fds = protox::compile(["proto/federate.proto"], ["proto"])?;
+    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(fds)?;
+    Ok(())
+}
