@@ -11,4 +11,7 @@ pub mod proto {
 }
 
 pub mod codec;
+pub mod convert;
+pub mod party;
+pub mod server;
 pub mod tls;

@@ -1,0 +1,71 @@
+//! Conversions between the core types and their protocol messages.
+
+use federate_core::LocalTraining;
+use federate_nn::OptimizerSpec;
+
+use crate::proto;
+
+/// Why a message could not be turned into a core value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed message: {0}")]
+pub struct Malformed(pub String);
+
+/// Core local-training settings as a message.
+pub fn training_to_proto(t: &LocalTraining) -> proto::LocalTraining {
+    let optimizer = match t.optimizer {
+        OptimizerSpec::Sgd { lr, momentum, weight_decay } => proto::Optimizer {
+            name: "sgd".into(),
+            lr,
+            momentum,
+            weight_decay,
+            ..Default::default()
+        },
+        OptimizerSpec::Adam { lr, beta1, beta2, eps, weight_decay } => {
+            proto::Optimizer { name: "adam".into(), lr, momentum: 0.0, weight_decay, beta1, beta2, eps }
+        }
+    };
+    proto::LocalTraining { epochs: t.epochs as u32, batch_size: t.batch_size as u32, optimizer: Some(optimizer) }
+}
+
+/// A message's local-training settings, validated.
+pub fn training_from_proto(t: &proto::LocalTraining) -> Result<LocalTraining, Malformed> {
+    let o = t.optimizer.as_ref().ok_or_else(|| Malformed("training without optimizer".into()))?;
+    let optimizer = match o.name.as_str() {
+        "sgd" => OptimizerSpec::Sgd { lr: o.lr, momentum: o.momentum, weight_decay: o.weight_decay },
+        "adam" => {
+            OptimizerSpec::Adam { lr: o.lr, beta1: o.beta1, beta2: o.beta2, eps: o.eps, weight_decay: o.weight_decay }
+        }
+        other => return Err(Malformed(format!("unknown optimizer '{other}'"))),
+    };
+    optimizer.validate().map_err(|e| Malformed(e.to_string()))?;
+    if t.epochs == 0 || t.batch_size == 0 {
+        return Err(Malformed("epochs and batch_size must be at least 1".into()));
+    }
+    if t.epochs > 10_000 || t.batch_size > 1 << 20 {
+        return Err(Malformed(format!("epochs {} / batch_size {} are beyond any sane run", t.epochs, t.batch_size)));
+    }
+    Ok(LocalTraining { epochs: t.epochs as usize, batch_size: t.batch_size as usize, optimizer })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn training_round_trips_exactly() {
+        for optimizer in [
+            OptimizerSpec::Sgd { lr: 0.05, momentum: 0.9, weight_decay: 1e-4 },
+            OptimizerSpec::Adam { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 },
+        ] {
+            let t = LocalTraining { epochs: 2, batch_size: 32, optimizer };
+            assert_eq!(training_from_proto(&training_to_proto(&t)).unwrap(), t);
+        }
+        let mut bad = training_to_proto(&LocalTraining {
+            epochs: 1,
+            batch_size: 1,
+            optimizer: OptimizerSpec::Sgd { lr: 0.1, momentum: 0.0, weight_decay: 0.0 },
+        });
+        bad.optimizer.as_mut().unwrap().lr = -1.0;
+        assert!(training_from_proto(&bad).is_err());
+    }
+}

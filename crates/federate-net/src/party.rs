@@ -1,0 +1,312 @@
+//! The party runner: dials out to the server, says who it is, then answers instructions until
+//! the server says the federation is over. Training runs on a blocking thread so heartbeats
+//! keep flowing. A lost connection is retried with exponential backoff; a refusal (bad
+//! certificate, not on the allow-list, wrong protocol version) is final.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use federate_core::{Client, EvaluateTask, FitTask, Layout, Parameters};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tracing::{info, warn};
+
+use crate::codec::{self, Assembler, Limits};
+use crate::convert::training_from_proto;
+use crate::proto::federation_client::FederationClient;
+use crate::proto::{
+    EvaluateResult, FitResult, Heartbeat, Hello, PartyMessage, ServerMessage, TaskError, party_message,
+    server_message,
+};
+use crate::server::PROTOCOL_VERSION;
+use crate::tls::TlsFiles;
+
+/// How a party connects.
+#[derive(Debug, Clone)]
+pub struct PartyOptions {
+    /// Server URL, `https://host:port` (or `http://` with --insecure).
+    pub server: String,
+    /// This party's identity (must match its certificate).
+    pub id: String,
+    /// CA of the server plus this party's certificate and key; `None` is plaintext.
+    pub tls: Option<TlsFiles>,
+    /// The name on the server's certificate, when it differs from the URL's host.
+    pub server_name: Option<String>,
+    /// Limits on received parameter vectors.
+    pub limits: Limits,
+    /// Largest gRPC message.
+    pub max_message_bytes: usize,
+    /// Raw bytes per parameter chunk sent.
+    pub chunk_bytes: usize,
+    /// Compress parameter chunks with zstd.
+    pub zstd: bool,
+    /// Interval of this party's heartbeats.
+    pub heartbeat: Duration,
+    /// Longest wait between reconnection attempts.
+    pub max_backoff: Duration,
+    /// Give up after this long without a working connection.
+    pub give_up_after: Duration,
+}
+
+/// Why a party stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PartyError {
+    /// The server refused this party; retrying will not help.
+    #[error("refused by the server: {0}")]
+    Refused(String),
+    /// No connection could be made for too long.
+    #[error("gave up after {0:?} without reaching the server: {1}")]
+    Unreachable(Duration, String),
+    /// Local configuration problem.
+    #[error("{0}")]
+    Config(String),
+}
+
+enum SessionEnd {
+    /// The server ended the federation.
+    Finished(String),
+    /// The connection broke (after joining, if the flag says so); try again.
+    Lost(String, bool),
+}
+
+fn out(m: party_message::Msg) -> PartyMessage {
+    PartyMessage { msg: Some(m) }
+}
+
+async fn channel(opts: &PartyOptions) -> Result<Channel, String> {
+    let mut ep = Endpoint::from_shared(opts.server.clone())
+        .map_err(|e| format!("bad server URL '{}': {e}", opts.server))?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(opts.heartbeat)
+        .keep_alive_while_idle(true);
+    if let Some(t) = &opts.tls {
+        let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(&t.ca)?))
+            .identity(Identity::from_pem(read(&t.cert)?, read(&t.key)?));
+        if let Some(name) = &opts.server_name {
+            tls = tls.domain_name(name.clone());
+        }
+        ep = ep.tls_config(tls).map_err(|e| format!("TLS: {e}"))?;
+    }
+    ep.connect().await.map_err(|e| {
+        let mut s = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(inner) = src {
+            s.push_str(": ");
+            s.push_str(&inner.to_string());
+            src = inner.source();
+        }
+        s
+    })
+}
+
+/// Runs a party until the server ends the federation. `client` does the training and
+/// evaluation; `layout` is its model's parameter layout.
+pub async fn run_party(opts: PartyOptions, client: Box<dyn Client>, layout: Arc<Layout>) -> Result<String, PartyError> {
+    if opts.tls.is_none() && opts.server.starts_with("https://") {
+        return Err(PartyError::Config("an https:// server needs TLS files (or use http:// with --insecure)".into()));
+    }
+    let client = Arc::new(Mutex::new(client));
+    let mut backoff = Duration::from_millis(250);
+    let mut down_since = tokio::time::Instant::now();
+    loop {
+        match session(&opts, client.clone(), layout.clone()).await {
+            Ok(SessionEnd::Finished(reason)) => return Ok(reason),
+            Err(refusal) => return Err(refusal),
+            Ok(SessionEnd::Lost(reason, joined)) => {
+                if joined {
+                    backoff = Duration::from_millis(250);
+                    down_since = tokio::time::Instant::now();
+                }
+                if down_since.elapsed() > opts.give_up_after {
+                    return Err(PartyError::Unreachable(opts.give_up_after, reason));
+                }
+                warn!(party = %opts.id, "connection lost ({reason}); retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(opts.max_backoff);
+            }
+        }
+    }
+}
+
+/// One connection: returns how it ended, or a final refusal.
+async fn session(
+    opts: &PartyOptions,
+    client: Arc<Mutex<Box<dyn Client>>>,
+    layout: Arc<Layout>,
+) -> Result<SessionEnd, PartyError> {
+    let ch = match channel(opts).await {
+        Ok(c) => c,
+        Err(e) => return Ok(SessionEnd::Lost(e, false)),
+    };
+    let mut grpc = FederationClient::new(ch)
+        .max_decoding_message_size(opts.max_message_bytes)
+        .max_encoding_message_size(opts.max_message_bytes);
+    let (tx, rx) = mpsc::channel::<PartyMessage>(64);
+    let hello = Hello { protocol_version: PROTOCOL_VERSION, party_id: opts.id.clone() };
+    let _ = tx.send(out(party_message::Msg::Hello(hello))).await;
+    let mut inbound = match grpc.join(ReceiverStream::new(rx)).await {
+        Ok(r) => r.into_inner(),
+        Err(s) if matches!(s.code(), tonic::Code::PermissionDenied | tonic::Code::FailedPrecondition) => {
+            return Err(PartyError::Refused(s.message().to_string()));
+        }
+        Err(s) => return Ok(SessionEnd::Lost(format!("{} ({:?})", s.message(), s.code()), false)),
+    };
+    let silence = match inbound.message().await {
+        Ok(Some(ServerMessage { msg: Some(server_message::Msg::Welcome(w)) })) => {
+            info!(party = %opts.id, "joined the federation (protocol {})", w.protocol_version);
+            Duration::from_millis(w.heartbeat_ms.max(100) as u64 * 4)
+        }
+        Ok(_) => return Ok(SessionEnd::Lost("no welcome".into(), false)),
+        Err(s) if matches!(s.code(), tonic::Code::PermissionDenied | tonic::Code::FailedPrecondition) => {
+            return Err(PartyError::Refused(s.message().to_string()));
+        }
+        Err(s) => return Ok(SessionEnd::Lost(s.message().to_string(), false)),
+    };
+    let hb_tx = tx.clone();
+    let hb_every = opts.heartbeat;
+    let heartbeats = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(hb_every).await;
+            if hb_tx.send(out(party_message::Msg::Heartbeat(Heartbeat { unix_ms: 0 }))).await.is_err() {
+                break;
+            }
+        }
+    });
+    let end = serve_instructions(opts, &mut inbound, &tx, client, layout, silence).await;
+    heartbeats.abort();
+    Ok(end)
+}
+
+enum Task {
+    Fit(FitTask),
+    Evaluate(EvaluateTask),
+}
+
+async fn serve_instructions(
+    opts: &PartyOptions,
+    inbound: &mut tonic::Streaming<ServerMessage>,
+    tx: &mpsc::Sender<PartyMessage>,
+    client: Arc<Mutex<Box<dyn Client>>>,
+    layout: Arc<Layout>,
+    silence: Duration,
+) -> SessionEnd {
+    let mut current: Option<(u64, Task, Assembler)> = None;
+    loop {
+        let m = match tokio::time::timeout(silence, inbound.message()).await {
+            Err(_) => return SessionEnd::Lost(format!("server silent for {silence:?}"), true),
+            Ok(Err(s)) => return SessionEnd::Lost(format!("{} ({:?})", s.message(), s.code()), true),
+            Ok(Ok(None)) => return SessionEnd::Lost("server closed the stream".into(), true),
+            Ok(Ok(Some(ServerMessage { msg: None }))) => continue,
+            Ok(Ok(Some(ServerMessage { msg: Some(m) }))) => m,
+        };
+        match m {
+            server_message::Msg::Heartbeat(_) | server_message::Msg::Welcome(_) => {}
+            server_message::Msg::Shutdown(s) => return SessionEnd::Finished(s.reason),
+            server_message::Msg::Refusal(r) => return SessionEnd::Lost(format!("server refused: {}", r.reason), true),
+            server_message::Msg::Fit(f) => {
+                let task = match f.training.as_ref().map(training_from_proto) {
+                    Some(Ok(training)) => FitTask { round: f.round, training, seed: f.seed },
+                    Some(Err(e)) => {
+                        send_error(tx, f.task_id, e.to_string()).await;
+                        continue;
+                    }
+                    None => {
+                        send_error(tx, f.task_id, "fit instruction without training settings".into()).await;
+                        continue;
+                    }
+                };
+                match f.params.map(|h| Assembler::new(h, opts.limits)) {
+                    Some(Ok(a)) => current = Some((f.task_id, Task::Fit(task), a)),
+                    Some(Err(e)) => return SessionEnd::Lost(format!("bad parameters from the server: {e}"), true),
+                    None => return SessionEnd::Lost("fit instruction without parameters".into(), true),
+                }
+            }
+            server_message::Msg::Evaluate(e) => match e.params.map(|h| Assembler::new(h, opts.limits)) {
+                Some(Ok(a)) => current = Some((e.task_id, Task::Evaluate(EvaluateTask { round: e.round }), a)),
+                Some(Err(err)) => return SessionEnd::Lost(format!("bad parameters from the server: {err}"), true),
+                None => return SessionEnd::Lost("evaluate instruction without parameters".into(), true),
+            },
+            server_message::Msg::Chunk(c) => {
+                let Some((_, _, a)) = current.as_mut() else {
+                    return SessionEnd::Lost("chunk without an instruction".into(), true);
+                };
+                let values = match a.push(c) {
+                    Err(e) => return SessionEnd::Lost(format!("bad parameters from the server: {e}"), true),
+                    Ok(None) => continue,
+                    Ok(Some(v)) => v,
+                };
+                let Some((task_id, task, _)) = current.take() else { continue };
+                let Some(params) = Parameters::new(values, layout.clone()) else {
+                    send_error(tx, task_id, format!("the server's model has a different size than ours ({})", layout.len()))
+                        .await;
+                    continue;
+                };
+                let client = client.clone();
+                let work = tokio::task::spawn_blocking(move || {
+                    let mut c = client.lock().map_err(|_| "client state poisoned".to_string())?;
+                    match task {
+                        Task::Fit(t) => c.fit(&params, &t).map(either_fit).map_err(|e| e.to_string()),
+                        Task::Evaluate(t) => c.evaluate(&params, &t).map(either_eval).map_err(|e| e.to_string()),
+                    }
+                });
+                let result = match work.await {
+                    Ok(r) => r,
+                    Err(e) => Err(format!("training thread failed: {e}")),
+                };
+                let sent = match result {
+                    Err(reason) => {
+                        send_error(tx, task_id, reason).await;
+                        true
+                    }
+                    Ok(Done::Fit(r)) => {
+                        let (header, chunks) = codec::split(&r.params, task_id, opts.chunk_bytes, opts.zstd);
+                        let head = FitResult {
+                            task_id,
+                            num_examples: r.num_examples as u64,
+                            metrics: r.metrics.into_iter().collect(),
+                            params: Some(header),
+                        };
+                        let mut ok = tx.send(out(party_message::Msg::Fit(head))).await.is_ok();
+                        for c in chunks {
+                            ok = ok && tx.send(out(party_message::Msg::Chunk(c))).await.is_ok();
+                        }
+                        ok
+                    }
+                    Ok(Done::Evaluate(r)) => tx
+                        .send(out(party_message::Msg::Evaluate(EvaluateResult {
+                            task_id,
+                            num_examples: r.num_examples as u64,
+                            loss: r.loss,
+                            accuracy: r.accuracy,
+                        })))
+                        .await
+                        .is_ok(),
+                };
+                if !sent {
+                    return SessionEnd::Lost("could not send the result".into(), true);
+                }
+            }
+        }
+    }
+}
+
+enum Done {
+    Fit(federate_core::FitReply),
+    Evaluate(federate_core::EvaluateReply),
+}
+
+fn either_fit(r: federate_core::FitReply) -> Done {
+    Done::Fit(r)
+}
+
+fn either_eval(r: federate_core::EvaluateReply) -> Done {
+    Done::Evaluate(r)
+}
+
+async fn send_error(tx: &mpsc::Sender<PartyMessage>, task_id: u64, reason: String) {
+    warn!("task {task_id} failed: {reason}");
+    let _ = tx.send(out(party_message::Msg::Error(TaskError { task_id, reason }))).await;
+}
