@@ -89,6 +89,7 @@ struct HubInner {
     parties: Mutex<HashMap<String, Arc<Conn>>>,
     changed: watch::Sender<u64>,
     next_id: AtomicU64,
+    closing: std::sync::atomic::AtomicBool,
 }
 
 /// The registry of connected parties, shared by the gRPC service and every `RemoteParty`.
@@ -135,6 +136,7 @@ impl Hub {
                 parties: Mutex::new(HashMap::new()),
                 changed,
                 next_id: AtomicU64::new(1),
+                closing: std::sync::atomic::AtomicBool::new(false),
             }),
         };
         let svc = FederationServer::new(Service { hub: hub.clone() })
@@ -192,6 +194,7 @@ impl Hub {
 
     /// Tells every connected party the federation is over.
     pub async fn shutdown(&self, reason: &str) {
+        self.inner.closing.store(true, Ordering::Relaxed);
         let conns: Vec<Arc<Conn>> = self.inner.parties.lock().map(|p| p.values().cloned().collect()).unwrap_or_default();
         for c in conns {
             let _ = c.tx.send(Ok(msg(server_message::Msg::Shutdown(Shutdown { reason: reason.into() })))).await;
@@ -398,7 +401,11 @@ impl Federation for Service {
         let hub = self.hub.clone();
         tokio::spawn(async move {
             let reason = read_party(&hub, &id, &conn, &mut inbound).await;
-            warn!(party = %id, "dropped: {reason}");
+            if hub.inner.closing.load(Ordering::Relaxed) {
+                info!(party = %id, "left: {reason}");
+            } else {
+                warn!(party = %id, "dropped: {reason}");
+            }
             hub.deregister(&id, &conn, &reason);
         });
         let heartbeat = cfg.heartbeat;

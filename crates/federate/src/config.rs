@@ -28,6 +28,8 @@ pub struct Config {
     pub strategy: StrategyConfig,
     /// What to evaluate.
     pub evaluation: EvaluationConfig,
+    /// Deployment settings of `federate serve` (ignored by `federate run`).
+    pub server: ServerSection,
 }
 
 impl Default for Config {
@@ -41,6 +43,7 @@ impl Default for Config {
             train: TrainConfig::default(),
             strategy: StrategyConfig::default(),
             evaluation: EvaluationConfig::default(),
+            server: ServerSection::default(),
         }
     }
 }
@@ -226,6 +229,67 @@ impl Default for EvaluationConfig {
     }
 }
 
+/// Settings of `federate serve`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSection {
+    /// Address to listen on.
+    pub listen: String,
+    /// Party identities allowed to join, in order (default: party-1 … party-N).
+    pub parties: Vec<String>,
+    /// Seconds a party has to answer a task (the round deadline).
+    pub round_timeout_s: f64,
+    /// Seconds a task waits for an absent party to (re)connect.
+    pub rejoin_wait_s: f64,
+    /// Seconds to wait at start for every party to connect.
+    pub start_wait_s: f64,
+    /// Seconds between heartbeats.
+    pub heartbeat_s: f64,
+    /// A party silent this many seconds is dropped.
+    pub party_timeout_s: f64,
+    /// Where checkpoints go (default: <run directory>/checkpoint).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Compress parameters with zstd on the wire.
+    pub zstd: bool,
+    /// Raw bytes per parameter chunk.
+    pub chunk_bytes: usize,
+    /// Largest gRPC message, bytes.
+    pub max_message_bytes: usize,
+    /// Most values in a parameter vector received.
+    pub max_values: u64,
+    /// Mutual TLS: `ca`, `cert`, `key` (required unless --insecure).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<federate_net::tls::TlsFiles>,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            listen: "0.0.0.0:7000".into(),
+            parties: Vec::new(),
+            round_timeout_s: 600.0,
+            rejoin_wait_s: 30.0,
+            start_wait_s: 300.0,
+            heartbeat_s: 5.0,
+            party_timeout_s: 30.0,
+            checkpoint_dir: None,
+            zstd: false,
+            chunk_bytes: 4 << 20,
+            max_message_bytes: 16 << 20,
+            max_values: 1 << 28,
+            tls: None,
+        }
+    }
+}
+
+impl ServerSection {
+    /// The party identities: the configured list, or party-1 … party-N.
+    pub fn party_ids(&self, n: usize) -> Vec<String> {
+        if self.parties.is_empty() { (1..=n).map(|i| format!("party-{i}")).collect() } else { self.parties.clone() }
+    }
+}
+
 /// Reads a config file (or the defaults), applies `key=value` overrides, and validates.
 pub fn load(path: Option<&Path>, sets: &[String]) -> Result<Config> {
     let mut table: toml::Table = match path {
@@ -315,6 +379,21 @@ pub fn validate(c: &Config) -> Result<()> {
     }
     if !(0.0..=1.0).contains(&s.fraction_evaluate) {
         bail!("strategy.fraction_evaluate = {} must be in [0, 1]", s.fraction_evaluate);
+    }
+    let sv = &c.server;
+    for (name, v) in [
+        ("round_timeout_s", sv.round_timeout_s),
+        ("rejoin_wait_s", sv.rejoin_wait_s),
+        ("start_wait_s", sv.start_wait_s),
+        ("heartbeat_s", sv.heartbeat_s),
+        ("party_timeout_s", sv.party_timeout_s),
+    ] {
+        if !(v > 0.0 && v.is_finite()) {
+            bail!("server.{name} = {v} must be a positive number of seconds");
+        }
+    }
+    if sv.chunk_bytes < 4 || sv.chunk_bytes + 1024 > sv.max_message_bytes {
+        bail!("server.chunk_bytes must be at least 4 and 1 KiB below server.max_message_bytes");
     }
     match c.model.name.as_str() {
         "custom" if c.model.layers.is_none() => {

@@ -6,6 +6,7 @@
 
 mod bench;
 mod config;
+mod deploy;
 mod report;
 mod sim;
 
@@ -41,6 +42,78 @@ enum Command {
         #[command(subcommand)]
         what: DataCommand,
     },
+    /// Create a CA, a server certificate and one certificate per party.
+    Keys {
+        /// Output directory.
+        #[arg(long, default_value = "keys")]
+        out: PathBuf,
+        /// Party identities, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "party-1,party-2,party-3")]
+        parties: Vec<String>,
+        /// Names (DNS or IP) the server certificate is valid for, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1,federate-server")]
+        server_names: Vec<String>,
+    },
+    /// Run the server of a real federation: parties join over gRPC with mutual TLS.
+    Serve(ServeArgs),
+    /// Join a federation as a party.
+    Join(JoinArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// The config (the same file `run` takes, with a [server] section).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override a config key (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// Run directory (rounds.jsonl, checkpoint/, model.safetensors).
+    #[arg(long, default_value = "runs/serve")]
+    out: PathBuf,
+    /// Continue from the last checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Plaintext without authentication (local tests only).
+    #[arg(long)]
+    insecure: bool,
+}
+
+#[derive(clap::Args)]
+struct JoinArgs {
+    /// Server URL, e.g. https://server.example:7000.
+    #[arg(long)]
+    server: String,
+    /// This party's identity (its certificate's name).
+    #[arg(long)]
+    id: String,
+    /// The federation's config (data split, model, seed).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override a config key (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// Use partition N (1-based) of the configured dataset (default: N from an id "party-N").
+    #[arg(long)]
+    partition: Option<usize>,
+    /// Use this party's own IDX files instead of a partition.
+    #[arg(long, conflicts_with = "partition")]
+    idx_dir: Option<PathBuf>,
+    /// Directory made by `federate keys` (uses ca.pem and parties/<id>.pem/.key).
+    #[arg(long)]
+    tls_dir: Option<PathBuf>,
+    /// Name on the server's certificate, if not the URL's host.
+    #[arg(long)]
+    server_name: Option<String>,
+    /// Plaintext without authentication (local tests only).
+    #[arg(long)]
+    insecure: bool,
+    /// Worker threads.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// A directory already holding the dataset's IDX files.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -117,6 +190,9 @@ fn main() -> ExitCode {
         Command::Data { what: DataCommand::Fetch { dataset, data_dir, cache_dir } } => {
             fetch(&dataset, data_dir, cache_dir)
         }
+        Command::Keys { out, parties, server_names } => deploy::keys(&out, &parties, &server_names),
+        Command::Serve(a) => serve(a),
+        Command::Join(a) => join(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -240,6 +316,56 @@ fn run(args: RunArgs) -> Result<()> {
         dir.path().display()
     );
     Ok(())
+}
+
+fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .try_init();
+}
+
+fn serve(a: ServeArgs) -> Result<()> {
+    init_logging();
+    let cfg = config::load(a.config.as_deref(), &a.sets)?;
+    init_threads(cfg.threads)?;
+    deploy::serve(&cfg, &a.out, a.resume, a.insecure)
+}
+
+fn join(a: JoinArgs) -> Result<()> {
+    init_logging();
+    let mut sets = a.sets.clone();
+    if let Some(t) = a.threads {
+        sets.push(format!("threads={t}"));
+    }
+    if let Some(d) = &a.data_dir {
+        sets.push(format!("data.data_dir={}", quote(d)));
+    }
+    let cfg = config::load(a.config.as_deref(), &sets)?;
+    init_threads(cfg.threads)?;
+    let data = match (&a.idx_dir, a.partition) {
+        (Some(d), _) => deploy::PartyData::IdxDir(d.clone()),
+        (None, Some(n)) => deploy::PartyData::Partition(n),
+        (None, None) => match a.id.strip_prefix("party-").and_then(|n| n.parse().ok()) {
+            Some(n) => deploy::PartyData::Partition(n),
+            None => anyhow::bail!("give --partition N or --idx-dir DIR (the id '{}' is not of the form party-N)", a.id),
+        },
+    };
+    let tls = match (&a.tls_dir, a.insecure) {
+        (Some(d), false) => Some(federate_net::tls::TlsFiles {
+            ca: d.join("ca.pem"),
+            cert: d.join("parties").join(format!("{}.pem", a.id)),
+            key: d.join("parties").join(format!("{}.key", a.id)),
+        }),
+        (None, true) => {
+            tracing::warn!("--insecure: PLAINTEXT, the server is not authenticated; local tests only");
+            None
+        }
+        (Some(_), true) => anyhow::bail!("--tls-dir and --insecure exclude each other"),
+        (None, false) => anyhow::bail!("give --tls-dir DIR (from `federate keys`), or --insecure for a local test"),
+    };
+    deploy::join(&cfg, &a.server, &a.id, data, tls, a.server_name.clone())
 }
 
 fn bench_train(model: &str, batches: &[usize], threads: usize, seconds: f64) -> Result<()> {

@@ -1,0 +1,321 @@
+//! Deployment: `federate keys` (certificates), `federate serve` (the server, with atomic
+//! checkpoints after every round and `--resume`) and `federate join` (a party). The same
+//! config file drives `run`, `serve` and `join`, so a deployment reproduces a simulation bit
+//! for bit (same seed, same thread count per party).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use federate_core::{
+    ClientProxy, Event, FedAvg, Learner, LocalClient, NnLearner, Parameters, RoundRecord, Server, ServerConfig, seed,
+};
+use federate_net::codec::Limits;
+use federate_net::party::{PartyOptions, run_party};
+use federate_net::server::{Hub, HubConfig, RemoteParty};
+use federate_net::tls::TlsFiles;
+use federate_nn::{ModelSpec, Shape};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::report::{self, RunDir};
+use crate::sim;
+
+/// Input shape and classes of a named dataset, known without loading it (the server holds
+/// no data).
+pub fn dataset_shape(name: &str) -> Result<(Shape, usize)> {
+    match name {
+        "mnist" | "fashion-mnist" => Ok((Shape::image(28, 28, 1), 10)),
+        other => bail!("data.dataset = '{other}' is unknown: use one of {}", federate_data::DATASETS.join(", ")),
+    }
+}
+
+fn spec_for(cfg: &Config) -> Result<ModelSpec> {
+    let (input, classes) = dataset_shape(&cfg.data.dataset)?;
+    let spec = match &cfg.model.layers {
+        Some(layers) => ModelSpec { input, classes, layers: layers.clone() },
+        None => ModelSpec::builtin(&cfg.model.name, input, classes)?,
+    };
+    spec.shapes().context("model.layers")?;
+    Ok(spec)
+}
+
+/// `federate keys`: a CA, a server certificate and one certificate per party.
+pub fn keys(out: &Path, parties: &[String], server_names: &[String]) -> Result<()> {
+    federate_net::tls::generate(out, server_names, parties)?;
+    println!(
+        "wrote {0}/ca.pem, {0}/server.pem and .key, and {0}/parties/<id>.pem and .key for {1}",
+        out.display(),
+        parties.join(", ")
+    );
+    println!("keep ca.key offline; give each party ca.pem plus its own .pem and .key");
+    Ok(())
+}
+
+/// What a checkpoint holds besides the parameters.
+#[derive(Debug, Serialize, Deserialize)]
+struct CheckpointMeta {
+    format: u32,
+    round: u32,
+    seed: u64,
+    strategy: String,
+    num_values: usize,
+    params_file: String,
+    records: Vec<RoundRecord>,
+}
+
+const CHECKPOINT: &str = "checkpoint.json";
+
+/// Writes the checkpoint after round `round`: the parameters to a new file, then the
+/// metadata naming it, each by write-to-temporary and rename, so a crash at any point leaves
+/// either the old or the new checkpoint, never a torn one.
+fn write_checkpoint(dir: &Path, round: u32, seed: u64, global: &Parameters, records: &[RoundRecord]) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("checkpoint directory {}", dir.display()))?;
+    let params_file = format!("params-{round:05}.f32");
+    let bytes: Vec<u8> = global.values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    atomic_write(&dir.join(&params_file), &bytes)?;
+    let meta = CheckpointMeta {
+        format: 1,
+        round,
+        seed,
+        strategy: "fedavg".into(),
+        num_values: global.len(),
+        params_file: params_file.clone(),
+        records: records.to_vec(),
+    };
+    atomic_write(&dir.join(CHECKPOINT), &serde_json::to_vec_pretty(&meta)?)?;
+    for e in std::fs::read_dir(dir)?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("params-") && name != params_file {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    Ok(())
+}
+
+fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+fn read_checkpoint(dir: &Path, seed: u64, layout_len: usize) -> Result<(u32, Vec<f32>, Vec<RoundRecord>)> {
+    let meta_path = dir.join(CHECKPOINT);
+    let text = std::fs::read_to_string(&meta_path)
+        .with_context(|| format!("--resume: no checkpoint at {} (was the server ever run with this checkpoint_dir?)", meta_path.display()))?;
+    let meta: CheckpointMeta =
+        serde_json::from_str(&text).with_context(|| format!("{}: not a federate checkpoint", meta_path.display()))?;
+    if meta.format != 1 {
+        bail!("{}: checkpoint format {} is not supported by this build", meta_path.display(), meta.format);
+    }
+    if meta.seed != seed {
+        bail!("{}: the checkpoint was made with seed {}, the config says {seed}", meta_path.display(), meta.seed);
+    }
+    if meta.num_values != layout_len {
+        bail!(
+            "{}: the checkpoint's model has {} values, the configured model {layout_len}: same model and config needed",
+            meta_path.display(),
+            meta.num_values
+        );
+    }
+    if meta.params_file.contains('/') || meta.params_file.contains("..") {
+        bail!("{}: bad parameter file name", meta_path.display());
+    }
+    let p = dir.join(&meta.params_file);
+    let bytes = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+    if bytes.len() != layout_len * 4 {
+        bail!("{}: {} bytes, expected {}", p.display(), bytes.len(), layout_len * 4);
+    }
+    let values = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    Ok((meta.round, values, meta.records))
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+/// `federate serve`.
+pub fn serve(cfg: &Config, out: &Path, resume: bool, insecure: bool) -> Result<()> {
+    let sv = &cfg.server;
+    let tls = match (&sv.tls, insecure) {
+        (Some(t), false) => Some(t.clone()),
+        (_, true) => {
+            warn!("--insecure: PLAINTEXT, no authentication of parties; never use this across a real network");
+            None
+        }
+        (None, false) => bail!("[server.tls] (ca, cert, key) is required; create them with `federate keys`, or pass --insecure for a local test"),
+    };
+    let listen: SocketAddr =
+        sv.listen.parse().with_context(|| format!("server.listen = '{}' is not an address like 0.0.0.0:7000", sv.listen))?;
+    let parties = sv.party_ids(cfg.data.parties);
+    for p in &parties {
+        if !federate_net::tls::valid_identity(p) {
+            bail!("server.parties: '{p}' is not a valid identity (letters, digits, '-', '.')");
+        }
+    }
+    let spec = spec_for(cfg)?;
+    let learner = NnLearner::new(spec, 1, 1)?;
+    let layout = learner.layout();
+    let ckpt_dir = sv.checkpoint_dir.clone().unwrap_or_else(|| out.join("checkpoint"));
+    let (completed, values, mut records) = if resume {
+        let (r, v, recs) = read_checkpoint(&ckpt_dir, cfg.seed, layout.len())?;
+        info!("resuming after round {r} from {}", ckpt_dir.display());
+        (r, v, recs)
+    } else {
+        (0, learner.init(seed::derive(cfg.seed, "init", &[])), Vec::new())
+    };
+    let global = Parameters::new(values, layout.clone()).context("initial parameters")?;
+    let mut dir = RunDir::create(out, cfg)?;
+    for r in &records {
+        dir.record(r)?;
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let hub_cfg = HubConfig {
+        listen,
+        tls,
+        allowed: parties.clone(),
+        model_len: layout.len(),
+        heartbeat: secs(sv.heartbeat_s),
+        party_timeout: secs(sv.party_timeout_s),
+        task_timeout: secs(sv.round_timeout_s),
+        rejoin_wait: secs(sv.rejoin_wait_s),
+        limits: Limits { max_values: sv.max_values, max_chunk_bytes: sv.chunk_bytes.max(1024) },
+        max_message_bytes: sv.max_message_bytes,
+        chunk_bytes: sv.chunk_bytes,
+        zstd: sv.zstd,
+    };
+    let (hub, addr) = rt.block_on(Hub::start(hub_cfg))?;
+    println!("federate serve: listening on {addr}; parties {}; run directory {}", parties.join(", "), out.display());
+    let have = rt.block_on(hub.wait_for(parties.len(), secs(sv.start_wait_s)));
+    info!("{have} of {} parties connected; starting", parties.len());
+
+    let clients: Vec<Box<dyn ClientProxy>> =
+        parties.iter().map(|p| Box::new(RemoteParty::new(p.clone(), hub.clone(), rt.handle().clone())) as _).collect();
+    let strategy = FedAvg {
+        fraction_fit: cfg.strategy.fraction_fit,
+        min_fit_clients: cfg.strategy.min_fit_clients,
+        fraction_evaluate: cfg.strategy.fraction_evaluate,
+        min_replies: cfg.strategy.min_replies,
+        training: sim::local_training(cfg),
+    };
+    strategy.validate()?;
+    let mut server = Server::new(Box::new(strategy), clients);
+    let mut failure: Option<anyhow::Error> = None;
+    let rounds = cfg.rounds;
+    let mut observer = |e: Event<'_>| {
+        if let Event::RoundFinished { record, global } = e {
+            records.push(record.clone());
+            let res = dir.record(record).and_then(|_| write_checkpoint(&ckpt_dir, record.round, cfg.seed, global, &records));
+            if let Err(e) = res {
+                failure.get_or_insert(e);
+            }
+            let failed: Vec<String> = record.failures.iter().map(|f| format!("{} ({})", f.id, f.reason)).collect();
+            println!(
+                "round {:>3}/{rounds}  accuracy {}  parties {}  failures [{}]  {:.1} s",
+                record.round,
+                record.accuracy.map(|a| format!("{:.2} %", a * 100.0)).unwrap_or_else(|| "-".into()),
+                record.fit.len(),
+                failed.join("; "),
+                record.seconds
+            );
+        }
+    };
+    let cfg_server = ServerConfig { rounds: cfg.rounds, seed: cfg.seed };
+    let result = server.resume(global, completed, &cfg_server, &mut observer);
+    drop(observer);
+    rt.block_on(hub.shutdown("the federation is complete"));
+    std::thread::sleep(Duration::from_millis(300));
+    let (global, _) = result?;
+    if let Some(e) = failure {
+        return Err(e.context("writing the round record or checkpoint"));
+    }
+    report::write_safetensors(&out.join("model.safetensors"), &global, cfg)?;
+    println!(
+        "final global accuracy {:.2} % after {} rounds; model {}",
+        records.last().and_then(|r| r.accuracy).unwrap_or(0.0) * 100.0,
+        records.len(),
+        out.join("model.safetensors").display()
+    );
+    Ok(())
+}
+
+/// Where a joining party's data comes from.
+pub enum PartyData {
+    /// Partition `index` (1-based) of the configured dataset and split.
+    Partition(usize),
+    /// Its own IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte,
+    /// t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte; raw or .gz).
+    IdxDir(PathBuf),
+}
+
+fn idx_file(dir: &Path, name: &str) -> Result<PathBuf> {
+    for candidate in [dir.join(name), dir.join(format!("{name}.gz"))] {
+        if candidate.exists() {
+            return Ok(candidate);
+        }
+    }
+    bail!("{}: no {name} (or {name}.gz)", dir.display())
+}
+
+/// `federate join`.
+pub fn join(cfg: &Config, server: &str, id: &str, data: PartyData, tls: Option<TlsFiles>, server_name: Option<String>) -> Result<()> {
+    if !federate_net::tls::valid_identity(id) {
+        bail!("--id '{id}' is not a valid identity (letters, digits, '-', '.')");
+    }
+    let (train, test) = match data {
+        PartyData::Partition(i) => {
+            if i == 0 || i > cfg.data.parties {
+                bail!("--partition {i} is out of range: the config splits the data into {} parties (1..={})", cfg.data.parties, cfg.data.parties);
+            }
+            let all = sim::load_data(cfg)?;
+            let mut parts = sim::split(cfg, &all)?;
+            let p = parts.swap_remove(i - 1);
+            (p.train, p.test)
+        }
+        PartyData::IdxDir(dir) => {
+            let (_, classes) = dataset_shape(&cfg.data.dataset)?;
+            let train = federate_data::images_and_labels(
+                &idx_file(&dir, "train-images-idx3-ubyte")?,
+                &idx_file(&dir, "train-labels-idx1-ubyte")?,
+                classes,
+            )?;
+            let test = federate_data::images_and_labels(
+                &idx_file(&dir, "t10k-images-idx3-ubyte")?,
+                &idx_file(&dir, "t10k-labels-idx1-ubyte")?,
+                classes,
+            )?;
+            (train, test)
+        }
+    };
+    let spec = spec_for(cfg)?;
+    let learner = NnLearner::new(spec, cfg.train.batch_size, rayon::current_num_threads())?;
+    let layout = learner.layout();
+    println!("federate join: {id} with {} training and {} test examples → {server}", train.len(), test.len());
+    let client = LocalClient::new(learner, train, test);
+    let sv = &cfg.server;
+    let opts = PartyOptions {
+        server: server.to_string(),
+        id: id.to_string(),
+        tls,
+        server_name,
+        limits: Limits { max_values: sv.max_values, max_chunk_bytes: sv.chunk_bytes.max(1024) },
+        max_message_bytes: sv.max_message_bytes,
+        chunk_bytes: sv.chunk_bytes,
+        zstd: sv.zstd,
+        heartbeat: secs(sv.heartbeat_s),
+        max_backoff: Duration::from_secs(10),
+        give_up_after: secs(sv.start_wait_s.max(sv.rejoin_wait_s) * 2.0),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let reason = rt.block_on(run_party(opts, Box::new(client), layout))?;
+    println!("{id}: done ({reason})");
+    Ok(())
+}
