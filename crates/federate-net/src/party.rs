@@ -244,6 +244,10 @@ async fn serve_instructions(
                         .await;
                     continue;
                 };
+                match &task {
+                    Task::Fit(t) => info!(party = %opts.id, "round {}: training", t.round),
+                    Task::Evaluate(t) => info!(party = %opts.id, "round {}: evaluating", t.round),
+                }
                 let client = client.clone();
                 let work = tokio::task::spawn_blocking(move || {
                     let mut c = client.lock().map_err(|_| "client state poisoned".to_string())?;

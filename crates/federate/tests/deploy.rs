@@ -1,0 +1,280 @@
+//! Deployment end to end: `federate keys`, `federate serve` and three `federate join`
+//! processes on loopback with mutual TLS. The final model must equal `federate run`'s bit
+//! for bit; the federation must survive a party killed mid-round and a server killed and
+//! resumed; parties without a valid certificate or not on the allow-list are refused.
+//!
+//! Every wait here is bounded; a test that hangs fails after its deadline.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_federate")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Fed {
+    dir: tempfile::TempDir,
+    port: u16,
+    children: Vec<Child>,
+}
+
+impl Drop for Fed {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Fed {
+    /// A directory with keys (for party-1..3 plus `extra` identities) and a config.
+    fn new(config_body: &str, extra: &[&str]) -> Fed {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut parties = vec!["party-1", "party-2", "party-3"];
+        parties.extend_from_slice(extra);
+        let ok = Command::new(bin())
+            .args(["keys", "--out", "keys", "--parties", &parties.join(",")])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+        let cfg = format!(
+            "{config_body}\n[server]\nlisten = \"127.0.0.1:{port}\"\nparties = [\"party-1\", \"party-2\", \"party-3\"]\n\
+             start_wait_s = 60\nrejoin_wait_s = 20\nheartbeat_s = 1\nparty_timeout_s = 10\n\
+             [server.tls]\nca = \"keys/ca.pem\"\ncert = \"keys/server.pem\"\nkey = \"keys/server.key\"\n"
+        );
+        std::fs::write(dir.path().join("fed.toml"), cfg).unwrap();
+        Fed { dir, port, children: Vec::new() }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path().join(name)).unwrap_or_default()
+    }
+
+    fn spawn(&mut self, log: &str, args: &[&str]) -> usize {
+        let f = std::fs::File::create(self.path().join(log)).unwrap();
+        let child = Command::new(bin())
+            .args(args)
+            .current_dir(self.path())
+            .stdout(Stdio::from(f.try_clone().unwrap()))
+            .stderr(Stdio::from(f))
+            .spawn()
+            .unwrap();
+        self.children.push(child);
+        self.children.len() - 1
+    }
+
+    fn serve(&mut self, extra: &[&str]) -> usize {
+        let mut args = vec!["serve", "--config", "fed.toml", "--out", "srv"];
+        args.extend_from_slice(extra);
+        let log = if extra.contains(&"--resume") { "serve2.log" } else { "serve.log" };
+        self.spawn(log, &args)
+    }
+
+    fn join(&mut self, id: &str, keys: &str, log: &str) -> usize {
+        let url = format!("https://127.0.0.1:{}", self.port);
+        let args = [
+            "join", "--server", &url, "--id", id, "--config", "fed.toml", "--tls-dir", keys, "--server-name", "localhost",
+            "--partition", "1",
+        ];
+        let args = if id.starts_with("party-") { &args[..args.len() - 2] } else { &args[..] };
+        self.spawn(log, args)
+    }
+
+    fn wait(&mut self, i: usize, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.children[i].try_wait() {
+                return st.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("process {i} did not finish within {within:?}");
+    }
+
+    fn kill(&mut self, i: usize) {
+        let _ = self.children[i].kill();
+        let _ = self.children[i].wait();
+    }
+
+    fn rounds(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.path().join("srv/rounds.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    fn wait_rounds(&self, n: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.rounds().len() < n {
+            assert!(Instant::now() < deadline, "round {n} not recorded within {within:?}:\n{}", self.log("serve.log"));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn simulate(&self) -> Vec<u8> {
+        let o = Command::new(bin())
+            .args(["run", "fed.toml", "--out", "sim", "--quiet"])
+            .current_dir(self.path())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::read(self.path().join("sim/model.safetensors")).unwrap()
+    }
+
+    fn model(&self) -> Vec<u8> {
+        std::fs::read(self.path().join("srv/model.safetensors")).unwrap()
+    }
+}
+
+fn ids(v: &serde_json::Value, key: &str) -> Vec<String> {
+    v[key].as_array().unwrap().iter().map(|f| f["id"].as_str().unwrap().to_string()).collect()
+}
+
+const WORKED_EXAMPLE_3_ROUNDS: &str = "seed = 42\nrounds = 3\nthreads = 1\n[evaluation]\nbaseline = false\n";
+
+#[test]
+fn mutual_tls_federation_equals_the_simulation_bit_for_bit() {
+    let mut f = Fed::new(WORKED_EXAMPLE_3_ROUNDS, &[]);
+    let s = f.serve(&[]);
+    for i in 1..=3 {
+        f.join(&format!("party-{i}"), "keys", &format!("join{i}.log"));
+    }
+    assert!(f.wait(s, Duration::from_secs(600)), "{}", f.log("serve.log"));
+    for i in 1..=3 {
+        assert!(f.wait(i, Duration::from_secs(30)), "{}", f.log(&format!("join{i}.log")));
+    }
+    let rounds = f.rounds();
+    assert_eq!(rounds.len(), 3);
+    assert!(rounds.iter().all(|r| r["failures"].as_array().unwrap().is_empty()));
+    assert!(rounds[2]["accuracy"].as_f64().unwrap() > 0.95, "{:?}", rounds[2]["accuracy"]);
+    assert!(f.log("serve.log").contains("mutual TLS"));
+    assert_eq!(f.model(), f.simulate(), "deployment and simulation differ");
+}
+
+const SMALL: &str = "seed = 3\nrounds = 3\nthreads = 1\n[data]\ntrain_per_party = 600\ntest_per_party = 100\n\
+                     [train]\nepochs = 1\n[strategy]\nmin_replies = 2\n[evaluation]\nbaseline = false\n";
+
+#[test]
+fn a_party_killed_mid_round_is_dropped_for_that_round_and_rejoins() {
+    let mut f = Fed::new(SMALL, &[]);
+    let s = f.serve(&[]);
+    let mut joins = Vec::new();
+    for i in 1..=3 {
+        joins.push(f.join(&format!("party-{i}"), "keys", &format!("join{i}.log")));
+    }
+    // Kill party-3 while it trains in round 2, then restart it.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !f.log("join3.log").contains("round 2: training") {
+        assert!(Instant::now() < deadline, "party-3 never started round 2:\n{}", f.log("join3.log"));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    f.kill(joins[2]);
+    f.join("party-3", "keys", "join3b.log");
+    assert!(f.wait(s, Duration::from_secs(300)), "{}", f.log("serve.log"));
+    let r = f.rounds();
+    assert_eq!(r.len(), 3);
+    assert_eq!(ids(&r[1], "fit"), vec!["party-1", "party-2"], "{}", r[1]);
+    assert!(r[1]["aggregated"].as_bool().unwrap());
+    let failed = ids(&r[1], "failures");
+    assert!(failed.contains(&"party-3".to_string()), "{}", r[1]);
+    assert_eq!(ids(&r[2], "fit"), vec!["party-1", "party-2", "party-3"], "{}", r[2]);
+    assert!(f.log("serve.log").contains("party=party-3"), "{}", f.log("serve.log"));
+}
+
+#[test]
+fn a_killed_server_resumes_from_its_checkpoint_and_finishes_identically() {
+    let mut f = Fed::new(&SMALL.replace("rounds = 3", "rounds = 4"), &[]);
+    let s = f.serve(&[]);
+    for i in 1..=3 {
+        f.join(&format!("party-{i}"), "keys", &format!("join{i}.log"));
+    }
+    f.wait_rounds(2, Duration::from_secs(120));
+    f.kill(s);
+    let s2 = f.serve(&["--resume"]);
+    assert!(f.wait(s2, Duration::from_secs(300)), "{}", f.log("serve2.log"));
+    assert!(f.log("serve2.log").contains("resuming after round"), "{}", f.log("serve2.log"));
+    assert_eq!(f.rounds().len(), 4);
+    assert_eq!(f.model(), f.simulate(), "resumed run differs from an uninterrupted one");
+}
+
+#[test]
+fn parties_without_a_valid_certificate_or_not_allowed_are_refused() {
+    let mut f = Fed::new(SMALL, &["intruder"]);
+    // A second, unrelated CA.
+    let o = Command::new(bin()).args(["keys", "--out", "other", "--parties", "party-1"]).current_dir(f.path()).output().unwrap();
+    assert!(o.status.success());
+    // Trusts the real server, but presents a party-1 certificate signed by the other CA.
+    let mixed = f.path().join("mixed");
+    std::fs::create_dir_all(mixed.join("parties")).unwrap();
+    std::fs::copy(f.path().join("keys/ca.pem"), mixed.join("ca.pem")).unwrap();
+    for ext in ["pem", "key"] {
+        std::fs::copy(f.path().join(format!("other/parties/party-1.{ext}")), mixed.join(format!("parties/party-1.{ext}")))
+            .unwrap();
+    }
+    // Signed by the right CA, but issued to someone else.
+    let stolen = f.path().join("stolen");
+    std::fs::create_dir_all(stolen.join("parties")).unwrap();
+    std::fs::copy(f.path().join("keys/ca.pem"), stolen.join("ca.pem")).unwrap();
+    for ext in ["pem", "key"] {
+        std::fs::copy(f.path().join(format!("keys/parties/intruder.{ext}")), stolen.join(format!("parties/party-2.{ext}")))
+            .unwrap();
+    }
+    let s = f.serve(&[]);
+    let wrong_ca = f.join("party-1", "mixed", "wrong-ca.log");
+    let impostor = f.join("party-2", "stolen", "impostor.log");
+    assert!(!f.wait(impostor, Duration::from_secs(60)));
+    assert!(f.log("impostor.log").contains("not issued to 'party-2'"), "{}", f.log("impostor.log"));
+    let intruder = f.join("intruder", "keys", "intruder.log");
+    // The intruder is refused at once and exits with the reason.
+    assert!(!f.wait(intruder, Duration::from_secs(60)));
+    assert!(f.log("intruder.log").contains("not on the allow-list"), "{}", f.log("intruder.log"));
+    // Random bytes on the port are refused too.
+    {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", f.port)).unwrap();
+        let _ = s.write_all(&[0x17, 0x03, 0x03, 0xff, 0xff, 1, 2, 3, 4, 5, 6, 7, 8]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = f.log("serve.log");
+        if log.contains("not on the allow-list") && log.matches("TLS handshake failed").count() >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "refusals not logged:\n{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = f.log("serve.log");
+    assert!(log.contains("UnknownIssuer") || log.contains("unknown issuer") || log.contains("invalid peer certificate"), "{log}");
+    f.kill(wrong_ca);
+    // The federation itself still works afterwards.
+    for i in 1..=3 {
+        f.join(&format!("party-{i}"), "keys", &format!("join{i}.log"));
+    }
+    assert!(f.wait(s, Duration::from_secs(300)), "{}", f.log("serve.log"));
+    assert_eq!(f.rounds().len(), 3);
+}
+
+#[test]
+fn serve_refuses_to_run_without_tls_unless_insecure() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("c.toml"), "rounds = 1\n").unwrap();
+    let o = Command::new(bin()).args(["serve", "--config", "c.toml"]).current_dir(dir.path()).output().unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("federate keys") && err.contains("--insecure"), "{err}");
+    let _ = PathBuf::new();
+}
