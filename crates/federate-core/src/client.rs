@@ -169,6 +169,7 @@ impl<L: Learner> Client for LocalClient<L> {
         self.learner.reseed(seed::derive(task.seed, "dropout", &[]));
         // One epoch at a time (the batch stream and optimiser carry over, so this equals one
         // call with all epochs) to report progress.
+        let started = std::time::Instant::now();
         let one = LocalTraining { epochs: 1, ..task.training.clone() };
         let mut stats = TrainStats::default();
         for epoch in 0..task.training.epochs {
@@ -184,6 +185,7 @@ impl<L: Learner> Client for LocalClient<L> {
         metrics.insert("train_loss".into(), stats.batches.mean_loss());
         metrics.insert("train_accuracy".into(), stats.batches.accuracy());
         metrics.insert("steps".into(), stats.steps as f64);
+        metrics.insert("train_seconds".into(), started.elapsed().as_secs_f64());
         Ok(FitReply { params, num_examples: self.train.len(), metrics })
     }
 

@@ -45,8 +45,11 @@ pub struct ClientFit {
     pub train_loss: f64,
     /// Training accuracy over its batches.
     pub train_accuracy: f64,
-    /// Wall-clock seconds of its fit call.
+    /// Wall-clock seconds of its fit call, as the server saw it (transfer included).
     pub seconds: f64,
+    /// Seconds the party reports it spent training, if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_seconds: Option<f64>,
 }
 
 /// One party's evaluation in a round.
@@ -285,6 +288,7 @@ impl Server {
                         train_loss: r.metrics.get("train_loss").copied().unwrap_or(f64::NAN),
                         train_accuracy: r.metrics.get("train_accuracy").copied().unwrap_or(f64::NAN),
                         seconds,
+                        train_seconds: r.metrics.get("train_seconds").copied(),
                     });
                     replies.push((c, r));
                 }

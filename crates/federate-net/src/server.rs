@@ -90,6 +90,8 @@ struct HubInner {
     changed: watch::Sender<u64>,
     next_id: AtomicU64,
     closing: std::sync::atomic::AtomicBool,
+    bytes_out: AtomicU64,
+    bytes_in: AtomicU64,
 }
 
 /// The registry of connected parties, shared by the gRPC service and every `RemoteParty`.
@@ -137,6 +139,8 @@ impl Hub {
                 changed,
                 next_id: AtomicU64::new(1),
                 closing: std::sync::atomic::AtomicBool::new(false),
+                bytes_out: AtomicU64::new(0),
+                bytes_in: AtomicU64::new(0),
             }),
         };
         let svc = FederationServer::new(Service { hub: hub.clone() })
@@ -192,6 +196,12 @@ impl Hub {
         }
     }
 
+    /// Parameter bytes sent to and received from parties so far (chunk payloads, after
+    /// compression).
+    pub fn traffic(&self) -> (u64, u64) {
+        (self.inner.bytes_out.load(Ordering::Relaxed), self.inner.bytes_in.load(Ordering::Relaxed))
+    }
+
     /// Tells every connected party the federation is over.
     pub async fn shutdown(&self, reason: &str) {
         self.inner.closing.store(true, Ordering::Relaxed);
@@ -245,6 +255,8 @@ impl Hub {
 
     fn params_messages(&self, transfer: u64, values: &[f32]) -> (crate::proto::ParametersHeader, Vec<ServerMessage>) {
         let (h, chunks) = codec::split(values, transfer, self.inner.cfg.chunk_bytes, self.inner.cfg.zstd);
+        let bytes: usize = chunks.iter().map(|c| c.data.len()).sum();
+        self.inner.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
         (h, chunks.into_iter().map(|c| msg(server_message::Msg::Chunk(c))).collect())
     }
 
@@ -461,7 +473,10 @@ async fn read_party(hub: &Hub, id: &str, conn: &Arc<Conn>, inbound: &mut Streami
                     assembler,
                 };
             }
-            (party_message::Msg::Chunk(c), Receiving::Fit { assembler, .. }) => match assembler.push(c) {
+            (party_message::Msg::Chunk(c), Receiving::Fit { assembler, .. }) => match {
+                hub.inner.bytes_in.fetch_add(c.data.len() as u64, Ordering::Relaxed);
+                assembler.push(c)
+            } {
                 Err(e) => return format!("bad parameter chunk: {e}"),
                 Ok(None) => {}
                 Ok(Some(params)) => {

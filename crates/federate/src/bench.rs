@@ -56,3 +56,98 @@ pub fn train(model: &str, batches: &[usize], seconds: f64, threads: usize) -> Re
     }
     Ok((peak, flops, rows))
 }
+
+/// One round of `federate bench net`.
+#[derive(Debug, Clone)]
+pub struct NetRound {
+    /// The round.
+    pub round: u32,
+    /// Wall-clock seconds of the round.
+    pub seconds: f64,
+    /// The slowest party's own training time.
+    pub max_train_seconds: f64,
+    /// Parties that trained.
+    pub parties: usize,
+    /// Accuracy after the round.
+    pub accuracy: f64,
+}
+
+/// Runs `parties` real party runners (MNIST IID partitions, `model`) in this process against
+/// a server on loopback for `rounds` rounds. Returns the rounds, the parameter bytes sent and
+/// received, and the model size in bytes.
+pub fn net(cfg: &crate::config::Config, zstd: bool) -> Result<(Vec<NetRound>, u64, u64, u64)> {
+    use federate_core::{ClientProxy, Event, FedAvg, Learner, LocalClient, NnLearner, Parameters, Server, ServerConfig};
+    use federate_net::codec::Limits;
+    use federate_net::party::{PartyOptions, run_party};
+    use federate_net::server::{Hub, HubConfig, RemoteParty};
+    use std::time::Duration;
+
+    let data = crate::sim::load_data(cfg)?;
+    let parts = crate::sim::split(cfg, &data)?;
+    let spec = crate::sim::model_spec(cfg, &data.train)?;
+    let layout = NnLearner::new(spec.clone(), 1, 1)?.layout();
+    let ids: Vec<String> = parts.iter().map(|p| p.id.clone()).collect();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let hub_cfg = HubConfig {
+        listen: "127.0.0.1:0".parse()?,
+        tls: None,
+        allowed: ids.clone(),
+        model_len: layout.len(),
+        heartbeat: Duration::from_secs(5),
+        party_timeout: Duration::from_secs(60),
+        task_timeout: Duration::from_secs(600),
+        rejoin_wait: Duration::from_secs(30),
+        limits: Limits::default(),
+        max_message_bytes: 16 << 20,
+        chunk_bytes: 4 << 20,
+        zstd,
+    };
+    let (hub, addr) = rt.block_on(Hub::start(hub_cfg))?;
+    for p in parts {
+        let learner = NnLearner::new(spec.clone(), cfg.train.batch_size, 1)?;
+        let client = LocalClient::new(learner, p.train, p.test);
+        let opts = PartyOptions {
+            server: format!("http://{addr}"),
+            id: p.id.clone(),
+            tls: None,
+            server_name: None,
+            limits: Limits::default(),
+            max_message_bytes: 16 << 20,
+            chunk_bytes: 4 << 20,
+            zstd,
+            heartbeat: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(2),
+            give_up_after: Duration::from_secs(120),
+        };
+        let layout = layout.clone();
+        rt.spawn(async move { run_party(opts, Box::new(client), layout).await });
+    }
+    let n = ids.len();
+    anyhow::ensure!(rt.block_on(hub.wait_for(n, Duration::from_secs(120))) == n, "not every party connected");
+    let clients: Vec<Box<dyn ClientProxy>> =
+        ids.iter().map(|id| Box::new(RemoteParty::new(id.clone(), hub.clone(), rt.handle().clone())) as _).collect();
+    let strategy = FedAvg {
+        fraction_fit: cfg.strategy.fraction_fit,
+        min_fit_clients: cfg.strategy.min_fit_clients,
+        fraction_evaluate: cfg.strategy.fraction_evaluate,
+        min_replies: cfg.strategy.min_replies,
+        training: crate::sim::local_training(cfg),
+    };
+    let init = Parameters::new(NnLearner::new(spec, 1, 1)?.init(1), layout.clone()).ok_or_else(|| anyhow::anyhow!("layout"))?;
+    let mut server = Server::new(Box::new(strategy), clients);
+    let mut rows = Vec::new();
+    server.run(init, &ServerConfig { rounds: cfg.rounds, seed: cfg.seed }, &mut |e| {
+        if let Event::RoundFinished { record, .. } = e {
+            rows.push(NetRound {
+                round: record.round,
+                seconds: record.seconds,
+                max_train_seconds: record.fit.iter().filter_map(|f| f.train_seconds).fold(0.0, f64::max),
+                parties: record.fit.len(),
+                accuracy: record.accuracy.unwrap_or(0.0),
+            });
+        }
+    })?;
+    rt.block_on(hub.shutdown("benchmark complete"));
+    let (out, inb) = hub.traffic();
+    Ok((rows, out, inb, layout.len() as u64 * 4))
+}

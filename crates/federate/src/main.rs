@@ -163,6 +163,22 @@ enum BenchCommand {
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
     },
+    /// Many parties in this process against a server on loopback: per-round overhead beyond
+    /// training, and bytes per round against the model size.
+    Net {
+        /// Parties.
+        #[arg(long, default_value_t = 200)]
+        parties: usize,
+        /// Rounds.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Built-in model.
+        #[arg(long, default_value = "logreg")]
+        model: String,
+        /// Compress parameters with zstd.
+        #[arg(long)]
+        zstd: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -190,6 +206,7 @@ fn main() -> ExitCode {
         Command::Data { what: DataCommand::Fetch { dataset, data_dir, cache_dir } } => {
             fetch(&dataset, data_dir, cache_dir)
         }
+        Command::Bench { what: BenchCommand::Net { parties, rounds, model, zstd } } => bench_net(parties, rounds, &model, zstd),
         Command::Keys { out, parties, server_names } => deploy::keys(&out, &parties, &server_names),
         Command::Serve(a) => serve(a),
         Command::Join(a) => join(a),
@@ -388,6 +405,39 @@ fn bench_train(model: &str, batches: &[usize], threads: usize, seconds: f64) -> 
             r.gflops / peak
         );
     }
+    Ok(())
+}
+
+fn bench_net(parties: usize, rounds: u32, model: &str, zstd: bool) -> Result<()> {
+    init_threads(2)?;
+    let cfg = config::load(
+        None,
+        &[
+            format!("data.parties={parties}"),
+            "data.partition=\"iid\"".into(),
+            format!("rounds={rounds}"),
+            format!("model.name=\"{model}\""),
+            "train.epochs=1".into(),
+        ],
+    )?;
+    let (rows, out, inb, model_bytes) = bench::net(&cfg, zstd)?;
+    println!("parties={parties} model={model} model_bytes={model_bytes} zstd={zstd}");
+    for r in &rows {
+        println!(
+            "round={} seconds={:.3} max_train_seconds={:.3} overhead_seconds={:.3} parties={} accuracy={:.4}",
+            r.round,
+            r.seconds,
+            r.max_train_seconds,
+            r.seconds - r.max_train_seconds,
+            r.parties,
+            r.accuracy
+        );
+    }
+    let per_round = (out + inb) as f64 / rows.len().max(1) as f64;
+    println!(
+        "bytes_per_round={per_round:.0} sent={out} received={inb} ratio_to_model_x_parties={:.3}",
+        per_round / (model_bytes as f64 * parties as f64)
+    );
     Ok(())
 }
 

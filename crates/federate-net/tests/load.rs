@@ -1,0 +1,107 @@
+//! Load: 200 parties, each running the real party runner with its own model and data, hosted
+//! as tasks of one process, complete 3 rounds against a server on loopback.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use federate_core::{ClientProxy, FedAvg, Learner, LocalClient, LocalTraining, NnLearner, Parameters, Server, ServerConfig};
+use federate_data::Dataset;
+use federate_net::codec::Limits;
+use federate_net::party::{PartyOptions, run_party};
+use federate_net::server::{Hub, HubConfig, RemoteParty};
+use federate_nn::{LayerSpec, ModelSpec, OptimizerSpec, Shape};
+
+const PARTIES: usize = 200;
+
+fn data(seed: u64, n: usize) -> Dataset {
+    // Two Gaussian blobs in 16 dimensions: a task logistic regression can learn.
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut next = || {
+        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+    };
+    let mut x = Vec::with_capacity(n * 16);
+    let mut y = Vec::with_capacity(n);
+    for i in 0..n {
+        let label = (i % 2) as u32;
+        for _ in 0..16 {
+            x.push(next() + if label == 1 { 0.6 } else { -0.6 });
+        }
+        y.push(label);
+    }
+    Dataset { x, y, dims: [1, 1, 16], classes: 2 }
+}
+
+fn spec() -> ModelSpec {
+    ModelSpec { input: Shape::flat(16), classes: 2, layers: vec![LayerSpec::Linear { out: 2 }] }
+}
+
+#[test]
+fn two_hundred_parties_complete_three_rounds() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let ids: Vec<String> = (1..=PARTIES).map(|i| format!("party-{i}")).collect();
+    let layout = NnLearner::new(spec(), 8, 1).unwrap().layout();
+    let cfg = HubConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls: None,
+        allowed: ids.clone(),
+        model_len: layout.len(),
+        heartbeat: Duration::from_secs(2),
+        party_timeout: Duration::from_secs(30),
+        task_timeout: Duration::from_secs(60),
+        rejoin_wait: Duration::from_secs(30),
+        limits: Limits::default(),
+        max_message_bytes: 4 << 20,
+        chunk_bytes: 1 << 20,
+        zstd: false,
+    };
+    let (hub, addr) = rt.block_on(Hub::start(cfg)).unwrap();
+    for (i, id) in ids.iter().enumerate() {
+        let learner = NnLearner::new(spec(), 8, 1).unwrap();
+        let client = LocalClient::new(learner, data(i as u64, 40), data(1000 + i as u64, 10));
+        let opts = PartyOptions {
+            server: format!("http://{addr}"),
+            id: id.clone(),
+            tls: None,
+            server_name: None,
+            limits: Limits::default(),
+            max_message_bytes: 4 << 20,
+            chunk_bytes: 1 << 20,
+            zstd: false,
+            heartbeat: Duration::from_secs(2),
+            max_backoff: Duration::from_secs(2),
+            give_up_after: Duration::from_secs(60),
+        };
+        let layout = layout.clone();
+        rt.spawn(async move { run_party(opts, Box::new(client), layout).await });
+    }
+    assert_eq!(rt.block_on(hub.wait_for(PARTIES, Duration::from_secs(60))), PARTIES);
+    let clients: Vec<Box<dyn ClientProxy>> =
+        ids.iter().map(|id| Box::new(RemoteParty::new(id.clone(), hub.clone(), rt.handle().clone())) as _).collect();
+    let strategy = FedAvg {
+        fraction_fit: 1.0,
+        min_fit_clients: 1,
+        fraction_evaluate: 1.0,
+        min_replies: PARTIES,
+        training: LocalTraining {
+            epochs: 1,
+            batch_size: 8,
+            optimizer: OptimizerSpec::Sgd { lr: 0.1, momentum: 0.0, weight_decay: 0.0 },
+        },
+    };
+    let init = NnLearner::new(spec(), 1, 1).unwrap().init(1);
+    let init = Parameters::new(init, Arc::clone(&layout)).unwrap();
+    let mut server = Server::new(Box::new(strategy), clients);
+    let (_, records) = server.run(init, &ServerConfig { rounds: 3, seed: 1 }, &mut |_| {}).unwrap();
+    rt.block_on(hub.shutdown("done"));
+    for r in &records {
+        assert_eq!(r.fit.len(), PARTIES, "round {}: {:?}", r.round, r.failures);
+        assert_eq!(r.evaluate.len(), PARTIES);
+    }
+    assert!(records[2].accuracy.unwrap() > 0.9, "{:?}", records[2].accuracy);
+    let (out, inb) = hub.traffic();
+    let model_bytes = layout.len() as u64 * 4;
+    // Per round: the model down for fit and for evaluation, and the update up, per party.
+    assert_eq!(out, 3 * 2 * PARTIES as u64 * model_bytes);
+    assert_eq!(inb, 3 * PARTIES as u64 * model_bytes);
+}
