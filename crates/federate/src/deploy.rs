@@ -137,6 +137,11 @@ fn read_checkpoint(dir: &Path, seed: u64, layout_len: usize) -> Result<(u32, Vec
     Ok((meta.round, values, meta.records))
 }
 
+/// Whether `federate serve` would find a checkpoint to resume from.
+pub fn has_checkpoint(cfg: &Config, out: &Path) -> bool {
+    cfg.server.checkpoint_dir.clone().unwrap_or_else(|| out.join("checkpoint")).join(CHECKPOINT).exists()
+}
+
 fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s)
 }

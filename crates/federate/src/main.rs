@@ -71,9 +71,13 @@ struct ServeArgs {
     /// Run directory (rounds.jsonl, checkpoint/, model.safetensors).
     #[arg(long, default_value = "runs/serve")]
     out: PathBuf,
-    /// Continue from the last checkpoint.
+    /// Continue from the last checkpoint (an error if there is none).
     #[arg(long)]
     resume: bool,
+    /// Continue from the last checkpoint if there is one, else start afresh (for restarts
+    /// by a supervisor such as Kubernetes).
+    #[arg(long, conflicts_with = "resume")]
+    resume_if_present: bool,
     /// Plaintext without authentication (local tests only).
     #[arg(long)]
     insecure: bool,
@@ -347,7 +351,8 @@ fn serve(a: ServeArgs) -> Result<()> {
     init_logging();
     let cfg = config::load(a.config.as_deref(), &a.sets)?;
     init_threads(cfg.threads)?;
-    deploy::serve(&cfg, &a.out, a.resume, a.insecure)
+    let resume = a.resume || (a.resume_if_present && deploy::has_checkpoint(&cfg, &a.out));
+    deploy::serve(&cfg, &a.out, resume, a.insecure)
 }
 
 fn join(a: JoinArgs) -> Result<()> {
