@@ -176,9 +176,9 @@ fn dispatch<T: Sync, R: Send>(
             }
         }
         for (i, h) in handles {
-            let r = h.join().unwrap_or_else(|_| {
-                (Err(crate::ClientError::Unavailable("the party's handler panicked".into())), 0.0)
-            });
+            let r = h
+                .join()
+                .unwrap_or_else(|_| (Err(crate::ClientError::Unavailable("the party's handler panicked".into())), 0.0));
             slots[i] = Some(r);
         }
     });

@@ -127,4 +127,37 @@ mod tests {
         let gz = e.finish().unwrap();
         assert_eq!(maybe_gunzip(gz, Path::new("x")).unwrap(), raw);
     }
+
+    /// Random bytes (fixed seed), raw and behind a gzip magic: parsing returns a value or an
+    /// error, never panics.
+    #[test]
+    fn random_input_never_panics() {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let p = Path::new("random");
+        for i in 0..20_000 {
+            let len = (next() % 64) as usize;
+            let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if i % 3 == 0 && bytes.len() >= 4 {
+                bytes[0] = 0;
+                bytes[1] = 0;
+                bytes[2] = 8;
+                bytes[3] %= 5;
+            }
+            if i % 7 == 0 && bytes.len() >= 2 {
+                bytes[0] = 0x1f;
+                bytes[1] = 0x8b;
+            }
+            if let Ok(raw) = maybe_gunzip(bytes, p)
+                && let Ok(a) = parse_idx(&raw, p)
+            {
+                assert_eq!(a.dims.iter().product::<usize>(), a.data.len());
+            }
+        }
+    }
 }

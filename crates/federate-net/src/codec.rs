@@ -221,4 +221,37 @@ mod tests {
         c[0].data = vec![1, 2, 3];
         assert!(matches!(join(h, c, Limits::default()), Err(WireError::Decompress(..))));
     }
+
+    /// Random headers and chunk bytes (fixed seed): every outcome is a value or an error,
+    /// never a panic, and nothing beyond the limits is produced.
+    #[test]
+    fn random_input_never_panics() {
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let limits = Limits { max_values: 4096, max_chunk_bytes: 512 };
+        for _ in 0..20_000 {
+            let header = ParametersHeader {
+                transfer_id: next() % 3,
+                num_values: next() % 5000,
+                num_chunks: (next() % 40) as u32,
+                compression: (next() % 3) as i32,
+            };
+            let Ok(mut a) = Assembler::new(header, limits) else { continue };
+            for i in 0..(next() % 12) {
+                let len = (next() % 700) as usize;
+                let data: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+                let index = if next() % 10 == 0 { (next() % 5) as u32 } else { i as u32 };
+                match a.push(Chunk { transfer_id: next() % 2, index, data }) {
+                    Ok(Some(v)) => assert!(v.len() <= 4096),
+                    Ok(None) => {}
+                    Err(_) => break,
+                }
+            }
+        }
+    }
 }

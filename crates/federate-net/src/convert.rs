@@ -13,13 +13,9 @@ pub struct Malformed(pub String);
 /// Core local-training settings as a message.
 pub fn training_to_proto(t: &LocalTraining) -> proto::LocalTraining {
     let optimizer = match t.optimizer {
-        OptimizerSpec::Sgd { lr, momentum, weight_decay } => proto::Optimizer {
-            name: "sgd".into(),
-            lr,
-            momentum,
-            weight_decay,
-            ..Default::default()
-        },
+        OptimizerSpec::Sgd { lr, momentum, weight_decay } => {
+            proto::Optimizer { name: "sgd".into(), lr, momentum, weight_decay, ..Default::default() }
+        }
         OptimizerSpec::Adam { lr, beta1, beta2, eps, weight_decay } => {
             proto::Optimizer { name: "adam".into(), lr, momentum: 0.0, weight_decay, beta1, beta2, eps }
         }

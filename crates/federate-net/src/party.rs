@@ -16,8 +16,7 @@ use crate::codec::{self, Assembler, Limits};
 use crate::convert::training_from_proto;
 use crate::proto::federation_client::FederationClient;
 use crate::proto::{
-    EvaluateResult, FitResult, Heartbeat, Hello, PartyMessage, ServerMessage, TaskError, party_message,
-    server_message,
+    EvaluateResult, FitResult, Heartbeat, Hello, PartyMessage, ServerMessage, TaskError, party_message, server_message,
 };
 use crate::server::PROTOCOL_VERSION;
 use crate::tls::TlsFiles;
@@ -240,8 +239,12 @@ async fn serve_instructions(
                 };
                 let Some((task_id, task, _)) = current.take() else { continue };
                 let Some(params) = Parameters::new(values, layout.clone()) else {
-                    send_error(tx, task_id, format!("the server's model has a different size than ours ({})", layout.len()))
-                        .await;
+                    send_error(
+                        tx,
+                        task_id,
+                        format!("the server's model has a different size than ours ({})", layout.len()),
+                    )
+                    .await;
                     continue;
                 };
                 match &task {

@@ -24,8 +24,8 @@ use crate::codec::{self, Assembler, Limits};
 use crate::convert::training_to_proto;
 use crate::proto::federation_server::{Federation, FederationServer};
 use crate::proto::{
-    EvaluateInstruction, FitInstruction, Heartbeat, PartyMessage, ServerMessage, Shutdown, Welcome,
-    party_message, server_message,
+    EvaluateInstruction, FitInstruction, Heartbeat, PartyMessage, ServerMessage, Shutdown, Welcome, party_message,
+    server_message,
 };
 use crate::tls::{TlsFiles, party_identity_ok, server_config};
 
@@ -128,7 +128,8 @@ impl Hub {
     /// Binds the listener and starts serving on the current tokio runtime. Returns the hub and
     /// the bound address (useful with port 0).
     pub async fn start(cfg: HubConfig) -> Result<(Hub, SocketAddr), ServeError> {
-        let listener = TcpListener::bind(cfg.listen).await.map_err(|source| ServeError::Bind { addr: cfg.listen, source })?;
+        let listener =
+            TcpListener::bind(cfg.listen).await.map_err(|source| ServeError::Bind { addr: cfg.listen, source })?;
         let addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: cfg.listen, source })?;
         let (changed, _) = watch::channel(0);
         let hub = Hub {
@@ -205,7 +206,8 @@ impl Hub {
     /// Tells every connected party the federation is over.
     pub async fn shutdown(&self, reason: &str) {
         self.inner.closing.store(true, Ordering::Relaxed);
-        let conns: Vec<Arc<Conn>> = self.inner.parties.lock().map(|p| p.values().cloned().collect()).unwrap_or_default();
+        let conns: Vec<Arc<Conn>> =
+            self.inner.parties.lock().map(|p| p.values().cloned().collect()).unwrap_or_default();
         for c in conns {
             let _ = c.tx.send(Ok(msg(server_message::Msg::Shutdown(Shutdown { reason: reason.into() })))).await;
         }
@@ -282,7 +284,12 @@ impl Hub {
     }
 
     /// Sends an evaluation task to party `id` and waits for its reply.
-    pub async fn evaluate(&self, id: &str, params: &Parameters, task: &EvaluateTask) -> Result<EvaluateReply, ClientError> {
+    pub async fn evaluate(
+        &self,
+        id: &str,
+        params: &Parameters,
+        task: &EvaluateTask,
+    ) -> Result<EvaluateReply, ClientError> {
         let r = self
             .call(id, |task_id| {
                 let (header, chunks) = self.params_messages(task_id, &params.values);
@@ -492,7 +499,10 @@ async fn read_party(hub: &Hub, id: &str, conn: &Arc<Conn>, inbound: &mut Streami
             },
             (party_message::Msg::Evaluate(e), Receiving::Nothing) => {
                 if !(e.loss.is_finite() && (0.0..=1.0).contains(&e.accuracy)) {
-                    resolve(e.task_id, Err(format!("evaluation out of range: loss {}, accuracy {}", e.loss, e.accuracy)));
+                    resolve(
+                        e.task_id,
+                        Err(format!("evaluation out of range: loss {}, accuracy {}", e.loss, e.accuracy)),
+                    );
                     continue;
                 }
                 let r = EvaluateReply { num_examples: e.num_examples as usize, loss: e.loss, accuracy: e.accuracy };

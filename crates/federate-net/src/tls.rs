@@ -82,7 +82,8 @@ pub fn generate(dir: &Path, server_names: &[String], parties: &[String]) -> Resu
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(gen_err)?;
     ca_params.distinguished_name.push(DnType::CommonName, "federate CA");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca_params.key_usages =
+        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     let ca_cert = ca_params.self_signed(&ca_key).map_err(gen_err)?;
     write(&dir.join("ca.pem"), &ca_cert.pem())?;
     write(&dir.join("ca.key"), &ca_key.serialize_pem())?;

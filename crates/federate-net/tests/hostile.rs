@@ -6,9 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use federate_core::{
-    ClientProxy, FedAvg, Layout, LocalTraining, Parameters, Server, ServerConfig, TensorSpec,
-};
+use federate_core::{ClientProxy, FedAvg, Layout, LocalTraining, Parameters, Server, ServerConfig, TensorSpec};
 use federate_net::codec::{self, Assembler, Limits};
 use federate_net::proto::federation_client::FederationClient;
 use federate_net::proto::{
@@ -106,7 +104,9 @@ fn bad_updates_are_refused_and_the_honest_party_is_served() {
     let ids = ["honest", "nonfinite", "wrongcount", "oversized"];
     let (hub, addr) = rt.block_on(Hub::start(hub_config(&ids))).unwrap();
     let url = format!("http://{addr}");
-    for (id, b) in ids.iter().zip([Behaviour::Honest, Behaviour::NonFinite, Behaviour::WrongCount, Behaviour::Oversized]) {
+    for (id, b) in
+        ids.iter().zip([Behaviour::Honest, Behaviour::NonFinite, Behaviour::WrongCount, Behaviour::Oversized])
+    {
         rt.spawn(raw_party(url.clone(), id, b));
     }
     assert_eq!(rt.block_on(hub.wait_for(4, Duration::from_secs(10))), 4);
@@ -132,7 +132,12 @@ fn bad_updates_are_refused_and_the_honest_party_is_served() {
     assert_eq!(r.fit.iter().map(|f| f.id.as_str()).collect::<Vec<_>>(), vec!["honest"], "{r:?}");
     assert_eq!(global.values, vec![1.5; N]);
     let reason = |id: &str| {
-        r.failures.iter().filter(|f| f.id == id && f.stage == "fit").map(|f| f.reason.clone()).collect::<Vec<_>>().join(" | ")
+        r.failures
+            .iter()
+            .filter(|f| f.id == id && f.stage == "fit")
+            .map(|f| f.reason.clone())
+            .collect::<Vec<_>>()
+            .join(" | ")
     };
     assert!(reason("nonfinite").contains("not finite"), "{r:?}");
     assert!(reason("wrongcount").contains("sent 9 parameters, the model has 10"), "{r:?}");

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use federate_core::{ClientProxy, FedAvg, Learner, LocalClient, LocalTraining, NnLearner, Parameters, Server, ServerConfig};
+use federate_core::{
+    ClientProxy, FedAvg, Learner, LocalClient, LocalTraining, NnLearner, Parameters, Server, ServerConfig,
+};
 use federate_data::Dataset;
 use federate_net::codec::Limits;
 use federate_net::party::{PartyOptions, run_party};

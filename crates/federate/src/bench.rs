@@ -76,7 +76,9 @@ pub struct NetRound {
 /// a server on loopback for `rounds` rounds. Returns the rounds, the parameter bytes sent and
 /// received, and the model size in bytes.
 pub fn net(cfg: &crate::config::Config, zstd: bool) -> Result<(Vec<NetRound>, u64, u64, u64)> {
-    use federate_core::{ClientProxy, Event, FedAvg, Learner, LocalClient, NnLearner, Parameters, Server, ServerConfig};
+    use federate_core::{
+        ClientProxy, Event, FedAvg, Learner, LocalClient, NnLearner, Parameters, Server, ServerConfig,
+    };
     use federate_net::codec::Limits;
     use federate_net::party::{PartyOptions, run_party};
     use federate_net::server::{Hub, HubConfig, RemoteParty};
@@ -133,7 +135,8 @@ pub fn net(cfg: &crate::config::Config, zstd: bool) -> Result<(Vec<NetRound>, u6
         min_replies: cfg.strategy.min_replies,
         training: crate::sim::local_training(cfg),
     };
-    let init = Parameters::new(NnLearner::new(spec, 1, 1)?.init(1), layout.clone()).ok_or_else(|| anyhow::anyhow!("layout"))?;
+    let init = Parameters::new(NnLearner::new(spec, 1, 1)?.init(1), layout.clone())
+        .ok_or_else(|| anyhow::anyhow!("layout"))?;
     let mut server = Server::new(Box::new(strategy), clients);
     let mut rows = Vec::new();
     server.run(init, &ServerConfig { rounds: cfg.rounds, seed: cfg.seed }, &mut |e| {

@@ -108,8 +108,12 @@ fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
 
 fn read_checkpoint(dir: &Path, seed: u64, layout_len: usize) -> Result<(u32, Vec<f32>, Vec<RoundRecord>)> {
     let meta_path = dir.join(CHECKPOINT);
-    let text = std::fs::read_to_string(&meta_path)
-        .with_context(|| format!("--resume: no checkpoint at {} (was the server ever run with this checkpoint_dir?)", meta_path.display()))?;
+    let text = std::fs::read_to_string(&meta_path).with_context(|| {
+        format!(
+            "--resume: no checkpoint at {} (was the server ever run with this checkpoint_dir?)",
+            meta_path.display()
+        )
+    })?;
     let meta: CheckpointMeta =
         serde_json::from_str(&text).with_context(|| format!("{}: not a federate checkpoint", meta_path.display()))?;
     if meta.format != 1 {
@@ -155,10 +159,14 @@ pub fn serve(cfg: &Config, out: &Path, resume: bool, insecure: bool) -> Result<(
             warn!("--insecure: PLAINTEXT, no authentication of parties; never use this across a real network");
             None
         }
-        (None, false) => bail!("[server.tls] (ca, cert, key) is required; create them with `federate keys`, or pass --insecure for a local test"),
+        (None, false) => bail!(
+            "[server.tls] (ca, cert, key) is required; create them with `federate keys`, or pass --insecure for a local test"
+        ),
     };
-    let listen: SocketAddr =
-        sv.listen.parse().with_context(|| format!("server.listen = '{}' is not an address like 0.0.0.0:7000", sv.listen))?;
+    let listen: SocketAddr = sv
+        .listen
+        .parse()
+        .with_context(|| format!("server.listen = '{}' is not an address like 0.0.0.0:7000", sv.listen))?;
     let parties = sv.party_ids(cfg.data.parties);
     for p in &parties {
         if !federate_net::tls::valid_identity(p) {
@@ -218,7 +226,8 @@ pub fn serve(cfg: &Config, out: &Path, resume: bool, insecure: bool) -> Result<(
     let mut observer = |e: Event<'_>| {
         if let Event::RoundFinished { record, global } = e {
             records.push(record.clone());
-            let res = dir.record(record).and_then(|_| write_checkpoint(&ckpt_dir, record.round, cfg.seed, global, &records));
+            let res =
+                dir.record(record).and_then(|_| write_checkpoint(&ckpt_dir, record.round, cfg.seed, global, &records));
             if let Err(e) = res {
                 failure.get_or_insert(e);
             }
@@ -271,14 +280,25 @@ fn idx_file(dir: &Path, name: &str) -> Result<PathBuf> {
 }
 
 /// `federate join`.
-pub fn join(cfg: &Config, server: &str, id: &str, data: PartyData, tls: Option<TlsFiles>, server_name: Option<String>) -> Result<()> {
+pub fn join(
+    cfg: &Config,
+    server: &str,
+    id: &str,
+    data: PartyData,
+    tls: Option<TlsFiles>,
+    server_name: Option<String>,
+) -> Result<()> {
     if !federate_net::tls::valid_identity(id) {
         bail!("--id '{id}' is not a valid identity (letters, digits, '-', '.')");
     }
     let (train, test) = match data {
         PartyData::Partition(i) => {
             if i == 0 || i > cfg.data.parties {
-                bail!("--partition {i} is out of range: the config splits the data into {} parties (1..={})", cfg.data.parties, cfg.data.parties);
+                bail!(
+                    "--partition {i} is out of range: the config splits the data into {} parties (1..={})",
+                    cfg.data.parties,
+                    cfg.data.parties
+                );
             }
             let all = sim::load_data(cfg)?;
             let mut parts = sim::split(cfg, &all)?;

@@ -210,7 +210,9 @@ fn main() -> ExitCode {
         Command::Data { what: DataCommand::Fetch { dataset, data_dir, cache_dir } } => {
             fetch(&dataset, data_dir, cache_dir)
         }
-        Command::Bench { what: BenchCommand::Net { parties, rounds, model, zstd } } => bench_net(parties, rounds, &model, zstd),
+        Command::Bench { what: BenchCommand::Net { parties, rounds, model, zstd } } => {
+            bench_net(parties, rounds, &model, zstd)
+        }
         Command::Keys { out, parties, server_names } => deploy::keys(&out, &parties, &server_names),
         Command::Serve(a) => serve(a),
         Command::Join(a) => join(a),

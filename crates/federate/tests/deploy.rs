@@ -86,8 +86,19 @@ impl Fed {
     fn join(&mut self, id: &str, keys: &str, log: &str) -> usize {
         let url = format!("https://127.0.0.1:{}", self.port);
         let args = [
-            "join", "--server", &url, "--id", id, "--config", "fed.toml", "--tls-dir", keys, "--server-name", "localhost",
-            "--partition", "1",
+            "join",
+            "--server",
+            &url,
+            "--id",
+            id,
+            "--config",
+            "fed.toml",
+            "--tls-dir",
+            keys,
+            "--server-name",
+            "localhost",
+            "--partition",
+            "1",
         ];
         let args = if id.starts_with("party-") { &args[..args.len() - 2] } else { &args[..] };
         self.spawn(log, args)
@@ -215,23 +226,33 @@ fn a_killed_server_resumes_from_its_checkpoint_and_finishes_identically() {
 fn parties_without_a_valid_certificate_or_not_allowed_are_refused() {
     let mut f = Fed::new(SMALL, &["intruder"]);
     // A second, unrelated CA.
-    let o = Command::new(bin()).args(["keys", "--out", "other", "--parties", "party-1"]).current_dir(f.path()).output().unwrap();
+    let o = Command::new(bin())
+        .args(["keys", "--out", "other", "--parties", "party-1"])
+        .current_dir(f.path())
+        .output()
+        .unwrap();
     assert!(o.status.success());
     // Trusts the real server, but presents a party-1 certificate signed by the other CA.
     let mixed = f.path().join("mixed");
     std::fs::create_dir_all(mixed.join("parties")).unwrap();
     std::fs::copy(f.path().join("keys/ca.pem"), mixed.join("ca.pem")).unwrap();
     for ext in ["pem", "key"] {
-        std::fs::copy(f.path().join(format!("other/parties/party-1.{ext}")), mixed.join(format!("parties/party-1.{ext}")))
-            .unwrap();
+        std::fs::copy(
+            f.path().join(format!("other/parties/party-1.{ext}")),
+            mixed.join(format!("parties/party-1.{ext}")),
+        )
+        .unwrap();
     }
     // Signed by the right CA, but issued to someone else.
     let stolen = f.path().join("stolen");
     std::fs::create_dir_all(stolen.join("parties")).unwrap();
     std::fs::copy(f.path().join("keys/ca.pem"), stolen.join("ca.pem")).unwrap();
     for ext in ["pem", "key"] {
-        std::fs::copy(f.path().join(format!("keys/parties/intruder.{ext}")), stolen.join(format!("parties/party-2.{ext}")))
-            .unwrap();
+        std::fs::copy(
+            f.path().join(format!("keys/parties/intruder.{ext}")),
+            stolen.join(format!("parties/party-2.{ext}")),
+        )
+        .unwrap();
     }
     let s = f.serve(&[]);
     let wrong_ca = f.join("party-1", "mixed", "wrong-ca.log");
@@ -258,7 +279,10 @@ fn parties_without_a_valid_certificate_or_not_allowed_are_refused() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let log = f.log("serve.log");
-    assert!(log.contains("UnknownIssuer") || log.contains("unknown issuer") || log.contains("invalid peer certificate"), "{log}");
+    assert!(
+        log.contains("UnknownIssuer") || log.contains("unknown issuer") || log.contains("invalid peer certificate"),
+        "{log}"
+    );
     f.kill(wrong_ca);
     // The federation itself still works afterwards.
     for i in 1..=3 {
