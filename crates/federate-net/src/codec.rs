@@ -204,9 +204,9 @@ mod tests {
         let v = vec![1.0f32; 100];
         let small = Limits { max_values: 50, max_chunk_bytes: 1024 };
         let (h, c) = split(&v, 1, 1024, false);
-        assert!(matches!(join(h.clone(), c.clone(), small), Err(WireError::TooManyValues { .. })));
+        assert!(matches!(join(h, c.clone(), small), Err(WireError::TooManyValues { .. })));
         let lim = Limits { max_values: 1000, max_chunk_bytes: 100 };
-        assert!(matches!(join(h.clone(), c.clone(), lim), Err(WireError::BadChunkCount { .. })));
+        assert!(matches!(join(h, c.clone(), lim), Err(WireError::BadChunkCount { .. })));
         // Out of order.
         let (h, mut c) = split(&v, 1, 40, false);
         c.swap(0, 1);

@@ -480,23 +480,23 @@ async fn read_party(hub: &Hub, id: &str, conn: &Arc<Conn>, inbound: &mut Streami
                     assembler,
                 };
             }
-            (party_message::Msg::Chunk(c), Receiving::Fit { assembler, .. }) => match {
+            (party_message::Msg::Chunk(c), Receiving::Fit { assembler, .. }) => {
                 hub.inner.bytes_in.fetch_add(c.data.len() as u64, Ordering::Relaxed);
-                assembler.push(c)
-            } {
-                Err(e) => return format!("bad parameter chunk: {e}"),
-                Ok(None) => {}
-                Ok(Some(params)) => {
-                    if let Receiving::Fit { task_id, num_examples, metrics, .. } =
-                        std::mem::replace(&mut state, Receiving::Nothing)
-                    {
-                        if let Some(i) = params.iter().position(|v| !v.is_finite()) {
-                            warn!(party = id, "update has a non-finite value at {i}; the strategy will refuse it");
+                match assembler.push(c) {
+                    Err(e) => return format!("bad parameter chunk: {e}"),
+                    Ok(None) => {}
+                    Ok(Some(params)) => {
+                        if let Receiving::Fit { task_id, num_examples, metrics, .. } =
+                            std::mem::replace(&mut state, Receiving::Nothing)
+                        {
+                            if let Some(i) = params.iter().position(|v| !v.is_finite()) {
+                                warn!(party = id, "update has a non-finite value at {i}; the strategy will refuse it");
+                            }
+                            resolve(task_id, Ok(Reply::Fit(FitReply { params, num_examples, metrics })));
                         }
-                        resolve(task_id, Ok(Reply::Fit(FitReply { params, num_examples, metrics })));
                     }
                 }
-            },
+            }
             (party_message::Msg::Evaluate(e), Receiving::Nothing) => {
                 if !(e.loss.is_finite() && (0.0..=1.0).contains(&e.accuracy)) {
                     resolve(

@@ -244,7 +244,6 @@ pub fn serve(cfg: &Config, out: &Path, resume: bool, insecure: bool) -> Result<(
     };
     let cfg_server = ServerConfig { rounds: cfg.rounds, seed: cfg.seed };
     let result = server.resume(global, completed, &cfg_server, &mut observer);
-    drop(observer);
     rt.block_on(hub.shutdown("the federation is complete"));
     std::thread::sleep(Duration::from_millis(300));
     let (global, _) = result?;

@@ -137,3 +137,26 @@ fn bench_train_prints_one_line_per_batch() {
         assert!(line.contains("fraction_of_floor="));
     }
 }
+
+#[test]
+fn the_deployment_example_config_runs_as_a_simulation() {
+    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/deploy/federation.toml");
+    let out = tempfile::tempdir().unwrap();
+    let o = federate(&[
+        "run",
+        cfg.to_str().unwrap(),
+        "--rounds",
+        "1",
+        "--set",
+        "data.train_per_party=200",
+        "--set",
+        "data.test_per_party=50",
+        "--set",
+        "train.epochs=1",
+        "--out",
+        out.path().to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(accuracies(out.path())[0] > 0.5);
+}
