@@ -39,6 +39,16 @@ async fn raw_party(url: String, id: &str, b: Behaviour) {
         .await
         .unwrap();
     let mut inbound = client.join(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let hb = tx.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let beat = out(party_message::Msg::Heartbeat(federate_net::proto::Heartbeat { unix_ms: 0 }));
+            if hb.send(beat).await.is_err() {
+                break;
+            }
+        }
+    });
     let mut current: Option<(u64, bool, Assembler)> = None;
     while let Ok(Some(ServerMessage { msg: Some(m) })) = inbound.message().await {
         match m {
