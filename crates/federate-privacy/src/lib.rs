@@ -1,0 +1,16 @@
+//! federate-privacy: how much privacy a training run spends.
+//!
+//! Pure arithmetic on numbers, no I/O: Rényi-DP (RDP) and privacy-loss-distribution (PLD)
+//! accountants for the Poisson-subsampled Gaussian mechanism, conversion to (ε, δ), and
+//! calibration of the noise multiplier for a target ε. No maintained Rust crate implements
+//! these accountants, so they are written here and tested against the published values of
+//! Google's `dp_accounting` library (which Opacus agrees with).
+
+mod calibrate;
+mod error;
+mod math;
+pub mod pld;
+pub mod rdp;
+
+pub use calibrate::{Accountant, epsilon, noise_multiplier_for_epsilon};
+pub use error::PrivacyError;
