@@ -76,6 +76,9 @@ mod tests {
             noise_multiplier_for_epsilon(Accountant::Rdp, 1e-6, 1.0, 100_000, 1e-5),
             Err(PrivacyError::Unreachable(_))
         ));
-        assert!(matches!(noise_multiplier_for_epsilon(Accountant::Rdp, -1.0, 0.1, 10, 1e-5), Err(PrivacyError::Epsilon(_))));
+        assert!(matches!(
+            noise_multiplier_for_epsilon(Accountant::Rdp, -1.0, 0.1, 10, 1e-5),
+            Err(PrivacyError::Epsilon(_))
+        ));
     }
 }

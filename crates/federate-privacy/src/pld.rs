@@ -13,7 +13,7 @@ use rustfft::FftPlanner;
 use rustfft::num_complex::Complex;
 
 use crate::error::{PrivacyError, check, check_delta};
-use crate::math::{log_add, norm_interval};
+use crate::math::log_add;
 
 /// Default grid step of the privacy loss.
 pub const DEFAULT_STEP: f64 = 1e-4;
@@ -188,7 +188,11 @@ impl Pld {
         let mut hi = (self.offset + self.pmf.len() as i64) as f64 * self.step;
         for _ in 0..100 {
             let mid = 0.5 * (lo + hi);
-            if self.delta(mid) > delta { lo = mid } else { hi = mid }
+            if self.delta(mid) > delta {
+                lo = mid
+            } else {
+                hi = mid
+            }
             if hi - lo < 1e-9 {
                 break;
             }

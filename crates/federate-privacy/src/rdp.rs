@@ -78,7 +78,11 @@ pub fn rdp_step(q: f64, sigma: f64, alpha: f64) -> Result<f64, PrivacyError> {
     if q == 1.0 {
         return Ok(alpha / (2.0 * sigma * sigma));
     }
-    let log_a = if alpha.fract() == 0.0 && alpha < 1e6 { log_a_int(q, sigma, alpha as u64) } else { log_a_frac(q, sigma, alpha) };
+    let log_a = if alpha.fract() == 0.0 && alpha < 1e6 {
+        log_a_int(q, sigma, alpha as u64)
+    } else {
+        log_a_frac(q, sigma, alpha)
+    };
     Ok(log_a / (alpha - 1.0))
 }
 

@@ -54,10 +54,70 @@ enum Command {
         #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1,federate-server")]
         server_names: Vec<String>,
     },
+    /// Privacy planning: ε of a DP-SGD run, or the noise that reaches a target ε.
+    Privacy {
+        #[command(subcommand)]
+        what: PrivacyCommand,
+    },
     /// Run the server of a real federation: parties join over gRPC with mutual TLS.
     Serve(ServeArgs),
     /// Join a federation as a party.
     Join(JoinArgs),
+}
+
+#[derive(Subcommand)]
+enum PrivacyCommand {
+    /// ε(δ) of T steps of the Poisson-subsampled Gaussian mechanism.
+    Epsilon {
+        /// Poisson sampling rate q (batch size ÷ examples).
+        #[arg(long)]
+        sampling_rate: f64,
+        /// Noise multiplier σ (noise std ÷ clipping norm).
+        #[arg(long)]
+        noise_multiplier: f64,
+        /// Number of steps T.
+        #[arg(long)]
+        steps: u64,
+        /// δ.
+        #[arg(long)]
+        delta: f64,
+        /// rdp (fast, slightly loose) or pld (tight).
+        #[arg(long, value_enum, default_value = "rdp")]
+        accountant: AccountantArg,
+    },
+    /// The smallest noise multiplier σ that keeps T steps within a target ε.
+    Noise {
+        /// The target ε.
+        #[arg(long)]
+        target_epsilon: f64,
+        /// Poisson sampling rate q.
+        #[arg(long)]
+        sampling_rate: f64,
+        /// Number of steps T.
+        #[arg(long)]
+        steps: u64,
+        /// δ.
+        #[arg(long)]
+        delta: f64,
+        /// rdp or pld.
+        #[arg(long, value_enum, default_value = "rdp")]
+        accountant: AccountantArg,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum AccountantArg {
+    Rdp,
+    Pld,
+}
+
+impl From<AccountantArg> for federate_privacy::Accountant {
+    fn from(a: AccountantArg) -> Self {
+        match a {
+            AccountantArg::Rdp => federate_privacy::Accountant::Rdp,
+            AccountantArg::Pld => federate_privacy::Accountant::Pld,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -213,6 +273,7 @@ fn main() -> ExitCode {
         Command::Bench { what: BenchCommand::Net { parties, rounds, model, zstd } } => {
             bench_net(parties, rounds, &model, zstd)
         }
+        Command::Privacy { what } => privacy(what),
         Command::Keys { out, parties, server_names } => deploy::keys(&out, &parties, &server_names),
         Command::Serve(a) => serve(a),
         Command::Join(a) => join(a),
@@ -445,6 +506,35 @@ fn bench_net(parties: usize, rounds: u32, model: &str, zstd: bool) -> Result<()>
         "bytes_per_round={per_round:.0} sent={out} received={inb} ratio_to_model_x_parties={:.3}",
         per_round / (model_bytes as f64 * parties as f64)
     );
+    Ok(())
+}
+
+fn privacy(what: PrivacyCommand) -> Result<()> {
+    match what {
+        PrivacyCommand::Epsilon { sampling_rate, noise_multiplier, steps, delta, accountant } => {
+            let name = match accountant {
+                AccountantArg::Rdp => "rdp",
+                AccountantArg::Pld => "pld",
+            };
+            let eps = federate_privacy::epsilon(accountant.into(), sampling_rate, noise_multiplier, steps, delta)?;
+            println!(
+                "accountant={name} sampling_rate={sampling_rate} noise_multiplier={noise_multiplier} steps={steps} delta={delta}"
+            );
+            println!("epsilon={eps:.6}");
+        }
+        PrivacyCommand::Noise { target_epsilon, sampling_rate, steps, delta, accountant } => {
+            let sigma = federate_privacy::noise_multiplier_for_epsilon(
+                accountant.into(),
+                target_epsilon,
+                sampling_rate,
+                steps,
+                delta,
+            )?;
+            let eps = federate_privacy::epsilon(accountant.into(), sampling_rate, sigma, steps, delta)?;
+            println!("epsilon={eps:.6} at noise_multiplier={sigma:.4}");
+            println!("noise_multiplier={sigma:.4}");
+        }
+    }
     Ok(())
 }
 

@@ -161,3 +161,88 @@ fn the_deployment_example_config_runs_as_a_simulation() {
     // One epoch of 19 steps per party: well above chance (10 %), far from converged.
     assert!(accuracies(out.path())[0] > 0.3, "{:?}", accuracies(out.path()));
 }
+
+fn last_value(out: &Output, key: &str) -> f64 {
+    let s = String::from_utf8_lossy(&out.stdout);
+    let line = s.lines().last().unwrap_or_default();
+    line.strip_prefix(&format!("{key}=")).unwrap_or_else(|| panic!("{s}")).parse().unwrap()
+}
+
+#[test]
+fn privacy_planning_commands() {
+    let o = federate(&[
+        "privacy",
+        "epsilon",
+        "--sampling-rate",
+        "0.04",
+        "--noise-multiplier",
+        "1.5",
+        "--steps",
+        "2250",
+        "--delta",
+        "1e-5",
+    ]);
+    assert!(o.status.success());
+    assert!((last_value(&o, "epsilon") - 7.3293).abs() < 1e-3);
+    let o = federate(&[
+        "privacy",
+        "epsilon",
+        "--sampling-rate",
+        "0.032",
+        "--noise-multiplier",
+        "1.0",
+        "--steps",
+        "312",
+        "--delta",
+        "1e-5",
+        "--accountant",
+        "pld",
+    ]);
+    assert!(o.status.success());
+    assert!((last_value(&o, "epsilon") - 3.667).abs() < 5e-3);
+    let o = federate(&[
+        "privacy",
+        "noise",
+        "--target-epsilon",
+        "3",
+        "--sampling-rate",
+        "0.01",
+        "--steps",
+        "1000",
+        "--delta",
+        "1e-5",
+    ]);
+    assert!(o.status.success());
+    let sigma = last_value(&o, "noise_multiplier");
+    assert!(sigma > 0.5 && sigma < 2.0, "{sigma}");
+    for (args, want) in [
+        (
+            vec!["epsilon", "--sampling-rate", "0.01", "--noise-multiplier", "0", "--steps", "10", "--delta", "1e-5"],
+            "σ = 0",
+        ),
+        (
+            vec!["epsilon", "--sampling-rate", "0.01", "--noise-multiplier", "1", "--steps", "10", "--delta", "1.5"],
+            "δ = 1.5",
+        ),
+        (
+            vec![
+                "noise",
+                "--target-epsilon",
+                "0.000001",
+                "--sampling-rate",
+                "1",
+                "--steps",
+                "100000",
+                "--delta",
+                "1e-5",
+            ],
+            "cannot be reached",
+        ),
+    ] {
+        let mut full = vec!["privacy"];
+        full.extend(args.iter());
+        let o = federate(&full);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(want) && !err.contains("panicked"), "{args:?}: {err}");
+    }
+}
