@@ -203,7 +203,7 @@ impl Pld {
 
 /// δ(ε) of `steps` steps of the Poisson-subsampled Gaussian, the worse direction.
 pub fn delta(q: f64, sigma: f64, steps: u64, epsilon: f64) -> Result<f64, PrivacyError> {
-    if !(epsilon >= 0.0) {
+    if epsilon.is_nan() || epsilon < 0.0 {
         return Err(PrivacyError::Epsilon(epsilon));
     }
     let both = composed(q, sigma, steps)?;

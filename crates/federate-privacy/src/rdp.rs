@@ -66,7 +66,7 @@ fn log_a_frac(q: f64, sigma: f64, alpha: f64) -> f64 {
 /// applied to a Poisson sample with rate `q`.
 pub fn rdp_step(q: f64, sigma: f64, alpha: f64) -> Result<f64, PrivacyError> {
     check(q, sigma)?;
-    if !(alpha > 1.0) {
+    if alpha.is_nan() || alpha <= 1.0 {
         return Err(PrivacyError::Order(alpha));
     }
     if q == 0.0 {
@@ -97,7 +97,7 @@ pub fn epsilon_from_rdp(orders: &[f64], rdp: &[f64], delta: f64) -> Result<(f64,
     check_delta(delta)?;
     let mut best = (f64::INFINITY, f64::NAN);
     for (&a, &r) in orders.iter().zip(rdp) {
-        if !(a > 1.0) {
+        if a.is_nan() || a <= 1.0 {
             return Err(PrivacyError::Order(a));
         }
         let eps = if delta * delta + (-r).exp_m1() > 0.0 {
