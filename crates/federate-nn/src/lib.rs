@@ -15,6 +15,7 @@ mod loss;
 mod matmul;
 mod network;
 mod optim;
+mod per_example;
 mod spec;
 
 pub use error::NnError;

@@ -38,7 +38,7 @@ impl TensorInfo {
 }
 
 #[derive(Debug, Clone)]
-enum Layer {
+pub(crate) enum Layer {
     Conv(Conv),
     Pool(MaxPool),
     Relu,
@@ -51,10 +51,10 @@ enum Layer {
 #[derive(Debug, Clone)]
 pub struct Network {
     spec: ModelSpec,
-    layers: Vec<Layer>,
-    shapes: Vec<Shape>,
+    pub(crate) layers: Vec<Layer>,
+    pub(crate) shapes: Vec<Shape>,
     /// For each layer, the offset of its weight and bias in the flat vector.
-    param_at: Vec<Option<(usize, usize, usize)>>,
+    pub(crate) param_at: Vec<Option<(usize, usize, usize)>>,
     tensors: Vec<TensorInfo>,
     num_params: usize,
 }
@@ -90,14 +90,16 @@ impl BatchStats {
 /// Buffers for one network at one maximum batch size, allocated once.
 #[derive(Debug)]
 pub struct Workspace {
-    capacity: usize,
-    acts: Vec<Vec<f32>>,
-    grads: Vec<Vec<f32>>,
-    scratch: Vec<Vec<f32>>,
-    argmax: Vec<Vec<u32>>,
-    partial: Vec<f32>,
-    rng: ChaCha8Rng,
-    threads: usize,
+    pub(crate) capacity: usize,
+    pub(crate) acts: Vec<Vec<f32>>,
+    pub(crate) grads: Vec<Vec<f32>>,
+    pub(crate) scratch: Vec<Vec<f32>>,
+    pub(crate) argmax: Vec<Vec<u32>>,
+    pub(crate) partial: Vec<f32>,
+    pub(crate) rng: ChaCha8Rng,
+    pub(crate) threads: usize,
+    /// Per-example state of DP-SGD, allocated on first use.
+    pub(crate) dp: Option<crate::per_example::DpBuffers>,
 }
 
 impl Workspace {
@@ -250,10 +252,11 @@ impl Network {
             partial: vec![0.0; partial_len],
             rng: ChaCha8Rng::seed_from_u64(0),
             threads,
+            dp: None,
         }
     }
 
-    fn check(&self, params: &[f32], x: &[f32], n: usize, ws: &Workspace) -> Result<(), NnError> {
+    pub(crate) fn check(&self, params: &[f32], x: &[f32], n: usize, ws: &Workspace) -> Result<(), NnError> {
         if params.len() != self.num_params {
             return Err(NnError::SizeMismatch { what: "parameters", got: params.len(), expected: self.num_params });
         }
@@ -333,7 +336,7 @@ impl Network {
             classes,
             Some(&mut ws.grads[last][..n * classes]),
         )?;
-        self.backward(params, ws, n, grad);
+        self.backward(params, ws, n, grad, false);
         Ok(stats)
     }
 
@@ -351,7 +354,10 @@ impl Network {
         loss::softmax_cross_entropy(logits, labels, self.spec.classes, None)
     }
 
-    fn backward(&self, params: &[f32], ws: &mut Workspace, n: usize, grad: &mut [f32]) {
+    /// The backward pass. With `per_example`, weight gradients are not summed into `grad`:
+    /// each example's squared gradient norm goes to the DP buffers instead (and, for
+    /// convolutions, each example's weight gradient), for `clipped_grad` to combine.
+    pub(crate) fn backward(&self, params: &[f32], ws: &mut Workspace, n: usize, grad: &mut [f32], per_example: bool) {
         let threads = ws.threads;
         for (i, layer) in self.layers.iter().enumerate().rev() {
             let need_dx = i > 0;
@@ -363,8 +369,17 @@ impl Network {
             match layer {
                 Layer::Conv(c) => {
                     let (w0, w1, b1) = self.param_at[i].unwrap_or_default();
-                    let (gw, gbias) = grad[w0..b1].split_at_mut(w1 - w0);
-                    c.backward(&params[w0..w1], dy, gw, gbias, dx, &mut ws.scratch[i], &mut ws.partial, n, threads);
+                    if per_example {
+                        if let Some(dp) = ws.dp.as_mut() {
+                            dp.conv_per_example(i, c, &ws.scratch[i], dy, n);
+                        }
+                        if let Some(dx) = dx {
+                            c.input_grad(&params[w0..w1], dy, dx, &mut ws.scratch[i], n, threads);
+                        }
+                    } else {
+                        let (gw, gbias) = grad[w0..b1].split_at_mut(w1 - w0);
+                        c.backward(&params[w0..w1], dy, gw, gbias, dx, &mut ws.scratch[i], &mut ws.partial, n, threads);
+                    }
                 }
                 Layer::Pool(p) => {
                     if let Some(dx) = dx {
@@ -388,6 +403,15 @@ impl Network {
                         } else {
                             dx.copy_from_slice(dy);
                         }
+                    }
+                }
+                Layer::Linear { input, output } if per_example => {
+                    let (w0, w1, _) = self.param_at[i].unwrap_or_default();
+                    if let Some(dp) = ws.dp.as_mut() {
+                        dp.dense_norms(xin, dy, *input, *output, n);
+                    }
+                    if let Some(dx) = dx {
+                        matmul(n, *input, *output, dx, dy, Op::N, &params[w0..w1], Op::T, false, 1.0, threads);
                     }
                 }
                 Layer::Linear { input, output } => {

@@ -22,7 +22,15 @@ pub struct TrainBench {
 
 /// Measures training steps of `model` (MNIST-shaped input) at each batch size for about
 /// `seconds` each, with `threads` threads; returns the GEMM peak and the rows.
-pub fn train(model: &str, batches: &[usize], seconds: f64, threads: usize) -> Result<(f64, f64, Vec<TrainBench>)> {
+/// With `dp_clip`, each step is DP-SGD's clipped per-example gradient sum instead (noise
+/// not included).
+pub fn train(
+    model: &str,
+    batches: &[usize],
+    seconds: f64,
+    threads: usize,
+    dp_clip: Option<f32>,
+) -> Result<(f64, f64, Vec<TrainBench>)> {
     let net = Network::new(ModelSpec::builtin(model, Shape::image(28, 28, 1), 10)?)?;
     let (_, flops) = net.flops_per_example();
     let peak = measure_gemm_gflops(1024, threads, 5).max(measure_gemm_gflops(2048, threads, 2));
@@ -34,15 +42,22 @@ pub fn train(model: &str, batches: &[usize], seconds: f64, threads: usize) -> Re
         let mut g = vec![0.0; p.len()];
         let mut ws = net.workspace(b, threads);
         let mut opt = OptimizerSpec::Sgd { lr: 0.01, momentum: 0.9, weight_decay: 0.0 }.build(p.len())?;
+        let mut norms = vec![0.0f32; b];
+        let mut step = |p: &mut Vec<f32>| -> Result<()> {
+            match dp_clip {
+                Some(c) => net.clipped_grad(p, &mut ws, &x, &y, c, &mut g, &mut norms).map(|_| ())?,
+                None => net.loss_and_grad(p, &mut ws, &x, &y, &mut g).map(|_| ())?,
+            }
+            opt.step(p, &g);
+            Ok(())
+        };
         for _ in 0..3 {
-            net.loss_and_grad(&p, &mut ws, &x, &y, &mut g)?;
-            opt.step(&mut p, &g);
+            step(&mut p)?;
         }
         let t = Instant::now();
         let mut steps = 0usize;
         while steps < 5 || t.elapsed().as_secs_f64() < seconds {
-            net.loss_and_grad(&p, &mut ws, &x, &y, &mut g)?;
-            opt.step(&mut p, &g);
+            step(&mut p)?;
             steps += 1;
         }
         let s = t.elapsed().as_secs_f64();

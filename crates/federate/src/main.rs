@@ -226,6 +226,9 @@ enum BenchCommand {
         /// Seconds per batch size.
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
+        /// Measure DP-SGD's clipped per-example gradient step with this clipping norm.
+        #[arg(long)]
+        dp_clip: Option<f32>,
     },
     /// Many parties in this process against a server on loopback: per-round overhead beyond
     /// training, and bytes per round against the model size.
@@ -264,8 +267,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args),
-        Command::Bench { what: BenchCommand::Train { model, batches, threads, seconds } } => {
-            bench_train(&model, &batches, threads, seconds)
+        Command::Bench { what: BenchCommand::Train { model, batches, threads, seconds, dp_clip } } => {
+            bench_train(&model, &batches, threads, seconds, dp_clip)
         }
         Command::Data { what: DataCommand::Fetch { dataset, data_dir, cache_dir } } => {
             fetch(&dataset, data_dir, cache_dir)
@@ -453,13 +456,14 @@ fn join(a: JoinArgs) -> Result<()> {
     deploy::join(&cfg, &a.server, &a.id, data, tls, a.server_name.clone())
 }
 
-fn bench_train(model: &str, batches: &[usize], threads: usize, seconds: f64) -> Result<()> {
+fn bench_train(model: &str, batches: &[usize], threads: usize, seconds: f64, dp_clip: Option<f32>) -> Result<()> {
     anyhow::ensure!(threads >= 1, "--threads must be at least 1");
     anyhow::ensure!(!batches.is_empty() && batches.iter().all(|&b| b >= 1), "--batches must list sizes ≥ 1");
     init_threads(threads)?;
-    let (peak, flops, rows) = bench::train(model, batches, seconds, threads)?;
+    let (peak, flops, rows) = bench::train(model, batches, seconds, threads, dp_clip)?;
     println!(
-        "model={model} threads={threads} train_mflop_per_example={:.1} gemm_peak_gflops={peak:.1} floor_samples_per_s={:.0}",
+        "model={model} mode={} threads={threads} train_mflop_per_example={:.1} gemm_peak_gflops={peak:.1} floor_samples_per_s={:.0}",
+        if dp_clip.is_some() { "dp-sgd" } else { "sgd" },
         flops / 1e6,
         peak * 1e9 / flops
     );

@@ -125,9 +125,16 @@ impl Conv {
         matmul_tn_split(row, cout, m, dw, cols, dy, partial, threads);
         bias_grad(&dy[..m * cout], db);
         if let Some(dx) = dx {
-            matmul(m, row, cout, cols, dy, Op::N, w, Op::T, false, 1.0, threads);
-            self.col2im(cols, dx, n);
+            self.input_grad(w, dy, dx, cols, n, threads);
         }
+    }
+
+    /// `dx` from `dy`; overwrites `cols` with `dy·Wᵀ`.
+    pub fn input_grad(&self, w: &[f32], dy: &[f32], dx: &mut [f32], cols: &mut [f32], n: usize, threads: usize) {
+        let m = n * self.output.h * self.output.w;
+        let row = self.row_len();
+        matmul(m, row, self.output.c, cols, dy, Op::N, w, Op::T, false, 1.0, threads);
+        self.col2im(cols, dx, n);
     }
 }
 

@@ -1,0 +1,195 @@
+//! DP-SGD's core: every example's gradient norm and the sum of clipped per-example
+//! gradients, without running the batch one example at a time.
+//!
+//! One forward and one backward pass. During the backward pass, dense layers contribute
+//! their per-example squared norms by the "ghost" identity ‖gᵢ aᵢᵀ‖² = ‖gᵢ‖²‖aᵢ‖² (plus ‖gᵢ‖²
+//! for the bias), and convolutions compute each example's weight gradient (one small GEMM
+//! per example, in parallel), since weight sharing rules out the ghost identity there.
+//! Clipping factors cᵢ = min(1, C/‖∇ᵢ‖) then weight the sums: dense weights in one GEMM with
+//! the output gradients' rows rescaled by cᵢ, convolutions as Σ cᵢ Gᵢ.
+
+use rayon::prelude::*;
+
+use crate::layers::conv::Conv;
+use crate::matmul::{Op, matmul};
+use crate::network::Layer;
+use crate::{BatchStats, Network, NnError, Workspace, loss};
+
+/// Per-example buffers of one workspace.
+#[derive(Debug)]
+pub(crate) struct DpBuffers {
+    /// Squared gradient norm of each example, summed over layers.
+    sq: Vec<f64>,
+    /// For each convolution layer: each example's weight gradient, then bias gradient.
+    conv_w: Vec<Vec<f32>>,
+    conv_b: Vec<Vec<f32>>,
+    /// Rescaled output gradients of a dense layer.
+    scaled: Vec<f32>,
+}
+
+impl DpBuffers {
+    fn new(net: &Network, capacity: usize) -> Self {
+        let mut conv_w = Vec::new();
+        let mut conv_b = Vec::new();
+        let mut scaled = 0;
+        for l in &net.layers {
+            match l {
+                Layer::Conv(c) => {
+                    conv_w.push(vec![0.0; capacity * c.weight_len()]);
+                    conv_b.push(vec![0.0; capacity * c.output.c]);
+                }
+                Layer::Linear { output, .. } => {
+                    scaled = scaled.max(capacity * output);
+                    conv_w.push(Vec::new());
+                    conv_b.push(Vec::new());
+                }
+                _ => {
+                    conv_w.push(Vec::new());
+                    conv_b.push(Vec::new());
+                }
+            }
+        }
+        DpBuffers { sq: vec![0.0; capacity], conv_w, conv_b, scaled: vec![0.0; scaled] }
+    }
+
+    /// Each example's weight and bias gradient of convolution layer `i`, and their squared
+    /// norms. `cols` holds the layer's im2col matrix from the forward pass.
+    pub(crate) fn conv_per_example(&mut self, i: usize, c: &Conv, cols: &[f32], dy: &[f32], n: usize) {
+        let (row, cout) = (c.row_len(), c.output.c);
+        let pixels = c.output.h * c.output.w;
+        let wl = c.weight_len();
+        let gw = &mut self.conv_w[i][..n * wl];
+        let gb = &mut self.conv_b[i][..n * cout];
+        let norms: Vec<f64> = gw
+            .par_chunks_mut(wl)
+            .zip(gb.par_chunks_mut(cout))
+            .enumerate()
+            .map(|(e, (w, b))| {
+                let ce = &cols[e * pixels * row..(e + 1) * pixels * row];
+                let de = &dy[e * pixels * cout..(e + 1) * pixels * cout];
+                matmul(row, cout, pixels, w, ce, Op::T, de, Op::N, false, 1.0, 1);
+                b.fill(0.0);
+                for px in de.chunks_exact(cout) {
+                    for (bb, v) in b.iter_mut().zip(px) {
+                        *bb += v;
+                    }
+                }
+                w.iter().chain(b.iter()).map(|v| (*v as f64) * (*v as f64)).sum()
+            })
+            .collect();
+        for (s, v) in self.sq.iter_mut().zip(norms) {
+            *s += v;
+        }
+    }
+
+    /// Squared per-example norms of a dense layer's weight and bias gradients:
+    /// ‖gᵢ‖²(‖aᵢ‖² + 1).
+    pub(crate) fn dense_norms(&mut self, a: &[f32], g: &[f32], input: usize, output: usize, n: usize) {
+        for e in 0..n {
+            let an: f64 = a[e * input..(e + 1) * input].iter().map(|v| (*v as f64) * (*v as f64)).sum();
+            let gn: f64 = g[e * output..(e + 1) * output].iter().map(|v| (*v as f64) * (*v as f64)).sum();
+            self.sq[e] += gn * (an + 1.0);
+        }
+    }
+}
+
+impl Network {
+    /// For a batch: writes into `norms` each example's gradient norm ‖∇ᵢ‖ (of its own loss,
+    /// not divided by the batch size) and into `grad` the clipped sum
+    /// Σᵢ min(1, clip/‖∇ᵢ‖)·∇ᵢ. DP-SGD adds noise to that sum and divides by the expected
+    /// batch size. Returns the batch's loss and accuracy.
+    #[allow(clippy::too_many_arguments)]
+    pub fn clipped_grad(
+        &self,
+        params: &[f32],
+        ws: &mut Workspace,
+        x: &[f32],
+        labels: &[u32],
+        clip: f32,
+        grad: &mut [f32],
+        norms: &mut [f32],
+    ) -> Result<BatchStats, NnError> {
+        let n = labels.len();
+        if grad.len() != self.num_params() {
+            return Err(NnError::SizeMismatch { what: "gradient", got: grad.len(), expected: self.num_params() });
+        }
+        if norms.len() != n {
+            return Err(NnError::SizeMismatch { what: "norms", got: norms.len(), expected: n });
+        }
+        if !(clip > 0.0 && clip.is_finite()) {
+            return Err(NnError::BadHyperParameter(format!("clipping norm {clip} must be a positive number")));
+        }
+        self.check(params, x, n, ws)?;
+        if ws.dp.is_none() {
+            ws.dp = Some(DpBuffers::new(self, ws.capacity));
+        }
+        self.forward(params, ws, x, true)?;
+        let last = self.layers.len();
+        let classes = self.classes();
+        let stats = loss::softmax_cross_entropy(
+            &ws.acts[last][..n * classes],
+            labels,
+            classes,
+            Some(&mut ws.grads[last][..n * classes]),
+        )?;
+        // Per-example losses, not the mean: undo the 1/n.
+        for v in &mut ws.grads[last][..n * classes] {
+            *v *= n as f32;
+        }
+        if let Some(dp) = ws.dp.as_mut() {
+            dp.sq[..n].fill(0.0);
+        }
+        self.backward(params, ws, n, grad, true);
+        let Some(dp) = ws.dp.as_mut() else { unreachable!("allocated above") };
+        let scale: Vec<f32> = dp.sq[..n]
+            .iter()
+            .zip(norms.iter_mut())
+            .map(|(sq, out)| {
+                let norm = sq.sqrt();
+                *out = norm as f32;
+                if norm > clip as f64 { (clip as f64 / norm) as f32 } else { 1.0 }
+            })
+            .collect();
+        let threads = ws.threads;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let Some((w0, w1, b1)) = self.param_at[i] else { continue };
+            let (gw, gb) = grad[w0..b1].split_at_mut(w1 - w0);
+            match layer {
+                Layer::Conv(c) => {
+                    let (wl, cout) = (c.weight_len(), c.output.c);
+                    weighted_sum(gw, &dp.conv_w[i][..n * wl], &scale);
+                    weighted_sum(gb, &dp.conv_b[i][..n * cout], &scale);
+                }
+                Layer::Linear { input, output } => {
+                    let dy = &ws.grads[i + 1][..n * output];
+                    let scaled = &mut dp.scaled[..n * output];
+                    for ((dst, src), s) in scaled.chunks_exact_mut(*output).zip(dy.chunks_exact(*output)).zip(&scale) {
+                        for (d, v) in dst.iter_mut().zip(src) {
+                            *d = v * s;
+                        }
+                    }
+                    let a = &ws.acts[i][..n * input];
+                    matmul(*input, *output, n, gw, a, Op::T, scaled, Op::N, false, 1.0, threads);
+                    crate::layers::conv::bias_grad(scaled, gb);
+                }
+                _ => {}
+            }
+        }
+        Ok(stats)
+    }
+}
+
+/// `out = Σᵢ scale[i] · rows[i]` (rows of `out.len()` values), in parallel over `out`.
+fn weighted_sum(out: &mut [f32], rows: &[f32], scale: &[f32]) {
+    let len = out.len();
+    out.par_chunks_mut(4096).enumerate().for_each(|(c, o)| {
+        let off = c * 4096;
+        o.fill(0.0);
+        for (e, s) in scale.iter().enumerate() {
+            let r = &rows[e * len + off..e * len + off + o.len()];
+            for (d, v) in o.iter_mut().zip(r) {
+                *d += s * v;
+            }
+        }
+    });
+}
