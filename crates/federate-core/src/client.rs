@@ -135,12 +135,13 @@ pub struct LocalClient<L: Learner> {
     train: Dataset,
     test: Dataset,
     on_epoch: Option<EpochHook>,
+    dp_steps: u64,
 }
 
 impl<L: Learner> LocalClient<L> {
     /// A party holding `train` and `test`.
     pub fn new(learner: L, train: Dataset, test: Dataset) -> Self {
-        LocalClient { learner, train, test, on_epoch: None }
+        LocalClient { learner, train, test, on_epoch: None, dp_steps: 0 }
     }
     /// Reports every finished local epoch to `hook`.
     pub fn with_epoch_hook(mut self, hook: EpochHook) -> Self {
@@ -186,6 +187,14 @@ impl<L: Learner> Client for LocalClient<L> {
         metrics.insert("train_accuracy".into(), stats.batches.accuracy());
         metrics.insert("steps".into(), stats.steps as f64);
         metrics.insert("train_seconds".into(), started.elapsed().as_secs_f64());
+        if let Some(dp) = &task.training.dp {
+            // Sample-level privacy this party has spent over every round so far.
+            self.dp_steps += stats.steps as u64;
+            let q = dp.rate(self.train.len(), task.training.batch_size);
+            let eps = dp.epsilon(q, self.dp_steps).map_err(|e| ClientError::Model(e.to_string()))?;
+            metrics.insert("epsilon".into(), eps);
+            metrics.insert("dp_steps".into(), self.dp_steps as f64);
+        }
         Ok(FitReply { params, num_examples: self.train.len(), metrics })
     }
 

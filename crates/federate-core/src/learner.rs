@@ -28,6 +28,22 @@ pub trait Learner: Send {
     fn evaluate(&mut self, params: &[f32], x: &[f32], y: &[u32]) -> Result<BatchStats, NnError>;
     /// Reseeds any randomness inside the model (dropout masks).
     fn reseed(&mut self, seed: u64);
+    /// DP-SGD: writes each example's gradient norm (of its own loss) into `norms` and the sum
+    /// of per-example gradients clipped to `clip` into `grad`. Learners that cannot compute
+    /// per-example gradients return an error (the default).
+    fn clipped_grad(
+        &mut self,
+        _params: &[f32],
+        _x: &[f32],
+        _y: &[u32],
+        _clip: f32,
+        _grad: &mut [f32],
+        _norms: &mut [f32],
+    ) -> Result<BatchStats, NnError> {
+        Err(NnError::BadHyperParameter(
+            "this learner cannot clip per-example gradients, so it cannot run DP-SGD".into(),
+        ))
+    }
     /// Training FLOPs per example, if known (for throughput reports).
     fn train_flops_per_example(&self) -> Option<f64> {
         None
@@ -86,6 +102,17 @@ impl Learner for NnLearner {
     }
     fn reseed(&mut self, seed: u64) {
         self.ws.reseed(seed);
+    }
+    fn clipped_grad(
+        &mut self,
+        params: &[f32],
+        x: &[f32],
+        y: &[u32],
+        clip: f32,
+        grad: &mut [f32],
+        norms: &mut [f32],
+    ) -> Result<BatchStats, NnError> {
+        self.net.clipped_grad(params, &mut self.ws, x, y, clip, grad, norms)
     }
     fn train_flops_per_example(&self) -> Option<f64> {
         Some(self.net.flops_per_example().1)

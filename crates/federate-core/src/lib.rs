@@ -6,6 +6,7 @@
 //! `ClientProxy`.
 
 pub mod client;
+pub mod dp;
 pub mod learner;
 pub mod params;
 pub mod seed;
@@ -16,6 +17,7 @@ pub mod train;
 pub use client::{
     Client, ClientError, ClientProxy, EvaluateReply, EvaluateTask, FitReply, FitTask, InProcess, LocalClient,
 };
+pub use dp::DpSgd;
 pub use learner::{Learner, NnLearner};
 pub use params::{Layout, Parameters, TensorSpec};
 pub use server::{

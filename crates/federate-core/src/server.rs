@@ -50,6 +50,9 @@ pub struct ClientFit {
     /// Seconds the party reports it spent training, if it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_seconds: Option<f64>,
+    /// The (sample-level) ε this party has spent so far, when it trains with DP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epsilon: Option<f64>,
 }
 
 /// One party's evaluation in a round.
@@ -98,6 +101,9 @@ pub struct RoundRecord {
     pub loss: Option<f64>,
     /// Example-weighted mean training loss of the parties that trained.
     pub train_loss: Option<f64>,
+    /// The largest ε spent so far by a party that trained this round (DP runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epsilon: Option<f64>,
     /// Whether a new global model was produced.
     pub aggregated: bool,
     /// Why not, if it was not.
@@ -289,6 +295,7 @@ impl Server {
                         train_accuracy: r.metrics.get("train_accuracy").copied().unwrap_or(f64::NAN),
                         seconds,
                         train_seconds: r.metrics.get("train_seconds").copied(),
+                        epsilon: r.metrics.get("epsilon").copied(),
                     });
                     replies.push((c, r));
                 }
@@ -336,11 +343,13 @@ impl Server {
             (None, Some(c)) => (Some(c.accuracy), Some(c.loss)),
             _ => (None, None),
         };
+        let epsilon = fit.iter().filter_map(|f| f.epsilon).reduce(f64::max);
         RoundRecord {
             round,
             accuracy,
             loss,
             train_loss,
+            epsilon,
             aggregated,
             error,
             fit,

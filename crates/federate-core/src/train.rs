@@ -17,6 +17,9 @@ pub struct LocalTraining {
     pub batch_size: usize,
     /// Optimiser and its hyper-parameters.
     pub optimizer: OptimizerSpec,
+    /// Sample-level differential privacy (DP-SGD), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dp: Option<crate::dp::DpSgd>,
 }
 
 /// What a local training run did.
@@ -38,6 +41,9 @@ pub fn train_local<R: Rng>(
     opt: &mut Optimizer,
     rng: &mut R,
 ) -> Result<TrainStats, NnError> {
+    if let Some(dp) = &cfg.dp {
+        return crate::dp::train_local_dp(learner, params, data, cfg, dp, opt, rng);
+    }
     let d = data.example_len();
     let bs = cfg.batch_size.max(1);
     let mut grad = vec![0.0f32; params.len()];

@@ -26,6 +26,7 @@ fn fedavg() -> FedAvg {
             epochs: 1,
             batch_size: 1,
             optimizer: OptimizerSpec::Sgd { lr: 0.1, momentum: 0.0, weight_decay: 0.0 },
+            dp: None,
         },
     }
 }

@@ -1,7 +1,8 @@
 //! Conversions between the core types and their protocol messages.
 
-use federate_core::LocalTraining;
+use federate_core::{DpSgd, LocalTraining};
 use federate_nn::OptimizerSpec;
+use federate_privacy::Accountant;
 
 use crate::proto;
 
@@ -20,7 +21,17 @@ pub fn training_to_proto(t: &LocalTraining) -> proto::LocalTraining {
             proto::Optimizer { name: "adam".into(), lr, momentum: 0.0, weight_decay, beta1, beta2, eps }
         }
     };
-    proto::LocalTraining { epochs: t.epochs as u32, batch_size: t.batch_size as u32, optimizer: Some(optimizer) }
+    let dp = t.dp.map(|d| proto::DpSgd {
+        noise_multiplier: d.noise_multiplier,
+        clip: d.clip,
+        sampling_rate: d.sampling_rate.unwrap_or(0.0),
+        delta: d.delta,
+        accountant: match d.accountant {
+            Accountant::Rdp => "rdp".into(),
+            Accountant::Pld => "pld".into(),
+        },
+    });
+    proto::LocalTraining { epochs: t.epochs as u32, batch_size: t.batch_size as u32, optimizer: Some(optimizer), dp }
 }
 
 /// A message's local-training settings, validated.
@@ -40,7 +51,26 @@ pub fn training_from_proto(t: &proto::LocalTraining) -> Result<LocalTraining, Ma
     if t.epochs > 10_000 || t.batch_size > 1 << 20 {
         return Err(Malformed(format!("epochs {} / batch_size {} are beyond any sane run", t.epochs, t.batch_size)));
     }
-    Ok(LocalTraining { epochs: t.epochs as usize, batch_size: t.batch_size as usize, optimizer })
+    let dp = match &t.dp {
+        None => None,
+        Some(d) => {
+            let accountant = match d.accountant.as_str() {
+                "rdp" => Accountant::Rdp,
+                "pld" => Accountant::Pld,
+                other => return Err(Malformed(format!("unknown accountant '{other}'"))),
+            };
+            let dp = DpSgd {
+                noise_multiplier: d.noise_multiplier,
+                clip: d.clip,
+                sampling_rate: (d.sampling_rate != 0.0).then_some(d.sampling_rate),
+                delta: d.delta,
+                accountant,
+            };
+            dp.validate().map_err(Malformed)?;
+            Some(dp)
+        }
+    };
+    Ok(LocalTraining { epochs: t.epochs as usize, batch_size: t.batch_size as usize, optimizer, dp })
 }
 
 #[cfg(test)]
@@ -53,13 +83,23 @@ mod tests {
             OptimizerSpec::Sgd { lr: 0.05, momentum: 0.9, weight_decay: 1e-4 },
             OptimizerSpec::Adam { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 },
         ] {
-            let t = LocalTraining { epochs: 2, batch_size: 32, optimizer };
-            assert_eq!(training_from_proto(&training_to_proto(&t)).unwrap(), t);
+            let dp = DpSgd {
+                noise_multiplier: 1.1,
+                clip: 1.0,
+                sampling_rate: None,
+                delta: 1e-5,
+                accountant: Accountant::Pld,
+            };
+            for dp in [None, Some(dp)] {
+                let t = LocalTraining { epochs: 2, batch_size: 32, optimizer: optimizer.clone(), dp };
+                assert_eq!(training_from_proto(&training_to_proto(&t)).unwrap(), t);
+            }
         }
         let mut bad = training_to_proto(&LocalTraining {
             epochs: 1,
             batch_size: 1,
             optimizer: OptimizerSpec::Sgd { lr: 0.1, momentum: 0.0, weight_decay: 0.0 },
+            dp: None,
         });
         bad.optimizer.as_mut().unwrap().lr = -1.0;
         assert!(training_from_proto(&bad).is_err());

@@ -131,6 +131,7 @@ fn bad_updates_are_refused_and_the_honest_party_is_served() {
             epochs: 1,
             batch_size: 1,
             optimizer: OptimizerSpec::Sgd { lr: 0.1, momentum: 0.0, weight_decay: 0.0 },
+            dp: None,
         },
     };
     let layout = Arc::new(Layout::new(vec![TensorSpec { name: "w".into(), shape: vec![N], offset: 0 }]));

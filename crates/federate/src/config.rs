@@ -28,6 +28,8 @@ pub struct Config {
     pub strategy: StrategyConfig,
     /// What to evaluate.
     pub evaluation: EvaluationConfig,
+    /// Differential privacy.
+    pub privacy: PrivacyConfig,
     /// Deployment settings of `federate serve` (ignored by `federate run`).
     pub server: ServerSection,
 }
@@ -43,6 +45,7 @@ impl Default for Config {
             train: TrainConfig::default(),
             strategy: StrategyConfig::default(),
             evaluation: EvaluationConfig::default(),
+            privacy: PrivacyConfig::default(),
             server: ServerSection::default(),
         }
     }
@@ -229,6 +232,64 @@ impl Default for EvaluationConfig {
     }
 }
 
+/// Privacy mechanisms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrivacyMechanism {
+    /// No differential privacy.
+    None,
+    /// DP-SGD with Gaussian noise on clipped per-example gradients.
+    Gaussian,
+}
+
+/// Differential-privacy settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrivacyConfig {
+    /// `none` or `gaussian` (sample-level DP-SGD in every party).
+    pub mechanism: PrivacyMechanism,
+    /// σ: noise standard deviation ÷ clipping norm.
+    pub noise_multiplier: f64,
+    /// Per-example L2 clipping norm.
+    pub clip: f32,
+    /// δ of the reported (ε, δ).
+    pub delta: f64,
+    /// `rdp` or `pld`.
+    pub accountant: federate_privacy::Accountant,
+    /// Poisson sampling rate (default: batch_size ÷ each party's examples).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sampling_rate: Option<f64>,
+}
+
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        PrivacyConfig {
+            mechanism: PrivacyMechanism::None,
+            noise_multiplier: 1.0,
+            clip: 1.0,
+            delta: 1e-5,
+            accountant: federate_privacy::Accountant::Rdp,
+            sampling_rate: None,
+        }
+    }
+}
+
+impl PrivacyConfig {
+    /// The DP-SGD settings, if DP is on.
+    pub fn dp_sgd(&self) -> Option<federate_core::DpSgd> {
+        match self.mechanism {
+            PrivacyMechanism::None => None,
+            PrivacyMechanism::Gaussian => Some(federate_core::DpSgd {
+                noise_multiplier: self.noise_multiplier,
+                clip: self.clip,
+                sampling_rate: self.sampling_rate,
+                delta: self.delta,
+                accountant: self.accountant,
+            }),
+        }
+    }
+}
+
 /// Settings of `federate serve`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -379,6 +440,9 @@ pub fn validate(c: &Config) -> Result<()> {
     }
     if !(0.0..=1.0).contains(&s.fraction_evaluate) {
         bail!("strategy.fraction_evaluate = {} must be in [0, 1]", s.fraction_evaluate);
+    }
+    if let Some(dp) = c.privacy.dp_sgd() {
+        dp.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     let sv = &c.server;
     for (name, v) in [

@@ -365,10 +365,11 @@ fn run(args: RunArgs) -> Result<()> {
                 write_err.get_or_insert(e);
             }
             let line = format!(
-                "round {:>3}/{rounds}  accuracy {}  train loss {}  failures {}  {:.1} s",
+                "round {:>3}/{rounds}  accuracy {}  train loss {}{}  failures {}  {:.1} s",
                 r.round,
                 r.accuracy.map(|a| format!("{:.2} %", a * 100.0)).unwrap_or_else(|| "-".into()),
                 r.train_loss.map(|l| format!("{l:.4}")).unwrap_or_else(|| "-".into()),
+                r.epsilon.map(|e| format!("  ε {e:.3}")).unwrap_or_default(),
                 r.failures.len(),
                 r.seconds
             );

@@ -85,15 +85,21 @@ fn pct(x: f64) -> String {
 /// then the global line.
 pub fn table(result: &SimResult) -> String {
     let mut s = String::new();
-    s.push_str(&format!("{:<10} {:>7} {:>6} {:>12} {:>12}\n", "party", "train", "test", "alone", "federated"));
+    let dp = result.parties.iter().any(|p| p.epsilon.is_some());
+    let eps = |e: Option<f64>| {
+        if dp { format!(" {:>8}", e.map(|e| format!("{e:.3}")).unwrap_or_else(|| "-".into())) } else { String::new() }
+    };
+    let head = if dp { format!(" {:>8}", "ε") } else { String::new() };
+    s.push_str(&format!("{:<10} {:>7} {:>6} {:>12} {:>12}{head}\n", "party", "train", "test", "alone", "federated"));
     for p in &result.parties {
         s.push_str(&format!(
-            "{:<10} {:>7} {:>6} {:>12} {:>12}\n",
+            "{:<10} {:>7} {:>6} {:>12} {:>12}{}\n",
             p.id,
             p.train_examples,
             p.test_examples,
             p.alone_accuracy.map(pct).unwrap_or_else(|| "-".into()),
-            pct(p.federated_accuracy)
+            pct(p.federated_accuracy),
+            eps(p.epsilon)
         ));
     }
     let train: usize = result.parties.iter().map(|p| p.train_examples).sum();
@@ -107,12 +113,13 @@ pub fn table(result: &SimResult) -> String {
     let fed =
         result.parties.iter().map(|p| p.federated_accuracy * p.test_examples as f64).sum::<f64>() / test.max(1) as f64;
     s.push_str(&format!(
-        "{:<10} {:>7} {:>6} {:>12} {:>12}\n",
+        "{:<10} {:>7} {:>6} {:>12} {:>12}{}\n",
         "all",
         train,
         test,
         alone.map(pct).unwrap_or_else(|| "-".into()),
-        pct(fed)
+        pct(fed),
+        eps(result.parties.iter().filter_map(|p| p.epsilon).reduce(f64::max))
     ));
     s
 }

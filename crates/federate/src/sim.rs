@@ -89,7 +89,12 @@ pub fn model_spec(cfg: &Config, data: &Dataset) -> Result<ModelSpec> {
 
 /// Local training settings from the config.
 pub fn local_training(cfg: &Config) -> LocalTraining {
-    LocalTraining { epochs: cfg.train.epochs, batch_size: cfg.train.batch_size, optimizer: cfg.train.optimizer_spec() }
+    LocalTraining {
+        epochs: cfg.train.epochs,
+        batch_size: cfg.train.batch_size,
+        optimizer: cfg.train.optimizer_spec(),
+        dp: cfg.privacy.dp_sgd(),
+    }
 }
 
 /// The outcome of a simulation.
@@ -115,6 +120,8 @@ pub struct PartyResult {
     pub federated_accuracy: f64,
     /// Accuracy on its own test set after training alone for the same number of steps.
     pub alone_accuracy: Option<f64>,
+    /// The ε this party spent (DP runs).
+    pub epsilon: Option<f64>,
 }
 
 /// Runs the federation described by `cfg`, reporting rounds to `observer` and, when given,
@@ -182,6 +189,7 @@ pub fn simulate(
             test_examples: p.test.len(),
             federated_accuracy: fed,
             alone_accuracy: alone,
+            epsilon: records.iter().rev().flat_map(|r| r.fit.iter()).find(|f| f.id == p.id).and_then(|f| f.epsilon),
         });
     }
     Ok(SimResult { global, records, parties: results })

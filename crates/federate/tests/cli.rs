@@ -246,3 +246,67 @@ fn privacy_planning_commands() {
         assert!(!o.status.success() && err.contains(want) && !err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn dp_sgd_run_records_epsilon_per_round() {
+    let out = tempfile::tempdir().unwrap();
+    let o = federate(&[
+        "run",
+        "--rounds",
+        "2",
+        "--set",
+        "data.train_per_party=600",
+        "--set",
+        "data.test_per_party=200",
+        "--set",
+        "model.name=mlp",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.lr=0.2",
+        "--set",
+        "privacy.mechanism=gaussian",
+        "--set",
+        "privacy.noise_multiplier=1.1",
+        "--set",
+        "privacy.clip=1.0",
+        "--out",
+        out.path().to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rounds: Vec<serde_json::Value> = std::fs::read_to_string(out.path().join("rounds.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let eps: Vec<f64> = rounds.iter().map(|r| r["epsilon"].as_f64().unwrap()).collect();
+    assert!(eps[0] > 0.0 && eps[1] > eps[0], "{eps:?}");
+    // The same run through the planning command: q = 32/600, 19 steps per round.
+    let plan = federate(&[
+        "privacy",
+        "epsilon",
+        "--sampling-rate",
+        &(32.0f64 / 600.0).to_string(),
+        "--noise-multiplier",
+        "1.1",
+        "--steps",
+        "38",
+        "--delta",
+        "1e-5",
+    ]);
+    let planned: f64 =
+        String::from_utf8_lossy(&plan.stdout).lines().last().unwrap()["epsilon=".len()..].parse().unwrap();
+    assert!((planned - eps[1]).abs() < 1e-4, "{planned} vs {}", eps[1]);
+    assert!(rounds[1]["accuracy"].as_f64().unwrap() > 0.3, "{}", rounds[1]["accuracy"]);
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(table.contains('ε'), "{table}");
+    // Bad privacy settings are one-line errors.
+    for (set, want) in
+        [("privacy.noise_multiplier=0", "noise_multiplier"), ("privacy.clip=-1", "clip"), ("privacy.delta=2", "delta")]
+    {
+        let o = federate(&["run", "--quiet", "--set", "privacy.mechanism=gaussian", "--set", set]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(want) && err.lines().count() == 1, "{set}: {err}");
+    }
+}
