@@ -327,17 +327,30 @@ impl Network {
             return Err(NnError::SizeMismatch { what: "gradient", got: grad.len(), expected: self.num_params });
         }
         self.check(params, x, n, ws)?;
+        let stats = self.forward_loss(params, ws, x, labels)?;
+        self.backward(params, ws, n, grad, false);
+        Ok(stats)
+    }
+
+    /// Training-mode forward pass and loss; leaves the gradient of the *mean* loss with
+    /// respect to the logits where the backward pass starts.
+    pub(crate) fn forward_loss(
+        &self,
+        params: &[f32],
+        ws: &mut Workspace,
+        x: &[f32],
+        labels: &[u32],
+    ) -> Result<BatchStats, NnError> {
+        let n = labels.len();
         self.forward(params, ws, x, true)?;
         let last = self.layers.len();
         let classes = self.spec.classes;
-        let stats = loss::softmax_cross_entropy(
+        loss::softmax_cross_entropy(
             &ws.acts[last][..n * classes],
             labels,
             classes,
             Some(&mut ws.grads[last][..n * classes]),
-        )?;
-        self.backward(params, ws, n, grad, false);
-        Ok(stats)
+        )
     }
 
     /// Loss and accuracy of `params` on a batch, without gradients.

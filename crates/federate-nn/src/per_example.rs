@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use crate::layers::conv::Conv;
 use crate::matmul::{Op, matmul};
 use crate::network::Layer;
-use crate::{BatchStats, Network, NnError, Workspace, loss};
+use crate::{BatchStats, Network, NnError, Workspace};
 
 /// Per-example buffers of one workspace.
 #[derive(Debug)]
@@ -123,15 +123,8 @@ impl Network {
         if ws.dp.is_none() {
             ws.dp = Some(DpBuffers::new(self, ws.capacity));
         }
-        self.forward(params, ws, x, true)?;
-        let last = self.layers.len();
-        let classes = self.classes();
-        let stats = loss::softmax_cross_entropy(
-            &ws.acts[last][..n * classes],
-            labels,
-            classes,
-            Some(&mut ws.grads[last][..n * classes]),
-        )?;
+        let stats = self.forward_loss(params, ws, x, labels)?;
+        let (last, classes) = (self.layers.len(), self.classes());
         // Per-example losses, not the mean: undo the 1/n.
         for v in &mut ws.grads[last][..n * classes] {
             *v *= n as f32;
