@@ -380,11 +380,10 @@ fn run(args: RunArgs) -> Result<()> {
             }
         }
     };
-    let epochs = cfg.train.epochs;
     let on_epoch: Option<sim::PartyEpochHook> = bar.clone().map(|b| {
-        Arc::new(move |id: &str| {
+        Arc::new(move |id: &str, round: u32, done: usize, all: usize| {
             b.inc(1);
-            b.set_message(format!("{}: {id} finished a local epoch (of {epochs})", b.position() / epochs as u64 + 1));
+            b.set_message(format!("{round}/{rounds}: {id} finished local epoch {done}/{all}"));
         }) as sim::PartyEpochHook
     });
     let result = sim::simulate(&cfg, &mut observer, on_epoch)?;

@@ -14,8 +14,9 @@ use federate_nn::{ModelSpec, Shape};
 
 use crate::config::{Config, PartitionKind};
 
-/// Called with a party's identity after each of its local epochs.
-pub type PartyEpochHook = Arc<dyn Fn(&str) + Send + Sync>;
+/// Called with a party's identity, the round, and (epochs done, epochs in all) after each
+/// of its local epochs.
+pub type PartyEpochHook = Arc<dyn Fn(&str, u32, usize, usize) + Send + Sync>;
 
 /// One party's data.
 pub struct PartyData {
@@ -142,7 +143,7 @@ pub fn simulate(
         let mut client = LocalClient::new(learner, p.train.clone(), p.test.clone());
         if let Some(f) = &on_epoch {
             let (f, id) = (f.clone(), p.id.clone());
-            client = client.with_epoch_hook(Arc::new(move |_, _, _| f(&id)));
+            client = client.with_epoch_hook(Arc::new(move |round, done, all| f(&id, round, done, all)));
         }
         clients.push(Box::new(InProcess::new(p.id.clone(), client)));
     }
