@@ -36,12 +36,7 @@ pub fn dataset_shape(name: &str) -> Result<(Shape, usize)> {
 
 fn spec_for(cfg: &Config) -> Result<ModelSpec> {
     let (input, classes) = dataset_shape(&cfg.data.dataset)?;
-    let spec = match &cfg.model.layers {
-        Some(layers) => ModelSpec { input, classes, layers: layers.clone() },
-        None => ModelSpec::builtin(&cfg.model.name, input, classes)?,
-    };
-    spec.shapes().context("model.layers")?;
-    Ok(spec)
+    sim::spec_for_shape(cfg, input, classes)
 }
 
 /// `federate keys`: a CA, a server certificate and one certificate per party.

@@ -79,10 +79,14 @@ pub fn split(cfg: &Config, data: &TrainTest) -> Result<Vec<PartyData>> {
 /// The model description for the configured model and data.
 pub fn model_spec(cfg: &Config, data: &Dataset) -> Result<ModelSpec> {
     let [h, w, c] = data.dims;
-    let input = Shape::image(h, w, c);
+    spec_for_shape(cfg, Shape::image(h, w, c), data.classes)
+}
+
+/// The model description for the configured model, given the input shape and classes.
+pub fn spec_for_shape(cfg: &Config, input: Shape, classes: usize) -> Result<ModelSpec> {
     let spec = match &cfg.model.layers {
-        Some(layers) => ModelSpec { input, classes: data.classes, layers: layers.clone() },
-        None => ModelSpec::builtin(&cfg.model.name, input, data.classes)?,
+        Some(layers) => ModelSpec { input, classes, layers: layers.clone() },
+        None => ModelSpec::builtin(&cfg.model.name, input, classes)?,
     };
     spec.shapes().context("model.layers")?;
     Ok(spec)
