@@ -71,6 +71,9 @@ pub enum ClientError {
     /// The party could not be reached or dropped out.
     #[error("party unavailable: {0}")]
     Unavailable(String),
+    /// Training this round would take the party past its privacy budget, so it refuses.
+    #[error("privacy budget spent: {0}")]
+    BudgetSpent(String),
 }
 
 /// A party, seen from its own side: trains and evaluates on data that never leaves it.
@@ -170,6 +173,18 @@ impl<L: Learner> Client for LocalClient<L> {
         self.learner.reseed(seed::derive(task.seed, "dropout", &[]));
         // One epoch at a time (the batch stream and optimiser carry over, so this equals one
         // call with all epochs) to report progress.
+        if let Some(dp) = &task.training.dp
+            && let Some(budget) = dp.max_epsilon
+        {
+            let q = dp.rate(self.train.len(), task.training.batch_size);
+            let steps = crate::dp::DpSgd::steps_per_epoch(q) as u64 * task.training.epochs as u64;
+            let next = dp.epsilon(q, self.dp_steps + steps).map_err(|e| ClientError::Model(e.to_string()))?;
+            if next > budget {
+                return Err(ClientError::BudgetSpent(format!(
+                    "ε would reach {next:.3} after this round, over the budget of {budget}; this party stops training"
+                )));
+            }
+        }
         let started = std::time::Instant::now();
         let one = LocalTraining { epochs: 1, ..task.training.clone() };
         let mut stats = TrainStats::default();

@@ -33,6 +33,9 @@ pub struct DpSgd {
     pub delta: f64,
     /// The accountant that turns steps into ε.
     pub accountant: Accountant,
+    /// A party refuses a round that would take its ε past this budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_epsilon: Option<f64>,
 }
 
 impl DpSgd {
@@ -51,6 +54,11 @@ impl DpSgd {
             && !(q > 0.0 && q <= 1.0)
         {
             return Err(format!("privacy.sampling_rate = {q} must be in (0, 1]"));
+        }
+        if let Some(b) = self.max_epsilon
+            && !(b > 0.0 && b.is_finite())
+        {
+            return Err(format!("privacy.target_epsilon = {b} must be a positive number"));
         }
         Ok(())
     }

@@ -260,9 +260,12 @@ impl Server {
         let mut global = global;
         let mut records = Vec::new();
         for round in completed + 1..=cfg.rounds {
-            let record = self.round(round, &mut global, cfg, observer);
+            let (record, all_spent) = self.round(round, &mut global, cfg, observer);
             observer(Event::RoundFinished { record: &record, global: &global });
             records.push(record);
+            if all_spent {
+                break;
+            }
         }
         Ok((global, records))
     }
@@ -273,7 +276,7 @@ impl Server {
         global: &mut Parameters,
         cfg: &ServerConfig,
         observer: &mut dyn FnMut(Event<'_>),
-    ) -> RoundRecord {
+    ) -> (RoundRecord, bool) {
         let start = Instant::now();
         let n = self.clients.len();
         let mut rng = seed::stream(cfg.seed, "client-sampling", &[round as u64]);
@@ -284,6 +287,8 @@ impl Server {
         let mut failures = Vec::new();
         let g: &Parameters = global;
         let outcomes = dispatch(&mut self.clients, &tasks, |client, task| client.fit(g, task));
+        let all_spent = !outcomes.is_empty()
+            && outcomes.iter().all(|(_, o, _)| matches!(o, Err(crate::ClientError::BudgetSpent(_))));
         for (c, outcome, seconds) in outcomes {
             let id = self.clients[c].id().to_string();
             match outcome {
@@ -313,6 +318,9 @@ impl Server {
                 }
                 *global = next;
                 (true, None)
+            }
+            Err(e) if all_spent => {
+                (false, Some(format!("every party has spent its privacy budget; the run stops ({e})")))
             }
             Err(e) => (false, Some(e.to_string())),
         };
@@ -344,7 +352,7 @@ impl Server {
             _ => (None, None),
         };
         let epsilon = fit.iter().filter_map(|f| f.epsilon).reduce(f64::max);
-        RoundRecord {
+        let record = RoundRecord {
             round,
             accuracy,
             loss,
@@ -359,6 +367,7 @@ impl Server {
             fit_seconds,
             evaluate_seconds: t_eval.elapsed().as_secs_f64(),
             seconds: start.elapsed().as_secs_f64(),
-        }
+        };
+        (record, all_spent)
     }
 }

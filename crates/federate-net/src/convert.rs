@@ -30,6 +30,7 @@ pub fn training_to_proto(t: &LocalTraining) -> proto::LocalTraining {
             Accountant::Rdp => "rdp".into(),
             Accountant::Pld => "pld".into(),
         },
+        max_epsilon: d.max_epsilon.unwrap_or(0.0),
     });
     proto::LocalTraining { epochs: t.epochs as u32, batch_size: t.batch_size as u32, optimizer: Some(optimizer), dp }
 }
@@ -65,6 +66,7 @@ pub fn training_from_proto(t: &proto::LocalTraining) -> Result<LocalTraining, Ma
                 sampling_rate: (d.sampling_rate != 0.0).then_some(d.sampling_rate),
                 delta: d.delta,
                 accountant,
+                max_epsilon: (d.max_epsilon != 0.0).then_some(d.max_epsilon),
             };
             dp.validate().map_err(Malformed)?;
             Some(dp)

@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use federate_core::{Client, EvaluateTask, FitTask, Layout, Parameters};
+use federate_core::{Client, ClientError, EvaluateTask, FitTask, Layout, Parameters};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -253,19 +253,20 @@ async fn serve_instructions(
                 }
                 let client = client.clone();
                 let work = tokio::task::spawn_blocking(move || {
-                    let mut c = client.lock().map_err(|_| "client state poisoned".to_string())?;
+                    let mut c = client.lock().map_err(|_| ClientError::Model("client state poisoned".into()))?;
                     match task {
-                        Task::Fit(t) => c.fit(&params, &t).map(either_fit).map_err(|e| e.to_string()),
-                        Task::Evaluate(t) => c.evaluate(&params, &t).map(either_eval).map_err(|e| e.to_string()),
+                        Task::Fit(t) => c.fit(&params, &t).map(either_fit),
+                        Task::Evaluate(t) => c.evaluate(&params, &t).map(either_eval),
                     }
                 });
                 let result = match work.await {
                     Ok(r) => r,
-                    Err(e) => Err(format!("training thread failed: {e}")),
+                    Err(e) => Err(ClientError::Model(format!("training thread failed: {e}"))),
                 };
                 let sent = match result {
-                    Err(reason) => {
-                        send_error(tx, task_id, reason).await;
+                    Err(e) => {
+                        let budget = matches!(e, ClientError::BudgetSpent(_));
+                        send_task_error(tx, task_id, e.to_string(), budget).await;
                         true
                     }
                     Ok(Done::Fit(r)) => {
@@ -314,6 +315,10 @@ fn either_eval(r: federate_core::EvaluateReply) -> Done {
 }
 
 async fn send_error(tx: &mpsc::Sender<PartyMessage>, task_id: u64, reason: String) {
+    send_task_error(tx, task_id, reason, false).await;
+}
+
+async fn send_task_error(tx: &mpsc::Sender<PartyMessage>, task_id: u64, reason: String, budget_spent: bool) {
     warn!("task {task_id} failed: {reason}");
-    let _ = tx.send(out(party_message::Msg::Error(TaskError { task_id, reason }))).await;
+    let _ = tx.send(out(party_message::Msg::Error(TaskError { task_id, reason, budget_spent }))).await;
 }

@@ -66,7 +66,7 @@ enum Reply {
     Evaluate(EvaluateReply),
 }
 
-type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<Reply, String>>>>;
+type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<Reply, ClientError>>>>;
 
 struct Conn {
     generation: u64,
@@ -78,7 +78,7 @@ impl Conn {
     fn fail_all(&self, reason: &str) {
         let pending: Vec<_> = self.pending.lock().map(|mut p| p.drain().collect()).unwrap_or_default();
         for (_, tx) in pending {
-            let _ = tx.send(Err(reason.to_string()));
+            let _ = tx.send(Err(ClientError::Unavailable(reason.to_string())));
         }
     }
 }
@@ -244,7 +244,7 @@ impl Hub {
         let timeout = self.inner.cfg.task_timeout;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(Ok(r))) => Ok(r),
-            Ok(Ok(Err(reason))) => Err(ClientError::Unavailable(reason)),
+            Ok(Ok(Err(e))) => Err(e),
             Ok(Err(_)) => Err(ClientError::Unavailable("disconnected before replying".into())),
             Err(_) => {
                 if let Ok(mut p) = conn.pending.lock() {
@@ -445,7 +445,7 @@ impl Federation for Service {
 async fn read_party(hub: &Hub, id: &str, conn: &Arc<Conn>, inbound: &mut Streaming<PartyMessage>) -> String {
     let cfg = &hub.inner.cfg;
     let mut state = Receiving::Nothing;
-    let resolve = |task_id: u64, r: Result<Reply, String>| {
+    let resolve = |task_id: u64, r: Result<Reply, ClientError>| {
         let tx = conn.pending.lock().ok().and_then(|mut p| p.remove(&task_id));
         match tx {
             Some(tx) => {
@@ -501,7 +501,10 @@ async fn read_party(hub: &Hub, id: &str, conn: &Arc<Conn>, inbound: &mut Streami
                 if !(e.loss.is_finite() && (0.0..=1.0).contains(&e.accuracy)) {
                     resolve(
                         e.task_id,
-                        Err(format!("evaluation out of range: loss {}, accuracy {}", e.loss, e.accuracy)),
+                        Err(ClientError::Unavailable(format!(
+                            "evaluation out of range: loss {}, accuracy {}",
+                            e.loss, e.accuracy
+                        ))),
                     );
                     continue;
                 }
@@ -510,7 +513,12 @@ async fn read_party(hub: &Hub, id: &str, conn: &Arc<Conn>, inbound: &mut Streami
             }
             (party_message::Msg::Error(e), Receiving::Nothing) => {
                 warn!(party = id, task_id = e.task_id, "task failed on the party: {}", e.reason);
-                resolve(e.task_id, Err(format!("failed on the party: {}", e.reason)));
+                let err = if e.budget_spent {
+                    ClientError::BudgetSpent(e.reason)
+                } else {
+                    ClientError::Unavailable(format!("failed on the party: {}", e.reason))
+                };
+                resolve(e.task_id, Err(err));
             }
             (party_message::Msg::Hello(_), _) => return "a second hello".into(),
             (other, _) => return format!("unexpected message {}", kind(&other)),

@@ -259,6 +259,9 @@ pub struct PrivacyConfig {
     /// Poisson sampling rate (default: batch_size ÷ each party's examples).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sampling_rate: Option<f64>,
+    /// Each party stops training before its ε would pass this; the run stops when all have.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_epsilon: Option<f64>,
 }
 
 impl Default for PrivacyConfig {
@@ -270,6 +273,7 @@ impl Default for PrivacyConfig {
             delta: 1e-5,
             accountant: federate_privacy::Accountant::Rdp,
             sampling_rate: None,
+            target_epsilon: None,
         }
     }
 }
@@ -285,6 +289,7 @@ impl PrivacyConfig {
                 sampling_rate: self.sampling_rate,
                 delta: self.delta,
                 accountant: self.accountant,
+                max_epsilon: self.target_epsilon,
             }),
         }
     }

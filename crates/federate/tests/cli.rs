@@ -301,6 +301,44 @@ fn dp_sgd_run_records_epsilon_per_round() {
     assert!(rounds[1]["accuracy"].as_f64().unwrap() > 0.3, "{}", rounds[1]["accuracy"]);
     let table = String::from_utf8_lossy(&o.stdout);
     assert!(table.contains('ε'), "{table}");
+    // With a budget between the two, every party refuses round 2 and the run stops there.
+    let budget = format!("privacy.target_epsilon={}", (eps[0] + eps[1]) / 2.0);
+    let out2 = tempfile::tempdir().unwrap();
+    let o = federate(&[
+        "run",
+        "--rounds",
+        "5",
+        "--set",
+        "data.train_per_party=600",
+        "--set",
+        "data.test_per_party=200",
+        "--set",
+        "model.name=mlp",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.lr=0.2",
+        "--set",
+        "privacy.mechanism=gaussian",
+        "--set",
+        "privacy.noise_multiplier=1.1",
+        "--set",
+        "privacy.clip=1.0",
+        "--set",
+        &budget,
+        "--out",
+        out2.path().to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stopped: Vec<serde_json::Value> = std::fs::read_to_string(out2.path().join("rounds.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(stopped.len(), 2, "{stopped:?}");
+    assert!(stopped[1]["error"].as_str().unwrap().contains("privacy budget"), "{}", stopped[1]);
+    assert!(stopped[1]["failures"][0]["reason"].as_str().unwrap().contains("over the budget"), "{}", stopped[1]);
     // Bad privacy settings are one-line errors.
     for (set, want) in
         [("privacy.noise_multiplier=0", "noise_multiplier"), ("privacy.clip=-1", "clip"), ("privacy.delta=2", "delta")]
