@@ -91,6 +91,7 @@ mod tests {
                 sampling_rate: None,
                 delta: 1e-5,
                 accountant: Accountant::Pld,
+                max_epsilon: Some(3.0),
             };
             for dp in [None, Some(dp)] {
                 let t = LocalTraining { epochs: 2, batch_size: 32, optimizer: optimizer.clone(), dp };
