@@ -23,4 +23,5 @@ pub use loss::softmax_cross_entropy;
 pub use matmul::measure_gemm_gflops;
 pub use network::{BatchStats, Network, TensorInfo, Workspace, predictions};
 pub use optim::{Optimizer, OptimizerSpec};
+pub use per_example::ClipNorm;
 pub use spec::{BUILTIN_MODELS, LayerSpec, ModelSpec, Padding, PaddingName, Shape};

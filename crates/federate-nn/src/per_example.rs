@@ -15,11 +15,22 @@ use crate::matmul::{Op, matmul};
 use crate::network::Layer;
 use crate::{BatchStats, Network, NnError, Workspace};
 
+/// Which norm per-example gradients are clipped in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClipNorm {
+    /// Euclidean norm (the Gaussian mechanism's sensitivity).
+    L2,
+    /// Sum of absolute values (the Laplace mechanism's sensitivity).
+    L1,
+}
+
 /// Per-example buffers of one workspace.
 #[derive(Debug)]
 pub(crate) struct DpBuffers {
-    /// Squared gradient norm of each example, summed over layers.
+    /// Squared L2 gradient norm of each example, summed over layers.
     sq: Vec<f64>,
+    /// L1 gradient norm of each example, summed over layers.
+    l1: Vec<f64>,
     /// For each convolution layer: each example's weight gradient, then bias gradient.
     conv_w: Vec<Vec<f32>>,
     conv_b: Vec<Vec<f32>>,
@@ -49,7 +60,7 @@ impl DpBuffers {
                 }
             }
         }
-        DpBuffers { sq: vec![0.0; capacity], conv_w, conv_b, scaled: vec![0.0; scaled] }
+        DpBuffers { sq: vec![0.0; capacity], l1: vec![0.0; capacity], conv_w, conv_b, scaled: vec![0.0; scaled] }
     }
 
     /// Each example's weight and bias gradient of convolution layer `i`, and their squared
@@ -60,7 +71,7 @@ impl DpBuffers {
         let wl = c.weight_len();
         let gw = &mut self.conv_w[i][..n * wl];
         let gb = &mut self.conv_b[i][..n * cout];
-        let norms: Vec<f64> = gw
+        let norms: Vec<(f64, f64)> = gw
             .par_chunks_mut(wl)
             .zip(gb.par_chunks_mut(cout))
             .enumerate()
@@ -74,30 +85,40 @@ impl DpBuffers {
                         *bb += v;
                     }
                 }
-                w.iter().chain(b.iter()).map(|v| (*v as f64) * (*v as f64)).sum()
+                w.iter().chain(b.iter()).fold((0.0, 0.0), |(sq, l1), v| {
+                    let v = *v as f64;
+                    (sq + v * v, l1 + v.abs())
+                })
             })
             .collect();
-        for (s, v) in self.sq.iter_mut().zip(norms) {
-            *s += v;
+        for ((s, l), (vs, vl)) in self.sq.iter_mut().zip(self.l1.iter_mut()).zip(norms) {
+            *s += vs;
+            *l += vl;
         }
     }
 
-    /// Squared per-example norms of a dense layer's weight and bias gradients:
-    /// ‖gᵢ‖²(‖aᵢ‖² + 1).
+    /// Per-example norms of a dense layer's weight and bias gradients: squared L2
+    /// ‖gᵢ‖²(‖aᵢ‖² + 1), and L1 ‖gᵢ‖₁(‖aᵢ‖₁ + 1) (since |a_j g_k| = |a_j||g_k|).
     pub(crate) fn dense_norms(&mut self, a: &[f32], g: &[f32], input: usize, output: usize, n: usize) {
         for e in 0..n {
-            let an: f64 = a[e * input..(e + 1) * input].iter().map(|v| (*v as f64) * (*v as f64)).sum();
-            let gn: f64 = g[e * output..(e + 1) * output].iter().map(|v| (*v as f64) * (*v as f64)).sum();
+            let (an, a1) = sums(&a[e * input..(e + 1) * input]);
+            let (gn, g1) = sums(&g[e * output..(e + 1) * output]);
             self.sq[e] += gn * (an + 1.0);
+            self.l1[e] += g1 * (a1 + 1.0);
         }
     }
 }
 
+/// (Σ v², Σ |v|) in f64.
+fn sums(v: &[f32]) -> (f64, f64) {
+    v.iter().fold((0.0, 0.0), |(sq, l1), x| {
+        let x = *x as f64;
+        (sq + x * x, l1 + x.abs())
+    })
+}
+
 impl Network {
-    /// For a batch: writes into `norms` each example's gradient norm ‖∇ᵢ‖ (of its own loss,
-    /// not divided by the batch size) and into `grad` the clipped sum
-    /// Σᵢ min(1, clip/‖∇ᵢ‖)·∇ᵢ. DP-SGD adds noise to that sum and divides by the expected
-    /// batch size. Returns the batch's loss and accuracy.
+    /// `clipped_grad` with the L2 norm (DP-SGD with Gaussian noise).
     #[allow(clippy::too_many_arguments)]
     pub fn clipped_grad(
         &self,
@@ -106,6 +127,25 @@ impl Network {
         x: &[f32],
         labels: &[u32],
         clip: f32,
+        grad: &mut [f32],
+        norms: &mut [f32],
+    ) -> Result<BatchStats, NnError> {
+        self.clipped_grad_in(params, ws, x, labels, clip, ClipNorm::L2, grad, norms)
+    }
+
+    /// For a batch: writes into `norms` each example's gradient norm ‖∇ᵢ‖ in `kind` (of its
+    /// own loss, not divided by the batch size) and into `grad` the clipped sum
+    /// Σᵢ min(1, clip/‖∇ᵢ‖)·∇ᵢ. DP-SGD adds noise to that sum and divides by the expected
+    /// batch size. Returns the batch's loss and accuracy.
+    #[allow(clippy::too_many_arguments)]
+    pub fn clipped_grad_in(
+        &self,
+        params: &[f32],
+        ws: &mut Workspace,
+        x: &[f32],
+        labels: &[u32],
+        clip: f32,
+        kind: ClipNorm,
         grad: &mut [f32],
         norms: &mut [f32],
     ) -> Result<BatchStats, NnError> {
@@ -131,14 +171,19 @@ impl Network {
         }
         if let Some(dp) = ws.dp.as_mut() {
             dp.sq[..n].fill(0.0);
+            dp.l1[..n].fill(0.0);
         }
         self.backward(params, ws, n, grad, true);
         let Some(dp) = ws.dp.as_mut() else { unreachable!("allocated above") };
         let scale: Vec<f32> = dp.sq[..n]
             .iter()
+            .zip(&dp.l1[..n])
             .zip(norms.iter_mut())
-            .map(|(sq, out)| {
-                let norm = sq.sqrt();
+            .map(|((sq, l1), out)| {
+                let norm = match kind {
+                    ClipNorm::L2 => sq.sqrt(),
+                    ClipNorm::L1 => *l1,
+                };
                 *out = norm as f32;
                 if norm > clip as f64 { (clip as f64 / norm) as f32 } else { 1.0 }
             })

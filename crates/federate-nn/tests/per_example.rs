@@ -1,7 +1,7 @@
 //! Per-example gradient norms and the clipped-sum gradient of DP-SGD, against the naive
 //! computation one example at a time, on several models and random batches.
 
-use federate_nn::{LayerSpec, ModelSpec, Network, Padding, PaddingName, Shape};
+use federate_nn::{ClipNorm, LayerSpec, ModelSpec, Network, Padding, PaddingName, Shape};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -33,12 +33,19 @@ fn norm(v: &[f32]) -> f64 {
     v.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>().sqrt()
 }
 
+fn norm_in(kind: ClipNorm, v: &[f32]) -> f64 {
+    match kind {
+        ClipNorm::L2 => norm(v),
+        ClipNorm::L1 => v.iter().map(|x| x.abs() as f64).sum(),
+    }
+}
+
 #[test]
 fn norms_and_clipped_sum_match_one_example_at_a_time() {
     for (m, spec) in models().into_iter().enumerate() {
         let net = Network::new(spec).unwrap();
         let n = if m == 2 { 3 } else { 7 };
-        for seed in 0..3u64 {
+        for (seed, kind) in [(0u64, ClipNorm::L2), (1, ClipNorm::L1), (2, ClipNorm::L2), (3, ClipNorm::L1)] {
             let mut rng = ChaCha8Rng::seed_from_u64(seed + 10 * m as u64);
             let p = net.init(seed);
             let d = net.input_len();
@@ -52,7 +59,7 @@ fn norms_and_clipped_sum_match_one_example_at_a_time() {
                 net.loss_and_grad(&p, &mut one, &x[i * d..(i + 1) * d], &y[i..i + 1], &mut g).unwrap();
                 per.push(g);
             }
-            let naive_norms: Vec<f64> = per.iter().map(|g| norm(g)).collect();
+            let naive_norms: Vec<f64> = per.iter().map(|g| norm_in(kind, g)).collect();
             // A clip norm between the smallest and largest, so some are clipped and some not.
             let mut sorted = naive_norms.clone();
             sorted.sort_by(f64::total_cmp);
@@ -68,7 +75,7 @@ fn norms_and_clipped_sum_match_one_example_at_a_time() {
             let mut ws = net.workspace(n, 2);
             let mut grad = vec![0.0; net.num_params()];
             let mut norms = vec![0.0; n];
-            net.clipped_grad(&p, &mut ws, &x, &y, clip, &mut grad, &mut norms).unwrap();
+            net.clipped_grad_in(&p, &mut ws, &x, &y, clip, kind, &mut grad, &mut norms).unwrap();
             for (a, b) in norms.iter().zip(&naive_norms) {
                 assert!((*a as f64 - b).abs() <= 1e-4 * b.max(1e-3), "model {m}: norm {a} vs {b}");
             }
@@ -76,7 +83,7 @@ fn norms_and_clipped_sum_match_one_example_at_a_time() {
             let scale = naive_sum.iter().map(|v| v * v).sum::<f64>().sqrt();
             assert!(diff <= 1e-4 * scale, "model {m} seed {seed}: clipped sum off by {diff} of {scale}");
             // Every clipped contribution is within the clip norm.
-            assert!(norm(&grad) <= clip as f64 * n as f64 * (1.0 + 1e-5));
+            assert!(norm_in(kind, &grad) <= clip as f64 * n as f64 * (1.0 + 1e-5));
         }
     }
 }
