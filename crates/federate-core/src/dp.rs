@@ -1,13 +1,14 @@
 //! Sample-level differential privacy in local training: DP-SGD (Abadi et al. 2016) with
-//! Poisson sampling, per-example clipping and Gaussian noise on the clipped sum, and the
-//! privacy each party has spent, from `federate-privacy`'s accountants.
+//! Poisson sampling, per-example clipping and noise on the clipped sum — Gaussian on L2
+//! clipping, or the design document's Laplace on L1 clipping — and the privacy each party
+//! has spent, from `federate-privacy`'s accountants.
 //!
 //! Noise here is drawn from a seeded ChaCha stream so that simulations are reproducible;
 //! it is the floating-point Gaussian, whose low bits can leak in theory. The exact discrete
 //! samplers a deployment needs are still to come (see issue #4).
 
 use federate_data::Dataset;
-use federate_nn::{NnError, Optimizer};
+use federate_nn::{ClipNorm, NnError, Optimizer};
 use federate_privacy::Accountant;
 use rand::{Rng, RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -18,13 +19,30 @@ use serde::{Deserialize, Serialize};
 use crate::learner::Learner;
 use crate::train::{LocalTraining, TrainStats};
 
+/// The noise DP-SGD adds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mechanism {
+    /// Gaussian noise σ·C on L2-clipped gradients.
+    #[default]
+    Gaussian,
+    /// Laplace noise of scale C/ε₀ on L1-clipped gradients (the design document's).
+    Laplace,
+}
+
 /// DP-SGD settings of a party's local training.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DpSgd {
-    /// σ: noise standard deviation ÷ clipping norm.
+    /// Gaussian or Laplace.
+    #[serde(default)]
+    pub mechanism: Mechanism,
+    /// σ: noise standard deviation ÷ clipping norm (Gaussian).
     pub noise_multiplier: f64,
-    /// C: every example's gradient is clipped to this L2 norm.
+    /// ε₀ of one step before subsampling (Laplace: noise scale = clip / ε₀).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epsilon_per_step: Option<f64>,
+    /// C: every example's gradient is clipped to this norm (L2 for Gaussian, L1 for Laplace).
     pub clip: f32,
     /// Poisson sampling rate q; `None` means batch_size ÷ the party's examples.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -41,8 +59,17 @@ pub struct DpSgd {
 impl DpSgd {
     /// Checks the ranges; the message names the setting and the fix.
     pub fn validate(&self) -> Result<(), String> {
-        if !(self.noise_multiplier > 0.0 && self.noise_multiplier.is_finite()) {
-            return Err(format!("privacy.noise_multiplier = {} must be > 0", self.noise_multiplier));
+        match self.mechanism {
+            Mechanism::Gaussian => {
+                if !(self.noise_multiplier > 0.0 && self.noise_multiplier.is_finite()) {
+                    return Err(format!("privacy.noise_multiplier = {} must be > 0", self.noise_multiplier));
+                }
+            }
+            Mechanism::Laplace => match self.epsilon_per_step {
+                Some(e) if e > 0.0 && e.is_finite() => {}
+                Some(e) => return Err(format!("privacy.epsilon_per_step = {e} must be > 0")),
+                None => return Err("the laplace mechanism needs privacy.epsilon_per_step (ε₀ of one step)".into()),
+            },
         }
         if !(self.clip > 0.0 && self.clip.is_finite()) {
             return Err(format!("privacy.clip = {} must be > 0", self.clip));
@@ -75,7 +102,22 @@ impl DpSgd {
 
     /// ε after `steps` steps at rate `q`.
     pub fn epsilon(&self, q: f64, steps: u64) -> Result<f64, federate_privacy::PrivacyError> {
-        federate_privacy::epsilon(self.accountant, q, self.noise_multiplier, steps, self.delta)
+        match self.mechanism {
+            Mechanism::Gaussian => {
+                federate_privacy::epsilon(self.accountant, q, self.noise_multiplier, steps, self.delta)
+            }
+            Mechanism::Laplace => {
+                federate_privacy::laplace::epsilon(q, self.epsilon_per_step.unwrap_or(0.0), steps, self.delta)
+            }
+        }
+    }
+
+    /// The norm gradients are clipped in.
+    pub fn clip_norm(&self) -> ClipNorm {
+        match self.mechanism {
+            Mechanism::Gaussian => ClipNorm::L2,
+            Mechanism::Laplace => ClipNorm::L1,
+        }
     }
 }
 
@@ -102,7 +144,12 @@ pub fn train_local_dp<R: Rng>(
     let q = dp.rate(n, cap);
     let steps = DpSgd::steps_per_epoch(q) * cfg.epochs;
     let expected = (q * n as f64).max(1.0) as f32;
-    let noise_std = (dp.noise_multiplier * dp.clip as f64) as f32;
+    // Gaussian: standard deviation σ·C. Laplace: scale C/ε₀.
+    let noise_scale = match dp.mechanism {
+        Mechanism::Gaussian => (dp.noise_multiplier * dp.clip as f64) as f32,
+        Mechanism::Laplace => (dp.clip as f64 / dp.epsilon_per_step.unwrap_or(1.0)) as f32,
+    };
+    let kind = dp.clip_norm();
     let noise_seed: u64 = rng.random();
     let mut sum = vec![0.0f32; params.len()];
     let mut part = vec![0.0f32; params.len()];
@@ -121,7 +168,7 @@ pub fn train_local_dp<R: Rng>(
                 yb[j] = data.y[i];
             }
             let m = piece.len();
-            let s = learner.clipped_grad(params, &xb[..m * d], &yb[..m], dp.clip, &mut part, &mut norms[..m])?;
+            let s = learner.clipped_grad(params, &xb[..m * d], &yb[..m], dp.clip, kind, &mut part, &mut norms[..m])?;
             stats.batches.merge(s);
             for (a, b) in sum.iter_mut().zip(&part) {
                 *a += b;
@@ -131,8 +178,15 @@ pub fn train_local_dp<R: Rng>(
         sum.par_chunks_mut(NOISE_CHUNK).enumerate().for_each(|(c, chunk)| {
             let mut r = ChaCha8Rng::seed_from_u64(crate::seed::derive(noise_seed, "noise", &[step as u64, c as u64]));
             for v in chunk.iter_mut() {
-                let z: f32 = StandardNormal.sample(&mut r);
-                *v = (*v + noise_std * z) / expected;
+                let z: f32 = match dp.mechanism {
+                    Mechanism::Gaussian => StandardNormal.sample(&mut r),
+                    // Inverse CDF of the standard Laplace distribution.
+                    Mechanism::Laplace => {
+                        let u: f32 = r.random::<f32>() - 0.5;
+                        -u.signum() * (1.0 - 2.0 * u.abs()).max(f32::MIN_POSITIVE).ln()
+                    }
+                };
+                *v = (*v + noise_scale * z) / expected;
             }
         });
         opt.step(params, &sum);

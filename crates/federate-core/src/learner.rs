@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use federate_nn::{BatchStats, ModelSpec, Network, NnError, Workspace};
+use federate_nn::{BatchStats, ClipNorm, ModelSpec, Network, NnError, Workspace};
 
 use crate::params::{Layout, TensorSpec};
 
@@ -28,15 +28,17 @@ pub trait Learner: Send {
     fn evaluate(&mut self, params: &[f32], x: &[f32], y: &[u32]) -> Result<BatchStats, NnError>;
     /// Reseeds any randomness inside the model (dropout masks).
     fn reseed(&mut self, seed: u64);
-    /// DP-SGD: writes each example's gradient norm (of its own loss) into `norms` and the sum
-    /// of per-example gradients clipped to `clip` into `grad`. Learners that cannot compute
+    /// DP-SGD: writes each example's gradient norm in `norm` (of its own loss) into `norms`
+    /// and the sum of per-example gradients clipped to `clip` into `grad`. Learners that cannot compute
     /// per-example gradients return an error (the default).
+    #[allow(clippy::too_many_arguments)]
     fn clipped_grad(
         &mut self,
         _params: &[f32],
         _x: &[f32],
         _y: &[u32],
         _clip: f32,
+        _norm: ClipNorm,
         _grad: &mut [f32],
         _norms: &mut [f32],
     ) -> Result<BatchStats, NnError> {
@@ -109,10 +111,11 @@ impl Learner for NnLearner {
         x: &[f32],
         y: &[u32],
         clip: f32,
+        norm: ClipNorm,
         grad: &mut [f32],
         norms: &mut [f32],
     ) -> Result<BatchStats, NnError> {
-        self.net.clipped_grad(params, &mut self.ws, x, y, clip, grad, norms)
+        self.net.clipped_grad_in(params, &mut self.ws, x, y, clip, norm, grad, norms)
     }
     fn train_flops_per_example(&self) -> Option<f64> {
         Some(self.net.flops_per_example().1)

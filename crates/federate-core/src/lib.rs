@@ -17,7 +17,7 @@ pub mod train;
 pub use client::{
     Client, ClientError, ClientProxy, EvaluateReply, EvaluateTask, FitReply, FitTask, InProcess, LocalClient,
 };
-pub use dp::DpSgd;
+pub use dp::{DpSgd, Mechanism};
 pub use learner::{Learner, NnLearner};
 pub use params::{Layout, Parameters, TensorSpec};
 pub use server::{

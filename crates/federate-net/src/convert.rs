@@ -1,6 +1,6 @@
 //! Conversions between the core types and their protocol messages.
 
-use federate_core::{DpSgd, LocalTraining};
+use federate_core::{DpSgd, LocalTraining, Mechanism};
 use federate_nn::OptimizerSpec;
 use federate_privacy::Accountant;
 
@@ -31,6 +31,11 @@ pub fn training_to_proto(t: &LocalTraining) -> proto::LocalTraining {
             Accountant::Pld => "pld".into(),
         },
         max_epsilon: d.max_epsilon.unwrap_or(0.0),
+        mechanism: match d.mechanism {
+            Mechanism::Gaussian => "gaussian".into(),
+            Mechanism::Laplace => "laplace".into(),
+        },
+        epsilon_per_step: d.epsilon_per_step.unwrap_or(0.0),
     });
     proto::LocalTraining { epochs: t.epochs as u32, batch_size: t.batch_size as u32, optimizer: Some(optimizer), dp }
 }
@@ -60,7 +65,14 @@ pub fn training_from_proto(t: &proto::LocalTraining) -> Result<LocalTraining, Ma
                 "pld" => Accountant::Pld,
                 other => return Err(Malformed(format!("unknown accountant '{other}'"))),
             };
+            let mechanism = match d.mechanism.as_str() {
+                "" | "gaussian" => Mechanism::Gaussian,
+                "laplace" => Mechanism::Laplace,
+                other => return Err(Malformed(format!("unknown mechanism '{other}'"))),
+            };
             let dp = DpSgd {
+                mechanism,
+                epsilon_per_step: (d.epsilon_per_step != 0.0).then_some(d.epsilon_per_step),
                 noise_multiplier: d.noise_multiplier,
                 clip: d.clip,
                 sampling_rate: (d.sampling_rate != 0.0).then_some(d.sampling_rate),
@@ -86,6 +98,8 @@ mod tests {
             OptimizerSpec::Adam { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 },
         ] {
             let dp = DpSgd {
+                mechanism: Mechanism::Laplace,
+                epsilon_per_step: Some(0.5),
                 noise_multiplier: 1.1,
                 clip: 1.0,
                 sampling_rate: None,

@@ -8,6 +8,7 @@
 
 mod calibrate;
 mod error;
+pub mod laplace;
 mod math;
 pub mod pld;
 pub mod rdp;

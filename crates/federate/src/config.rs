@@ -238,8 +238,10 @@ impl Default for EvaluationConfig {
 pub enum PrivacyMechanism {
     /// No differential privacy.
     None,
-    /// DP-SGD with Gaussian noise on clipped per-example gradients.
+    /// DP-SGD with Gaussian noise on L2-clipped per-example gradients.
     Gaussian,
+    /// DP-SGD with Laplace noise on L1-clipped per-example gradients.
+    Laplace,
 }
 
 /// Differential-privacy settings.
@@ -248,9 +250,12 @@ pub enum PrivacyMechanism {
 pub struct PrivacyConfig {
     /// `none` or `gaussian` (sample-level DP-SGD in every party).
     pub mechanism: PrivacyMechanism,
-    /// σ: noise standard deviation ÷ clipping norm.
+    /// σ: noise standard deviation ÷ clipping norm (gaussian).
     pub noise_multiplier: f64,
-    /// Per-example L2 clipping norm.
+    /// ε₀ of one step before subsampling (laplace: noise scale = clip / ε₀).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epsilon_per_step: Option<f64>,
+    /// Per-example clipping norm (L2 for gaussian, L1 for laplace).
     pub clip: f32,
     /// δ of the reported (ε, δ).
     pub delta: f64,
@@ -269,6 +274,7 @@ impl Default for PrivacyConfig {
         PrivacyConfig {
             mechanism: PrivacyMechanism::None,
             noise_multiplier: 1.0,
+            epsilon_per_step: None,
             clip: 1.0,
             delta: 1e-5,
             accountant: federate_privacy::Accountant::Rdp,
@@ -281,10 +287,17 @@ impl Default for PrivacyConfig {
 impl PrivacyConfig {
     /// The DP-SGD settings, if DP is on.
     pub fn dp_sgd(&self) -> Option<federate_core::DpSgd> {
+        let mechanism = match self.mechanism {
+            PrivacyMechanism::None => return None,
+            PrivacyMechanism::Gaussian => federate_core::Mechanism::Gaussian,
+            PrivacyMechanism::Laplace => federate_core::Mechanism::Laplace,
+        };
         match self.mechanism {
             PrivacyMechanism::None => None,
-            PrivacyMechanism::Gaussian => Some(federate_core::DpSgd {
+            PrivacyMechanism::Gaussian | PrivacyMechanism::Laplace => Some(federate_core::DpSgd {
+                mechanism,
                 noise_multiplier: self.noise_multiplier,
+                epsilon_per_step: self.epsilon_per_step,
                 clip: self.clip,
                 sampling_rate: self.sampling_rate,
                 delta: self.delta,

@@ -348,3 +348,50 @@ fn dp_sgd_run_records_epsilon_per_round() {
         assert!(!o.status.success() && err.contains(want) && err.lines().count() == 1, "{set}: {err}");
     }
 }
+
+#[test]
+fn laplace_dp_sgd_accounts_by_composition() {
+    let out = tempfile::tempdir().unwrap();
+    let o = federate(&[
+        "run",
+        "--rounds",
+        "2",
+        "--set",
+        "data.train_per_party=600",
+        "--set",
+        "data.test_per_party=200",
+        "--set",
+        "model.name=mlp",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "privacy.mechanism=laplace",
+        "--set",
+        "privacy.epsilon_per_step=0.5",
+        "--set",
+        "privacy.clip=1.0",
+        "--out",
+        out.path().to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rounds: Vec<serde_json::Value> = std::fs::read_to_string(out.path().join("rounds.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // q = 32/600, round(1/q) = 19 steps a round; ε' = ln(1 + q(e^0.5 − 1)); the better of
+    // pure composition T·ε' and advanced composition ε'√(2T ln(1/δ)) + T·ε'(e^ε' − 1).
+    let q = 32.0f64 / 600.0;
+    let e1 = (q * 0.5f64.exp_m1()).ln_1p();
+    let want = |t: f64| (t * e1).min(e1 * (2.0 * t * 1e5f64.ln()).sqrt() + t * e1 * e1.exp_m1());
+    for (r, steps) in rounds.iter().zip([19.0, 38.0]) {
+        let eps = r["epsilon"].as_f64().unwrap();
+        assert!((eps - want(steps)).abs() < 1e-9, "{eps} vs {}", want(steps));
+    }
+    // Round 1 is bounded by pure composition, round 2 by advanced composition.
+    assert!(want(19.0) == 19.0 * e1 && want(38.0) < 38.0 * e1);
+    let o = federate(&["run", "--quiet", "--set", "privacy.mechanism=laplace"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("epsilon_per_step"), "{err}");
+}
