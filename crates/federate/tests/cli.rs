@@ -247,13 +247,12 @@ fn privacy_planning_commands() {
     }
 }
 
-#[test]
-fn dp_sgd_run_records_epsilon_per_round() {
-    let out = tempfile::tempdir().unwrap();
-    let o = federate(&[
+/// A small DP run: 3 parties × 600 MNIST examples, the MLP, one epoch per round, plus `sets`.
+fn small_mlp_run(out: &Path, rounds: &str, sets: &[&str]) -> Output {
+    let mut args = vec![
         "run",
         "--rounds",
-        "2",
+        rounds,
         "--set",
         "data.train_per_party=600",
         "--set",
@@ -264,22 +263,34 @@ fn dp_sgd_run_records_epsilon_per_round() {
         "train.epochs=1",
         "--set",
         "train.lr=0.2",
-        "--set",
-        "privacy.mechanism=gaussian",
-        "--set",
-        "privacy.noise_multiplier=1.1",
-        "--set",
-        "privacy.clip=1.0",
         "--out",
-        out.path().to_str().unwrap(),
+        out.to_str().unwrap(),
         "--quiet",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let rounds: Vec<serde_json::Value> = std::fs::read_to_string(out.path().join("rounds.jsonl"))
+    ];
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    federate(&args)
+}
+
+fn read_rounds(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("rounds.jsonl"))
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+        .collect()
+}
+
+#[test]
+fn dp_sgd_run_records_epsilon_per_round() {
+    let out = tempfile::tempdir().unwrap();
+    let o = small_mlp_run(
+        out.path(),
+        "2",
+        &["privacy.mechanism=gaussian", "privacy.noise_multiplier=1.1", "privacy.clip=1.0"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rounds = read_rounds(out.path());
     let eps: Vec<f64> = rounds.iter().map(|r| r["epsilon"].as_f64().unwrap()).collect();
     assert!(eps[0] > 0.0 && eps[1] > eps[0], "{eps:?}");
     // The same run through the planning command: q = 32/600, 19 steps per round.
@@ -304,38 +315,13 @@ fn dp_sgd_run_records_epsilon_per_round() {
     // With a budget between the two, every party refuses round 2 and the run stops there.
     let budget = format!("privacy.target_epsilon={}", (eps[0] + eps[1]) / 2.0);
     let out2 = tempfile::tempdir().unwrap();
-    let o = federate(&[
-        "run",
-        "--rounds",
+    let o = small_mlp_run(
+        out2.path(),
         "5",
-        "--set",
-        "data.train_per_party=600",
-        "--set",
-        "data.test_per_party=200",
-        "--set",
-        "model.name=mlp",
-        "--set",
-        "train.epochs=1",
-        "--set",
-        "train.lr=0.2",
-        "--set",
-        "privacy.mechanism=gaussian",
-        "--set",
-        "privacy.noise_multiplier=1.1",
-        "--set",
-        "privacy.clip=1.0",
-        "--set",
-        &budget,
-        "--out",
-        out2.path().to_str().unwrap(),
-        "--quiet",
-    ]);
+        &["privacy.mechanism=gaussian", "privacy.noise_multiplier=1.1", "privacy.clip=1.0", &budget],
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let stopped: Vec<serde_json::Value> = std::fs::read_to_string(out2.path().join("rounds.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let stopped = read_rounds(out2.path());
     assert_eq!(stopped.len(), 2, "{stopped:?}");
     assert!(stopped[1]["error"].as_str().unwrap().contains("privacy budget"), "{}", stopped[1]);
     assert!(stopped[1]["failures"][0]["reason"].as_str().unwrap().contains("over the budget"), "{}", stopped[1]);
@@ -352,34 +338,13 @@ fn dp_sgd_run_records_epsilon_per_round() {
 #[test]
 fn laplace_dp_sgd_accounts_by_composition() {
     let out = tempfile::tempdir().unwrap();
-    let o = federate(&[
-        "run",
-        "--rounds",
+    let o = small_mlp_run(
+        out.path(),
         "2",
-        "--set",
-        "data.train_per_party=600",
-        "--set",
-        "data.test_per_party=200",
-        "--set",
-        "model.name=mlp",
-        "--set",
-        "train.epochs=1",
-        "--set",
-        "privacy.mechanism=laplace",
-        "--set",
-        "privacy.epsilon_per_step=0.5",
-        "--set",
-        "privacy.clip=1.0",
-        "--out",
-        out.path().to_str().unwrap(),
-        "--quiet",
-    ]);
+        &["train.lr=0.05", "privacy.mechanism=laplace", "privacy.epsilon_per_step=0.5", "privacy.clip=1.0"],
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let rounds: Vec<serde_json::Value> = std::fs::read_to_string(out.path().join("rounds.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let rounds = read_rounds(out.path());
     // q = 32/600, round(1/q) = 19 steps a round; ε' = ln(1 + q(e^0.5 − 1)); the better of
     // pure composition T·ε' and advanced composition ε'√(2T ln(1/δ)) + T·ε'(e^ε' − 1).
     let q = 32.0f64 / 600.0;
