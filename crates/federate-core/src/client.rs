@@ -12,7 +12,7 @@ use thiserror::Error;
 use crate::learner::Learner;
 use crate::params::Parameters;
 use crate::seed;
-use crate::train::{LocalTraining, TrainStats, optimizer_for, train_local};
+use crate::train::{LocalTraining, TrainStats, optimizer_for, train_local_with};
 
 /// Instructions for one party's local training in one round.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -139,12 +139,19 @@ pub struct LocalClient<L: Learner> {
     test: Dataset,
     on_epoch: Option<EpochHook>,
     dp_steps: u64,
+    noise: crate::dp::NoiseSource,
 }
 
 impl<L: Learner> LocalClient<L> {
     /// A party holding `train` and `test`.
     pub fn new(learner: L, train: Dataset, test: Dataset) -> Self {
-        LocalClient { learner, train, test, on_epoch: None, dp_steps: 0 }
+        LocalClient { learner, train, test, on_epoch: None, dp_steps: 0, noise: crate::dp::NoiseSource::Seeded }
+    }
+    /// Where DP randomness comes from (default: seeded, for reproducible simulations; a
+    /// deployment uses `NoiseSource::Secure`).
+    pub fn with_noise_source(mut self, noise: crate::dp::NoiseSource) -> Self {
+        self.noise = noise;
+        self
     }
     /// Reports every finished local epoch to `hook`.
     pub fn with_epoch_hook(mut self, hook: EpochHook) -> Self {
@@ -189,7 +196,7 @@ impl<L: Learner> Client for LocalClient<L> {
         let one = LocalTraining { epochs: 1, ..task.training.clone() };
         let mut stats = TrainStats::default();
         for epoch in 0..task.training.epochs {
-            let s = train_local(&mut self.learner, &mut params, &self.train, &one, &mut opt, &mut rng)
+            let s = train_local_with(&mut self.learner, &mut params, &self.train, &one, &mut opt, &mut rng, self.noise)
                 .map_err(model_err)?;
             stats.steps += s.steps;
             stats.batches.merge(s.batches);

@@ -3,15 +3,24 @@
 //! clipping, or the design document's Laplace on L1 clipping — and the privacy each party
 //! has spent, from `federate-privacy`'s accountants.
 //!
-//! Noise here is drawn from a seeded ChaCha stream so that simulations are reproducible;
-//! it is the floating-point Gaussian, whose low bits can leak in theory. The exact discrete
-//! samplers a deployment needs are still to come (see issue #4).
+//! Two noise sources ([`NoiseSource`]): `Seeded` draws floating-point noise from ChaCha
+//! streams derived from the task seed, so simulations are reproducible to the bit; `Secure`
+//! (what `federate join` uses) takes every random choice — the Poisson sample and the noise —
+//! from a ChaCha20 generator seeded by the operating system, and adds exact discrete noise
+//! on a grid: the clipped sum s is rounded to γℤᵈ, integer noise from
+//! `federate_privacy::sample` is added, and the result scaled back by γ. The grid is fine
+//! enough (γ = 10⁻³·C/√d for L2, 10⁻³·C/d for L1) that rounding moves a neighbour's sum by
+//! at most 0.1 % of C more, and the noise scale is raised by that 0.1 % so that the
+//! configured σ (or ε₀) holds against the rounded sensitivity: the accounting is unchanged.
+//! Released values are functions of exactly distributed integers, so the low-bit leaks of
+//! floating-point samplers (Mironov 2012) do not apply.
 
 use federate_data::Dataset;
 use federate_nn::{ClipNorm, NnError, Optimizer};
 use federate_privacy::Accountant;
+use federate_privacy::sample::{discrete_gaussian, discrete_laplace};
 use rand::{Rng, RngExt, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use rand_chacha::{ChaCha8Rng, ChaCha20Rng};
 use rand_distr::{Distribution, StandardNormal};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -28,6 +37,28 @@ pub enum Mechanism {
     Gaussian,
     /// Laplace noise of scale C/ε₀ on L1-clipped gradients (the design document's).
     Laplace,
+}
+
+/// How each step's batch is drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Sampling {
+    /// Every example independently with probability q (add/remove accounting).
+    #[default]
+    Poisson,
+    /// Exactly `batch_size` examples without replacement (replace-one accounting, RDP of
+    /// Wang, Balle & Kasiviswanathan 2019; Gaussian mechanism only).
+    FixedSize,
+}
+
+/// Where a party's DP randomness comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NoiseSource {
+    /// Streams derived from the task seed; floating-point noise (reproducible simulations).
+    #[default]
+    Seeded,
+    /// The operating system's entropy and exact discrete noise (deployments).
+    Secure,
 }
 
 /// DP-SGD settings of a party's local training.
@@ -54,6 +85,9 @@ pub struct DpSgd {
     /// A party refuses a round that would take its ε past this budget.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_epsilon: Option<f64>,
+    /// Poisson or fixed-size batches.
+    #[serde(default)]
+    pub sampling: Sampling,
 }
 
 impl DpSgd {
@@ -87,12 +121,32 @@ impl DpSgd {
         {
             return Err(format!("privacy.target_epsilon = {b} must be a positive number"));
         }
+        if self.sampling == Sampling::FixedSize {
+            if self.mechanism == Mechanism::Laplace {
+                return Err("privacy.sampling = \"fixed-size\" is accounted for the gaussian mechanism only: \
+                            use sampling = \"poisson\" with laplace"
+                    .into());
+            }
+            if self.accountant == Accountant::Pld {
+                return Err(
+                    "privacy.sampling = \"fixed-size\" is accounted by RDP: set privacy.accountant = \"rdp\"".into()
+                );
+            }
+            if self.sampling_rate.is_some() {
+                return Err(
+                    "privacy.sampling_rate is for poisson sampling; fixed-size batches take train.batch_size".into()
+                );
+            }
+        }
         Ok(())
     }
 
     /// The sampling rate for a party holding `n` examples with batches of `batch`.
     pub fn rate(&self, n: usize, batch: usize) -> f64 {
-        self.sampling_rate.unwrap_or((batch as f64 / n.max(1) as f64).min(1.0))
+        match self.sampling {
+            Sampling::Poisson => self.sampling_rate.unwrap_or((batch as f64 / n.max(1) as f64).min(1.0)),
+            Sampling::FixedSize => (batch.min(n) as f64 / n.max(1) as f64).min(1.0),
+        }
     }
 
     /// Steps per epoch at rate `q` (one epoch = 1/q expected batches).
@@ -103,12 +157,19 @@ impl DpSgd {
     /// ε after `steps` steps at rate `q`.
     pub fn epsilon(&self, q: f64, steps: u64) -> Result<f64, federate_privacy::PrivacyError> {
         match self.mechanism {
+            Mechanism::Gaussian if self.sampling == Sampling::FixedSize => {
+                federate_privacy::rdp::epsilon_fixed_size(q, self.noise_multiplier, steps, self.delta)
+            }
             Mechanism::Gaussian => {
                 federate_privacy::epsilon(self.accountant, q, self.noise_multiplier, steps, self.delta)
             }
-            Mechanism::Laplace => {
-                federate_privacy::laplace::epsilon(q, self.epsilon_per_step.unwrap_or(0.0), steps, self.delta)
-            }
+            Mechanism::Laplace => federate_privacy::laplace::epsilon(
+                self.accountant,
+                q,
+                self.epsilon_per_step.unwrap_or(0.0),
+                steps,
+                self.delta,
+            ),
         }
     }
 
@@ -125,9 +186,15 @@ impl DpSgd {
 /// noise does not depend on the thread count).
 const NOISE_CHUNK: usize = 1 << 16;
 
-/// DP-SGD epochs: each step samples every example with probability q, sums the clipped
-/// per-example gradients (in pieces of at most `batch_size`), adds N(0, σ²C²) noise to each
-/// coordinate, divides by the expected batch size q·n, and takes an optimiser step.
+/// The fraction of the clipping norm by which rounding to the secure-noise grid may move a
+/// neighbour's sum.
+const GRID_SLACK: f64 = 1e-3;
+
+/// DP-SGD epochs: each step samples a batch (Poisson at rate q, or a fixed-size sample),
+/// sums the clipped per-example gradients (in pieces of at most `batch_size`), adds noise
+/// to each coordinate, divides by the expected batch size, and takes an optimiser step.
+/// With `NoiseSource::Secure`, `rng` is not used: all randomness comes from the OS.
+#[allow(clippy::too_many_arguments)]
 pub fn train_local_dp<R: Rng>(
     learner: &mut dyn Learner,
     params: &mut [f32],
@@ -136,21 +203,50 @@ pub fn train_local_dp<R: Rng>(
     dp: &DpSgd,
     opt: &mut Optimizer,
     rng: &mut R,
+    source: NoiseSource,
 ) -> Result<TrainStats, NnError> {
     dp.validate().map_err(NnError::BadHyperParameter)?;
+    match source {
+        NoiseSource::Seeded => {
+            let noise_seed: u64 = rng.random();
+            dp_epochs(learner, params, data, cfg, dp, opt, rng, Noise::Seeded(noise_seed))
+        }
+        NoiseSource::Secure => {
+            let mut os = os_rng()?;
+            dp_epochs(learner, params, data, cfg, dp, opt, &mut os, Noise::Secure)
+        }
+    }
+}
+
+fn os_rng() -> Result<ChaCha20Rng, NnError> {
+    ChaCha20Rng::try_from_rng(&mut rand::rngs::SysRng)
+        .map_err(|e| NnError::BadHyperParameter(format!("the operating system's random source failed: {e}")))
+}
+
+#[derive(Clone, Copy)]
+enum Noise {
+    Seeded(u64),
+    Secure,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn dp_epochs<R: Rng>(
+    learner: &mut dyn Learner,
+    params: &mut [f32],
+    data: &Dataset,
+    cfg: &LocalTraining,
+    dp: &DpSgd,
+    opt: &mut Optimizer,
+    rng: &mut R,
+    noise: Noise,
+) -> Result<TrainStats, NnError> {
     let n = data.len();
     let d = data.example_len();
     let cap = cfg.batch_size.max(1);
     let q = dp.rate(n, cap);
     let steps = DpSgd::steps_per_epoch(q) * cfg.epochs;
     let expected = (q * n as f64).max(1.0) as f32;
-    // Gaussian: standard deviation σ·C. Laplace: scale C/ε₀.
-    let noise_scale = match dp.mechanism {
-        Mechanism::Gaussian => (dp.noise_multiplier * dp.clip as f64) as f32,
-        Mechanism::Laplace => (dp.clip as f64 / dp.epsilon_per_step.unwrap_or(1.0)) as f32,
-    };
     let kind = dp.clip_norm();
-    let noise_seed: u64 = rng.random();
     let mut sum = vec![0.0f32; params.len()];
     let mut part = vec![0.0f32; params.len()];
     let mut norms = vec![0.0f32; cap];
@@ -160,7 +256,10 @@ pub fn train_local_dp<R: Rng>(
     let mut chosen = Vec::with_capacity(cap * 2);
     for step in 0..steps {
         chosen.clear();
-        chosen.extend((0..n).filter(|_| rng.random::<f64>() < q));
+        match dp.sampling {
+            Sampling::Poisson => chosen.extend((0..n).filter(|_| rng.random::<f64>() < q)),
+            Sampling::FixedSize => chosen.extend(rand::seq::index::sample(rng, n, cap.min(n)).iter()),
+        }
         sum.fill(0.0);
         for piece in chosen.chunks(cap) {
             for (j, &i) in piece.iter().enumerate() {
@@ -174,23 +273,158 @@ pub fn train_local_dp<R: Rng>(
                 *a += b;
             }
         }
-        // Noise on the clipped sum, then the average over the expected batch size.
-        sum.par_chunks_mut(NOISE_CHUNK).enumerate().for_each(|(c, chunk)| {
-            let mut r = ChaCha8Rng::seed_from_u64(crate::seed::derive(noise_seed, "noise", &[step as u64, c as u64]));
-            for v in chunk.iter_mut() {
-                let z: f32 = match dp.mechanism {
-                    Mechanism::Gaussian => StandardNormal.sample(&mut r),
-                    // Inverse CDF of the standard Laplace distribution.
-                    Mechanism::Laplace => {
-                        let u: f32 = r.random::<f32>() - 0.5;
-                        -u.signum() * (1.0 - 2.0 * u.abs()).max(f32::MIN_POSITIVE).ln()
-                    }
-                };
-                *v = (*v + noise_scale * z) / expected;
-            }
-        });
+        match noise {
+            Noise::Seeded(seed) => add_float_noise(&mut sum, dp, seed, step as u64, expected),
+            Noise::Secure => add_exact_noise(&mut sum, dp, expected)?,
+        }
         opt.step(params, &sum);
         stats.steps += 1;
     }
     Ok(stats)
+}
+
+/// Floating-point noise from seeded per-chunk streams, then the average over the expected
+/// batch size.
+fn add_float_noise(sum: &mut [f32], dp: &DpSgd, seed: u64, step: u64, expected: f32) {
+    // Gaussian: standard deviation σ·C. Laplace: scale C/ε₀.
+    let scale = match dp.mechanism {
+        Mechanism::Gaussian => (dp.noise_multiplier * dp.clip as f64) as f32,
+        Mechanism::Laplace => (dp.clip as f64 / dp.epsilon_per_step.unwrap_or(1.0)) as f32,
+    };
+    sum.par_chunks_mut(NOISE_CHUNK).enumerate().for_each(|(c, chunk)| {
+        let mut r = ChaCha8Rng::seed_from_u64(crate::seed::derive(seed, "noise", &[step, c as u64]));
+        for v in chunk.iter_mut() {
+            let z: f32 = match dp.mechanism {
+                Mechanism::Gaussian => StandardNormal.sample(&mut r),
+                // Inverse CDF of the standard Laplace distribution.
+                Mechanism::Laplace => {
+                    let u: f32 = r.random::<f32>() - 0.5;
+                    -u.signum() * (1.0 - 2.0 * u.abs()).max(f32::MIN_POSITIVE).ln()
+                }
+            };
+            *v = (*v + scale * z) / expected;
+        }
+    });
+}
+
+/// Exact discrete noise on the grid γℤᵈ from OS-seeded ChaCha20 streams (one per chunk),
+/// then the average over the expected batch size.
+fn add_exact_noise(sum: &mut [f32], dp: &DpSgd, expected: f32) -> Result<(), NnError> {
+    let d = sum.len().max(1) as f64;
+    let c = dp.clip as f64;
+    // Grid step, and the noise in grid units for the sensitivity C(1 + GRID_SLACK).
+    let (gamma, sigma2, t) = match dp.mechanism {
+        Mechanism::Gaussian => {
+            let gamma = GRID_SLACK * c / d.sqrt();
+            let sd = dp.noise_multiplier * c * (1.0 + GRID_SLACK) / gamma;
+            (gamma, (sd * sd).ceil(), 0.0)
+        }
+        Mechanism::Laplace => {
+            let gamma = GRID_SLACK * c / d;
+            (gamma, 0.0, (c * (1.0 + GRID_SLACK) / dp.epsilon_per_step.unwrap_or(1.0) / gamma).ceil())
+        }
+    };
+    if sigma2 >= u64::MAX as f64 / 4.0 || t >= i64::MAX as f64 / 4.0 {
+        return Err(NnError::BadHyperParameter(format!(
+            "secure noise: the noise scale is too large for the exact sampler ({} values); lower \
+             privacy.noise_multiplier or raise privacy.epsilon_per_step",
+            sum.len()
+        )));
+    }
+    let seeds: Vec<[u8; 32]> = {
+        let mut os = os_rng()?;
+        (0..sum.len().div_ceil(NOISE_CHUNK)).map(|_| os.random()).collect()
+    };
+    sum.par_chunks_mut(NOISE_CHUNK).zip(seeds).for_each(|(chunk, seed)| {
+        let mut r = ChaCha20Rng::from_seed(seed);
+        for v in chunk.iter_mut() {
+            let k = (*v as f64 / gamma).round() as i64;
+            let z = match dp.mechanism {
+                Mechanism::Gaussian => discrete_gaussian(&mut r, sigma2 as u64),
+                Mechanism::Laplace => discrete_laplace(&mut r, t as u64),
+            };
+            *v = ((k.saturating_add(z)) as f64 * gamma / expected as f64) as f32;
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gaussian(sigma: f64) -> DpSgd {
+        DpSgd {
+            mechanism: Mechanism::Gaussian,
+            noise_multiplier: sigma,
+            epsilon_per_step: None,
+            clip: 2.0,
+            sampling_rate: None,
+            delta: 1e-5,
+            accountant: Accountant::Rdp,
+            max_epsilon: None,
+            sampling: Sampling::Poisson,
+        }
+    }
+
+    fn moments(v: &[f32]) -> (f64, f64) {
+        let n = v.len() as f64;
+        let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+        (mean, (v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n).sqrt())
+    }
+
+    #[test]
+    fn exact_noise_has_the_configured_scale_and_lies_on_the_grid() {
+        let d = 200_000;
+        // Gaussian: std σ·C·(1 + slack) around the (rounded) sum, divided by the batch size.
+        let mut sum = vec![0.5f32; d];
+        add_exact_noise(&mut sum, &gaussian(1.5), 4.0).unwrap();
+        let (mean, sd) = moments(&sum);
+        assert!((mean - 0.125).abs() < 0.01, "{mean}");
+        assert!((sd / (1.5 * 2.0 * (1.0 + GRID_SLACK) / 4.0) - 1.0).abs() < 0.01, "{sd}");
+        // Every value is an integer multiple of γ/expected.
+        let gamma = GRID_SLACK * 2.0 / (d as f64).sqrt() / 4.0;
+        for &v in sum.iter().take(1000) {
+            let k = v as f64 / gamma;
+            assert!((k - k.round()).abs() < 1e-3 * k.abs().max(1.0), "{v} is not on the grid");
+        }
+        // Laplace: std √2·C/ε₀.
+        let mut sum = vec![0.0f32; d];
+        let lap = DpSgd { mechanism: Mechanism::Laplace, epsilon_per_step: Some(0.5), ..gaussian(1.0) };
+        add_exact_noise(&mut sum, &lap, 1.0).unwrap();
+        let (_, sd) = moments(&sum);
+        let want = 2f64.sqrt() * 2.0 / 0.5;
+        assert!((sd / want - 1.0).abs() < 0.02, "{sd} vs {want}");
+        // Two draws differ: the noise is not seeded.
+        let (mut a, mut b) = (vec![0.0f32; 64], vec![0.0f32; 64]);
+        add_exact_noise(&mut a, &gaussian(1.0), 1.0).unwrap();
+        add_exact_noise(&mut b, &gaussian(1.0), 1.0).unwrap();
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn seeded_noise_repeats_and_has_the_configured_scale() {
+        let (mut a, mut b) = (vec![0.0f32; 100_000], vec![0.0f32; 100_000]);
+        add_float_noise(&mut a, &gaussian(1.5), 7, 3, 2.0);
+        add_float_noise(&mut b, &gaussian(1.5), 7, 3, 2.0);
+        assert_eq!(a, b);
+        let (_, sd) = moments(&a);
+        assert!((sd / (1.5 * 2.0 / 2.0) - 1.0).abs() < 0.01, "{sd}");
+    }
+
+    #[test]
+    fn fixed_size_sampling_settings() {
+        let fixed = DpSgd { sampling: Sampling::FixedSize, ..gaussian(1.0) };
+        assert!(fixed.validate().is_ok());
+        assert_eq!(fixed.rate(1000, 50), 0.05);
+        assert_eq!(DpSgd::steps_per_epoch(fixed.rate(1000, 50)), 20);
+        // Replace-one accounting at sensitivity 2C costs more than Poisson's add/remove.
+        assert!(fixed.epsilon(0.05, 100).unwrap() > gaussian(1.0).epsilon(0.05, 100).unwrap());
+        let e = DpSgd { mechanism: Mechanism::Laplace, epsilon_per_step: Some(1.0), ..fixed }.validate().unwrap_err();
+        assert!(e.contains("gaussian mechanism only"), "{e}");
+        let e = DpSgd { accountant: Accountant::Pld, ..fixed }.validate().unwrap_err();
+        assert!(e.contains("rdp"), "{e}");
+        let e = DpSgd { sampling_rate: Some(0.1), ..fixed }.validate().unwrap_err();
+        assert!(e.contains("batch_size"), "{e}");
+    }
 }

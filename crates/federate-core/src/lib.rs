@@ -17,7 +17,7 @@ pub mod train;
 pub use client::{
     Client, ClientError, ClientProxy, EvaluateReply, EvaluateTask, FitReply, FitTask, InProcess, LocalClient,
 };
-pub use dp::{DpSgd, Mechanism};
+pub use dp::{DpSgd, Mechanism, NoiseSource, Sampling};
 pub use learner::{Learner, NnLearner};
 pub use params::{Layout, Parameters, TensorSpec};
 pub use server::{
@@ -25,4 +25,4 @@ pub use server::{
     ServerError,
 };
 pub use strategy::{FedAvg, Rejection, Strategy, StrategyError, sample_clients, weighted_average, weighted_evaluation};
-pub use train::{LocalTraining, TrainStats, train_local};
+pub use train::{LocalTraining, TrainStats, train_local, train_local_with};

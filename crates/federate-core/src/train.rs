@@ -32,7 +32,7 @@ pub struct TrainStats {
 }
 
 /// Runs `cfg.epochs` epochs of minibatch training on `data`, updating `params` in place.
-/// Batches are drawn by shuffling with `rng` each epoch.
+/// Batches are drawn by shuffling with `rng` each epoch; DP noise, if any, is seeded.
 pub fn train_local<R: Rng>(
     learner: &mut dyn Learner,
     params: &mut [f32],
@@ -41,8 +41,21 @@ pub fn train_local<R: Rng>(
     opt: &mut Optimizer,
     rng: &mut R,
 ) -> Result<TrainStats, NnError> {
+    train_local_with(learner, params, data, cfg, opt, rng, crate::dp::NoiseSource::Seeded)
+}
+
+/// `train_local` with DP randomness from `source`.
+pub fn train_local_with<R: Rng>(
+    learner: &mut dyn Learner,
+    params: &mut [f32],
+    data: &Dataset,
+    cfg: &LocalTraining,
+    opt: &mut Optimizer,
+    rng: &mut R,
+    source: crate::dp::NoiseSource,
+) -> Result<TrainStats, NnError> {
     if let Some(dp) = &cfg.dp {
-        return crate::dp::train_local_dp(learner, params, data, cfg, dp, opt, rng);
+        return crate::dp::train_local_dp(learner, params, data, cfg, dp, opt, rng, source);
     }
     let d = data.example_len();
     let bs = cfg.batch_size.max(1);

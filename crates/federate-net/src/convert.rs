@@ -1,6 +1,6 @@
 //! Conversions between the core types and their protocol messages.
 
-use federate_core::{DpSgd, LocalTraining, Mechanism};
+use federate_core::{DpSgd, LocalTraining, Mechanism, Sampling};
 use federate_nn::OptimizerSpec;
 use federate_privacy::Accountant;
 
@@ -36,6 +36,10 @@ pub fn training_to_proto(t: &LocalTraining) -> proto::LocalTraining {
             Mechanism::Laplace => "laplace".into(),
         },
         epsilon_per_step: d.epsilon_per_step.unwrap_or(0.0),
+        sampling: match d.sampling {
+            Sampling::Poisson => "poisson".into(),
+            Sampling::FixedSize => "fixed-size".into(),
+        },
     });
     proto::LocalTraining { epochs: t.epochs as u32, batch_size: t.batch_size as u32, optimizer: Some(optimizer), dp }
 }
@@ -70,7 +74,13 @@ pub fn training_from_proto(t: &proto::LocalTraining) -> Result<LocalTraining, Ma
                 "laplace" => Mechanism::Laplace,
                 other => return Err(Malformed(format!("unknown mechanism '{other}'"))),
             };
+            let sampling = match d.sampling.as_str() {
+                "" | "poisson" => Sampling::Poisson,
+                "fixed-size" => Sampling::FixedSize,
+                other => return Err(Malformed(format!("unknown sampling '{other}'"))),
+            };
             let dp = DpSgd {
+                sampling,
                 mechanism,
                 epsilon_per_step: (d.epsilon_per_step != 0.0).then_some(d.epsilon_per_step),
                 noise_multiplier: d.noise_multiplier,
@@ -106,6 +116,7 @@ mod tests {
                 delta: 1e-5,
                 accountant: Accountant::Pld,
                 max_epsilon: Some(3.0),
+                sampling: Sampling::Poisson,
             };
             for dp in [None, Some(dp)] {
                 let t = LocalTraining { epochs: 2, batch_size: 32, optimizer: optimizer.clone(), dp };

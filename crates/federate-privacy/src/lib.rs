@@ -12,6 +12,7 @@ pub mod laplace;
 mod math;
 pub mod pld;
 pub mod rdp;
+pub mod sample;
 
 pub use calibrate::{Accountant, epsilon, noise_multiplier_for_epsilon};
 pub use error::PrivacyError;

@@ -82,6 +82,70 @@ impl Pld {
             Adjacency::Remove => (ln_1mq.max(loss(-Z * sigma)), loss(1.0 + Z * sigma)),
             Adjacency::Add => (-loss(Z * sigma), if q < 1.0 { -ln_1mq } else { -loss(-Z * sigma) }),
         };
+        Ok(Pld::connect_the_dots(delta, l_lo, l_hi, step))
+    }
+
+    /// One step of the Laplace mechanism (sensitivity 1, scale `b`, so ε₀ = 1/b for one
+    /// step) on a Poisson sample of rate `q`, discretised like the Gaussian. The loss is
+    /// bounded: it lies in [ln(1 − q + q·e^(−1/b)), ln(1 − q + q·e^(1/b))] for removal, with
+    /// atoms at both ends, and the negative of that range for addition.
+    ///
+    /// A d-dimensional Laplace mechanism with L1 sensitivity 1 is accounted by this
+    /// one-dimensional pair, as `dp_accounting` does: putting the whole shift on one
+    /// coordinate is the worst case (the test `splitting_the_shift_helps` checks it for the
+    /// unsampled mechanism).
+    pub fn subsampled_laplace(q: f64, b: f64, adjacency: Adjacency, step: f64) -> Result<Pld, PrivacyError> {
+        check(q, b)?;
+        if q == 0.0 {
+            return Ok(Pld { step, offset: 0, pmf: vec![1.0], inf: 0.0 });
+        }
+        let ln_1mq = (-q).ln_1p();
+        // Removal: P = (1−q)Lap(0,b) + qLap(1,b), Q = Lap(0,b); the loss at x is
+        // ln(1 − q + q·e^((|x| − |x−1|)/b)), increasing in x on [0, 1].
+        let l_lo = log_add(ln_1mq, q.ln() - 1.0 / b);
+        let l_hi = log_add(ln_1mq, q.ln() + 1.0 / b);
+        // The x in (0, 1) where the removal loss equals l.
+        let point = |l: f64| 0.5 * (b * ((l.exp_m1() + q) / q).ln() + 1.0);
+        let sf = |t: f64, mu: f64| if t >= mu { 0.5 * (-(t - mu) / b).exp() } else { 1.0 - 0.5 * ((t - mu) / b).exp() };
+        let cdf = |t: f64, mu: f64| 1.0 - sf(t, mu);
+        let delta = |eps: f64| -> f64 {
+            let d = match adjacency {
+                // δ = P(L > ε) − e^ε Q(L > ε), {L > ε} = {x > x*}.
+                Adjacency::Remove => {
+                    if eps < l_lo {
+                        -eps.exp_m1()
+                    } else if eps >= l_hi {
+                        0.0
+                    } else {
+                        let x = point(eps).clamp(0.0, 1.0);
+                        (1.0 - q) * sf(x, 0.0) + q * sf(x, 1.0) - eps.exp() * sf(x, 0.0)
+                    }
+                }
+                // P = Lap(0,b), Q = the mixture, loss = −(removal loss): {−L > ε} = {x < x*(−ε)}.
+                Adjacency::Add => {
+                    if -eps <= l_lo {
+                        0.0
+                    } else if -eps > l_hi {
+                        -eps.exp_m1()
+                    } else {
+                        let x = point(-eps).clamp(0.0, 1.0);
+                        cdf(x, 0.0) - eps.exp() * ((1.0 - q) * cdf(x, 0.0) + q * cdf(x, 1.0))
+                    }
+                }
+            };
+            d.clamp(0.0, 1.0)
+        };
+        let (lo, hi) = match adjacency {
+            Adjacency::Remove => (l_lo, l_hi),
+            Adjacency::Add => (-l_hi, -l_lo),
+        };
+        Ok(Pld::connect_the_dots(delta, lo, hi, step))
+    }
+
+    /// The dominating discretisation of a mechanism given its exact δ(ε) in one direction
+    /// and the range [l_lo, l_hi] of its finite privacy losses: masses at the grid points
+    /// such that the discrete δ equals `delta` at each of them (Doroshenko et al. 2022).
+    fn connect_the_dots(delta: impl Fn(f64) -> f64, l_lo: f64, l_hi: f64, step: f64) -> Pld {
         let k_lo = (l_lo / step).floor() as i64;
         let k_hi = (l_hi / step).ceil() as i64;
         let damp = (-step).exp();
@@ -95,7 +159,7 @@ impl Pld {
         for i in 1..n {
             pmf.push((tail[i - 1] - tail[i]).max(0.0));
         }
-        Ok(Pld { step, offset: k_lo, pmf, inf: tail[n - 1] })
+        Pld { step, offset: k_lo, pmf, inf: tail[n - 1] }
     }
 
     /// The PLD of running this mechanism and then `other` (same grid step).
@@ -206,21 +270,33 @@ pub fn delta(q: f64, sigma: f64, steps: u64, epsilon: f64) -> Result<f64, Privac
     if epsilon.is_nan() || epsilon < 0.0 {
         return Err(PrivacyError::Epsilon(epsilon));
     }
-    let both = composed(q, sigma, steps)?;
+    check(q, sigma)?;
+    let both = composed(|adj| Pld::subsampled_gaussian(q, sigma, adj, DEFAULT_STEP), steps)?;
     Ok(both.iter().map(|p| p.delta(epsilon)).fold(0.0, f64::max))
 }
 
 /// ε(δ) of `steps` steps of the Poisson-subsampled Gaussian, the worse direction.
 pub fn epsilon(q: f64, sigma: f64, steps: u64, delta: f64) -> Result<f64, PrivacyError> {
     check_delta(delta)?;
-    let both = composed(q, sigma, steps)?;
+    check(q, sigma)?;
+    let both = composed(|adj| Pld::subsampled_gaussian(q, sigma, adj, DEFAULT_STEP), steps)?;
     Ok(both.iter().map(|p| p.epsilon(delta)).fold(0.0, f64::max))
 }
 
-fn composed(q: f64, sigma: f64, steps: u64) -> Result<[Pld; 2], PrivacyError> {
-    check(q, sigma)?;
-    let one = |adj| Pld::subsampled_gaussian(q, sigma, adj, DEFAULT_STEP).map(|p| p.self_compose(steps));
-    Ok([one(Adjacency::Remove)?, one(Adjacency::Add)?])
+/// ε(δ) of `steps` steps of the Poisson-subsampled Laplace mechanism whose single,
+/// unsampled step is `eps_step`-DP (scale = sensitivity / `eps_step`), the worse direction.
+pub fn laplace_epsilon(q: f64, eps_step: f64, steps: u64, delta: f64) -> Result<f64, PrivacyError> {
+    check_delta(delta)?;
+    if !(eps_step > 0.0 && eps_step.is_finite()) {
+        return Err(PrivacyError::Epsilon(eps_step));
+    }
+    check(q, 1.0)?;
+    let both = composed(|adj| Pld::subsampled_laplace(q, 1.0 / eps_step, adj, DEFAULT_STEP), steps)?;
+    Ok(both.iter().map(|p| p.epsilon(delta)).fold(0.0, f64::max))
+}
+
+fn composed(one: impl Fn(Adjacency) -> Result<Pld, PrivacyError>, steps: u64) -> Result<[Pld; 2], PrivacyError> {
+    Ok([one(Adjacency::Remove)?.self_compose(steps), one(Adjacency::Add)?.self_compose(steps)])
 }
 
 #[cfg(test)]
@@ -249,7 +325,58 @@ mod tests {
     }
 
     #[test]
+    fn laplace_without_sampling_is_pure() {
+        // One Laplace step with ε₀ = 1 is (1, 0)-DP: δ(1) = 0 and δ(0.5) = 1 − e^{−0.5·…}.
+        for adj in [Adjacency::Remove, Adjacency::Add] {
+            let p = Pld::subsampled_laplace(1.0, 1.0, adj, 1e-4).unwrap();
+            assert!(p.delta(1.0) < 1e-12, "{}", p.delta(1.0));
+            // Exact δ(ε) of the Laplace mechanism for 0 ≤ ε ≤ 1/b: 1 − e^{(ε − 1/b)/2}.
+            let want = 1.0 - ((0.5f64 - 1.0) / 2.0).exp();
+            assert!((p.delta(0.5) - want).abs() < 1e-4, "{} vs {want}", p.delta(0.5));
+        }
+        // Ten steps: ε(δ) below pure composition's 10.
+        let e = laplace_epsilon(1.0, 1.0, 10, 1e-5).unwrap();
+        assert!(e < 10.0 && e > 3.0, "{e}");
+    }
+
+    #[test]
+    fn laplace_is_tighter_than_composition_theorems() {
+        let (q, e0, t, d) = (0.016, 0.5, 1250, 1e-5);
+        let pld = laplace_epsilon(q, e0, t, d).unwrap();
+        let comp = crate::laplace::epsilon_composition(q, e0, t, d).unwrap();
+        assert!(pld < comp, "pld {pld} vs composition {comp}");
+        // And grows with the steps and with ε₀.
+        assert!(laplace_epsilon(q, e0, 2 * t, d).unwrap() > pld);
+        assert!(laplace_epsilon(q, 2.0 * e0, t, d).unwrap() > pld);
+    }
+
+    #[test]
+    fn splitting_the_shift_helps() {
+        // A shift of 1 on one coordinate against 1/2 on each of two (= two mechanisms of
+        // scale 2b): the concentrated shift has the larger δ(ε) everywhere.
+        let mut planner = FftPlanner::new();
+        for adj in [Adjacency::Remove, Adjacency::Add] {
+            let one = Pld::subsampled_laplace(1.0, 1.0, adj, 1e-4).unwrap();
+            let half = Pld::subsampled_laplace(1.0, 2.0, adj, 1e-4).unwrap();
+            let split = half.compose(&half, &mut planner);
+            for eps in [0.0, 0.2, 0.5, 0.8] {
+                assert!(
+                    split.delta(eps) <= one.delta(eps) + 1e-9,
+                    "ε {eps}: {} > {}",
+                    split.delta(eps),
+                    one.delta(eps)
+                );
+            }
+        }
+    }
+
+    #[test]
     fn pmf_sums_to_one() {
+        for adj in [Adjacency::Remove, Adjacency::Add] {
+            let p = Pld::subsampled_laplace(0.1, 0.7, adj, 1e-3).unwrap();
+            let total: f64 = p.pmf.iter().sum::<f64>() + p.inf;
+            assert!((total - 1.0).abs() < 1e-9, "{total}");
+        }
         for adj in [Adjacency::Remove, Adjacency::Add] {
             let p = Pld::subsampled_gaussian(0.1, 1.2, adj, 1e-3).unwrap();
             let total: f64 = p.pmf.iter().sum::<f64>() + p.inf;

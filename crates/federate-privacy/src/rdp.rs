@@ -121,6 +121,71 @@ pub fn epsilon(q: f64, sigma: f64, steps: u64, delta: f64) -> Result<f64, Privac
     Ok(epsilon_from_rdp(&orders, &r, delta)?.0)
 }
 
+/// ln A_α at integer α for sampling a fixed-size batch without replacement, under
+/// replace-one neighbours (Wang, Balle & Kasiviswanathan 2019, Theorem 27, as
+/// `dp_accounting` computes it): 1 + q²C(α,2)·min(4(e^{ε(2)} − 1), 2e^{ε(2)})
+/// + Σ_{j≥3} 2q^j C(α,j) e^{(j−1)ε(j)}, with ε(j) = j/(2σ²) the Gaussian's RDP.
+fn log_a_wor(q: f64, sigma: f64, alpha: u64) -> f64 {
+    let a = alpha as f64;
+    let eps = |x: f64| x / (2.0 * sigma * sigma);
+    let log_binom = |j: f64| ln_gamma(a + 1.0) - ln_gamma(j + 1.0) - ln_gamma(a - j + 1.0);
+    let log_f2m1 = eps(2.0) + (-(-eps(2.0)).exp()).ln_1p();
+    let mut log_a = 0.0;
+    for j in 2..=alpha {
+        let j = j as f64;
+        let s = if j == 2.0 {
+            2.0 * q.ln() + log_binom(2.0) + (4f64.ln() + log_f2m1).min(eps(2.0) + 2f64.ln())
+        } else {
+            2f64.ln() + (j - 1.0) * eps(j) + j * q.ln() + log_binom(j)
+        };
+        log_a = log_add(log_a, s);
+    }
+    log_a
+}
+
+/// RDP at order `alpha` of one step of the Gaussian mechanism (noise multiplier `sigma`
+/// relative to the replace-one sensitivity) on a batch of fixed size q·n drawn without
+/// replacement. Fractional orders interpolate the two integer neighbours' cumulant
+/// (Corollary 10 of the same paper); orders above 256 give no bound here (∞).
+pub fn rdp_step_fixed_size(q: f64, sigma: f64, alpha: f64) -> Result<f64, PrivacyError> {
+    check(q, sigma)?;
+    if alpha.is_nan() || alpha <= 1.0 {
+        return Err(PrivacyError::Order(alpha));
+    }
+    if q == 0.0 {
+        return Ok(0.0);
+    }
+    if q == 1.0 {
+        return Ok(alpha / (2.0 * sigma * sigma));
+    }
+    if alpha > 256.0 {
+        return Ok(f64::INFINITY);
+    }
+    let (f, c) = (alpha.floor(), alpha.ceil());
+    let log_a = if f == c {
+        log_a_wor(q, sigma, f as u64)
+    } else {
+        let lo = if f < 2.0 { 0.0 } else { log_a_wor(q, sigma, f as u64) };
+        let t = alpha - f;
+        (1.0 - t) * lo + t * log_a_wor(q, sigma, c as u64)
+    };
+    Ok(log_a / (alpha - 1.0))
+}
+
+/// ε(δ) of `steps` steps of DP-SGD on fixed-size batches (q = batch ÷ examples) drawn
+/// without replacement, L2 clip C and noise σ·C. One example replaced by another moves the
+/// clipped sum by up to 2C, so the mechanism's noise multiplier relative to that
+/// sensitivity is σ/2; the ε is for replace-one neighbours.
+pub fn epsilon_fixed_size(q: f64, sigma: f64, steps: u64, delta: f64) -> Result<f64, PrivacyError> {
+    check(q, sigma)?;
+    let orders = default_orders();
+    let rdp: Vec<f64> = orders
+        .iter()
+        .map(|&a| rdp_step_fixed_size(q, sigma / 2.0, a).map(|r| r * steps as f64))
+        .collect::<Result<_, _>>()?;
+    Ok(epsilon_from_rdp(&orders, &rdp, delta)?.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,6 +214,25 @@ mod tests {
         assert!(e(0.01, 2.0, 1000) < e(0.01, 1.0, 1000));
         assert!(e(0.02, 1.0, 1000) > e(0.01, 1.0, 1000));
         assert_eq!(e(0.0, 1.0, 1000), 0.0);
+    }
+
+    #[test]
+    fn fixed_size_sampling() {
+        // Whole-dataset batches: the plain Gaussian mechanism, α/(2σ²).
+        assert!((rdp_step_fixed_size(1.0, 2.0, 3.0).unwrap() - 3.0 / 8.0).abs() < 1e-12);
+        // Order 2: A_2 = 1 + q²·min(4(e^{1/σ²}−1), 2e^{1/σ²}).
+        let (q, s): (f64, f64) = (0.001, 2.0);
+        let e2 = 1.0 / (s * s);
+        let want = (1.0 + q * q * (4.0 * e2.exp_m1()).min(2.0 * e2.exp())).ln();
+        let got = rdp_step_fixed_size(q, s, 2.0).unwrap();
+        assert!((got - want).abs() < 1e-9, "{got} vs {want}");
+        // Replace-one at sensitivity 2C costs more than Poisson add/remove at C, and ε still
+        // grows with the steps.
+        let fixed = epsilon_fixed_size(256.0 / 20_000.0, 1.0, 1170, 1e-5).unwrap();
+        let poisson = epsilon(256.0 / 20_000.0, 1.0, 1170, 1e-5).unwrap();
+        assert!(fixed > poisson, "{fixed} vs {poisson}");
+        assert!(epsilon_fixed_size(256.0 / 20_000.0, 1.0, 2340, 1e-5).unwrap() > fixed);
+        assert!(epsilon_fixed_size(1.5, 1.0, 10, 1e-5).is_err());
     }
 
     #[test]

@@ -267,6 +267,34 @@ pub struct PrivacyConfig {
     /// Each party stops training before its ε would pass this; the run stops when all have.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target_epsilon: Option<f64>,
+    /// `poisson` (each example with probability q) or `fixed-size` (exactly batch_size
+    /// examples per step; RDP accounting for replace-one neighbours; gaussian only).
+    pub sampling: federate_core::Sampling,
+    /// Noise from the operating system and exact discrete samplers (`secure`), or seeded
+    /// floating-point noise (`seeded`, reproducible). Default: seeded for `federate run`,
+    /// secure for `federate join`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub noise: Option<NoiseName>,
+}
+
+/// Where DP noise comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NoiseName {
+    /// Seeded streams, floating-point samplers: reproducible, for simulation.
+    Seeded,
+    /// OS entropy and exact discrete samplers: for deployments.
+    Secure,
+}
+
+impl NoiseName {
+    /// The core setting.
+    pub fn source(self) -> federate_core::NoiseSource {
+        match self {
+            NoiseName::Seeded => federate_core::NoiseSource::Seeded,
+            NoiseName::Secure => federate_core::NoiseSource::Secure,
+        }
+    }
 }
 
 impl Default for PrivacyConfig {
@@ -280,6 +308,8 @@ impl Default for PrivacyConfig {
             accountant: federate_privacy::Accountant::Rdp,
             sampling_rate: None,
             target_epsilon: None,
+            sampling: federate_core::Sampling::Poisson,
+            noise: None,
         }
     }
 }
@@ -303,6 +333,7 @@ impl PrivacyConfig {
                 delta: self.delta,
                 accountant: self.accountant,
                 max_epsilon: self.target_epsilon,
+                sampling: self.sampling,
             }),
         }
     }

@@ -318,7 +318,9 @@ pub fn join(
     let learner = NnLearner::new(spec, cfg.train.batch_size, rayon::current_num_threads())?;
     let layout = learner.layout();
     println!("federate join: {id} with {} training and {} test examples → {server}", train.len(), test.len());
-    let client = LocalClient::new(learner, train, test);
+    // A party's own DP randomness: secure unless its config asks for seeded noise.
+    let noise = cfg.privacy.noise.unwrap_or(crate::config::NoiseName::Secure);
+    let client = LocalClient::new(learner, train, test).with_noise_source(noise.source());
     let sv = &cfg.server;
     let opts = PartyOptions {
         server: server.to_string(),

@@ -67,25 +67,36 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PrivacyCommand {
-    /// ε(δ) of T steps of the Poisson-subsampled Gaussian mechanism.
+    /// ε(δ) of T steps of subsampled DP-SGD (Gaussian or Laplace).
     Epsilon {
-        /// Poisson sampling rate q (batch size ÷ examples).
+        /// Sampling rate q (batch size ÷ examples).
         #[arg(long)]
         sampling_rate: f64,
-        /// Noise multiplier σ (noise std ÷ clipping norm).
+        /// Gaussian: noise multiplier σ (noise std ÷ clipping norm).
         #[arg(long)]
-        noise_multiplier: f64,
+        noise_multiplier: Option<f64>,
+        /// Laplace: ε₀ of one unsampled step (noise scale = L1 clip ÷ ε₀).
+        #[arg(long)]
+        epsilon_per_step: Option<f64>,
         /// Number of steps T.
         #[arg(long)]
         steps: u64,
         /// δ.
         #[arg(long)]
         delta: f64,
+        /// gaussian or laplace.
+        #[arg(long, value_enum, default_value = "gaussian")]
+        mechanism: MechanismArg,
+        /// poisson (add/remove neighbours) or fixed-size (without replacement, replace-one
+        /// neighbours, gaussian with rdp only).
+        #[arg(long, value_enum, default_value = "poisson")]
+        sampling: SamplingArg,
         /// rdp (fast, slightly loose) or pld (tight).
         #[arg(long, value_enum, default_value = "rdp")]
         accountant: AccountantArg,
     },
-    /// The smallest noise multiplier σ that keeps T steps within a target ε.
+    /// The smallest noise (σ for Gaussian, the largest ε₀ for Laplace) that keeps T steps
+    /// within a target ε.
     Noise {
         /// The target ε.
         #[arg(long)]
@@ -99,13 +110,28 @@ enum PrivacyCommand {
         /// δ.
         #[arg(long)]
         delta: f64,
+        /// gaussian or laplace.
+        #[arg(long, value_enum, default_value = "gaussian")]
+        mechanism: MechanismArg,
         /// rdp or pld.
         #[arg(long, value_enum, default_value = "rdp")]
         accountant: AccountantArg,
     },
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+enum MechanismArg {
+    Gaussian,
+    Laplace,
+}
+
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+enum SamplingArg {
+    Poisson,
+    FixedSize,
+}
+
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
 enum AccountantArg {
     Rdp,
     Pld,
@@ -514,29 +540,81 @@ fn bench_net(parties: usize, rounds: u32, model: &str, zstd: bool) -> Result<()>
 }
 
 fn privacy(what: PrivacyCommand) -> Result<()> {
+    use anyhow::bail;
+    use federate_privacy::{Accountant, laplace};
+    let name = |a: AccountantArg| match a {
+        AccountantArg::Rdp => "rdp",
+        AccountantArg::Pld => "pld",
+    };
     match what {
-        PrivacyCommand::Epsilon { sampling_rate, noise_multiplier, steps, delta, accountant } => {
-            let name = match accountant {
-                AccountantArg::Rdp => "rdp",
-                AccountantArg::Pld => "pld",
+        PrivacyCommand::Epsilon {
+            sampling_rate: q,
+            noise_multiplier,
+            epsilon_per_step,
+            steps,
+            delta,
+            mechanism,
+            sampling,
+            accountant,
+        } => {
+            let acc: Accountant = accountant.into();
+            let eps = match mechanism {
+                MechanismArg::Gaussian => {
+                    let Some(sigma) = noise_multiplier else {
+                        bail!("the gaussian mechanism needs --noise-multiplier σ");
+                    };
+                    if sampling == SamplingArg::FixedSize {
+                        if accountant == AccountantArg::Pld {
+                            bail!("fixed-size sampling is accounted by RDP: use --accountant rdp");
+                        }
+                        federate_privacy::rdp::epsilon_fixed_size(q, sigma, steps, delta)?
+                    } else {
+                        federate_privacy::epsilon(acc, q, sigma, steps, delta)?
+                    }
+                }
+                MechanismArg::Laplace => {
+                    let Some(e0) = epsilon_per_step else {
+                        bail!("the laplace mechanism needs --epsilon-per-step ε₀");
+                    };
+                    if sampling == SamplingArg::FixedSize {
+                        bail!(
+                            "fixed-size sampling is accounted for the gaussian mechanism only: use --sampling poisson"
+                        );
+                    }
+                    laplace::epsilon(acc, q, e0, steps, delta)?
+                }
             };
-            let eps = federate_privacy::epsilon(accountant.into(), sampling_rate, noise_multiplier, steps, delta)?;
+            let noise = match mechanism {
+                MechanismArg::Gaussian => {
+                    format!("mechanism=gaussian noise_multiplier={}", noise_multiplier.unwrap_or(0.0))
+                }
+                MechanismArg::Laplace => {
+                    format!("mechanism=laplace epsilon_per_step={}", epsilon_per_step.unwrap_or(0.0))
+                }
+            };
+            let sampling = if sampling == SamplingArg::FixedSize { "fixed-size" } else { "poisson" };
             println!(
-                "accountant={name} sampling_rate={sampling_rate} noise_multiplier={noise_multiplier} steps={steps} delta={delta}"
+                "{noise} accountant={} sampling={sampling} sampling_rate={q} steps={steps} delta={delta}",
+                name(accountant)
             );
             println!("epsilon={eps:.6}");
         }
-        PrivacyCommand::Noise { target_epsilon, sampling_rate, steps, delta, accountant } => {
-            let sigma = federate_privacy::noise_multiplier_for_epsilon(
-                accountant.into(),
-                target_epsilon,
-                sampling_rate,
-                steps,
-                delta,
-            )?;
-            let eps = federate_privacy::epsilon(accountant.into(), sampling_rate, sigma, steps, delta)?;
-            println!("epsilon={eps:.6} at noise_multiplier={sigma:.4}");
-            println!("noise_multiplier={sigma:.4}");
+        PrivacyCommand::Noise { target_epsilon, sampling_rate: q, steps, delta, mechanism, accountant } => {
+            let acc: Accountant = accountant.into();
+            match mechanism {
+                MechanismArg::Gaussian => {
+                    let sigma = federate_privacy::noise_multiplier_for_epsilon(acc, target_epsilon, q, steps, delta)?;
+                    let eps = federate_privacy::epsilon(acc, q, sigma, steps, delta)?;
+                    println!("epsilon={eps:.6} at noise_multiplier={sigma:.4} ({})", name(accountant));
+                    println!("noise_multiplier={sigma:.4}");
+                }
+                MechanismArg::Laplace => {
+                    let e0 = laplace::epsilon_per_step_for_epsilon(acc, target_epsilon, q, steps, delta)?;
+                    let eps = laplace::epsilon(acc, q, e0, steps, delta)?;
+                    println!("epsilon={eps:.6} at epsilon_per_step={e0:.4} ({})", name(accountant));
+                    println!("epsilon_per_step={e0:.4}");
+                }
+            }
         }
     }
     Ok(())

@@ -144,7 +144,8 @@ pub fn simulate(
     let mut clients: Vec<Box<dyn ClientProxy>> = Vec::with_capacity(parties.len());
     for p in &parties {
         let learner = NnLearner::new(spec.clone(), batch, threads)?;
-        let mut client = LocalClient::new(learner, p.train.clone(), p.test.clone());
+        let noise = cfg.privacy.noise.unwrap_or(crate::config::NoiseName::Seeded);
+        let mut client = LocalClient::new(learner, p.train.clone(), p.test.clone()).with_noise_source(noise.source());
         if let Some(f) = &on_epoch {
             let (f, id) = (f.clone(), p.id.clone());
             client = client.with_epoch_hook(Arc::new(move |round, done, all| f(&id, round, done, all)));
