@@ -209,6 +209,11 @@ impl<L: Learner> Client for LocalClient<L> {
         metrics.insert("train_accuracy".into(), stats.batches.accuracy());
         metrics.insert("steps".into(), stats.steps as f64);
         metrics.insert("train_seconds".into(), started.elapsed().as_secs_f64());
+        if let Some(u) = &task.training.update_dp {
+            let bit = crate::client_dp::privatize_update(&mut params, &global.values, u, self.noise, task.seed)
+                .map_err(model_err)?;
+            metrics.insert("clip_indicator".into(), bit);
+        }
         if let Some(dp) = &task.training.dp {
             // Sample-level privacy this party has spent over every round so far.
             self.dp_steps += stats.steps as u64;

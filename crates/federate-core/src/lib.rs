@@ -6,6 +6,7 @@
 //! `ClientProxy`.
 
 pub mod client;
+pub mod client_dp;
 pub mod dp;
 pub mod learner;
 pub mod params;
@@ -17,6 +18,7 @@ pub mod train;
 pub use client::{
     Client, ClientError, ClientProxy, EvaluateReply, EvaluateTask, FitReply, FitTask, InProcess, LocalClient,
 };
+pub use client_dp::{AdaptiveClip, ClientDp, ClientDpMode, DpFedAvg, UpdateDp};
 pub use dp::{DpSgd, Mechanism, NoiseSource, Sampling};
 pub use learner::{Learner, NnLearner};
 pub use params::{Layout, Parameters, TensorSpec};

@@ -1,6 +1,7 @@
 //! The round loop: configure, fit, aggregate, evaluate, record — the same loop for parties in
 //! this process and parties across the network (the transport is the `ClientProxy`).
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -122,6 +123,9 @@ pub struct RoundRecord {
     pub evaluate_seconds: f64,
     /// Seconds for the whole round.
     pub seconds: f64,
+    /// The strategy's own numbers (client-level ε, clip norm, …).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub strategy: BTreeMap<String, f64>,
 }
 
 /// Progress notifications from the loop.
@@ -147,6 +151,8 @@ pub enum Event<'a> {
         record: &'a RoundRecord,
         /// The global model after the round.
         global: &'a Parameters,
+        /// The strategy's name and state after the round (for checkpoints).
+        strategy: (&'a str, Option<String>),
     },
 }
 
@@ -217,6 +223,17 @@ impl Server {
         self
     }
 
+    /// Gives the strategy the state a checkpoint recorded for it (`None`: none recorded).
+    pub fn restore_strategy(&mut self, name: &str, state: Option<&str>) -> Result<(), ServerError> {
+        if name != self.strategy.name() {
+            return Err(ServerError::BadInitial(format!(
+                "the checkpoint was written by strategy '{name}', the config runs '{}': resume with the same strategy",
+                self.strategy.name()
+            )));
+        }
+        self.strategy.restore(state).map_err(|e| ServerError::BadInitial(e.to_string()))
+    }
+
     /// Party identities, in index order.
     pub fn client_ids(&self) -> Vec<String> {
         self.clients.iter().map(|c| c.id().to_string()).collect()
@@ -261,7 +278,12 @@ impl Server {
         let mut records = Vec::new();
         for round in completed + 1..=cfg.rounds {
             let (record, all_spent) = self.round(round, &mut global, cfg, observer);
-            observer(Event::RoundFinished { record: &record, global: &global });
+            let state = self.strategy.state();
+            observer(Event::RoundFinished {
+                record: &record,
+                global: &global,
+                strategy: (self.strategy.name(), state),
+            });
             records.push(record);
             if all_spent {
                 break;
@@ -367,6 +389,7 @@ impl Server {
             fit_seconds,
             evaluate_seconds: t_eval.elapsed().as_secs_f64(),
             seconds: start.elapsed().as_secs_f64(),
+            strategy: self.strategy.metrics(),
         };
         (record, all_spent)
     }

@@ -2,6 +2,8 @@
 //! train and how (`configure_fit`), how their replies become the next global model
 //! (`aggregate_fit`), and who evaluates (`configure_evaluate`, `aggregate_evaluate`).
 
+use std::collections::BTreeMap;
+
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -81,6 +83,22 @@ pub trait Strategy: Send {
     /// Combines evaluation replies. Default: weighted by examples.
     fn aggregate_evaluate(&mut self, _round: u32, replies: &[(usize, EvaluateReply)]) -> Option<EvaluateReply> {
         weighted_evaluation(replies)
+    }
+
+    /// Numbers about the last aggregation worth recording (e.g. the client-level ε).
+    fn metrics(&self) -> BTreeMap<String, f64> {
+        BTreeMap::new()
+    }
+
+    /// The state the strategy carries between rounds, as text for checkpoints; `None` for
+    /// stateless strategies.
+    fn state(&self) -> Option<String> {
+        None
+    }
+
+    /// Restores the state a checkpoint recorded. A stateful strategy refuses `None`.
+    fn restore(&mut self, _state: Option<&str>) -> Result<(), StrategyError> {
+        Ok(())
     }
 }
 

@@ -20,6 +20,9 @@ pub struct LocalTraining {
     /// Sample-level differential privacy (DP-SGD), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dp: Option<crate::dp::DpSgd>,
+    /// Client-level DP done by the party itself (distributed DP-FedAvg), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_dp: Option<crate::client_dp::UpdateDp>,
 }
 
 /// What a local training run did.

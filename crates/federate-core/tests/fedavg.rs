@@ -27,6 +27,7 @@ fn fedavg() -> FedAvg {
             batch_size: 1,
             optimizer: OptimizerSpec::Sgd { lr: 0.1, momentum: 0.0, weight_decay: 0.0 },
             dp: None,
+            update_dp: None,
         },
     }
 }

@@ -1,6 +1,6 @@
 //! Conversions between the core types and their protocol messages.
 
-use federate_core::{DpSgd, LocalTraining, Mechanism, Sampling};
+use federate_core::{DpSgd, LocalTraining, Mechanism, Sampling, UpdateDp};
 use federate_nn::OptimizerSpec;
 use federate_privacy::Accountant;
 
@@ -41,7 +41,18 @@ pub fn training_to_proto(t: &LocalTraining) -> proto::LocalTraining {
             Sampling::FixedSize => "fixed-size".into(),
         },
     });
-    proto::LocalTraining { epochs: t.epochs as u32, batch_size: t.batch_size as u32, optimizer: Some(optimizer), dp }
+    let update_dp = t.update_dp.map(|u| proto::UpdateDp {
+        clip: u.clip,
+        noise_std: u.noise_std,
+        count_noise_std: u.count_noise_std,
+    });
+    proto::LocalTraining {
+        epochs: t.epochs as u32,
+        batch_size: t.batch_size as u32,
+        optimizer: Some(optimizer),
+        dp,
+        update_dp,
+    }
 }
 
 /// A message's local-training settings, validated.
@@ -94,7 +105,20 @@ pub fn training_from_proto(t: &proto::LocalTraining) -> Result<LocalTraining, Ma
             Some(dp)
         }
     };
-    Ok(LocalTraining { epochs: t.epochs as usize, batch_size: t.batch_size as usize, optimizer, dp })
+    let update_dp = match &t.update_dp {
+        None => None,
+        Some(u) => {
+            let ok = |v: f64| v.is_finite() && v >= 0.0;
+            if !(u.clip > 0.0 && u.clip.is_finite() && ok(u.noise_std) && ok(u.count_noise_std)) {
+                return Err(Malformed(format!(
+                    "update_dp clip {} / noise {} / count noise {} out of range",
+                    u.clip, u.noise_std, u.count_noise_std
+                )));
+            }
+            Some(UpdateDp { clip: u.clip, noise_std: u.noise_std, count_noise_std: u.count_noise_std })
+        }
+    };
+    Ok(LocalTraining { epochs: t.epochs as usize, batch_size: t.batch_size as usize, optimizer, dp, update_dp })
 }
 
 #[cfg(test)]
@@ -118,8 +142,9 @@ mod tests {
                 max_epsilon: Some(3.0),
                 sampling: Sampling::Poisson,
             };
-            for dp in [None, Some(dp)] {
-                let t = LocalTraining { epochs: 2, batch_size: 32, optimizer: optimizer.clone(), dp };
+            let u = UpdateDp { clip: 0.7, noise_std: 0.01, count_noise_std: 0.3 };
+            for (dp, update_dp) in [(None, None), (Some(dp), Some(u))] {
+                let t = LocalTraining { epochs: 2, batch_size: 32, optimizer: optimizer.clone(), dp, update_dp };
                 assert_eq!(training_from_proto(&training_to_proto(&t)).unwrap(), t);
             }
         }
@@ -128,6 +153,7 @@ mod tests {
             batch_size: 1,
             optimizer: OptimizerSpec::Sgd { lr: 0.1, momentum: 0.0, weight_decay: 0.0 },
             dp: None,
+            update_dp: None,
         });
         bad.optimizer.as_mut().unwrap().lr = -1.0;
         assert!(training_from_proto(&bad).is_err());

@@ -132,6 +132,7 @@ fn bad_updates_are_refused_and_the_honest_party_is_served() {
             batch_size: 1,
             optimizer: OptimizerSpec::Sgd { lr: 0.1, momentum: 0.0, weight_decay: 0.0 },
             dp: None,
+            update_dp: None,
         },
     };
     let layout = Arc::new(Layout::new(vec![TensorSpec { name: "w".into(), shape: vec![N], offset: 0 }]));

@@ -90,6 +90,7 @@ fn two_hundred_parties_complete_three_rounds() {
             batch_size: 8,
             optimizer: OptimizerSpec::Sgd { lr: 0.1, momentum: 0.0, weight_decay: 0.0 },
             dp: None,
+            update_dp: None,
         },
     };
     let init = NnLearner::new(spec(), 1, 1).unwrap().init(1);

@@ -42,7 +42,7 @@ pub fn noise_multiplier_for_epsilon(
     check(q, 1.0)?;
     check_delta(delta)?;
     let eps = |s: f64| epsilon(accountant, q, s, steps, delta);
-    let (mut lo, mut hi) = (0.01f64, 1.0f64);
+    let (mut lo, mut hi) = (0.5f64, 1.0f64);
     while eps(hi)? > target {
         lo = hi;
         hi *= 2.0;
@@ -53,12 +53,26 @@ pub fn noise_multiplier_for_epsilon(
             )));
         }
     }
-    if eps(lo)? <= target {
-        return Ok(lo);
+    // Step down until ε passes the target; a σ too small for the accountant (PLD grids) is
+    // treated as passing it.
+    loop {
+        match eps(lo) {
+            Ok(e) if e <= target && lo > 0.02 => {
+                hi = lo;
+                lo /= 2.0;
+            }
+            Ok(e) if e <= target => return Ok(lo),
+            Ok(_) | Err(PrivacyError::Unreachable(_)) => break,
+            Err(e) => return Err(e),
+        }
     }
     while (hi - lo) / hi > 1e-3 {
         let mid = 0.5 * (lo + hi);
-        if eps(mid)? > target { lo = mid } else { hi = mid }
+        match eps(mid) {
+            Ok(e) if e <= target => hi = mid,
+            Ok(_) | Err(PrivacyError::Unreachable(_)) => lo = mid,
+            Err(e) => return Err(e),
+        }
     }
     Ok(hi)
 }

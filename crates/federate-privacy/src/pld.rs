@@ -19,6 +19,9 @@ use crate::math::log_add;
 pub const DEFAULT_STEP: f64 = 1e-4;
 /// Tail mass dropped (and charged to δ) at each truncation.
 const TAIL: f64 = 1e-15;
+/// Most grid points of one step's PLD (beyond this the noise is too small to matter for
+/// accounting, and composition would run out of memory).
+const MAX_POINTS: usize = 1 << 22;
 /// Standard deviations covered around each Gaussian component.
 const Z: f64 = 8.5;
 
@@ -82,6 +85,13 @@ impl Pld {
             Adjacency::Remove => (ln_1mq.max(loss(-Z * sigma)), loss(1.0 + Z * sigma)),
             Adjacency::Add => (-loss(Z * sigma), if q < 1.0 { -ln_1mq } else { -loss(-Z * sigma) }),
         };
+        if (l_hi - l_lo) / step > MAX_POINTS as f64 {
+            return Err(PrivacyError::Unreachable(format!(
+                "σ = {sigma} is too small for the PLD accountant (its privacy loss spans {:.0} grid points); \
+                 use the rdp accountant",
+                (l_hi - l_lo) / step
+            )));
+        }
         Ok(Pld::connect_the_dots(delta, l_lo, l_hi, step))
     }
 

@@ -28,8 +28,10 @@ pub struct Config {
     pub strategy: StrategyConfig,
     /// What to evaluate.
     pub evaluation: EvaluationConfig,
-    /// Differential privacy.
+    /// Sample-level differential privacy (DP-SGD in every party).
     pub privacy: PrivacyConfig,
+    /// Client-level differential privacy (DP-FedAvg).
+    pub client_privacy: ClientPrivacyConfig,
     /// Deployment settings of `federate serve` (ignored by `federate run`).
     pub server: ServerSection,
 }
@@ -46,6 +48,7 @@ impl Default for Config {
             strategy: StrategyConfig::default(),
             evaluation: EvaluationConfig::default(),
             privacy: PrivacyConfig::default(),
+            client_privacy: ClientPrivacyConfig::default(),
             server: ServerSection::default(),
         }
     }
@@ -339,6 +342,84 @@ impl PrivacyConfig {
     }
 }
 
+/// Client-level DP modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientPrivacyMode {
+    /// Off.
+    None,
+    /// The server clips the updates and adds the noise.
+    Central,
+    /// Each party clips its update and adds its share of the noise.
+    Distributed,
+}
+
+/// Client-level DP settings (DP-FedAvg, McMahan et al. 2018; adaptive clipping, Andrew et
+/// al. 2021). Parties join each round with probability strategy.fraction_fit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientPrivacyConfig {
+    /// `none`, `central` or `distributed`.
+    pub mode: ClientPrivacyMode,
+    /// z: noise std ÷ clip norm on the sum of clipped updates.
+    pub noise_multiplier: f64,
+    /// S: the L2 clip norm of an update (the initial one when adaptive).
+    pub clip: f64,
+    /// Track a quantile of the update norms instead of a fixed clip norm.
+    pub adaptive: bool,
+    /// γ: the quantile tracked.
+    pub target_quantile: f64,
+    /// η_C: geometric learning rate of the clip norm.
+    pub clip_learning_rate: f64,
+    /// σ_b: noise std on the count of unclipped updates (default: expected parties ÷ 20).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count_noise: Option<f64>,
+    /// η_s: server learning rate on the mean clipped update.
+    pub server_lr: f64,
+    /// δ of the client-level (ε, δ).
+    pub delta: f64,
+}
+
+impl Default for ClientPrivacyConfig {
+    fn default() -> Self {
+        ClientPrivacyConfig {
+            mode: ClientPrivacyMode::None,
+            noise_multiplier: 1.0,
+            clip: 1.0,
+            adaptive: false,
+            target_quantile: 0.5,
+            clip_learning_rate: 0.2,
+            count_noise: None,
+            server_lr: 1.0,
+            delta: 1e-5,
+        }
+    }
+}
+
+impl ClientPrivacyConfig {
+    /// The core settings, if client-level DP is on; `expected` parties per round size the
+    /// default count noise.
+    pub fn client_dp_for(&self, expected: f64) -> Option<federate_core::ClientDp> {
+        let mode = match self.mode {
+            ClientPrivacyMode::None => return None,
+            ClientPrivacyMode::Central => federate_core::ClientDpMode::Central,
+            ClientPrivacyMode::Distributed => federate_core::ClientDpMode::Distributed,
+        };
+        Some(federate_core::ClientDp {
+            mode,
+            noise_multiplier: self.noise_multiplier,
+            clip: self.clip,
+            adaptive: self.adaptive.then(|| federate_core::AdaptiveClip {
+                target_quantile: self.target_quantile,
+                learning_rate: self.clip_learning_rate,
+                count_noise: self.count_noise.unwrap_or(expected / 20.0),
+            }),
+            server_lr: self.server_lr,
+            delta: self.delta,
+        })
+    }
+}
+
 /// Settings of `federate serve`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -491,6 +572,9 @@ pub fn validate(c: &Config) -> Result<()> {
         bail!("strategy.fraction_evaluate = {} must be in [0, 1]", s.fraction_evaluate);
     }
     if let Some(dp) = c.privacy.dp_sgd() {
+        dp.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    if let Some(dp) = c.client_privacy.client_dp_for(s.fraction_fit * d.parties as f64) {
         dp.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     let sv = &c.server;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use federate_core::{
-    ClientProxy, Event, FedAvg, Learner, LocalClient, NnLearner, Parameters, RoundRecord, Server, ServerConfig, seed,
+    ClientProxy, Event, Learner, LocalClient, NnLearner, Parameters, RoundRecord, Server, ServerConfig, seed,
 };
 use federate_net::codec::Limits;
 use federate_net::party::{PartyOptions, run_party};
@@ -58,6 +58,8 @@ struct CheckpointMeta {
     round: u32,
     seed: u64,
     strategy: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    strategy_state: Option<String>,
     num_values: usize,
     params_file: String,
     records: Vec<RoundRecord>,
@@ -68,7 +70,14 @@ const CHECKPOINT: &str = "checkpoint.json";
 /// Writes the checkpoint after round `round`: the parameters to a new file, then the
 /// metadata naming it, each by write-to-temporary and rename, so a crash at any point leaves
 /// either the old or the new checkpoint, never a torn one.
-fn write_checkpoint(dir: &Path, round: u32, seed: u64, global: &Parameters, records: &[RoundRecord]) -> Result<()> {
+fn write_checkpoint(
+    dir: &Path,
+    round: u32,
+    seed: u64,
+    global: &Parameters,
+    strategy: (&str, Option<String>),
+    records: &[RoundRecord],
+) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("checkpoint directory {}", dir.display()))?;
     let params_file = format!("params-{round:05}.f32");
     let bytes: Vec<u8> = global.values.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -77,7 +86,8 @@ fn write_checkpoint(dir: &Path, round: u32, seed: u64, global: &Parameters, reco
         format: 1,
         round,
         seed,
-        strategy: "fedavg".into(),
+        strategy: strategy.0.to_string(),
+        strategy_state: strategy.1,
         num_values: global.len(),
         params_file: params_file.clone(),
         records: records.to_vec(),
@@ -101,7 +111,16 @@ fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn read_checkpoint(dir: &Path, seed: u64, layout_len: usize) -> Result<(u32, Vec<f32>, Vec<RoundRecord>)> {
+/// What a checkpoint restores.
+struct Restored {
+    round: u32,
+    values: Vec<f32>,
+    records: Vec<RoundRecord>,
+    strategy: String,
+    strategy_state: Option<String>,
+}
+
+fn read_checkpoint(dir: &Path, seed: u64, layout_len: usize) -> Result<Restored> {
     let meta_path = dir.join(CHECKPOINT);
     let text = std::fs::read_to_string(&meta_path).with_context(|| {
         format!(
@@ -133,7 +152,13 @@ fn read_checkpoint(dir: &Path, seed: u64, layout_len: usize) -> Result<(u32, Vec
         bail!("{}: {} bytes, expected {}", p.display(), bytes.len(), layout_len * 4);
     }
     let values = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-    Ok((meta.round, values, meta.records))
+    Ok(Restored {
+        round: meta.round,
+        values,
+        records: meta.records,
+        strategy: meta.strategy,
+        strategy_state: meta.strategy_state,
+    })
 }
 
 /// Whether `federate serve` would find a checkpoint to resume from.
@@ -172,12 +197,12 @@ pub fn serve(cfg: &Config, out: &Path, resume: bool, insecure: bool) -> Result<(
     let learner = NnLearner::new(spec, 1, 1)?;
     let layout = learner.layout();
     let ckpt_dir = sv.checkpoint_dir.clone().unwrap_or_else(|| out.join("checkpoint"));
-    let (completed, values, mut records) = if resume {
-        let (r, v, recs) = read_checkpoint(&ckpt_dir, cfg.seed, layout.len())?;
-        info!("resuming after round {r} from {}", ckpt_dir.display());
-        (r, v, recs)
+    let (completed, values, mut records, restored_strategy) = if resume {
+        let r = read_checkpoint(&ckpt_dir, cfg.seed, layout.len())?;
+        info!("resuming after round {} from {}", r.round, ckpt_dir.display());
+        (r.round, r.values, r.records, Some((r.strategy, r.strategy_state)))
     } else {
-        (0, learner.init(seed::derive(cfg.seed, "init", &[])), Vec::new())
+        (0, learner.init(seed::derive(cfg.seed, "init", &[])), Vec::new(), None)
     };
     let global = Parameters::new(values, layout.clone()).context("initial parameters")?;
     let mut dir = RunDir::create(out, cfg)?;
@@ -207,22 +232,22 @@ pub fn serve(cfg: &Config, out: &Path, resume: bool, insecure: bool) -> Result<(
 
     let clients: Vec<Box<dyn ClientProxy>> =
         parties.iter().map(|p| Box::new(RemoteParty::new(p.clone(), hub.clone(), rt.handle().clone())) as _).collect();
-    let strategy = FedAvg {
-        fraction_fit: cfg.strategy.fraction_fit,
-        min_fit_clients: cfg.strategy.min_fit_clients,
-        fraction_evaluate: cfg.strategy.fraction_evaluate,
-        min_replies: cfg.strategy.min_replies,
-        training: sim::local_training(cfg),
-    };
-    strategy.validate()?;
-    let mut server = Server::new(Box::new(strategy), clients);
+    // The server's own noise (central client-level DP) is secure unless the config says seeded.
+    let noise = cfg.privacy.noise.unwrap_or(crate::config::NoiseName::Secure).source();
+    let mut server = Server::new(sim::build_strategy(cfg, noise)?, clients);
+    if let Some((name, state)) = &restored_strategy {
+        server
+            .restore_strategy(name, state.as_deref())
+            .with_context(|| format!("--resume from {}", ckpt_dir.display()))?;
+    }
     let mut failure: Option<anyhow::Error> = None;
     let rounds = cfg.rounds;
     let mut observer = |e: Event<'_>| {
-        if let Event::RoundFinished { record, global } = e {
+        if let Event::RoundFinished { record, global, strategy } = e {
             records.push(record.clone());
-            let res =
-                dir.record(record).and_then(|_| write_checkpoint(&ckpt_dir, record.round, cfg.seed, global, &records));
+            let res = dir
+                .record(record)
+                .and_then(|_| write_checkpoint(&ckpt_dir, record.round, cfg.seed, global, strategy, &records));
             if let Err(e) = res {
                 failure.get_or_insert(e);
             }

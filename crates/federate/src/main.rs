@@ -391,11 +391,15 @@ fn run(args: RunArgs) -> Result<()> {
                 write_err.get_or_insert(e);
             }
             let line = format!(
-                "round {:>3}/{rounds}  accuracy {}  train loss {}{}  failures {}  {:.1} s",
+                "round {:>3}/{rounds}  accuracy {}  train loss {}{}{}  failures {}  {:.1} s",
                 r.round,
                 r.accuracy.map(|a| format!("{:.2} %", a * 100.0)).unwrap_or_else(|| "-".into()),
                 r.train_loss.map(|l| format!("{l:.4}")).unwrap_or_else(|| "-".into()),
                 r.epsilon.map(|e| format!("  ε {e:.3}")).unwrap_or_default(),
+                match (r.strategy.get("client_epsilon"), r.strategy.get("clip_norm")) {
+                    (Some(e), Some(c)) => format!("  client ε {e:.3}  clip {c:.3}"),
+                    _ => String::new(),
+                },
                 r.failures.len(),
                 r.seconds
             );

@@ -99,7 +99,26 @@ pub fn local_training(cfg: &Config) -> LocalTraining {
         batch_size: cfg.train.batch_size,
         optimizer: cfg.train.optimizer_spec(),
         dp: cfg.privacy.dp_sgd(),
+        update_dp: None,
     }
+}
+
+/// The server's strategy from the config: FedAvg, or DP-FedAvg when client-level DP is on
+/// (its central noise from `noise`).
+pub fn build_strategy(cfg: &Config, noise: federate_core::NoiseSource) -> Result<Box<dyn federate_core::Strategy>> {
+    let base = FedAvg {
+        fraction_fit: cfg.strategy.fraction_fit,
+        min_fit_clients: cfg.strategy.min_fit_clients,
+        fraction_evaluate: cfg.strategy.fraction_evaluate,
+        min_replies: cfg.strategy.min_replies,
+        training: local_training(cfg),
+    };
+    base.validate()?;
+    let expected = cfg.strategy.fraction_fit * cfg.data.parties as f64;
+    Ok(match cfg.client_privacy.client_dp_for(expected) {
+        None => Box::new(base),
+        Some(dp) => Box::new(federate_core::DpFedAvg::new(base, dp, noise)?),
+    })
 }
 
 /// The outcome of a simulation.
@@ -157,15 +176,8 @@ pub fn simulate(
     let init_values = init_learner.init(seed::derive(cfg.seed, "init", &[]));
     let initial = Parameters::new(init_values.clone(), layout.clone()).context("initial parameters")?;
 
-    let strategy = FedAvg {
-        fraction_fit: cfg.strategy.fraction_fit,
-        min_fit_clients: cfg.strategy.min_fit_clients,
-        fraction_evaluate: cfg.strategy.fraction_evaluate,
-        min_replies: cfg.strategy.min_replies,
-        training: local_training(cfg),
-    };
-    strategy.validate()?;
-    let mut server = Server::new(Box::new(strategy), clients);
+    let strategy = build_strategy(cfg, cfg.privacy.noise.unwrap_or(crate::config::NoiseName::Seeded).source())?;
+    let mut server = Server::new(strategy, clients);
     if cfg.evaluation.centralized {
         let mut learner = NnLearner::new(spec.clone(), 1, threads)?;
         let test = data.test.clone();
