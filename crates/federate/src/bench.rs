@@ -22,14 +22,14 @@ pub struct TrainBench {
 
 /// Measures training steps of `model` (MNIST-shaped input) at each batch size for about
 /// `seconds` each, with `threads` threads; returns the GEMM peak and the rows.
-/// With `dp_clip`, each step is DP-SGD's clipped per-example gradient sum instead (noise
-/// not included).
+/// With `dp_clip`, each step is DP-SGD's clipped per-example gradient sum instead, plus
+/// N(0, C²) noise on every coordinate when a noise source is given.
 pub fn train(
     model: &str,
     batches: &[usize],
     seconds: f64,
     threads: usize,
-    dp_clip: Option<f32>,
+    dp_clip: Option<(f32, Option<federate_core::NoiseSource>)>,
 ) -> Result<(f64, f64, Vec<TrainBench>)> {
     let net = Network::new(ModelSpec::builtin(model, Shape::image(28, 28, 1), 10)?)?;
     let (_, flops) = net.flops_per_example();
@@ -43,9 +43,16 @@ pub fn train(
         let mut ws = net.workspace(b, threads);
         let mut opt = OptimizerSpec::Sgd { lr: 0.01, momentum: 0.9, weight_decay: 0.0 }.build(p.len())?;
         let mut norms = vec![0.0f32; b];
+        let mut seed = 0u64;
         let mut step = |p: &mut Vec<f32>| -> Result<()> {
             match dp_clip {
-                Some(c) => net.clipped_grad(p, &mut ws, &x, &y, c, &mut g, &mut norms).map(|_| ())?,
+                Some((c, noise)) => {
+                    net.clipped_grad(p, &mut ws, &x, &y, c, &mut g, &mut norms)?;
+                    if let Some(source) = noise {
+                        seed += 1;
+                        federate_core::dp::gaussian_noise(&mut g, c as f64, c as f64, source, seed)?;
+                    }
+                }
                 None => net.loss_and_grad(p, &mut ws, &x, &y, &mut g).map(|_| ())?,
             }
             opt.step(p, &g);

@@ -281,7 +281,7 @@ pub struct PrivacyConfig {
 }
 
 /// Where DP noise comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum NoiseName {
     /// Seeded streams, floating-point samplers: reproducible, for simulation.
@@ -371,7 +371,9 @@ pub struct ClientPrivacyConfig {
     pub target_quantile: f64,
     /// η_C: geometric learning rate of the clip norm.
     pub clip_learning_rate: f64,
-    /// σ_b: noise std on the count of unclipped updates (default: expected parties ÷ 20).
+    /// σ_b: noise std on the count of unclipped updates (default: expected parties ÷ 20, as
+    /// Andrew et al. suggest, but at least noise_multiplier, which z_Δ requires to exceed
+    /// z/2).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub count_noise: Option<f64>,
     /// η_s: server learning rate on the mean clipped update.
@@ -412,7 +414,7 @@ impl ClientPrivacyConfig {
             adaptive: self.adaptive.then(|| federate_core::AdaptiveClip {
                 target_quantile: self.target_quantile,
                 learning_rate: self.clip_learning_rate,
-                count_noise: self.count_noise.unwrap_or(expected / 20.0),
+                count_noise: self.count_noise.unwrap_or((expected / 20.0).max(self.noise_multiplier)),
             }),
             server_lr: self.server_lr,
             delta: self.delta,

@@ -255,6 +255,10 @@ enum BenchCommand {
         /// Measure DP-SGD's clipped per-example gradient step with this clipping norm.
         #[arg(long)]
         dp_clip: Option<f32>,
+        /// With --dp-clip, also add Gaussian noise (σ = 1) each step: `seeded` (floating
+        /// point, simulations) or `secure` (OS entropy, exact discrete sampler, deployments).
+        #[arg(long)]
+        dp_noise: Option<crate::config::NoiseName>,
     },
     /// Many parties in this process against a server on loopback: per-round overhead beyond
     /// training, and bytes per round against the model size.
@@ -293,8 +297,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args),
-        Command::Bench { what: BenchCommand::Train { model, batches, threads, seconds, dp_clip } } => {
-            bench_train(&model, &batches, threads, seconds, dp_clip)
+        Command::Bench { what: BenchCommand::Train { model, batches, threads, seconds, dp_clip, dp_noise } } => {
+            if dp_noise.is_some() && dp_clip.is_none() {
+                Err(anyhow::anyhow!("--dp-noise needs --dp-clip C"))
+            } else {
+                bench_train(&model, &batches, threads, seconds, dp_clip.map(|c| (c, dp_noise.map(|n| n.source()))))
+            }
         }
         Command::Data { what: DataCommand::Fetch { dataset, data_dir, cache_dir } } => {
             fetch(&dataset, data_dir, cache_dir)
@@ -486,14 +494,26 @@ fn join(a: JoinArgs) -> Result<()> {
     deploy::join(&cfg, &a.server, &a.id, data, tls, a.server_name.clone())
 }
 
-fn bench_train(model: &str, batches: &[usize], threads: usize, seconds: f64, dp_clip: Option<f32>) -> Result<()> {
+fn bench_train(
+    model: &str,
+    batches: &[usize],
+    threads: usize,
+    seconds: f64,
+    dp_clip: Option<(f32, Option<federate_core::NoiseSource>)>,
+) -> Result<()> {
     anyhow::ensure!(threads >= 1, "--threads must be at least 1");
+    anyhow::ensure!(!matches!(dp_clip, Some((c, _)) if c <= 0.0), "--dp-clip must be > 0");
     anyhow::ensure!(!batches.is_empty() && batches.iter().all(|&b| b >= 1), "--batches must list sizes ≥ 1");
     init_threads(threads)?;
     let (peak, flops, rows) = bench::train(model, batches, seconds, threads, dp_clip)?;
     println!(
         "model={model} mode={} threads={threads} train_mflop_per_example={:.1} gemm_peak_gflops={peak:.1} floor_samples_per_s={:.0}",
-        if dp_clip.is_some() { "dp-sgd" } else { "sgd" },
+        match dp_clip {
+            None => "sgd",
+            Some((_, None)) => "dp-sgd-clip",
+            Some((_, Some(federate_core::NoiseSource::Seeded))) => "dp-sgd-seeded-noise",
+            Some((_, Some(federate_core::NoiseSource::Secure))) => "dp-sgd-secure-noise",
+        },
         flops / 1e6,
         peak * 1e9 / flops
     );
