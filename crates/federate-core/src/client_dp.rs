@@ -133,7 +133,7 @@ impl ClientDp {
             if !(a.learning_rate > 0.0 && a.learning_rate.is_finite()) {
                 return Err(format!("client_privacy.clip_learning_rate = {} must be > 0", a.learning_rate));
             }
-            if !(a.count_noise > self.noise_multiplier / 2.0) {
+            if a.count_noise.is_nan() || a.count_noise <= self.noise_multiplier / 2.0 {
                 return Err(format!(
                     "client_privacy.count_noise = {} must exceed noise_multiplier / 2 = {} (Andrew et al.: \
                      z_Δ = (z⁻² − (2σ_b)⁻²)^(−½)); raise count_noise",
