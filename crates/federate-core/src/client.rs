@@ -12,7 +12,7 @@ use thiserror::Error;
 use crate::learner::Learner;
 use crate::params::Parameters;
 use crate::seed;
-use crate::train::{LocalTraining, TrainStats, optimizer_for, train_local_with};
+use crate::train::{Correction, LocalAlgorithm, LocalTraining, TrainStats, gradient, optimizer_for, train_local_with};
 
 /// Instructions for one party's local training in one round.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -23,6 +23,10 @@ pub struct FitTask {
     pub training: LocalTraining,
     /// Seed of this party's batch and dropout streams for this round.
     pub seed: u64,
+    /// A second vector some algorithms send with the model (SCAFFOLD: the server's control
+    /// variate c).
+    #[serde(skip)]
+    pub extra: Option<Arc<Vec<f32>>>,
 }
 
 /// A party's answer to a `FitTask`.
@@ -34,6 +38,8 @@ pub struct FitReply {
     pub num_examples: usize,
     /// Named metrics (`train_loss`, `train_accuracy`, `steps`).
     pub metrics: BTreeMap<String, f64>,
+    /// A second vector some algorithms return (SCAFFOLD: the change of c_k).
+    pub extra: Option<Vec<f32>>,
 }
 
 /// Instructions for one party's evaluation.
@@ -74,6 +80,10 @@ pub enum ClientError {
     /// Training this round would take the party past its privacy budget, so it refuses.
     #[error("privacy budget spent: {0}")]
     BudgetSpent(String),
+    /// The algorithm needs state this party should have kept from earlier rounds and does
+    /// not have (it restarted).
+    #[error("party-side state missing: {0}")]
+    MissingState(String),
 }
 
 /// A party, seen from its own side: trains and evaluates on data that never leaves it.
@@ -140,12 +150,33 @@ pub struct LocalClient<L: Learner> {
     on_epoch: Option<EpochHook>,
     dp_steps: u64,
     noise: crate::dp::NoiseSource,
+    admm: Option<AdmmParty>,
+    scaffold: Option<Vec<f32>>,
+}
+
+/// What an ADMM party keeps between rounds.
+#[derive(Debug, Clone)]
+struct AdmmParty {
+    /// The dual y_k.
+    dual: Vec<f32>,
+    /// θ_k of its last solve, and the ρ it used.
+    last: Vec<f32>,
+    rho: f32,
 }
 
 impl<L: Learner> LocalClient<L> {
     /// A party holding `train` and `test`.
     pub fn new(learner: L, train: Dataset, test: Dataset) -> Self {
-        LocalClient { learner, train, test, on_epoch: None, dp_steps: 0, noise: crate::dp::NoiseSource::Seeded }
+        LocalClient {
+            learner,
+            train,
+            test,
+            on_epoch: None,
+            dp_steps: 0,
+            noise: crate::dp::NoiseSource::Seeded,
+            admm: None,
+            scaffold: None,
+        }
     }
     /// Where DP randomness comes from (default: seeded, for reproducible simulations; a
     /// deployment uses `NoiseSource::Secure`).
@@ -168,6 +199,32 @@ fn model_err(e: federate_nn::NnError) -> ClientError {
     ClientError::Model(e.to_string())
 }
 
+impl<L: Learner> LocalClient<L> {
+    /// The task's local epochs, one at a time (the batch stream and optimiser carry over, so
+    /// this equals one call with all epochs) to report progress.
+    fn epochs(
+        &mut self,
+        task: &FitTask,
+        params: &mut [f32],
+        opt: &mut federate_nn::Optimizer,
+        rng: &mut rand_chacha::ChaCha8Rng,
+        correction: &Correction<'_>,
+    ) -> Result<TrainStats, ClientError> {
+        let one = LocalTraining { epochs: 1, ..task.training.clone() };
+        let mut stats = TrainStats::default();
+        for epoch in 0..task.training.epochs {
+            let s = train_local_with(&mut self.learner, params, &self.train, &one, opt, rng, self.noise, correction)
+                .map_err(model_err)?;
+            stats.steps += s.steps;
+            stats.batches.merge(s.batches);
+            if let Some(hook) = &self.on_epoch {
+                hook(task.round, epoch + 1, task.training.epochs);
+            }
+        }
+        Ok(stats)
+    }
+}
+
 impl<L: Learner> Client for LocalClient<L> {
     fn fit(&mut self, global: &Parameters, task: &FitTask) -> Result<FitReply, ClientError> {
         let expected = self.learner.layout().len();
@@ -178,8 +235,6 @@ impl<L: Learner> Client for LocalClient<L> {
         let mut opt = optimizer_for(&task.training, params.len()).map_err(model_err)?;
         let mut rng = seed::stream(task.seed, "batches", &[]);
         self.learner.reseed(seed::derive(task.seed, "dropout", &[]));
-        // One epoch at a time (the batch stream and optimiser carry over, so this equals one
-        // call with all epochs) to report progress.
         if let Some(dp) = &task.training.dp
             && let Some(budget) = dp.max_epsilon
         {
@@ -193,18 +248,90 @@ impl<L: Learner> Client for LocalClient<L> {
             }
         }
         let started = std::time::Instant::now();
-        let one = LocalTraining { epochs: 1, ..task.training.clone() };
-        let mut stats = TrainStats::default();
-        for epoch in 0..task.training.epochs {
-            let s = train_local_with(&mut self.learner, &mut params, &self.train, &one, &mut opt, &mut rng, self.noise)
-                .map_err(model_err)?;
-            stats.steps += s.steps;
-            stats.batches.merge(s.batches);
-            if let Some(hook) = &self.on_epoch {
-                hook(task.round, epoch + 1, task.training.epochs);
-            }
-        }
         let mut metrics = BTreeMap::new();
+        let mut extra = None;
+        let stats = match task.training.local {
+            LocalAlgorithm::Gradient { full } => {
+                let s = gradient(
+                    &mut self.learner,
+                    &global.values,
+                    &self.train,
+                    task.training.batch_size,
+                    full,
+                    &mut params,
+                    &mut rng,
+                )
+                .map_err(model_err)?;
+                TrainStats { steps: 0, batches: s }
+            }
+            LocalAlgorithm::Sgd => self.epochs(task, &mut params, &mut opt, &mut rng, &Correction::default())?,
+            LocalAlgorithm::Prox { mu } => {
+                let c = Correction { anchor: Some(&global.values), mu, linear: None };
+                self.epochs(task, &mut params, &mut opt, &mut rng, &c)?
+            }
+            LocalAlgorithm::Admm { rho, has_state } => {
+                let z = &global.values;
+                let mut st = match (self.admm.take(), has_state) {
+                    (Some(st), true) => st,
+                    (None, true) => {
+                        return Err(ClientError::MissingState(
+                            "ADMM: this party took part before but holds no dual variable (it restarted); the \
+                             server must restart the run or drop this party"
+                                .into(),
+                        ));
+                    }
+                    // First participation (or the server started a new run): y = 0.
+                    (_, false) => AdmmParty { dual: vec![0.0; z.len()], last: z.clone(), rho },
+                };
+                // Dual ascent with the consensus just received: y ← y + ρ(θ_last − z).
+                let mut primal = 0.0f64;
+                for ((y, x), z) in st.dual.iter_mut().zip(&st.last).zip(z) {
+                    *y += st.rho * (x - z);
+                    primal += ((x - z) as f64).powi(2);
+                }
+                metrics.insert("primal_residual_sq".into(), primal);
+                let c = Correction { anchor: Some(z), mu: rho, linear: Some(&st.dual) };
+                let s = self.epochs(task, &mut params, &mut opt, &mut rng, &c)?;
+                st.last = params.clone();
+                st.rho = rho;
+                for (p, y) in params.iter_mut().zip(&st.dual) {
+                    *p += y / rho;
+                }
+                self.admm = Some(st);
+                s
+            }
+            LocalAlgorithm::Scaffold { has_state } => {
+                let Some(c) = task.extra.clone() else {
+                    return Err(ClientError::Model("SCAFFOLD task without the server control variate".into()));
+                };
+                if c.len() != params.len() {
+                    return Err(ClientError::WrongParameterCount { got: c.len(), expected: params.len() });
+                }
+                let ck = match (self.scaffold.take(), has_state) {
+                    (Some(ck), true) => ck,
+                    (None, true) => {
+                        return Err(ClientError::MissingState(
+                            "SCAFFOLD: this party took part before but holds no control variate (it restarted)".into(),
+                        ));
+                    }
+                    (_, false) => vec![0.0; params.len()],
+                };
+                let corr: Vec<f32> = c.iter().zip(&ck).map(|(c, k)| c - k).collect();
+                let cc = Correction { anchor: None, mu: 0.0, linear: Some(&corr) };
+                let s = self.epochs(task, &mut params, &mut opt, &mut rng, &cc)?;
+                // Option II: c_k⁺ = c_k − c + (x − y)/(K·η).
+                let lr = match task.training.optimizer {
+                    federate_nn::OptimizerSpec::Sgd { lr, .. } => lr,
+                    federate_nn::OptimizerSpec::Adam { lr, .. } => lr,
+                };
+                let k = (s.steps.max(1) as f32) * lr;
+                let new_ck: Vec<f32> =
+                    ck.iter().zip(c.iter()).zip(global.values.iter().zip(&params)).map(|((ck, c), (x, y))| ck - c + (x - y) / k).collect();
+                extra = Some(new_ck.iter().zip(&ck).map(|(n, o)| n - o).collect());
+                self.scaffold = Some(new_ck);
+                s
+            }
+        };
         metrics.insert("train_loss".into(), stats.batches.mean_loss());
         metrics.insert("train_accuracy".into(), stats.batches.accuracy());
         metrics.insert("steps".into(), stats.steps as f64);
@@ -222,7 +349,7 @@ impl<L: Learner> Client for LocalClient<L> {
             metrics.insert("epsilon".into(), eps);
             metrics.insert("dp_steps".into(), self.dp_steps as f64);
         }
-        Ok(FitReply { params, num_examples: self.train.len(), metrics })
+        Ok(FitReply { params, num_examples: self.train.len(), metrics, extra })
     }
 
     fn evaluate(&mut self, params: &Parameters, _task: &EvaluateTask) -> Result<EvaluateReply, ClientError> {

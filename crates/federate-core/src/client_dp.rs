@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::client::{EvaluateReply, EvaluateTask, FitReply, FitTask};
 use crate::dp::{NoiseSource, gaussian_noise};
 use crate::params::Parameters;
-use crate::strategy::{FedAvg, Rejection, Strategy, StrategyError, check_reply};
+use crate::strategy::{FedAvg, Rejection, Strategy, StrategyError, StrategyState, check_reply, missing_state};
 
 /// What a party does to its update before sending it (distributed client-level DP).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -228,7 +228,7 @@ impl Strategy for DpFedAvg {
                     });
                 }
                 let seed = crate::seed::derive(run_seed, "fit", &[round as u64, c as u64]);
-                (c, FitTask { round, training, seed })
+                (c, FitTask { round, training, seed, extra: None })
             })
             .collect()
     }
@@ -337,30 +337,26 @@ impl Strategy for DpFedAvg {
         self.last.clone()
     }
 
-    fn state(&self) -> Option<String> {
-        serde_json_lite(&self.state)
+    fn state(&self) -> Option<StrategyState> {
+        Some(StrategyState { meta: serde_json_lite(&self.state), vectors: Vec::new() })
     }
 
-    fn restore(&mut self, state: Option<&str>) -> Result<(), StrategyError> {
-        let Some(text) = state else {
-            return Err(StrategyError::Config(
-                "the checkpoint has no dp-fedavg state (clip norm and privacy ledger); it was written by another \
-                 strategy: resume with the strategy that wrote it, or start a new run"
-                    .into(),
-            ));
+    fn restore(&mut self, state: Option<&StrategyState>) -> Result<(), StrategyError> {
+        let Some(s) = state else {
+            return Err(missing_state("dp-fedavg (clip norm and privacy ledger)"));
         };
-        self.state = parse_state(text).map_err(StrategyError::Config)?;
+        self.state = parse_state(&s.meta).map_err(StrategyError::Config)?;
         Ok(())
     }
 }
 
 /// The state as one line: `clip q,z q,z …` (no JSON dependency in the core).
-fn serde_json_lite(s: &ClientDpState) -> Option<String> {
+fn serde_json_lite(s: &ClientDpState) -> String {
     let mut out = format!("{:?}", s.clip);
     for (q, z) in &s.rounds {
         out.push_str(&format!(" {q:?},{z:?}"));
     }
-    Some(out)
+    out
 }
 
 fn parse_state(text: &str) -> Result<ClientDpState, String> {
@@ -399,7 +395,10 @@ mod tests {
                 optimizer: OptimizerSpec::Sgd { lr: 0.1, momentum: 0.0, weight_decay: 0.0 },
                 dp: None,
                 update_dp: None,
+                local: Default::default(),
             },
+            stragglers: 0.0,
+            drop_stragglers: false,
         }
     }
 
@@ -417,7 +416,7 @@ mod tests {
         if let Some(b) = bit {
             metrics.insert("clip_indicator".into(), b);
         }
-        FitReply { params, num_examples: 10, metrics }
+        FitReply { params, num_examples: 10, metrics, extra: None }
     }
 
     fn tasks(s: &mut DpFedAvg, n: usize) -> Vec<(usize, FitTask)> {
@@ -490,13 +489,13 @@ mod tests {
         let want = federate_privacy::rdp::epsilon(1.0, 0.5, 3, 1e-5).unwrap();
         assert!((eps[2] - want).abs() < 1e-9, "{} vs {want}", eps[2]);
         // The state survives a checkpoint, and a missing state is an error, not a reset.
-        let text = s.state().unwrap();
+        let saved = s.state().unwrap();
         let mut t = DpFedAvg::new(base(1.0), cfg, NoiseSource::Seeded).unwrap();
-        t.restore(Some(&text)).unwrap();
+        t.restore(Some(&saved)).unwrap();
         assert_eq!(t.state, s.state);
         let e = t.restore(None).unwrap_err().to_string();
-        assert!(e.contains("no dp-fedavg state"), "{e}");
-        assert!(t.restore(Some("garbage")).is_err());
+        assert!(e.contains("no dp-fedavg"), "{e}");
+        assert!(t.restore(Some(&StrategyState { meta: "garbage".into(), vectors: vec![] })).is_err());
     }
 
     #[test]

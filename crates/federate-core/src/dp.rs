@@ -204,16 +204,17 @@ pub fn train_local_dp<R: Rng>(
     opt: &mut Optimizer,
     rng: &mut R,
     source: NoiseSource,
+    correction: &crate::train::Correction<'_>,
 ) -> Result<TrainStats, NnError> {
     dp.validate().map_err(NnError::BadHyperParameter)?;
     match source {
         NoiseSource::Seeded => {
             let noise_seed: u64 = rng.random();
-            dp_epochs(learner, params, data, cfg, dp, opt, rng, Noise::Seeded(noise_seed))
+            dp_epochs(learner, params, data, cfg, dp, opt, rng, Noise::Seeded(noise_seed), correction)
         }
         NoiseSource::Secure => {
             let mut os = os_rng()?;
-            dp_epochs(learner, params, data, cfg, dp, opt, &mut os, Noise::Secure)
+            dp_epochs(learner, params, data, cfg, dp, opt, &mut os, Noise::Secure, correction)
         }
     }
 }
@@ -239,6 +240,7 @@ fn dp_epochs<R: Rng>(
     opt: &mut Optimizer,
     rng: &mut R,
     noise: Noise,
+    correction: &crate::train::Correction<'_>,
 ) -> Result<TrainStats, NnError> {
     let n = data.len();
     let d = data.example_len();
@@ -277,6 +279,8 @@ fn dp_epochs<R: Rng>(
             Noise::Seeded(seed) => add_float_noise(&mut sum, dp, seed, step as u64, expected),
             Noise::Secure => add_exact_noise(&mut sum, dp, expected)?,
         }
+        // Data-independent terms (FedProx, ADMM, SCAFFOLD) after the noise: post-processing.
+        correction.apply(params, &mut sum);
         opt.step(params, &sum);
         stats.steps += 1;
     }

@@ -5,6 +5,7 @@
 //! records every round. It knows nothing about sockets: a remote party is just another
 //! `ClientProxy`.
 
+pub mod algorithms;
 pub mod client;
 pub mod client_dp;
 pub mod dp;
@@ -18,6 +19,7 @@ pub mod train;
 pub use client::{
     Client, ClientError, ClientProxy, EvaluateReply, EvaluateTask, FitReply, FitTask, InProcess, LocalClient,
 };
+pub use algorithms::{Admm, FedOpt, FedOptConfig, FedSgd, Scaffold, ServerOptimizer};
 pub use client_dp::{AdaptiveClip, ClientDp, ClientDpMode, DpFedAvg, UpdateDp};
 pub use dp::{DpSgd, Mechanism, NoiseSource, Sampling};
 pub use learner::{Learner, NnLearner};
@@ -26,5 +28,5 @@ pub use server::{
     CentralEval, CentralEvaluator, ClientEval, ClientFit, Event, Failure, RoundRecord, Server, ServerConfig,
     ServerError,
 };
-pub use strategy::{FedAvg, Rejection, Strategy, StrategyError, sample_clients, weighted_average, weighted_evaluation};
-pub use train::{LocalTraining, TrainStats, train_local, train_local_with};
+pub use strategy::{FedAvg, Rejection, Strategy, StrategyError, StrategyState, sample_clients, weighted_average, weighted_evaluation};
+pub use train::{Correction, LocalAlgorithm, LocalTraining, TrainStats, gradient, train_local, train_local_with};

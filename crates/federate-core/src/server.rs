@@ -152,7 +152,7 @@ pub enum Event<'a> {
         /// The global model after the round.
         global: &'a Parameters,
         /// The strategy's name and state after the round (for checkpoints).
-        strategy: (&'a str, Option<String>),
+        strategy: (&'a str, Option<crate::StrategyState>),
     },
 }
 
@@ -224,7 +224,7 @@ impl Server {
     }
 
     /// Gives the strategy the state a checkpoint recorded for it (`None`: none recorded).
-    pub fn restore_strategy(&mut self, name: &str, state: Option<&str>) -> Result<(), ServerError> {
+    pub fn restore_strategy(&mut self, name: &str, state: Option<&crate::StrategyState>) -> Result<(), ServerError> {
         if name != self.strategy.name() {
             return Err(ServerError::BadInitial(format!(
                 "the checkpoint was written by strategy '{name}', the config runs '{}': resume with the same strategy",

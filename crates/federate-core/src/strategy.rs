@@ -90,16 +90,34 @@ pub trait Strategy: Send {
         BTreeMap::new()
     }
 
-    /// The state the strategy carries between rounds, as text for checkpoints; `None` for
-    /// stateless strategies.
-    fn state(&self) -> Option<String> {
+    /// The state the strategy carries between rounds, for checkpoints; `None` for stateless
+    /// strategies.
+    fn state(&self) -> Option<StrategyState> {
         None
     }
 
     /// Restores the state a checkpoint recorded. A stateful strategy refuses `None`.
-    fn restore(&mut self, _state: Option<&str>) -> Result<(), StrategyError> {
+    fn restore(&mut self, _state: Option<&StrategyState>) -> Result<(), StrategyError> {
         Ok(())
     }
+}
+
+/// A strategy's state between rounds: small settings as text, large ones as vectors.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct StrategyState {
+    /// Scalars and flags, in the strategy's own one-line format.
+    pub meta: String,
+    /// Vectors (server momentum, control variates, per-party contributions).
+    #[serde(skip)]
+    pub vectors: Vec<Vec<f32>>,
+}
+
+/// The error a stateful strategy gives when a checkpoint holds no state for it.
+pub fn missing_state(name: &str) -> StrategyError {
+    StrategyError::Config(format!(
+        "the checkpoint holds no {name} state; it was written by another strategy or version: resume with the \
+         strategy that wrote it, or start a new run"
+    ))
 }
 
 /// Example-weighted mean of loss and accuracy (equal to the accuracy on the union of the
@@ -179,6 +197,14 @@ pub struct FedAvg {
     pub min_replies: usize,
     /// Local training of every party.
     pub training: LocalTraining,
+    /// Fraction of the chosen parties that are stragglers each round (FedProx's systems
+    /// heterogeneity): they manage only a random 1..=epochs local epochs.
+    #[serde(default)]
+    pub stragglers: f64,
+    /// Drop stragglers instead of using their partial work (what FedAvg does in the
+    /// FedProx paper).
+    #[serde(default)]
+    pub drop_stragglers: bool,
 }
 
 impl FedAvg {
@@ -193,10 +219,41 @@ impl FedAvg {
                 self.fraction_evaluate
             )));
         }
+        if !(0.0..=1.0).contains(&self.stragglers) {
+            return Err(StrategyError::Config(format!("stragglers = {} must be in [0, 1]", self.stragglers)));
+        }
         if self.training.epochs == 0 || self.training.batch_size == 0 {
             return Err(StrategyError::Config("epochs and batch_size must be at least 1".into()));
         }
         self.training.optimizer.validate().map_err(|e| StrategyError::Config(e.to_string()))
+    }
+}
+
+impl FedAvg {
+    /// Fit tasks for the `chosen` parties, with stragglers drawn from `rng`: each chosen
+    /// party is a straggler with probability `stragglers`; a straggler is dropped or runs a
+    /// uniform 1..=epochs local epochs.
+    pub fn tasks_for(
+        &self,
+        round: u32,
+        run_seed: u64,
+        chosen: Vec<usize>,
+        rng: &mut ChaCha8Rng,
+    ) -> Vec<(usize, FitTask)> {
+        use rand::RngExt;
+        let mut out = Vec::with_capacity(chosen.len());
+        for c in chosen {
+            let mut training = self.training.clone();
+            if self.stragglers > 0.0 && rng.random::<f64>() < self.stragglers {
+                if self.drop_stragglers {
+                    continue;
+                }
+                training.epochs = rng.random_range(1..=training.epochs.max(1));
+            }
+            let seed = seed::derive(run_seed, "fit", &[round as u64, c as u64]);
+            out.push((c, FitTask { round, training, seed, extra: None }));
+        }
+        out
     }
 }
 
@@ -212,17 +269,8 @@ impl Strategy for FedAvg {
         run_seed: u64,
         rng: &mut ChaCha8Rng,
     ) -> Vec<(usize, FitTask)> {
-        sample_clients(num_clients, self.fraction_fit, self.min_fit_clients, rng)
-            .into_iter()
-            .map(|c| {
-                let task = FitTask {
-                    round,
-                    training: self.training.clone(),
-                    seed: seed::derive(run_seed, "fit", &[round as u64, c as u64]),
-                };
-                (c, task)
-            })
-            .collect()
+        let chosen = sample_clients(num_clients, self.fraction_fit, self.min_fit_clients, rng);
+        self.tasks_for(round, run_seed, chosen, rng)
     }
 
     fn aggregate_fit(

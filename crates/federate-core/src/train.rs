@@ -23,6 +23,79 @@ pub struct LocalTraining {
     /// Client-level DP done by the party itself (distributed DP-FedAvg), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_dp: Option<crate::client_dp::UpdateDp>,
+    /// What the party computes: plain local SGD (FedAvg), or a variant.
+    #[serde(default, skip_serializing_if = "LocalAlgorithm::is_sgd")]
+    pub local: LocalAlgorithm,
+}
+
+/// The party-side algorithm of a round.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum LocalAlgorithm {
+    /// Local epochs of (DP-)SGD from the global model (FedAvg).
+    #[default]
+    Sgd,
+    /// FedProx: local epochs on f_k(θ) + (μ/2)‖θ − θ_g‖².
+    Prox {
+        /// μ ≥ 0.
+        mu: f32,
+    },
+    /// FedSGD: the gradient of the mean loss at the global model, over all local data
+    /// (`full`) or over one random minibatch of `batch_size`.
+    Gradient {
+        /// Full-batch gradient.
+        full: bool,
+    },
+    /// Consensus ADMM: local epochs on f_k(θ) + y_kᵀ(θ − z) + (ρ/2)‖θ − z‖², with the dual
+    /// y_k kept by the party across rounds; the reply is θ_k + y_k/ρ.
+    Admm {
+        /// ρ > 0.
+        rho: f32,
+        /// Whether this party has taken part before (so it must hold its dual).
+        has_state: bool,
+    },
+    /// SCAFFOLD (option II): local SGD with the correction c − c_k; the reply carries the
+    /// change of the party's control variate.
+    Scaffold {
+        /// Whether this party has taken part before (so it must hold c_k).
+        has_state: bool,
+    },
+}
+
+impl LocalAlgorithm {
+    /// Plain local SGD.
+    pub fn is_sgd(&self) -> bool {
+        *self == LocalAlgorithm::Sgd
+    }
+}
+
+/// Data-independent terms added to every local gradient: `mu·(θ − anchor) + linear`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Correction<'a> {
+    /// The point the proximal term pulls towards.
+    pub anchor: Option<&'a [f32]>,
+    /// Weight of the proximal term.
+    pub mu: f32,
+    /// A constant vector added to the gradient.
+    pub linear: Option<&'a [f32]>,
+}
+
+impl Correction<'_> {
+    /// Adds the terms to `grad` at `params`.
+    pub fn apply(&self, params: &[f32], grad: &mut [f32]) {
+        if let Some(a) = self.anchor
+            && self.mu != 0.0
+        {
+            for ((g, p), a) in grad.iter_mut().zip(params).zip(a) {
+                *g += self.mu * (p - a);
+            }
+        }
+        if let Some(l) = self.linear {
+            for (g, l) in grad.iter_mut().zip(l) {
+                *g += l;
+            }
+        }
+    }
 }
 
 /// What a local training run did.
@@ -44,10 +117,11 @@ pub fn train_local<R: Rng>(
     opt: &mut Optimizer,
     rng: &mut R,
 ) -> Result<TrainStats, NnError> {
-    train_local_with(learner, params, data, cfg, opt, rng, crate::dp::NoiseSource::Seeded)
+    train_local_with(learner, params, data, cfg, opt, rng, crate::dp::NoiseSource::Seeded, &Correction::default())
 }
 
-/// `train_local` with DP randomness from `source`.
+/// `train_local` with DP randomness from `source` and `correction` added to each gradient.
+#[allow(clippy::too_many_arguments)]
 pub fn train_local_with<R: Rng>(
     learner: &mut dyn Learner,
     params: &mut [f32],
@@ -56,9 +130,10 @@ pub fn train_local_with<R: Rng>(
     opt: &mut Optimizer,
     rng: &mut R,
     source: crate::dp::NoiseSource,
+    correction: &Correction<'_>,
 ) -> Result<TrainStats, NnError> {
     if let Some(dp) = &cfg.dp {
-        return crate::dp::train_local_dp(learner, params, data, cfg, dp, opt, rng, source);
+        return crate::dp::train_local_dp(learner, params, data, cfg, dp, opt, rng, source, correction);
     }
     let d = data.example_len();
     let bs = cfg.batch_size.max(1);
@@ -76,9 +151,50 @@ pub fn train_local_with<R: Rng>(
             }
             let n = chunk.len();
             let s = learner.loss_and_grad(params, &xb[..n * d], &yb[..n], &mut grad)?;
+            correction.apply(params, &mut grad);
             opt.step(params, &grad);
             stats.batches.merge(s);
             stats.steps += 1;
+        }
+    }
+    Ok(stats)
+}
+
+/// The gradient of the mean loss over all of `data` (`full`), or over one minibatch of
+/// `batch_size` examples drawn with `rng`, at `params`, written into `grad`.
+pub fn gradient<R: Rng>(
+    learner: &mut dyn Learner,
+    params: &[f32],
+    data: &Dataset,
+    batch_size: usize,
+    full: bool,
+    grad: &mut [f32],
+    rng: &mut R,
+) -> Result<BatchStats, NnError> {
+    let d = data.example_len();
+    let bs = batch_size.max(1);
+    let order: Vec<usize> = if full {
+        (0..data.len()).collect()
+    } else {
+        rand::seq::index::sample(rng, data.len(), bs.min(data.len())).into_vec()
+    };
+    let n = order.len().max(1) as f32;
+    let mut part = vec![0.0f32; grad.len()];
+    let mut xb = vec![0.0f32; bs * d];
+    let mut yb = vec![0u32; bs];
+    let mut stats = BatchStats::default();
+    grad.fill(0.0);
+    for chunk in order.chunks(bs) {
+        for (j, &i) in chunk.iter().enumerate() {
+            xb[j * d..(j + 1) * d].copy_from_slice(&data.x[i * d..(i + 1) * d]);
+            yb[j] = data.y[i];
+        }
+        let m = chunk.len();
+        stats.merge(learner.loss_and_grad(params, &xb[..m * d], &yb[..m], &mut part)?);
+        // Mean over the chunk → its share of the mean over all examples.
+        let w = m as f32 / n;
+        for (g, p) in grad.iter_mut().zip(&part) {
+            *g += w * p;
         }
     }
     Ok(stats)

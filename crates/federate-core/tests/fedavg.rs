@@ -13,7 +13,7 @@ fn layout(n: usize) -> Arc<Layout> {
 }
 
 fn reply(params: Vec<f32>, n: usize) -> FitReply {
-    FitReply { params, num_examples: n, metrics: BTreeMap::new() }
+    FitReply { params, num_examples: n, metrics: BTreeMap::new(), extra: None }
 }
 
 fn fedavg() -> FedAvg {
@@ -28,7 +28,10 @@ fn fedavg() -> FedAvg {
             optimizer: OptimizerSpec::Sgd { lr: 0.1, momentum: 0.0, weight_decay: 0.0 },
             dp: None,
             update_dp: None,
+            local: Default::default(),
         },
+        stragglers: 0.0,
+        drop_stragglers: false,
     }
 }
 

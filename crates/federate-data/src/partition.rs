@@ -132,6 +132,35 @@ pub fn shards<R: Rng>(labels: &[u32], k: usize, per_party: usize, rng: &mut R) -
 }
 
 #[cfg(test)]
+mod skew_tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn quantity_skew_sizes_vary_and_cover_everything() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let parts = quantity_skew(10_000, 20, 1.0, 10, &mut rng).unwrap();
+        let sizes: Vec<usize> = parts.iter().map(Vec::len).collect();
+        assert_eq!(sizes.iter().sum::<usize>(), 10_000);
+        assert!(sizes.iter().all(|&s| s >= 10));
+        assert!(sizes.iter().max().unwrap() > &(3 * sizes.iter().min().unwrap()), "{sizes:?}");
+        let mut all: Vec<usize> = parts.concat();
+        all.sort_unstable();
+        assert_eq!(all, (0..10_000).collect::<Vec<_>>());
+        let equal = quantity_skew(100, 4, 0.0, 1, &mut rng).unwrap();
+        assert!(equal.iter().all(|p| p.len() == 25));
+        assert!(quantity_skew(10, 20, 1.0, 1, &mut rng).is_err());
+    }
+
+    #[test]
+    fn natural_partition_groups_by_key() {
+        let parts = by_key(&[5, 1, 5, 2, 1]);
+        assert_eq!(parts, vec![vec![1, 4], vec![3], vec![0, 2]]);
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use rand::SeedableRng;
@@ -198,4 +227,60 @@ mod tests {
             assert!(distinct.len() <= 2);
         }
     }
+}
+
+/// Quantity skew: party sizes proportional to lognormal(0, σ) draws (at least `min` each),
+/// examples dealt IID. σ = 0 gives equal sizes.
+pub fn quantity_skew<R: Rng>(
+    n: usize,
+    k: usize,
+    sigma: f64,
+    min: usize,
+    rng: &mut R,
+) -> Result<Vec<Vec<usize>>, DataError> {
+    parties_ok(k)?;
+    if !(sigma >= 0.0 && sigma.is_finite()) {
+        return Err(DataError::Partition(format!("quantity skew σ = {sigma} must be ≥ 0")));
+    }
+    if k * min.max(1) > n {
+        return Err(DataError::Partition(format!(
+            "{n} examples cannot give {k} parties at least {} each",
+            min.max(1)
+        )));
+    }
+    let dist = rand_distr::LogNormal::new(0.0, sigma).map_err(|e| DataError::Partition(e.to_string()))?;
+    let w: Vec<f64> = (0..k).map(|_| dist.sample(rng)).collect();
+    let total: f64 = w.iter().sum();
+    let spare = n - k * min.max(1);
+    let mut sizes: Vec<usize> = w.iter().map(|x| min.max(1) + (x / total * spare as f64).floor() as usize).collect();
+    // Rounding leftovers go to the largest parties, one each.
+    let mut left = n - sizes.iter().sum::<usize>();
+    let mut order: Vec<usize> = (0..k).collect();
+    order.sort_by(|a, b| w[*b].total_cmp(&w[*a]));
+    for &p in order.iter().cycle() {
+        if left == 0 {
+            break;
+        }
+        sizes[p] += 1;
+        left -= 1;
+    }
+    let mut idx: Vec<usize> = (0..n).collect();
+    idx.shuffle(rng);
+    let mut out = Vec::with_capacity(k);
+    let mut at = 0;
+    for s in sizes {
+        out.push(idx[at..at + s].to_vec());
+        at += s;
+    }
+    Ok(out)
+}
+
+/// The natural partition: one party per distinct key (in key order), holding every example
+/// with that key (a device, a hospital, a writer).
+pub fn by_key(keys: &[u64]) -> Vec<Vec<usize>> {
+    let mut groups: std::collections::BTreeMap<u64, Vec<usize>> = std::collections::BTreeMap::new();
+    for (i, &k) in keys.iter().enumerate() {
+        groups.entry(k).or_default().push(i);
+    }
+    groups.into_values().collect()
 }

@@ -1,6 +1,6 @@
 //! Conversions between the core types and their protocol messages.
 
-use federate_core::{DpSgd, LocalTraining, Mechanism, Sampling, UpdateDp};
+use federate_core::{DpSgd, LocalAlgorithm, LocalTraining, Mechanism, Sampling, UpdateDp};
 use federate_nn::OptimizerSpec;
 use federate_privacy::Accountant;
 
@@ -46,12 +46,24 @@ pub fn training_to_proto(t: &LocalTraining) -> proto::LocalTraining {
         noise_std: u.noise_std,
         count_noise_std: u.count_noise_std,
     });
+    let (local, mu, rho, full_batch, has_state) = match t.local {
+        LocalAlgorithm::Sgd => ("sgd", 0.0, 0.0, false, false),
+        LocalAlgorithm::Prox { mu } => ("prox", mu, 0.0, false, false),
+        LocalAlgorithm::Gradient { full } => ("gradient", 0.0, 0.0, full, false),
+        LocalAlgorithm::Admm { rho, has_state } => ("admm", 0.0, rho, false, has_state),
+        LocalAlgorithm::Scaffold { has_state } => ("scaffold", 0.0, 0.0, false, has_state),
+    };
     proto::LocalTraining {
         epochs: t.epochs as u32,
         batch_size: t.batch_size as u32,
         optimizer: Some(optimizer),
         dp,
         update_dp,
+        local: local.into(),
+        mu,
+        rho,
+        full_batch,
+        has_state,
     }
 }
 
@@ -118,7 +130,15 @@ pub fn training_from_proto(t: &proto::LocalTraining) -> Result<LocalTraining, Ma
             Some(UpdateDp { clip: u.clip, noise_std: u.noise_std, count_noise_std: u.count_noise_std })
         }
     };
-    Ok(LocalTraining { epochs: t.epochs as usize, batch_size: t.batch_size as usize, optimizer, dp, update_dp })
+    let local = match t.local.as_str() {
+        "" | "sgd" => LocalAlgorithm::Sgd,
+        "prox" if t.mu >= 0.0 && t.mu.is_finite() => LocalAlgorithm::Prox { mu: t.mu },
+        "gradient" => LocalAlgorithm::Gradient { full: t.full_batch },
+        "admm" if t.rho > 0.0 && t.rho.is_finite() => LocalAlgorithm::Admm { rho: t.rho, has_state: t.has_state },
+        "prox" | "admm" => return Err(Malformed(format!("{} with μ = {} / ρ = {} out of range", t.local, t.mu, t.rho))),
+        other => return Err(Malformed(format!("unknown local algorithm '{other}'"))),
+    };
+    Ok(LocalTraining { epochs: t.epochs as usize, batch_size: t.batch_size as usize, optimizer, dp, update_dp, local })
 }
 
 #[cfg(test)]
@@ -143,8 +163,13 @@ mod tests {
                 sampling: Sampling::Poisson,
             };
             let u = UpdateDp { clip: 0.7, noise_std: 0.01, count_noise_std: 0.3 };
-            for (dp, update_dp) in [(None, None), (Some(dp), Some(u))] {
-                let t = LocalTraining { epochs: 2, batch_size: 32, optimizer: optimizer.clone(), dp, update_dp };
+            for (dp, update_dp, local) in [
+                (None, None, LocalAlgorithm::Sgd),
+                (Some(dp), Some(u), LocalAlgorithm::Prox { mu: 0.01 }),
+                (None, None, LocalAlgorithm::Gradient { full: true }),
+                (None, None, LocalAlgorithm::Admm { rho: 0.5, has_state: true }),
+            ] {
+                let t = LocalTraining { epochs: 2, batch_size: 32, optimizer: optimizer.clone(), dp, update_dp, local };
                 assert_eq!(training_from_proto(&training_to_proto(&t)).unwrap(), t);
             }
         }
@@ -154,6 +179,7 @@ mod tests {
             optimizer: OptimizerSpec::Sgd { lr: 0.1, momentum: 0.0, weight_decay: 0.0 },
             dp: None,
             update_dp: None,
+            local: LocalAlgorithm::Sgd,
         });
         bad.optimizer.as_mut().unwrap().lr = -1.0;
         assert!(training_from_proto(&bad).is_err());

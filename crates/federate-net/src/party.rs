@@ -207,7 +207,7 @@ async fn serve_instructions(
             server_message::Msg::Refusal(r) => return SessionEnd::Lost(format!("server refused: {}", r.reason), true),
             server_message::Msg::Fit(f) => {
                 let task = match f.training.as_ref().map(training_from_proto) {
-                    Some(Ok(training)) => FitTask { round: f.round, training, seed: f.seed },
+                    Some(Ok(training)) => FitTask { round: f.round, training, seed: f.seed, extra: None },
                     Some(Err(e)) => {
                         send_error(tx, f.task_id, e.to_string()).await;
                         continue;

@@ -264,6 +264,13 @@ impl Hub {
 
     /// Sends a fit task to party `id` and waits for its reply.
     pub async fn fit(&self, id: &str, global: &Parameters, task: &FitTask) -> Result<FitReply, ClientError> {
+        if task.extra.is_some() || matches!(task.training.local, federate_core::LocalAlgorithm::Scaffold { .. }) {
+            return Err(ClientError::Model(
+                "SCAFFOLD's control variates do not travel over the network yet (protocol v1): run it with \
+                 `federate run`, or choose fedavg, fedprox, fedavgm, fedadam, fedyogi, fedadagrad, fedsgd or admm"
+                    .into(),
+            ));
+        }
         let r = self
             .call(id, |task_id| {
                 let (header, chunks) = self.params_messages(task_id, &global.values);
@@ -492,7 +499,7 @@ async fn read_party(hub: &Hub, id: &str, conn: &Arc<Conn>, inbound: &mut Streami
                             if let Some(i) = params.iter().position(|v| !v.is_finite()) {
                                 warn!(party = id, "update has a non-finite value at {i}; the strategy will refuse it");
                             }
-                            resolve(task_id, Ok(Reply::Fit(FitReply { params, num_examples, metrics })));
+                            resolve(task_id, Ok(Reply::Fit(FitReply { params, num_examples, metrics, extra: None })));
                         }
                     }
                 }

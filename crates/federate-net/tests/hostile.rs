@@ -133,7 +133,10 @@ fn bad_updates_are_refused_and_the_honest_party_is_served() {
             optimizer: OptimizerSpec::Sgd { lr: 0.1, momentum: 0.0, weight_decay: 0.0 },
             dp: None,
             update_dp: None,
+            local: Default::default(),
         },
+        stragglers: 0.0,
+        drop_stragglers: false,
     };
     let layout = Arc::new(Layout::new(vec![TensorSpec { name: "w".into(), shape: vec![N], offset: 0 }]));
     let init = Parameters::new(vec![0.5; N], layout).unwrap();

@@ -91,7 +91,10 @@ fn two_hundred_parties_complete_three_rounds() {
             optimizer: OptimizerSpec::Sgd { lr: 0.1, momentum: 0.0, weight_decay: 0.0 },
             dp: None,
             update_dp: None,
+            local: Default::default(),
         },
+        stragglers: 0.0,
+        drop_stragglers: false,
     };
     let init = NnLearner::new(spec(), 1, 1).unwrap().init(1);
     let init = Parameters::new(init, Arc::clone(&layout)).unwrap();

@@ -156,6 +156,8 @@ pub fn net(cfg: &crate::config::Config, zstd: bool) -> Result<(Vec<NetRound>, u6
         fraction_evaluate: cfg.strategy.fraction_evaluate,
         min_replies: cfg.strategy.min_replies,
         training: crate::sim::local_training(cfg),
+        stragglers: 0.0,
+        drop_stragglers: false,
     };
     let init = Parameters::new(NnLearner::new(spec, 1, 1)?.init(1), layout.clone())
         .ok_or_else(|| anyhow::anyhow!("layout"))?;

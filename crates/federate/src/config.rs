@@ -67,13 +67,17 @@ pub enum PartitionKind {
     Dirichlet,
     /// McMahan et al.'s label-sorted shards.
     Shards,
+    /// Lognormal party sizes (σ = `quantity_sigma`), examples dealt IID.
+    QuantitySkew,
+    /// One party per natural key (the device of Synthetic(α, β)).
+    Natural,
 }
 
 /// Data settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DataConfig {
-    /// `mnist` or `fashion-mnist`.
+    /// `mnist`, `fashion-mnist`, or `synthetic` (FedProx's Synthetic(α, β)).
     pub dataset: String,
     /// The partitioner.
     pub partition: PartitionKind,
@@ -95,6 +99,14 @@ pub struct DataConfig {
     pub cache_dir: Option<PathBuf>,
     /// Never download or run npm: use only the cache, `data_dir` and system packages.
     pub offline: bool,
+    /// Quantity-skew partition: σ of the lognormal party sizes.
+    pub quantity_sigma: f64,
+    /// Synthetic(α, β): α (model heterogeneity).
+    pub synthetic_alpha: f64,
+    /// Synthetic(α, β): β (input heterogeneity).
+    pub synthetic_beta: f64,
+    /// Synthetic(α, β): devices generated.
+    pub synthetic_devices: usize,
 }
 
 impl Default for DataConfig {
@@ -110,6 +122,10 @@ impl Default for DataConfig {
             data_dir: None,
             cache_dir: None,
             offline: false,
+            quantity_sigma: 1.0,
+            synthetic_alpha: 1.0,
+            synthetic_beta: 1.0,
+            synthetic_devices: 30,
         }
     }
 }
@@ -204,7 +220,31 @@ pub struct StrategyConfig {
     pub fraction_evaluate: f64,
     /// Fewest usable replies that still make a new model.
     pub min_replies: usize,
+    /// η: server learning rate (fedsgd, fedavgm, fedadam, fedyogi, fedadagrad, scaffold).
+    pub server_lr: f64,
+    /// β (fedavgm) or β₁ (fedadam, fedyogi, fedadagrad).
+    pub beta1: f64,
+    /// β₂ (fedadam, fedyogi).
+    pub beta2: f64,
+    /// τ: adaptivity of fedadam, fedyogi, fedadagrad.
+    pub tau: f64,
+    /// μ: FedProx's proximal weight.
+    pub mu: f64,
+    /// ρ: ADMM's penalty.
+    pub rho: f64,
+    /// ADMM: adapt ρ by residual balancing.
+    pub adaptive_rho: bool,
+    /// FedSGD: full-batch gradients (else one minibatch of batch_size).
+    pub full_batch: bool,
+    /// Fraction of chosen parties that straggle each round (do 1..=epochs local epochs).
+    pub stragglers: f64,
+    /// Drop stragglers instead of using their partial work.
+    pub drop_stragglers: bool,
 }
+
+/// The strategies `strategy.name` accepts.
+pub const STRATEGIES: [&str; 9] =
+    ["fedavg", "fedprox", "fedsgd", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "scaffold", "admm"];
 
 impl Default for StrategyConfig {
     fn default() -> Self {
@@ -214,6 +254,16 @@ impl Default for StrategyConfig {
             min_fit_clients: 1,
             fraction_evaluate: 1.0,
             min_replies: 1,
+            server_lr: 1.0,
+            beta1: 0.9,
+            beta2: 0.99,
+            tau: 1e-3,
+            mu: 0.01,
+            rho: 0.1,
+            adaptive_rho: false,
+            full_batch: true,
+            stragglers: 0.0,
+            drop_stragglers: false,
         }
     }
 }
@@ -546,8 +596,22 @@ pub fn validate(c: &Config) -> Result<()> {
     if d.parties == 0 {
         bail!("data.parties = 0: a federation needs at least 1 party");
     }
-    if federate_data::dataset_info(&d.dataset).is_err() {
-        bail!("data.dataset = '{}' is unknown: use one of {}", d.dataset, federate_data::DATASETS.join(", "));
+    if d.dataset != "synthetic" && federate_data::dataset_info(&d.dataset).is_err() {
+        bail!(
+            "data.dataset = '{}' is unknown: use one of {}, synthetic",
+            d.dataset,
+            federate_data::DATASETS.join(", ")
+        );
+    }
+    if d.partition == PartitionKind::Natural && (d.dataset != "synthetic" || d.parties != d.synthetic_devices) {
+        bail!(
+            "data.partition = \"natural\" gives one party per device of dataset = \"synthetic\": set data.parties = \
+             data.synthetic_devices ({})",
+            d.synthetic_devices
+        );
+    }
+    if !(d.synthetic_alpha >= 0.0 && d.synthetic_beta >= 0.0 && d.quantity_sigma >= 0.0) {
+        bail!("data.synthetic_alpha, data.synthetic_beta and data.quantity_sigma must be ≥ 0");
     }
     if d.partition == PartitionKind::WorkedExample && (d.train_per_party == 0 || d.test_per_party == 0) {
         bail!("data.train_per_party and data.test_per_party must be at least 1");
@@ -563,10 +627,28 @@ pub fn validate(c: &Config) -> Result<()> {
         bail!("train.batch_size = 0: set at least 1");
     }
     t.optimizer_spec().validate().map_err(|e| anyhow::anyhow!("train: {e}"))?;
-    if c.strategy.name != "fedavg" {
-        bail!("strategy.name = '{}' is unknown: use fedavg", c.strategy.name);
-    }
     let s = &c.strategy;
+    if !STRATEGIES.contains(&s.name.as_str()) {
+        bail!("strategy.name = '{}' is unknown: use one of {}", s.name, STRATEGIES.join(", "));
+    }
+    if !(s.server_lr > 0.0 && s.server_lr.is_finite()) {
+        bail!("strategy.server_lr = {} must be > 0", s.server_lr);
+    }
+    if !(s.mu >= 0.0 && s.mu.is_finite()) {
+        bail!("strategy.mu = {} must be ≥ 0 (FedProx's proximal weight)", s.mu);
+    }
+    if !(s.rho > 0.0 && s.rho.is_finite()) {
+        bail!("strategy.rho = {} must be > 0 (ADMM's penalty)", s.rho);
+    }
+    if !(0.0..=1.0).contains(&s.stragglers) {
+        bail!("strategy.stragglers = {} must be in [0, 1]", s.stragglers);
+    }
+    if s.name == "scaffold" && !matches!(c.train.optimizer, OptimizerName::Sgd) {
+        bail!("strategy.name = \"scaffold\" needs train.optimizer = \"sgd\" (its control variates assume SGD steps)");
+    }
+    if c.client_privacy.mode != ClientPrivacyMode::None && s.name != "fedavg" {
+        bail!("[client_privacy] wraps fedavg only: set strategy.name = \"fedavg\" or client_privacy.mode = \"none\"");
+    }
     if !(s.fraction_fit > 0.0 && s.fraction_fit <= 1.0) {
         bail!("strategy.fraction_fit = {} must be in (0, 1]", s.fraction_fit);
     }

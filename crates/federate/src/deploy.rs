@@ -30,6 +30,7 @@ use crate::sim;
 pub fn dataset_shape(name: &str) -> Result<(Shape, usize)> {
     match name {
         "mnist" | "fashion-mnist" => Ok((Shape::image(28, 28, 1), 10)),
+        "synthetic" => Ok((Shape::flat(60), 10)),
         other => bail!("data.dataset = '{other}' is unknown: use one of {}", federate_data::DATASETS.join(", ")),
     }
 }
@@ -58,8 +59,14 @@ struct CheckpointMeta {
     round: u32,
     seed: u64,
     strategy: String,
+    /// The strategy's scalar state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     strategy_state: Option<String>,
+    /// Lengths of the strategy's state vectors, stored one after another in `strategy_file`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    strategy_vectors: Vec<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    strategy_file: Option<String>,
     num_values: usize,
     params_file: String,
     records: Vec<RoundRecord>,
@@ -75,19 +82,33 @@ fn write_checkpoint(
     round: u32,
     seed: u64,
     global: &Parameters,
-    strategy: (&str, Option<String>),
+    strategy: (&str, Option<federate_core::StrategyState>),
     records: &[RoundRecord],
 ) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("checkpoint directory {}", dir.display()))?;
     let params_file = format!("params-{round:05}.f32");
     let bytes: Vec<u8> = global.values.iter().flat_map(|v| v.to_le_bytes()).collect();
     atomic_write(&dir.join(&params_file), &bytes)?;
+    let (state, lengths, strategy_file) = match strategy.1 {
+        None => (None, Vec::new(), None),
+        Some(s) => {
+            let lengths: Vec<usize> = s.vectors.iter().map(Vec::len).collect();
+            let file = (!lengths.is_empty()).then(|| format!("strategy-{round:05}.f32"));
+            if let Some(f) = &file {
+                let bytes: Vec<u8> = s.vectors.iter().flatten().flat_map(|v| v.to_le_bytes()).collect();
+                atomic_write(&dir.join(f), &bytes)?;
+            }
+            (Some(s.meta), lengths, file)
+        }
+    };
     let meta = CheckpointMeta {
         format: 1,
         round,
         seed,
         strategy: strategy.0.to_string(),
-        strategy_state: strategy.1,
+        strategy_state: state,
+        strategy_vectors: lengths,
+        strategy_file: strategy_file.clone(),
         num_values: global.len(),
         params_file: params_file.clone(),
         records: records.to_vec(),
@@ -95,7 +116,8 @@ fn write_checkpoint(
     atomic_write(&dir.join(CHECKPOINT), &serde_json::to_vec_pretty(&meta)?)?;
     for e in std::fs::read_dir(dir)?.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with("params-") && name != params_file {
+        let stale_strategy = name.starts_with("strategy-") && Some(&name) != strategy_file.as_ref();
+        if (name.starts_with("params-") && name != params_file) || stale_strategy {
             let _ = std::fs::remove_file(e.path());
         }
     }
@@ -117,7 +139,7 @@ struct Restored {
     values: Vec<f32>,
     records: Vec<RoundRecord>,
     strategy: String,
-    strategy_state: Option<String>,
+    strategy_state: Option<federate_core::StrategyState>,
 }
 
 fn read_checkpoint(dir: &Path, seed: u64, layout_len: usize) -> Result<Restored> {
@@ -152,13 +174,32 @@ fn read_checkpoint(dir: &Path, seed: u64, layout_len: usize) -> Result<Restored>
         bail!("{}: {} bytes, expected {}", p.display(), bytes.len(), layout_len * 4);
     }
     let values = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-    Ok(Restored {
-        round: meta.round,
-        values,
-        records: meta.records,
-        strategy: meta.strategy,
-        strategy_state: meta.strategy_state,
-    })
+    let strategy_state = match meta.strategy_state {
+        None => None,
+        Some(text) => {
+            let mut vectors = Vec::new();
+            if let Some(f) = &meta.strategy_file {
+                if f.contains('/') || f.contains("..") {
+                    bail!("{}: bad strategy file name", meta_path.display());
+                }
+                let p = dir.join(f);
+                let bytes = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+                let want: usize = meta.strategy_vectors.iter().sum();
+                if bytes.len() != want * 4 {
+                    bail!("{}: {} bytes, the checkpoint says {}", p.display(), bytes.len(), want * 4);
+                }
+                let all: Vec<f32> =
+                    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+                let mut at = 0;
+                for &n in &meta.strategy_vectors {
+                    vectors.push(all[at..at + n].to_vec());
+                    at += n;
+                }
+            }
+            Some(federate_core::StrategyState { meta: text, vectors })
+        }
+    };
+    Ok(Restored { round: meta.round, values, records: meta.records, strategy: meta.strategy, strategy_state })
 }
 
 /// Whether `federate serve` would find a checkpoint to resume from.
@@ -237,7 +278,7 @@ pub fn serve(cfg: &Config, out: &Path, resume: bool, insecure: bool) -> Result<(
     let mut server = Server::new(sim::build_strategy(cfg, noise)?, clients);
     if let Some((name, state)) = &restored_strategy {
         server
-            .restore_strategy(name, state.as_deref())
+            .restore_strategy(name, state.as_ref())
             .with_context(|| format!("--resume from {}", ckpt_dir.display()))?;
     }
     let mut failure: Option<anyhow::Error> = None;

@@ -28,8 +28,24 @@ pub struct PartyData {
     pub test: Dataset,
 }
 
-/// Loads the configured dataset (fetching and verifying it if needed).
+/// Synthetic(α, β) as configured, from the run's seed.
+fn synthetic(cfg: &Config) -> Result<federate_data::synthetic::Keyed> {
+    let d = &cfg.data;
+    let sc = federate_data::synthetic::SyntheticConfig {
+        alpha: d.synthetic_alpha,
+        beta: d.synthetic_beta,
+        devices: d.synthetic_devices,
+        ..Default::default()
+    };
+    Ok(federate_data::synthetic::synthetic(&sc, &mut seed::stream(cfg.seed, "synthetic", &[]))?)
+}
+
+/// Loads the configured dataset (fetching and verifying it if needed; generating it for
+/// `synthetic`).
 pub fn load_data(cfg: &Config) -> Result<TrainTest> {
+    if cfg.data.dataset == "synthetic" {
+        return Ok(synthetic(cfg)?.data);
+    }
     let opts = FetchOptions {
         cache_dir: cfg.data.cache_dir.clone().unwrap_or_else(default_cache_dir),
         data_dir: cfg.data.data_dir.clone().or_else(|| std::env::var_os("FEDERATE_DATA_DIR").map(PathBuf::from)),
@@ -63,6 +79,14 @@ pub fn split(cfg: &Config, data: &TrainTest) -> Result<Vec<PartyData>> {
             partition::shards(&data.train.y, k, d.shards_per_party, &mut rng)?,
             partition::iid(data.test.len(), k, &mut rng)?,
         ),
+        PartitionKind::QuantitySkew => (
+            partition::quantity_skew(data.train.len(), k, d.quantity_sigma, 10, &mut rng)?,
+            partition::iid(data.test.len(), k, &mut rng)?,
+        ),
+        PartitionKind::Natural => {
+            let keyed = synthetic(cfg)?;
+            (partition::by_key(&keyed.train_keys), partition::by_key(&keyed.test_keys))
+        }
     };
     Ok(train_parts
         .iter()
@@ -100,24 +124,43 @@ pub fn local_training(cfg: &Config) -> LocalTraining {
         optimizer: cfg.train.optimizer_spec(),
         dp: cfg.privacy.dp_sgd(),
         update_dp: None,
+        local: Default::default(),
     }
 }
 
 /// The server's strategy from the config: FedAvg, or DP-FedAvg when client-level DP is on
 /// (its central noise from `noise`).
 pub fn build_strategy(cfg: &Config, noise: federate_core::NoiseSource) -> Result<Box<dyn federate_core::Strategy>> {
-    let base = FedAvg {
-        fraction_fit: cfg.strategy.fraction_fit,
-        min_fit_clients: cfg.strategy.min_fit_clients,
-        fraction_evaluate: cfg.strategy.fraction_evaluate,
-        min_replies: cfg.strategy.min_replies,
+    use federate_core::{Admm, FedOpt, FedOptConfig, FedSgd, LocalAlgorithm, Scaffold, ServerOptimizer};
+    let s = &cfg.strategy;
+    let mut base = FedAvg {
+        fraction_fit: s.fraction_fit,
+        min_fit_clients: s.min_fit_clients,
+        fraction_evaluate: s.fraction_evaluate,
+        min_replies: s.min_replies,
         training: local_training(cfg),
+        stragglers: s.stragglers,
+        drop_stragglers: s.drop_stragglers,
     };
     base.validate()?;
-    let expected = cfg.strategy.fraction_fit * cfg.data.parties as f64;
-    Ok(match cfg.client_privacy.client_dp_for(expected) {
-        None => Box::new(base),
-        Some(dp) => Box::new(federate_core::DpFedAvg::new(base, dp, noise)?),
+    let expected = s.fraction_fit * cfg.data.parties as f64;
+    if let Some(dp) = cfg.client_privacy.client_dp_for(expected) {
+        return Ok(Box::new(federate_core::DpFedAvg::new(base, dp, noise)?));
+    }
+    let opt = |optimizer| FedOptConfig { optimizer, lr: s.server_lr, beta1: s.beta1, beta2: s.beta2, tau: s.tau };
+    Ok(match s.name.as_str() {
+        "fedprox" => {
+            base.training.local = LocalAlgorithm::Prox { mu: s.mu as f32 };
+            Box::new(base)
+        }
+        "fedsgd" => Box::new(FedSgd::new(base, s.server_lr, s.full_batch)?),
+        "fedavgm" => Box::new(FedOpt::new(base, opt(ServerOptimizer::Momentum))?),
+        "fedadam" => Box::new(FedOpt::new(base, opt(ServerOptimizer::Adam))?),
+        "fedyogi" => Box::new(FedOpt::new(base, opt(ServerOptimizer::Yogi))?),
+        "fedadagrad" => Box::new(FedOpt::new(base, opt(ServerOptimizer::Adagrad))?),
+        "scaffold" => Box::new(Scaffold::new(base, s.server_lr)?),
+        "admm" => Box::new(Admm::new(base, s.rho, s.adaptive_rho)?),
+        _ => Box::new(base),
     })
 }
 

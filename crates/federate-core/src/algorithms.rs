@@ -1,0 +1,480 @@
+//! The federated optimisers beyond FedAvg: FedSGD (distributed SGD), server optimisers on
+//! the FedAvg pseudo-gradient (FedAvgM, FedAdagrad, FedAdam, FedYogi; Reddi et al. 2021),
+//! consensus ADMM (Boyd et al. 2011, §7.1) and SCAFFOLD (Karimireddy et al. 2020). FedProx
+//! is FedAvg with `LocalAlgorithm::Prox` in the parties' training.
+//!
+//! Each wraps a [`FedAvg`] for party sampling, stragglers, evaluation and the local
+//! training settings, and keeps its server-side state (momentum, control variates, duals'
+//! contributions) in [`StrategyState`] for checkpoints.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::client::{EvaluateReply, EvaluateTask, FitReply, FitTask};
+use crate::params::Parameters;
+use crate::strategy::{
+    FedAvg, Rejection, Strategy, StrategyError, StrategyState, check_reply, missing_state, sample_clients,
+    weighted_average,
+};
+use crate::train::LocalAlgorithm;
+
+fn positive(name: &str, v: f64) -> Result<(), StrategyError> {
+    if v > 0.0 && v.is_finite() {
+        Ok(())
+    } else {
+        Err(StrategyError::Config(format!("strategy.{name} = {v} must be > 0")))
+    }
+}
+
+fn too_few(round: u32, got: usize, need: usize) -> StrategyError {
+    StrategyError::TooFewReplies { round, got, need: need.max(1) }
+}
+
+/// Delegates evaluation to the wrapped FedAvg.
+macro_rules! evaluate_with_base {
+    () => {
+        fn configure_evaluate(
+            &mut self,
+            round: u32,
+            num_clients: usize,
+            rng: &mut ChaCha8Rng,
+        ) -> Vec<(usize, EvaluateTask)> {
+            self.base.configure_evaluate(round, num_clients, rng)
+        }
+
+        fn aggregate_evaluate(&mut self, round: u32, replies: &[(usize, EvaluateReply)]) -> Option<EvaluateReply> {
+            self.base.aggregate_evaluate(round, replies)
+        }
+    };
+}
+
+/// The server optimiser applied to the pseudo-gradient Δ = mean_k θ_k − θ.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerOptimizer {
+    /// FedAvgM: v ← βv + Δ, θ ← θ + ηv (Hsu et al. 2019).
+    Momentum,
+    /// FedAdagrad: v ← v + Δ².
+    Adagrad,
+    /// FedAdam: v ← β₂v + (1−β₂)Δ².
+    Adam,
+    /// FedYogi: v ← v − (1−β₂)Δ²·sign(v − Δ²).
+    Yogi,
+}
+
+/// Settings of a server optimiser.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct FedOptConfig {
+    /// Which optimiser.
+    pub optimizer: ServerOptimizer,
+    /// η: server learning rate.
+    pub lr: f64,
+    /// β (FedAvgM) or β₁ (adaptive).
+    pub beta1: f64,
+    /// β₂ (FedAdam, FedYogi).
+    pub beta2: f64,
+    /// τ: adaptivity (added to √v).
+    pub tau: f64,
+}
+
+/// FedAvg with a server optimiser on the pseudo-gradient (Reddi et al. 2021, Algorithm 2):
+/// m ← β₁m + (1−β₁)Δ; v as the optimiser says; θ ← θ + η·m/(√v + τ). FedAvgM uses
+/// m ← β·m + Δ and θ ← θ + η·m.
+pub struct FedOpt {
+    base: FedAvg,
+    cfg: FedOptConfig,
+    m: Vec<f64>,
+    v: Vec<f64>,
+}
+
+impl FedOpt {
+    /// A server optimiser over `base`.
+    pub fn new(base: FedAvg, cfg: FedOptConfig) -> Result<Self, StrategyError> {
+        base.validate()?;
+        positive("server_lr", cfg.lr)?;
+        if !(0.0..1.0).contains(&cfg.beta1) {
+            return Err(StrategyError::Config(format!("strategy.beta1 = {} must be in [0, 1)", cfg.beta1)));
+        }
+        if !(0.0..1.0).contains(&cfg.beta2) {
+            return Err(StrategyError::Config(format!("strategy.beta2 = {} must be in [0, 1)", cfg.beta2)));
+        }
+        if cfg.optimizer != ServerOptimizer::Momentum {
+            positive("tau", cfg.tau)?;
+        }
+        Ok(FedOpt { base, cfg, m: Vec::new(), v: Vec::new() })
+    }
+}
+
+impl Strategy for FedOpt {
+    fn name(&self) -> &str {
+        match self.cfg.optimizer {
+            ServerOptimizer::Momentum => "fedavgm",
+            ServerOptimizer::Adagrad => "fedadagrad",
+            ServerOptimizer::Adam => "fedadam",
+            ServerOptimizer::Yogi => "fedyogi",
+        }
+    }
+
+    fn configure_fit(
+        &mut self,
+        round: u32,
+        num_clients: usize,
+        run_seed: u64,
+        rng: &mut ChaCha8Rng,
+    ) -> Vec<(usize, FitTask)> {
+        self.base.configure_fit(round, num_clients, run_seed, rng)
+    }
+
+    fn aggregate_fit(
+        &mut self,
+        round: u32,
+        global: &Parameters,
+        replies: &[(usize, FitReply)],
+    ) -> Result<(Parameters, Vec<Rejection>), StrategyError> {
+        let (avg, rejected) = weighted_average(global, replies);
+        let usable = replies.len() - rejected.len();
+        let Some(avg) = avg.filter(|_| usable >= self.base.min_replies.max(1)) else {
+            return Err(too_few(round, usable, self.base.min_replies));
+        };
+        let d = global.len();
+        if self.m.len() != d {
+            self.m = vec![0.0; d];
+            // Reddi et al. initialise v to τ².
+            self.v = vec![self.cfg.tau * self.cfg.tau; d];
+        }
+        let c = self.cfg;
+        let mut values = Vec::with_capacity(d);
+        for i in 0..d {
+            let delta = avg[i] as f64 - global.values[i] as f64;
+            let step = match c.optimizer {
+                ServerOptimizer::Momentum => {
+                    self.m[i] = c.beta1 * self.m[i] + delta;
+                    self.m[i]
+                }
+                opt => {
+                    self.m[i] = c.beta1 * self.m[i] + (1.0 - c.beta1) * delta;
+                    let d2 = delta * delta;
+                    self.v[i] = match opt {
+                        ServerOptimizer::Adagrad => self.v[i] + d2,
+                        ServerOptimizer::Adam => c.beta2 * self.v[i] + (1.0 - c.beta2) * d2,
+                        _ => self.v[i] - (1.0 - c.beta2) * d2 * (self.v[i] - d2).signum(),
+                    };
+                    self.m[i] / (self.v[i].max(0.0).sqrt() + c.tau)
+                }
+            };
+            values.push((global.values[i] as f64 + c.lr * step) as f32);
+        }
+        Ok((Parameters { values, layout: global.layout.clone() }, rejected))
+    }
+
+    evaluate_with_base!();
+
+    fn state(&self) -> Option<StrategyState> {
+        let to32 = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+        Some(StrategyState { meta: self.name().to_string(), vectors: vec![to32(&self.m), to32(&self.v)] })
+    }
+
+    fn restore(&mut self, state: Option<&StrategyState>) -> Result<(), StrategyError> {
+        let Some(s) = state.filter(|s| s.vectors.len() == 2 && s.meta == self.name()) else {
+            return Err(missing_state(&format!("{} (server optimiser moments)", self.name())));
+        };
+        self.m = s.vectors[0].iter().map(|&x| x as f64).collect();
+        self.v = s.vectors[1].iter().map(|&x| x as f64).collect();
+        Ok(())
+    }
+}
+
+/// FedSGD / distributed SGD: each party returns the gradient of its mean loss at the
+/// global model (full batch or one minibatch); the server takes θ ← θ − η·Σ_k (n_k/n) g_k.
+pub struct FedSgd {
+    base: FedAvg,
+    lr: f64,
+}
+
+impl FedSgd {
+    /// FedSGD with server learning rate `lr`; `full` selects full-batch gradients.
+    pub fn new(mut base: FedAvg, lr: f64, full: bool) -> Result<Self, StrategyError> {
+        base.validate()?;
+        positive("server_lr", lr)?;
+        base.training.local = LocalAlgorithm::Gradient { full };
+        Ok(FedSgd { base, lr })
+    }
+}
+
+impl Strategy for FedSgd {
+    fn name(&self) -> &str {
+        "fedsgd"
+    }
+
+    fn configure_fit(
+        &mut self,
+        round: u32,
+        num_clients: usize,
+        run_seed: u64,
+        rng: &mut ChaCha8Rng,
+    ) -> Vec<(usize, FitTask)> {
+        self.base.configure_fit(round, num_clients, run_seed, rng)
+    }
+
+    fn aggregate_fit(
+        &mut self,
+        round: u32,
+        global: &Parameters,
+        replies: &[(usize, FitReply)],
+    ) -> Result<(Parameters, Vec<Rejection>), StrategyError> {
+        let (grad, rejected) = weighted_average(global, replies);
+        let usable = replies.len() - rejected.len();
+        let Some(grad) = grad.filter(|_| usable >= self.base.min_replies.max(1)) else {
+            return Err(too_few(round, usable, self.base.min_replies));
+        };
+        let values = global.values.iter().zip(&grad).map(|(p, g)| (*p as f64 - self.lr * *g as f64) as f32).collect();
+        Ok((Parameters { values, layout: global.layout.clone() }, rejected))
+    }
+
+    evaluate_with_base!();
+}
+
+/// Consensus ADMM. Party k solves (approximately, by its local epochs)
+/// θ_k = argmin f_k(θ) + y_kᵀ(θ − z) + (ρ/2)‖θ − z‖² and sends u_k = θ_k + y_k/ρ; the server
+/// sets z = mean_k u_k over every party (the last u_k of parties not sampled this round,
+/// z₀ for parties never sampled); each party updates y_k ← y_k + ρ(θ_k − z) when it next
+/// receives z. With full participation this is ADMM for min Σ_k f_k(θ) (Boyd et al. 2011,
+/// §7.1): each party's f_k is its mean loss, so parties weigh equally.
+///
+/// Adaptive ρ by residual balancing (§3.4.1): with the primal residual r (reported by the
+/// parties, one round late) and the dual residual s = ρ√N‖z − z_prev‖, ρ is doubled when
+/// r > 10s and halved when s > 10r.
+pub struct Admm {
+    base: FedAvg,
+    rho: f64,
+    adaptive: bool,
+    /// u_k per party (empty until the party first contributes).
+    contributions: Vec<Vec<f32>>,
+    z0: Vec<f32>,
+    last: BTreeMap<String, f64>,
+}
+
+impl Admm {
+    /// ADMM with penalty `rho` (adaptive by residual balancing if `adaptive`).
+    pub fn new(base: FedAvg, rho: f64, adaptive: bool) -> Result<Self, StrategyError> {
+        base.validate()?;
+        positive("rho", rho)?;
+        Ok(Admm { base, rho, adaptive, contributions: Vec::new(), z0: Vec::new(), last: BTreeMap::new() })
+    }
+
+    /// The current ρ.
+    pub fn rho(&self) -> f64 {
+        self.rho
+    }
+}
+
+impl Strategy for Admm {
+    fn name(&self) -> &str {
+        "admm"
+    }
+
+    fn configure_fit(
+        &mut self,
+        round: u32,
+        num_clients: usize,
+        run_seed: u64,
+        rng: &mut ChaCha8Rng,
+    ) -> Vec<(usize, FitTask)> {
+        if self.contributions.len() != num_clients {
+            self.contributions.resize(num_clients, Vec::new());
+        }
+        let chosen = sample_clients(num_clients, self.base.fraction_fit, self.base.min_fit_clients, rng);
+        let mut tasks = self.base.tasks_for(round, run_seed, chosen, rng);
+        for (c, t) in tasks.iter_mut() {
+            let has_state = !self.contributions[*c].is_empty();
+            t.training.local = LocalAlgorithm::Admm { rho: self.rho as f32, has_state };
+        }
+        tasks
+    }
+
+    fn aggregate_fit(
+        &mut self,
+        round: u32,
+        global: &Parameters,
+        replies: &[(usize, FitReply)],
+    ) -> Result<(Parameters, Vec<Rejection>), StrategyError> {
+        let d = global.len();
+        if self.z0.len() != d {
+            self.z0 = global.values.clone();
+        }
+        let mut rejected = Vec::new();
+        let mut primal_sq = 0.0;
+        let mut used = 0;
+        for (c, r) in replies {
+            if let Err(reason) = check_reply(global, r) {
+                rejected.push(Rejection { client: *c, reason });
+                continue;
+            }
+            primal_sq += r.metrics.get("primal_residual_sq").copied().unwrap_or(0.0);
+            if let Some(slot) = self.contributions.get_mut(*c) {
+                slot.clone_from(&r.params);
+                used += 1;
+            }
+        }
+        if used < self.base.min_replies.max(1) {
+            return Err(too_few(round, used, self.base.min_replies));
+        }
+        let n = self.contributions.len().max(1) as f64;
+        let mut z = vec![0.0f64; d];
+        for u in &self.contributions {
+            let u = if u.is_empty() { &self.z0 } else { u };
+            for (a, v) in z.iter_mut().zip(u) {
+                *a += *v as f64;
+            }
+        }
+        let values: Vec<f32> = z.iter().map(|a| (a / n) as f32).collect();
+        let dz: f64 = values.iter().zip(&global.values).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt();
+        let primal = primal_sq.sqrt();
+        let dual = self.rho * n.sqrt() * dz;
+        self.last = BTreeMap::from([
+            ("rho".to_string(), self.rho),
+            ("primal_residual".to_string(), primal),
+            ("dual_residual".to_string(), dual),
+        ]);
+        // The primal residual arrives one round late, and is 0 in the first round.
+        if self.adaptive && round > 1 {
+            if primal > 10.0 * dual {
+                self.rho *= 2.0;
+            } else if dual > 10.0 * primal {
+                self.rho /= 2.0;
+            }
+        }
+        Ok((Parameters { values, layout: global.layout.clone() }, rejected))
+    }
+
+    evaluate_with_base!();
+
+    fn metrics(&self) -> BTreeMap<String, f64> {
+        self.last.clone()
+    }
+
+    fn state(&self) -> Option<StrategyState> {
+        let mut vectors = vec![self.z0.clone()];
+        vectors.extend(self.contributions.iter().cloned());
+        Some(StrategyState { meta: format!("admm {:?}", self.rho), vectors })
+    }
+
+    fn restore(&mut self, state: Option<&StrategyState>) -> Result<(), StrategyError> {
+        let rho = state.and_then(|s| s.meta.strip_prefix("admm ")).and_then(|r| r.parse::<f64>().ok());
+        let (Some(s), Some(rho)) = (state, rho) else {
+            return Err(missing_state("admm (ρ and the parties' contributions)"));
+        };
+        self.rho = rho;
+        self.z0 = s.vectors.first().cloned().unwrap_or_default();
+        self.contributions = s.vectors.iter().skip(1).cloned().collect();
+        Ok(())
+    }
+}
+
+/// SCAFFOLD (Karimireddy et al. 2020, option II): the server sends its control variate c;
+/// parties correct each local gradient by c − c_k and return y_k and Δc_k; the server sets
+/// x ← x + η_g·mean(y_k − x) and c ← c + (|S|/N)·mean(Δc_k).
+pub struct Scaffold {
+    base: FedAvg,
+    lr: f64,
+    c: Arc<Vec<f32>>,
+    seen: Vec<bool>,
+    num_clients: usize,
+}
+
+impl Scaffold {
+    /// SCAFFOLD with global step size `lr` (η_g; 1 in the paper's experiments).
+    pub fn new(base: FedAvg, lr: f64) -> Result<Self, StrategyError> {
+        base.validate()?;
+        positive("server_lr", lr)?;
+        Ok(Scaffold { base, lr, c: Arc::new(Vec::new()), seen: Vec::new(), num_clients: 0 })
+    }
+}
+
+impl Strategy for Scaffold {
+    fn name(&self) -> &str {
+        "scaffold"
+    }
+
+    fn configure_fit(
+        &mut self,
+        round: u32,
+        num_clients: usize,
+        run_seed: u64,
+        rng: &mut ChaCha8Rng,
+    ) -> Vec<(usize, FitTask)> {
+        self.num_clients = num_clients;
+        if self.seen.len() != num_clients {
+            self.seen.resize(num_clients, false);
+        }
+        let mut tasks = self.base.configure_fit(round, num_clients, run_seed, rng);
+        for (c, t) in tasks.iter_mut() {
+            t.training.local = LocalAlgorithm::Scaffold { has_state: self.seen[*c] };
+            t.extra = Some(self.c.clone());
+        }
+        tasks
+    }
+
+    fn aggregate_fit(
+        &mut self,
+        round: u32,
+        global: &Parameters,
+        replies: &[(usize, FitReply)],
+    ) -> Result<(Parameters, Vec<Rejection>), StrategyError> {
+        let d = global.len();
+        if self.c.len() != d {
+            self.c = Arc::new(vec![0.0; d]);
+        }
+        let mut rejected = Vec::new();
+        let mut dy = vec![0.0f64; d];
+        let mut dc = vec![0.0f64; d];
+        let mut used = 0usize;
+        for (c, r) in replies {
+            if let Err(reason) = check_reply(global, r) {
+                rejected.push(Rejection { client: *c, reason });
+                continue;
+            }
+            let Some(extra) = r.extra.as_ref().filter(|e| e.len() == d && e.iter().all(|v| v.is_finite())) else {
+                rejected.push(Rejection { client: *c, reason: "no valid control-variate update (Δc)".into() });
+                continue;
+            };
+            for i in 0..d {
+                dy[i] += (r.params[i] - global.values[i]) as f64;
+                dc[i] += extra[i] as f64;
+            }
+            if let Some(s) = self.seen.get_mut(*c) {
+                *s = true;
+            }
+            used += 1;
+        }
+        if used < self.base.min_replies.max(1) {
+            return Err(too_few(round, used, self.base.min_replies));
+        }
+        let s = used as f64;
+        let n = self.num_clients.max(1) as f64;
+        let values = global.values.iter().zip(&dy).map(|(x, d)| (*x as f64 + self.lr * d / s) as f32).collect();
+        let c: Vec<f32> = self.c.iter().zip(&dc).map(|(c, d)| (*c as f64 + (s / n) * (d / s)) as f32).collect();
+        self.c = Arc::new(c);
+        Ok((Parameters { values, layout: global.layout.clone() }, rejected))
+    }
+
+    evaluate_with_base!();
+
+    fn state(&self) -> Option<StrategyState> {
+        let seen: String = self.seen.iter().map(|&b| if b { '1' } else { '0' }).collect();
+        Some(StrategyState { meta: format!("scaffold {seen}"), vectors: vec![self.c.as_ref().clone()] })
+    }
+
+    fn restore(&mut self, state: Option<&StrategyState>) -> Result<(), StrategyError> {
+        let seen = state.and_then(|s| s.meta.strip_prefix("scaffold "));
+        let (Some(s), Some(seen)) = (state, seen) else {
+            return Err(missing_state("scaffold (the server control variate)"));
+        };
+        self.seen = seen.chars().map(|ch| ch == '1').collect();
+        self.c = Arc::new(s.vectors.first().cloned().unwrap_or_default());
+        Ok(())
+    }
+}
