@@ -239,8 +239,8 @@ impl Strategy for FedSgd {
 
 /// Consensus ADMM. Party k solves (approximately, by its local epochs)
 /// θ_k = argmin f_k(θ) + y_kᵀ(θ − z) + (ρ/2)‖θ − z‖² and sends u_k = θ_k + y_k/ρ; the server
-/// sets z = mean_k u_k over every party (the last u_k of parties not sampled this round,
-/// z₀ for parties never sampled); each party updates y_k ← y_k + ρ(θ_k − z) when it next
+/// sets z = mean_k u_k over every party that has taken part (the last u_k of parties not
+/// sampled this round); each party updates y_k ← y_k + ρ(θ_k − z) when it next
 /// receives z. With full participation this is ADMM for min Σ_k f_k(θ) (Boyd et al. 2011,
 /// §7.1): each party's f_k is its mean loss, so parties weigh equally.
 ///
@@ -322,10 +322,11 @@ impl Strategy for Admm {
         if used < self.base.min_replies.max(1) {
             return Err(too_few(round, used, self.base.min_replies));
         }
-        let n = self.contributions.len().max(1) as f64;
+        // z: the mean over every party that has contributed (the others have not started).
         let mut z = vec![0.0f64; d];
-        for u in &self.contributions {
-            let u = if u.is_empty() { &self.z0 } else { u };
+        let mut n = 0.0f64;
+        for u in self.contributions.iter().filter(|u| !u.is_empty()) {
+            n += 1.0;
             for (a, v) in z.iter_mut().zip(u) {
                 *a += *v as f64;
             }

@@ -325,8 +325,12 @@ impl<L: Learner> Client for LocalClient<L> {
                     federate_nn::OptimizerSpec::Adam { lr, .. } => lr,
                 };
                 let k = (s.steps.max(1) as f32) * lr;
-                let new_ck: Vec<f32> =
-                    ck.iter().zip(c.iter()).zip(global.values.iter().zip(&params)).map(|((ck, c), (x, y))| ck - c + (x - y) / k).collect();
+                let new_ck: Vec<f32> = ck
+                    .iter()
+                    .zip(c.iter())
+                    .zip(global.values.iter().zip(&params))
+                    .map(|((ck, c), (x, y))| ck - c + (x - y) / k)
+                    .collect();
                 extra = Some(new_ck.iter().zip(&ck).map(|(n, o)| n - o).collect());
                 self.scaffold = Some(new_ck);
                 s

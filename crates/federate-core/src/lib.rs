@@ -16,10 +16,10 @@ pub mod server;
 pub mod strategy;
 pub mod train;
 
+pub use algorithms::{Admm, FedOpt, FedOptConfig, FedSgd, Scaffold, ServerOptimizer};
 pub use client::{
     Client, ClientError, ClientProxy, EvaluateReply, EvaluateTask, FitReply, FitTask, InProcess, LocalClient,
 };
-pub use algorithms::{Admm, FedOpt, FedOptConfig, FedSgd, Scaffold, ServerOptimizer};
 pub use client_dp::{AdaptiveClip, ClientDp, ClientDpMode, DpFedAvg, UpdateDp};
 pub use dp::{DpSgd, Mechanism, NoiseSource, Sampling};
 pub use learner::{Learner, NnLearner};
@@ -28,5 +28,7 @@ pub use server::{
     CentralEval, CentralEvaluator, ClientEval, ClientFit, Event, Failure, RoundRecord, Server, ServerConfig,
     ServerError,
 };
-pub use strategy::{FedAvg, Rejection, Strategy, StrategyError, StrategyState, sample_clients, weighted_average, weighted_evaluation};
+pub use strategy::{
+    FedAvg, Rejection, Strategy, StrategyError, StrategyState, sample_clients, weighted_average, weighted_evaluation,
+};
 pub use train::{Correction, LocalAlgorithm, LocalTraining, TrainStats, gradient, train_local, train_local_with};

@@ -140,9 +140,12 @@ pub fn train_local_with<R: Rng>(
     let mut grad = vec![0.0f32; params.len()];
     let mut xb = vec![0.0f32; bs * d];
     let mut yb = vec![0u32; bs];
-    let mut order: Vec<usize> = (0..data.len()).collect();
+    let mut order: Vec<usize> = Vec::with_capacity(data.len());
     let mut stats = TrainStats::default();
     for _ in 0..cfg.epochs {
+        // Each epoch shuffles 0..n afresh, so E epochs in one call equal E calls of one.
+        order.clear();
+        order.extend(0..data.len());
         order.shuffle(rng);
         for chunk in order.chunks(bs) {
             for (j, &i) in chunk.iter().enumerate() {

@@ -243,10 +243,7 @@ pub fn quantity_skew<R: Rng>(
         return Err(DataError::Partition(format!("quantity skew σ = {sigma} must be ≥ 0")));
     }
     if k * min.max(1) > n {
-        return Err(DataError::Partition(format!(
-            "{n} examples cannot give {k} parties at least {} each",
-            min.max(1)
-        )));
+        return Err(DataError::Partition(format!("{n} examples cannot give {k} parties at least {} each", min.max(1))));
     }
     let dist = rand_distr::LogNormal::new(0.0, sigma).map_err(|e| DataError::Partition(e.to_string()))?;
     let w: Vec<f64> = (0..k).map(|_| dist.sample(rng)).collect();

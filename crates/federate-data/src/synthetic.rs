@@ -66,19 +66,46 @@ pub fn synthetic<R: Rng>(cfg: &SyntheticConfig, rng: &mut R) -> Result<Keyed, Da
     // The reference generator caps nothing; ⌊lognormal(4, 2)⌋ has a long tail. A cap keeps
     // memory bounded on unlucky draws without changing typical ones.
     const MAX_PER_DEVICE: usize = 100_000;
-    let counts: Vec<usize> =
-        (0..cfg.devices).map(|_| (sizes.sample(rng) as usize).min(MAX_PER_DEVICE) + 50).collect();
+    let counts: Vec<usize> = (0..cfg.devices).map(|_| (sizes.sample(rng) as usize).min(MAX_PER_DEVICE) + 50).collect();
     let (mut train, mut test) = (empty(d, c), empty(d, c));
     let (mut train_keys, mut test_keys) = (Vec::new(), Vec::new());
     for (k, &n) in counts.iter().enumerate() {
         let u = normal(0.0, cfg.alpha)?.sample(rng);
         let bk = normal(0.0, cfg.beta)?.sample(rng);
-        let w: Vec<f64> = (0..c * d).map(|_| u + { let z: f64 = StandardNormal.sample(rng); z }).collect();
-        let b: Vec<f64> = (0..c).map(|_| u + { let z: f64 = StandardNormal.sample(rng); z }).collect();
-        let v: Vec<f64> = (0..d).map(|_| bk + { let z: f64 = StandardNormal.sample(rng); z }).collect();
+        let w: Vec<f64> = (0..c * d)
+            .map(|_| {
+                u + {
+                    let z: f64 = StandardNormal.sample(rng);
+                    z
+                }
+            })
+            .collect();
+        let b: Vec<f64> = (0..c)
+            .map(|_| {
+                u + {
+                    let z: f64 = StandardNormal.sample(rng);
+                    z
+                }
+            })
+            .collect();
+        let v: Vec<f64> = (0..d)
+            .map(|_| {
+                bk + {
+                    let z: f64 = StandardNormal.sample(rng);
+                    z
+                }
+            })
+            .collect();
         let n_train = (n as f64 * 0.9) as usize;
         for i in 0..n {
-            let x: Vec<f64> = (0..d).map(|j| v[j] + sd_x[j] * { let z: f64 = StandardNormal.sample(rng); z }).collect();
+            let x: Vec<f64> = (0..d)
+                .map(|j| {
+                    v[j] + sd_x[j] * {
+                        let z: f64 = StandardNormal.sample(rng);
+                        z
+                    }
+                })
+                .collect();
             let mut best = (0usize, f64::NEG_INFINITY);
             for class in 0..c {
                 let z = b[class] + (0..d).map(|j| w[class * d + j] * x[j]).sum::<f64>();

@@ -135,7 +135,9 @@ pub fn training_from_proto(t: &proto::LocalTraining) -> Result<LocalTraining, Ma
         "prox" if t.mu >= 0.0 && t.mu.is_finite() => LocalAlgorithm::Prox { mu: t.mu },
         "gradient" => LocalAlgorithm::Gradient { full: t.full_batch },
         "admm" if t.rho > 0.0 && t.rho.is_finite() => LocalAlgorithm::Admm { rho: t.rho, has_state: t.has_state },
-        "prox" | "admm" => return Err(Malformed(format!("{} with μ = {} / ρ = {} out of range", t.local, t.mu, t.rho))),
+        "prox" | "admm" => {
+            return Err(Malformed(format!("{} with μ = {} / ρ = {} out of range", t.local, t.mu, t.rho)));
+        }
         other => return Err(Malformed(format!("unknown local algorithm '{other}'"))),
     };
     Ok(LocalTraining { epochs: t.epochs as usize, batch_size: t.batch_size as usize, optimizer, dp, update_dp, local })

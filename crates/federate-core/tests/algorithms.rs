@@ -1,0 +1,193 @@
+//! Exactness of the federated optimisers on real (generated) data: FedSGD with full-batch
+//! gradients is centralised gradient descent, FedAvg with one party is local SGD, and
+//! consensus ADMM reaches the centralised optimum of an L2-regularised logistic regression.
+
+use federate_core::*;
+use federate_data::Dataset;
+use federate_data::synthetic::{SyntheticConfig, synthetic};
+use federate_nn::{ModelSpec, OptimizerSpec, Shape};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+/// `parties` devices of Synthetic(0.5, 0.5), each cut to `per_party` training examples.
+fn parties(parties: usize, per_party: usize) -> Vec<Dataset> {
+    let cfg = SyntheticConfig { alpha: 0.5, beta: 0.5, devices: parties, ..Default::default() };
+    let s = synthetic(&cfg, &mut ChaCha8Rng::seed_from_u64(11)).unwrap();
+    federate_data::partition::by_key(&s.train_keys)
+        .into_iter()
+        .map(|idx| s.data.train.subset(&idx[..per_party.min(idx.len())]))
+        .collect()
+}
+
+fn learner(batch: usize) -> NnLearner {
+    NnLearner::new(ModelSpec::builtin("logreg", Shape::flat(60), 10).unwrap(), batch, 1).unwrap()
+}
+
+fn base(epochs: usize, batch: usize, lr: f32, weight_decay: f32) -> FedAvg {
+    FedAvg {
+        fraction_fit: 1.0,
+        min_fit_clients: 1,
+        fraction_evaluate: 0.0,
+        min_replies: 1,
+        training: LocalTraining {
+            epochs,
+            batch_size: batch,
+            optimizer: OptimizerSpec::Sgd { lr, momentum: 0.0, weight_decay },
+            dp: None,
+            update_dp: None,
+            local: LocalAlgorithm::Sgd,
+        },
+        stragglers: 0.0,
+        drop_stragglers: false,
+    }
+}
+
+fn server(strategy: Box<dyn Strategy>, data: &[Dataset], batch: usize) -> Server {
+    let clients: Vec<Box<dyn ClientProxy>> = data
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let c = LocalClient::new(learner(batch), d.clone(), d.clone());
+            Box::new(InProcess::new(format!("party-{i}"), c)) as Box<dyn ClientProxy>
+        })
+        .collect();
+    Server::new(strategy, clients)
+}
+
+fn initial() -> Parameters {
+    let l = learner(1);
+    Parameters::new(l.init(5), l.layout()).unwrap()
+}
+
+fn run(s: &mut Server, rounds: u32) -> Parameters {
+    s.run(initial(), &ServerConfig { rounds, seed: 3 }, &mut |_| {}).unwrap().0
+}
+
+fn pooled(data: &[Dataset]) -> Dataset {
+    let mut all = data[0].clone();
+    for d in &data[1..] {
+        all.x.extend_from_slice(&d.x);
+        all.y.extend_from_slice(&d.y);
+    }
+    all
+}
+
+fn max_rel(a: &[f32], b: &[f32]) -> f64 {
+    let scale = b.iter().map(|v| v.abs() as f64).fold(0.0, f64::max).max(1e-12);
+    a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).abs()).fold(0.0, f64::max) / scale
+}
+
+#[test]
+fn fedsgd_with_full_batch_gradients_is_centralised_gradient_descent() {
+    let data = parties(3, 80);
+    let sizes: Vec<usize> = data.iter().map(Dataset::len).collect();
+    assert!(sizes.iter().any(|&n| n != sizes[0]) || sizes[0] == 80, "{sizes:?}");
+    let mut s = server(Box::new(FedSgd::new(base(1, 32, 0.1, 0.0), 0.5, true).unwrap()), &data, 32);
+    let fed = run(&mut s, 8);
+    // Centralised: 8 steps of θ ← θ − 0.5·∇(mean loss over the pooled data).
+    let all = pooled(&data);
+    let mut l = learner(32);
+    let mut theta = initial().values;
+    let mut g = vec![0.0; theta.len()];
+    for _ in 0..8 {
+        gradient(&mut l, &theta, &all, 32, true, &mut g, &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
+        for (t, g) in theta.iter_mut().zip(&g) {
+            *t -= 0.5 * g;
+        }
+    }
+    let err = max_rel(&fed.values, &theta);
+    assert!(err < 1e-5, "FedSGD vs centralised GD: max relative difference {err}");
+    assert!(max_rel(&theta, &initial().values) > 1e-2, "the steps moved the model");
+}
+
+#[test]
+fn fedavg_with_one_party_is_local_sgd() {
+    let data = parties(1, 200);
+    let mut s = server(Box::new(base(3, 16, 0.05, 0.0)), &data, 16);
+    let fed = run(&mut s, 2);
+    // Locally: the same epochs with the same batch streams (derived from each round's task seed).
+    let mut l = learner(16);
+    let mut theta = initial().values;
+    for round in 1..=2u32 {
+        let task_seed = seed::derive(3, "fit", &[round as u64, 0]);
+        let cfg = base(3, 16, 0.05, 0.0).training;
+        let mut opt = cfg.optimizer.build(theta.len()).unwrap();
+        let mut rng = seed::stream(task_seed, "batches", &[]);
+        train_local(&mut l, &mut theta, &data[0], &cfg, &mut opt, &mut rng).unwrap();
+    }
+    assert_eq!(fed.values, theta, "FedAvg with one party must equal local SGD bit for bit");
+}
+
+/// The L2-regularised objective Σ_k [L_k(θ) + (λ/2)‖θ‖²] (each party's mean loss, as ADMM
+/// weighs them), in f64.
+fn objective(data: &[Dataset], theta: &[f32], lambda: f64) -> f64 {
+    let mut l = learner(64);
+    let reg: f64 = theta.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() * lambda / 2.0;
+    data.iter().map(|d| l.evaluate(theta, &d.x, &d.y).unwrap().mean_loss() + reg).sum()
+}
+
+#[test]
+fn admm_reaches_the_centralised_optimum() {
+    let lambda = 0.05f32;
+    let data = parties(3, 60);
+    // Centralised optimum: gradient descent on Σ_k ∇L_k + 3λθ until it stops moving.
+    let mut l = learner(64);
+    let mut theta = initial().values;
+    let mut g = vec![0.0; theta.len()];
+    let mut total = vec![0.0f32; theta.len()];
+    let mut grad_norm = |theta: &[f32]| {
+        total.fill(0.0);
+        for d in &data {
+            gradient(&mut l, theta, d, 64, true, &mut g, &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
+            for ((t, g), p) in total.iter_mut().zip(&g).zip(theta) {
+                *t += g + lambda * p;
+            }
+        }
+        (total.clone(), total.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt())
+    };
+    for _ in 0..20_000 {
+        let (step, _) = grad_norm(&theta);
+        for (t, g) in theta.iter_mut().zip(&step) {
+            *t -= 0.05 * g;
+        }
+    }
+    let best = objective(&data, &theta, lambda as f64);
+    eprintln!("centralised: objective {best}, gradient norm {}", grad_norm(&theta).1);
+    // ADMM: each party solves its subproblem by 300 full-batch gradient steps.
+    let admm = Admm::new(base(300, 64, 0.05, lambda), 0.5, false).unwrap();
+    let mut s = server(Box::new(admm), &data, 64);
+    let z = run(&mut s, 200);
+    let got = objective(&data, &z.values, lambda as f64);
+    eprintln!("admm: objective {got}, gradient norm {}", grad_norm(&z.values).1);
+    let rel = (got - best) / best;
+    assert!(rel.abs() < 1e-6, "ADMM objective {got} vs centralised {best}: relative {rel:e}");
+    assert!(max_rel(&z.values, &theta) < 1e-3, "parameters differ by {}", max_rel(&z.values, &theta));
+}
+
+#[test]
+fn bad_settings_are_errors() {
+    let e = |r: Result<(), StrategyError>| r.unwrap_err().to_string();
+    assert!(e(Admm::new(base(1, 1, 0.1, 0.0), 0.0, false).map(|_| ())).contains("rho"));
+    assert!(e(FedSgd::new(base(1, 1, 0.1, 0.0), -1.0, true).map(|_| ())).contains("server_lr"));
+    let cfg = FedOptConfig { optimizer: ServerOptimizer::Adam, lr: 0.0, beta1: 0.9, beta2: 0.99, tau: 1e-3 };
+    assert!(e(FedOpt::new(base(1, 1, 0.1, 0.0), cfg).map(|_| ())).contains("server_lr"));
+    assert!(e(Scaffold::new(base(1, 1, 0.1, 0.0), 0.0).map(|_| ())).contains("server_lr"));
+    // Stateful strategies refuse to resume without their state.
+    let mut a = Admm::new(base(1, 1, 0.1, 0.0), 1.0, false).unwrap();
+    assert!(a.restore(None).unwrap_err().to_string().contains("admm"));
+    let mut f = FedOpt::new(base(1, 1, 0.1, 0.0), FedOptConfig { lr: 1.0, ..cfg }).unwrap();
+    assert!(f.restore(None).unwrap_err().to_string().contains("fedadam"));
+}
+
+#[test]
+fn admm_party_without_its_dual_refuses() {
+    let data = parties(1, 50);
+    let mut c = LocalClient::new(learner(16), data[0].clone(), data[0].clone());
+    let mut t = base(1, 16, 0.1, 0.0).training;
+    t.local = LocalAlgorithm::Admm { rho: 1.0, has_state: true };
+    let task = FitTask { round: 2, training: t, seed: 1, extra: None };
+    match c.fit(&initial(), &task) {
+        Err(ClientError::MissingState(m)) => assert!(m.contains("dual"), "{m}"),
+        other => panic!("expected MissingState, got {other:?}"),
+    }
+}
