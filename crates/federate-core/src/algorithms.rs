@@ -147,8 +147,8 @@ impl Strategy for FedOpt {
         }
         let c = self.cfg;
         let mut values = Vec::with_capacity(d);
-        for i in 0..d {
-            let delta = avg[i] as f64 - global.values[i] as f64;
+        for (i, (a, g)) in avg.iter().zip(&global.values).enumerate() {
+            let delta = *a as f64 - *g as f64;
             let step = match c.optimizer {
                 ServerOptimizer::Momentum => {
                     self.m[i] = c.beta1 * self.m[i] + delta;
@@ -165,7 +165,7 @@ impl Strategy for FedOpt {
                     self.m[i] / (self.v[i].max(0.0).sqrt() + c.tau)
                 }
             };
-            values.push((global.values[i] as f64 + c.lr * step) as f32);
+            values.push((*g as f64 + c.lr * step) as f32);
         }
         Ok((Parameters { values, layout: global.layout.clone() }, rejected))
     }
@@ -442,9 +442,11 @@ impl Strategy for Scaffold {
                 rejected.push(Rejection { client: *c, reason: "no valid control-variate update (Δc)".into() });
                 continue;
             };
-            for i in 0..d {
-                dy[i] += (r.params[i] - global.values[i]) as f64;
-                dc[i] += extra[i] as f64;
+            for (((y, c), (p, g)), e) in
+                dy.iter_mut().zip(dc.iter_mut()).zip(r.params.iter().zip(&global.values)).zip(extra)
+            {
+                *y += (p - g) as f64;
+                *c += *e as f64;
             }
             if let Some(s) = self.seen.get_mut(*c) {
                 *s = true;
