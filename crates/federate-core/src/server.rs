@@ -209,12 +209,19 @@ pub struct Server {
     strategy: Box<dyn Strategy>,
     clients: Vec<Box<dyn ClientProxy>>,
     central: Option<CentralEvaluator>,
+    target_accuracy: Option<f64>,
 }
 
 impl Server {
     /// A server running `strategy` over `clients`.
     pub fn new(strategy: Box<dyn Strategy>, clients: Vec<Box<dyn ClientProxy>>) -> Self {
-        Server { strategy, clients, central: None }
+        Server { strategy, clients, central: None, target_accuracy: None }
+    }
+
+    /// Stops the run after the first round whose accuracy reaches `target` (a fraction).
+    pub fn with_target_accuracy(mut self, target: f64) -> Self {
+        self.target_accuracy = Some(target);
+        self
     }
 
     /// Adds centralised evaluation after every round.
@@ -285,7 +292,9 @@ impl Server {
                 strategy: (self.strategy.name(), state),
             });
             records.push(record);
-            if all_spent {
+            let reached = matches!((self.target_accuracy, records.last().and_then(|r: &RoundRecord| r.accuracy)),
+                (Some(t), Some(a)) if a >= t);
+            if all_spent || reached {
                 break;
             }
         }

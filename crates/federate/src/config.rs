@@ -277,11 +277,14 @@ pub struct EvaluationConfig {
     /// After the run, train each party alone for the same number of local steps and report
     /// its accuracy beside the federated model's.
     pub baseline: bool,
+    /// Stop after the first round whose accuracy reaches this fraction (e.g. 0.99).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_accuracy: Option<f64>,
 }
 
 impl Default for EvaluationConfig {
     fn default() -> Self {
-        EvaluationConfig { centralized: false, baseline: true }
+        EvaluationConfig { centralized: false, baseline: true, target_accuracy: None }
     }
 }
 
@@ -660,6 +663,11 @@ pub fn validate(c: &Config) -> Result<()> {
     }
     if let Some(dp) = c.client_privacy.client_dp_for(s.fraction_fit * d.parties as f64) {
         dp.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    if let Some(t) = c.evaluation.target_accuracy
+        && !(t > 0.0 && t <= 1.0)
+    {
+        bail!("evaluation.target_accuracy = {t} must be a fraction in (0, 1], e.g. 0.99");
     }
     let sv = &c.server;
     for (name, v) in [

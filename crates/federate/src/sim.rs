@@ -221,6 +221,9 @@ pub fn simulate(
 
     let strategy = build_strategy(cfg, cfg.privacy.noise.unwrap_or(crate::config::NoiseName::Seeded).source())?;
     let mut server = Server::new(strategy, clients);
+    if let Some(t) = cfg.evaluation.target_accuracy {
+        server = server.with_target_accuracy(t);
+    }
     if cfg.evaluation.centralized {
         let mut learner = NnLearner::new(spec.clone(), 1, threads)?;
         let test = data.test.clone();
