@@ -304,6 +304,8 @@ impl<L: Learner> Client for LocalClient<L> {
                 let Some(c) = task.extra.clone() else {
                     return Err(ClientError::Model("SCAFFOLD task without the server control variate".into()));
                 };
+                // An empty c is the server's initial zero vector.
+                let c = if c.is_empty() { Arc::new(vec![0.0; params.len()]) } else { c };
                 if c.len() != params.len() {
                     return Err(ClientError::WrongParameterCount { got: c.len(), expected: params.len() });
                 }

@@ -191,3 +191,53 @@ fn admm_party_without_its_dual_refuses() {
         other => panic!("expected MissingState, got {other:?}"),
     }
 }
+
+#[test]
+fn scaffold_with_one_party_is_fedavg() {
+    // With one party, c = c_k after every round, so the correction c − c_k vanishes.
+    let data = parties(1, 120);
+    let mut a = server(Box::new(base(2, 16, 0.05, 0.0)), &data, 16);
+    let mut b = server(Box::new(Scaffold::new(base(2, 16, 0.05, 0.0), 1.0).unwrap()), &data, 16);
+    let (fa, fb) = (run(&mut a, 3), run(&mut b, 3));
+    let err = max_rel(&fb.values, &fa.values);
+    assert!(err < 1e-5, "SCAFFOLD vs FedAvg with one party: {err}");
+}
+
+#[test]
+fn server_optimisers_follow_their_update_rules() {
+    // One party that always returns θ + 1: Δ = 1 every round.
+    struct Plus;
+    impl Client for Plus {
+        fn fit(&mut self, g: &Parameters, _t: &FitTask) -> Result<FitReply, ClientError> {
+            let params = g.values.iter().map(|v| v + 1.0).collect();
+            Ok(FitReply { params, num_examples: 1, metrics: Default::default(), extra: None })
+        }
+        fn evaluate(&mut self, _p: &Parameters, _t: &EvaluateTask) -> Result<EvaluateReply, ClientError> {
+            Ok(EvaluateReply { num_examples: 1, loss: 0.0, accuracy: 0.0 })
+        }
+    }
+    let zero = Parameters::new(
+        vec![0.0],
+        std::sync::Arc::new(Layout::new(vec![TensorSpec { name: "w".into(), shape: vec![1], offset: 0 }])),
+    )
+    .unwrap();
+    let after = |opt: ServerOptimizer, rounds: u32| {
+        let cfg = FedOptConfig { optimizer: opt, lr: 0.5, beta1: 0.9, beta2: 0.99, tau: 1e-3 };
+        let mut s = Server::new(
+            Box::new(FedOpt::new(base(1, 1, 0.1, 0.0), cfg).unwrap()),
+            vec![Box::new(InProcess::new("p", Plus))],
+        );
+        s.run(zero.clone(), &ServerConfig { rounds, seed: 1 }, &mut |_| {}).unwrap().0.values[0] as f64
+    };
+    // FedAvgM: v = 1, 1.9, 2.71 → θ = 0.5·(1 + 1.9 + 2.71) = 2.805.
+    assert!((after(ServerOptimizer::Momentum, 3) - 2.805).abs() < 1e-5);
+    // FedAdam, one round: m = 0.1, v = 0.99·τ² + 0.01 → θ = 0.5·0.1/(√v + τ).
+    let v = 0.99f64 * 1e-6 + 0.01;
+    assert!((after(ServerOptimizer::Adam, 1) - 0.05 / (v.sqrt() + 1e-3)).abs() < 1e-5);
+    // FedAdagrad, one round: v = τ² + 1.
+    let v = 1e-6f64 + 1.0;
+    assert!((after(ServerOptimizer::Adagrad, 1) - 0.05 / (v.sqrt() + 1e-3)).abs() < 1e-5);
+    // FedYogi, one round: v = τ² − 0.01·1·sign(τ² − 1) = τ² + 0.01.
+    let v = 1e-6f64 + 0.01;
+    assert!((after(ServerOptimizer::Yogi, 1) - 0.05 / (v.sqrt() + 1e-3)).abs() < 1e-5);
+}
