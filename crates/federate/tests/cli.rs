@@ -491,3 +491,47 @@ fn client_level_dp_records_the_client_epsilon() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("count_noise"), "{err}");
 }
+
+#[test]
+fn every_algorithm_example_runs_two_rounds() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/algorithms");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path().file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 9, "{names:?}");
+    for name in &names {
+        let out = tempfile::tempdir().unwrap();
+        let cfg = dir.join(format!("{name}.toml"));
+        let o = federate(&[
+            "run",
+            cfg.to_str().unwrap(),
+            "--rounds",
+            "2",
+            "--set",
+            "train.epochs=2",
+            "--quiet",
+            "--out",
+            out.path().to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+        let rounds = read_rounds(out.path());
+        assert_eq!(rounds.len(), 2, "{name}");
+        for r in &rounds {
+            assert!(r["aggregated"].as_bool().unwrap(), "{name}: {r}");
+            assert!(r["accuracy"].as_f64().unwrap() > 0.0, "{name}: {r}");
+        }
+    }
+    // Bad settings are one-line errors that name the key.
+    for (set, key) in [
+        ("strategy.rho=0", "strategy.rho"),
+        ("strategy.mu=-1", "strategy.mu"),
+        ("strategy.server_lr=0", "strategy.server_lr"),
+        ("strategy.name=fedmagic", "strategy.name"),
+    ] {
+        let o = federate(&["run", dir.join("admm.toml").to_str().unwrap(), "--quiet", "--set", set]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(key), "{set}: {err}");
+    }
+}
