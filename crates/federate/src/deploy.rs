@@ -406,3 +406,35 @@ pub fn join(
     println!("{id}: done ({reason})");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use federate_core::{Layout, StrategyState, TensorSpec};
+    use std::sync::Arc;
+
+    #[test]
+    fn checkpoints_carry_the_strategy_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Arc::new(Layout::new(vec![TensorSpec { name: "w".into(), shape: vec![3], offset: 0 }]));
+        let global = Parameters::new(vec![1.0, 2.0, 3.0], layout).unwrap();
+        let state = StrategyState { meta: "fedadam".into(), vectors: vec![vec![0.5; 3], vec![0.25; 3]] };
+        write_checkpoint(dir.path(), 4, 7, &global, ("fedadam", Some(state.clone())), &[]).unwrap();
+        let r = read_checkpoint(dir.path(), 7, 3).unwrap();
+        assert_eq!((r.round, r.values, r.strategy.as_str()), (4, vec![1.0, 2.0, 3.0], "fedadam"));
+        assert_eq!(r.strategy_state, Some(state));
+        // The next checkpoint replaces the state file; a stateless strategy writes none.
+        write_checkpoint(dir.path(), 5, 7, &global, ("fedavg", None), &[]).unwrap();
+        let r = read_checkpoint(dir.path(), 7, 3).unwrap();
+        assert_eq!(r.strategy_state, None);
+        let files: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+        assert!(!files.iter().any(|f| f.starts_with("strategy-")), "{files:?}");
+        // A truncated state file is an error that names it, not a silent reset.
+        let state = StrategyState { meta: "fedadam".into(), vectors: vec![vec![0.5; 3]] };
+        write_checkpoint(dir.path(), 6, 7, &global, ("fedadam", Some(state)), &[]).unwrap();
+        std::fs::write(dir.path().join("strategy-00006.f32"), [0u8; 4]).unwrap();
+        let e = read_checkpoint(dir.path(), 7, 3).err().unwrap().to_string();
+        assert!(e.contains("strategy-00006.f32"), "{e}");
+    }
+}
