@@ -13,11 +13,11 @@ use std::sync::Arc;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::client::{EvaluateReply, EvaluateTask, FitReply, FitTask};
+use crate::client::{FitReply, FitTask};
 use crate::params::Parameters;
 use crate::strategy::{
-    FedAvg, Rejection, Strategy, StrategyError, StrategyState, check_reply, missing_state, sample_clients,
-    weighted_average,
+    FedAvg, Rejection, Strategy, StrategyError, StrategyState, check_reply, evaluate_with_base, fit_with_base,
+    missing_state, sample_clients,
 };
 use crate::train::LocalAlgorithm;
 
@@ -31,24 +31,6 @@ fn positive(name: &str, v: f64) -> Result<(), StrategyError> {
 
 fn too_few(round: u32, got: usize, need: usize) -> StrategyError {
     StrategyError::TooFewReplies { round, got, need: need.max(1) }
-}
-
-/// Delegates evaluation to the wrapped FedAvg.
-macro_rules! evaluate_with_base {
-    () => {
-        fn configure_evaluate(
-            &mut self,
-            round: u32,
-            num_clients: usize,
-            rng: &mut ChaCha8Rng,
-        ) -> Vec<(usize, EvaluateTask)> {
-            self.base.configure_evaluate(round, num_clients, rng)
-        }
-
-        fn aggregate_evaluate(&mut self, round: u32, replies: &[(usize, EvaluateReply)]) -> Option<EvaluateReply> {
-            self.base.aggregate_evaluate(round, replies)
-        }
-    };
 }
 
 /// The server optimiser applied to the pseudo-gradient Δ = mean_k θ_k − θ.
@@ -118,15 +100,7 @@ impl Strategy for FedOpt {
         }
     }
 
-    fn configure_fit(
-        &mut self,
-        round: u32,
-        num_clients: usize,
-        run_seed: u64,
-        rng: &mut ChaCha8Rng,
-    ) -> Vec<(usize, FitTask)> {
-        self.base.configure_fit(round, num_clients, run_seed, rng)
-    }
+    fit_with_base!();
 
     fn aggregate_fit(
         &mut self,
@@ -134,11 +108,7 @@ impl Strategy for FedOpt {
         global: &Parameters,
         replies: &[(usize, FitReply)],
     ) -> Result<(Parameters, Vec<Rejection>), StrategyError> {
-        let (avg, rejected) = weighted_average(global, replies);
-        let usable = replies.len() - rejected.len();
-        let Some(avg) = avg.filter(|_| usable >= self.base.min_replies.max(1)) else {
-            return Err(too_few(round, usable, self.base.min_replies));
-        };
+        let (avg, rejected) = self.base.average(round, global, replies)?;
         let d = global.len();
         if self.m.len() != d {
             self.m = vec![0.0; d];
@@ -209,15 +179,7 @@ impl Strategy for FedSgd {
         "fedsgd"
     }
 
-    fn configure_fit(
-        &mut self,
-        round: u32,
-        num_clients: usize,
-        run_seed: u64,
-        rng: &mut ChaCha8Rng,
-    ) -> Vec<(usize, FitTask)> {
-        self.base.configure_fit(round, num_clients, run_seed, rng)
-    }
+    fit_with_base!();
 
     fn aggregate_fit(
         &mut self,
@@ -225,11 +187,7 @@ impl Strategy for FedSgd {
         global: &Parameters,
         replies: &[(usize, FitReply)],
     ) -> Result<(Parameters, Vec<Rejection>), StrategyError> {
-        let (grad, rejected) = weighted_average(global, replies);
-        let usable = replies.len() - rejected.len();
-        let Some(grad) = grad.filter(|_| usable >= self.base.min_replies.max(1)) else {
-            return Err(too_few(round, usable, self.base.min_replies));
-        };
+        let (grad, rejected) = self.base.average(round, global, replies)?;
         let values = global.values.iter().zip(&grad).map(|(p, g)| (*p as f64 - self.lr * *g as f64) as f32).collect();
         Ok((Parameters { values, layout: global.layout.clone() }, rejected))
     }

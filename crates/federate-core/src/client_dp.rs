@@ -29,10 +29,12 @@ use rand::RngExt;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::client::{EvaluateReply, EvaluateTask, FitReply, FitTask};
+use crate::client::{FitReply, FitTask};
 use crate::dp::{NoiseSource, gaussian_noise};
 use crate::params::Parameters;
-use crate::strategy::{FedAvg, Rejection, Strategy, StrategyError, StrategyState, check_reply, missing_state};
+use crate::strategy::{
+    FedAvg, Rejection, Strategy, StrategyError, StrategyState, check_reply, evaluate_with_base, missing_state,
+};
 
 /// What a party does to its update before sending it (distributed client-level DP).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -320,18 +322,7 @@ impl Strategy for DpFedAvg {
         Ok((Parameters { values, layout: global.layout.clone() }, rejected))
     }
 
-    fn configure_evaluate(
-        &mut self,
-        round: u32,
-        num_clients: usize,
-        rng: &mut ChaCha8Rng,
-    ) -> Vec<(usize, EvaluateTask)> {
-        self.base.configure_evaluate(round, num_clients, rng)
-    }
-
-    fn aggregate_evaluate(&mut self, round: u32, replies: &[(usize, EvaluateReply)]) -> Option<EvaluateReply> {
-        self.base.aggregate_evaluate(round, replies)
-    }
+    evaluate_with_base!();
 
     fn metrics(&self) -> BTreeMap<String, f64> {
         self.last.clone()
@@ -386,19 +377,14 @@ mod tests {
     fn base(fraction: f64) -> FedAvg {
         FedAvg {
             fraction_fit: fraction,
-            min_fit_clients: 1,
-            fraction_evaluate: 1.0,
-            min_replies: 1,
-            training: LocalTraining {
+            ..FedAvg::new(LocalTraining {
                 epochs: 1,
                 batch_size: 1,
                 optimizer: OptimizerSpec::Sgd { lr: 0.1, momentum: 0.0, weight_decay: 0.0 },
                 dp: None,
                 update_dp: None,
                 local: Default::default(),
-            },
-            stragglers: 0.0,
-            drop_stragglers: false,
+            })
         }
     }
 

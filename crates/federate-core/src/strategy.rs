@@ -172,6 +172,44 @@ pub fn weighted_average(global: &Parameters, replies: &[(usize, FitReply)]) -> (
     (Some(acc.iter().map(|a| (a * inv) as f32).collect()), rejected)
 }
 
+/// Implements `configure_fit` by delegating to the wrapped FedAvg in `self.base`.
+macro_rules! fit_with_base {
+    () => {
+        fn configure_fit(
+            &mut self,
+            round: u32,
+            num_clients: usize,
+            run_seed: u64,
+            rng: &mut rand_chacha::ChaCha8Rng,
+        ) -> Vec<(usize, crate::client::FitTask)> {
+            self.base.configure_fit(round, num_clients, run_seed, rng)
+        }
+    };
+}
+
+/// Implements evaluation by delegating to the wrapped FedAvg in `self.base`.
+macro_rules! evaluate_with_base {
+    () => {
+        fn configure_evaluate(
+            &mut self,
+            round: u32,
+            num_clients: usize,
+            rng: &mut rand_chacha::ChaCha8Rng,
+        ) -> Vec<(usize, crate::client::EvaluateTask)> {
+            self.base.configure_evaluate(round, num_clients, rng)
+        }
+
+        fn aggregate_evaluate(
+            &mut self,
+            round: u32,
+            replies: &[(usize, crate::client::EvaluateReply)],
+        ) -> Option<crate::client::EvaluateReply> {
+            self.base.aggregate_evaluate(round, replies)
+        }
+    };
+}
+pub(crate) use {evaluate_with_base, fit_with_base};
+
 /// Client sampling shared by strategies: `max(min, ⌈fraction · n⌉)` parties (capped at n),
 /// chosen uniformly without replacement, in index order.
 pub fn sample_clients(n: usize, fraction: f64, min: usize, rng: &mut ChaCha8Rng) -> Vec<usize> {
@@ -208,6 +246,36 @@ pub struct FedAvg {
 }
 
 impl FedAvg {
+    /// Every party trains every round with `training`, evaluates every round, one reply
+    /// suffices, no stragglers.
+    pub fn new(training: LocalTraining) -> Self {
+        FedAvg {
+            fraction_fit: 1.0,
+            min_fit_clients: 1,
+            fraction_evaluate: 1.0,
+            min_replies: 1,
+            training,
+            stragglers: 0.0,
+            drop_stragglers: false,
+        }
+    }
+
+    /// The example-weighted mean of the usable replies, or `TooFewReplies` when fewer than
+    /// `min_replies` are usable.
+    pub fn average(
+        &self,
+        round: u32,
+        global: &Parameters,
+        replies: &[(usize, FitReply)],
+    ) -> Result<(Vec<f32>, Vec<Rejection>), StrategyError> {
+        let (avg, rejected) = weighted_average(global, replies);
+        let usable = replies.len() - rejected.len();
+        match avg {
+            Some(values) if usable >= self.min_replies.max(1) => Ok((values, rejected)),
+            _ => Err(StrategyError::TooFewReplies { round, got: usable, need: self.min_replies.max(1) }),
+        }
+    }
+
     /// Checks the settings.
     pub fn validate(&self) -> Result<(), StrategyError> {
         if !(self.fraction_fit > 0.0 && self.fraction_fit <= 1.0) {
@@ -279,14 +347,8 @@ impl Strategy for FedAvg {
         global: &Parameters,
         replies: &[(usize, FitReply)],
     ) -> Result<(Parameters, Vec<Rejection>), StrategyError> {
-        let (avg, rejected) = weighted_average(global, replies);
-        let usable = replies.len() - rejected.len();
-        match avg {
-            Some(values) if usable >= self.min_replies.max(1) => {
-                Ok((Parameters { values, layout: global.layout.clone() }, rejected))
-            }
-            _ => Err(StrategyError::TooFewReplies { round, got: usable, need: self.min_replies.max(1) }),
-        }
+        let (values, rejected) = self.average(round, global, replies)?;
+        Ok((Parameters { values, layout: global.layout.clone() }, rejected))
     }
 
     fn configure_evaluate(

@@ -25,20 +25,15 @@ fn learner(batch: usize) -> NnLearner {
 
 fn base(epochs: usize, batch: usize, lr: f32, weight_decay: f32) -> FedAvg {
     FedAvg {
-        fraction_fit: 1.0,
-        min_fit_clients: 1,
         fraction_evaluate: 0.0,
-        min_replies: 1,
-        training: LocalTraining {
+        ..FedAvg::new(LocalTraining {
             epochs,
             batch_size: batch,
             optimizer: OptimizerSpec::Sgd { lr, momentum: 0.0, weight_decay },
             dp: None,
             update_dp: None,
             local: LocalAlgorithm::Sgd,
-        },
-        stragglers: 0.0,
-        drop_stragglers: false,
+        })
     }
 }
 

@@ -17,22 +17,14 @@ fn reply(params: Vec<f32>, n: usize) -> FitReply {
 }
 
 fn fedavg() -> FedAvg {
-    FedAvg {
-        fraction_fit: 1.0,
-        min_fit_clients: 1,
-        fraction_evaluate: 1.0,
-        min_replies: 1,
-        training: LocalTraining {
-            epochs: 1,
-            batch_size: 1,
-            optimizer: OptimizerSpec::Sgd { lr: 0.1, momentum: 0.0, weight_decay: 0.0 },
-            dp: None,
-            update_dp: None,
-            local: Default::default(),
-        },
-        stragglers: 0.0,
-        drop_stragglers: false,
-    }
+    FedAvg::new(LocalTraining {
+        epochs: 1,
+        batch_size: 1,
+        optimizer: OptimizerSpec::Sgd { lr: 0.1, momentum: 0.0, weight_decay: 0.0 },
+        dp: None,
+        update_dp: None,
+        local: Default::default(),
+    })
 }
 
 #[test]

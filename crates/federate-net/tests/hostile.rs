@@ -122,22 +122,14 @@ fn bad_updates_are_refused_and_the_honest_party_is_served() {
     assert_eq!(rt.block_on(hub.wait_for(4, Duration::from_secs(10))), 4);
     let clients: Vec<Box<dyn ClientProxy>> =
         ids.iter().map(|id| Box::new(RemoteParty::new(*id, hub.clone(), rt.handle().clone())) as _).collect();
-    let strategy = FedAvg {
-        fraction_fit: 1.0,
-        min_fit_clients: 1,
-        fraction_evaluate: 1.0,
-        min_replies: 1,
-        training: LocalTraining {
-            epochs: 1,
-            batch_size: 1,
-            optimizer: OptimizerSpec::Sgd { lr: 0.1, momentum: 0.0, weight_decay: 0.0 },
-            dp: None,
-            update_dp: None,
-            local: Default::default(),
-        },
-        stragglers: 0.0,
-        drop_stragglers: false,
-    };
+    let strategy = FedAvg::new(LocalTraining {
+        epochs: 1,
+        batch_size: 1,
+        optimizer: OptimizerSpec::Sgd { lr: 0.1, momentum: 0.0, weight_decay: 0.0 },
+        dp: None,
+        update_dp: None,
+        local: Default::default(),
+    });
     let layout = Arc::new(Layout::new(vec![TensorSpec { name: "w".into(), shape: vec![N], offset: 0 }]));
     let init = Parameters::new(vec![0.5; N], layout).unwrap();
     let mut server = Server::new(Box::new(strategy), clients);

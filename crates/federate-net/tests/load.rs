@@ -81,20 +81,15 @@ fn two_hundred_parties_complete_three_rounds() {
     let clients: Vec<Box<dyn ClientProxy>> =
         ids.iter().map(|id| Box::new(RemoteParty::new(id.clone(), hub.clone(), rt.handle().clone())) as _).collect();
     let strategy = FedAvg {
-        fraction_fit: 1.0,
-        min_fit_clients: 1,
-        fraction_evaluate: 1.0,
         min_replies: PARTIES,
-        training: LocalTraining {
+        ..FedAvg::new(LocalTraining {
             epochs: 1,
             batch_size: 8,
             optimizer: OptimizerSpec::Sgd { lr: 0.1, momentum: 0.0, weight_decay: 0.0 },
             dp: None,
             update_dp: None,
             local: Default::default(),
-        },
-        stragglers: 0.0,
-        drop_stragglers: false,
+        })
     };
     let init = NnLearner::new(spec(), 1, 1).unwrap().init(1);
     let init = Parameters::new(init, Arc::clone(&layout)).unwrap();
