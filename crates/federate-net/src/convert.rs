@@ -135,6 +135,7 @@ pub fn training_from_proto(t: &proto::LocalTraining) -> Result<LocalTraining, Ma
         "prox" if t.mu >= 0.0 && t.mu.is_finite() => LocalAlgorithm::Prox { mu: t.mu },
         "gradient" => LocalAlgorithm::Gradient { full: t.full_batch },
         "admm" if t.rho > 0.0 && t.rho.is_finite() => LocalAlgorithm::Admm { rho: t.rho, has_state: t.has_state },
+        "scaffold" => LocalAlgorithm::Scaffold { has_state: t.has_state },
         "prox" | "admm" => {
             return Err(Malformed(format!("{} with μ = {} / ρ = {} out of range", t.local, t.mu, t.rho)));
         }
@@ -170,6 +171,7 @@ mod tests {
                 (Some(dp), Some(u), LocalAlgorithm::Prox { mu: 0.01 }),
                 (None, None, LocalAlgorithm::Gradient { full: true }),
                 (None, None, LocalAlgorithm::Admm { rho: 0.5, has_state: true }),
+                (None, None, LocalAlgorithm::Scaffold { has_state: false }),
             ] {
                 let t = LocalTraining { epochs: 2, batch_size: 32, optimizer: optimizer.clone(), dp, update_dp, local };
                 assert_eq!(training_from_proto(&training_to_proto(&t)).unwrap(), t);

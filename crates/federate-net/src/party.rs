@@ -180,7 +180,8 @@ async fn session(
 }
 
 enum Task {
-    Fit(FitTask),
+    /// A fit task, and whether a second vector follows the model.
+    Fit(FitTask, bool),
     Evaluate(EvaluateTask),
 }
 
@@ -218,7 +219,7 @@ async fn serve_instructions(
                     }
                 };
                 match f.params.map(|h| Assembler::new(h, opts.limits)) {
-                    Some(Ok(a)) => current = Some((f.task_id, Task::Fit(task), a)),
+                    Some(Ok(a)) => current = Some((f.task_id, Task::Fit(task, f.with_extra), a)),
                     Some(Err(e)) => return SessionEnd::Lost(format!("bad parameters from the server: {e}"), true),
                     None => return SessionEnd::Lost("fit instruction without parameters".into(), true),
                 }
@@ -237,7 +238,16 @@ async fn serve_instructions(
                     Ok(None) => continue,
                     Ok(Some(v)) => v,
                 };
-                let Some((task_id, task, _)) = current.take() else { continue };
+                let Some((task_id, mut task, _)) = current.take() else { continue };
+                let mut values = values;
+                if let Task::Fit(t, true) = &mut task {
+                    if values.len() != 2 * layout.len() {
+                        send_error(tx, task_id, format!("expected the model and a second vector of {}", layout.len()))
+                            .await;
+                        continue;
+                    }
+                    t.extra = Some(Arc::new(values.split_off(layout.len())));
+                }
                 let Some(params) = Parameters::new(values, layout.clone()) else {
                     send_error(
                         tx,
@@ -248,14 +258,14 @@ async fn serve_instructions(
                     continue;
                 };
                 match &task {
-                    Task::Fit(t) => info!(party = %opts.id, "round {}: training", t.round),
+                    Task::Fit(t, _) => info!(party = %opts.id, "round {}: training", t.round),
                     Task::Evaluate(t) => info!(party = %opts.id, "round {}: evaluating", t.round),
                 }
                 let client = client.clone();
                 let work = tokio::task::spawn_blocking(move || {
                     let mut c = client.lock().map_err(|_| ClientError::Model("client state poisoned".into()))?;
                     match task {
-                        Task::Fit(t) => c.fit(&params, &t).map(either_fit),
+                        Task::Fit(t, _) => c.fit(&params, &t).map(either_fit),
                         Task::Evaluate(t) => c.evaluate(&params, &t).map(either_eval),
                     }
                 });
@@ -270,12 +280,16 @@ async fn serve_instructions(
                         true
                     }
                     Ok(Done::Fit(r)) => {
-                        let (header, chunks) = codec::split(&r.params, task_id, opts.chunk_bytes, opts.zstd);
+                        let with_extra = r.extra.is_some();
+                        let mut values = r.params;
+                        values.extend(r.extra.unwrap_or_default());
+                        let (header, chunks) = codec::split(&values, task_id, opts.chunk_bytes, opts.zstd);
                         let head = FitResult {
                             task_id,
                             num_examples: r.num_examples as u64,
                             metrics: r.metrics.into_iter().collect(),
                             params: Some(header),
+                            with_extra,
                         };
                         let mut ok = tx.send(out(party_message::Msg::Fit(head))).await.is_ok();
                         for c in chunks {

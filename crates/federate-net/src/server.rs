@@ -264,22 +264,27 @@ impl Hub {
 
     /// Sends a fit task to party `id` and waits for its reply.
     pub async fn fit(&self, id: &str, global: &Parameters, task: &FitTask) -> Result<FitReply, ClientError> {
-        if task.extra.is_some() || matches!(task.training.local, federate_core::LocalAlgorithm::Scaffold { .. }) {
-            return Err(ClientError::Model(
-                "SCAFFOLD's control variates do not travel over the network yet (protocol v1): run it with \
-                 `federate run`, or choose fedavg, fedprox, fedavgm, fedadam, fedyogi, fedadagrad, fedsgd or admm"
-                    .into(),
-            ));
-        }
+        // A second vector (SCAFFOLD's c) travels after the model in the same transfer; an
+        // empty one is the initial zero vector.
+        let joined: Option<Vec<f32>> = task.extra.as_ref().map(|e| {
+            let mut v = global.values.clone();
+            if e.is_empty() {
+                v.resize(2 * global.len(), 0.0);
+            } else {
+                v.extend_from_slice(e);
+            }
+            v
+        });
         let r = self
             .call(id, |task_id| {
-                let (header, chunks) = self.params_messages(task_id, &global.values);
+                let (header, chunks) = self.params_messages(task_id, joined.as_deref().unwrap_or(&global.values));
                 let head = msg(server_message::Msg::Fit(FitInstruction {
                     task_id,
                     round: task.round,
                     training: Some(training_to_proto(&task.training)),
                     seed: task.seed,
                     params: Some(header),
+                    with_extra: joined.is_some(),
                 }));
                 std::iter::once(head).chain(chunks).collect()
             })
@@ -372,7 +377,7 @@ struct Service {
 /// What the reader of one party's stream is in the middle of receiving.
 enum Receiving {
     Nothing,
-    Fit { task_id: u64, num_examples: usize, metrics: BTreeMap<String, f64>, assembler: Assembler },
+    Fit { task_id: u64, num_examples: usize, metrics: BTreeMap<String, f64>, assembler: Assembler, extra: bool },
 }
 
 #[tonic::async_trait]
@@ -473,7 +478,8 @@ async fn read_party(hub: &Hub, id: &str, conn: &Arc<Conn>, inbound: &mut Streami
             (party_message::Msg::Heartbeat(_), _) => {}
             (party_message::Msg::Fit(f), Receiving::Nothing) => {
                 let Some(h) = f.params else { return "fit result without parameters".into() };
-                if h.num_values != cfg.model_len as u64 {
+                let want = if f.with_extra { 2 * cfg.model_len } else { cfg.model_len } as u64;
+                if h.num_values != want {
                     return format!("sent {} parameters, the model has {}", h.num_values, cfg.model_len);
                 }
                 let assembler = match Assembler::new(h, cfg.limits) {
@@ -485,6 +491,7 @@ async fn read_party(hub: &Hub, id: &str, conn: &Arc<Conn>, inbound: &mut Streami
                     num_examples: f.num_examples as usize,
                     metrics: f.metrics.into_iter().collect(),
                     assembler,
+                    extra: f.with_extra,
                 };
             }
             (party_message::Msg::Chunk(c), Receiving::Fit { assembler, .. }) => {
@@ -492,14 +499,15 @@ async fn read_party(hub: &Hub, id: &str, conn: &Arc<Conn>, inbound: &mut Streami
                 match assembler.push(c) {
                     Err(e) => return format!("bad parameter chunk: {e}"),
                     Ok(None) => {}
-                    Ok(Some(params)) => {
-                        if let Receiving::Fit { task_id, num_examples, metrics, .. } =
+                    Ok(Some(mut params)) => {
+                        if let Receiving::Fit { task_id, num_examples, metrics, extra, .. } =
                             std::mem::replace(&mut state, Receiving::Nothing)
                         {
+                            let extra = extra.then(|| params.split_off(cfg.model_len));
                             if let Some(i) = params.iter().position(|v| !v.is_finite()) {
                                 warn!(party = id, "update has a non-finite value at {i}; the strategy will refuse it");
                             }
-                            resolve(task_id, Ok(Reply::Fit(FitReply { params, num_examples, metrics, extra: None })));
+                            resolve(task_id, Ok(Reply::Fit(FitReply { params, num_examples, metrics, extra })));
                         }
                     }
                 }

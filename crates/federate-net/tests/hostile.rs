@@ -80,7 +80,13 @@ async fn raw_party(url: String, id: &str, b: Behaviour) {
                     }
                 }
                 let (h, chunks) = codec::split(&params, task_id, 16, false);
-                let head = FitResult { task_id, num_examples: 10, metrics: HashMap::new(), params: Some(h) };
+                let head = FitResult {
+                    task_id,
+                    num_examples: 10,
+                    metrics: HashMap::new(),
+                    params: Some(h),
+                    with_extra: false,
+                };
                 let _ = tx.send(out(party_message::Msg::Fit(head))).await;
                 for c in chunks {
                     let _ = tx.send(out(party_message::Msg::Chunk(c))).await;
