@@ -211,7 +211,6 @@ pub struct Admm {
     adaptive: bool,
     /// u_k per party (empty until the party first contributes).
     contributions: Vec<Vec<f32>>,
-    z0: Vec<f32>,
     last: BTreeMap<String, f64>,
 }
 
@@ -220,7 +219,7 @@ impl Admm {
     pub fn new(base: FedAvg, rho: f64, adaptive: bool) -> Result<Self, StrategyError> {
         base.validate()?;
         positive("rho", rho)?;
-        Ok(Admm { base, rho, adaptive, contributions: Vec::new(), z0: Vec::new(), last: BTreeMap::new() })
+        Ok(Admm { base, rho, adaptive, contributions: Vec::new(), last: BTreeMap::new() })
     }
 
     /// The current ρ.
@@ -260,9 +259,6 @@ impl Strategy for Admm {
         replies: &[(usize, FitReply)],
     ) -> Result<(Parameters, Vec<Rejection>), StrategyError> {
         let d = global.len();
-        if self.z0.len() != d {
-            self.z0 = global.values.clone();
-        }
         let mut rejected = Vec::new();
         let mut primal_sq = 0.0;
         let mut used = 0;
@@ -316,9 +312,7 @@ impl Strategy for Admm {
     }
 
     fn state(&self) -> Option<StrategyState> {
-        let mut vectors = vec![self.z0.clone()];
-        vectors.extend(self.contributions.iter().cloned());
-        Some(StrategyState { meta: format!("admm {:?}", self.rho), vectors })
+        Some(StrategyState { meta: format!("admm {:?}", self.rho), vectors: self.contributions.clone() })
     }
 
     fn restore(&mut self, state: Option<&StrategyState>) -> Result<(), StrategyError> {
@@ -327,8 +321,7 @@ impl Strategy for Admm {
             return Err(missing_state("admm (ρ and the parties' contributions)"));
         };
         self.rho = rho;
-        self.z0 = s.vectors.first().cloned().unwrap_or_default();
-        self.contributions = s.vectors.iter().skip(1).cloned().collect();
+        self.contributions = s.vectors.clone();
         Ok(())
     }
 }
