@@ -29,7 +29,7 @@ def main():
         sys.exit(__doc__)
     out, series = sys.argv[1], []
     for arg in sys.argv[2:]:
-        label, _, path = arg.partition("=")
+        label, _, path = arg.rpartition("=")
         series.append((label, *load(path)))
     max_round = max(max(r) for _, r, _ in series)
     lo = min(min(a) for _, _, a in series)
