@@ -535,3 +535,33 @@ fn every_algorithm_example_runs_two_rounds() {
         assert!(!o.status.success() && err.contains(key), "{set}: {err}");
     }
 }
+
+#[test]
+fn quantity_skew_gives_parties_of_different_sizes() {
+    let out = tempfile::tempdir().unwrap();
+    let o = federate(&[
+        "run",
+        "--rounds",
+        "1",
+        "--set",
+        "data.partition=quantity-skew",
+        "--set",
+        "data.parties=5",
+        "--set",
+        "data.quantity_sigma=1.5",
+        "--set",
+        "model.name=logreg",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "evaluation.baseline=false",
+        "--quiet",
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = &read_rounds(out.path())[0];
+    let sizes: Vec<u64> = r["fit"].as_array().unwrap().iter().map(|f| f["num_examples"].as_u64().unwrap()).collect();
+    assert_eq!(sizes.iter().sum::<u64>(), 60_000, "{sizes:?}");
+    assert!(sizes.iter().max().unwrap() > &(2 * sizes.iter().min().unwrap()), "{sizes:?}");
+}
