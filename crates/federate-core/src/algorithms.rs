@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use crate::client::{FitReply, FitTask};
 use crate::params::Parameters;
 use crate::strategy::{
-    FedAvg, Rejection, Strategy, StrategyError, StrategyState, check_reply, evaluate_with_base, fit_with_base,
-    missing_state, sample_clients,
+    FedAvg, Rejection, Strategy, StrategyError, StrategyState, evaluate_with_base, fit_with_base, missing_state,
+    usable_replies,
 };
 use crate::train::LocalAlgorithm;
 
@@ -243,8 +243,7 @@ impl Strategy for Admm {
         if self.contributions.len() != num_clients {
             self.contributions.resize(num_clients, Vec::new());
         }
-        let chosen = sample_clients(num_clients, self.base.fraction_fit, self.base.min_fit_clients, rng);
-        let mut tasks = self.base.tasks_for(round, run_seed, chosen, rng);
+        let mut tasks = self.base.configure_fit(round, num_clients, run_seed, rng);
         for (c, t) in tasks.iter_mut() {
             let has_state = !self.contributions[*c].is_empty();
             t.training.local = LocalAlgorithm::Admm { rho: self.rho as f32, has_state };
@@ -259,16 +258,12 @@ impl Strategy for Admm {
         replies: &[(usize, FitReply)],
     ) -> Result<(Parameters, Vec<Rejection>), StrategyError> {
         let d = global.len();
-        let mut rejected = Vec::new();
+        let (usable, rejected) = usable_replies(global, replies);
         let mut primal_sq = 0.0;
         let mut used = 0;
-        for (c, r) in replies {
-            if let Err(reason) = check_reply(global, r) {
-                rejected.push(Rejection { client: *c, reason });
-                continue;
-            }
+        for (c, r) in usable {
             primal_sq += r.metrics.get("primal_residual_sq").copied().unwrap_or(0.0);
-            if let Some(slot) = self.contributions.get_mut(*c) {
+            if let Some(slot) = self.contributions.get_mut(c) {
                 slot.clone_from(&r.params);
                 used += 1;
             }
@@ -334,7 +329,6 @@ pub struct Scaffold {
     lr: f64,
     c: Arc<Vec<f32>>,
     seen: Vec<bool>,
-    num_clients: usize,
 }
 
 impl Scaffold {
@@ -342,7 +336,7 @@ impl Scaffold {
     pub fn new(base: FedAvg, lr: f64) -> Result<Self, StrategyError> {
         base.validate()?;
         positive("server_lr", lr)?;
-        Ok(Scaffold { base, lr, c: Arc::new(Vec::new()), seen: Vec::new(), num_clients: 0 })
+        Ok(Scaffold { base, lr, c: Arc::new(Vec::new()), seen: Vec::new() })
     }
 }
 
@@ -358,7 +352,6 @@ impl Strategy for Scaffold {
         run_seed: u64,
         rng: &mut ChaCha8Rng,
     ) -> Vec<(usize, FitTask)> {
-        self.num_clients = num_clients;
         if self.seen.len() != num_clients {
             self.seen.resize(num_clients, false);
         }
@@ -380,17 +373,13 @@ impl Strategy for Scaffold {
         if self.c.len() != d {
             self.c = Arc::new(vec![0.0; d]);
         }
-        let mut rejected = Vec::new();
+        let (usable, mut rejected) = usable_replies(global, replies);
         let mut dy = vec![0.0f64; d];
         let mut dc = vec![0.0f64; d];
         let mut used = 0usize;
-        for (c, r) in replies {
-            if let Err(reason) = check_reply(global, r) {
-                rejected.push(Rejection { client: *c, reason });
-                continue;
-            }
+        for (c, r) in usable {
             let Some(extra) = r.extra.as_ref().filter(|e| e.len() == d && e.iter().all(|v| v.is_finite())) else {
-                rejected.push(Rejection { client: *c, reason: "no valid control-variate update (Δc)".into() });
+                rejected.push(Rejection { client: c, reason: "no valid control-variate update (Δc)".into() });
                 continue;
             };
             for (((y, c), (p, g)), e) in
@@ -399,7 +388,7 @@ impl Strategy for Scaffold {
                 *y += (p - g) as f64;
                 *c += *e as f64;
             }
-            if let Some(s) = self.seen.get_mut(*c) {
+            if let Some(s) = self.seen.get_mut(c) {
                 *s = true;
             }
             used += 1;
@@ -408,7 +397,7 @@ impl Strategy for Scaffold {
             return Err(too_few(round, used, self.base.min_replies));
         }
         let s = used as f64;
-        let n = self.num_clients.max(1) as f64;
+        let n = self.seen.len().max(1) as f64;
         let values = global.values.iter().zip(&dy).map(|(x, d)| (*x as f64 + self.lr * d / s) as f32).collect();
         let c: Vec<f32> = self.c.iter().zip(&dc).map(|(c, d)| (*c as f64 + (s / n) * (d / s)) as f32).collect();
         self.c = Arc::new(c);

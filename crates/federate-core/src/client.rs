@@ -235,12 +235,16 @@ impl<L: Learner> Client for LocalClient<L> {
         let mut opt = optimizer_for(&task.training, params.len()).map_err(model_err)?;
         let mut rng = seed::stream(task.seed, "batches", &[]);
         self.learner.reseed(seed::derive(task.seed, "dropout", &[]));
+        // The budget check's ε after this round's planned steps, reused below if training
+        // took exactly those steps.
+        let mut planned: Option<(u64, f64)> = None;
         if let Some(dp) = &task.training.dp
             && let Some(budget) = dp.max_epsilon
         {
             let q = dp.rate(self.train.len(), task.training.batch_size);
-            let steps = crate::dp::DpSgd::steps_per_epoch(q) as u64 * task.training.epochs as u64;
-            let next = dp.epsilon(q, self.dp_steps + steps).map_err(|e| ClientError::Model(e.to_string()))?;
+            let steps = self.dp_steps + crate::dp::DpSgd::steps_per_epoch(q) as u64 * task.training.epochs as u64;
+            let next = dp.epsilon(q, steps).map_err(|e| ClientError::Model(e.to_string()))?;
+            planned = Some((steps, next));
             if next > budget {
                 return Err(ClientError::BudgetSpent(format!(
                     "ε would reach {next:.3} after this round, over the budget of {budget}; this party stops training"
@@ -322,11 +326,7 @@ impl<L: Learner> Client for LocalClient<L> {
                 let cc = Correction { anchor: None, mu: 0.0, linear: Some(&corr) };
                 let s = self.epochs(task, &mut params, &mut opt, &mut rng, &cc)?;
                 // Option II: c_k⁺ = c_k − c + (x − y)/(K·η).
-                let lr = match task.training.optimizer {
-                    federate_nn::OptimizerSpec::Sgd { lr, .. } => lr,
-                    federate_nn::OptimizerSpec::Adam { lr, .. } => lr,
-                };
-                let k = (s.steps.max(1) as f32) * lr;
+                let k = (s.steps.max(1) as f32) * task.training.optimizer.lr();
                 let new_ck: Vec<f32> = ck
                     .iter()
                     .zip(c.iter())
@@ -350,8 +350,13 @@ impl<L: Learner> Client for LocalClient<L> {
         if let Some(dp) = &task.training.dp {
             // Sample-level privacy this party has spent over every round so far.
             self.dp_steps += stats.steps as u64;
-            let q = dp.rate(self.train.len(), task.training.batch_size);
-            let eps = dp.epsilon(q, self.dp_steps).map_err(|e| ClientError::Model(e.to_string()))?;
+            let eps = match planned {
+                Some((steps, eps)) if steps == self.dp_steps => eps,
+                _ => {
+                    let q = dp.rate(self.train.len(), task.training.batch_size);
+                    dp.epsilon(q, self.dp_steps).map_err(|e| ClientError::Model(e.to_string()))?
+                }
+            };
             metrics.insert("epsilon".into(), eps);
             metrics.insert("dp_steps".into(), self.dp_steps as f64);
         }

@@ -33,7 +33,7 @@ use crate::client::{FitReply, FitTask};
 use crate::dp::{NoiseSource, gaussian_noise};
 use crate::params::Parameters;
 use crate::strategy::{
-    FedAvg, Rejection, Strategy, StrategyError, StrategyState, check_reply, evaluate_with_base, missing_state,
+    FedAvg, Rejection, Strategy, StrategyError, StrategyState, evaluate_with_base, missing_state, usable_replies,
 };
 
 /// What a party does to its update before sending it (distributed client-level DP).
@@ -173,7 +173,6 @@ pub struct DpFedAvg {
     noise: NoiseSource,
     run_seed: u64,
     expected: f64,
-    rate: f64,
     last: BTreeMap<String, f64>,
 }
 
@@ -183,7 +182,7 @@ impl DpFedAvg {
         base.validate()?;
         dp.validate().map_err(StrategyError::Config)?;
         let state = ClientDpState { clip: dp.clip, rounds: Vec::new() };
-        Ok(DpFedAvg { base, dp, state, noise, run_seed: 0, expected: 1.0, rate: 1.0, last: BTreeMap::new() })
+        Ok(DpFedAvg { base, dp, state, noise, run_seed: 0, expected: 1.0, last: BTreeMap::new() })
     }
 
     /// The client-level ε(δ) after the rounds so far.
@@ -213,9 +212,9 @@ impl Strategy for DpFedAvg {
     ) -> Vec<(usize, FitTask)> {
         self.run_seed = run_seed;
         self.last.clear();
-        self.rate = self.base.fraction_fit;
-        self.expected = (self.rate * num_clients as f64).max(1.0);
-        let chosen: Vec<usize> = (0..num_clients).filter(|_| rng.random::<f64>() < self.rate).collect();
+        let rate = self.base.fraction_fit;
+        self.expected = (rate * num_clients as f64).max(1.0);
+        let chosen: Vec<usize> = (0..num_clients).filter(|_| rng.random::<f64>() < rate).collect();
         let z_delta = self.dp.update_multiplier();
         let m = self.expected;
         chosen
@@ -244,15 +243,11 @@ impl Strategy for DpFedAvg {
         let m = self.expected;
         let clip = self.state.clip;
         let z_delta = self.dp.update_multiplier();
-        let mut rejected = Vec::new();
+        let (usable, mut rejected) = usable_replies(global, replies);
         let mut sum = vec![0.0f64; global.len()];
         let mut count = 0.0f64;
         let mut used = 0usize;
-        for (c, r) in replies {
-            if let Err(reason) = check_reply(global, r) {
-                rejected.push(Rejection { client: *c, reason });
-                continue;
-            }
+        for (c, r) in usable {
             match self.dp.mode {
                 ClientDpMode::Central => {
                     let delta: Vec<f32> = r.params.iter().zip(&global.values).map(|(p, g)| p - g).collect();
@@ -266,13 +261,13 @@ impl Strategy for DpFedAvg {
                 ClientDpMode::Distributed => {
                     let Some(&bit) = r.metrics.get("clip_indicator") else {
                         rejected.push(Rejection {
-                            client: *c,
+                            client: c,
                             reason: "sent no clip_indicator: the party does not run distributed client-level DP".into(),
                         });
                         continue;
                     };
                     if !bit.is_finite() {
-                        rejected.push(Rejection { client: *c, reason: format!("clip_indicator {bit} is not finite") });
+                        rejected.push(Rejection { client: c, reason: format!("clip_indicator {bit} is not finite") });
                         continue;
                     }
                     for ((s, p), g) in sum.iter_mut().zip(&r.params).zip(&global.values) {
@@ -309,7 +304,7 @@ impl Strategy for DpFedAvg {
             .zip(&noisy)
             .map(|(g, s)| (*g as f64 + self.dp.server_lr * *s as f64 / m) as f32)
             .collect();
-        self.state.rounds.push((self.rate, effective));
+        self.state.rounds.push((self.base.fraction_fit, effective));
         let fraction = count / m + 0.5;
         if let Some(a) = self.dp.adaptive {
             self.state.clip *= (-a.learning_rate * (fraction - a.target_quantile)).exp();
@@ -370,22 +365,11 @@ mod tests {
     use super::*;
     use crate::params::{Layout, TensorSpec};
     use crate::train::LocalTraining;
-    use federate_nn::OptimizerSpec;
     use rand::SeedableRng;
     use std::sync::Arc;
 
     fn base(fraction: f64) -> FedAvg {
-        FedAvg {
-            fraction_fit: fraction,
-            ..FedAvg::new(LocalTraining {
-                epochs: 1,
-                batch_size: 1,
-                optimizer: OptimizerSpec::Sgd { lr: 0.1, momentum: 0.0, weight_decay: 0.0 },
-                dp: None,
-                update_dp: None,
-                local: Default::default(),
-            })
-        }
+        FedAvg { fraction_fit: fraction, ..FedAvg::new(LocalTraining::sgd(1, 1, 0.1)) }
     }
 
     fn dp(mode: ClientDpMode, z: f64, clip: f64) -> ClientDp {

@@ -173,6 +173,15 @@ impl DpSgd {
         }
     }
 
+    /// The noise added to a clipped sum: the standard deviation σ·C (Gaussian) or the scale
+    /// C/ε₀ (Laplace).
+    pub fn noise_scale(&self) -> f64 {
+        match self.mechanism {
+            Mechanism::Gaussian => self.noise_multiplier * self.clip as f64,
+            Mechanism::Laplace => self.clip as f64 / self.epsilon_per_step.unwrap_or(1.0),
+        }
+    }
+
     /// The norm gradients are clipped in.
     pub fn clip_norm(&self) -> ClipNorm {
         match self.mechanism {
@@ -264,11 +273,7 @@ fn dp_epochs<R: Rng>(
         }
         sum.fill(0.0);
         for piece in chosen.chunks(cap) {
-            for (j, &i) in piece.iter().enumerate() {
-                xb[j * d..(j + 1) * d].copy_from_slice(&data.x[i * d..(i + 1) * d]);
-                yb[j] = data.y[i];
-            }
-            let m = piece.len();
+            let m = data.gather(piece, &mut xb, &mut yb);
             let s = learner.clipped_grad(params, &xb[..m * d], &yb[..m], dp.clip, kind, &mut part, &mut norms[..m])?;
             stats.batches.merge(s);
             for (a, b) in sum.iter_mut().zip(&part) {
@@ -290,11 +295,7 @@ fn dp_epochs<R: Rng>(
 /// Floating-point noise from seeded per-chunk streams, then the average over the expected
 /// batch size.
 fn add_float_noise(sum: &mut [f32], dp: &DpSgd, seed: u64, step: u64, expected: f32) {
-    // Gaussian: standard deviation σ·C. Laplace: scale C/ε₀.
-    let scale = match dp.mechanism {
-        Mechanism::Gaussian => (dp.noise_multiplier * dp.clip as f64) as f32,
-        Mechanism::Laplace => (dp.clip as f64 / dp.epsilon_per_step.unwrap_or(1.0)) as f32,
-    };
+    let scale = dp.noise_scale() as f32;
     sum.par_chunks_mut(NOISE_CHUNK).enumerate().for_each(|(c, chunk)| {
         let mut r = ChaCha8Rng::seed_from_u64(crate::seed::derive(seed, "noise", &[step, c as u64]));
         for v in chunk.iter_mut() {
@@ -314,27 +315,31 @@ fn add_float_noise(sum: &mut [f32], dp: &DpSgd, seed: u64, step: u64, expected: 
 /// Exact discrete noise on the grid γℤᵈ from OS-seeded ChaCha20 streams (one per chunk),
 /// then the average over the expected batch size.
 fn add_exact_noise(sum: &mut [f32], dp: &DpSgd, expected: f32) -> Result<(), NnError> {
+    exact_noise(sum, dp.mechanism, dp.clip as f64, dp.noise_scale(), expected as f64)
+}
+
+/// Exact discrete noise of standard deviation (Gaussian) or scale (Laplace) `scale` for a
+/// quantity of L2 (Gaussian) or L1 (Laplace) sensitivity `sensitivity`, on the grid γℤᵈ
+/// with γ = GRID_SLACK·sensitivity/√d (L1: /d); the scale is raised by the grid's slack.
+/// Each value ends as (its grid point + noise)·γ / `divisor`.
+fn exact_noise(
+    sum: &mut [f32],
+    mechanism: Mechanism,
+    sensitivity: f64,
+    scale: f64,
+    divisor: f64,
+) -> Result<(), NnError> {
     let d = sum.len().max(1) as f64;
-    let c = dp.clip as f64;
     // Grid step, and the noise in grid units for the sensitivity C(1 + GRID_SLACK).
-    let (gamma, sigma2, t) = match dp.mechanism {
-        Mechanism::Gaussian => {
-            let gamma = GRID_SLACK * c / d.sqrt();
-            let sd = dp.noise_multiplier * c * (1.0 + GRID_SLACK) / gamma;
-            (gamma, (sd * sd).ceil(), 0.0)
-        }
-        Mechanism::Laplace => {
-            let gamma = GRID_SLACK * c / d;
-            (gamma, 0.0, (c * (1.0 + GRID_SLACK) / dp.epsilon_per_step.unwrap_or(1.0) / gamma).ceil())
-        }
+    let gamma = match mechanism {
+        Mechanism::Gaussian => GRID_SLACK * sensitivity / d.sqrt(),
+        Mechanism::Laplace => GRID_SLACK * sensitivity / d,
     };
-    if sigma2 >= u64::MAX as f64 / 4.0 || t >= i64::MAX as f64 / 4.0 {
-        return Err(NnError::BadHyperParameter(format!(
-            "secure noise: the noise scale is too large for the exact sampler ({} values); lower \
-             privacy.noise_multiplier or raise privacy.epsilon_per_step",
-            sum.len()
-        )));
-    }
+    let units = scale * (1.0 + GRID_SLACK) / gamma;
+    let (sigma2, t) = match mechanism {
+        Mechanism::Gaussian => ((units * units).ceil(), 0.0),
+        Mechanism::Laplace => (0.0, units.ceil()),
+    };
     let seeds: Vec<[u8; 32]> = {
         let mut os = os_rng()?;
         (0..sum.len().div_ceil(NOISE_CHUNK)).map(|_| os.random()).collect()
@@ -343,11 +348,11 @@ fn add_exact_noise(sum: &mut [f32], dp: &DpSgd, expected: f32) -> Result<(), NnE
         let mut r = ChaCha20Rng::from_seed(seed);
         for v in chunk.iter_mut() {
             let k = (*v as f64 / gamma).round() as i64;
-            let z = match dp.mechanism {
+            let z = match mechanism {
                 Mechanism::Gaussian => discrete_gaussian(&mut r, sigma2 as u64),
                 Mechanism::Laplace => discrete_laplace(&mut r, t as u64),
             };
-            *v = ((k.saturating_add(z)) as f64 * gamma / expected as f64) as f32;
+            *v = ((k.saturating_add(z)) as f64 * gamma / divisor) as f32;
         }
     });
     Ok(())
@@ -378,20 +383,7 @@ pub fn gaussian_noise(
             });
             Ok(())
         }
-        NoiseSource::Secure => {
-            let dp = DpSgd {
-                mechanism: Mechanism::Gaussian,
-                noise_multiplier: std / sensitivity,
-                epsilon_per_step: None,
-                clip: sensitivity as f32,
-                sampling_rate: None,
-                delta: 0.5,
-                accountant: Accountant::Rdp,
-                max_epsilon: None,
-                sampling: Sampling::Poisson,
-            };
-            add_exact_noise(values, &dp, 1.0)
-        }
+        NoiseSource::Secure => exact_noise(values, Mechanism::Gaussian, sensitivity, std, 1.0),
     }
 }
 

@@ -149,16 +149,28 @@ pub fn check_reply(global: &Parameters, reply: &FitReply) -> Result<(), String> 
     Ok(())
 }
 
+/// The replies that pass `check_reply`, and a rejection for each one that does not.
+pub fn usable_replies<'a>(
+    global: &Parameters,
+    replies: &'a [(usize, FitReply)],
+) -> (Vec<(usize, &'a FitReply)>, Vec<Rejection>) {
+    let mut usable = Vec::with_capacity(replies.len());
+    let mut rejected = Vec::new();
+    for (c, r) in replies {
+        match check_reply(global, r) {
+            Ok(()) => usable.push((*c, r)),
+            Err(reason) => rejected.push(Rejection { client: *c, reason }),
+        }
+    }
+    (usable, rejected)
+}
+
 /// θ = Σ_k (n_k / n) θ_k over the usable replies, accumulated in f64.
 pub fn weighted_average(global: &Parameters, replies: &[(usize, FitReply)]) -> (Option<Vec<f32>>, Vec<Rejection>) {
-    let mut rejected = Vec::new();
+    let (usable, rejected) = usable_replies(global, replies);
     let mut acc = vec![0.0f64; global.len()];
     let mut total = 0usize;
-    for (c, r) in replies {
-        if let Err(reason) = check_reply(global, r) {
-            rejected.push(Rejection { client: *c, reason });
-            continue;
-        }
+    for (_, r) in usable {
         let w = r.num_examples as f64;
         for (a, v) in acc.iter_mut().zip(&r.params) {
             *a += w * *v as f64;

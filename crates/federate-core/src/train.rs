@@ -28,6 +28,20 @@ pub struct LocalTraining {
     pub local: LocalAlgorithm,
 }
 
+impl LocalTraining {
+    /// Plain local SGD (no momentum, no weight decay, no privacy).
+    pub fn sgd(epochs: usize, batch_size: usize, lr: f32) -> Self {
+        LocalTraining {
+            epochs,
+            batch_size,
+            optimizer: OptimizerSpec::Sgd { lr, momentum: 0.0, weight_decay: 0.0 },
+            dp: None,
+            update_dp: None,
+            local: LocalAlgorithm::Sgd,
+        }
+    }
+}
+
 /// The party-side algorithm of a round.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -148,11 +162,7 @@ pub fn train_local_with<R: Rng>(
         order.extend(0..data.len());
         order.shuffle(rng);
         for chunk in order.chunks(bs) {
-            for (j, &i) in chunk.iter().enumerate() {
-                xb[j * d..(j + 1) * d].copy_from_slice(&data.x[i * d..(i + 1) * d]);
-                yb[j] = data.y[i];
-            }
-            let n = chunk.len();
+            let n = data.gather(chunk, &mut xb, &mut yb);
             let s = learner.loss_and_grad(params, &xb[..n * d], &yb[..n], &mut grad)?;
             correction.apply(params, &mut grad);
             opt.step(params, &grad);
@@ -188,11 +198,7 @@ pub fn gradient<R: Rng>(
     let mut stats = BatchStats::default();
     grad.fill(0.0);
     for chunk in order.chunks(bs) {
-        for (j, &i) in chunk.iter().enumerate() {
-            xb[j * d..(j + 1) * d].copy_from_slice(&data.x[i * d..(i + 1) * d]);
-            yb[j] = data.y[i];
-        }
-        let m = chunk.len();
+        let m = data.gather(chunk, &mut xb, &mut yb);
         stats.merge(learner.loss_and_grad(params, &xb[..m * d], &yb[..m], &mut part)?);
         // Mean over the chunk → its share of the mean over all examples.
         let w = m as f32 / n;

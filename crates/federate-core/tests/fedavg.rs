@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use federate_core::*;
-use federate_nn::OptimizerSpec;
 use rand::SeedableRng;
 
 fn layout(n: usize) -> Arc<Layout> {
@@ -17,14 +16,7 @@ fn reply(params: Vec<f32>, n: usize) -> FitReply {
 }
 
 fn fedavg() -> FedAvg {
-    FedAvg::new(LocalTraining {
-        epochs: 1,
-        batch_size: 1,
-        optimizer: OptimizerSpec::Sgd { lr: 0.1, momentum: 0.0, weight_decay: 0.0 },
-        dp: None,
-        update_dp: None,
-        local: Default::default(),
-    })
+    FedAvg::new(LocalTraining::sgd(1, 1, 0.1))
 }
 
 #[test]

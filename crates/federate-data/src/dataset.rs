@@ -44,6 +44,16 @@ impl Dataset {
         }
         Dataset { x, y, dims: self.dims, classes: self.classes }
     }
+    /// Copies the examples at `indices` into the front of `x` and `y` (a batch buffer of
+    /// at least `indices.len()` examples) and returns how many were copied.
+    pub fn gather(&self, indices: &[usize], x: &mut [f32], y: &mut [u32]) -> usize {
+        let d = self.example_len();
+        for (j, &i) in indices.iter().enumerate() {
+            x[j * d..(j + 1) * d].copy_from_slice(&self.x[i * d..(i + 1) * d]);
+            y[j] = self.y[i];
+        }
+        indices.len()
+    }
     /// How many examples of each class.
     pub fn label_counts(&self) -> Vec<usize> {
         let mut c = vec![0; self.classes];

@@ -241,7 +241,9 @@ async fn serve_instructions(
                 let Some((task_id, mut task, _)) = current.take() else { continue };
                 let mut values = values;
                 if let Task::Fit(t, true) = &mut task {
-                    if values.len() != 2 * layout.len() {
+                    // The second vector is as long as the model, or empty (the server has
+                    // not sized it yet); the client reads empty as zeros.
+                    if values.len() != 2 * layout.len() && values.len() != layout.len() {
                         send_error(tx, task_id, format!("expected the model and a second vector of {}", layout.len()))
                             .await;
                         continue;

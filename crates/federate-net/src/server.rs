@@ -264,17 +264,8 @@ impl Hub {
 
     /// Sends a fit task to party `id` and waits for its reply.
     pub async fn fit(&self, id: &str, global: &Parameters, task: &FitTask) -> Result<FitReply, ClientError> {
-        // A second vector (SCAFFOLD's c) travels after the model in the same transfer; an
-        // empty one is the initial zero vector.
-        let joined: Option<Vec<f32>> = task.extra.as_ref().map(|e| {
-            let mut v = global.values.clone();
-            if e.is_empty() {
-                v.resize(2 * global.len(), 0.0);
-            } else {
-                v.extend_from_slice(e);
-            }
-            v
-        });
+        // A second vector (SCAFFOLD's c) travels after the model in the same transfer.
+        let joined: Option<Vec<f32>> = task.extra.as_ref().map(|e| [global.values.as_slice(), e].concat());
         let r = self
             .call(id, |task_id| {
                 let (header, chunks) = self.params_messages(task_id, joined.as_deref().unwrap_or(&global.values));

@@ -13,7 +13,6 @@ use federate_net::proto::{
     Chunk, EvaluateResult, FitResult, Hello, PartyMessage, ServerMessage, party_message, server_message,
 };
 use federate_net::server::{Hub, HubConfig, PROTOCOL_VERSION, RemoteParty};
-use federate_nn::OptimizerSpec;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -128,14 +127,7 @@ fn bad_updates_are_refused_and_the_honest_party_is_served() {
     assert_eq!(rt.block_on(hub.wait_for(4, Duration::from_secs(10))), 4);
     let clients: Vec<Box<dyn ClientProxy>> =
         ids.iter().map(|id| Box::new(RemoteParty::new(*id, hub.clone(), rt.handle().clone())) as _).collect();
-    let strategy = FedAvg::new(LocalTraining {
-        epochs: 1,
-        batch_size: 1,
-        optimizer: OptimizerSpec::Sgd { lr: 0.1, momentum: 0.0, weight_decay: 0.0 },
-        dp: None,
-        update_dp: None,
-        local: Default::default(),
-    });
+    let strategy = FedAvg::new(LocalTraining::sgd(1, 1, 0.1));
     let layout = Arc::new(Layout::new(vec![TensorSpec { name: "w".into(), shape: vec![N], offset: 0 }]));
     let init = Parameters::new(vec![0.5; N], layout).unwrap();
     let mut server = Server::new(Box::new(strategy), clients);

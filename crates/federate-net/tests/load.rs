@@ -11,7 +11,7 @@ use federate_data::Dataset;
 use federate_net::codec::Limits;
 use federate_net::party::{PartyOptions, run_party};
 use federate_net::server::{Hub, HubConfig, RemoteParty};
-use federate_nn::{LayerSpec, ModelSpec, OptimizerSpec, Shape};
+use federate_nn::{LayerSpec, ModelSpec, Shape};
 
 const PARTIES: usize = 200;
 
@@ -38,11 +38,16 @@ fn spec() -> ModelSpec {
     ModelSpec { input: Shape::flat(16), classes: 2, layers: vec![LayerSpec::Linear { out: 2 }] }
 }
 
-#[test]
-fn two_hundred_parties_complete_three_rounds() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let ids: Vec<String> = (1..=PARTIES).map(|i| format!("party-{i}")).collect();
-    let layout = NnLearner::new(spec(), 8, 1).unwrap().layout();
+/// A hub on loopback and one real party runner per client (named party-1 …), all
+/// connected; returns the hub and the server's proxies for the parties.
+fn federation(
+    rt: &tokio::runtime::Runtime,
+    layout: &Arc<federate_core::Layout>,
+    clients: Vec<LocalClient<NnLearner>>,
+    chunk_bytes: usize,
+    zstd: bool,
+) -> (Hub, Vec<Box<dyn ClientProxy>>) {
+    let ids: Vec<String> = (1..=clients.len()).map(|i| format!("party-{i}")).collect();
     let cfg = HubConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         tls: None,
@@ -54,13 +59,11 @@ fn two_hundred_parties_complete_three_rounds() {
         rejoin_wait: Duration::from_secs(30),
         limits: Limits::default(),
         max_message_bytes: 4 << 20,
-        chunk_bytes: 1 << 20,
-        zstd: false,
+        chunk_bytes,
+        zstd,
     };
     let (hub, addr) = rt.block_on(Hub::start(cfg)).unwrap();
-    for (i, id) in ids.iter().enumerate() {
-        let learner = NnLearner::new(spec(), 8, 1).unwrap();
-        let client = LocalClient::new(learner, data(i as u64, 40), data(1000 + i as u64, 10));
+    for (id, client) in ids.iter().zip(clients) {
         let opts = PartyOptions {
             server: format!("http://{addr}"),
             id: id.clone(),
@@ -68,8 +71,8 @@ fn two_hundred_parties_complete_three_rounds() {
             server_name: None,
             limits: Limits::default(),
             max_message_bytes: 4 << 20,
-            chunk_bytes: 1 << 20,
-            zstd: false,
+            chunk_bytes,
+            zstd,
             heartbeat: Duration::from_secs(2),
             max_backoff: Duration::from_secs(2),
             give_up_after: Duration::from_secs(60),
@@ -77,20 +80,21 @@ fn two_hundred_parties_complete_three_rounds() {
         let layout = layout.clone();
         rt.spawn(async move { run_party(opts, Box::new(client), layout).await });
     }
-    assert_eq!(rt.block_on(hub.wait_for(PARTIES, Duration::from_secs(60))), PARTIES);
-    let clients: Vec<Box<dyn ClientProxy>> =
+    assert_eq!(rt.block_on(hub.wait_for(ids.len(), Duration::from_secs(60))), ids.len());
+    let proxies =
         ids.iter().map(|id| Box::new(RemoteParty::new(id.clone(), hub.clone(), rt.handle().clone())) as _).collect();
-    let strategy = FedAvg {
-        min_replies: PARTIES,
-        ..FedAvg::new(LocalTraining {
-            epochs: 1,
-            batch_size: 8,
-            optimizer: OptimizerSpec::Sgd { lr: 0.1, momentum: 0.0, weight_decay: 0.0 },
-            dp: None,
-            update_dp: None,
-            local: Default::default(),
-        })
-    };
+    (hub, proxies)
+}
+
+#[test]
+fn two_hundred_parties_complete_three_rounds() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let layout = NnLearner::new(spec(), 8, 1).unwrap().layout();
+    let parties = (0..PARTIES)
+        .map(|i| LocalClient::new(NnLearner::new(spec(), 8, 1).unwrap(), data(i as u64, 40), data(1000 + i as u64, 10)))
+        .collect();
+    let (hub, clients) = federation(&rt, &layout, parties, 1 << 20, false);
+    let strategy = FedAvg { min_replies: PARTIES, ..FedAvg::new(LocalTraining::sgd(1, 8, 0.1)) };
     let init = NnLearner::new(spec(), 1, 1).unwrap().init(1);
     let init = Parameters::new(init, Arc::clone(&layout)).unwrap();
     let mut server = Server::new(Box::new(strategy), clients);
@@ -115,14 +119,7 @@ fn scaffold_and_admm_over_the_network_equal_the_simulation() {
     use federate_core::{Admm, InProcess, Scaffold, Strategy};
     const N: usize = 4;
     let layout = NnLearner::new(spec(), 8, 1).unwrap().layout();
-    let training = LocalTraining {
-        epochs: 2,
-        batch_size: 8,
-        optimizer: OptimizerSpec::Sgd { lr: 0.1, momentum: 0.0, weight_decay: 0.0 },
-        dp: None,
-        update_dp: None,
-        local: Default::default(),
-    };
+    let training = LocalTraining::sgd(2, 8, 0.1);
     let strategies = |name: &str| -> Box<dyn Strategy> {
         let base = FedAvg { fraction_fit: 0.5, ..FedAvg::new(training.clone()) };
         match name {
@@ -139,46 +136,9 @@ fn scaffold_and_admm_over_the_network_equal_the_simulation() {
         let (want, _) = Server::new(strategies(name), local)
             .run(init.clone(), &ServerConfig { rounds: 4, seed: 2 }, &mut |_| {})
             .unwrap();
-        // Over loopback.
+        // Over loopback, in chunks of 64 bytes with zstd.
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let ids: Vec<String> = (1..=N).map(|i| format!("party-{i}")).collect();
-        let cfg = HubConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            tls: None,
-            allowed: ids.clone(),
-            model_len: layout.len(),
-            heartbeat: Duration::from_secs(2),
-            party_timeout: Duration::from_secs(30),
-            task_timeout: Duration::from_secs(60),
-            rejoin_wait: Duration::from_secs(30),
-            limits: Limits::default(),
-            max_message_bytes: 4 << 20,
-            chunk_bytes: 64,
-            zstd: true,
-        };
-        let (hub, addr) = rt.block_on(Hub::start(cfg)).unwrap();
-        for (i, id) in ids.iter().enumerate() {
-            let opts = PartyOptions {
-                server: format!("http://{addr}"),
-                id: id.clone(),
-                tls: None,
-                server_name: None,
-                limits: Limits::default(),
-                max_message_bytes: 4 << 20,
-                chunk_bytes: 64,
-                zstd: true,
-                heartbeat: Duration::from_secs(2),
-                max_backoff: Duration::from_secs(2),
-                give_up_after: Duration::from_secs(60),
-            };
-            let (layout, c) = (layout.clone(), client(i));
-            rt.spawn(async move { run_party(opts, Box::new(c), layout).await });
-        }
-        assert_eq!(rt.block_on(hub.wait_for(N, Duration::from_secs(60))), N);
-        let remote: Vec<Box<dyn ClientProxy>> = ids
-            .iter()
-            .map(|id| Box::new(RemoteParty::new(id.clone(), hub.clone(), rt.handle().clone())) as _)
-            .collect();
+        let (hub, remote) = federation(&rt, &layout, (0..N).map(client).collect(), 64, true);
         let (got, records) = Server::new(strategies(name), remote)
             .run(init.clone(), &ServerConfig { rounds: 4, seed: 2 }, &mut |_| {})
             .unwrap();

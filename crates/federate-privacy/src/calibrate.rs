@@ -66,15 +66,25 @@ pub fn noise_multiplier_for_epsilon(
             Err(e) => return Err(e),
         }
     }
-    while (hi - lo) / hi > 1e-3 {
-        let mid = 0.5 * (lo + hi);
-        match eps(mid) {
-            Ok(e) if e <= target => hi = mid,
-            Ok(_) | Err(PrivacyError::Unreachable(_)) => lo = mid,
-            Err(e) => return Err(e),
-        }
+    bisect(hi, lo, |s| match eps(s) {
+        Ok(e) => Ok(e <= target),
+        Err(PrivacyError::Unreachable(_)) => Ok(false),
+        Err(e) => Err(e),
+    })
+}
+
+/// Narrows [`good`, `bad`] (either order) to 0.1 % of the larger end by bisection, keeping
+/// `good` on the side where `within` holds; returns that end.
+pub(crate) fn bisect(
+    mut good: f64,
+    mut bad: f64,
+    mut within: impl FnMut(f64) -> Result<bool, PrivacyError>,
+) -> Result<f64, PrivacyError> {
+    while (good - bad).abs() / good.max(bad) > 1e-3 {
+        let mid = 0.5 * (good + bad);
+        if within(mid)? { good = mid } else { bad = mid }
     }
-    Ok(hi)
+    Ok(good)
 }
 
 #[cfg(test)]

@@ -124,11 +124,7 @@ pub fn epsilon_per_step_for_epsilon(
             return Ok(lo);
         }
     }
-    while (hi - lo) / hi > 1e-3 {
-        let mid = 0.5 * (lo + hi);
-        if eps(mid)? > target { hi = mid } else { lo = mid }
-    }
-    Ok(lo)
+    crate::calibrate::bisect(lo, hi, |e0| Ok(eps(e0)? <= target))
 }
 
 #[cfg(test)]

@@ -203,11 +203,12 @@ pub fn simulate(
     let parties = split(cfg, &data)?;
     let spec = model_spec(cfg, &data.train)?;
     let batch = cfg.train.batch_size;
+    // Simulations use seeded noise unless the config asks for secure noise.
+    let noise = cfg.privacy.noise.unwrap_or(crate::config::NoiseName::Seeded).source();
     let mut clients: Vec<Box<dyn ClientProxy>> = Vec::with_capacity(parties.len());
     for p in &parties {
         let learner = NnLearner::new(spec.clone(), batch, threads)?;
-        let noise = cfg.privacy.noise.unwrap_or(crate::config::NoiseName::Seeded);
-        let mut client = LocalClient::new(learner, p.train.clone(), p.test.clone()).with_noise_source(noise.source());
+        let mut client = LocalClient::new(learner, p.train.clone(), p.test.clone()).with_noise_source(noise);
         if let Some(f) = &on_epoch {
             let (f, id) = (f.clone(), p.id.clone());
             client = client.with_epoch_hook(Arc::new(move |round, done, all| f(&id, round, done, all)));
@@ -219,7 +220,7 @@ pub fn simulate(
     let init_values = init_learner.init(seed::derive(cfg.seed, "init", &[]));
     let initial = Parameters::new(init_values.clone(), layout.clone()).context("initial parameters")?;
 
-    let strategy = build_strategy(cfg, cfg.privacy.noise.unwrap_or(crate::config::NoiseName::Seeded).source())?;
+    let strategy = build_strategy(cfg, noise)?;
     let mut server = Server::new(strategy, clients);
     if let Some(t) = cfg.evaluation.target_accuracy {
         server = server.with_target_accuracy(t);
