@@ -323,12 +323,21 @@ impl Strategy for Admm {
 
 /// SCAFFOLD (Karimireddy et al. 2020, option II): the server sends its control variate c;
 /// parties correct each local gradient by c − c_k and return y_k and Δc_k; the server sets
-/// x ← x + η_g·mean(y_k − x) and c ← c + (|S|/N)·mean(Δc_k).
+/// x ← x + η_g·Σ_S w_k(y_k − x) and keeps c = Σ_k p_k c_k over the parties seen so far.
+///
+/// Weights follow the examples, as FedAvg's do: w_k = n_k / Σ_S n_k, and p_k = n_k / Σ n_k
+/// over every party that has replied (n_k as first reported, so c stays the exact weighted
+/// mean of the c_k the parties hold). The paper's experiments have equal party sizes, where
+/// this is its plain mean and its c ← c + (|S|/N)·mean Δc_k; with unequal sizes (FedProx's
+/// Synthetic devices span 100×) the plain mean optimises another objective than the one
+/// the evaluation weights by examples, and a c updated with other weights than the model
+/// drifts for good (it is a running sum). docs/optimisation.md has both measured.
 pub struct Scaffold {
     base: FedAvg,
     lr: f64,
     c: Arc<Vec<f32>>,
-    seen: Vec<bool>,
+    /// n_k of every party that has replied (0: not yet).
+    weights: Vec<u64>,
 }
 
 impl Scaffold {
@@ -336,7 +345,7 @@ impl Scaffold {
     pub fn new(base: FedAvg, lr: f64) -> Result<Self, StrategyError> {
         base.validate()?;
         positive("server_lr", lr)?;
-        Ok(Scaffold { base, lr, c: Arc::new(Vec::new()), seen: Vec::new() })
+        Ok(Scaffold { base, lr, c: Arc::new(Vec::new()), weights: Vec::new() })
     }
 }
 
@@ -352,12 +361,12 @@ impl Strategy for Scaffold {
         run_seed: u64,
         rng: &mut ChaCha8Rng,
     ) -> Vec<(usize, FitTask)> {
-        if self.seen.len() != num_clients {
-            self.seen.resize(num_clients, false);
+        if self.weights.len() != num_clients {
+            self.weights.resize(num_clients, 0);
         }
         let mut tasks = self.base.configure_fit(round, num_clients, run_seed, rng);
         for (c, t) in tasks.iter_mut() {
-            t.training.local = LocalAlgorithm::Scaffold { has_state: self.seen[*c] };
+            t.training.local = LocalAlgorithm::Scaffold { has_state: self.weights[*c] > 0 };
             t.extra = Some(self.c.clone());
         }
         tasks
@@ -374,32 +383,44 @@ impl Strategy for Scaffold {
             self.c = Arc::new(vec![0.0; d]);
         }
         let (usable, mut rejected) = usable_replies(global, replies);
+        let before: f64 = self.weights.iter().map(|&w| w as f64).sum();
         let mut dy = vec![0.0f64; d];
         let mut dc = vec![0.0f64; d];
         let mut used = 0usize;
+        let mut examples = 0f64;
         for (c, r) in usable {
             let Some(extra) = r.extra.as_ref().filter(|e| e.len() == d && e.iter().all(|v| v.is_finite())) else {
                 rejected.push(Rejection { client: c, reason: "no valid control-variate update (Δc)".into() });
                 continue;
             };
-            for (((y, c), (p, g)), e) in
+            if r.num_examples == 0 {
+                rejected.push(Rejection { client: c, reason: "reported 0 training examples".into() });
+                continue;
+            }
+            let p = match self.weights.get_mut(c) {
+                Some(w) if *w > 0 => *w as f64,
+                Some(w) => {
+                    *w = r.num_examples as u64;
+                    *w as f64
+                }
+                None => continue,
+            };
+            let w = r.num_examples as f64;
+            for (((y, c), (x, g)), e) in
                 dy.iter_mut().zip(dc.iter_mut()).zip(r.params.iter().zip(&global.values)).zip(extra)
             {
-                *y += (p - g) as f64;
-                *c += *e as f64;
-            }
-            if let Some(s) = self.seen.get_mut(c) {
-                *s = true;
+                *y += w * (x - g) as f64;
+                *c += p * *e as f64;
             }
             used += 1;
+            examples += w;
         }
         if used < self.base.min_replies.max(1) {
             return Err(too_few(round, used, self.base.min_replies));
         }
-        let s = used as f64;
-        let n = self.seen.len().max(1) as f64;
-        let values = global.values.iter().zip(&dy).map(|(x, d)| (*x as f64 + self.lr * d / s) as f32).collect();
-        let c: Vec<f32> = self.c.iter().zip(&dc).map(|(c, d)| (*c as f64 + (s / n) * (d / s)) as f32).collect();
+        let after: f64 = self.weights.iter().map(|&w| w as f64).sum();
+        let values = global.values.iter().zip(&dy).map(|(x, d)| (*x as f64 + self.lr * d / examples) as f32).collect();
+        let c: Vec<f32> = self.c.iter().zip(&dc).map(|(c, d)| ((*c as f64 * before + d) / after) as f32).collect();
         self.c = Arc::new(c);
         Ok((Parameters { values, layout: global.layout.clone() }, rejected))
     }
@@ -407,16 +428,18 @@ impl Strategy for Scaffold {
     evaluate_with_base!();
 
     fn state(&self) -> Option<StrategyState> {
-        let seen: String = self.seen.iter().map(|&b| if b { '1' } else { '0' }).collect();
-        Some(StrategyState { meta: format!("scaffold {seen}"), vectors: vec![self.c.as_ref().clone()] })
+        let weights: Vec<String> = self.weights.iter().map(u64::to_string).collect();
+        Some(StrategyState { meta: format!("scaffold {}", weights.join(",")), vectors: vec![self.c.as_ref().clone()] })
     }
 
     fn restore(&mut self, state: Option<&StrategyState>) -> Result<(), StrategyError> {
-        let seen = state.and_then(|s| s.meta.strip_prefix("scaffold "));
-        let (Some(s), Some(seen)) = (state, seen) else {
-            return Err(missing_state("scaffold (the server control variate)"));
+        let weights = state.and_then(|s| s.meta.strip_prefix("scaffold ")).and_then(|w| {
+            w.split(',').filter(|v| !v.is_empty()).map(|v| v.parse::<u64>().ok()).collect::<Option<Vec<_>>>()
+        });
+        let (Some(s), Some(weights)) = (state, weights) else {
+            return Err(missing_state("scaffold (the server control variate and the parties' weights)"));
         };
-        self.seen = seen.chars().map(|ch| ch == '1').collect();
+        self.weights = weights;
         self.c = Arc::new(s.vectors.first().cloned().unwrap_or_default());
         Ok(())
     }

@@ -225,8 +225,8 @@ impl<L: Learner> LocalClient<L> {
     }
 }
 
-impl<L: Learner> Client for LocalClient<L> {
-    fn fit(&mut self, global: &Parameters, task: &FitTask) -> Result<FitReply, ClientError> {
+impl<L: Learner> LocalClient<L> {
+    fn fit_task(&mut self, global: &Parameters, task: &FitTask) -> Result<FitReply, ClientError> {
         let expected = self.learner.layout().len();
         if global.len() != expected {
             return Err(ClientError::WrongParameterCount { got: global.len(), expected });
@@ -362,13 +362,26 @@ impl<L: Learner> Client for LocalClient<L> {
         }
         Ok(FitReply { params, num_examples: self.train.len(), metrics, extra })
     }
+}
+
+/// Between tasks a party holds no training buffers: a simulation keeps every party in one
+/// process (100 parties × a CNN workspace for batch 600 is ~24 GiB), and a deployed party
+/// runs one task a round, so allocating them per task costs little.
+impl<L: Learner> Client for LocalClient<L> {
+    fn fit(&mut self, global: &Parameters, task: &FitTask) -> Result<FitReply, ClientError> {
+        let reply = self.fit_task(global, task);
+        self.learner.release();
+        reply
+    }
 
     fn evaluate(&mut self, params: &Parameters, _task: &EvaluateTask) -> Result<EvaluateReply, ClientError> {
         let expected = self.learner.layout().len();
         if params.len() != expected {
             return Err(ClientError::WrongParameterCount { got: params.len(), expected });
         }
-        let s = self.learner.evaluate(&params.values, &self.test.x, &self.test.y).map_err(model_err)?;
+        let s = self.learner.evaluate(&params.values, &self.test.x, &self.test.y);
+        self.learner.release();
+        let s = s.map_err(model_err)?;
         Ok(EvaluateReply { num_examples: s.count, loss: s.mean_loss(), accuracy: s.accuracy() })
     }
 }

@@ -46,18 +46,25 @@ pub trait Learner: Send {
             "this learner cannot clip per-example gradients, so it cannot run DP-SGD".into(),
         ))
     }
+    /// Frees the buffers kept between calls; the next call allocates them again. Results do
+    /// not change (a fit reseeds the model's randomness before its first batch).
+    fn release(&mut self) {}
     /// Training FLOPs per example, if known (for throughput reports).
     fn train_flops_per_example(&self) -> Option<f64> {
         None
     }
 }
 
-/// A `Learner` over a `federate-nn` network, with its workspace.
+/// A `Learner` over a `federate-nn` network, with its workspaces (allocated on first use,
+/// freed by `release`).
 #[derive(Debug)]
 pub struct NnLearner {
     net: Network,
-    ws: Workspace,
+    ws: Option<Workspace>,
     eval_ws: Option<Workspace>,
+    batch: usize,
+    /// The last `reseed`, applied to a training workspace allocated after it.
+    seed: Option<u64>,
     layout: Arc<Layout>,
     threads: usize,
 }
@@ -70,14 +77,24 @@ impl NnLearner {
     /// products use `threads` threads of the current rayon pool.
     pub fn new(spec: ModelSpec, batch: usize, threads: usize) -> Result<Self, NnError> {
         let net = Network::new(spec)?;
-        let ws = net.workspace(batch, threads);
         let layout = Arc::new(Layout::new(
             net.tensors()
                 .iter()
                 .map(|t| TensorSpec { name: t.name.clone(), shape: t.shape.clone(), offset: t.offset })
                 .collect(),
         ));
-        Ok(NnLearner { net, ws, eval_ws: None, layout, threads })
+        Ok(NnLearner { net, ws: None, eval_ws: None, batch, seed: None, layout, threads })
+    }
+    /// The network and the training workspace, allocating the workspace if it was released.
+    fn parts(&mut self) -> (&Network, &mut Workspace) {
+        let ws = self.ws.get_or_insert_with(|| {
+            let mut ws = self.net.workspace(self.batch, self.threads);
+            if let Some(seed) = self.seed {
+                ws.reseed(seed);
+            }
+            ws
+        });
+        (&self.net, ws)
     }
     /// The network.
     pub fn network(&self) -> &Network {
@@ -96,14 +113,18 @@ impl Learner for NnLearner {
         self.net.input_len()
     }
     fn loss_and_grad(&mut self, params: &[f32], x: &[f32], y: &[u32], grad: &mut [f32]) -> Result<BatchStats, NnError> {
-        self.net.loss_and_grad(params, &mut self.ws, x, y, grad)
+        let (net, ws) = self.parts();
+        net.loss_and_grad(params, ws, x, y, grad)
     }
     fn evaluate(&mut self, params: &[f32], x: &[f32], y: &[u32]) -> Result<BatchStats, NnError> {
         let ws = self.eval_ws.get_or_insert_with(|| self.net.workspace(EVAL_BATCH, self.threads));
         self.net.evaluate(params, ws, x, y)
     }
     fn reseed(&mut self, seed: u64) {
-        self.ws.reseed(seed);
+        self.seed = Some(seed);
+        if let Some(ws) = &mut self.ws {
+            ws.reseed(seed);
+        }
     }
     fn clipped_grad(
         &mut self,
@@ -115,7 +136,12 @@ impl Learner for NnLearner {
         grad: &mut [f32],
         norms: &mut [f32],
     ) -> Result<BatchStats, NnError> {
-        self.net.clipped_grad_in(params, &mut self.ws, x, y, clip, norm, grad, norms)
+        let (net, ws) = self.parts();
+        net.clipped_grad_in(params, ws, x, y, clip, norm, grad, norms)
+    }
+    fn release(&mut self) {
+        self.ws = None;
+        self.eval_ws = None;
     }
     fn train_flops_per_example(&self) -> Option<f64> {
         Some(self.net.flops_per_example().1)

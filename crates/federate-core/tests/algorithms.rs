@@ -236,3 +236,58 @@ fn server_optimisers_follow_their_update_rules() {
     let v = 1e-6f64 + 0.01;
     assert!((after(ServerOptimizer::Yogi, 1) - 0.05 / (v.sqrt() + 1e-3)).abs() < 1e-5);
 }
+
+#[test]
+fn scaffold_keeps_c_the_example_weighted_mean_of_the_parties_c_k() {
+    // Four parties of 50, 100, 400 and 1,000 examples reply in changing subsets with
+    // made-up Δc_k; the server's c must stay Σ n_k c_k / Σ n_k over the parties seen, and a
+    // restored strategy must continue exactly.
+    let sizes = [50usize, 100, 400, 1000];
+    let layout = std::sync::Arc::new(Layout::new(vec![TensorSpec { name: "w".into(), shape: vec![3], offset: 0 }]));
+    let global = Parameters::new(vec![0.5, -1.0, 2.0], layout).unwrap();
+    let mut s = Scaffold::new(base(1, 10, 0.1, 0.0), 1.0).unwrap();
+    let mut held = vec![vec![0.0f64; 3]; 4];
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let _ = s.configure_fit(1, 4, 1, &mut rng);
+    let subsets: [&[usize]; 4] = [&[0, 3], &[1, 3], &[0, 2], &[1, 2, 3]];
+    let mut restored: Option<Scaffold> = None;
+    for (round, subset) in subsets.iter().enumerate() {
+        let replies: Vec<(usize, FitReply)> = subset
+            .iter()
+            .map(|&k| {
+                let dc: Vec<f32> = (0..3).map(|j| (k * 3 + j + round) as f32 * 0.25 - 1.0).collect();
+                for (h, d) in held[k].iter_mut().zip(&dc) {
+                    *h += *d as f64;
+                }
+                let params = global.values.iter().map(|v| v + k as f32).collect();
+                (k, FitReply { params, num_examples: sizes[k], metrics: Default::default(), extra: Some(dc) })
+            })
+            .collect();
+        let (x, rejected) = s.aggregate_fit(round as u32 + 1, &global, &replies).unwrap();
+        assert!(rejected.is_empty());
+        // The model moves by the example-weighted mean of y_k − x.
+        let n: usize = subset.iter().map(|&k| sizes[k]).sum();
+        let step: f64 = subset.iter().map(|&k| (sizes[k] * k) as f64).sum::<f64>() / n as f64;
+        assert!((x.values[0] as f64 - (0.5 + step)).abs() < 1e-5, "model step {} vs {step}", x.values[0] - 0.5);
+        if let Some(r) = restored.as_mut() {
+            let (xr, _) = r.aggregate_fit(round as u32 + 1, &global, &replies).unwrap();
+            assert_eq!(xr.values, x.values);
+        }
+        let state = s.state().unwrap();
+        let seen: Vec<usize> = (0..4).filter(|k| held[*k].iter().any(|v| *v != 0.0)).collect();
+        let total: f64 = seen.iter().map(|&k| sizes[k] as f64).sum();
+        for (j, got) in state.vectors[0].iter().enumerate() {
+            let want: f64 = seen.iter().map(|&k| sizes[k] as f64 * held[k][j]).sum::<f64>() / total;
+            let got = *got as f64;
+            assert!((got - want).abs() < 1e-5, "round {}: c[{j}] = {got}, want {want}", round + 1);
+        }
+        if round == 1 {
+            let mut r = Scaffold::new(base(1, 10, 0.1, 0.0), 1.0).unwrap();
+            r.restore(Some(&state)).unwrap();
+            restored = Some(r);
+        }
+    }
+    let (a, b) = (s.state().unwrap(), restored.unwrap().state().unwrap());
+    assert_eq!((a.meta, a.vectors), (b.meta, b.vectors));
+    assert!(Scaffold::new(base(1, 10, 0.1, 0.0), 1.0).unwrap().restore(None).is_err());
+}
