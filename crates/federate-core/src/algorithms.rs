@@ -64,12 +64,14 @@ pub struct FedOptConfig {
 
 /// FedAvg with a server optimiser on the pseudo-gradient (Reddi et al. 2021, Algorithm 2):
 /// m ← β₁m + (1−β₁)Δ; v as the optimiser says; θ ← θ + η·m/(√v + τ). FedAvgM uses
-/// m ← β·m + Δ and θ ← θ + η·m.
+/// m ← β·m + Δ and θ ← θ + η·m. The moments are computed in f64 and kept in f32, the
+/// precision of the model, so a checkpoint holds them exactly and a resumed run continues
+/// bit for bit.
 pub struct FedOpt {
     base: FedAvg,
     cfg: FedOptConfig,
-    m: Vec<f64>,
-    v: Vec<f64>,
+    m: Vec<f32>,
+    v: Vec<f32>,
 }
 
 impl FedOpt {
@@ -113,26 +115,27 @@ impl Strategy for FedOpt {
         if self.m.len() != d {
             self.m = vec![0.0; d];
             // Reddi et al. initialise v to τ².
-            self.v = vec![self.cfg.tau * self.cfg.tau; d];
+            self.v = vec![(self.cfg.tau * self.cfg.tau) as f32; d];
         }
         let c = self.cfg;
         let mut values = Vec::with_capacity(d);
         for (i, (a, g)) in avg.iter().zip(&global.values).enumerate() {
             let delta = *a as f64 - *g as f64;
+            let (m, v) = (self.m[i] as f64, self.v[i] as f64);
             let step = match c.optimizer {
                 ServerOptimizer::Momentum => {
-                    self.m[i] = c.beta1 * self.m[i] + delta;
-                    self.m[i]
+                    self.m[i] = (c.beta1 * m + delta) as f32;
+                    self.m[i] as f64
                 }
                 opt => {
-                    self.m[i] = c.beta1 * self.m[i] + (1.0 - c.beta1) * delta;
+                    self.m[i] = (c.beta1 * m + (1.0 - c.beta1) * delta) as f32;
                     let d2 = delta * delta;
                     self.v[i] = match opt {
-                        ServerOptimizer::Adagrad => self.v[i] + d2,
-                        ServerOptimizer::Adam => c.beta2 * self.v[i] + (1.0 - c.beta2) * d2,
-                        _ => self.v[i] - (1.0 - c.beta2) * d2 * (self.v[i] - d2).signum(),
-                    };
-                    self.m[i] / (self.v[i].max(0.0).sqrt() + c.tau)
+                        ServerOptimizer::Adagrad => v + d2,
+                        ServerOptimizer::Adam => c.beta2 * v + (1.0 - c.beta2) * d2,
+                        _ => v - (1.0 - c.beta2) * d2 * (v - d2).signum(),
+                    } as f32;
+                    self.m[i] as f64 / ((self.v[i] as f64).max(0.0).sqrt() + c.tau)
                 }
             };
             values.push((*g as f64 + c.lr * step) as f32);
@@ -143,16 +146,15 @@ impl Strategy for FedOpt {
     evaluate_with_base!();
 
     fn state(&self) -> Option<StrategyState> {
-        let to32 = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
-        Some(StrategyState { meta: self.name().to_string(), vectors: vec![to32(&self.m), to32(&self.v)] })
+        Some(StrategyState { meta: self.name().to_string(), vectors: vec![self.m.clone(), self.v.clone()] })
     }
 
     fn restore(&mut self, state: Option<&StrategyState>) -> Result<(), StrategyError> {
         let Some(s) = state.filter(|s| s.vectors.len() == 2 && s.meta == self.name()) else {
             return Err(missing_state(&format!("{} (server optimiser moments)", self.name())));
         };
-        self.m = s.vectors[0].iter().map(|&x| x as f64).collect();
-        self.v = s.vectors[1].iter().map(|&x| x as f64).collect();
+        self.m = s.vectors[0].clone();
+        self.v = s.vectors[1].clone();
         Ok(())
     }
 }

@@ -18,6 +18,10 @@ pub struct Config {
     pub rounds: u32,
     /// Worker threads (0 = one per core).
     pub threads: usize,
+    /// `federate run` writes a checkpoint (`<run directory>/checkpoint`) every this many
+    /// rounds, so `federate run --resume` can continue a stopped run (0: never).
+    /// `federate serve` checkpoints after every round regardless.
+    pub checkpoint_every: u32,
     /// Data and its split across parties.
     pub data: DataConfig,
     /// The model.
@@ -42,6 +46,7 @@ impl Default for Config {
             seed: 42,
             rounds: 10,
             threads: 0,
+            checkpoint_every: 10,
             data: DataConfig::default(),
             model: ModelConfig::default(),
             train: TrainConfig::default(),
@@ -555,6 +560,42 @@ pub fn load(path: Option<&Path>, sets: &[String]) -> Result<Config> {
         .map_err(|e: toml::de::Error| anyhow::anyhow!("config {what}: {}", one_line(&e.to_string())))?;
     validate(&cfg)?;
     Ok(cfg)
+}
+
+/// The keys (dotted) whose values differ between `a` and `b`, leaving out those a resumed
+/// run may change: `rounds`, `threads`, `checkpoint_every`, the data directories and the
+/// `[server]` section (which `federate run` ignores).
+pub fn differences(a: &Config, b: &Config) -> Vec<String> {
+    let strip = |c: &Config| {
+        let mut c = c.clone();
+        c.rounds = 0;
+        c.threads = 0;
+        c.checkpoint_every = 0;
+        c.data.data_dir = None;
+        c.data.cache_dir = None;
+        c.server = ServerSection::default();
+        toml::Value::try_from(&c).unwrap_or(toml::Value::Boolean(false))
+    };
+    let mut out = Vec::new();
+    diff_values("", &strip(a), &strip(b), &mut out);
+    out
+}
+
+fn diff_values(at: &str, a: &toml::Value, b: &toml::Value, out: &mut Vec<String>) {
+    match (a, b) {
+        (toml::Value::Table(x), toml::Value::Table(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let key = if at.is_empty() { k.clone() } else { format!("{at}.{k}") };
+                match (x.get(k), y.get(k)) {
+                    (Some(u), Some(v)) => diff_values(&key, u, v, out),
+                    _ => out.push(key),
+                }
+            }
+        }
+        _ if a != b => out.push(at.to_string()),
+        _ => {}
+    }
 }
 
 fn one_line(s: &str) -> String {

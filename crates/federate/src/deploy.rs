@@ -35,7 +35,7 @@ pub fn dataset_shape(name: &str) -> Result<(Shape, usize)> {
     }
 }
 
-fn spec_for(cfg: &Config) -> Result<ModelSpec> {
+pub(crate) fn spec_for(cfg: &Config) -> Result<ModelSpec> {
     let (input, classes) = dataset_shape(&cfg.data.dataset)?;
     sim::spec_for_shape(cfg, input, classes)
 }
@@ -77,7 +77,7 @@ const CHECKPOINT: &str = "checkpoint.json";
 /// Writes the checkpoint after round `round`: the parameters to a new file, then the
 /// metadata naming it, each by write-to-temporary and rename, so a crash at any point leaves
 /// either the old or the new checkpoint, never a torn one.
-fn write_checkpoint(
+pub(crate) fn write_checkpoint(
     dir: &Path,
     round: u32,
     seed: u64,
@@ -134,15 +134,15 @@ fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// What a checkpoint restores.
-struct Restored {
-    round: u32,
-    values: Vec<f32>,
-    records: Vec<RoundRecord>,
-    strategy: String,
-    strategy_state: Option<federate_core::StrategyState>,
+pub(crate) struct Restored {
+    pub(crate) round: u32,
+    pub(crate) values: Vec<f32>,
+    pub(crate) records: Vec<RoundRecord>,
+    pub(crate) strategy: String,
+    pub(crate) strategy_state: Option<federate_core::StrategyState>,
 }
 
-fn read_checkpoint(dir: &Path, seed: u64, layout_len: usize) -> Result<Restored> {
+pub(crate) fn read_checkpoint(dir: &Path, seed: u64, layout_len: usize) -> Result<Restored> {
     let meta_path = dir.join(CHECKPOINT);
     let text = std::fs::read_to_string(&meta_path).with_context(|| {
         format!(

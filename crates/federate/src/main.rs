@@ -234,6 +234,11 @@ struct RunArgs {
     /// No progress bar, only the final table.
     #[arg(long, short)]
     quiet: bool,
+    /// Continue the run in --out from its last checkpoint (written every `checkpoint_every`
+    /// rounds); without CONFIG, the run directory's config.toml is used. --rounds may raise
+    /// the total. The result equals an uninterrupted run.
+    #[arg(long, requires = "out")]
+    resume: bool,
 }
 
 #[derive(Subcommand)]
@@ -349,13 +354,25 @@ fn run(args: RunArgs) -> Result<()> {
     if let Some(d) = &args.cache_dir {
         sets.push(format!("data.cache_dir={}", quote(d)));
     }
-    let cfg = config::load(args.config.as_deref(), &sets)?;
-    init_threads(cfg.threads)?;
     let out = args.out.clone().unwrap_or_else(|| {
         let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         PathBuf::from(format!("runs/run-{t}"))
     });
-    let mut dir = report::RunDir::create(&out, &cfg)?;
+    let saved = out.join("config.toml");
+    let config_path = match (&args.config, args.resume) {
+        (None, true) => Some(saved.clone()),
+        (c, _) => c.clone(),
+    };
+    let cfg = config::load(config_path.as_deref(), &sets)?;
+    init_threads(cfg.threads)?;
+    let ckpt_dir = out.join("checkpoint");
+    let (mut dir, start) = if args.resume {
+        let start = resume_point(&cfg, &out, &ckpt_dir)?;
+        (report::RunDir::reopen(&out, &cfg, &start.records)?, Some(start))
+    } else {
+        (report::RunDir::create(&out, &cfg)?, None)
+    };
+    let checkpoint_every = if sim::party_state(&cfg).is_some() { 0 } else { cfg.checkpoint_every };
     let tty = std::io::stderr().is_terminal() && !args.quiet;
     let bar = if tty {
         let b = ProgressBar::new(cfg.rounds as u64 * cfg.data.parties as u64 * cfg.train.epochs as u64);
@@ -394,8 +411,12 @@ fn run(args: RunArgs) -> Result<()> {
                 b.set_message(format!("{round}/{rounds}: {id} done"));
             }
         }
-        Event::RoundFinished { record: r, .. } => {
-            if let Err(e) = dir.record(r) {
+        Event::RoundFinished { record: r, global, strategy } => {
+            let mut res = dir.record(r);
+            if res.is_ok() && checkpoint_every > 0 && r.round % checkpoint_every == 0 {
+                res = deploy::write_checkpoint(&ckpt_dir, r.round, cfg.seed, global, strategy, &[]);
+            }
+            if let Err(e) = res {
                 write_err.get_or_insert(e);
             }
             let line = format!(
@@ -424,12 +445,12 @@ fn run(args: RunArgs) -> Result<()> {
             b.set_message(format!("{round}/{rounds}: {id} finished local epoch {done}/{all}"));
         }) as sim::PartyEpochHook
     });
-    let result = sim::simulate(&cfg, &mut observer, on_epoch)?;
+    let result = sim::simulate(&cfg, &mut observer, on_epoch, start)?;
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
     if let Some(e) = write_err {
-        return Err(e.context("writing rounds.jsonl"));
+        return Err(e.context("writing rounds.jsonl or the checkpoint"));
     }
     dir.finish(&cfg, &result)?;
     println!("\n{}", report::table(&result));
@@ -441,6 +462,40 @@ fn run(args: RunArgs) -> Result<()> {
         dir.path().display()
     );
     Ok(())
+}
+
+/// Where `federate run --resume` continues: the checkpoint in `ckpt_dir` and the records of
+/// the rounds before it, after checking that `cfg` is the configuration of the run in `out`.
+fn resume_point(cfg: &config::Config, out: &std::path::Path, ckpt_dir: &std::path::Path) -> Result<sim::Start> {
+    if let Some(why) = sim::party_state(cfg) {
+        anyhow::bail!(
+            "--resume: {why}, which a simulation's checkpoint does not hold; rerun from the start \
+             (`federate serve` parties keep their state across a server restart)"
+        );
+    }
+    let saved = out.join("config.toml");
+    let before = config::load(Some(&saved), &[]).with_context(|| format!("--resume: {}", saved.display()))?;
+    let differ = config::differences(&before, cfg);
+    if !differ.is_empty() {
+        anyhow::bail!(
+            "--resume: the config differs from the run's ({}) in {}; only rounds, threads, checkpoint_every \
+             and the data directories may change",
+            saved.display(),
+            differ.join(", ")
+        );
+    }
+    let spec = deploy::spec_for(cfg)?;
+    let layout_len = federate_core::Learner::layout(&federate_core::NnLearner::new(spec, 1, 1)?).len();
+    let r = deploy::read_checkpoint(ckpt_dir, cfg.seed, layout_len)?;
+    if r.round >= cfg.rounds {
+        anyhow::bail!(
+            "--resume: the checkpoint is after round {} and the run is for {} rounds; pass --rounds with a larger total",
+            r.round,
+            cfg.rounds
+        );
+    }
+    let records = report::read_rounds(&out.join("rounds.jsonl"), r.round)?;
+    Ok(sim::Start { completed: r.round, values: r.values, records, strategy: (r.strategy, r.strategy_state) })
 }
 
 fn init_logging() {

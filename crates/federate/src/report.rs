@@ -29,6 +29,29 @@ impl RunDir {
         Ok(RunDir { path: path.to_path_buf(), rounds: BufWriter::new(f) })
     }
 
+    /// Reopens the directory of a resumed run: rewrites the config (its `rounds` may have
+    /// changed) and `rounds.jsonl` with the records of the rounds before the checkpoint
+    /// (those after it will be run again), via a temporary file and a rename, so a crash
+    /// leaves the old file whole.
+    pub fn reopen(path: &Path, cfg: &Config, kept: &[RoundRecord]) -> Result<Self> {
+        let text = toml::to_string_pretty(cfg).context("serialising the config")?;
+        std::fs::write(path.join("config.toml"), text).with_context(|| format!("writing {}", path.display()))?;
+        let target = path.join("rounds.jsonl");
+        let tmp = path.join("rounds.jsonl.tmp");
+        let mut w = BufWriter::new(File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?);
+        for r in kept {
+            serde_json::to_writer(&mut w, r)?;
+            w.write_all(b"\n")?;
+        }
+        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&tmp, &target).with_context(|| format!("replacing {}", target.display()))?;
+        let f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&target)
+            .with_context(|| format!("appending to {}", target.display()))?;
+        Ok(RunDir { path: path.to_path_buf(), rounds: BufWriter::new(f) })
+    }
+
     /// The directory.
     pub fn path(&self) -> &Path {
         &self.path
@@ -54,6 +77,38 @@ impl RunDir {
         std::fs::write(self.path.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
         Ok(())
     }
+}
+
+/// The records of rounds 1..=`through` from a run's `rounds.jsonl` (later lines, including a
+/// line cut short by a crash, are left out).
+pub fn read_rounds(path: &Path, through: u32) -> Result<Vec<RoundRecord>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("--resume: reading {}", path.display()))?;
+    let mut out = Vec::with_capacity(through as usize);
+    for (i, line) in text.lines().enumerate() {
+        if out.len() == through as usize {
+            break;
+        }
+        let r: RoundRecord = serde_json::from_str(line)
+            .with_context(|| format!("--resume: {} line {} is not a round record", path.display(), i + 1))?;
+        if r.round as usize != out.len() + 1 {
+            anyhow::bail!(
+                "--resume: {} line {} is round {}, expected {}",
+                path.display(),
+                i + 1,
+                r.round,
+                out.len() + 1
+            );
+        }
+        out.push(r);
+    }
+    if out.len() < through as usize {
+        anyhow::bail!(
+            "--resume: {} holds {} rounds, the checkpoint is after round {through}; the run directory is incomplete",
+            path.display(),
+            out.len()
+        );
+    }
+    Ok(out)
 }
 
 /// Saves parameters as safetensors, one named tensor per layer weight and bias.

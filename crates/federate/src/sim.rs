@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use federate_core::{
     CentralEval, ClientProxy, Event, FedAvg, InProcess, Learner, LocalClient, LocalTraining, NnLearner, Parameters,
-    RoundRecord, Server, ServerConfig, seed, train_local,
+    RoundRecord, Server, ServerConfig, StrategyState, seed, train_local,
 };
 use federate_data::{Dataset, FetchOptions, TrainTest, default_cache_dir, partition};
 use federate_nn::{ModelSpec, Shape};
@@ -191,12 +191,39 @@ pub struct PartyResult {
     pub epsilon: Option<f64>,
 }
 
-/// Runs the federation described by `cfg`, reporting rounds to `observer` and, when given,
-/// every party's local epochs to `on_epoch` (called with the party's identity).
+/// Where a resumed simulation starts: what a checkpoint restored.
+pub struct Start {
+    /// Rounds already run.
+    pub completed: u32,
+    /// The global model after them.
+    pub values: Vec<f32>,
+    /// Their records.
+    pub records: Vec<RoundRecord>,
+    /// The strategy that wrote the checkpoint and its state.
+    pub strategy: (String, Option<StrategyState>),
+}
+
+/// Why a simulation of `cfg` cannot be resumed from a checkpoint: the algorithm keeps state
+/// in each party (control variates, duals, a privacy accountant) that a simulation's
+/// checkpoint does not hold. `None`: it can.
+pub fn party_state(cfg: &Config) -> Option<String> {
+    match cfg.strategy.name.as_str() {
+        "scaffold" => return Some("SCAFFOLD keeps a control variate in every party".into()),
+        "admm" => return Some("ADMM keeps a dual variable in every party".into()),
+        _ => {}
+    }
+    (cfg.privacy.mechanism != crate::config::PrivacyMechanism::None)
+        .then(|| "DP-SGD keeps a privacy accountant in every party".into())
+}
+
+/// Runs the federation described by `cfg` (from `start` when resuming), reporting rounds to
+/// `observer` and, when given, every party's local epochs to `on_epoch` (called with the
+/// party's identity).
 pub fn simulate(
     cfg: &Config,
     observer: &mut dyn FnMut(Event<'_>),
     on_epoch: Option<PartyEpochHook>,
+    start: Option<Start>,
 ) -> Result<SimResult> {
     let threads = rayon::current_num_threads();
     let data = load_data(cfg)?;
@@ -218,10 +245,17 @@ pub fn simulate(
     let init_learner = NnLearner::new(spec.clone(), 1, threads)?;
     let layout = init_learner.layout();
     let init_values = init_learner.init(seed::derive(cfg.seed, "init", &[]));
-    let initial = Parameters::new(init_values.clone(), layout.clone()).context("initial parameters")?;
+    let (completed, mut records, start_values, restored) = match start {
+        Some(s) => (s.completed, s.records, s.values, Some(s.strategy)),
+        None => (0, Vec::new(), init_values.clone(), None),
+    };
+    let initial = Parameters::new(start_values, layout.clone()).context("initial parameters")?;
 
     let strategy = build_strategy(cfg, noise)?;
     let mut server = Server::new(strategy, clients);
+    if let Some((name, state)) = &restored {
+        server.restore_strategy(name, state.as_ref()).context("--resume")?;
+    }
     if let Some(t) = cfg.evaluation.target_accuracy {
         server = server.with_target_accuracy(t);
     }
@@ -236,7 +270,9 @@ pub fn simulate(
             })
         }));
     }
-    let (global, records) = server.run(initial, &ServerConfig { rounds: cfg.rounds, seed: cfg.seed }, observer)?;
+    let (global, new_records) =
+        server.resume(initial, completed, &ServerConfig { rounds: cfg.rounds, seed: cfg.seed }, observer)?;
+    records.extend(new_records);
 
     let mut results = Vec::with_capacity(parties.len());
     let mut eval = NnLearner::new(spec.clone(), 1, threads)?;

@@ -565,3 +565,68 @@ fn quantity_skew_gives_parties_of_different_sizes() {
     assert_eq!(sizes.iter().sum::<u64>(), 60_000, "{sizes:?}");
     assert!(sizes.iter().max().unwrap() > &(2 * sizes.iter().min().unwrap()), "{sizes:?}");
 }
+
+#[test]
+fn a_stopped_run_resumed_from_its_checkpoint_equals_an_uninterrupted_one() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/algorithms");
+    // FedAdam: the server's moment vectors must come back from the checkpoint too.
+    let cfg = dir.join("fedadam.toml");
+    let cfg = cfg.to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (full, part) = (tmp.path().join("full"), tmp.path().join("part"));
+    let run = |out: &Path, rounds: &str| {
+        let o = federate(&[
+            "run",
+            cfg,
+            "--rounds",
+            rounds,
+            "--set",
+            "checkpoint_every=2",
+            "--quiet",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    run(&full, "5");
+    // Stopped after round 3: the last checkpoint is round 2, and a crash cut a line short.
+    run(&part, "3");
+    let mut f = std::fs::OpenOptions::new().append(true).open(part.join("rounds.jsonl")).unwrap();
+    std::io::Write::write_all(&mut f, b"{\"round\":4,\"accur").unwrap();
+    let resume = |extra: &[&str]| {
+        let mut args = vec!["run", "--out", part.to_str().unwrap(), "--resume", "--quiet"];
+        args.extend_from_slice(extra);
+        federate(&args)
+    };
+    let o = resume(&["--rounds", "5"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(accuracies(&full), accuracies(&part));
+    assert_eq!(accuracies(&part).len(), 5);
+    let model = |d: &Path| std::fs::read(d.join("model.safetensors")).unwrap();
+    assert!(model(&full) == model(&part), "the resumed run's model differs");
+
+    // What cannot be resumed says why.
+    let err = |o: Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    let e = err(resume(&["--rounds", "4"]));
+    assert!(e.contains("after round 4") && e.contains("--rounds"), "{e}");
+    let e = err(resume(&["--rounds", "8", "--set", "train.lr=0.5"]));
+    assert!(e.contains("train.lr"), "{e}");
+    let sc = dir.join("scaffold.toml");
+    let e = err(resume(&[sc.to_str().unwrap(), "--rounds", "8"]));
+    assert!(e.contains("SCAFFOLD") && e.contains("control variate"), "{e}");
+    let none = tmp.path().join("none");
+    let o = federate(&[
+        "run",
+        cfg,
+        "--rounds",
+        "1",
+        "--set",
+        "checkpoint_every=0",
+        "--quiet",
+        "--out",
+        none.to_str().unwrap(),
+    ]);
+    assert!(o.status.success());
+    let e = err(federate(&["run", "--out", none.to_str().unwrap(), "--resume", "--rounds", "3"]));
+    assert!(e.contains("no checkpoint"), "{e}");
+}
