@@ -3,7 +3,6 @@
 //! config file drives `run`, `serve` and `join`, so a deployment reproduces a simulation bit
 //! for bit (same seed, same thread count per party).
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -22,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::report::{self, RunDir};
+use crate::report::{self, RunDir, atomic_write};
 use crate::sim;
 
 /// Input shape and classes of a named dataset, known without loading it (the server holds
@@ -121,15 +120,6 @@ pub(crate) fn write_checkpoint(
             let _ = std::fs::remove_file(e.path());
         }
     }
-    Ok(())
-}
-
-fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
     Ok(())
 }
 
@@ -246,10 +236,8 @@ pub fn serve(cfg: &Config, out: &Path, resume: bool, insecure: bool) -> Result<(
         (0, learner.init(seed::derive(cfg.seed, "init", &[])), Vec::new(), None)
     };
     let global = Parameters::new(values, layout.clone()).context("initial parameters")?;
-    let mut dir = RunDir::create(out, cfg)?;
-    for r in &records {
-        dir.record(r)?;
-    }
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create run directory {}", out.display()))?;
+    let mut dir = RunDir::reopen(out, cfg, &records)?;
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let hub_cfg = HubConfig {

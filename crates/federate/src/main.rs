@@ -358,11 +358,7 @@ fn run(args: RunArgs) -> Result<()> {
         let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         PathBuf::from(format!("runs/run-{t}"))
     });
-    let saved = out.join("config.toml");
-    let config_path = match (&args.config, args.resume) {
-        (None, true) => Some(saved.clone()),
-        (c, _) => c.clone(),
-    };
+    let config_path = args.config.clone().or_else(|| args.resume.then(|| out.join("config.toml")));
     let cfg = config::load(config_path.as_deref(), &sets)?;
     init_threads(cfg.threads)?;
     let ckpt_dir = out.join("checkpoint");

@@ -20,13 +20,10 @@ pub struct RunDir {
 }
 
 impl RunDir {
-    /// Creates the directory and writes the resolved config.
+    /// Creates the directory and writes the resolved config and an empty `rounds.jsonl`.
     pub fn create(path: &Path, cfg: &Config) -> Result<Self> {
         std::fs::create_dir_all(path).with_context(|| format!("cannot create run directory {}", path.display()))?;
-        let text = toml::to_string_pretty(cfg).context("serialising the config")?;
-        std::fs::write(path.join("config.toml"), text).with_context(|| format!("writing {}", path.display()))?;
-        let f = File::create(path.join("rounds.jsonl")).with_context(|| format!("writing {}", path.display()))?;
-        Ok(RunDir { path: path.to_path_buf(), rounds: BufWriter::new(f) })
+        Self::reopen(path, cfg, &[])
     }
 
     /// Reopens the directory of a resumed run: rewrites the config (its `rounds` may have
@@ -37,14 +34,12 @@ impl RunDir {
         let text = toml::to_string_pretty(cfg).context("serialising the config")?;
         std::fs::write(path.join("config.toml"), text).with_context(|| format!("writing {}", path.display()))?;
         let target = path.join("rounds.jsonl");
-        let tmp = path.join("rounds.jsonl.tmp");
-        let mut w = BufWriter::new(File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?);
+        let mut lines = Vec::new();
         for r in kept {
-            serde_json::to_writer(&mut w, r)?;
-            w.write_all(b"\n")?;
+            serde_json::to_writer(&mut lines, r)?;
+            lines.push(b'\n');
         }
-        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        std::fs::rename(&tmp, &target).with_context(|| format!("replacing {}", target.display()))?;
+        atomic_write(&target, &lines)?;
         let f = std::fs::OpenOptions::new()
             .append(true)
             .open(&target)
@@ -77,6 +72,17 @@ impl RunDir {
         std::fs::write(self.path.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
         Ok(())
     }
+}
+
+/// Writes `bytes` to `path` by write-to-temporary, sync and rename, so a crash leaves either
+/// the old or the new file, never a torn one.
+pub(crate) fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
 }
 
 /// The records of rounds 1..=`through` from a run's `rounds.jsonl` (later lines, including a
