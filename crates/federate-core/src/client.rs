@@ -96,6 +96,15 @@ pub trait Client: Send {
     fn fit(&mut self, global: &Parameters, task: &FitTask) -> Result<FitReply, ClientError>;
     /// Evaluates `params` on the party's test data.
     fn evaluate(&mut self, params: &Parameters, task: &EvaluateTask) -> Result<EvaluateReply, ClientError>;
+    /// What this party keeps between rounds, for a checkpoint (`None`: it cannot say).
+    fn state(&self) -> Option<PartyState> {
+        None
+    }
+    /// Takes back what [`Client::state`] returned before a restart.
+    fn restore(&mut self, state: PartyState) -> Result<(), ClientError> {
+        let _ = state;
+        Err(ClientError::MissingState("this party cannot restore saved state".into()))
+    }
 }
 
 /// The server's handle on a party: in this process (`InProcess`) or remote.
@@ -106,6 +115,16 @@ pub trait ClientProxy: Send {
     fn fit(&mut self, global: &Parameters, task: &FitTask) -> Result<FitReply, ClientError>;
     /// Sends an evaluation task and waits for the reply.
     fn evaluate(&mut self, params: &Parameters, task: &EvaluateTask) -> Result<EvaluateReply, ClientError>;
+    /// The party's state between rounds where the server can see it (a party in this
+    /// process); `None` for a remote party, which keeps its own.
+    fn party_state(&self) -> Option<PartyState> {
+        None
+    }
+    /// Gives the party the state a checkpoint recorded for it.
+    fn restore_party_state(&mut self, state: PartyState) -> Result<(), ClientError> {
+        let _ = state;
+        Err(ClientError::MissingState(format!("party {} keeps its own state and cannot be given one", self.id())))
+    }
     /// Whether the server may call this party at the same time as others (true for remote
     /// parties, which compute elsewhere; false for parties sharing this process's cores).
     fn concurrent(&self) -> bool {
@@ -136,6 +155,12 @@ impl<C: Client> ClientProxy for InProcess<C> {
     fn evaluate(&mut self, params: &Parameters, task: &EvaluateTask) -> Result<EvaluateReply, ClientError> {
         self.client.evaluate(params, task)
     }
+    fn party_state(&self) -> Option<PartyState> {
+        self.client.state()
+    }
+    fn restore_party_state(&mut self, state: PartyState) -> Result<(), ClientError> {
+        self.client.restore(state)
+    }
 }
 
 /// Called after each local epoch with (round, epochs done, epochs in all); for progress
@@ -150,18 +175,38 @@ pub struct LocalClient<L: Learner> {
     on_epoch: Option<EpochHook>,
     dp_steps: u64,
     noise: crate::dp::NoiseSource,
-    admm: Option<AdmmParty>,
+    admm: Option<AdmmState>,
     scaffold: Option<Vec<f32>>,
 }
 
+/// What a party keeps between rounds: everything a restarted party needs to continue exactly
+/// where it stopped (its training data and model come from the config).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PartyState {
+    /// DP-SGD steps taken so far: its privacy accountant's history.
+    pub dp_steps: u64,
+    /// ADMM's dual and last solve.
+    pub admm: Option<AdmmState>,
+    /// SCAFFOLD's control variate c_k.
+    pub scaffold: Option<Vec<f32>>,
+}
+
+impl PartyState {
+    /// Whether there is nothing to keep (the party has not taken part in a stateful algorithm).
+    pub fn is_empty(&self) -> bool {
+        self.dp_steps == 0 && self.admm.is_none() && self.scaffold.is_none()
+    }
+}
+
 /// What an ADMM party keeps between rounds.
-#[derive(Debug, Clone)]
-struct AdmmParty {
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdmmState {
     /// The dual y_k.
-    dual: Vec<f32>,
-    /// θ_k of its last solve, and the ρ it used.
-    last: Vec<f32>,
-    rho: f32,
+    pub dual: Vec<f32>,
+    /// θ_k of its last solve.
+    pub last: Vec<f32>,
+    /// The ρ it used.
+    pub rho: f32,
 }
 
 impl<L: Learner> LocalClient<L> {
@@ -285,7 +330,7 @@ impl<L: Learner> LocalClient<L> {
                         ));
                     }
                     // First participation (or the server started a new run): y = 0.
-                    (_, false) => AdmmParty { dual: vec![0.0; z.len()], last: z.clone(), rho },
+                    (_, false) => AdmmState { dual: vec![0.0; z.len()], last: z.clone(), rho },
                 };
                 // Dual ascent with the consensus just received: y ← y + ρ(θ_last − z).
                 let mut primal = 0.0f64;
@@ -383,5 +428,26 @@ impl<L: Learner> Client for LocalClient<L> {
         self.learner.release();
         let s = s.map_err(model_err)?;
         Ok(EvaluateReply { num_examples: s.count, loss: s.mean_loss(), accuracy: s.accuracy() })
+    }
+
+    fn state(&self) -> Option<PartyState> {
+        Some(PartyState { dp_steps: self.dp_steps, admm: self.admm.clone(), scaffold: self.scaffold.clone() })
+    }
+
+    fn restore(&mut self, state: PartyState) -> Result<(), ClientError> {
+        let expected = self.learner.layout().len();
+        let vectors = state.admm.iter().flat_map(|a| [&a.dual, &a.last]).chain(&state.scaffold);
+        if let Some(v) = vectors.into_iter().find(|v| v.len() != expected) {
+            return Err(ClientError::WrongParameterCount { got: v.len(), expected });
+        }
+        if let Some(a) = &state.admm
+            && !(a.rho > 0.0 && a.rho.is_finite())
+        {
+            return Err(ClientError::Model(format!("saved ADMM state has ρ = {}; it must be positive", a.rho)));
+        }
+        self.dp_steps = state.dp_steps;
+        self.admm = state.admm;
+        self.scaffold = state.scaffold;
+        Ok(())
     }
 }

@@ -18,14 +18,15 @@ pub mod train;
 
 pub use algorithms::{Admm, FedOpt, FedOptConfig, FedSgd, Scaffold, ServerOptimizer};
 pub use client::{
-    Client, ClientError, ClientProxy, EvaluateReply, EvaluateTask, FitReply, FitTask, InProcess, LocalClient,
+    AdmmState, Client, ClientError, ClientProxy, EvaluateReply, EvaluateTask, FitReply, FitTask, InProcess,
+    LocalClient, PartyState,
 };
 pub use client_dp::{AdaptiveClip, ClientDp, ClientDpMode, DpFedAvg, UpdateDp};
 pub use dp::{DpSgd, Mechanism, NoiseSource, Sampling};
 pub use learner::{Learner, NnLearner};
 pub use params::{Layout, Parameters, TensorSpec};
 pub use server::{
-    CentralEval, CentralEvaluator, ClientEval, ClientFit, Event, Failure, RoundRecord, Server, ServerConfig,
+    CentralEval, CentralEvaluator, ClientEval, ClientFit, Event, Failure, Parties, RoundRecord, Server, ServerConfig,
     ServerError,
 };
 pub use strategy::{

@@ -153,7 +153,31 @@ pub enum Event<'a> {
         global: &'a Parameters,
         /// The strategy's name and state after the round (for checkpoints).
         strategy: (&'a str, Option<crate::StrategyState>),
+        /// The parties, whose state a checkpoint may collect.
+        parties: Parties<'a>,
     },
+}
+
+/// The server's parties as an observer sees them after a round: their state is copied only
+/// when asked for (a SCAFFOLD party holds a model-sized vector).
+#[derive(Clone, Copy)]
+pub struct Parties<'a>(&'a [Box<dyn ClientProxy>]);
+
+impl std::fmt::Debug for Parties<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.iter().map(|c| c.id())).finish()
+    }
+}
+
+impl Parties<'_> {
+    /// The state of every party that keeps one it can show (parties in this process), by
+    /// identity; parties with nothing to keep are left out.
+    pub fn states(&self) -> Vec<(String, crate::PartyState)> {
+        self.0
+            .iter()
+            .filter_map(|c| c.party_state().filter(|s| !s.is_empty()).map(|s| (c.id().to_string(), s)))
+            .collect()
+    }
 }
 
 /// Evaluates global parameters on a server-held test set.
@@ -241,6 +265,20 @@ impl Server {
         self.strategy.restore(state).map_err(|e| ServerError::BadInitial(e.to_string()))
     }
 
+    /// Gives each named party the state a checkpoint recorded for it ([`Parties::states`]).
+    pub fn restore_parties(&mut self, states: Vec<(String, crate::PartyState)>) -> Result<(), ServerError> {
+        for (id, state) in states {
+            let Some(c) = self.clients.iter_mut().find(|c| c.id() == id) else {
+                return Err(ServerError::BadInitial(format!(
+                    "the checkpoint holds state for party '{id}', which this federation does not have: resume with \
+                     the same data.parties"
+                )));
+            };
+            c.restore_party_state(state).map_err(|e| ServerError::BadInitial(format!("party {id}: {e}")))?;
+        }
+        Ok(())
+    }
+
     /// Party identities, in index order.
     pub fn client_ids(&self) -> Vec<String> {
         self.clients.iter().map(|c| c.id().to_string()).collect()
@@ -290,6 +328,7 @@ impl Server {
                 record: &record,
                 global: &global,
                 strategy: (self.strategy.name(), state),
+                parties: Parties(&self.clients),
             });
             records.push(record);
             let reached = matches!((self.target_accuracy, records.last().and_then(|r: &RoundRecord| r.accuracy)),

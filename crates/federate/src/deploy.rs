@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use federate_core::{
-    ClientProxy, Event, Learner, LocalClient, NnLearner, Parameters, RoundRecord, Server, ServerConfig, seed,
+    AdmmState, ClientProxy, Event, Learner, LocalClient, NnLearner, Parameters, PartyState, RoundRecord, Server,
+    ServerConfig, seed,
 };
 use federate_net::codec::Limits;
 use federate_net::party::{PartyOptions, run_party};
@@ -69,54 +70,118 @@ struct CheckpointMeta {
     num_values: usize,
     params_file: String,
     records: Vec<RoundRecord>,
+    /// The state of parties the server holds (a simulation's), in `parties_file` order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    parties: Vec<PartyMeta>,
+    /// Every party's vectors, each `num_values` long: ADMM's dual then last solve, SCAFFOLD's c_k.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    parties_file: Option<String>,
+}
+
+/// One party's state in a checkpoint; its vectors are in the checkpoint's `parties_file`.
+#[derive(Debug, Serialize, Deserialize)]
+struct PartyMeta {
+    id: String,
+    #[serde(default)]
+    dp_steps: u64,
+    /// ADMM's ρ, when the party holds a dual and a last solve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    admm_rho: Option<f32>,
+    /// Whether the party holds a SCAFFOLD control variate.
+    #[serde(default)]
+    scaffold: bool,
 }
 
 const CHECKPOINT: &str = "checkpoint.json";
 
-/// Writes the checkpoint after round `round`: the parameters to a new file, then the
-/// metadata naming it, each by write-to-temporary and rename, so a crash at any point leaves
-/// either the old or the new checkpoint, never a torn one.
-pub(crate) fn write_checkpoint(
-    dir: &Path,
-    round: u32,
-    seed: u64,
-    global: &Parameters,
-    strategy: (&str, Option<federate_core::StrategyState>),
-    records: &[RoundRecord],
-) -> Result<()> {
+fn f32_bytes<'a>(vectors: impl IntoIterator<Item = &'a [f32]>) -> Vec<u8> {
+    vectors.into_iter().flatten().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// Reads `name` in `dir` (a plain file name from the checkpoint) as exactly `len` f32 values.
+fn read_f32s(dir: &Path, name: &str, len: usize) -> Result<Vec<f32>> {
+    if name.contains('/') || name.contains('\\') || name.contains("..") {
+        bail!("{}: bad file name '{name}' in the checkpoint", dir.join(CHECKPOINT).display());
+    }
+    let p = dir.join(name);
+    let bytes = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+    if bytes.len() != len * 4 {
+        bail!("{}: {} bytes, the checkpoint says {}", p.display(), bytes.len(), len * 4);
+    }
+    Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+}
+
+/// What one checkpoint records: the round it follows, the global model, the strategy's and
+/// the parties' state, and (for `federate serve`) the records of every round so far.
+pub(crate) struct Checkpoint<'a> {
+    pub(crate) round: u32,
+    pub(crate) seed: u64,
+    pub(crate) global: &'a Parameters,
+    pub(crate) strategy: (&'a str, Option<federate_core::StrategyState>),
+    pub(crate) parties: Vec<(String, PartyState)>,
+    pub(crate) records: &'a [RoundRecord],
+}
+
+/// Writes the checkpoint `c` into `dir`: the vectors to new files, then the metadata naming
+/// them, each by write-to-temporary and rename, so a crash at any point leaves either the old
+/// or the new checkpoint, never a torn one.
+pub(crate) fn write_checkpoint(dir: &Path, c: Checkpoint<'_>) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("checkpoint directory {}", dir.display()))?;
+    let round = c.round;
     let params_file = format!("params-{round:05}.f32");
-    let bytes: Vec<u8> = global.values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    atomic_write(&dir.join(&params_file), &bytes)?;
-    let (state, lengths, strategy_file) = match strategy.1 {
+    atomic_write(&dir.join(&params_file), &f32_bytes([c.global.values.as_slice()]))?;
+    let (state, lengths, strategy_file) = match c.strategy.1 {
         None => (None, Vec::new(), None),
         Some(s) => {
             let lengths: Vec<usize> = s.vectors.iter().map(Vec::len).collect();
             let file = (!lengths.is_empty()).then(|| format!("strategy-{round:05}.f32"));
             if let Some(f) = &file {
-                let bytes: Vec<u8> = s.vectors.iter().flatten().flat_map(|v| v.to_le_bytes()).collect();
-                atomic_write(&dir.join(f), &bytes)?;
+                atomic_write(&dir.join(f), &f32_bytes(s.vectors.iter().map(Vec::as_slice)))?;
             }
             (Some(s.meta), lengths, file)
         }
     };
+    let mut parties = Vec::with_capacity(c.parties.len());
+    let mut vectors: Vec<&[f32]> = Vec::new();
+    for (id, p) in &c.parties {
+        if let Some(a) = &p.admm {
+            vectors.extend([a.dual.as_slice(), a.last.as_slice()]);
+        }
+        vectors.extend(p.scaffold.as_deref());
+        parties.push(PartyMeta {
+            id: id.clone(),
+            dp_steps: p.dp_steps,
+            admm_rho: p.admm.as_ref().map(|a| a.rho),
+            scaffold: p.scaffold.is_some(),
+        });
+    }
+    if let Some(v) = vectors.iter().find(|v| v.len() != c.global.len()) {
+        bail!("checkpoint: a party's state vector has {} values, the model {}", v.len(), c.global.len());
+    }
+    let parties_file = (!vectors.is_empty()).then(|| format!("parties-{round:05}.f32"));
+    if let Some(f) = &parties_file {
+        atomic_write(&dir.join(f), &f32_bytes(vectors))?;
+    }
     let meta = CheckpointMeta {
         format: 1,
         round,
-        seed,
-        strategy: strategy.0.to_string(),
+        seed: c.seed,
+        strategy: c.strategy.0.to_string(),
         strategy_state: state,
         strategy_vectors: lengths,
         strategy_file: strategy_file.clone(),
-        num_values: global.len(),
+        num_values: c.global.len(),
         params_file: params_file.clone(),
-        records: records.to_vec(),
+        records: c.records.to_vec(),
+        parties,
+        parties_file: parties_file.clone(),
     };
     atomic_write(&dir.join(CHECKPOINT), &serde_json::to_vec_pretty(&meta)?)?;
+    let current = [Some(&params_file), strategy_file.as_ref(), parties_file.as_ref()];
     for e in std::fs::read_dir(dir)?.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let stale_strategy = name.starts_with("strategy-") && Some(&name) != strategy_file.as_ref();
-        if (name.starts_with("params-") && name != params_file) || stale_strategy {
+        let ours = ["params-", "strategy-", "parties-"].iter().any(|p| name.starts_with(p));
+        if ours && !current.contains(&Some(&name)) {
             let _ = std::fs::remove_file(e.path());
         }
     }
@@ -130,6 +195,7 @@ pub(crate) struct Restored {
     pub(crate) records: Vec<RoundRecord>,
     pub(crate) strategy: String,
     pub(crate) strategy_state: Option<federate_core::StrategyState>,
+    pub(crate) parties: Vec<(String, PartyState)>,
 }
 
 pub(crate) fn read_checkpoint(dir: &Path, seed: u64, layout_len: usize) -> Result<Restored> {
@@ -155,31 +221,13 @@ pub(crate) fn read_checkpoint(dir: &Path, seed: u64, layout_len: usize) -> Resul
             meta.num_values
         );
     }
-    if meta.params_file.contains('/') || meta.params_file.contains("..") {
-        bail!("{}: bad parameter file name", meta_path.display());
-    }
-    let p = dir.join(&meta.params_file);
-    let bytes = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
-    if bytes.len() != layout_len * 4 {
-        bail!("{}: {} bytes, expected {}", p.display(), bytes.len(), layout_len * 4);
-    }
-    let values = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let values = read_f32s(dir, &meta.params_file, layout_len)?;
     let strategy_state = match meta.strategy_state {
         None => None,
         Some(text) => {
             let mut vectors = Vec::new();
             if let Some(f) = &meta.strategy_file {
-                if f.contains('/') || f.contains("..") {
-                    bail!("{}: bad strategy file name", meta_path.display());
-                }
-                let p = dir.join(f);
-                let bytes = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
-                let want: usize = meta.strategy_vectors.iter().sum();
-                if bytes.len() != want * 4 {
-                    bail!("{}: {} bytes, the checkpoint says {}", p.display(), bytes.len(), want * 4);
-                }
-                let all: Vec<f32> =
-                    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+                let all = read_f32s(dir, f, meta.strategy_vectors.iter().sum())?;
                 let mut at = 0;
                 for &n in &meta.strategy_vectors {
                     vectors.push(all[at..at + n].to_vec());
@@ -189,7 +237,23 @@ pub(crate) fn read_checkpoint(dir: &Path, seed: u64, layout_len: usize) -> Resul
             Some(federate_core::StrategyState { meta: text, vectors })
         }
     };
-    Ok(Restored { round: meta.round, values, records: meta.records, strategy: meta.strategy, strategy_state })
+    let count: usize =
+        meta.parties.iter().map(|p| 2 * usize::from(p.admm_rho.is_some()) + usize::from(p.scaffold)).sum();
+    let mut chunks = match (&meta.parties_file, count) {
+        (_, 0) => Vec::new(),
+        (Some(f), _) => read_f32s(dir, f, count * layout_len)?.chunks_exact(layout_len).map(<[f32]>::to_vec).collect(),
+        (None, _) => bail!("{}: party state without its parties_file", meta_path.display()),
+    }
+    .into_iter();
+    let mut parties = Vec::with_capacity(meta.parties.len());
+    for p in meta.parties {
+        // `count` vectors were read, exactly as many as the parties claim.
+        let mut next = || chunks.next().unwrap_or_default();
+        let admm = p.admm_rho.map(|rho| AdmmState { dual: next(), last: next(), rho });
+        let scaffold = p.scaffold.then(next);
+        parties.push((p.id, PartyState { dp_steps: p.dp_steps, admm, scaffold }));
+    }
+    Ok(Restored { round: meta.round, values, records: meta.records, strategy: meta.strategy, strategy_state, parties })
 }
 
 /// Whether `federate serve` would find a checkpoint to resume from.
@@ -272,11 +336,19 @@ pub fn serve(cfg: &Config, out: &Path, resume: bool, insecure: bool) -> Result<(
     let mut failure: Option<anyhow::Error> = None;
     let rounds = cfg.rounds;
     let mut observer = |e: Event<'_>| {
-        if let Event::RoundFinished { record, global, strategy } = e {
+        if let Event::RoundFinished { record, global, strategy, .. } = e {
             records.push(record.clone());
-            let res = dir
-                .record(record)
-                .and_then(|_| write_checkpoint(&ckpt_dir, record.round, cfg.seed, global, strategy, &records));
+            let res = dir.record(record).and_then(|_| {
+                let c = Checkpoint {
+                    round: record.round,
+                    seed: cfg.seed,
+                    global,
+                    strategy,
+                    parties: Vec::new(),
+                    records: &records,
+                };
+                write_checkpoint(&ckpt_dir, c)
+            });
             if let Err(e) = res {
                 failure.get_or_insert(e);
             }
@@ -401,18 +473,27 @@ mod tests {
     use federate_core::{Layout, StrategyState, TensorSpec};
     use std::sync::Arc;
 
+    fn checkpoint<'a>(
+        round: u32,
+        global: &'a Parameters,
+        strategy: (&'a str, Option<StrategyState>),
+        parties: Vec<(String, PartyState)>,
+    ) -> Checkpoint<'a> {
+        Checkpoint { round, seed: 7, global, strategy, parties, records: &[] }
+    }
+
     #[test]
     fn checkpoints_carry_the_strategy_state() {
         let dir = tempfile::tempdir().unwrap();
         let layout = Arc::new(Layout::new(vec![TensorSpec { name: "w".into(), shape: vec![3], offset: 0 }]));
         let global = Parameters::new(vec![1.0, 2.0, 3.0], layout).unwrap();
         let state = StrategyState { meta: "fedadam".into(), vectors: vec![vec![0.5; 3], vec![0.25; 3]] };
-        write_checkpoint(dir.path(), 4, 7, &global, ("fedadam", Some(state.clone())), &[]).unwrap();
+        write_checkpoint(dir.path(), checkpoint(4, &global, ("fedadam", Some(state.clone())), vec![])).unwrap();
         let r = read_checkpoint(dir.path(), 7, 3).unwrap();
         assert_eq!((r.round, r.values, r.strategy.as_str()), (4, vec![1.0, 2.0, 3.0], "fedadam"));
         assert_eq!(r.strategy_state, Some(state));
         // The next checkpoint replaces the state file; a stateless strategy writes none.
-        write_checkpoint(dir.path(), 5, 7, &global, ("fedavg", None), &[]).unwrap();
+        write_checkpoint(dir.path(), checkpoint(5, &global, ("fedavg", None), vec![])).unwrap();
         let r = read_checkpoint(dir.path(), 7, 3).unwrap();
         assert_eq!(r.strategy_state, None);
         let files: Vec<String> =
@@ -420,9 +501,40 @@ mod tests {
         assert!(!files.iter().any(|f| f.starts_with("strategy-")), "{files:?}");
         // A truncated state file is an error that names it, not a silent reset.
         let state = StrategyState { meta: "fedadam".into(), vectors: vec![vec![0.5; 3]] };
-        write_checkpoint(dir.path(), 6, 7, &global, ("fedadam", Some(state)), &[]).unwrap();
+        write_checkpoint(dir.path(), checkpoint(6, &global, ("fedadam", Some(state)), vec![])).unwrap();
         std::fs::write(dir.path().join("strategy-00006.f32"), [0u8; 4]).unwrap();
         let e = read_checkpoint(dir.path(), 7, 3).err().unwrap().to_string();
         assert!(e.contains("strategy-00006.f32"), "{e}");
+    }
+
+    #[test]
+    fn checkpoints_carry_every_partys_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Arc::new(Layout::new(vec![TensorSpec { name: "w".into(), shape: vec![2], offset: 0 }]));
+        let global = Parameters::new(vec![1.0, 2.0], layout).unwrap();
+        let parties = vec![
+            ("a".to_string(), PartyState { dp_steps: 12, ..Default::default() }),
+            (
+                "b".to_string(),
+                PartyState {
+                    dp_steps: 3,
+                    admm: Some(AdmmState { dual: vec![0.5, -0.5], last: vec![1.5, 2.5], rho: 0.1 }),
+                    scaffold: None,
+                },
+            ),
+            ("c".to_string(), PartyState { scaffold: Some(vec![-1.0, 1e-7]), ..Default::default() }),
+        ];
+        write_checkpoint(dir.path(), checkpoint(3, &global, ("admm", None), parties.clone())).unwrap();
+        assert_eq!(read_checkpoint(dir.path(), 7, 2).unwrap().parties, parties);
+        // The next checkpoint replaces the parties' file.
+        let fewer = parties[..1].to_vec();
+        write_checkpoint(dir.path(), checkpoint(4, &global, ("admm", None), fewer.clone())).unwrap();
+        assert_eq!(read_checkpoint(dir.path(), 7, 2).unwrap().parties, fewer);
+        assert!(!dir.path().join("parties-00003.f32").exists());
+        // A party file that lost values is an error naming it.
+        write_checkpoint(dir.path(), checkpoint(5, &global, ("admm", None), parties)).unwrap();
+        std::fs::write(dir.path().join("parties-00005.f32"), [0u8; 12]).unwrap();
+        let e = read_checkpoint(dir.path(), 7, 2).err().unwrap().to_string();
+        assert!(e.contains("parties-00005.f32"), "{e}");
     }
 }

@@ -368,7 +368,7 @@ fn run(args: RunArgs) -> Result<()> {
     } else {
         (report::RunDir::create(&out, &cfg)?, None)
     };
-    let checkpoint_every = if sim::party_state(&cfg).is_some() { 0 } else { cfg.checkpoint_every };
+    let checkpoint_every = cfg.checkpoint_every;
     let tty = std::io::stderr().is_terminal() && !args.quiet;
     let bar = if tty {
         let b = ProgressBar::new(cfg.rounds as u64 * cfg.data.parties as u64 * cfg.train.epochs as u64);
@@ -407,10 +407,12 @@ fn run(args: RunArgs) -> Result<()> {
                 b.set_message(format!("{round}/{rounds}: {id} done"));
             }
         }
-        Event::RoundFinished { record: r, global, strategy } => {
+        Event::RoundFinished { record: r, global, strategy, parties } => {
             let mut res = dir.record(r);
             if res.is_ok() && checkpoint_every > 0 && r.round % checkpoint_every == 0 {
-                res = deploy::write_checkpoint(&ckpt_dir, r.round, cfg.seed, global, strategy, &[]);
+                let parties = parties.states();
+                let c = deploy::Checkpoint { round: r.round, seed: cfg.seed, global, strategy, parties, records: &[] };
+                res = deploy::write_checkpoint(&ckpt_dir, c);
             }
             if let Err(e) = res {
                 write_err.get_or_insert(e);
@@ -463,12 +465,6 @@ fn run(args: RunArgs) -> Result<()> {
 /// Where `federate run --resume` continues: the checkpoint in `ckpt_dir` and the records of
 /// the rounds before it, after checking that `cfg` is the configuration of the run in `out`.
 fn resume_point(cfg: &config::Config, out: &std::path::Path, ckpt_dir: &std::path::Path) -> Result<sim::Start> {
-    if let Some(why) = sim::party_state(cfg) {
-        anyhow::bail!(
-            "--resume: {why}, which a simulation's checkpoint does not hold; rerun from the start \
-             (`federate serve` parties keep their state across a server restart)"
-        );
-    }
     let saved = out.join("config.toml");
     let before = config::load(Some(&saved), &[]).with_context(|| format!("--resume: {}", saved.display()))?;
     let differ = config::differences(&before, cfg);
@@ -491,7 +487,13 @@ fn resume_point(cfg: &config::Config, out: &std::path::Path, ckpt_dir: &std::pat
         );
     }
     let records = report::read_rounds(&out.join("rounds.jsonl"), r.round)?;
-    Ok(sim::Start { completed: r.round, values: r.values, records, strategy: (r.strategy, r.strategy_state) })
+    Ok(sim::Start {
+        completed: r.round,
+        values: r.values,
+        records,
+        strategy: (r.strategy, r.strategy_state),
+        parties: r.parties,
+    })
 }
 
 fn init_logging() {

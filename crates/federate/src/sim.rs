@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use federate_core::{
     CentralEval, ClientProxy, Event, FedAvg, InProcess, Learner, LocalClient, LocalTraining, NnLearner, Parameters,
-    RoundRecord, Server, ServerConfig, StrategyState, seed, train_local,
+    PartyState, RoundRecord, Server, ServerConfig, StrategyState, seed, train_local,
 };
 use federate_data::{Dataset, FetchOptions, TrainTest, default_cache_dir, partition};
 use federate_nn::{ModelSpec, Shape};
@@ -201,19 +201,8 @@ pub struct Start {
     pub records: Vec<RoundRecord>,
     /// The strategy that wrote the checkpoint and its state.
     pub strategy: (String, Option<StrategyState>),
-}
-
-/// Why a simulation of `cfg` cannot be resumed from a checkpoint: the algorithm keeps state
-/// in each party (control variates, duals, a privacy accountant) that a simulation's
-/// checkpoint does not hold. `None`: it can.
-pub fn party_state(cfg: &Config) -> Option<String> {
-    match cfg.strategy.name.as_str() {
-        "scaffold" => return Some("SCAFFOLD keeps a control variate in every party".into()),
-        "admm" => return Some("ADMM keeps a dual variable in every party".into()),
-        _ => {}
-    }
-    (cfg.privacy.mechanism != crate::config::PrivacyMechanism::None)
-        .then(|| "DP-SGD keeps a privacy accountant in every party".into())
+    /// What each party kept (SCAFFOLD's c_k, ADMM's dual, DP-SGD's steps), by identity.
+    pub parties: Vec<(String, PartyState)>,
 }
 
 /// Runs the federation described by `cfg` (from `start` when resuming), reporting rounds to
@@ -245,9 +234,9 @@ pub fn simulate(
     let init_learner = NnLearner::new(spec.clone(), 1, threads)?;
     let layout = init_learner.layout();
     let init_values = init_learner.init(seed::derive(cfg.seed, "init", &[]));
-    let (completed, mut records, start_values, restored) = match start {
-        Some(s) => (s.completed, s.records, s.values, Some(s.strategy)),
-        None => (0, Vec::new(), init_values.clone(), None),
+    let (completed, mut records, start_values, restored, party_states) = match start {
+        Some(s) => (s.completed, s.records, s.values, Some(s.strategy), s.parties),
+        None => (0, Vec::new(), init_values.clone(), None, Vec::new()),
     };
     let initial = Parameters::new(start_values, layout.clone()).context("initial parameters")?;
 
@@ -256,6 +245,7 @@ pub fn simulate(
     if let Some((name, state)) = &restored {
         server.restore_strategy(name, state.as_ref()).context("--resume")?;
     }
+    server.restore_parties(party_states).context("--resume")?;
     if let Some(t) = cfg.evaluation.target_accuracy {
         server = server.with_target_accuracy(t);
     }
