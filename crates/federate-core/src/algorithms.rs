@@ -347,6 +347,13 @@ impl Scaffold {
     pub fn new(base: FedAvg, lr: f64) -> Result<Self, StrategyError> {
         base.validate()?;
         positive("server_lr", lr)?;
+        if base.training.optimizer.path_length(1).is_none() {
+            return Err(StrategyError::Config(
+                "SCAFFOLD's control variates assume SGD local steps (with or without momentum): set \
+                 train.optimizer = \"sgd\""
+                    .into(),
+            ));
+        }
         Ok(Scaffold { base, lr, c: Arc::new(Vec::new()), weights: Vec::new() })
     }
 }

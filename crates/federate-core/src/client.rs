@@ -370,8 +370,14 @@ impl<L: Learner> LocalClient<L> {
                 let corr: Vec<f32> = c.iter().zip(&ck).map(|(c, k)| c - k).collect();
                 let cc = Correction { anchor: None, mu: 0.0, linear: Some(&corr) };
                 let s = self.epochs(task, &mut params, &mut opt, &mut rng, &cc)?;
-                // Option II: c_k⁺ = c_k − c + (x − y)/(K·η).
-                let k = (s.steps.max(1) as f32) * task.training.optimizer.lr();
+                // Option II: c_k⁺ = c_k − c + (x − y)/(K·η), where K·η is how far K steps move
+                // per unit of gradient (larger with momentum, whose velocity builds up).
+                let Some(k) = task.training.optimizer.path_length(s.steps.max(1) as u64) else {
+                    return Err(ClientError::Model(
+                        "SCAFFOLD needs SGD local steps (train.optimizer = \"sgd\")".into(),
+                    ));
+                };
+                let k = k as f32;
                 let new_ck: Vec<f32> = ck
                     .iter()
                     .zip(c.iter())

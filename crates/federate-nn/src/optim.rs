@@ -91,6 +91,22 @@ impl OptimizerSpec {
         }
     }
 
+    /// How far `steps` steps from a fresh optimiser move the parameters per unit of a
+    /// constant gradient: lr·K for plain SGD; with momentum μ the velocity builds up, so
+    /// lr·Σ_{s=1..K} (1 − μ^s)/(1 − μ). Dividing a displacement by it gives the mean gradient
+    /// along the path (SCAFFOLD's control variate). `None` for Adam, whose step is not
+    /// proportional to the gradient.
+    pub fn path_length(&self, steps: u64) -> Option<f64> {
+        match *self {
+            OptimizerSpec::Sgd { lr, momentum, .. } => {
+                let (k, mu) = (steps as f64, f64::from(momentum));
+                let per_gradient = if mu == 0.0 { k } else { (k - mu * (1.0 - mu.powf(k)) / (1.0 - mu)) / (1.0 - mu) };
+                Some(f64::from(lr) * per_gradient)
+            }
+            OptimizerSpec::Adam { .. } => None,
+        }
+    }
+
     /// A fresh optimiser for `n` parameters.
     pub fn build(&self, n: usize) -> Result<Optimizer, NnError> {
         self.validate()?;
@@ -166,6 +182,22 @@ impl Optimizer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn path_length_is_the_displacement_per_unit_of_a_constant_gradient() {
+        for momentum in [0.0f32, 0.5, 0.9] {
+            let spec = OptimizerSpec::Sgd { lr: 0.05, momentum, weight_decay: 0.0 };
+            let mut opt = spec.build(1).unwrap();
+            let mut x = [0.0f32];
+            for k in 1..=60u64 {
+                opt.step(&mut x, &[1.0]);
+                let want = spec.path_length(k).unwrap();
+                assert!((f64::from(-x[0]) - want).abs() < 1e-4 * want, "μ {momentum}, {k} steps: {} vs {want}", -x[0]);
+            }
+        }
+        let adam = OptimizerSpec::Adam { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+        assert_eq!(adam.path_length(5), None);
+    }
 
     #[test]
     fn sgd_momentum_matches_hand_computation() {

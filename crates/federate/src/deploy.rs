@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use federate_core::{
-    AdmmState, ClientProxy, Event, Learner, LocalClient, NnLearner, Parameters, PartyState, RoundRecord, Server,
-    ServerConfig, seed,
+    AdmmState, Client, ClientError, ClientProxy, EvaluateReply, EvaluateTask, Event, FitReply, FitTask, Learner,
+    LocalClient, NnLearner, Parameters, PartyState, RoundRecord, Server, ServerConfig, seed,
 };
 use federate_net::codec::Limits;
 use federate_net::party::{PartyOptions, run_party};
@@ -111,6 +111,63 @@ fn read_f32s(dir: &Path, name: &str, len: usize) -> Result<Vec<f32>> {
     Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
 }
 
+/// The parties' states as metadata plus their vectors, in the order a file stores them.
+fn encode_parties(parties: &[(String, PartyState)]) -> (Vec<PartyMeta>, Vec<&[f32]>) {
+    let mut metas = Vec::with_capacity(parties.len());
+    let mut vectors: Vec<&[f32]> = Vec::new();
+    for (id, p) in parties {
+        if let Some(a) = &p.admm {
+            vectors.extend([a.dual.as_slice(), a.last.as_slice()]);
+        }
+        vectors.extend(p.scaffold.as_deref());
+        metas.push(PartyMeta {
+            id: id.clone(),
+            dp_steps: p.dp_steps,
+            admm_rho: p.admm.as_ref().map(|a| a.rho),
+            scaffold: p.scaffold.is_some(),
+        });
+    }
+    (metas, vectors)
+}
+
+/// Writes `vectors` (each `len` long) to `dir/name` when there are any; returns the file name.
+fn write_vectors(dir: &Path, name: String, vectors: &[&[f32]], len: usize) -> Result<Option<String>> {
+    if let Some(v) = vectors.iter().find(|v| v.len() != len) {
+        bail!("a party's state vector has {} values, the model {len}", v.len());
+    }
+    if vectors.is_empty() {
+        return Ok(None);
+    }
+    atomic_write(&dir.join(&name), &f32_bytes(vectors.iter().copied()))?;
+    Ok(Some(name))
+}
+
+/// The inverse of [`encode_parties`]: reads the vectors `metas` claim (each `len` long) from
+/// `file` in `dir`.
+fn decode_parties(
+    dir: &Path,
+    metas: Vec<PartyMeta>,
+    file: Option<&str>,
+    len: usize,
+) -> Result<Vec<(String, PartyState)>> {
+    let count: usize = metas.iter().map(|p| 2 * usize::from(p.admm_rho.is_some()) + usize::from(p.scaffold)).sum();
+    let all = match (file, count) {
+        (_, 0) => Vec::new(),
+        (Some(f), _) => read_f32s(dir, f, count * len)?,
+        (None, _) => bail!("{}: party state without its vector file", dir.display()),
+    };
+    let mut chunks = all.chunks_exact(len.max(1)).map(<[f32]>::to_vec);
+    let mut parties = Vec::with_capacity(metas.len());
+    for p in metas {
+        // Exactly `count` vectors were read, as many as the parties claim.
+        let mut next = || chunks.next().unwrap_or_default();
+        let admm = p.admm_rho.map(|rho| AdmmState { dual: next(), last: next(), rho });
+        let scaffold = p.scaffold.then(next);
+        parties.push((p.id, PartyState { dp_steps: p.dp_steps, admm, scaffold }));
+    }
+    Ok(parties)
+}
+
 /// What one checkpoint records: the round it follows, the global model, the strategy's and
 /// the parties' state, and (for `federate serve`) the records of every round so far.
 pub(crate) struct Checkpoint<'a> {
@@ -141,27 +198,8 @@ pub(crate) fn write_checkpoint(dir: &Path, c: Checkpoint<'_>) -> Result<()> {
             (Some(s.meta), lengths, file)
         }
     };
-    let mut parties = Vec::with_capacity(c.parties.len());
-    let mut vectors: Vec<&[f32]> = Vec::new();
-    for (id, p) in &c.parties {
-        if let Some(a) = &p.admm {
-            vectors.extend([a.dual.as_slice(), a.last.as_slice()]);
-        }
-        vectors.extend(p.scaffold.as_deref());
-        parties.push(PartyMeta {
-            id: id.clone(),
-            dp_steps: p.dp_steps,
-            admm_rho: p.admm.as_ref().map(|a| a.rho),
-            scaffold: p.scaffold.is_some(),
-        });
-    }
-    if let Some(v) = vectors.iter().find(|v| v.len() != c.global.len()) {
-        bail!("checkpoint: a party's state vector has {} values, the model {}", v.len(), c.global.len());
-    }
-    let parties_file = (!vectors.is_empty()).then(|| format!("parties-{round:05}.f32"));
-    if let Some(f) = &parties_file {
-        atomic_write(&dir.join(f), &f32_bytes(vectors))?;
-    }
+    let (parties, vectors) = encode_parties(&c.parties);
+    let parties_file = write_vectors(dir, format!("parties-{round:05}.f32"), &vectors, c.global.len())?;
     let meta = CheckpointMeta {
         format: 1,
         round,
@@ -237,22 +275,7 @@ pub(crate) fn read_checkpoint(dir: &Path, seed: u64, layout_len: usize) -> Resul
             Some(federate_core::StrategyState { meta: text, vectors })
         }
     };
-    let count: usize =
-        meta.parties.iter().map(|p| 2 * usize::from(p.admm_rho.is_some()) + usize::from(p.scaffold)).sum();
-    let mut chunks = match (&meta.parties_file, count) {
-        (_, 0) => Vec::new(),
-        (Some(f), _) => read_f32s(dir, f, count * layout_len)?.chunks_exact(layout_len).map(<[f32]>::to_vec).collect(),
-        (None, _) => bail!("{}: party state without its parties_file", meta_path.display()),
-    }
-    .into_iter();
-    let mut parties = Vec::with_capacity(meta.parties.len());
-    for p in meta.parties {
-        // `count` vectors were read, exactly as many as the parties claim.
-        let mut next = || chunks.next().unwrap_or_default();
-        let admm = p.admm_rho.map(|rho| AdmmState { dual: next(), last: next(), rho });
-        let scaffold = p.scaffold.then(next);
-        parties.push((p.id, PartyState { dp_steps: p.dp_steps, admm, scaffold }));
-    }
+    let parties = decode_parties(dir, meta.parties, meta.parties_file.as_deref(), layout_len)?;
     Ok(Restored { round: meta.round, values, records: meta.records, strategy: meta.strategy, strategy_state, parties })
 }
 
@@ -399,6 +422,154 @@ fn idx_file(dir: &Path, name: &str) -> Result<PathBuf> {
     bail!("{}: no {name} (or {name}.gz)", dir.display())
 }
 
+/// Where a `federate join` party keeps what it needs between rounds (SCAFFOLD's c_k,
+/// ADMM's dual, the DP-SGD steps its accountant has counted): `<dir>/<id>.json` and
+/// `<dir>/<id>.f32`, rewritten atomically after every round it trains. A restarted party
+/// reads them back, so it continues instead of being refused for missing state, and never
+/// restarts its privacy ledger at zero.
+pub(crate) struct PartyStore {
+    dir: PathBuf,
+    id: String,
+    seed: u64,
+    num_values: usize,
+}
+
+/// A party's state file.
+#[derive(Debug, Serialize, Deserialize)]
+struct PartyFile {
+    format: u32,
+    /// The federation's seed: state from another federation is not restored.
+    seed: u64,
+    num_values: usize,
+    party: PartyMeta,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    vectors_file: Option<String>,
+}
+
+impl PartyStore {
+    pub(crate) fn new(dir: &Path, id: &str, seed: u64, num_values: usize) -> Self {
+        PartyStore { dir: dir.to_path_buf(), id: id.to_string(), seed, num_values }
+    }
+
+    fn meta_path(&self) -> PathBuf {
+        self.dir.join(format!("{}.json", self.id))
+    }
+
+    /// Saves `state` (the vectors first, then the file naming them).
+    pub(crate) fn save(&self, state: &PartyState) -> Result<()> {
+        std::fs::create_dir_all(&self.dir).with_context(|| format!("party state directory {}", self.dir.display()))?;
+        let parties = [(self.id.clone(), state.clone())];
+        let (mut metas, vectors) = encode_parties(&parties);
+        let vectors_file = write_vectors(&self.dir, format!("{}.f32", self.id), &vectors, self.num_values)?;
+        let Some(party) = metas.pop() else { bail!("no party state to save") };
+        let file = PartyFile { format: 1, seed: self.seed, num_values: self.num_values, party, vectors_file };
+        atomic_write(&self.meta_path(), &serde_json::to_vec_pretty(&file)?)
+    }
+
+    /// The state saved by an earlier run of this party in this federation, if any. A file
+    /// from another federation (other seed or model) is ignored; one that cannot be read is
+    /// an error, never a silent fresh start.
+    pub(crate) fn load(&self) -> Result<Option<PartyState>> {
+        let path = self.meta_path();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let bad = |why: String| {
+            anyhow::anyhow!(
+                "{}: {why}; this party's saved state (its privacy ledger, control variate or dual) cannot be \
+                 restored. Delete the file to start this party afresh, or fix --state-dir",
+                path.display()
+            )
+        };
+        let file: PartyFile = serde_json::from_str(&text).map_err(|e| bad(format!("not a party state file ({e})")))?;
+        if file.format != 1 {
+            return Err(bad(format!("format {} is not supported by this build", file.format)));
+        }
+        if file.party.id != self.id {
+            return Err(bad(format!("it belongs to party '{}'", file.party.id)));
+        }
+        if file.seed != self.seed || file.num_values != self.num_values {
+            println!(
+                "{}: saved state is from another federation (seed {}, {} values); starting afresh",
+                self.id, file.seed, file.num_values
+            );
+            return Ok(None);
+        }
+        let mut parties = decode_parties(&self.dir, vec![file.party], file.vectors_file.as_deref(), self.num_values)
+            .map_err(|e| bad(e.to_string()))?;
+        Ok(parties.pop().map(|(_, s)| s))
+    }
+}
+
+/// A party that saves its state with a [`PartyStore`] after every round it trains. If the
+/// save fails, the round's update is withheld and the state rolled back, so what is on disk
+/// never falls behind what the server has seen; a round that fails half way also leaves the
+/// state as it was.
+pub(crate) struct Persisted<C> {
+    inner: C,
+    store: PartyStore,
+}
+
+impl<C: Client> Persisted<C> {
+    /// `inner`, given back the state `store` holds (if any).
+    pub(crate) fn new(mut inner: C, store: PartyStore) -> Result<Self> {
+        if let Some(state) = store.load()? {
+            println!(
+                "{}: restored its saved state (DP-SGD steps {}, ADMM dual {}, SCAFFOLD control variate {})",
+                store.id,
+                state.dp_steps,
+                if state.admm.is_some() { "yes" } else { "no" },
+                if state.scaffold.is_some() { "yes" } else { "no" }
+            );
+            inner.restore(state).map_err(|e| anyhow::anyhow!("{}: {e}", store.meta_path().display()))?;
+        }
+        Ok(Persisted { inner, store })
+    }
+}
+
+impl<C: Client> Client for Persisted<C> {
+    fn fit(&mut self, global: &Parameters, task: &FitTask) -> Result<FitReply, ClientError> {
+        let before = self.inner.state();
+        let reply = match self.inner.fit(global, task) {
+            Ok(r) => r,
+            Err(e) => {
+                // A round that failed half way must not cost the party what it kept.
+                if let Some(b) = before
+                    && self.inner.state().as_ref() != Some(&b)
+                {
+                    self.inner.restore(b)?;
+                }
+                return Err(e);
+            }
+        };
+        match self.inner.state() {
+            Some(now) if !now.is_empty() && Some(&now) != before.as_ref() => {
+                if let Err(e) = self.store.save(&now) {
+                    if let Some(b) = before {
+                        self.inner.restore(b)?;
+                    }
+                    return Err(ClientError::Model(format!(
+                        "could not save this party's state ({e:#}); its update is withheld this round"
+                    )));
+                }
+                Ok(reply)
+            }
+            _ => Ok(reply),
+        }
+    }
+    fn evaluate(&mut self, params: &Parameters, task: &EvaluateTask) -> Result<EvaluateReply, ClientError> {
+        self.inner.evaluate(params, task)
+    }
+    fn state(&self) -> Option<PartyState> {
+        self.inner.state()
+    }
+    fn restore(&mut self, state: PartyState) -> Result<(), ClientError> {
+        self.inner.restore(state)
+    }
+}
+
 /// `federate join`.
 pub fn join(
     cfg: &Config,
@@ -407,6 +578,7 @@ pub fn join(
     data: PartyData,
     tls: Option<TlsFiles>,
     server_name: Option<String>,
+    state_dir: &Path,
 ) -> Result<()> {
     if !federate_net::tls::valid_identity(id) {
         bail!("--id '{id}' is not a valid identity (letters, digits, '-', '.')");
@@ -447,6 +619,7 @@ pub fn join(
     // A party's own DP randomness: secure unless its config asks for seeded noise.
     let noise = cfg.privacy.noise.unwrap_or(crate::config::NoiseName::Secure);
     let client = LocalClient::new(learner, train, test).with_noise_source(noise.source());
+    let client = Persisted::new(client, PartyStore::new(state_dir, id, cfg.seed, layout.len()))?;
     let sv = &cfg.server;
     let opts = PartyOptions {
         server: server.to_string(),
@@ -505,6 +678,30 @@ mod tests {
         std::fs::write(dir.path().join("strategy-00006.f32"), [0u8; 4]).unwrap();
         let e = read_checkpoint(dir.path(), 7, 3).err().unwrap().to_string();
         assert!(e.contains("strategy-00006.f32"), "{e}");
+    }
+
+    #[test]
+    fn a_party_store_keeps_state_for_its_own_federation_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = PartyStore::new(dir.path(), "party-2", 7, 2);
+        assert_eq!(store.load().unwrap(), None);
+        let state = PartyState {
+            dp_steps: 40,
+            admm: Some(AdmmState { dual: vec![0.25, -1.0], last: vec![3.0, 4.0], rho: 0.2 }),
+            scaffold: None,
+        };
+        store.save(&state).unwrap();
+        assert_eq!(store.load().unwrap(), Some(state.clone()));
+        // Another federation's state (other seed, other model) is not restored.
+        assert_eq!(PartyStore::new(dir.path(), "party-2", 8, 2).load().unwrap(), None);
+        assert_eq!(PartyStore::new(dir.path(), "party-2", 7, 3).load().unwrap(), None);
+        // A damaged file is an error that names it and the way out, not a fresh start.
+        std::fs::write(dir.path().join("party-2.f32"), [0u8; 6]).unwrap();
+        let e = format!("{:#}", store.load().unwrap_err());
+        assert!(e.contains("party-2") && e.contains("Delete the file"), "{e}");
+        std::fs::write(dir.path().join("party-2.json"), "{").unwrap();
+        let e = format!("{:#}", store.load().unwrap_err());
+        assert!(e.contains("party-2.json") && e.contains("not a party state file"), "{e}");
     }
 
     #[test]

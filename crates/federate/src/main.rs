@@ -204,6 +204,10 @@ struct JoinArgs {
     /// A directory already holding the dataset's IDX files.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Where this party keeps its state between rounds (`<id>.json`, `<id>.f32`), so that
+    /// after a restart it continues with its privacy ledger, control variate or dual.
+    #[arg(long, default_value = "party-state")]
+    state_dir: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -544,7 +548,7 @@ fn join(a: JoinArgs) -> Result<()> {
         (Some(_), true) => anyhow::bail!("--tls-dir and --insecure exclude each other"),
         (None, false) => anyhow::bail!("give --tls-dir DIR (from `federate keys`), or --insecure for a local test"),
     };
-    deploy::join(&cfg, &a.server, &a.id, data, tls, a.server_name.clone())
+    deploy::join(&cfg, &a.server, &a.id, data, tls, a.server_name.clone(), &a.state_dir)
 }
 
 fn bench_train(

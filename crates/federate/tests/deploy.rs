@@ -207,6 +207,34 @@ fn a_party_killed_mid_round_is_dropped_for_that_round_and_rejoins() {
 }
 
 #[test]
+fn a_scaffold_party_restarted_mid_round_continues_with_its_saved_control_variate() {
+    // SCAFFOLD keeps c_k in every party. Without the state party-3 saved after round 1, the
+    // restarted process would be refused in round 3 ("party-side state missing").
+    let mut f = Fed::new(&SMALL.replace("[strategy]\n", "[strategy]\nname = \"scaffold\"\n"), &[]);
+    let s = f.serve(&[]);
+    let mut joins = Vec::new();
+    for i in 1..=3 {
+        joins.push(f.join(&format!("party-{i}"), "keys", &format!("join{i}.log")));
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !f.log("join3.log").contains("round 2: training") {
+        assert!(Instant::now() < deadline, "party-3 never started round 2:\n{}", f.log("join3.log"));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    f.kill(joins[2]);
+    assert!(f.path().join("party-state/party-3.f32").exists(), "party-3 saved no state after round 1");
+    let p3 = f.join("party-3", "keys", "join3b.log");
+    assert!(f.wait(s, Duration::from_secs(300)), "{}", f.log("serve.log"));
+    let r = f.rounds();
+    assert_eq!(r.len(), 3);
+    assert!(ids(&r[1], "failures").contains(&"party-3".to_string()), "{}", r[1]);
+    assert_eq!(ids(&r[2], "fit"), vec!["party-1", "party-2", "party-3"], "{}", r[2]);
+    assert!(ids(&r[2], "failures").is_empty(), "{}", r[2]);
+    f.wait(p3, Duration::from_secs(30));
+    assert!(f.log("join3b.log").contains("restored its saved state"), "{}", f.log("join3b.log"));
+}
+
+#[test]
 fn a_killed_server_resumes_from_its_checkpoint_and_finishes_identically() {
     let mut f = Fed::new(&SMALL.replace("rounds = 3", "rounds = 4"), &[]);
     let s = f.serve(&[]);
