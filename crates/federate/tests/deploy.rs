@@ -120,6 +120,23 @@ impl Fed {
         let _ = self.children[i].wait();
     }
 
+    /// Starts the server and parties 1–3, and kills party-3 while it trains in round 2;
+    /// returns the server's index.
+    fn serve_and_kill_party_3_in_round_2(&mut self) -> usize {
+        let s = self.serve(&[]);
+        let mut joins = Vec::new();
+        for i in 1..=3 {
+            joins.push(self.join(&format!("party-{i}"), "keys", &format!("join{i}.log")));
+        }
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !self.log("join3.log").contains("round 2: training") {
+            assert!(Instant::now() < deadline, "party-3 never started round 2:\n{}", self.log("join3.log"));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.kill(joins[2]);
+        s
+    }
+
     fn rounds(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(self.path().join("srv/rounds.jsonl"))
             .unwrap_or_default()
@@ -182,18 +199,7 @@ const SMALL: &str = "seed = 3\nrounds = 3\nthreads = 1\n[data]\ntrain_per_party 
 #[test]
 fn a_party_killed_mid_round_is_dropped_for_that_round_and_rejoins() {
     let mut f = Fed::new(SMALL, &[]);
-    let s = f.serve(&[]);
-    let mut joins = Vec::new();
-    for i in 1..=3 {
-        joins.push(f.join(&format!("party-{i}"), "keys", &format!("join{i}.log")));
-    }
-    // Kill party-3 while it trains in round 2, then restart it.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !f.log("join3.log").contains("round 2: training") {
-        assert!(Instant::now() < deadline, "party-3 never started round 2:\n{}", f.log("join3.log"));
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    f.kill(joins[2]);
+    let s = f.serve_and_kill_party_3_in_round_2();
     f.join("party-3", "keys", "join3b.log");
     assert!(f.wait(s, Duration::from_secs(300)), "{}", f.log("serve.log"));
     let r = f.rounds();
@@ -211,17 +217,7 @@ fn a_scaffold_party_restarted_mid_round_continues_with_its_saved_control_variate
     // SCAFFOLD keeps c_k in every party. Without the state party-3 saved after round 1, the
     // restarted process would be refused in round 3 ("party-side state missing").
     let mut f = Fed::new(&SMALL.replace("[strategy]\n", "[strategy]\nname = \"scaffold\"\n"), &[]);
-    let s = f.serve(&[]);
-    let mut joins = Vec::new();
-    for i in 1..=3 {
-        joins.push(f.join(&format!("party-{i}"), "keys", &format!("join{i}.log")));
-    }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !f.log("join3.log").contains("round 2: training") {
-        assert!(Instant::now() < deadline, "party-3 never started round 2:\n{}", f.log("join3.log"));
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    f.kill(joins[2]);
+    let s = f.serve_and_kill_party_3_in_round_2();
     assert!(f.path().join("party-state/party-3.f32").exists(), "party-3 saved no state after round 1");
     let p3 = f.join("party-3", "keys", "join3b.log");
     assert!(f.wait(s, Duration::from_secs(300)), "{}", f.log("serve.log"));
