@@ -221,6 +221,7 @@ impl Admm {
     pub fn new(base: FedAvg, rho: f64, adaptive: bool) -> Result<Self, StrategyError> {
         base.validate()?;
         positive("rho", rho)?;
+        crate::robust::mean_only(base.aggregator, "ADMM")?;
         Ok(Admm { base, rho, adaptive, contributions: Vec::new(), last: BTreeMap::new() })
     }
 
@@ -347,6 +348,7 @@ impl Scaffold {
     pub fn new(base: FedAvg, lr: f64) -> Result<Self, StrategyError> {
         base.validate()?;
         positive("server_lr", lr)?;
+        crate::robust::mean_only(base.aggregator, "SCAFFOLD")?;
         if base.training.optimizer.path_length(1).is_none() {
             return Err(StrategyError::Config(
                 "SCAFFOLD's control variates assume SGD local steps (with or without momentum): set \

@@ -181,6 +181,7 @@ impl DpFedAvg {
     pub fn new(base: FedAvg, dp: ClientDp, noise: NoiseSource) -> Result<Self, StrategyError> {
         base.validate()?;
         dp.validate().map_err(StrategyError::Config)?;
+        crate::robust::mean_only(base.aggregator, "DP-FedAvg (client-level DP sums clipped updates)")?;
         let state = ClientDpState { clip: dp.clip, rounds: Vec::new() };
         Ok(DpFedAvg { base, dp, state, noise, run_seed: 0, expected: 1.0, last: BTreeMap::new() })
     }

@@ -11,6 +11,7 @@ pub mod client_dp;
 pub mod dp;
 pub mod learner;
 pub mod params;
+pub mod robust;
 pub mod seed;
 pub mod server;
 pub mod strategy;
@@ -25,6 +26,7 @@ pub use client_dp::{AdaptiveClip, ClientDp, ClientDpMode, DpFedAvg, UpdateDp};
 pub use dp::{DpSgd, Mechanism, NoiseSource, Sampling};
 pub use learner::{Learner, NnLearner};
 pub use params::{Layout, Parameters, TensorSpec};
+pub use robust::Aggregator;
 pub use server::{
     CentralEval, CentralEvaluator, ClientEval, ClientFit, Event, Failure, Parties, RoundRecord, Server, ServerConfig,
     ServerError,

@@ -168,20 +168,8 @@ pub fn usable_replies<'a>(
 /// θ = Σ_k (n_k / n) θ_k over the usable replies, accumulated in f64.
 pub fn weighted_average(global: &Parameters, replies: &[(usize, FitReply)]) -> (Option<Vec<f32>>, Vec<Rejection>) {
     let (usable, rejected) = usable_replies(global, replies);
-    let mut acc = vec![0.0f64; global.len()];
-    let mut total = 0usize;
-    for (_, r) in usable {
-        let w = r.num_examples as f64;
-        for (a, v) in acc.iter_mut().zip(&r.params) {
-            *a += w * *v as f64;
-        }
-        total += r.num_examples;
-    }
-    if total == 0 {
-        return (None, rejected);
-    }
-    let inv = 1.0 / total as f64;
-    (Some(acc.iter().map(|a| (a * inv) as f32).collect()), rejected)
+    let usable: Vec<&FitReply> = usable.into_iter().map(|(_, r)| r).collect();
+    (crate::robust::Aggregator::Mean.combine(&usable).unwrap_or(None), rejected)
 }
 
 /// Implements `configure_fit` by delegating to the wrapped FedAvg in `self.base`.
@@ -255,6 +243,10 @@ pub struct FedAvg {
     /// FedProx paper).
     #[serde(default)]
     pub drop_stragglers: bool,
+    /// How the usable replies are combined (the example-weighted mean, or a rule robust to
+    /// malicious parties).
+    #[serde(default)]
+    pub aggregator: crate::robust::Aggregator,
 }
 
 impl FedAvg {
@@ -269,19 +261,22 @@ impl FedAvg {
             training,
             stragglers: 0.0,
             drop_stragglers: false,
+            aggregator: crate::robust::Aggregator::Mean,
         }
     }
 
-    /// The example-weighted mean of the usable replies, or `TooFewReplies` when fewer than
-    /// `min_replies` are usable.
+    /// The usable replies combined by `aggregator` (the example-weighted mean by default), or
+    /// `TooFewReplies` when fewer than `min_replies` are usable.
     pub fn average(
         &self,
         round: u32,
         global: &Parameters,
         replies: &[(usize, FitReply)],
     ) -> Result<(Vec<f32>, Vec<Rejection>), StrategyError> {
-        let (avg, rejected) = weighted_average(global, replies);
-        let usable = replies.len() - rejected.len();
+        let (usable, rejected) = usable_replies(global, replies);
+        let usable: Vec<&FitReply> = usable.into_iter().map(|(_, r)| r).collect();
+        let avg = self.aggregator.combine(&usable)?;
+        let usable = usable.len();
         match avg {
             Some(values) if usable >= self.min_replies.max(1) => Ok((values, rejected)),
             _ => Err(StrategyError::TooFewReplies { round, got: usable, need: self.min_replies.max(1) }),
@@ -305,6 +300,7 @@ impl FedAvg {
         if self.training.epochs == 0 || self.training.batch_size == 0 {
             return Err(StrategyError::Config("epochs and batch_size must be at least 1".into()));
         }
+        self.aggregator.validate()?;
         self.training.optimizer.validate().map_err(|e| StrategyError::Config(e.to_string()))
     }
 }

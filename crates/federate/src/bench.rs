@@ -158,6 +158,7 @@ pub fn net(cfg: &crate::config::Config, zstd: bool) -> Result<(Vec<NetRound>, u6
         training: crate::sim::local_training(cfg),
         stragglers: 0.0,
         drop_stragglers: false,
+        aggregator: Default::default(),
     };
     let init = Parameters::new(NnLearner::new(spec, 1, 1)?.init(1), layout.clone())
         .ok_or_else(|| anyhow::anyhow!("layout"))?;

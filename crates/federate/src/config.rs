@@ -38,6 +38,8 @@ pub struct Config {
     pub client_privacy: ClientPrivacyConfig,
     /// Deployment settings of `federate serve` (ignored by `federate run`).
     pub server: ServerSection,
+    /// Simulated malicious parties (`federate run` only).
+    pub attack: AttackConfig,
 }
 
 impl Default for Config {
@@ -55,6 +57,7 @@ impl Default for Config {
             privacy: PrivacyConfig::default(),
             client_privacy: ClientPrivacyConfig::default(),
             server: ServerSection::default(),
+            attack: AttackConfig::default(),
         }
     }
 }
@@ -245,6 +248,36 @@ pub struct StrategyConfig {
     pub stragglers: f64,
     /// Drop stragglers instead of using their partial work.
     pub drop_stragglers: bool,
+    /// How the parties' models are combined: `mean` (example-weighted, FedAvg), or robust to
+    /// malicious parties: `median`, `trimmed-mean`, `krum` (fedavg, fedprox, fedsgd and the
+    /// server optimisers).
+    pub aggregator: String,
+    /// `trimmed-mean`: fraction of the largest and of the smallest values dropped per
+    /// coordinate, in [0, 0.5).
+    pub trim: f64,
+    /// `krum`: attackers tolerated (f); it needs more than 2f + 2 replies a round.
+    pub byzantine: usize,
+    /// `krum`: models kept and averaged (1 = Krum, more = multi-Krum).
+    pub krum_select: usize,
+}
+
+/// The rules `strategy.aggregator` accepts.
+pub const AGGREGATORS: [&str; 4] = ["mean", "median", "trimmed-mean", "krum"];
+
+impl StrategyConfig {
+    /// The aggregation rule configured.
+    pub fn aggregator(&self) -> Result<federate_core::Aggregator> {
+        use federate_core::Aggregator;
+        let a = match self.aggregator.as_str() {
+            "mean" => Aggregator::Mean,
+            "median" => Aggregator::Median,
+            "trimmed-mean" => Aggregator::TrimmedMean { trim: self.trim },
+            "krum" => Aggregator::Krum { byzantine: self.byzantine, select: self.krum_select },
+            other => bail!("strategy.aggregator = '{other}' is unknown: use one of {}", AGGREGATORS.join(", ")),
+        };
+        a.validate()?;
+        Ok(a)
+    }
 }
 
 /// The strategies `strategy.name` accepts.
@@ -269,8 +302,44 @@ impl Default for StrategyConfig {
             full_batch: true,
             stragglers: 0.0,
             drop_stragglers: false,
+            aggregator: "mean".into(),
+            trim: 0.1,
+            byzantine: 0,
+            krum_select: 1,
         }
     }
+}
+
+/// Malicious parties, for measuring robust aggregation in a simulation: the first `parties`
+/// parties train honestly, then send a poisoned model instead.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AttackConfig {
+    /// How many parties attack (party-1 … party-N); 0: none.
+    pub parties: usize,
+    /// `sign-flip`: θ_g − s·Δ; `scale`: θ_g + s·Δ (model replacement); `gaussian`: θ_g + N(0, s²)
+    /// per value; Δ is the party's honest update θ_k − θ_g and s is `scale`.
+    pub kind: AttackKind,
+    /// The attack's strength s.
+    pub scale: f64,
+}
+
+impl Default for AttackConfig {
+    fn default() -> Self {
+        AttackConfig { parties: 0, kind: AttackKind::SignFlip, scale: 10.0 }
+    }
+}
+
+/// What a malicious party sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttackKind {
+    /// The honest update reversed and scaled.
+    SignFlip,
+    /// The honest update scaled (boosting, model replacement).
+    Scale,
+    /// Random values of the honest model's size.
+    Gaussian,
 }
 
 /// Evaluation settings.
@@ -686,6 +755,30 @@ pub fn validate(c: &Config) -> Result<()> {
     }
     if !(0.0..=1.0).contains(&s.stragglers) {
         bail!("strategy.stragglers = {} must be in [0, 1]", s.stragglers);
+    }
+    if !(0.0..0.5).contains(&s.trim) {
+        bail!("strategy.trim = {} must be in [0, 0.5) (the fraction trimmed from each end)", s.trim);
+    }
+    if s.krum_select == 0 {
+        bail!("strategy.krum_select = 0: Krum keeps at least 1 model");
+    }
+    let aggregator = s.aggregator()?;
+    if aggregator != federate_core::Aggregator::Mean
+        && (matches!(s.name.as_str(), "scaffold" | "admm") || c.client_privacy.mode != ClientPrivacyMode::None)
+    {
+        bail!(
+            "strategy.aggregator = \"{}\" works with fedavg, fedprox, fedsgd, fedavgm, fedadam, fedyogi and \
+             fedadagrad; {} aggregates its own way: set strategy.aggregator = \"mean\"",
+            s.aggregator,
+            if c.client_privacy.mode != ClientPrivacyMode::None { "client-level DP" } else { s.name.as_str() }
+        );
+    }
+    let a = &c.attack;
+    if a.parties > d.parties {
+        bail!("attack.parties = {} is more than data.parties = {}", a.parties, d.parties);
+    }
+    if !(a.scale >= 0.0 && a.scale.is_finite()) {
+        bail!("attack.scale = {} must be a finite number ≥ 0", a.scale);
     }
     if s.name == "scaffold" && !matches!(c.train.optimizer, OptimizerName::Sgd) {
         bail!("strategy.name = \"scaffold\" needs train.optimizer = \"sgd\" (its control variates assume SGD steps)");

@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use federate_core::{
-    CentralEval, ClientProxy, Event, FedAvg, InProcess, Learner, LocalClient, LocalTraining, NnLearner, Parameters,
-    PartyState, RoundRecord, Server, ServerConfig, StrategyState, seed, train_local,
+    CentralEval, Client, ClientError, ClientProxy, EvaluateReply, EvaluateTask, Event, FedAvg, FitReply, FitTask,
+    InProcess, Learner, LocalClient, LocalTraining, NnLearner, Parameters, PartyState, RoundRecord, Server,
+    ServerConfig, StrategyState, seed, train_local,
 };
 use federate_data::{Dataset, FetchOptions, TrainTest, default_cache_dir, partition};
 use federate_nn::{ModelSpec, Shape};
 
-use crate::config::{Config, PartitionKind};
+use crate::config::{AttackConfig, AttackKind, Config, PartitionKind};
 
 /// Called with a party's identity, the round, and (epochs done, epochs in all) after each
 /// of its local epochs.
@@ -141,6 +142,7 @@ pub fn build_strategy(cfg: &Config, noise: federate_core::NoiseSource) -> Result
         training: local_training(cfg),
         stragglers: s.stragglers,
         drop_stragglers: s.drop_stragglers,
+        aggregator: s.aggregator()?,
     };
     base.validate()?;
     let expected = s.fraction_fit * cfg.data.parties as f64;
@@ -229,7 +231,12 @@ pub fn simulate(
             let (f, id) = (f.clone(), p.id.clone());
             client = client.with_epoch_hook(Arc::new(move |round, done, all| f(&id, round, done, all)));
         }
-        clients.push(Box::new(InProcess::new(p.id.clone(), client)));
+        if clients.len() < cfg.attack.parties {
+            let attacker = Attacker { inner: client, attack: cfg.attack.clone(), index: clients.len() as u64 };
+            clients.push(Box::new(InProcess::new(p.id.clone(), attacker)));
+        } else {
+            clients.push(Box::new(InProcess::new(p.id.clone(), client)));
+        }
     }
     let init_learner = NnLearner::new(spec.clone(), 1, threads)?;
     let layout = init_learner.layout();
@@ -284,6 +291,50 @@ pub fn simulate(
         });
     }
     Ok(SimResult { global, records, parties: results })
+}
+
+/// A malicious party (`[attack]`): trains honestly, then sends a poisoned model in place of
+/// its own, reporting its true example count (the most damaging honest-looking claim).
+struct Attacker<C> {
+    inner: C,
+    attack: AttackConfig,
+    index: u64,
+}
+
+impl<C: Client> Client for Attacker<C> {
+    fn fit(&mut self, global: &Parameters, task: &FitTask) -> Result<FitReply, ClientError> {
+        let mut reply = self.inner.fit(global, task)?;
+        let s = self.attack.scale as f32;
+        match self.attack.kind {
+            AttackKind::SignFlip => {
+                for (p, g) in reply.params.iter_mut().zip(&global.values) {
+                    *p = g - s * (*p - g);
+                }
+            }
+            AttackKind::Scale => {
+                for (p, g) in reply.params.iter_mut().zip(&global.values) {
+                    *p = g + s * (*p - g);
+                }
+            }
+            AttackKind::Gaussian => {
+                let mut rng = seed::stream(task.seed, "attack", &[self.index]);
+                let noise = rand_distr::Normal::new(0.0f32, s).map_err(|e| ClientError::Model(e.to_string()))?;
+                for (p, g) in reply.params.iter_mut().zip(&global.values) {
+                    *p = g + rand_distr::Distribution::sample(&noise, &mut rng);
+                }
+            }
+        }
+        Ok(reply)
+    }
+    fn evaluate(&mut self, params: &Parameters, task: &EvaluateTask) -> Result<EvaluateReply, ClientError> {
+        self.inner.evaluate(params, task)
+    }
+    fn state(&self) -> Option<PartyState> {
+        self.inner.state()
+    }
+    fn restore(&mut self, state: PartyState) -> Result<(), ClientError> {
+        self.inner.restore(state)
+    }
 }
 
 /// Trains one party alone from the same initial model for `rounds × epochs` epochs — the

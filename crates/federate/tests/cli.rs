@@ -514,6 +514,39 @@ fn scaffold_with_momentum_local_steps_does_not_diverge() {
 }
 
 #[test]
+fn robust_aggregators_withstand_parties_that_send_poisoned_models() {
+    // examples/robust/poisoned-mnist.toml: 10 parties of 600 MNIST examples, 3 of them
+    // reversing and scaling their update ×10.
+    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/robust/poisoned-mnist.toml");
+    let run = |aggregator: &str| {
+        let out = tempfile::tempdir().unwrap();
+        let agg = format!("strategy.aggregator=\"{aggregator}\"");
+        let args = ["run", cfg.to_str().unwrap(), "--rounds", "3", "--quiet", "--set", &agg, "--out"];
+        let o = federate(&[&args[..], &[out.path().to_str().unwrap()]].concat());
+        assert!(o.status.success(), "{aggregator}: {}", String::from_utf8_lossy(&o.stderr));
+        *accuracies(out.path()).last().unwrap()
+    };
+    let mean = run("mean");
+    assert!(mean < 0.3, "the plain mean should be ruined by the attackers, got {mean}");
+    for aggregator in ["median", "trimmed-mean", "krum"] {
+        let acc = run(aggregator);
+        assert!(acc > 0.8, "{aggregator}: {acc} (mean: {mean})");
+    }
+    // Settings that cannot work are one-line errors naming the key.
+    let algorithms = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/algorithms");
+    for (cfg, set, key) in [
+        ("fedavg.toml", "strategy.aggregator=\"mode\"", "strategy.aggregator"),
+        ("fedavg.toml", "strategy.trim=0.5", "strategy.trim"),
+        ("scaffold.toml", "strategy.aggregator=\"median\"", "strategy.aggregator"),
+        ("fedavg.toml", "attack.parties=31", "attack.parties"),
+    ] {
+        let o = federate(&["run", algorithms.join(cfg).to_str().unwrap(), "--quiet", "--set", set]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(key), "{set}: {err}");
+    }
+}
+
+#[test]
 fn every_algorithm_example_runs_two_rounds() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/algorithms");
     let mut names: Vec<String> = std::fs::read_dir(&dir)
