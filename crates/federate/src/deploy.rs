@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use federate_core::{
-    AdmmState, Client, ClientError, ClientProxy, EvaluateReply, EvaluateTask, Event, FitReply, FitTask, Learner,
-    LocalClient, NnLearner, Parameters, PartyState, RoundRecord, Server, ServerConfig, seed,
+    AdmmState, Client, ClientError, ClientProxy, Event, FitReply, FitTask, Learner, LocalClient, NnLearner, Parameters,
+    PartyState, RoundRecord, Server, ServerConfig, seed,
 };
 use federate_net::codec::Limits;
 use federate_net::party::{PartyOptions, run_party};
@@ -559,15 +559,7 @@ impl<C: Client> Client for Persisted<C> {
             _ => Ok(reply),
         }
     }
-    fn evaluate(&mut self, params: &Parameters, task: &EvaluateTask) -> Result<EvaluateReply, ClientError> {
-        self.inner.evaluate(params, task)
-    }
-    fn state(&self) -> Option<PartyState> {
-        self.inner.state()
-    }
-    fn restore(&mut self, state: PartyState) -> Result<(), ClientError> {
-        self.inner.restore(state)
-    }
+    delegate_to_inner_client!();
 }
 
 /// `federate join`.

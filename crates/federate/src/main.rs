@@ -4,6 +4,26 @@
 //! document's worked example — MNIST, 3 parties, the CNN, FedAvg); `federate bench train`
 //! measures the training engine; `federate data fetch` fills the dataset cache.
 
+/// For a `Client` that wraps another in its field `inner` and changes only `fit`: the other
+/// methods, delegated.
+macro_rules! delegate_to_inner_client {
+    () => {
+        fn evaluate(
+            &mut self,
+            params: &federate_core::Parameters,
+            task: &federate_core::EvaluateTask,
+        ) -> Result<federate_core::EvaluateReply, federate_core::ClientError> {
+            self.inner.evaluate(params, task)
+        }
+        fn state(&self) -> Option<federate_core::PartyState> {
+            self.inner.state()
+        }
+        fn restore(&mut self, state: federate_core::PartyState) -> Result<(), federate_core::ClientError> {
+            self.inner.restore(state)
+        }
+    };
+}
+
 mod bench;
 mod config;
 mod deploy;

@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use federate_core::{
-    CentralEval, Client, ClientError, ClientProxy, EvaluateReply, EvaluateTask, Event, FedAvg, FitReply, FitTask,
-    InProcess, Learner, LocalClient, LocalTraining, NnLearner, Parameters, PartyState, RoundRecord, Server,
-    ServerConfig, StrategyState, seed, train_local,
+    CentralEval, Client, ClientError, ClientProxy, Event, FedAvg, FitReply, FitTask, InProcess, Learner, LocalClient,
+    LocalTraining, NnLearner, Parameters, PartyState, RoundRecord, Server, ServerConfig, StrategyState, seed,
+    train_local,
 };
 use federate_data::{Dataset, FetchOptions, TrainTest, default_cache_dir, partition};
 use federate_nn::{ModelSpec, Shape};
@@ -326,15 +326,7 @@ impl<C: Client> Client for Attacker<C> {
         }
         Ok(reply)
     }
-    fn evaluate(&mut self, params: &Parameters, task: &EvaluateTask) -> Result<EvaluateReply, ClientError> {
-        self.inner.evaluate(params, task)
-    }
-    fn state(&self) -> Option<PartyState> {
-        self.inner.state()
-    }
-    fn restore(&mut self, state: PartyState) -> Result<(), ClientError> {
-        self.inner.restore(state)
-    }
+    delegate_to_inner_client!();
 }
 
 /// Trains one party alone from the same initial model for `rounds × epochs` epochs — the
