@@ -14,6 +14,7 @@
 //! Written here because no maintained Rust crate implements these rules over flat f32
 //! model vectors; each is a few dozen lines over `select_nth_unstable_by`.
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::client::FitReply;
@@ -128,17 +129,23 @@ fn weighted_mean(replies: &[&FitReply], len: usize) -> Option<Vec<f32>> {
     Some(acc.iter().map(|a| (a * inv) as f32).collect())
 }
 
-/// Applies `f` to each coordinate's values across the replies.
-fn coordinate_wise(replies: &[&FitReply], len: usize, f: impl Fn(&mut [f32]) -> f32) -> Vec<f32> {
-    let mut column = vec![0.0f32; replies.len()];
-    (0..len)
-        .map(|j| {
+/// Applies `f` to each coordinate's values across the replies, in blocks of coordinates
+/// spread over the rayon pool (each coordinate on its own, so the result does not depend on
+/// the number of threads).
+fn coordinate_wise(replies: &[&FitReply], len: usize, f: impl Fn(&mut [f32]) -> f32 + Sync) -> Vec<f32> {
+    const BLOCK: usize = 8192;
+    let mut out = vec![0.0f32; len];
+    out.par_chunks_mut(BLOCK).enumerate().for_each(|(b, chunk)| {
+        let start = b * BLOCK;
+        let mut column = vec![0.0f32; replies.len()];
+        for (j, o) in chunk.iter_mut().enumerate() {
             for (c, r) in column.iter_mut().zip(replies) {
-                *c = r.params[j];
+                *c = r.params[start + j];
             }
-            f(&mut column)
-        })
-        .collect()
+            *o = f(&mut column);
+        }
+    });
+    out
 }
 
 /// The median of `v` (the mean of the two middle values when their number is even).
@@ -164,21 +171,23 @@ fn trimmed_mean(v: &mut [f32], cut: usize) -> f32 {
 /// Indices of the `select` replies with the lowest Krum scores (ties to the lower index).
 fn krum_select(replies: &[&FitReply], byzantine: usize, select: usize) -> Vec<usize> {
     let n = replies.len();
-    let mut dist = vec![0.0f64; n * n];
-    for i in 0..n {
-        for j in i + 1..n {
-            let d: f64 = replies[i]
+    let pairs: Vec<(usize, usize)> = (0..n).flat_map(|i| (i + 1..n).map(move |j| (i, j))).collect();
+    // Squared distances: f32 partial sums over short runs (vectorised), added up in f64.
+    let d2: Vec<f64> = pairs
+        .par_iter()
+        .map(|&(i, j)| {
+            replies[i]
                 .params
-                .iter()
-                .zip(&replies[j].params)
-                .map(|(a, b)| {
-                    let x = (*a - *b) as f64;
-                    x * x
-                })
-                .sum();
-            dist[i * n + j] = d;
-            dist[j * n + i] = d;
-        }
+                .chunks(64)
+                .zip(replies[j].params.chunks(64))
+                .map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f32>() as f64)
+                .sum()
+        })
+        .collect();
+    let mut dist = vec![0.0f64; n * n];
+    for (&(i, j), &d) in pairs.iter().zip(&d2) {
+        dist[i * n + j] = d;
+        dist[j * n + i] = d;
     }
     let neighbours = n - byzantine - 2;
     let mut scores: Vec<(f64, usize)> = (0..n)

@@ -179,3 +179,52 @@ pub fn net(cfg: &crate::config::Config, zstd: bool) -> Result<(Vec<NetRound>, u6
     let (out, inb) = hub.traffic();
     Ok((rows, out, inb, layout.len() as u64 * 4))
 }
+
+/// One aggregation rule's measurement.
+#[derive(Debug, Clone)]
+pub struct AggregateBench {
+    /// The rule.
+    pub rule: String,
+    /// Median milliseconds per aggregation.
+    pub ms: f64,
+}
+
+/// `federate bench aggregate`: times each aggregation rule combining `parties` models of
+/// `model`'s size (random values), the median of `reps` repetitions each (median, trimmed
+/// mean and Krum spread over the rayon pool; the mean is one pass on one thread).
+pub fn aggregate(model: &str, parties: usize, reps: usize) -> Result<(usize, Vec<AggregateBench>)> {
+    use federate_core::{Aggregator, FitReply};
+    use rand::RngExt;
+    let net = Network::new(ModelSpec::builtin(model, Shape::image(28, 28, 1), 10)?)?;
+    let len = net.init(1).len();
+    let mut rng = federate_core::seed::stream(1, "bench-aggregate", &[]);
+    let replies: Vec<FitReply> = (0..parties)
+        .map(|_| FitReply {
+            params: (0..len).map(|_| rng.random::<f32>() - 0.5).collect(),
+            num_examples: 600,
+            metrics: Default::default(),
+            extra: None,
+        })
+        .collect();
+    let refs: Vec<&FitReply> = replies.iter().collect();
+    let f = parties.saturating_sub(3) / 2;
+    let rules = [
+        ("mean".to_string(), Aggregator::Mean),
+        ("median".to_string(), Aggregator::Median),
+        ("trimmed-mean (β 0.2)".to_string(), Aggregator::TrimmedMean { trim: 0.2 }),
+        (format!("krum (f {f})"), Aggregator::Krum { byzantine: f, select: 1 }),
+    ];
+    let mut rows = Vec::new();
+    for (rule, agg) in rules {
+        let mut times = Vec::with_capacity(reps);
+        for _ in 0..reps.max(1) {
+            let t = Instant::now();
+            let out = agg.combine(&refs)?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+            std::hint::black_box(out);
+        }
+        times.sort_by(f64::total_cmp);
+        rows.push(AggregateBench { rule, ms: times[times.len() / 2] });
+    }
+    Ok((len, rows))
+}

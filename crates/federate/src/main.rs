@@ -289,6 +289,19 @@ enum BenchCommand {
         #[arg(long)]
         dp_noise: Option<crate::config::NoiseName>,
     },
+    /// Time of each aggregation rule (mean, median, trimmed mean, Krum) combining the
+    /// parties' models, against the plain mean (one pass over the models).
+    Aggregate {
+        /// Built-in model whose size the models have.
+        #[arg(long, default_value = "cnn")]
+        model: String,
+        /// Parties (models combined).
+        #[arg(long, default_value_t = 10)]
+        parties: usize,
+        /// Repetitions (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+    },
     /// Many parties in this process against a server on loopback: per-round overhead beyond
     /// training, and bytes per round against the model size.
     Net {
@@ -339,6 +352,9 @@ fn main() -> ExitCode {
         Command::Bench { what: BenchCommand::Net { parties, rounds, model, zstd } } => {
             bench_net(parties, rounds, &model, zstd)
         }
+        Command::Bench { what: BenchCommand::Aggregate { model, parties, reps } } => {
+            bench_aggregate(&model, parties, reps)
+        }
         Command::Privacy { what } => privacy(what),
         Command::Keys { out, parties, server_names } => deploy::keys(&out, &parties, &server_names),
         Command::Serve(a) => serve(a),
@@ -351,6 +367,24 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn bench_aggregate(model: &str, parties: usize, reps: usize) -> Result<()> {
+    if parties < 4 {
+        anyhow::bail!("--parties {parties}: Krum needs at least 4 models to compare");
+    }
+    let (len, rows) = bench::aggregate(model, parties, reps)?;
+    let mean = rows.first().map(|r| r.ms).unwrap_or(f64::NAN);
+    let gb = (parties * len * 4) as f64 / 1e9;
+    println!(
+        "{parties} models of {len} values ({model}), {} threads (the mean uses one), median of {reps}:",
+        rayon::current_num_threads()
+    );
+    println!("{:<22} {:>10} {:>10} {:>12}", "rule", "ms", "GB/s read", "× the mean");
+    for r in &rows {
+        println!("{:<22} {:>10.1} {:>10.2} {:>12.1}", r.rule, r.ms, gb / (r.ms / 1e3), r.ms / mean);
+    }
+    Ok(())
 }
 
 fn init_threads(n: usize) -> Result<()> {

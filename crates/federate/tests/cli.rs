@@ -139,6 +139,21 @@ fn bench_train_prints_one_line_per_batch() {
 }
 
 #[test]
+fn bench_aggregate_times_every_rule() {
+    let o = federate(&["bench", "aggregate", "--model", "logreg", "--parties", "5", "--reps", "1"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s = String::from_utf8_lossy(&o.stdout);
+    assert!(s.starts_with("5 models of 7850 values (logreg)"), "{s}");
+    for rule in ["mean", "median", "trimmed-mean", "krum (f 1)"] {
+        let line = s.lines().find(|l| l.starts_with(rule)).unwrap_or_else(|| panic!("{rule}: {s}"));
+        let ms: f64 = line[22..].split_whitespace().next().unwrap().parse().unwrap();
+        assert!(ms >= 0.0 && ms.is_finite(), "{line}");
+    }
+    let o = federate(&["bench", "aggregate", "--parties", "3"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--parties 3"));
+}
+
+#[test]
 fn the_deployment_example_config_runs_as_a_simulation() {
     let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/deploy/federation.toml");
     let out = tempfile::tempdir().unwrap();
