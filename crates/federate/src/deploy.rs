@@ -104,6 +104,11 @@ fn read_f32s(dir: &Path, name: &str, len: usize) -> Result<Vec<f32>> {
         bail!("{}: bad file name '{name}' in the checkpoint", dir.join(CHECKPOINT).display());
     }
     let p = dir.join(name);
+    // The size is checked before reading, so a wrong or hostile file is never loaded whole.
+    let size = std::fs::metadata(&p).with_context(|| format!("reading {}", p.display()))?.len();
+    if size != len as u64 * 4 {
+        bail!("{}: {size} bytes, the checkpoint says {}", p.display(), len * 4);
+    }
     let bytes = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
     if bytes.len() != len * 4 {
         bail!("{}: {} bytes, the checkpoint says {}", p.display(), bytes.len(), len * 4);
@@ -471,11 +476,19 @@ impl PartyStore {
     /// an error, never a silent fresh start.
     pub(crate) fn load(&self) -> Result<Option<PartyState>> {
         let path = self.meta_path();
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
+        let size = match std::fs::metadata(&path) {
+            Ok(m) => m.len(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
+        // A party state file is a few hundred bytes; refuse to load anything far larger.
+        if size > 1 << 20 {
+            bail!(
+                "{}: {size} bytes is not a party state file; delete it to start this party afresh, or fix --state-dir",
+                path.display()
+            );
+        }
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         let bad = |why: String| {
             anyhow::anyhow!(
                 "{}: {why}; this party's saved state (its privacy ledger, control variate or dual) cannot be \
