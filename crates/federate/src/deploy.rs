@@ -117,8 +117,10 @@ fn read_f32s(dir: &Path, name: &str, len: usize) -> Result<Vec<f32>> {
 }
 
 /// The parties' states as metadata plus their vectors, in the order a file stores them.
-fn encode_parties(parties: &[(String, PartyState)]) -> (Vec<PartyMeta>, Vec<&[f32]>) {
-    let mut metas = Vec::with_capacity(parties.len());
+fn encode_parties<'a>(
+    parties: impl IntoIterator<Item = (&'a str, &'a PartyState)>,
+) -> (Vec<PartyMeta>, Vec<&'a [f32]>) {
+    let mut metas = Vec::new();
     let mut vectors: Vec<&[f32]> = Vec::new();
     for (id, p) in parties {
         if let Some(a) = &p.admm {
@@ -126,7 +128,7 @@ fn encode_parties(parties: &[(String, PartyState)]) -> (Vec<PartyMeta>, Vec<&[f3
         }
         vectors.extend(p.scaffold.as_deref());
         metas.push(PartyMeta {
-            id: id.clone(),
+            id: id.to_string(),
             dp_steps: p.dp_steps,
             admm_rho: p.admm.as_ref().map(|a| a.rho),
             scaffold: p.scaffold.is_some(),
@@ -203,7 +205,7 @@ pub(crate) fn write_checkpoint(dir: &Path, c: Checkpoint<'_>) -> Result<()> {
             (Some(s.meta), lengths, file)
         }
     };
-    let (parties, vectors) = encode_parties(&c.parties);
+    let (parties, vectors) = encode_parties(c.parties.iter().map(|(id, p)| (id.as_str(), p)));
     let parties_file = write_vectors(dir, format!("parties-{round:05}.f32"), &vectors, c.global.len())?;
     let meta = CheckpointMeta {
         format: 1,
@@ -328,8 +330,7 @@ pub fn serve(cfg: &Config, out: &Path, resume: bool, insecure: bool) -> Result<(
         (0, learner.init(seed::derive(cfg.seed, "init", &[])), Vec::new(), None)
     };
     let global = Parameters::new(values, layout.clone()).context("initial parameters")?;
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create run directory {}", out.display()))?;
-    let mut dir = RunDir::reopen(out, cfg, &records)?;
+    let mut dir = RunDir::open(out, cfg, &records)?;
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let hub_cfg = HubConfig {
@@ -463,8 +464,7 @@ impl PartyStore {
     /// Saves `state` (the vectors first, then the file naming them).
     pub(crate) fn save(&self, state: &PartyState) -> Result<()> {
         std::fs::create_dir_all(&self.dir).with_context(|| format!("party state directory {}", self.dir.display()))?;
-        let parties = [(self.id.clone(), state.clone())];
-        let (mut metas, vectors) = encode_parties(&parties);
+        let (mut metas, vectors) = encode_parties([(self.id.as_str(), state)]);
         let vectors_file = write_vectors(&self.dir, format!("{}.f32", self.id), &vectors, self.num_values)?;
         let Some(party) = metas.pop() else { bail!("no party state to save") };
         let file = PartyFile { format: 1, seed: self.seed, num_values: self.num_values, party, vectors_file };
@@ -549,28 +549,23 @@ impl<C: Client> Client for Persisted<C> {
             Ok(r) => r,
             Err(e) => {
                 // A round that failed half way must not cost the party what it kept.
-                if let Some(b) = before
-                    && self.inner.state().as_ref() != Some(&b)
-                {
+                if let Some(b) = before {
                     self.inner.restore(b)?;
                 }
                 return Err(e);
             }
         };
-        match self.inner.state() {
-            Some(now) if !now.is_empty() && Some(&now) != before.as_ref() => {
-                if let Err(e) = self.store.save(&now) {
-                    if let Some(b) = before {
-                        self.inner.restore(b)?;
-                    }
-                    return Err(ClientError::Model(format!(
-                        "could not save this party's state ({e:#}); its update is withheld this round"
-                    )));
-                }
-                Ok(reply)
+        if let Some(now) = self.inner.state().filter(|s| !s.is_empty())
+            && let Err(e) = self.store.save(&now)
+        {
+            if let Some(b) = before {
+                self.inner.restore(b)?;
             }
-            _ => Ok(reply),
+            return Err(ClientError::Model(format!(
+                "could not save this party's state ({e:#}); its update is withheld this round"
+            )));
         }
+        Ok(reply)
     }
     delegate_to_inner_client!();
 }

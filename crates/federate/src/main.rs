@@ -422,11 +422,10 @@ fn run(args: RunArgs) -> Result<()> {
     let ckpt_dir = out.join("checkpoint");
     let (mut dir, start) = if args.resume {
         let start = resume_point(&cfg, &out, &ckpt_dir)?;
-        (report::RunDir::reopen(&out, &cfg, &start.records)?, Some(start))
+        (report::RunDir::open(&out, &cfg, &start.records)?, Some(start))
     } else {
-        (report::RunDir::create(&out, &cfg)?, None)
+        (report::RunDir::open(&out, &cfg, &[])?, None)
     };
-    let checkpoint_every = cfg.checkpoint_every;
     let tty = std::io::stderr().is_terminal() && !args.quiet;
     let bar = if tty {
         let b = ProgressBar::new(cfg.rounds as u64 * cfg.data.parties as u64 * cfg.train.epochs as u64);
@@ -467,7 +466,7 @@ fn run(args: RunArgs) -> Result<()> {
         }
         Event::RoundFinished { record: r, global, strategy, parties } => {
             let mut res = dir.record(r);
-            if res.is_ok() && checkpoint_every > 0 && r.round % checkpoint_every == 0 {
+            if res.is_ok() && cfg.checkpoint_every > 0 && r.round % cfg.checkpoint_every == 0 {
                 let parties = parties.states();
                 let c = deploy::Checkpoint { round: r.round, seed: cfg.seed, global, strategy, parties, records: &[] };
                 res = deploy::write_checkpoint(&ckpt_dir, c);

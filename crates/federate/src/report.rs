@@ -20,17 +20,12 @@ pub struct RunDir {
 }
 
 impl RunDir {
-    /// Creates the directory and writes the resolved config and an empty `rounds.jsonl`.
-    pub fn create(path: &Path, cfg: &Config) -> Result<Self> {
+    /// Creates the directory (if needed) and writes the resolved config and `rounds.jsonl`
+    /// holding `kept`: nothing for a new run; for a resumed one the records of the rounds
+    /// before the checkpoint (those after it will be run again), written via a temporary
+    /// file and a rename, so a crash leaves the old file whole.
+    pub fn open(path: &Path, cfg: &Config, kept: &[RoundRecord]) -> Result<Self> {
         std::fs::create_dir_all(path).with_context(|| format!("cannot create run directory {}", path.display()))?;
-        Self::reopen(path, cfg, &[])
-    }
-
-    /// Reopens the directory of a resumed run: rewrites the config (its `rounds` may have
-    /// changed) and `rounds.jsonl` with the records of the rounds before the checkpoint
-    /// (those after it will be run again), via a temporary file and a rename, so a crash
-    /// leaves the old file whole.
-    pub fn reopen(path: &Path, cfg: &Config, kept: &[RoundRecord]) -> Result<Self> {
         let text = toml::to_string_pretty(cfg).context("serialising the config")?;
         std::fs::write(path.join("config.toml"), text).with_context(|| format!("writing {}", path.display()))?;
         let target = path.join("rounds.jsonl");
