@@ -762,8 +762,19 @@ pub fn validate(c: &Config) -> Result<()> {
     if s.krum_select == 0 {
         bail!("strategy.krum_select = 0: Krum keeps at least 1 model");
     }
-    // The rule's name and settings; whether it suits the strategy is the strategy's to say.
-    s.aggregator()?;
+    // Checked here as well as in the strategies, so a bad pairing fails before a run
+    // directory is written.
+    let aggregator = s.aggregator()?;
+    if aggregator != federate_core::Aggregator::Mean
+        && (matches!(s.name.as_str(), "scaffold" | "admm") || c.client_privacy.mode != ClientPrivacyMode::None)
+    {
+        bail!(
+            "strategy.aggregator = \"{}\" works with fedavg, fedprox, fedsgd, fedavgm, fedadam, fedyogi and \
+             fedadagrad; {} aggregates its own way: set strategy.aggregator = \"mean\"",
+            s.aggregator,
+            if c.client_privacy.mode != ClientPrivacyMode::None { "client-level DP" } else { s.name.as_str() }
+        );
+    }
     let a = &c.attack;
     if a.parties > d.parties {
         bail!("attack.parties = {} is more than data.parties = {}", a.parties, d.parties);
