@@ -9,10 +9,12 @@ use federate_data::Dataset;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::dp::{DpSgd, PrivacyFloor};
 use crate::learner::Learner;
 use crate::params::Parameters;
 use crate::seed;
 use crate::train::{Correction, LocalAlgorithm, LocalTraining, TrainStats, gradient, optimizer_for, train_local_with};
+use federate_privacy::{Entry, Ledger};
 
 /// Instructions for one party's local training in one round.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -77,6 +79,9 @@ pub enum ClientError {
     /// The party could not be reached or dropped out.
     #[error("party unavailable: {0}")]
     Unavailable(String),
+    /// The task asks for less privacy than the party agreed to (its own floor), so it refuses.
+    #[error("task refused: {0}")]
+    Refused(String),
     /// Training this round would take the party past its privacy budget, so it refuses.
     #[error("privacy budget spent: {0}")]
     BudgetSpent(String),
@@ -173,7 +178,9 @@ pub struct LocalClient<L: Learner> {
     train: Dataset,
     test: Dataset,
     on_epoch: Option<EpochHook>,
-    dp_steps: u64,
+    ledger: Ledger,
+    floor: PrivacyFloor,
+    last_summary: Option<LocalSummary>,
     noise: crate::dp::NoiseSource,
     admm: Option<AdmmState>,
     scaffold: Option<Vec<f32>>,
@@ -183,8 +190,8 @@ pub struct LocalClient<L: Learner> {
 /// where it stopped (its training data and model come from the config).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct PartyState {
-    /// DP-SGD steps taken so far: its privacy accountant's history.
-    pub dp_steps: u64,
+    /// Every DP release of the party's data so far (its privacy ledger).
+    pub ledger: Ledger,
     /// ADMM's dual and last solve.
     pub admm: Option<AdmmState>,
     /// SCAFFOLD's control variate c_k.
@@ -194,7 +201,7 @@ pub struct PartyState {
 impl PartyState {
     /// Whether there is nothing to keep (the party has not taken part in a stateful algorithm).
     pub fn is_empty(&self) -> bool {
-        self.dp_steps == 0 && self.admm.is_none() && self.scaffold.is_none()
+        self.ledger.entries.is_empty() && self.admm.is_none() && self.scaffold.is_none()
     }
 }
 
@@ -217,7 +224,9 @@ impl<L: Learner> LocalClient<L> {
             train,
             test,
             on_epoch: None,
-            dp_steps: 0,
+            ledger: Ledger::new(),
+            floor: PrivacyFloor::default(),
+            last_summary: None,
             noise: crate::dp::NoiseSource::Seeded,
             admm: None,
             scaffold: None,
@@ -228,6 +237,16 @@ impl<L: Learner> LocalClient<L> {
     pub fn with_noise_source(mut self, noise: crate::dp::NoiseSource) -> Self {
         self.noise = noise;
         self
+    }
+    /// Refuses tasks that ask for less privacy than `floor` (what the party's own
+    /// configuration agreed to).
+    pub fn with_privacy_floor(mut self, floor: PrivacyFloor) -> Self {
+        self.floor = floor;
+        self
+    }
+    /// The party's privacy ledger.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
     }
     /// Reports every finished local epoch to `hook`.
     pub fn with_epoch_hook(mut self, hook: EpochHook) -> Self {
@@ -280,39 +299,40 @@ impl<L: Learner> LocalClient<L> {
         let mut opt = optimizer_for(&task.training, params.len()).map_err(model_err)?;
         let mut rng = seed::stream(task.seed, "batches", &[]);
         self.learner.reseed(seed::derive(task.seed, "dropout", &[]));
-        // The budget check's ε after this round's planned steps, reused below if training
-        // took exactly those steps.
-        let mut planned: Option<(u64, f64)> = None;
-        if let Some(dp) = &task.training.dp
-            && let Some(budget) = dp.max_epsilon
-        {
-            let q = dp.rate(self.train.len(), task.training.batch_size);
-            let steps = self.dp_steps + crate::dp::DpSgd::steps_per_epoch(q) as u64 * task.training.epochs as u64;
-            let next = dp.epsilon(q, steps).map_err(|e| ClientError::Model(e.to_string()))?;
-            planned = Some((steps, next));
-            if next > budget {
-                return Err(ClientError::BudgetSpent(format!(
-                    "ε would reach {next:.3} after this round, over the budget of {budget}; this party stops training"
-                )));
-            }
-        }
+        // What this round will release, checked against the party's own floor and budget
+        // before any training: (the ledger entry, ε after it).
+        let planned = self.plan_privacy(task)?;
         let started = std::time::Instant::now();
         let mut metrics = BTreeMap::new();
         let mut extra = None;
         let stats = match task.training.local {
-            LocalAlgorithm::Gradient { full } => {
-                let s = gradient(
+            LocalAlgorithm::Gradient { full } => match &task.training.dp {
+                Some(dp) => crate::dp::private_gradient_step(
                     &mut self.learner,
                     &global.values,
                     &self.train,
                     task.training.batch_size,
                     full,
+                    dp,
                     &mut params,
                     &mut rng,
+                    self.noise,
                 )
-                .map_err(model_err)?;
-                TrainStats { steps: 0, batches: s }
-            }
+                .map_err(model_err)?,
+                None => {
+                    let s = gradient(
+                        &mut self.learner,
+                        &global.values,
+                        &self.train,
+                        task.training.batch_size,
+                        full,
+                        &mut params,
+                        &mut rng,
+                    )
+                    .map_err(model_err)?;
+                    TrainStats { steps: 0, batches: s }
+                }
+            },
             LocalAlgorithm::Sgd => self.epochs(task, &mut params, &mut opt, &mut rng, &Correction::default())?,
             LocalAlgorithm::Prox { mu } => {
                 let c = Correction { anchor: Some(&global.values), mu, linear: None };
@@ -389,29 +409,104 @@ impl<L: Learner> LocalClient<L> {
                 s
             }
         };
-        metrics.insert("train_loss".into(), stats.batches.mean_loss());
-        metrics.insert("train_accuracy".into(), stats.batches.accuracy());
-        metrics.insert("steps".into(), stats.steps as f64);
-        metrics.insert("train_seconds".into(), started.elapsed().as_secs_f64());
+        let mut summary = LocalSummary {
+            train_loss: stats.batches.mean_loss(),
+            train_accuracy: stats.batches.accuracy(),
+            steps: stats.steps,
+            train_seconds: started.elapsed().as_secs_f64(),
+            clip_indicator: None,
+            epsilon: None,
+        };
         if let Some(u) = &task.training.update_dp {
             let bit = crate::client_dp::privatize_update(&mut params, &global.values, u, self.noise, task.seed)
                 .map_err(model_err)?;
-            metrics.insert("clip_indicator".into(), bit);
+            summary.clip_indicator = Some(bit);
         }
-        if let Some(dp) = &task.training.dp {
-            // Sample-level privacy this party has spent over every round so far.
-            self.dp_steps += stats.steps as u64;
-            let eps = match planned {
-                Some((steps, eps)) if steps == self.dp_steps => eps,
-                _ => {
-                    let q = dp.rate(self.train.len(), task.training.batch_size);
-                    dp.epsilon(q, self.dp_steps).map_err(|e| ClientError::Model(e.to_string()))?
-                }
-            };
-            metrics.insert("epsilon".into(), eps);
-            metrics.insert("dp_steps".into(), self.dp_steps as f64);
+        if let Some((entry, eps)) = planned {
+            if entry.steps != stats.steps as u64 {
+                return Err(ClientError::Model(format!(
+                    "DP training took {} steps where {} were planned and accounted",
+                    stats.steps, entry.steps
+                )));
+            }
+            self.ledger.record(entry).map_err(|e| ClientError::Model(e.to_string()))?;
+            summary.epsilon = Some(eps);
         }
+        self.last_summary = Some(summary);
+        release(&task.training, &summary, &mut metrics);
         Ok(FitReply { params, num_examples: self.train.len(), metrics, extra })
+    }
+}
+
+impl<L: Learner> LocalClient<L> {
+    /// The ledger entry this task's DP-SGD will add and the ε after it, once the task is
+    /// checked against the party's floor and budget; `None` without DP-SGD.
+    fn plan_privacy(&self, task: &FitTask) -> Result<Option<(Entry, f64)>, ClientError> {
+        let dp: Option<&DpSgd> = task.training.dp.as_ref();
+        let q = dp.map_or(0.0, |d| d.task_rate(&task.training, self.train.len()));
+        self.floor.check(dp, q).map_err(ClientError::Refused)?;
+        let Some(dp) = dp else { return Ok(None) };
+        dp.validate().map_err(ClientError::Refused)?;
+        let entry = dp.entry(q, DpSgd::task_steps(&task.training, q));
+        let (accountant, delta) = self.floor.accounting(dp);
+        let next =
+            self.ledger.epsilon_with(entry, accountant, delta).map_err(|e| ClientError::Refused(e.to_string()))?;
+        if let Some(budget) = self.floor.budget(dp)
+            && next > budget
+        {
+            return Err(ClientError::BudgetSpent(format!(
+                "ε would reach {next:.3} after this round, over the budget of {budget}; this party stops training"
+            )));
+        }
+        Ok(Some((entry, next)))
+    }
+
+    /// What the last fit computed, all of it, for the party's own log (under DP only part of
+    /// it is sent: see [`release`]).
+    pub fn last_summary(&self) -> Option<LocalSummary> {
+        self.last_summary
+    }
+}
+
+/// Everything a party knows after local training, before deciding what to send.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LocalSummary {
+    /// Mean loss over the batches trained on (exact).
+    pub train_loss: f64,
+    /// Accuracy over the batches trained on (exact).
+    pub train_accuracy: f64,
+    /// Optimiser steps.
+    pub steps: usize,
+    /// Seconds spent training.
+    pub train_seconds: f64,
+    /// Distributed client-level DP: the noised indicator of an unclipped update.
+    pub clip_indicator: Option<f64>,
+    /// The ε the party's ledger reports after this round (DP-SGD).
+    pub epsilon: Option<f64>,
+}
+
+/// The one place that decides what a party's reply may carry besides its update and example
+/// count. Without DP: everything. Under DP-SGD or update-level DP only what the privacy
+/// guarantee covers or does not depend on the data: the ε spent (from the ledger), the step
+/// count (fixed by q and the epochs), and the clipping indicator only when it is noised
+/// (adaptive clipping). Exact training loss and accuracy of the sampled batches, the time
+/// spent training (it grows with the Poisson batch sizes) and an un-noised clip indicator
+/// stay with the party: it may log them locally ([`LocalClient::last_summary`]).
+pub fn release(training: &LocalTraining, s: &LocalSummary, metrics: &mut BTreeMap<String, f64>) {
+    let private = training.dp.is_some() || training.update_dp.is_some();
+    metrics.insert("steps".into(), s.steps as f64);
+    if let Some(e) = s.epsilon {
+        metrics.insert("epsilon".into(), e);
+    }
+    if let (Some(bit), Some(u)) = (s.clip_indicator, &training.update_dp)
+        && u.count_noise_std > 0.0
+    {
+        metrics.insert("clip_indicator".into(), bit);
+    }
+    if !private {
+        metrics.insert("train_loss".into(), s.train_loss);
+        metrics.insert("train_accuracy".into(), s.train_accuracy);
+        metrics.insert("train_seconds".into(), s.train_seconds);
     }
 }
 
@@ -437,7 +532,7 @@ impl<L: Learner> Client for LocalClient<L> {
     }
 
     fn state(&self) -> Option<PartyState> {
-        Some(PartyState { dp_steps: self.dp_steps, admm: self.admm.clone(), scaffold: self.scaffold.clone() })
+        Some(PartyState { ledger: self.ledger.clone(), admm: self.admm.clone(), scaffold: self.scaffold.clone() })
     }
 
     fn restore(&mut self, state: PartyState) -> Result<(), ClientError> {
@@ -451,7 +546,7 @@ impl<L: Learner> Client for LocalClient<L> {
         {
             return Err(ClientError::Model(format!("saved ADMM state has ρ = {}; it must be positive", a.rho)));
         }
-        self.dp_steps = state.dp_steps;
+        self.ledger = state.ledger;
         self.admm = state.admm;
         self.scaffold = state.scaffold;
         Ok(())

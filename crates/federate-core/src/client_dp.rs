@@ -8,10 +8,16 @@
 //! party's presence changes the sum by at most S). The new model is θ + η_s·mean.
 //!
 //! - `Central`: parties send θ_k; the server clips and adds all the noise (it is trusted).
-//! - `Distributed`: each party clips its own update and adds N(0, z²S²/m) before sending,
-//!   so the server never holds an un-noised update; the sum of m shares carries the full
-//!   z·S. When fewer than m parties reply, less noise is in the sum and the round is
-//!   accounted with the smaller effective multiplier z·√(replies/m).
+//! - `Distributed` is refused (by [`ClientDp::validate`]) until secure aggregation lands.
+//!   There each party clips its update and adds its share N(0, z²S²/m). Without secure
+//!   aggregation the server sees every update with only its own 1/√m share of the noise (local
+//!   DP at multiplier z/√m, far weaker than the z reported). Nor is the sum's Gaussian a bound
+//!   against anyone else: removing a party also removes its noise share, so neighbouring sums
+//!   are N(Δ, u·s²) and N(0, (u−1)·s²) for u replies, whose Rényi divergence is infinite at
+//!   orders ≥ u. Having each party add noise for the minimum reply count (Kairouz et al.
+//!   2021) raises the variance but not that asymmetry: it bounds the privacy loss under
+//!   zero-out neighbours (the party stays and sends noise only), which is what the secure
+//!   aggregation version will account. The party half ([`privatize_update`]) is kept for it.
 //! - Adaptive clipping: each party reports the bit b_k = [‖Δ_k‖ ≤ S]; the server forms the
 //!   noised fraction b̄ = (Σ(b_k − ½) + N(0, σ_b²))/m + ½ and sets S ← S·exp(−η_C(b̄ − γ))
 //!   to track the γ-quantile of update norms. The update noise then uses
@@ -81,7 +87,8 @@ fn l2(v: &[f32]) -> f64 {
 pub enum ClientDpMode {
     /// The server clips and adds the noise.
     Central,
-    /// Each party clips and adds its share; the server only sums.
+    /// Each party clips and adds its share; the server only sums. Refused until secure
+    /// aggregation (see the module doc).
     Distributed,
 }
 
@@ -116,6 +123,14 @@ pub struct ClientDp {
 impl ClientDp {
     /// Checks the ranges; the message names the setting and the fix.
     pub fn validate(&self) -> Result<(), String> {
+        if self.mode == ClientDpMode::Distributed {
+            return Err(
+                "client_privacy.mode = \"distributed\" is refused: without secure aggregation the server sees \
+                        each update with only its share of the noise, and a missing party's share leaves the sum \
+                        with less noise than accounted; use client_privacy.mode = \"central\""
+                    .into(),
+            );
+        }
         if !(self.noise_multiplier > 0.0 && self.noise_multiplier.is_finite()) {
             return Err(format!("client_privacy.noise_multiplier = {} must be > 0", self.noise_multiplier));
         }
@@ -216,21 +231,11 @@ impl Strategy for DpFedAvg {
         let rate = self.base.fraction_fit;
         self.expected = (rate * num_clients as f64).max(1.0);
         let chosen: Vec<usize> = (0..num_clients).filter(|_| rng.random::<f64>() < rate).collect();
-        let z_delta = self.dp.update_multiplier();
-        let m = self.expected;
         chosen
             .into_iter()
             .map(|c| {
-                let mut training = self.base.training.clone();
-                if self.dp.mode == ClientDpMode::Distributed {
-                    training.update_dp = Some(UpdateDp {
-                        clip: self.state.clip,
-                        noise_std: z_delta * self.state.clip / m.sqrt(),
-                        count_noise_std: self.dp.adaptive.map_or(0.0, |a| a.count_noise / m.sqrt()),
-                    });
-                }
                 let seed = crate::seed::derive(run_seed, "fit", &[round as u64, c as u64]);
-                (c, FitTask { round, training, seed, extra: None })
+                (c, FitTask { round, training: self.base.training.clone(), seed, extra: None })
             })
             .collect()
     }
@@ -244,39 +249,18 @@ impl Strategy for DpFedAvg {
         let m = self.expected;
         let clip = self.state.clip;
         let z_delta = self.dp.update_multiplier();
-        let (usable, mut rejected) = usable_replies(global, replies);
+        let (usable, rejected) = usable_replies(global, replies);
         let mut sum = vec![0.0f64; global.len()];
         let mut count = 0.0f64;
         let mut used = 0usize;
-        for (c, r) in usable {
-            match self.dp.mode {
-                ClientDpMode::Central => {
-                    let delta: Vec<f32> = r.params.iter().zip(&global.values).map(|(p, g)| p - g).collect();
-                    let norm = l2(&delta);
-                    let scale = if norm > clip { clip / norm } else { 1.0 };
-                    for (s, d) in sum.iter_mut().zip(&delta) {
-                        *s += *d as f64 * scale;
-                    }
-                    count += if norm <= clip { 0.5 } else { -0.5 };
-                }
-                ClientDpMode::Distributed => {
-                    let Some(&bit) = r.metrics.get("clip_indicator") else {
-                        rejected.push(Rejection {
-                            client: c,
-                            reason: "sent no clip_indicator: the party does not run distributed client-level DP".into(),
-                        });
-                        continue;
-                    };
-                    if !bit.is_finite() {
-                        rejected.push(Rejection { client: c, reason: format!("clip_indicator {bit} is not finite") });
-                        continue;
-                    }
-                    for ((s, p), g) in sum.iter_mut().zip(&r.params).zip(&global.values) {
-                        *s += (*p - *g) as f64;
-                    }
-                    count += bit;
-                }
+        for (_, r) in usable {
+            let delta: Vec<f32> = r.params.iter().zip(&global.values).map(|(p, g)| p - g).collect();
+            let norm = l2(&delta);
+            let scale = if norm > clip { clip / norm } else { 1.0 };
+            for (s, d) in sum.iter_mut().zip(&delta) {
+                *s += *d as f64 * scale;
             }
+            count += if norm <= clip { 0.5 } else { -0.5 };
             used += 1;
         }
         if used < self.base.min_replies.max(1) {
@@ -284,28 +268,21 @@ impl Strategy for DpFedAvg {
         }
         let noise_seed = crate::seed::derive(self.run_seed, "client-dp-noise", &[round as u64]);
         let mut noisy: Vec<f32> = sum.iter().map(|&s| s as f32).collect();
-        let effective = match self.dp.mode {
-            ClientDpMode::Central => {
-                gaussian_noise(&mut noisy, clip, z_delta * clip, self.noise, noise_seed)
-                    .map_err(|e| StrategyError::Config(e.to_string()))?;
-                if let Some(a) = self.dp.adaptive {
-                    let mut c = [count as f32];
-                    gaussian_noise(&mut c, 0.5, a.count_noise, self.noise, noise_seed ^ 1)
-                        .map_err(|e| StrategyError::Config(e.to_string()))?;
-                    count = c[0] as f64;
-                }
-                self.dp.noise_multiplier
-            }
-            // The shares of the parties that did not reply are missing from the sum.
-            ClientDpMode::Distributed => self.dp.noise_multiplier * (used as f64 / m).min(1.0).sqrt(),
-        };
+        gaussian_noise(&mut noisy, clip, z_delta * clip, self.noise, noise_seed)
+            .map_err(|e| StrategyError::Config(e.to_string()))?;
+        if let Some(a) = self.dp.adaptive {
+            let mut c = [count as f32];
+            gaussian_noise(&mut c, 0.5, a.count_noise, self.noise, noise_seed ^ 1)
+                .map_err(|e| StrategyError::Config(e.to_string()))?;
+            count = c[0] as f64;
+        }
         let values: Vec<f32> = global
             .values
             .iter()
             .zip(&noisy)
             .map(|(g, s)| (*g as f64 + self.dp.server_lr * *s as f64 / m) as f32)
             .collect();
-        self.state.rounds.push((self.base.fraction_fit, effective));
+        self.state.rounds.push((self.base.fraction_fit, self.dp.noise_multiplier));
         let fraction = count / m + 0.5;
         if let Some(a) = self.dp.adaptive {
             self.state.clip *= (-a.learning_rate * (fraction - a.target_quantile)).exp();
@@ -313,8 +290,10 @@ impl Strategy for DpFedAvg {
         self.last.clear();
         self.last.insert("client_epsilon".into(), self.epsilon().unwrap_or(f64::INFINITY));
         self.last.insert("clip_norm".into(), clip);
-        self.last.insert("unclipped_fraction".into(), fraction);
-        self.last.insert("noise_multiplier".into(), effective);
+        // Without adaptive clipping the fraction was not noised: it stays on the server.
+        if self.dp.adaptive.is_some() {
+            self.last.insert("unclipped_fraction".into(), fraction);
+        }
         Ok((Parameters { values, layout: global.layout.clone() }, rejected))
     }
 
@@ -382,12 +361,8 @@ mod tests {
         Parameters { values: v, layout }
     }
 
-    fn reply(params: Vec<f32>, bit: Option<f64>) -> FitReply {
-        let mut metrics = BTreeMap::new();
-        if let Some(b) = bit {
-            metrics.insert("clip_indicator".into(), b);
-        }
-        FitReply { params, num_examples: 10, metrics, extra: None }
+    fn reply(params: Vec<f32>) -> FitReply {
+        FitReply { params, num_examples: 10, metrics: BTreeMap::new(), extra: None }
     }
 
     fn tasks(s: &mut DpFedAvg, n: usize) -> Vec<(usize, FitTask)> {
@@ -400,21 +375,24 @@ mod tests {
         assert_eq!(tasks(&mut s, 2).len(), 2);
         let g = global(vec![0.0, 0.0]);
         // Δ₁ = (3, 4) has norm 5 → (0.6, 0.8); Δ₂ = (0.1, 0) is inside the clip.
-        let replies = vec![(0, reply(vec![3.0, 4.0], None)), (1, reply(vec![0.1, 0.0], None))];
+        let replies = vec![(0, reply(vec![3.0, 4.0])), (1, reply(vec![0.1, 0.0]))];
         let (next, rejected) = s.aggregate_fit(1, &g, &replies).unwrap();
         assert!(rejected.is_empty());
         assert!((next.values[0] - 0.35).abs() < 1e-6 && (next.values[1] - 0.4).abs() < 1e-6, "{:?}", next.values);
-        assert_eq!(s.metrics()["unclipped_fraction"], 0.5);
+        // Un-noised, the fraction of unclipped updates is not released.
+        assert!(!s.metrics().contains_key("unclipped_fraction"), "{:?}", s.metrics());
     }
 
     #[test]
-    fn distributed_parties_clip_and_noise_their_own_updates() {
-        let mut s = DpFedAvg::new(base(1.0), dp(ClientDpMode::Distributed, 2.0, 1.0), NoiseSource::Seeded).unwrap();
-        let t = tasks(&mut s, 4);
-        let u = t[0].1.training.update_dp.expect("distributed tasks carry update_dp");
-        assert_eq!(u.clip, 1.0);
-        assert!((u.noise_std - 2.0 * 1.0 / 2.0).abs() < 1e-12, "z·S/√m with m = 4: {}", u.noise_std);
-        // The party side: a big update is clipped to norm 1 before noise.
+    fn distributed_mode_is_refused_and_the_party_half_clips_and_noises() {
+        let e = DpFedAvg::new(base(1.0), dp(ClientDpMode::Distributed, 2.0, 1.0), NoiseSource::Seeded)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("client_privacy.mode") && e.contains("secure aggregation") && e.contains("central"), "{e}");
+        // The party side (kept for secure aggregation): a big update is clipped to norm 1
+        // before noise, and the noise has the share's standard deviation.
+        let u = UpdateDp { clip: 1.0, noise_std: 1.0, count_noise_std: 0.0 };
         let d = 100_000;
         let g = vec![0.0f32; d];
         let mut p = vec![1.0f32; d];
@@ -425,14 +403,6 @@ mod tests {
         privatize_update(&mut p, &g, &u, NoiseSource::Secure, 3).unwrap();
         let sd = (p.iter().map(|&x| x as f64 * x as f64).sum::<f64>() / d as f64).sqrt();
         assert!((sd / u.noise_std - 1.0).abs() < 0.02, "{sd}");
-        // The server sums what it gets; a reply without the indicator is refused.
-        let g = global(vec![0.0]);
-        let replies = vec![(0, reply(vec![0.4], Some(0.5))), (1, reply(vec![0.4], None))];
-        let (next, rejected) = s.aggregate_fit(1, &g, &replies).unwrap();
-        assert_eq!(rejected.len(), 1);
-        assert!((next.values[0] - 0.1).abs() < 1e-6, "{:?}", next.values);
-        // Only 1 of 4 shares arrived: the round is accounted with z·√(1/4).
-        assert!((s.metrics()["noise_multiplier"] - 1.0).abs() < 1e-12);
     }
 
     #[test]
@@ -450,7 +420,7 @@ mod tests {
         for round in 1..=3 {
             let t = s.configure_fit(round, 10, 7, &mut ChaCha8Rng::seed_from_u64(round as u64));
             // Every update is tiny: all unclipped, so the clip norm shrinks.
-            let replies: Vec<_> = t.iter().map(|(c, _)| (*c, reply(vec![1e-3; 4], None))).collect();
+            let replies: Vec<_> = t.iter().map(|(c, _)| (*c, reply(vec![1e-3; 4]))).collect();
             s.aggregate_fit(round, &g, &replies).unwrap();
             eps.push(s.metrics()["client_epsilon"]);
         }

@@ -149,6 +149,24 @@ impl DpSgd {
         }
     }
 
+    /// The sampling rate of a task's DP steps for a party holding `n` examples: 1 for a
+    /// full-batch gradient (FedSGD with `full_batch`), else [`DpSgd::rate`].
+    pub fn task_rate(&self, training: &LocalTraining, n: usize) -> f64 {
+        match training.local {
+            crate::train::LocalAlgorithm::Gradient { full: true } => 1.0,
+            _ => self.rate(n, training.batch_size),
+        }
+    }
+
+    /// The DP steps a task takes at rate `q`: one for a gradient (FedSGD), else
+    /// [`DpSgd::steps_per_epoch`] × epochs.
+    pub fn task_steps(training: &LocalTraining, q: f64) -> u64 {
+        match training.local {
+            crate::train::LocalAlgorithm::Gradient { .. } => 1,
+            _ => DpSgd::steps_per_epoch(q) as u64 * training.epochs as u64,
+        }
+    }
+
     /// Steps per epoch at rate `q` (one epoch = 1/q expected batches).
     pub fn steps_per_epoch(q: f64) -> usize {
         (1.0 / q).round().max(1.0) as usize
@@ -173,6 +191,20 @@ impl DpSgd {
         }
     }
 
+    /// The ledger entry of `steps` steps of this mechanism at rate `q`.
+    pub fn entry(&self, q: f64, steps: u64) -> federate_privacy::Entry {
+        use federate_privacy::{Draw, Entry, Noise};
+        let noise = match self.mechanism {
+            Mechanism::Gaussian => Noise::Gaussian { sigma: self.noise_multiplier },
+            Mechanism::Laplace => Noise::Laplace { epsilon_per_step: self.epsilon_per_step.unwrap_or(f64::NAN) },
+        };
+        let draw = match self.sampling {
+            Sampling::Poisson => Draw::Poisson,
+            Sampling::FixedSize => Draw::FixedSize,
+        };
+        Entry { noise, draw, q, steps }
+    }
+
     /// The noise added to a clipped sum: the standard deviation σ·C (Gaussian) or the scale
     /// C/ε₀ (Laplace).
     pub fn noise_scale(&self) -> f64 {
@@ -187,6 +219,85 @@ impl DpSgd {
         match self.mechanism {
             Mechanism::Gaussian => ClipNorm::L2,
             Mechanism::Laplace => ClipNorm::L1,
+        }
+    }
+}
+
+/// What a party itself agreed to, checked against every task before it trains: a server
+/// (changed, misconfigured or malicious) cannot make it release its data with less noise, a
+/// larger sampling rate or a larger ε than its own configuration allows.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct PrivacyFloor {
+    /// The DP-SGD settings of the party's own configuration (`None`: it asks for none and
+    /// accepts what the server sends).
+    pub own: Option<DpSgd>,
+    /// The largest sampling rate it accepts (its own configuration's), if any.
+    pub max_rate: Option<f64>,
+}
+
+impl PrivacyFloor {
+    /// The floor of a party configured with `own` whose own settings give rate `max_rate`.
+    pub fn new(own: Option<DpSgd>, max_rate: Option<f64>) -> Self {
+        PrivacyFloor { own, max_rate }
+    }
+
+    /// Whether `task` (sampling rate `q`) is within what the party agreed to; the message
+    /// says what the server asked for and what the party allows.
+    pub fn check(&self, task: Option<&DpSgd>, q: f64) -> Result<(), String> {
+        let Some(own) = &self.own else { return Ok(()) };
+        let Some(t) = task else {
+            return Err("the task asks for training without DP-SGD; this party's configuration requires it".into());
+        };
+        if t.mechanism != own.mechanism {
+            return Err(format!(
+                "the task asks for the {:?} mechanism; this party's configuration allows {:?} only",
+                t.mechanism, own.mechanism
+            ));
+        }
+        if t.sampling != own.sampling {
+            return Err(format!(
+                "the task asks for {:?} sampling; this party's configuration says {:?}",
+                t.sampling, own.sampling
+            ));
+        }
+        match own.mechanism {
+            Mechanism::Gaussian if !(t.noise_multiplier >= own.noise_multiplier) => {
+                return Err(format!(
+                    "the task's noise multiplier σ = {} is below this party's floor of {}",
+                    t.noise_multiplier, own.noise_multiplier
+                ));
+            }
+            Mechanism::Laplace
+                if !(t.epsilon_per_step.unwrap_or(f64::INFINITY) <= own.epsilon_per_step.unwrap_or(0.0)) =>
+            {
+                return Err(format!(
+                    "the task's ε₀ per step = {:?} is above this party's ceiling of {:?}",
+                    t.epsilon_per_step, own.epsilon_per_step
+                ));
+            }
+            _ => {}
+        }
+        if let Some(max) = self.max_rate
+            && q > max * (1.0 + 1e-12)
+        {
+            return Err(format!("the task's sampling rate q = {q} is above this party's {max}"));
+        }
+        Ok(())
+    }
+
+    /// The ε budget: the smaller of the task's and the party's own.
+    pub fn budget(&self, task: &DpSgd) -> Option<f64> {
+        match (task.max_epsilon, self.own.and_then(|o| o.max_epsilon)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The accountant and δ the party reports with: its own, else the task's.
+    pub fn accounting(&self, task: &DpSgd) -> (federate_privacy::Accountant, f64) {
+        match &self.own {
+            Some(o) => (o.accountant, o.delta),
+            None => (task.accountant, task.delta),
         }
     }
 }
@@ -239,6 +350,85 @@ enum Noise {
     Secure,
 }
 
+/// Buffers of one DP step: the clipped sum, a piece's gradient, per-example norms and the
+/// gathered batch.
+struct StepBuffers {
+    sum: Vec<f32>,
+    part: Vec<f32>,
+    norms: Vec<f32>,
+    xb: Vec<f32>,
+    yb: Vec<u32>,
+    chosen: Vec<usize>,
+}
+
+impl StepBuffers {
+    fn new(params: usize, cap: usize, example_len: usize) -> Self {
+        StepBuffers {
+            sum: vec![0.0; params],
+            part: vec![0.0; params],
+            norms: vec![0.0; cap],
+            xb: vec![0.0; cap * example_len],
+            yb: vec![0; cap],
+            chosen: Vec::with_capacity(cap * 2),
+        }
+    }
+}
+
+/// One DP step's gradient, left in `buf.sum`: the batch is sampled (all of `data` when
+/// `full`, else Poisson at rate `q` or a fixed-size sample of `cap`), the per-example
+/// gradients at `params` are clipped and summed in pieces of at most `cap`, noise is added to
+/// every coordinate, and the sum is divided by the expected batch size `expected`.
+#[allow(clippy::too_many_arguments)]
+fn private_gradient<R: Rng>(
+    learner: &mut dyn Learner,
+    params: &[f32],
+    data: &Dataset,
+    dp: &DpSgd,
+    q: f64,
+    cap: usize,
+    full: bool,
+    expected: f32,
+    rng: &mut R,
+    noise: Noise,
+    step: u64,
+    buf: &mut StepBuffers,
+) -> Result<federate_nn::BatchStats, NnError> {
+    let n = data.len();
+    let d = data.example_len();
+    buf.chosen.clear();
+    if full {
+        buf.chosen.extend(0..n);
+    } else {
+        match dp.sampling {
+            Sampling::Poisson => buf.chosen.extend((0..n).filter(|_| rng.random::<f64>() < q)),
+            Sampling::FixedSize => buf.chosen.extend(rand::seq::index::sample(rng, n, cap.min(n)).iter()),
+        }
+    }
+    buf.sum.fill(0.0);
+    let mut stats = federate_nn::BatchStats::default();
+    for piece in buf.chosen.chunks(cap) {
+        let m = data.gather(piece, &mut buf.xb, &mut buf.yb);
+        let s = learner.clipped_grad(
+            params,
+            &buf.xb[..m * d],
+            &buf.yb[..m],
+            dp.clip,
+            dp.clip_norm(),
+            &mut buf.part,
+            &mut buf.norms[..m],
+        )?;
+        stats.merge(s);
+        for (a, b) in buf.sum.iter_mut().zip(&buf.part) {
+            *a += b;
+        }
+    }
+    match noise {
+        Noise::Seeded(seed) => add_float_noise(&mut buf.sum, dp, seed, step, expected),
+        Noise::Secure => add_exact_noise(&mut buf.sum, dp, expected)?,
+    }
+    Ok(stats)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn dp_epochs<R: Rng>(
     learner: &mut dyn Learner,
@@ -252,44 +442,71 @@ fn dp_epochs<R: Rng>(
     correction: &crate::train::Correction<'_>,
 ) -> Result<TrainStats, NnError> {
     let n = data.len();
-    let d = data.example_len();
     let cap = cfg.batch_size.max(1);
     let q = dp.rate(n, cap);
     let steps = DpSgd::steps_per_epoch(q) * cfg.epochs;
     let expected = (q * n as f64).max(1.0) as f32;
-    let kind = dp.clip_norm();
-    let mut sum = vec![0.0f32; params.len()];
-    let mut part = vec![0.0f32; params.len()];
-    let mut norms = vec![0.0f32; cap];
-    let mut xb = vec![0.0f32; cap * d];
-    let mut yb = vec![0u32; cap];
+    let mut buf = StepBuffers::new(params.len(), cap, data.example_len());
     let mut stats = TrainStats::default();
-    let mut chosen = Vec::with_capacity(cap * 2);
     for step in 0..steps {
-        chosen.clear();
-        match dp.sampling {
-            Sampling::Poisson => chosen.extend((0..n).filter(|_| rng.random::<f64>() < q)),
-            Sampling::FixedSize => chosen.extend(rand::seq::index::sample(rng, n, cap.min(n)).iter()),
-        }
-        sum.fill(0.0);
-        for piece in chosen.chunks(cap) {
-            let m = data.gather(piece, &mut xb, &mut yb);
-            let s = learner.clipped_grad(params, &xb[..m * d], &yb[..m], dp.clip, kind, &mut part, &mut norms[..m])?;
-            stats.batches.merge(s);
-            for (a, b) in sum.iter_mut().zip(&part) {
-                *a += b;
-            }
-        }
-        match noise {
-            Noise::Seeded(seed) => add_float_noise(&mut sum, dp, seed, step as u64, expected),
-            Noise::Secure => add_exact_noise(&mut sum, dp, expected)?,
-        }
+        let s =
+            private_gradient(learner, params, data, dp, q, cap, false, expected, rng, noise, step as u64, &mut buf)?;
+        stats.batches.merge(s);
         // Data-independent terms (FedProx, ADMM, SCAFFOLD) after the noise: post-processing.
-        correction.apply(params, &mut sum);
-        opt.step(params, &sum);
+        correction.apply(params, &mut buf.sum);
+        opt.step(params, &buf.sum);
         stats.steps += 1;
     }
     Ok(stats)
+}
+
+/// FedSGD under DP-SGD: one DP step's gradient at `params`, written into `grad` — the clipped
+/// per-example gradients of a Poisson (or fixed-size) sample at the task's rate, or of every
+/// example when `full` (sampling rate 1), summed, noised and divided by the expected batch
+/// size. It is exactly one step for the accountant (see [`DpSgd::task_rate`]).
+#[allow(clippy::too_many_arguments)]
+pub fn private_gradient_step<R: Rng>(
+    learner: &mut dyn Learner,
+    params: &[f32],
+    data: &Dataset,
+    batch_size: usize,
+    full: bool,
+    dp: &DpSgd,
+    grad: &mut [f32],
+    rng: &mut R,
+    source: NoiseSource,
+) -> Result<TrainStats, NnError> {
+    dp.validate().map_err(NnError::BadHyperParameter)?;
+    let n = data.len();
+    let cap = batch_size.max(1);
+    let q = if full { 1.0 } else { dp.rate(n, cap) };
+    let expected = (q * n as f64).max(1.0) as f32;
+    let mut buf = StepBuffers::new(params.len(), cap, data.example_len());
+    let s = match source {
+        NoiseSource::Seeded => {
+            let noise_seed: u64 = rng.random();
+            private_gradient(
+                learner,
+                params,
+                data,
+                dp,
+                q,
+                cap,
+                full,
+                expected,
+                rng,
+                Noise::Seeded(noise_seed),
+                0,
+                &mut buf,
+            )?
+        }
+        NoiseSource::Secure => {
+            let mut os = os_rng()?;
+            private_gradient(learner, params, data, dp, q, cap, full, expected, &mut os, Noise::Secure, 0, &mut buf)?
+        }
+    };
+    grad.copy_from_slice(&buf.sum);
+    Ok(TrainStats { steps: 1, batches: s })
 }
 
 /// Floating-point noise from seeded per-chunk streams, then the average over the expected

@@ -20,10 +20,10 @@ pub mod train;
 pub use algorithms::{Admm, FedOpt, FedOptConfig, FedSgd, Scaffold, ServerOptimizer};
 pub use client::{
     AdmmState, Client, ClientError, ClientProxy, EvaluateReply, EvaluateTask, FitReply, FitTask, InProcess,
-    LocalClient, PartyState,
+    LocalClient, LocalSummary, PartyState, release,
 };
 pub use client_dp::{AdaptiveClip, ClientDp, ClientDpMode, DpFedAvg, UpdateDp};
-pub use dp::{DpSgd, Mechanism, NoiseSource, Sampling};
+pub use dp::{DpSgd, Mechanism, NoiseSource, PrivacyFloor, Sampling};
 pub use learner::{Learner, NnLearner};
 pub use params::{Layout, Parameters, TensorSpec};
 pub use robust::Aggregator;

@@ -9,6 +9,7 @@
 mod calibrate;
 mod error;
 pub mod laplace;
+pub mod ledger;
 mod math;
 pub mod pld;
 pub mod rdp;
@@ -16,3 +17,4 @@ pub mod sample;
 
 pub use calibrate::{Accountant, epsilon, noise_multiplier_for_epsilon};
 pub use error::PrivacyError;
+pub use ledger::{Draw, Entry, Ledger, Noise};

@@ -796,6 +796,12 @@ pub fn validate(c: &Config) -> Result<()> {
     }
     if let Some(dp) = c.privacy.dp_sgd() {
         dp.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        if s.name == "fedsgd" && s.full_batch && dp.sampling_rate.is_some() {
+            bail!(
+                "privacy.sampling_rate does not apply with strategy.full_batch = true (FedSGD's full-batch gradient \
+                 uses every example: q = 1); remove privacy.sampling_rate or set strategy.full_batch = false"
+            );
+        }
     }
     if let Some(dp) = c.client_privacy.client_dp_for(s.fraction_fit * d.parties as f64) {
         dp.validate().map_err(|e| anyhow::anyhow!("{e}"))?;

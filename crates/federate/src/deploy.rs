@@ -18,6 +18,7 @@ use federate_net::party::{PartyOptions, run_party};
 use federate_net::server::{Hub, HubConfig, RemoteParty};
 use federate_net::tls::TlsFiles;
 use federate_nn::{ModelSpec, Shape};
+use federate_privacy::Ledger;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -82,7 +83,12 @@ struct CheckpointMeta {
 #[derive(Debug, Serialize, Deserialize)]
 struct PartyMeta {
     id: String,
-    #[serde(default)]
+    /// Every DP release of the party's data (its privacy ledger).
+    #[serde(default, skip_serializing_if = "is_empty_ledger")]
+    ledger: Ledger,
+    /// What builds before the ledger recorded: a bare step count, without the q and σ it was
+    /// taken at. Read only to refuse it (it cannot be composed soundly).
+    #[serde(default, skip_serializing)]
     dp_steps: u64,
     /// ADMM's ρ, when the party holds a dual and a last solve.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -93,6 +99,10 @@ struct PartyMeta {
 }
 
 const CHECKPOINT: &str = "checkpoint.json";
+
+fn is_empty_ledger(l: &Ledger) -> bool {
+    l.entries.is_empty()
+}
 
 fn f32_bytes<'a>(vectors: impl IntoIterator<Item = &'a [f32]>) -> Vec<u8> {
     vectors.into_iter().flatten().flat_map(|v| v.to_le_bytes()).collect()
@@ -129,7 +139,8 @@ fn encode_parties<'a>(
         vectors.extend(p.scaffold.as_deref());
         metas.push(PartyMeta {
             id: id.to_string(),
-            dp_steps: p.dp_steps,
+            ledger: p.ledger.clone(),
+            dp_steps: 0,
             admm_rho: p.admm.as_ref().map(|a| a.rho),
             scaffold: p.scaffold.is_some(),
         });
@@ -166,11 +177,21 @@ fn decode_parties(
     let mut chunks = all.chunks_exact(len.max(1)).map(<[f32]>::to_vec);
     let mut parties = Vec::with_capacity(metas.len());
     for p in metas {
+        if p.dp_steps > 0 && p.ledger.entries.is_empty() {
+            bail!(
+                "{}: party '{}' has a DP step count ({}) from an older federate, without the sampling rate and \
+                 noise it was taken at, so its privacy spent cannot be accounted; finish that run with the build \
+                 that made it, or start a new one",
+                dir.display(),
+                p.id,
+                p.dp_steps
+            );
+        }
         // Exactly `count` vectors were read, as many as the parties claim.
         let mut next = || chunks.next().unwrap_or_default();
         let admm = p.admm_rho.map(|rho| AdmmState { dual: next(), last: next(), rho });
         let scaffold = p.scaffold.then(next);
-        parties.push((p.id, PartyState { dp_steps: p.dp_steps, admm, scaffold }));
+        parties.push((p.id, PartyState { ledger: p.ledger, admm, scaffold }));
     }
     Ok(parties)
 }
@@ -428,11 +449,19 @@ fn idx_file(dir: &Path, name: &str) -> Result<PathBuf> {
     bail!("{}: no {name} (or {name}.gz)", dir.display())
 }
 
-/// Where a `federate join` party keeps what it needs between rounds (SCAFFOLD's c_k,
-/// ADMM's dual, the DP-SGD steps its accountant has counted): `<dir>/<id>.json` and
-/// `<dir>/<id>.f32`, rewritten atomically after every round it trains. A restarted party
-/// reads them back, so it continues instead of being refused for missing state, and never
-/// restarts its privacy ledger at zero.
+/// Where a `federate join` party keeps what it needs between rounds, rewritten atomically
+/// after every round it trains:
+///
+/// - `<dir>/<id>.ledger.json`: its privacy ledger — every DP release of its data, in any
+///   federation. It is never reset: a party restarted with another seed, model or set of
+///   privacy settings goes on composing onto it, so its ε covers everything its data was
+///   used for.
+/// - `<dir>/<id>.<seed>-<values>.json` (+ `.f32`): the algorithm's state for one federation
+///   (SCAFFOLD's c_k, ADMM's dual). Each federation has its own files, kept apart: joining
+///   another federation neither restores nor overwrites them.
+///
+/// A restarted party reads them back, so it continues instead of being refused for missing
+/// state.
 pub(crate) struct PartyStore {
     dir: PathBuf,
     id: String,
@@ -440,11 +469,11 @@ pub(crate) struct PartyStore {
     num_values: usize,
 }
 
-/// A party's state file.
+/// A party's per-federation state file.
 #[derive(Debug, Serialize, Deserialize)]
 struct PartyFile {
     format: u32,
-    /// The federation's seed: state from another federation is not restored.
+    /// The federation's seed.
     seed: u64,
     num_values: usize,
     party: PartyMeta,
@@ -452,67 +481,115 @@ struct PartyFile {
     vectors_file: Option<String>,
 }
 
+/// A party's ledger file.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LedgerFile {
+    format: u32,
+    id: String,
+    ledger: Ledger,
+}
+
+/// Largest party metadata or ledger file read (a ledger merges identical rounds, so it
+/// holds one entry per change of settings).
+const MAX_PARTY_FILE: u64 = 16 << 20;
+
 impl PartyStore {
     pub(crate) fn new(dir: &Path, id: &str, seed: u64, num_values: usize) -> Self {
         PartyStore { dir: dir.to_path_buf(), id: id.to_string(), seed, num_values }
     }
 
-    fn meta_path(&self) -> PathBuf {
-        self.dir.join(format!("{}.json", self.id))
+    fn stem(&self) -> String {
+        format!("{}.{}-{}", self.id, self.seed, self.num_values)
     }
 
-    /// Saves `state` (the vectors first, then the file naming them).
+    fn meta_path(&self) -> PathBuf {
+        self.dir.join(format!("{}.json", self.stem()))
+    }
+
+    fn ledger_path(&self) -> PathBuf {
+        self.dir.join(format!("{}.ledger.json", self.id))
+    }
+
+    /// Saves `state`: the ledger first (so a crash can only over-count), then the vectors,
+    /// then the file naming them.
     pub(crate) fn save(&self, state: &PartyState) -> Result<()> {
         std::fs::create_dir_all(&self.dir).with_context(|| format!("party state directory {}", self.dir.display()))?;
+        let ledger = LedgerFile { format: 1, id: self.id.clone(), ledger: state.ledger.clone() };
+        atomic_write(&self.ledger_path(), &serde_json::to_vec_pretty(&ledger)?)?;
         let (mut metas, vectors) = encode_parties([(self.id.as_str(), state)]);
-        let vectors_file = write_vectors(&self.dir, format!("{}.f32", self.id), &vectors, self.num_values)?;
-        let Some(party) = metas.pop() else { bail!("no party state to save") };
-        let file = PartyFile { format: 1, seed: self.seed, num_values: self.num_values, party, vectors_file };
+        let vectors_file = write_vectors(&self.dir, format!("{}.f32", self.stem()), &vectors, self.num_values)?;
+        let Some(mut party) = metas.pop() else { bail!("no party state to save") };
+        // The ledger lives in its own file, across federations.
+        party.ledger = Ledger::new();
+        let file = PartyFile { format: 2, seed: self.seed, num_values: self.num_values, party, vectors_file };
         atomic_write(&self.meta_path(), &serde_json::to_vec_pretty(&file)?)
     }
 
-    /// The state saved by an earlier run of this party in this federation, if any. A file
-    /// from another federation (other seed or model) is ignored; one that cannot be read is
-    /// an error, never a silent fresh start.
-    pub(crate) fn load(&self) -> Result<Option<PartyState>> {
-        let path = self.meta_path();
-        let size = match std::fs::metadata(&path) {
+    /// Reads `path` as text if it exists and is of a sane size.
+    fn read_small(path: &Path) -> Result<Option<String>> {
+        let size = match std::fs::metadata(path) {
             Ok(m) => m.len(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
-        // A party state file is a few hundred bytes; refuse to load anything far larger.
-        if size > 1 << 20 {
+        if size > MAX_PARTY_FILE {
             bail!(
-                "{}: {size} bytes is not a party state file; delete it to start this party afresh, or fix --state-dir",
+                "{}: {size} bytes is not a party state file; move it away to start this party afresh, or fix \
+                 --state-dir",
                 path.display()
             );
         }
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        let bad = |why: String| {
+        Ok(Some(std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?))
+    }
+
+    /// The state saved by earlier runs of this party: its ledger (whatever federation it
+    /// was spent in) and this federation's algorithm state. A file that cannot be read is an
+    /// error, never a silent fresh start.
+    pub(crate) fn load(&self) -> Result<Option<PartyState>> {
+        let bad = |path: &Path, why: String| {
             anyhow::anyhow!(
                 "{}: {why}; this party's saved state (its privacy ledger, control variate or dual) cannot be \
-                 restored. Delete the file to start this party afresh, or fix --state-dir",
+                 restored. Move the file away to start this party afresh (its privacy spent is then no longer \
+                 counted), or fix --state-dir",
                 path.display()
             )
         };
-        let file: PartyFile = serde_json::from_str(&text).map_err(|e| bad(format!("not a party state file ({e})")))?;
-        if file.format != 1 {
-            return Err(bad(format!("format {} is not supported by this build", file.format)));
+        let mut state = PartyState::default();
+        let mut found = false;
+        let lpath = self.ledger_path();
+        if let Some(text) = Self::read_small(&lpath)? {
+            let file: LedgerFile =
+                serde_json::from_str(&text).map_err(|e| bad(&lpath, format!("not a ledger file ({e})")))?;
+            if file.format != 1 || file.id != self.id {
+                return Err(bad(&lpath, format!("format {} of party '{}' is not this party's", file.format, file.id)));
+            }
+            for e in &file.ledger.entries {
+                e.check().map_err(|err| bad(&lpath, format!("an entry cannot be accounted ({err})")))?;
+            }
+            state.ledger = file.ledger;
+            found = true;
         }
-        if file.party.id != self.id {
-            return Err(bad(format!("it belongs to party '{}'", file.party.id)));
+        let path = self.meta_path();
+        if let Some(text) = Self::read_small(&path)? {
+            let file: PartyFile =
+                serde_json::from_str(&text).map_err(|e| bad(&path, format!("not a party state file ({e})")))?;
+            if file.format != 2 {
+                return Err(bad(&path, format!("format {} is not supported by this build", file.format)));
+            }
+            if file.party.id != self.id || file.seed != self.seed || file.num_values != self.num_values {
+                return Err(bad(&path, format!("it belongs to party '{}' of another federation", file.party.id)));
+            }
+            let mut parties =
+                decode_parties(&self.dir, vec![file.party], file.vectors_file.as_deref(), self.num_values)
+                    .map_err(|e| bad(&path, e.to_string()))?;
+            if let Some((_, s)) = parties.pop() {
+                state.admm = s.admm;
+                state.scaffold = s.scaffold;
+            }
+            found = true;
         }
-        if file.seed != self.seed || file.num_values != self.num_values {
-            println!(
-                "{}: saved state is from another federation (seed {}, {} values); starting afresh",
-                self.id, file.seed, file.num_values
-            );
-            return Ok(None);
-        }
-        let mut parties = decode_parties(&self.dir, vec![file.party], file.vectors_file.as_deref(), self.num_values)
-            .map_err(|e| bad(e.to_string()))?;
-        Ok(parties.pop().map(|(_, s)| s))
+        Ok(found.then_some(state))
     }
 }
 
@@ -530,9 +607,11 @@ impl<C: Client> Persisted<C> {
     pub(crate) fn new(mut inner: C, store: PartyStore) -> Result<Self> {
         if let Some(state) = store.load()? {
             println!(
-                "{}: restored its saved state (DP-SGD steps {}, ADMM dual {}, SCAFFOLD control variate {})",
+                "{}: restored its saved state (privacy ledger: {} DP steps in {} entries, ADMM dual {}, SCAFFOLD \
+                 control variate {})",
                 store.id,
-                state.dp_steps,
+                state.ledger.steps(),
+                state.ledger.entries.len(),
                 if state.admm.is_some() { "yes" } else { "no" },
                 if state.scaffold.is_some() { "yes" } else { "no" }
             );
@@ -618,7 +697,9 @@ pub fn join(
     println!("federate join: {id} with {} training and {} test examples → {server}", train.len(), test.len());
     // A party's own DP randomness: secure unless its config asks for seeded noise.
     let noise = cfg.privacy.noise.unwrap_or(crate::config::NoiseName::Secure);
-    let client = LocalClient::new(learner, train, test).with_noise_source(noise.source());
+    // What this party agreed to in its own config: a server asking for less is refused.
+    let floor = sim::privacy_floor(cfg, train.len());
+    let client = LocalClient::new(learner, train, test).with_noise_source(noise.source()).with_privacy_floor(floor);
     let client = Persisted::new(client, PartyStore::new(state_dir, id, cfg.seed, layout.len()))?;
     let sv = &cfg.server;
     let opts = PartyOptions {
@@ -680,28 +761,49 @@ mod tests {
         assert!(e.contains("strategy-00006.f32"), "{e}");
     }
 
+    fn ledger(steps: u64) -> Ledger {
+        let e = federate_privacy::Entry {
+            noise: federate_privacy::Noise::Gaussian { sigma: 1.0 },
+            draw: federate_privacy::Draw::Poisson,
+            q: 0.01,
+            steps,
+        };
+        Ledger { entries: vec![e] }
+    }
+
     #[test]
     fn a_party_store_keeps_state_for_its_own_federation_only() {
         let dir = tempfile::tempdir().unwrap();
         let store = PartyStore::new(dir.path(), "party-2", 7, 2);
         assert_eq!(store.load().unwrap(), None);
         let state = PartyState {
-            dp_steps: 40,
+            ledger: ledger(40),
             admm: Some(AdmmState { dual: vec![0.25, -1.0], last: vec![3.0, 4.0], rho: 0.2 }),
             scaffold: None,
         };
         store.save(&state).unwrap();
         assert_eq!(store.load().unwrap(), Some(state.clone()));
-        // Another federation's state (other seed, other model) is not restored.
-        assert_eq!(PartyStore::new(dir.path(), "party-2", 8, 2).load().unwrap(), None);
-        assert_eq!(PartyStore::new(dir.path(), "party-2", 7, 3).load().unwrap(), None);
+        // Another federation (other seed, other model) gets the ledger, never the algorithm
+        // state; its own state is kept apart and does not replace this one's.
+        let other = PartyStore::new(dir.path(), "party-2", 8, 2);
+        let mut there = other.load().unwrap().unwrap();
+        assert_eq!((there.ledger.clone(), there.admm.clone()), (ledger(40), None));
+        there.ledger.record(ledger(5).entries[0]).unwrap();
+        there.scaffold = Some(vec![1.0, 1.0]);
+        other.save(&there).unwrap();
+        let back = store.load().unwrap().unwrap();
+        assert_eq!((back.ledger, back.admm), (ledger(45), state.admm.clone()));
+        assert_eq!(PartyStore::new(dir.path(), "party-2", 7, 3).load().unwrap().unwrap().ledger, ledger(45));
         // A damaged file is an error that names it and the way out, not a fresh start.
-        std::fs::write(dir.path().join("party-2.f32"), [0u8; 6]).unwrap();
+        std::fs::write(dir.path().join("party-2.7-2.f32"), [0u8; 6]).unwrap();
         let e = format!("{:#}", store.load().unwrap_err());
-        assert!(e.contains("party-2") && e.contains("Delete the file"), "{e}");
-        std::fs::write(dir.path().join("party-2.json"), "{").unwrap();
+        assert!(e.contains("party-2") && e.contains("Move the file away"), "{e}");
+        std::fs::write(dir.path().join("party-2.7-2.json"), "{").unwrap();
         let e = format!("{:#}", store.load().unwrap_err());
-        assert!(e.contains("party-2.json") && e.contains("not a party state file"), "{e}");
+        assert!(e.contains("party-2.7-2.json") && e.contains("not a party state file"), "{e}");
+        std::fs::write(dir.path().join("party-2.ledger.json"), "[]").unwrap();
+        let e = format!("{:#}", other.load().unwrap_err());
+        assert!(e.contains("party-2.ledger.json") && e.contains("not a ledger file"), "{e}");
     }
 
     #[test]
@@ -710,11 +812,11 @@ mod tests {
         let layout = Arc::new(Layout::new(vec![TensorSpec { name: "w".into(), shape: vec![2], offset: 0 }]));
         let global = Parameters::new(vec![1.0, 2.0], layout).unwrap();
         let parties = vec![
-            ("a".to_string(), PartyState { dp_steps: 12, ..Default::default() }),
+            ("a".to_string(), PartyState { ledger: ledger(12), ..Default::default() }),
             (
                 "b".to_string(),
                 PartyState {
-                    dp_steps: 3,
+                    ledger: ledger(3),
                     admm: Some(AdmmState { dual: vec![0.5, -0.5], last: vec![1.5, 2.5], rho: 0.1 }),
                     scaffold: None,
                 },

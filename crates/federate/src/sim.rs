@@ -129,6 +129,16 @@ pub fn local_training(cfg: &Config) -> LocalTraining {
     }
 }
 
+/// What a party built from `cfg` agrees to (its privacy floor): the config's DP-SGD settings
+/// and the sampling rate they give a party of `n` examples.
+pub fn privacy_floor(cfg: &Config, n: usize) -> federate_core::PrivacyFloor {
+    let own = cfg.privacy.dp_sgd();
+    let rate = own.map(|dp| {
+        if cfg.strategy.name == "fedsgd" && cfg.strategy.full_batch { 1.0 } else { dp.rate(n, cfg.train.batch_size) }
+    });
+    federate_core::PrivacyFloor::new(own, rate)
+}
+
 /// The server's strategy from the config: FedAvg, or DP-FedAvg when client-level DP is on
 /// (its central noise from `noise`).
 pub fn build_strategy(cfg: &Config, noise: federate_core::NoiseSource) -> Result<Box<dyn federate_core::Strategy>> {
@@ -226,7 +236,9 @@ pub fn simulate(
     let mut clients: Vec<Box<dyn ClientProxy>> = Vec::with_capacity(parties.len());
     for p in &parties {
         let learner = NnLearner::new(spec.clone(), batch, threads)?;
-        let mut client = LocalClient::new(learner, p.train.clone(), p.test.clone()).with_noise_source(noise);
+        let mut client = LocalClient::new(learner, p.train.clone(), p.test.clone())
+            .with_noise_source(noise)
+            .with_privacy_floor(privacy_floor(cfg, p.train.len()));
         if let Some(f) = &on_epoch {
             let (f, id) = (f.clone(), p.id.clone());
             client = client.with_epoch_hook(Arc::new(move |round, done, all| f(&id, round, done, all)));

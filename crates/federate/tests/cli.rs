@@ -484,7 +484,7 @@ fn client_level_dp_records_the_client_epsilon() {
             "data.train_per_party=100",
             "data.test_per_party=50",
             "strategy.fraction_fit=0.5",
-            "client_privacy.mode=distributed",
+            "client_privacy.mode=central",
             "client_privacy.noise_multiplier=0.8",
             "client_privacy.adaptive=true",
             "client_privacy.count_noise=0.5",
@@ -497,6 +497,10 @@ fn client_level_dp_records_the_client_epsilon() {
     // Adaptive clipping: the clip norm moved from its initial 1.0.
     assert_eq!(rounds[0]["strategy"]["clip_norm"].as_f64().unwrap(), 1.0);
     assert_ne!(rounds[1]["strategy"]["clip_norm"].as_f64().unwrap(), 1.0);
+    // Distributed noise without secure aggregation is refused with the reason and the fix.
+    let o = small_mlp_run(out.path(), "1", &["client_privacy.mode=distributed"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("secure aggregation") && err.contains("\"central\""), "{err}");
     // count_noise below z/2 is refused with the fix named.
     let o = small_mlp_run(
         out.path(),
