@@ -28,8 +28,8 @@ pub use learner::{Learner, NnLearner};
 pub use params::{Layout, Parameters, TensorSpec};
 pub use robust::Aggregator;
 pub use server::{
-    CentralEval, CentralEvaluator, ClientEval, ClientFit, Event, Failure, Parties, RoundRecord, Server, ServerConfig,
-    ServerError,
+    CentralEval, CentralEvaluator, ClientEval, ClientFit, Event, Failure, Parties, PartySampling, RoundRecord, Server,
+    ServerConfig, ServerError,
 };
 pub use strategy::{
     FedAvg, Rejection, Strategy, StrategyError, StrategyState, sample_clients, weighted_average, weighted_evaluation,

@@ -19,6 +19,28 @@ pub struct ServerConfig {
     pub rounds: u32,
     /// The run's seed; every random stream derives from it.
     pub seed: u64,
+    /// Where the choice of which parties train each round comes from.
+    pub sampling: PartySampling,
+}
+
+impl ServerConfig {
+    /// `rounds` rounds under `seed`, parties sampled from the seed (a simulation).
+    pub fn new(rounds: u32, seed: u64) -> Self {
+        ServerConfig { rounds, seed, sampling: PartySampling::Seeded }
+    }
+}
+
+/// Where the round's choice of parties comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PartySampling {
+    /// From the run's seed: a simulation reruns bit for bit, but whoever knows the seed knows
+    /// who took part each round.
+    #[default]
+    Seeded,
+    /// From the operating system's randomness: who takes part cannot be predicted, so
+    /// client-level DP's amplification by sampling holds (deployments).
+    Os,
 }
 
 /// Why the loop could not run.
@@ -126,6 +148,9 @@ pub struct RoundRecord {
     /// The strategy's own numbers (client-level ε, clip norm, …).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub strategy: BTreeMap<String, f64>,
+    /// Where this round's choice of parties came from.
+    #[serde(default)]
+    pub party_sampling: PartySampling,
 }
 
 /// Progress notifications from the loop.
@@ -349,8 +374,10 @@ impl Server {
     ) -> (RoundRecord, bool) {
         let start = Instant::now();
         let n = self.clients.len();
-        let mut rng = seed::stream(cfg.seed, "client-sampling", &[round as u64]);
-        let tasks = self.strategy.configure_fit(round, n, cfg.seed, &mut rng);
+        let (tasks, sampling_error) = match party_rng(cfg, round) {
+            Ok(mut rng) => (self.strategy.configure_fit(round, n, cfg.seed, &mut rng), None),
+            Err(e) => (Vec::new(), Some(e)),
+        };
         observer(Event::RoundStarted { round, parties: tasks.len() });
         let mut replies: Vec<(usize, FitReply)> = Vec::with_capacity(tasks.len());
         let mut fit = Vec::new();
@@ -392,7 +419,7 @@ impl Server {
             Err(e) if all_spent => {
                 (false, Some(format!("every party has spent its privacy budget; the run stops ({e})")))
             }
-            Err(e) => (false, Some(e.to_string())),
+            Err(e) => (false, Some(sampling_error.unwrap_or_else(|| e.to_string()))),
         };
         let trained: usize = fit.iter().map(|f| f.num_examples).sum();
         let train_loss = (trained > 0)
@@ -438,7 +465,18 @@ impl Server {
             evaluate_seconds: t_eval.elapsed().as_secs_f64(),
             seconds: start.elapsed().as_secs_f64(),
             strategy: self.strategy.metrics(),
+            party_sampling: cfg.sampling,
         };
         (record, all_spent)
+    }
+}
+
+/// The generator that picks the round's parties.
+fn party_rng(cfg: &ServerConfig, round: u32) -> Result<rand_chacha::ChaCha8Rng, String> {
+    use rand::SeedableRng;
+    match cfg.sampling {
+        PartySampling::Seeded => Ok(seed::stream(cfg.seed, "client-sampling", &[round as u64])),
+        PartySampling::Os => rand_chacha::ChaCha8Rng::try_from_rng(&mut rand::rngs::SysRng)
+            .map_err(|e| format!("the operating system's random source failed, so no parties were sampled: {e}")),
     }
 }

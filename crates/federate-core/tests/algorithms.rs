@@ -55,7 +55,7 @@ fn initial() -> Parameters {
 }
 
 fn run(s: &mut Server, rounds: u32) -> Parameters {
-    s.run(initial(), &ServerConfig { rounds, seed: 3 }, &mut |_| {}).unwrap().0
+    s.run(initial(), &ServerConfig::new(rounds, 3), &mut |_| {}).unwrap().0
 }
 
 fn pooled(data: &[Dataset]) -> Dataset {
@@ -222,7 +222,7 @@ fn server_optimisers_follow_their_update_rules() {
             Box::new(FedOpt::new(base(1, 1, 0.1, 0.0), cfg).unwrap()),
             vec![Box::new(InProcess::new("p", Plus))],
         );
-        s.run(zero.clone(), &ServerConfig { rounds, seed: 1 }, &mut |_| {}).unwrap().0.values[0] as f64
+        s.run(zero.clone(), &ServerConfig::new(rounds, 1), &mut |_| {}).unwrap().0.values[0] as f64
     };
     // FedAvgM: v = 1, 1.9, 2.71 → θ = 0.5·(1 + 1.9 + 2.71) = 2.805.
     assert!((after(ServerOptimizer::Momentum, 3) - 2.805).abs() < 1e-5);

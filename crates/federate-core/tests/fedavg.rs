@@ -90,7 +90,7 @@ fn a_failing_party_is_recorded_and_the_round_completes() {
     let mut server = Server::new(Box::new(fedavg()), clients);
     let init = Parameters::new(vec![0.0; 3], layout(3)).unwrap();
     let mut events = 0;
-    let (p, records) = server.run(init, &ServerConfig { rounds: 2, seed: 1 }, &mut |_| events += 1).unwrap();
+    let (p, records) = server.run(init, &ServerConfig::new(2, 1), &mut |_| events += 1).unwrap();
     assert_eq!(records.len(), 2);
     // Round 1: (1·1 + 2·4) / 3 = 3; round 2: only "a" answers.
     assert_eq!(records[0].fit.len(), 2);
@@ -100,4 +100,32 @@ fn a_failing_party_is_recorded_and_the_round_completes() {
     assert_eq!(p.values, vec![1.0; 3]);
     assert!(records[1].accuracy.is_some());
     assert!(events >= 2 * 4);
+}
+
+#[test]
+fn deployments_sample_parties_from_the_os_and_simulations_from_the_seed() {
+    // 10 parties, 3 a round, 4 rounds: the parties chosen, round by round.
+    let chosen = |sampling: PartySampling| {
+        let clients: Vec<Box<dyn ClientProxy>> = (0..10)
+            .map(|i| {
+                Box::new(InProcess::new(format!("p{i}"), Fixed { target: i as f32, n: 1, fail_round: None }))
+                    as Box<dyn ClientProxy>
+            })
+            .collect();
+        let s = FedAvg { fraction_fit: 0.3, ..fedavg() };
+        let mut server = Server::new(Box::new(s), clients);
+        let init = Parameters::new(vec![0.0; 1], layout(1)).unwrap();
+        let cfg = ServerConfig { sampling, ..ServerConfig::new(4, 9) };
+        let (_, records) = server.run(init, &cfg, &mut |_| {}).unwrap();
+        assert!(records.iter().all(|r| r.party_sampling == sampling && r.fit.len() == 3));
+        let line = serde_json::to_string(&records[0]).unwrap();
+        let want =
+            if sampling == PartySampling::Os { "\"party_sampling\":\"os\"" } else { "\"party_sampling\":\"seeded\"" };
+        assert!(line.contains(want), "{line}");
+        records.iter().map(|r| r.fit.iter().map(|f| f.id.clone()).collect::<Vec<_>>()).collect::<Vec<_>>()
+    };
+    // The seed fixes who takes part; the OS does not repeat itself (two equal draws of four
+    // rounds of 3 out of 10 have probability 120⁻⁴).
+    assert_eq!(chosen(PartySampling::Seeded), chosen(PartySampling::Seeded));
+    assert_ne!(chosen(PartySampling::Os), chosen(PartySampling::Os));
 }

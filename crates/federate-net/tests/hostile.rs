@@ -131,7 +131,7 @@ fn bad_updates_are_refused_and_the_honest_party_is_served() {
     let layout = Arc::new(Layout::new(vec![TensorSpec { name: "w".into(), shape: vec![N], offset: 0 }]));
     let init = Parameters::new(vec![0.5; N], layout).unwrap();
     let mut server = Server::new(Box::new(strategy), clients);
-    let (global, records) = server.run(init, &ServerConfig { rounds: 1, seed: 1 }, &mut |_| {}).unwrap();
+    let (global, records) = server.run(init, &ServerConfig::new(1, 1), &mut |_| {}).unwrap();
     let r = &records[0];
     assert!(r.aggregated);
     assert_eq!(r.fit.iter().map(|f| f.id.as_str()).collect::<Vec<_>>(), vec!["honest"], "{r:?}");

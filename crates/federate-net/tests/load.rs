@@ -98,7 +98,7 @@ fn two_hundred_parties_complete_three_rounds() {
     let init = NnLearner::new(spec(), 1, 1).unwrap().init(1);
     let init = Parameters::new(init, Arc::clone(&layout)).unwrap();
     let mut server = Server::new(Box::new(strategy), clients);
-    let (_, records) = server.run(init, &ServerConfig { rounds: 3, seed: 1 }, &mut |_| {}).unwrap();
+    let (_, records) = server.run(init, &ServerConfig::new(3, 1), &mut |_| {}).unwrap();
     rt.block_on(hub.shutdown("done"));
     for r in &records {
         assert_eq!(r.fit.len(), PARTIES, "round {}: {:?}", r.round, r.failures);
@@ -133,15 +133,13 @@ fn scaffold_and_admm_over_the_network_equal_the_simulation() {
         // In process.
         let local: Vec<Box<dyn ClientProxy>> =
             (0..N).map(|i| Box::new(InProcess::new(format!("party-{}", i + 1), client(i))) as _).collect();
-        let (want, _) = Server::new(strategies(name), local)
-            .run(init.clone(), &ServerConfig { rounds: 4, seed: 2 }, &mut |_| {})
-            .unwrap();
+        let (want, _) =
+            Server::new(strategies(name), local).run(init.clone(), &ServerConfig::new(4, 2), &mut |_| {}).unwrap();
         // Over loopback, in chunks of 64 bytes with zstd.
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let (hub, remote) = federation(&rt, &layout, (0..N).map(client).collect(), 64, true);
-        let (got, records) = Server::new(strategies(name), remote)
-            .run(init.clone(), &ServerConfig { rounds: 4, seed: 2 }, &mut |_| {})
-            .unwrap();
+        let (got, records) =
+            Server::new(strategies(name), remote).run(init.clone(), &ServerConfig::new(4, 2), &mut |_| {}).unwrap();
         rt.block_on(hub.shutdown("done"));
         assert!(records.iter().all(|r| r.failures.is_empty()), "{name}: {:?}", records.last().map(|r| &r.failures));
         assert_eq!(got.values, want.values, "{name}: network and in-process runs differ");

@@ -164,7 +164,7 @@ pub fn net(cfg: &crate::config::Config, zstd: bool) -> Result<(Vec<NetRound>, u6
         .ok_or_else(|| anyhow::anyhow!("layout"))?;
     let mut server = Server::new(Box::new(strategy), clients);
     let mut rows = Vec::new();
-    server.run(init, &ServerConfig { rounds: cfg.rounds, seed: cfg.seed }, &mut |e| {
+    server.run(init, &ServerConfig::new(cfg.rounds, cfg.seed), &mut |e| {
         if let Event::RoundFinished { record, .. } = e {
             rows.push(NetRound {
                 round: record.round,

@@ -413,7 +413,10 @@ pub fn serve(cfg: &Config, out: &Path, resume: bool, insecure: bool) -> Result<(
             );
         }
     };
-    let cfg_server = ServerConfig { rounds: cfg.rounds, seed: cfg.seed };
+    // Who trains each round comes from the OS, not the seed: a party's participation must
+    // not be predictable by whoever knows the config (client-level DP's amplification).
+    let cfg_server =
+        ServerConfig { sampling: federate_core::PartySampling::Os, ..ServerConfig::new(cfg.rounds, cfg.seed) };
     let result = server.resume(global, completed, &cfg_server, &mut observer);
     rt.block_on(hub.shutdown("the federation is complete"));
     std::thread::sleep(Duration::from_millis(300));

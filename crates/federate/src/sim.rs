@@ -280,7 +280,7 @@ pub fn simulate(
         }));
     }
     let (global, new_records) =
-        server.resume(initial, completed, &ServerConfig { rounds: cfg.rounds, seed: cfg.seed }, observer)?;
+        server.resume(initial, completed, &ServerConfig::new(cfg.rounds, cfg.seed), observer)?;
     records.extend(new_records);
 
     let mut results = Vec::with_capacity(parties.len());
