@@ -731,27 +731,60 @@ fn privacy(what: PrivacyCommand) -> Result<()> {
                 "{noise} accountant={} sampling={sampling} sampling_rate={q} steps={steps} delta={delta}",
                 name(accountant)
             );
-            println!("epsilon={eps:.6}");
+            println!("epsilon={}", up6(eps));
         }
         PrivacyCommand::Noise { target_epsilon, sampling_rate: q, steps, delta, mechanism, accountant } => {
             let acc: Accountant = accountant.into();
             match mechanism {
                 MechanismArg::Gaussian => {
                     let sigma = federate_privacy::noise_multiplier_for_epsilon(acc, target_epsilon, q, steps, delta)?;
-                    let eps = federate_privacy::epsilon(acc, q, sigma, steps, delta)?;
-                    println!("epsilon={eps:.6} at noise_multiplier={sigma:.4} ({})", name(accountant));
-                    println!("noise_multiplier={sigma:.4}");
+                    let eps = |s: f64| federate_privacy::epsilon(acc, q, s, steps, delta);
+                    // σ printed rounded up, so the printed value is on the safe side.
+                    let (sigma, text) = safe_decimal(sigma, true, |s| Ok(eps(s)? <= target_epsilon))?;
+                    println!("epsilon={} at noise_multiplier={text} ({})", up6(eps(sigma)?), name(accountant));
+                    println!("noise_multiplier={text}");
                 }
                 MechanismArg::Laplace => {
                     let e0 = laplace::epsilon_per_step_for_epsilon(acc, target_epsilon, q, steps, delta)?;
-                    let eps = laplace::epsilon(acc, q, e0, steps, delta)?;
-                    println!("epsilon={eps:.6} at epsilon_per_step={e0:.4} ({})", name(accountant));
-                    println!("epsilon_per_step={e0:.4}");
+                    let eps = |e: f64| laplace::epsilon(acc, q, e, steps, delta);
+                    // ε₀ printed rounded down, so the printed value is on the safe side.
+                    let (e0, text) = safe_decimal(e0, false, |e| Ok(eps(e)? <= target_epsilon))?;
+                    println!("epsilon={} at epsilon_per_step={text} ({})", up6(eps(e0)?), name(accountant));
+                    println!("epsilon_per_step={text}");
                 }
             }
         }
     }
     Ok(())
+}
+
+/// `x` written with 6 decimals, rounded up (a printed ε is never below the computed one).
+fn up6(x: f64) -> String {
+    let mut v = (x * 1e6).ceil() / 1e6;
+    let mut text = format!("{v:.6}");
+    while text.parse::<f64>().is_ok_and(|p| p < x) {
+        v += 1e-6;
+        text = format!("{v:.6}");
+    }
+    text
+}
+
+/// The shortest decimal (4 to 12 places) for the calibrated `x`, rounded up (`up`) or down,
+/// whose parsed value still satisfies `ok`; `x`'s exact shortest form if none does. What is
+/// printed is then safe to copy into a config.
+fn safe_decimal(x: f64, up: bool, ok: impl Fn(f64) -> Result<bool>) -> Result<(f64, String)> {
+    for places in 4..=12usize {
+        let scale = 10f64.powi(places as i32);
+        let v = if up { (x * scale).ceil() / scale } else { (x * scale).floor() / scale };
+        let text = format!("{v:.places$}");
+        if let Ok(parsed) = text.parse::<f64>()
+            && parsed > 0.0
+            && ok(parsed)?
+        {
+            return Ok((parsed, text));
+        }
+    }
+    Ok((x, format!("{x}")))
 }
 
 fn fetch(dataset: &str, data_dir: Option<PathBuf>, cache_dir: Option<PathBuf>) -> Result<()> {

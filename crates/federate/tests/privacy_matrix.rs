@@ -156,3 +156,51 @@ fn fedsgd_full_batch_refuses_a_sampling_rate() {
         "{err}"
     );
 }
+
+/// The last `key=value` line's value, as printed.
+fn printed(o: &Output, key: &str) -> String {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s = String::from_utf8_lossy(&o.stdout);
+    s.lines().find_map(|l| l.strip_prefix(&format!("{key}="))).unwrap_or_else(|| panic!("{s}")).to_string()
+}
+
+#[test]
+fn privacy_noise_prints_values_on_the_safe_side() {
+    // 500 random targets (SplitMix64, fixed seed): ε at the printed σ (or ε₀), computed
+    // afresh by `privacy epsilon`, never exceeds the target.
+    let mut state = 0x5eed_u64;
+    let mut uniform = || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) as f64 / u64::MAX as f64
+    };
+    // The case of the report: nearest rounding printed σ = 0.5771, whose ε is 9.812373.
+    let mut cases = vec![("gaussian", 9.81, 0.01, 1000u64)];
+    for i in 0..500 {
+        let target = 0.5 * 40f64.powf(uniform()); // 0.5 … 20
+        let q = 0.001 * 100f64.powf(uniform()); // 0.001 … 0.1
+        let steps = (10.0 * 200f64.powf(uniform())) as u64; // 10 … 2000
+        cases.push((if i % 5 == 4 { "laplace" } else { "gaussian" }, target, q, steps));
+    }
+    let mut checked = 0;
+    for (mech, target, q, steps) in cases {
+        let (t, q_s, s) = (target.to_string(), q.to_string(), steps.to_string());
+        let common = ["--sampling-rate", q_s.as_str(), "--steps", s.as_str(), "--delta", "1e-5", "--mechanism", mech];
+        let o = federate(&[&["privacy", "noise", "--target-epsilon", &t], &common[..]].concat());
+        if !o.status.success() {
+            // Unreachable targets are refused with the reason; nothing is printed to copy.
+            assert!(String::from_utf8_lossy(&o.stderr).contains("cannot be reached"), "{o:?}");
+            continue;
+        }
+        let key = if mech == "laplace" { "epsilon_per_step" } else { "noise_multiplier" };
+        let value = printed(&o, key);
+        let flag = if mech == "laplace" { "--epsilon-per-step" } else { "--noise-multiplier" };
+        let e = federate(&[&["privacy", "epsilon", flag, &value], &common[..]].concat());
+        let eps: f64 = printed(&e, "epsilon").parse().unwrap();
+        assert!(eps <= target, "{mech} target {target}, q {q}, {steps} steps: printed {value} gives ε = {eps}");
+        checked += 1;
+    }
+    assert!(checked > 450, "only {checked} targets were reachable");
+}
