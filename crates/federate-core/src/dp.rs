@@ -10,8 +10,10 @@
 //! on a grid: the clipped sum s is rounded to γℤᵈ, integer noise from
 //! `federate_privacy::sample` is added, and the result scaled back by γ. The grid is fine
 //! enough (γ = 10⁻³·C/√d for L2, 10⁻³·C/d for L1) that rounding moves a neighbour's sum by
-//! at most 0.1 % of C more, and the noise scale is raised by that 0.1 % so that the
-//! configured σ (or ε₀) holds against the rounded sensitivity: the accounting is unchanged.
+//! at most 0.1 % of C more; a further 0.1 % of C is allowed for floating-point error in the
+//! clipped sum, and the noise scale is raised by both so that the configured σ (or ε₀)
+//! holds against the sensitivity with rounding and summation error: the accounting is
+//! unchanged. A noise too large for 64-bit grid integers is an error, never saturated.
 //! Released values are functions of exactly distributed integers, so the low-bit leaks of
 //! floating-point samplers (Mironov 2012) do not apply.
 
@@ -310,6 +312,12 @@ const NOISE_CHUNK: usize = 1 << 16;
 /// neighbour's sum.
 const GRID_SLACK: f64 = 1e-3;
 
+/// The fraction of the clipping norm allowed for floating-point error in the clipped sum
+/// (per-example scaling and the f32 sum inside a piece of at most `batch_size` examples;
+/// pieces are added in f64). docs/privacy.md states when this is a worst-case bound and when
+/// an estimate.
+const SUM_SLACK: f64 = 1e-3;
+
 /// DP-SGD epochs: each step samples a batch (Poisson at rate q, or a fixed-size sample),
 /// sums the clipped per-example gradients (in pieces of at most `batch_size`), adds noise
 /// to each coordinate, divides by the expected batch size, and takes an optimiser step.
@@ -354,6 +362,7 @@ enum Noise {
 /// gathered batch.
 struct StepBuffers {
     sum: Vec<f32>,
+    wide: Vec<f64>,
     part: Vec<f32>,
     norms: Vec<f32>,
     xb: Vec<f32>,
@@ -365,6 +374,7 @@ impl StepBuffers {
     fn new(params: usize, cap: usize, example_len: usize) -> Self {
         StepBuffers {
             sum: vec![0.0; params],
+            wide: vec![0.0; params],
             part: vec![0.0; params],
             norms: vec![0.0; cap],
             xb: vec![0.0; cap * example_len],
@@ -404,7 +414,7 @@ fn private_gradient<R: Rng>(
             Sampling::FixedSize => buf.chosen.extend(rand::seq::index::sample(rng, n, cap.min(n)).iter()),
         }
     }
-    buf.sum.fill(0.0);
+    buf.wide.fill(0.0);
     let mut stats = federate_nn::BatchStats::default();
     for piece in buf.chosen.chunks(cap) {
         let m = data.gather(piece, &mut buf.xb, &mut buf.yb);
@@ -418,9 +428,12 @@ fn private_gradient<R: Rng>(
             &mut buf.norms[..m],
         )?;
         stats.merge(s);
-        for (a, b) in buf.sum.iter_mut().zip(&buf.part) {
-            *a += b;
+        for (a, b) in buf.wide.iter_mut().zip(&buf.part) {
+            *a += *b as f64;
         }
+    }
+    for (a, w) in buf.sum.iter_mut().zip(&buf.wide) {
+        *a = *w as f32;
     }
     match noise {
         Noise::Seeded(seed) => add_float_noise(&mut buf.sum, dp, seed, step, expected),
@@ -546,39 +559,55 @@ fn exact_noise(
     scale: f64,
     divisor: f64,
 ) -> Result<(), NnError> {
+    let overflow = |what: String| {
+        NnError::BadHyperParameter(format!(
+            "exact noise: {what}; the noise (σ·clip) is too large relative to the grid for 64-bit integers: lower \
+             privacy.noise_multiplier or use privacy.noise = \"seeded\""
+        ))
+    };
     let d = sum.len().max(1) as f64;
-    // Grid step, and the noise in grid units for the sensitivity C(1 + GRID_SLACK).
+    // Grid step, and the noise in grid units for the sensitivity C(1 + GRID_SLACK + SUM_SLACK).
     let gamma = match mechanism {
         Mechanism::Gaussian => GRID_SLACK * sensitivity / d.sqrt(),
         Mechanism::Laplace => GRID_SLACK * sensitivity / d,
     };
-    let units = scale * (1.0 + GRID_SLACK) / gamma;
-    let (sigma2, t) = match mechanism {
-        Mechanism::Gaussian => ((units * units).ceil(), 0.0),
-        Mechanism::Laplace => (0.0, units.ceil()),
+    let units = scale * (1.0 + GRID_SLACK + SUM_SLACK) / gamma;
+    let param = match mechanism {
+        Mechanism::Gaussian => (units * units).ceil(),
+        Mechanism::Laplace => units.ceil(),
     };
+    // Exactly representable and in range, or an error (never a saturated, smaller noise).
+    if !(param.is_finite() && param < u64::MAX as f64) {
+        return Err(overflow(format!("the noise parameter {param:e} in grid units does not fit 64 bits")));
+    }
+    let param = param as u64;
     let seeds: Vec<[u8; 32]> = {
         let mut os = os_rng()?;
         (0..sum.len().div_ceil(NOISE_CHUNK)).map(|_| os.random()).collect()
     };
-    sum.par_chunks_mut(NOISE_CHUNK).zip(seeds).for_each(|(chunk, seed)| {
+    sum.par_chunks_mut(NOISE_CHUNK).zip(seeds).try_for_each(|(chunk, seed)| {
         let mut r = ChaCha20Rng::from_seed(seed);
         for v in chunk.iter_mut() {
-            let k = (*v as f64 / gamma).round() as i64;
+            let g = (*v as f64 / gamma).round();
+            if !(g.abs() < (1u64 << 62) as f64) {
+                return Err(overflow(format!("a clipped sum of {v} is {g:e} grid steps")));
+            }
             let z = match mechanism {
-                Mechanism::Gaussian => discrete_gaussian(&mut r, sigma2 as u64),
-                Mechanism::Laplace => discrete_laplace(&mut r, t as u64),
-            };
-            *v = ((k.saturating_add(z)) as f64 * gamma / divisor) as f32;
+                Mechanism::Gaussian => discrete_gaussian(&mut r, param),
+                Mechanism::Laplace => discrete_laplace(&mut r, param),
+            }
+            .map_err(|e| overflow(e.to_string()))?;
+            let k = (g as i64).checked_add(z).ok_or_else(|| overflow("grid point plus noise passes 2⁶³".into()))?;
+            *v = (k as f64 * gamma / divisor) as f32;
         }
-    });
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Adds Gaussian noise of standard deviation `std` to every value, for a quantity whose L2
 /// sensitivity is `sensitivity`: seeded floating-point noise from `seed`, or (secure) exact
 /// discrete Gaussian noise on the grid γℤᵈ with γ = 10⁻³·sensitivity/√d and the standard
-/// deviation raised by that 0.1 %, as in DP-SGD.
+/// deviation raised by the grid and summation slack (0.2 %), as in DP-SGD.
 pub fn gaussian_noise(
     values: &mut [f32],
     sensitivity: f64,
@@ -636,7 +665,7 @@ mod tests {
         add_exact_noise(&mut sum, &gaussian(1.5), 4.0).unwrap();
         let (mean, sd) = moments(&sum);
         assert!((mean - 0.125).abs() < 0.01, "{mean}");
-        assert!((sd / (1.5 * 2.0 * (1.0 + GRID_SLACK) / 4.0) - 1.0).abs() < 0.01, "{sd}");
+        assert!((sd / (1.5 * 2.0 * (1.0 + GRID_SLACK + SUM_SLACK) / 4.0) - 1.0).abs() < 0.01, "{sd}");
         // Every value is an integer multiple of γ/expected.
         let gamma = GRID_SLACK * 2.0 / (d as f64).sqrt() / 4.0;
         for &v in sum.iter().take(1000) {
