@@ -263,14 +263,14 @@ impl PrivacyFloor {
             ));
         }
         match own.mechanism {
-            Mechanism::Gaussian if !(t.noise_multiplier >= own.noise_multiplier) => {
+            Mechanism::Gaussian if t.noise_multiplier.is_nan() || t.noise_multiplier < own.noise_multiplier => {
                 return Err(format!(
                     "the task's noise multiplier σ = {} is below this party's floor of {}",
                     t.noise_multiplier, own.noise_multiplier
                 ));
             }
             Mechanism::Laplace
-                if !(t.epsilon_per_step.unwrap_or(f64::INFINITY) <= own.epsilon_per_step.unwrap_or(0.0)) =>
+                if t.epsilon_per_step.is_none_or(|e| e.is_nan() || e > own.epsilon_per_step.unwrap_or(0.0)) =>
             {
                 return Err(format!(
                     "the task's ε₀ per step = {:?} is above this party's ceiling of {:?}",
@@ -589,7 +589,7 @@ fn exact_noise(
         let mut r = ChaCha20Rng::from_seed(seed);
         for v in chunk.iter_mut() {
             let g = (*v as f64 / gamma).round();
-            if !(g.abs() < (1u64 << 62) as f64) {
+            if g.is_nan() || g.abs() >= (1u64 << 62) as f64 {
                 return Err(overflow(format!("a clipped sum of {v} is {g:e} grid steps")));
             }
             let z = match mechanism {

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::calibrate::Accountant;
 use crate::error::{PrivacyError, check, check_delta};
-use crate::pld::{Adjacency, DEFAULT_STEP, Pld};
+use crate::pld::{Adjacency, OneStep, Pld, grid_step};
 use crate::{laplace, rdp};
 
 /// The noise of one DP step, relative to the sensitivity of what it protects.
@@ -172,27 +172,30 @@ fn rdp_epsilon(entries: &[Entry], delta: f64) -> Result<f64, PrivacyError> {
     Ok(rdp::epsilon_from_rdp(&orders, &total, delta)?.0)
 }
 
-/// Each entry's PLD composed with itself `steps` times, then all convolved, per direction.
+/// Each entry's PLD composed with itself `steps` times, then all convolved, per direction,
+/// on one grid step chosen for the whole composition.
 fn pld_epsilon(entries: &[Entry], delta: f64) -> Result<f64, PrivacyError> {
+    let one = |e: Entry| {
+        move |adjacency: Adjacency, step: f64| match (e.noise, e.draw) {
+            (Noise::Gaussian { sigma }, Draw::Poisson) => Pld::subsampled_gaussian(e.q, sigma, adjacency, step),
+            (Noise::Laplace { epsilon_per_step }, Draw::Poisson) => {
+                Pld::subsampled_laplace(e.q, 1.0 / epsilon_per_step, adjacency, step)
+            }
+            (_, Draw::FixedSize) => Err(PrivacyError::Unreachable(
+                "fixed-size sampling is accounted by RDP only: use the rdp accountant".into(),
+            )),
+        }
+    };
+    let builders: Vec<_> = entries.iter().map(|&e| one(e)).collect();
+    let parts: Vec<(OneStep<'_>, u64)> =
+        builders.iter().zip(entries).map(|(b, e)| (b as OneStep<'_>, e.steps)).collect();
+    let step = grid_step(&parts)?;
     let mut worst: f64 = 0.0;
     for adjacency in [Adjacency::Remove, Adjacency::Add] {
         let mut planner = rustfft::FftPlanner::new();
         let mut acc: Option<Pld> = None;
-        for e in entries {
-            let one = match (e.noise, e.draw) {
-                (Noise::Gaussian { sigma }, Draw::Poisson) => {
-                    Pld::subsampled_gaussian(e.q, sigma, adjacency, DEFAULT_STEP)?
-                }
-                (Noise::Laplace { epsilon_per_step }, Draw::Poisson) => {
-                    Pld::subsampled_laplace(e.q, 1.0 / epsilon_per_step, adjacency, DEFAULT_STEP)?
-                }
-                (_, Draw::FixedSize) => {
-                    return Err(PrivacyError::Unreachable(
-                        "fixed-size sampling is accounted by RDP only: use the rdp accountant".into(),
-                    ));
-                }
-            };
-            let composed = one.self_compose(e.steps);
+        for (b, e) in builders.iter().zip(entries) {
+            let composed = b(adjacency, step)?.self_compose(e.steps);
             acc = Some(match acc {
                 None => composed,
                 Some(a) => a.compose(&composed, &mut planner),

@@ -41,7 +41,7 @@ pub fn uniform_below<R: Rng + ?Sized>(rng: &mut R, n: u128) -> u128 {
         loop {
             let m = rng.next_u64() as u128 * n as u128;
             if (m as u64) >= threshold {
-                return (m >> 64) as u128;
+                return m >> 64;
             }
         }
     }
