@@ -64,10 +64,10 @@ pub struct ClientFit {
     pub id: String,
     /// Examples it trained on.
     pub num_examples: usize,
-    /// Mean training loss over its batches.
-    pub train_loss: f64,
+    /// Mean training loss over its batches (`None`: not sent, as under DP).
+    pub train_loss: Option<f64>,
     /// Training accuracy over its batches.
-    pub train_accuracy: f64,
+    pub train_accuracy: Option<f64>,
     /// Wall-clock seconds of its fit call, as the server saw it (transfer included).
     pub seconds: f64,
     /// Seconds the party reports it spent training, if it does.
@@ -393,8 +393,8 @@ impl Server {
                     fit.push(ClientFit {
                         id: id.clone(),
                         num_examples: r.num_examples,
-                        train_loss: r.metrics.get("train_loss").copied().unwrap_or(f64::NAN),
-                        train_accuracy: r.metrics.get("train_accuracy").copied().unwrap_or(f64::NAN),
+                        train_loss: r.metrics.get("train_loss").copied(),
+                        train_accuracy: r.metrics.get("train_accuracy").copied(),
                         seconds,
                         train_seconds: r.metrics.get("train_seconds").copied(),
                         epsilon: r.metrics.get("epsilon").copied(),
@@ -421,9 +421,10 @@ impl Server {
             }
             Err(e) => (false, Some(sampling_error.unwrap_or_else(|| e.to_string()))),
         };
-        let trained: usize = fit.iter().map(|f| f.num_examples).sum();
-        let train_loss = (trained > 0)
-            .then(|| fit.iter().map(|f| f.train_loss * f.num_examples as f64).sum::<f64>() / trained as f64);
+        // Over the parties that reported a training loss (DP parties do not).
+        let reported = fit.iter().filter_map(|f| f.train_loss.map(|l| (l, f.num_examples as f64)));
+        let (weighted, trained) = reported.fold((0.0, 0.0), |(s, n), (l, k)| (s + l * k, n + k));
+        let train_loss = (trained > 0.0).then(|| weighted / trained);
 
         let t_eval = Instant::now();
         let mut rng = seed::stream(cfg.seed, "evaluate-sampling", &[round as u64]);

@@ -218,7 +218,11 @@ fn a_scaffold_party_restarted_mid_round_continues_with_its_saved_control_variate
     // restarted process would be refused in round 3 ("party-side state missing").
     let mut f = Fed::new(&SMALL.replace("[strategy]\n", "[strategy]\nname = \"scaffold\"\n"), &[]);
     let s = f.serve_and_kill_party_3_in_round_2();
-    assert!(f.path().join("party-state/party-3.f32").exists(), "party-3 saved no state after round 1");
+    // Its control variate, in this federation's own file (party-3.<seed>-<values>.f32).
+    let saved = std::fs::read_dir(f.path().join("party-state"))
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect::<Vec<_>>())
+        .unwrap_or_default();
+    assert!(saved.iter().any(|n| n.starts_with("party-3.") && n.ends_with(".f32")), "no state saved: {saved:?}");
     let p3 = f.join("party-3", "keys", "join3b.log");
     assert!(f.wait(s, Duration::from_secs(300)), "{}", f.log("serve.log"));
     let r = f.rounds();
