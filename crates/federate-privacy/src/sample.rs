@@ -36,14 +36,16 @@ pub fn uniform_below<R: Rng + ?Sized>(rng: &mut R, n: u128) -> u128 {
     debug_assert!(n > 0);
     if n <= u64::MAX as u128 {
         let n = n as u64;
-        // 2⁶⁴ mod n: the low words below it belong to an incomplete last interval.
-        let threshold = n.wrapping_neg() % n;
-        loop {
-            let m = rng.next_u64() as u128 * n as u128;
-            if (m as u64) >= threshold {
-                return m >> 64;
+        let mut m = rng.next_u64() as u128 * n as u128;
+        // Words whose low part is below 2⁶⁴ mod n belong to an incomplete last interval. That
+        // threshold is below n, so the division is needed only when the low part is.
+        if (m as u64) < n {
+            let threshold = n.wrapping_neg() % n;
+            while (m as u64) < threshold {
+                m = rng.next_u64() as u128 * n as u128;
             }
         }
+        return m >> 64;
     }
     // Accept v < n·⌊2¹²⁸/n⌋ (the largest multiple of n that fits), then v mod n is uniform.
     let zone = u128::MAX - (u128::MAX % n) - 1;
