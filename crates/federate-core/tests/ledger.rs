@@ -119,3 +119,31 @@ fn a_party_refuses_less_privacy_than_its_floor_and_composes_what_it_applied() {
     let s = p.last_summary().unwrap();
     assert!(s.train_loss.is_finite() && s.train_accuracy > 0.0, "the party keeps its own numbers: {s:?}");
 }
+
+#[test]
+fn an_update_dp_party_releases_its_clip_indicator_only_when_noised() {
+    let summary = LocalSummary {
+        train_loss: 0.7,
+        train_accuracy: 0.8,
+        steps: 9,
+        train_seconds: 1.5,
+        clip_indicator: Some(0.5),
+        epsilon: None,
+    };
+    let mut training = task(1, None, 32).training;
+    let sent = |training: &LocalTraining| {
+        let mut m = std::collections::BTreeMap::new();
+        release(training, &summary, &mut m);
+        let mut keys: Vec<String> = m.into_keys().collect();
+        keys.sort();
+        keys
+    };
+    // Without DP everything goes (the indicator only exists under update-level DP).
+    assert_eq!(sent(&training), ["steps", "train_accuracy", "train_loss", "train_seconds"]);
+    // Update-level DP without count noise: the exact bit stays, with the loss and accuracy.
+    training.update_dp = Some(UpdateDp { clip: 1.0, noise_std: 0.1, count_noise_std: 0.0 });
+    assert_eq!(sent(&training), ["steps"]);
+    // With count noise (adaptive clipping) the noised bit is what the server needs.
+    training.update_dp = Some(UpdateDp { clip: 1.0, noise_std: 0.1, count_noise_std: 0.5 });
+    assert_eq!(sent(&training), ["clip_indicator", "steps"]);
+}
