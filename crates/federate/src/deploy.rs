@@ -652,6 +652,35 @@ impl<C: Client> Client for Persisted<C> {
     delegate_to_inner_client!();
 }
 
+/// A `federate join` party that logs, on its own console, what its local training computed
+/// — including what a DP party does not send (exact training loss and accuracy).
+struct LocalLog<L: Learner> {
+    inner: LocalClient<L>,
+    id: String,
+}
+
+impl<L: Learner> Client for LocalLog<L> {
+    fn fit(&mut self, global: &Parameters, task: &FitTask) -> Result<FitReply, ClientError> {
+        let reply = self.inner.fit(global, task);
+        if reply.is_ok()
+            && let Some(s) = self.inner.last_summary()
+        {
+            let eps = s.epsilon.map(|e| format!(", ε spent {e:.4}")).unwrap_or_default();
+            info!(
+                party = %self.id,
+                "round {}: trained locally, {} steps, loss {:.4}, accuracy {:.2} % in {:.1} s (kept on this party){eps}",
+                task.round,
+                s.steps,
+                s.train_loss,
+                100.0 * s.train_accuracy,
+                s.train_seconds
+            );
+        }
+        reply
+    }
+    delegate_to_inner_client!();
+}
+
 /// `federate join`.
 pub fn join(
     cfg: &Config,
@@ -703,6 +732,7 @@ pub fn join(
     // What this party agreed to in its own config: a server asking for less is refused.
     let floor = sim::privacy_floor(cfg, train.len());
     let client = LocalClient::new(learner, train, test).with_noise_source(noise.source()).with_privacy_floor(floor);
+    let client = LocalLog { inner: client, id: id.to_string() };
     let client = Persisted::new(client, PartyStore::new(state_dir, id, cfg.seed, layout.len()))?;
     let sv = &cfg.server;
     let opts = PartyOptions {
