@@ -819,8 +819,15 @@ pub fn validate(c: &Config) -> Result<()> {
         ("heartbeat_s", sv.heartbeat_s),
         ("party_timeout_s", sv.party_timeout_s),
     ] {
-        if !(v > 0.0 && v.is_finite()) {
-            bail!("server.{name} = {v} must be a positive number of seconds");
+        // A week at most: beyond that a timer is a typo, and 1e30 s is no Duration at all.
+        if !(v > 0.0 && v <= MAX_SECONDS) {
+            bail!("server.{name} = {v} must be a positive number of seconds, at most {MAX_SECONDS} (a week)");
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for p in &sv.parties {
+        if !seen.insert(p) {
+            bail!("server.parties lists '{p}' twice: each party may be allowed once; remove the duplicate");
         }
     }
     if sv.chunk_bytes < 4 || sv.chunk_bytes + 1024 > sv.max_message_bytes {
@@ -841,9 +848,23 @@ pub fn validate(c: &Config) -> Result<()> {
     Ok(())
 }
 
+/// The longest timer a config may set, in seconds (a week).
+const MAX_SECONDS: f64 = 7.0 * 24.0 * 3600.0;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timers_are_bounded_and_the_allow_list_has_no_duplicates() {
+        let e = load(None, &["server.heartbeat_s=1e30".into()]).unwrap_err().to_string();
+        assert!(e.contains("server.heartbeat_s") && e.contains("a week"), "{e}");
+        let e = load(None, &["server.round_timeout_s=nan".into()]).unwrap_err().to_string();
+        assert!(e.contains("server.round_timeout_s"), "{e}");
+        let e = load(None, &[r#"server.parties=["party-1","party-2","party-1"]"#.into()]).unwrap_err().to_string();
+        assert!(e.contains("'party-1' twice"), "{e}");
+        assert!(load(None, &["server.heartbeat_s=604800".into()]).is_ok());
+    }
 
     #[test]
     fn defaults_are_the_worked_example() {
