@@ -184,6 +184,10 @@ struct ServeArgs {
     /// by a supervisor such as Kubernetes).
     #[arg(long, conflicts_with = "resume")]
     resume_if_present: bool,
+    /// Start afresh in an --out that already holds a run, moving that run aside to
+    /// <out>.old-<unix time> (never deleting it).
+    #[arg(long, conflicts_with = "resume")]
+    force: bool,
     /// Plaintext without authentication (local tests only).
     #[arg(long)]
     insecure: bool,
@@ -263,6 +267,10 @@ struct RunArgs {
     /// the total. The result equals an uninterrupted run.
     #[arg(long, requires = "out")]
     resume: bool,
+    /// Start afresh in an --out that already holds a run, moving that run aside to
+    /// <out>.old-<unix time> (never deleting it).
+    #[arg(long, conflicts_with = "resume")]
+    force: bool,
 }
 
 #[derive(Subcommand)]
@@ -424,6 +432,9 @@ fn run(args: RunArgs) -> Result<()> {
         let start = resume_point(&cfg, &out, &ckpt_dir)?;
         (report::RunDir::open(&out, &cfg, &start.records)?, Some(start))
     } else {
+        if let Some(aside) = report::claim_out(&out, args.force)? {
+            eprintln!("the earlier run in {} was moved to {}", out.display(), aside.display());
+        }
         (report::RunDir::open(&out, &cfg, &[])?, None)
     };
     let tty = std::io::stderr().is_terminal() && !args.quiet;
@@ -566,6 +577,13 @@ fn serve(a: ServeArgs) -> Result<()> {
     let cfg = config::load(a.config.as_deref(), &a.sets)?;
     init_threads(cfg.threads)?;
     let resume = a.resume || (a.resume_if_present && deploy::has_checkpoint(&cfg, &a.out));
+    if !resume {
+        // A supervisor's restart before the first checkpoint starts afresh, keeping the
+        // attempt it replaces.
+        if let Some(aside) = report::claim_out(&a.out, a.force || a.resume_if_present)? {
+            println!("federate serve: the earlier run in {} was moved to {}", a.out.display(), aside.display());
+        }
+    }
     deploy::serve(&cfg, &a.out, resume, a.insecure)
 }
 

@@ -19,6 +19,38 @@ pub struct RunDir {
     rounds: BufWriter<File>,
 }
 
+/// Makes `path` free for a new run: nothing to do if it does not exist or is empty. One that
+/// holds anything (an earlier run's records, checkpoint, model) is never overwritten: with
+/// `force` it is moved aside to `<path>.old-<unix time>` (returned), without it this is an
+/// error that names the ways out.
+pub fn claim_out(path: &Path, force: bool) -> Result<Option<PathBuf>> {
+    let occupied = match std::fs::read_dir(path) {
+        Ok(mut entries) => entries.next().is_some(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(e).with_context(|| format!("reading the run directory {}", path.display())),
+    };
+    if !occupied {
+        return Ok(None);
+    }
+    if !force {
+        anyhow::bail!(
+            "{} already holds a run (its records, checkpoint and model would be overwritten): pass --resume to \
+             continue it, --force to move it aside, or choose another --out",
+            path.display()
+        );
+    }
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let mut aside = PathBuf::from(format!("{}.old-{t}", path.display()));
+    let mut n = 1;
+    while aside.exists() {
+        aside = PathBuf::from(format!("{}.old-{t}-{n}", path.display()));
+        n += 1;
+    }
+    std::fs::rename(path, &aside)
+        .with_context(|| format!("moving the earlier run {} aside to {}", path.display(), aside.display()))?;
+    Ok(Some(aside))
+}
+
 impl RunDir {
     /// Creates the directory (if needed) and writes the resolved config and `rounds.jsonl`
     /// holding `kept`: nothing for a new run; for a resumed one the records of the rounds

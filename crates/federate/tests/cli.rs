@@ -740,3 +740,37 @@ fn algorithms_whose_parties_keep_state_resume_exactly_too() {
         assert!(ckpt.contains("\"parties\""), "{name}: the checkpoint holds no party state");
     }
 }
+
+#[test]
+fn a_run_never_overwrites_an_earlier_one() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("run");
+    let go = |extra: &[&str]| {
+        let d = dir.to_str().unwrap();
+        let mut args = vec!["run", "--rounds", "1", "--quiet", "--out", d, "--set", "model.name=logreg"];
+        args.extend(["--set", "data.train_per_party=100", "--set", "data.test_per_party=50"]);
+        args.extend(["--set", "evaluation.baseline=false"]);
+        args.extend_from_slice(extra);
+        federate(&args)
+    };
+    let o = go(&[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let first = std::fs::read(dir.join("rounds.jsonl")).unwrap();
+    // Again into the same directory: refused, and nothing of the first run is touched.
+    let o = go(&["--seed", "3"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--resume") && err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read(dir.join("rounds.jsonl")).unwrap(), first);
+    // --force moves it aside whole and starts afresh.
+    let o = go(&["--seed", "3", "--force"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let aside: Vec<_> = std::fs::read_dir(out.path())
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("run.old-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(std::fs::read(out.path().join(&aside[0]).join("rounds.jsonl")).unwrap(), first);
+    assert!(out.path().join(&aside[0]).join("model.safetensors").exists());
+    assert_ne!(std::fs::read(dir.join("rounds.jsonl")).unwrap(), first);
+}
