@@ -10,6 +10,7 @@ pub mod client;
 pub mod client_dp;
 pub mod dp;
 pub mod learner;
+pub mod noise;
 pub mod params;
 pub mod robust;
 pub mod seed;

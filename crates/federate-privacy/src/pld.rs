@@ -323,24 +323,17 @@ fn self_convolve_bounds(pmf: &[f64], times: u64, tail: f64) -> (i64, i64) {
     let mut upper = (len as i64 - 1) * times as i64;
     let mut lower = 0i64;
     let t = times as f64;
+    // (index, ln p) of the non-zero masses, once for all orders.
+    let logs: Vec<(f64, f64)> =
+        pmf.iter().enumerate().filter(|(_, p)| **p > 0.0).map(|(i, p)| (i as f64, p.ln())).collect();
     for k in (-20i32..=20).filter(|&k| k != 0) {
         let order = k as f64 / len as f64;
         // ln M(order) = ln Σ_i p_i e^{order·i}, by log-sum-exp.
-        let peak = pmf
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| **p > 0.0)
-            .map(|(i, p)| p.ln() + order * i as f64)
-            .fold(f64::NEG_INFINITY, f64::max);
+        let peak = logs.iter().map(|(i, lp)| lp + order * i).fold(f64::NEG_INFINITY, f64::max);
         if !peak.is_finite() {
             continue;
         }
-        let sum: f64 = pmf
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| **p > 0.0)
-            .map(|(i, p)| (p.ln() + order * i as f64 - peak).exp())
-            .sum();
+        let sum: f64 = logs.iter().map(|(i, lp)| (lp + order * i - peak).exp()).sum();
         let log_mgf = peak + sum.ln();
         let bound = (t * log_mgf + (2.0 / tail).ln()) / order;
         if !bound.is_finite() {

@@ -2,6 +2,10 @@
 //! checkpoints after every round and `--resume`) and `federate join` (a party). The same
 //! config file drives `run`, `serve` and `join`, so a deployment reproduces a simulation bit
 //! for bit (same seed, same thread count per party).
+//!
+//! Past the ~600-line guideline: keys, the checkpoint format, the party store, `serve` and
+//! `join` live here together until the redesign issue splits them into `checkpoint.rs`,
+//! `party_store.rs` and one module per command.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

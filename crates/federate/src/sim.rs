@@ -133,9 +133,11 @@ pub fn local_training(cfg: &Config) -> LocalTraining {
 /// and the sampling rate they give a party of `n` examples.
 pub fn privacy_floor(cfg: &Config, n: usize) -> federate_core::PrivacyFloor {
     let own = cfg.privacy.dp_sgd();
-    let rate = own.map(|dp| {
-        if cfg.strategy.name == "fedsgd" && cfg.strategy.full_batch { 1.0 } else { dp.rate(n, cfg.train.batch_size) }
-    });
+    let mut training = local_training(cfg);
+    if cfg.strategy.name == "fedsgd" {
+        training.local = federate_core::LocalAlgorithm::Gradient { full: cfg.strategy.full_batch };
+    }
+    let rate = own.map(|dp| dp.task_rate(&training, n));
     federate_core::PrivacyFloor::new(own, rate)
 }
 
