@@ -476,10 +476,11 @@ pub fn private_gradient_step<R: Rng>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn gaussian(sigma: f64) -> DpSgd {
+    /// Gaussian DP-SGD settings with noise multiplier `sigma`, clip 2.
+    pub(crate) fn gaussian(sigma: f64) -> DpSgd {
         DpSgd {
             mechanism: Mechanism::Gaussian,
             noise_multiplier: sigma,

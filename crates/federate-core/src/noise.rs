@@ -155,22 +155,7 @@ pub fn gaussian_noise(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dp::Sampling;
-    use federate_privacy::Accountant;
-
-    fn gaussian(sigma: f64) -> DpSgd {
-        DpSgd {
-            mechanism: Mechanism::Gaussian,
-            noise_multiplier: sigma,
-            epsilon_per_step: None,
-            clip: 2.0,
-            sampling_rate: None,
-            delta: 1e-5,
-            accountant: Accountant::Rdp,
-            max_epsilon: None,
-            sampling: Sampling::Poisson,
-        }
-    }
+    use crate::dp::tests::gaussian;
 
     fn moments(v: &[f32]) -> (f64, f64) {
         let n = v.len() as f64;
