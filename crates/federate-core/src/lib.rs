@@ -5,6 +5,7 @@
 //! records every round. It knows nothing about sockets: a remote party is just another
 //! `ClientProxy`.
 
+pub mod admission;
 pub mod algorithms;
 pub mod client;
 pub mod client_dp;
@@ -18,6 +19,7 @@ pub mod server;
 pub mod strategy;
 pub mod train;
 
+pub use admission::{Admission, Declared, Weighting};
 pub use algorithms::{Admm, FedOpt, FedOptConfig, FedSgd, Scaffold, ServerOptimizer};
 pub use client::{
     AdmmState, Client, ClientError, ClientProxy, EvaluateReply, EvaluateTask, FitReply, FitTask, InProcess,

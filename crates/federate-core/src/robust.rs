@@ -114,18 +114,19 @@ pub(crate) fn mean_only(aggregator: Aggregator, strategy: &str) -> Result<(), St
 
 fn weighted_mean(replies: &[&FitReply], len: usize) -> Option<Vec<f32>> {
     let mut acc = vec![0.0f64; len];
-    let mut total = 0usize;
+    // In f64: a sum of reported counts cannot overflow.
+    let mut total = 0.0f64;
     for r in replies {
         let w = r.num_examples as f64;
         for (a, v) in acc.iter_mut().zip(&r.params) {
             *a += w * *v as f64;
         }
-        total += r.num_examples;
+        total += w;
     }
-    if total == 0 {
+    if total == 0.0 {
         return None;
     }
-    let inv = 1.0 / total as f64;
+    let inv = 1.0 / total;
     Some(acc.iter().map(|a| (a * inv) as f32).collect())
 }
 

@@ -7,6 +7,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::admission::Admission;
 use crate::client::{ClientProxy, EvaluateReply, FitReply};
 use crate::params::Parameters;
 use crate::seed;
@@ -259,12 +260,20 @@ pub struct Server {
     clients: Vec<Box<dyn ClientProxy>>,
     central: Option<CentralEvaluator>,
     target_accuracy: Option<f64>,
+    admission: Admission,
 }
 
 impl Server {
     /// A server running `strategy` over `clients`.
     pub fn new(strategy: Box<dyn Strategy>, clients: Vec<Box<dyn ClientProxy>>) -> Self {
-        Server { strategy, clients, central: None, target_accuracy: None }
+        Server { strategy, clients, central: None, target_accuracy: None, admission: Admission::default() }
+    }
+
+    /// Bounds what the parties may report (example counts, floats) and whose counts weight
+    /// them; the default caps every count at [`crate::admission::DEFAULT_MAX_EXAMPLES`].
+    pub fn with_admission(mut self, admission: Admission) -> Self {
+        self.admission = admission;
+        self
     }
 
     /// Stops the run after the first round whose accuracy reaches `target` (a fraction).
@@ -388,6 +397,10 @@ impl Server {
             && outcomes.iter().all(|(_, o, _)| matches!(o, Err(crate::ClientError::BudgetSpent(_))));
         for (c, outcome, seconds) in outcomes {
             let id = self.clients[c].id().to_string();
+            let outcome = outcome.map_err(|e| e.to_string()).and_then(|mut r| {
+                self.admission.fit(&id, &mut r).map_err(|e| format!("reply refused: {e}"))?;
+                Ok(r)
+            });
             match outcome {
                 Ok(r) => {
                     fit.push(ClientFit {
@@ -401,11 +414,13 @@ impl Server {
                     });
                     replies.push((c, r));
                 }
-                Err(e) => failures.push(Failure { id: id.clone(), stage: "fit".into(), reason: e.to_string() }),
+                Err(reason) => failures.push(Failure { id: id.clone(), stage: "fit".into(), reason }),
             }
             observer(Event::FitDone { round, id: &id });
         }
         let fit_seconds = start.elapsed().as_secs_f64();
+        // Kept so that a non-finite aggregate leaves the strategy as it found it.
+        let before = self.strategy.state();
         let (aggregated, error) = match self.strategy.aggregate_fit(round, global, &replies) {
             Ok((next, rejected)) => {
                 for r in rejected {
@@ -413,8 +428,23 @@ impl Server {
                     fit.retain(|f| f.id != id);
                     failures.push(Failure { id, stage: "fit".into(), reason: format!("update refused: {}", r.reason) });
                 }
-                *global = next;
-                (true, None)
+                match next.values.iter().position(|v| !v.is_finite()) {
+                    None => {
+                        *global = next;
+                        (true, None)
+                    }
+                    Some(i) => {
+                        let restored = self.strategy.restore(before.as_ref());
+                        let mut e = format!(
+                            "the aggregate's value {i} is {} (not finite); the previous model is kept",
+                            next.values[i]
+                        );
+                        if let Err(r) = restored {
+                            e.push_str(&format!(" (the strategy's state could not be rolled back: {r})"));
+                        }
+                        (false, Some(e))
+                    }
+                }
             }
             Err(e) if all_spent => {
                 (false, Some(format!("every party has spent its privacy budget; the run stops ({e})")))
@@ -434,12 +464,16 @@ impl Server {
         let g: &Parameters = global;
         for (c, outcome, _) in dispatch(&mut self.clients, &etasks, |client, task| client.evaluate(g, task)) {
             let id = self.clients[c].id().to_string();
+            let outcome = outcome.map_err(|e| e.to_string()).and_then(|mut r| {
+                self.admission.evaluate(&id, &mut r).map_err(|e| format!("reply refused: {e}"))?;
+                Ok(r)
+            });
             match outcome {
                 Ok(r) => {
                     evaluate.push(ClientEval { id, num_examples: r.num_examples, loss: r.loss, accuracy: r.accuracy });
                     ereplies.push((c, r));
                 }
-                Err(e) => failures.push(Failure { id, stage: "evaluate".into(), reason: e.to_string() }),
+                Err(reason) => failures.push(Failure { id, stage: "evaluate".into(), reason }),
             }
         }
         let federated = self.strategy.aggregate_evaluate(round, &ereplies);

@@ -123,8 +123,9 @@ pub fn missing_state(name: &str) -> StrategyError {
 /// Example-weighted mean of loss and accuracy (equal to the accuracy on the union of the
 /// parties' test sets).
 pub fn weighted_evaluation(replies: &[(usize, EvaluateReply)]) -> Option<EvaluateReply> {
-    let n: usize = replies.iter().map(|(_, r)| r.num_examples).sum();
-    if n == 0 {
+    // Summed in f64: reported counts never overflow the total.
+    let n: f64 = replies.iter().map(|(_, r)| r.num_examples as f64).sum();
+    if n == 0.0 {
         return None;
     }
     let (mut loss, mut acc) = (0.0, 0.0);
@@ -132,7 +133,8 @@ pub fn weighted_evaluation(replies: &[(usize, EvaluateReply)]) -> Option<Evaluat
         loss += r.loss * r.num_examples as f64;
         acc += r.accuracy * r.num_examples as f64;
     }
-    Some(EvaluateReply { num_examples: n, loss: loss / n as f64, accuracy: acc / n as f64 })
+    let count = replies.iter().fold(0usize, |a, (_, r)| a.saturating_add(r.num_examples));
+    Some(EvaluateReply { num_examples: count, loss: loss / n, accuracy: acc / n })
 }
 
 /// Checks a reply against the global model; the reason it is unusable, if it is.

@@ -7,6 +7,7 @@
 //! into `config/` (schema, checks) with core's enums used directly; splitting it before that
 //! would only move the copies it removes.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -586,6 +587,15 @@ pub struct ServerSection {
     /// Mutual TLS: `ca`, `cert`, `key` (required unless --insecure).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<federate_net::tls::TlsFiles>,
+    /// Cap on any example count a party reports (training or test) unless `declared` gives
+    /// its own; a reply above its cap is refused.
+    pub max_examples: u64,
+    /// The operator's counts per party (`party-1 = { train = 2000, test = 500 }`): each is
+    /// that party's cap, and its weight under `weight_by = "declared"`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub declared: BTreeMap<String, federate_core::Declared>,
+    /// Weight parties by the counts they report ("reported") or by `declared` ("declared").
+    pub weight_by: federate_core::Weighting,
 }
 
 impl Default for ServerSection {
@@ -604,6 +614,9 @@ impl Default for ServerSection {
             max_message_bytes: 16 << 20,
             max_values: 1 << 28,
             tls: None,
+            max_examples: federate_core::admission::DEFAULT_MAX_EXAMPLES,
+            declared: BTreeMap::new(),
+            weight_by: federate_core::Weighting::Reported,
         }
     }
 }
@@ -612,6 +625,15 @@ impl ServerSection {
     /// The party identities: the configured list, or party-1 … party-N.
     pub fn party_ids(&self, n: usize) -> Vec<String> {
         if self.parties.is_empty() { (1..=n).map(|i| format!("party-{i}")).collect() } else { self.parties.clone() }
+    }
+
+    /// What the server accepts from the parties' replies.
+    pub fn admission(&self) -> federate_core::Admission {
+        federate_core::Admission {
+            max_examples: self.max_examples,
+            declared: self.declared.clone(),
+            weight_by: self.weight_by,
+        }
     }
 }
 
@@ -835,6 +857,7 @@ pub fn validate(c: &Config) -> Result<()> {
             bail!("server.parties lists '{p}' twice: each party may be allowed once; remove the duplicate");
         }
     }
+    sv.admission().validate(&sv.party_ids(c.data.parties)).map_err(anyhow::Error::msg)?;
     if sv.chunk_bytes < 4 || sv.chunk_bytes + 1024 > sv.max_message_bytes {
         bail!("server.chunk_bytes must be at least 4 and 1 KiB below server.max_message_bytes");
     }

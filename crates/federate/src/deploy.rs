@@ -381,7 +381,7 @@ pub fn serve(cfg: &Config, out: &Path, resume: bool, insecure: bool) -> Result<(
         parties.iter().map(|p| Box::new(RemoteParty::new(p.clone(), hub.clone(), rt.handle().clone())) as _).collect();
     // The server's own noise (central client-level DP) is secure unless the config says seeded.
     let noise = cfg.privacy.noise.unwrap_or(crate::config::NoiseName::Secure).source();
-    let mut server = Server::new(sim::build_strategy(cfg, noise)?, clients);
+    let mut server = Server::new(sim::build_strategy(cfg, noise)?, clients).with_admission(sv.admission());
     if let Some((name, state)) = &restored_strategy {
         server
             .restore_strategy(name, state.as_ref())

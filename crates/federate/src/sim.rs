@@ -262,7 +262,10 @@ pub fn simulate(
     let initial = Parameters::new(start_values, layout.clone()).context("initial parameters")?;
 
     let strategy = build_strategy(cfg, noise)?;
-    let mut server = Server::new(strategy, clients);
+    let ids: Vec<String> = parties.iter().map(|p| p.id.clone()).collect();
+    let admission = cfg.server.admission();
+    admission.validate(&ids).map_err(anyhow::Error::msg)?;
+    let mut server = Server::new(strategy, clients).with_admission(admission);
     if let Some((name, state)) = &restored {
         server.restore_strategy(name, state.as_ref()).context("--resume")?;
     }
