@@ -75,8 +75,9 @@ impl Admission {
     /// both counts. The error names the setting to change.
     pub fn validate(&self, parties: &[String]) -> Result<(), String> {
         if self.max_examples == 0 {
-            return Err("server.max_examples = 0 would refuse every party: give the largest count a party may report"
-                .into());
+            return Err(
+                "server.max_examples = 0 would refuse every party: give the largest count a party may report".into()
+            );
         }
         for (id, d) in &self.declared {
             if !parties.iter().any(|p| p == id) {

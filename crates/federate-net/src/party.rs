@@ -67,6 +67,8 @@ enum SessionEnd {
     Finished(String),
     /// The connection broke (after joining, if the flag says so); try again.
     Lost(String, bool),
+    /// The server refused this party after it joined; final.
+    Refused(String),
 }
 
 fn out(m: party_message::Msg) -> PartyMessage {
@@ -113,6 +115,7 @@ pub async fn run_party(opts: PartyOptions, client: Box<dyn Client>, layout: Arc<
     loop {
         match session(&opts, client.clone(), layout.clone()).await {
             Ok(SessionEnd::Finished(reason)) => return Ok(reason),
+            Ok(SessionEnd::Refused(reason)) => return Err(PartyError::Refused(reason)),
             Err(refusal) => return Err(refusal),
             Ok(SessionEnd::Lost(reason, joined)) => {
                 if joined {
@@ -205,7 +208,9 @@ async fn serve_instructions(
         match m {
             server_message::Msg::Heartbeat(_) | server_message::Msg::Welcome(_) => {}
             server_message::Msg::Shutdown(s) => return SessionEnd::Finished(s.reason),
-            server_message::Msg::Refusal(r) => return SessionEnd::Lost(format!("server refused: {}", r.reason), true),
+            // After joining, a refusal means another connection took this identity's seat:
+            // reconnecting would take it back and the two would flap, so it is final.
+            server_message::Msg::Refusal(r) => return SessionEnd::Refused(r.reason),
             server_message::Msg::Fit(f) => {
                 let task = match f.training.as_ref().map(training_from_proto) {
                     Some(Ok(training)) => FitTask { round: f.round, training, seed: f.seed, extra: None },

@@ -3,19 +3,32 @@
 //!
 //! Each connected party has one task reading its stream. Instructions go out on the party's
 //! outgoing channel; replies are matched to waiting calls by task id. A party that sends
-//! something malformed or over the limits, stays silent past the timeout, or disconnects is
-//! dropped with a logged reason; its outstanding tasks fail, the others carry on, and it may
-//! connect again (the new connection replaces the old).
+//! something malformed or over the limits, stays silent past the timeout, does not read its
+//! task within the round deadline, or disconnects is dropped with a logged reason and its
+//! connection closed; its outstanding tasks fail, the others carry on, and it may connect
+//! again.
+//!
+//! Every resource a peer can hold is bounded (see docs/security.md): connections in all
+//! (`max_connections`), TLS handshakes in progress (`max_handshakes`, each at most
+//! `join_timeout`), HTTP/2 streams per connection (`max_streams_per_connection`), one party
+//! per connection and one live connection per identity (a second login for the same
+//! identity replaces the first only after the first is told, with a `Refusal`, and closed),
+//! and a connection that carries no joined party after `join_timeout` is closed. Text a party
+//! sends (failure reasons, metric names, identities) is cut to [`MAX_TEXT`] bytes and its
+//! control characters escaped before it reaches a log or a record.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use federate_core::{ClientError, ClientProxy, EvaluateReply, EvaluateTask, FitReply, FitTask, Parameters};
-use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
@@ -59,6 +72,142 @@ pub struct HubConfig {
     pub chunk_bytes: usize,
     /// Compress parameter chunks with zstd.
     pub zstd: bool,
+    /// Most open connections (joined or not); more are closed at once.
+    pub max_connections: usize,
+    /// Most TLS handshakes in progress; more connections are closed at once.
+    pub max_handshakes: usize,
+    /// Most concurrent HTTP/2 streams on one connection.
+    pub max_streams_per_connection: u32,
+    /// Time a new connection has to finish its handshake, say hello and join; one that
+    /// carries no party after this is closed.
+    pub join_timeout: Duration,
+}
+
+impl HubConfig {
+    /// The defaults for the limits on peers, for a federation of `parties` parties: room for
+    /// every party twice over (reconnections) plus 64, 64 handshakes, 8 streams per connection,
+    /// 10 s to join.
+    pub fn default_limits(parties: usize) -> (usize, usize, u32, Duration) {
+        (parties.saturating_mul(2).saturating_add(64), 64, 8, Duration::from_secs(10))
+    }
+}
+
+/// Longest text from a party (a failure reason, a metric name) kept in logs and records.
+pub const MAX_TEXT: usize = 512;
+
+/// Most metrics one reply may carry.
+pub const MAX_METRICS: usize = 64;
+
+/// `text` from a peer made safe for a log line or a record: control characters (newlines
+/// that would forge log lines, terminal escapes) escaped, and cut to [`MAX_TEXT`] bytes at a
+/// character boundary with the number of bytes left out.
+pub fn clean_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(MAX_TEXT) + 16);
+    for (i, c) in text.char_indices() {
+        if out.len() >= MAX_TEXT {
+            out.push_str(&format!("… ({} more bytes)", text.len() - i));
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// One accepted connection: its claim on the connection limit, the party it carries once
+/// joined, and a kill switch that makes its reads and writes fail so the HTTP/2 layer drops
+/// it with every stream on it.
+struct ConnGuard {
+    peer: SocketAddr,
+    killed: AtomicBool,
+    party: Mutex<Option<String>>,
+    wakers: Mutex<[Option<Waker>; 2]>,
+}
+
+impl ConnGuard {
+    fn kill(&self) {
+        self.killed.store(true, Ordering::SeqCst);
+        let wakers = self.wakers.lock().map(|mut w| [w[0].take(), w[1].take()]).unwrap_or_default();
+        for w in wakers.into_iter().flatten() {
+            w.wake();
+        }
+    }
+
+    /// Whether the connection is killed; otherwise remembers who to wake when it is.
+    fn killed(&self, cx: &Context<'_>, slot: usize) -> bool {
+        if self.killed.load(Ordering::SeqCst) {
+            return true;
+        }
+        if let Ok(mut w) = self.wakers.lock() {
+            match &w[slot] {
+                Some(old) if old.will_wake(cx.waker()) => {}
+                _ => w[slot] = Some(cx.waker().clone()),
+            }
+        }
+        self.killed.load(Ordering::SeqCst)
+    }
+}
+
+/// A connection's byte stream under its [`ConnGuard`]; dropping it gives its place back.
+struct Guarded<IO> {
+    io: IO,
+    guard: Arc<ConnGuard>,
+    conns: Arc<Mutex<HashMap<SocketAddr, Arc<ConnGuard>>>>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl<IO> Drop for Guarded<IO> {
+    fn drop(&mut self) {
+        if let Ok(mut c) = self.conns.lock()
+            && c.get(&self.guard.peer).is_some_and(|g| Arc::ptr_eq(g, &self.guard))
+        {
+            c.remove(&self.guard.peer);
+        }
+    }
+}
+
+fn aborted() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "connection closed by the server")
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.guard.killed(cx, 0) {
+            return Poll::Ready(Err(aborted()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.guard.killed(cx, 1) {
+            return Poll::Ready(Err(aborted()));
+        }
+        Pin::new(&mut this.io).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.guard.killed(cx, 1) {
+            return Poll::Ready(Err(aborted()));
+        }
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+impl<IO: tonic::transport::server::Connected> tonic::transport::server::Connected for Guarded<IO> {
+    type ConnectInfo = IO::ConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
 }
 
 enum Reply {
@@ -72,6 +221,7 @@ struct Conn {
     generation: u64,
     tx: mpsc::Sender<Result<ServerMessage, Status>>,
     pending: Pending,
+    guard: Arc<ConnGuard>,
 }
 
 impl Conn {
@@ -87,6 +237,8 @@ struct HubInner {
     cfg: HubConfig,
     allowed: HashSet<String>,
     parties: Mutex<HashMap<String, Arc<Conn>>>,
+    /// Open connections by peer address.
+    conns: Arc<Mutex<HashMap<SocketAddr, Arc<ConnGuard>>>>,
     changed: watch::Sender<u64>,
     next_id: AtomicU64,
     closing: std::sync::atomic::AtomicBool,
@@ -137,6 +289,7 @@ impl Hub {
                 allowed: cfg.allowed.iter().cloned().collect(),
                 cfg: cfg.clone(),
                 parties: Mutex::new(HashMap::new()),
+                conns: Arc::new(Mutex::new(HashMap::new())),
                 changed,
                 next_id: AtomicU64::new(1),
                 closing: std::sync::atomic::AtomicBool::new(false),
@@ -150,12 +303,13 @@ impl Hub {
         let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(cfg.heartbeat))
             .http2_keepalive_timeout(Some(cfg.party_timeout))
+            .max_concurrent_streams(Some(cfg.max_streams_per_connection.max(1)))
             .add_service(svc);
         match &cfg.tls {
             Some(files) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(server_config(files)?);
                 let (tx, rx) = mpsc::channel(64);
-                tokio::spawn(accept_tls(listener, acceptor, tx));
+                tokio::spawn(accept_loop(listener, hub.clone(), move |tcp| acceptor.clone().accept(tcp), tx));
                 tokio::spawn(async move {
                     if let Err(e) = router.serve_with_incoming(ReceiverStream::new(rx)).await {
                         warn!("server stopped: {e}");
@@ -163,9 +317,10 @@ impl Hub {
                 });
             }
             None => {
-                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                let (tx, rx) = mpsc::channel(64);
+                tokio::spawn(accept_loop(listener, hub.clone(), |tcp| std::future::ready(Ok(tcp)), tx));
                 tokio::spawn(async move {
-                    if let Err(e) = router.serve_with_incoming(incoming).await {
+                    if let Err(e) = router.serve_with_incoming(ReceiverStream::new(rx)).await {
                         warn!("server stopped: {e}");
                     }
                 });
@@ -203,14 +358,41 @@ impl Hub {
         (self.inner.bytes_out.load(Ordering::Relaxed), self.inner.bytes_in.load(Ordering::Relaxed))
     }
 
-    /// Tells every connected party the federation is over.
-    pub async fn shutdown(&self, reason: &str) {
+    /// Tells every connected party the federation is over, waits up to `grace` for them to
+    /// leave, and closes the connections of any that have not (a party that does not read
+    /// cannot hold the server open).
+    pub async fn shutdown(&self, reason: &str, grace: Duration) {
         self.inner.closing.store(true, Ordering::Relaxed);
         let conns: Vec<Arc<Conn>> =
             self.inner.parties.lock().map(|p| p.values().cloned().collect()).unwrap_or_default();
+        let mut sends = tokio::task::JoinSet::new();
         for c in conns {
-            let _ = c.tx.send(Ok(msg(server_message::Msg::Shutdown(Shutdown { reason: reason.into() })))).await;
+            let m = msg(server_message::Msg::Shutdown(Shutdown { reason: reason.into() }));
+            sends.spawn(async move { tokio::time::timeout(grace, c.tx.send(Ok(m))).await });
         }
+        while sends.join_next().await.is_some() {}
+        let mut rx = self.inner.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + grace;
+        while !self.connected().is_empty() {
+            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                break;
+            }
+        }
+        let stalled: Vec<(String, Arc<Conn>)> = self
+            .inner
+            .parties
+            .lock()
+            .map(|p| p.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        for (id, c) in stalled {
+            warn!(party = %id, "did not leave within {grace:?} of the shutdown; its connection is closed");
+            self.drop_conn(&id, &c, "closed at shutdown");
+        }
+    }
+
+    /// Open connections, joined or not (for limits and measurements).
+    pub fn open_connections(&self) -> usize {
+        self.inner.conns.lock().map(|c| c.len()).unwrap_or(0)
     }
 
     async fn conn(&self, id: &str) -> Result<Arc<Conn>, ClientError> {
@@ -229,20 +411,36 @@ impl Hub {
         }
     }
 
+    /// Sends a task to party `id` and waits for its reply, all within the round deadline: a
+    /// party that does not read its task in time is dropped and its connection closed, like a
+    /// dead one; one that reads it but does not answer in time fails the task.
     async fn call(&self, id: &str, build: impl FnOnce(u64) -> Vec<ServerMessage>) -> Result<Reply, ClientError> {
+        let timeout = self.inner.cfg.task_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
         let conn = self.conn(id).await?;
         let task_id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         if let Ok(mut p) = conn.pending.lock() {
             p.insert(task_id, tx);
         }
-        for m in build(task_id) {
-            if conn.tx.send(Ok(m)).await.is_err() {
-                return Err(ClientError::Unavailable("disconnected while receiving its task".into()));
+        let messages = build(task_id);
+        let sent = tokio::time::timeout_at(deadline, async {
+            for m in messages {
+                conn.tx.send(Ok(m)).await.map_err(|_| ())?;
+            }
+            Ok::<(), ()>(())
+        })
+        .await;
+        match sent {
+            Ok(Ok(())) => {}
+            Ok(Err(())) => return Err(ClientError::Unavailable("disconnected while receiving its task".into())),
+            Err(_) => {
+                let reason = format!("did not read its task within the round deadline of {timeout:?}; dropped");
+                self.drop_conn(id, &conn, &reason);
+                return Err(ClientError::Unavailable(reason));
             }
         }
-        let timeout = self.inner.cfg.task_timeout;
-        match tokio::time::timeout(timeout, rx).await {
+        match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(Ok(r))) => Ok(r),
             Ok(Ok(Err(e))) => Err(e),
             Ok(Err(_)) => Err(ClientError::Unavailable("disconnected before replying".into())),
@@ -253,6 +451,13 @@ impl Hub {
                 Err(ClientError::Unavailable(format!("no reply within the deadline of {timeout:?}")))
             }
         }
+    }
+
+    /// Drops party `id`'s connection `conn`: deregistered, its tasks failed, the connection
+    /// closed.
+    fn drop_conn(&self, id: &str, conn: &Arc<Conn>, reason: &str) {
+        self.deregister(id, conn, reason);
+        conn.guard.kill();
     }
 
     fn params_messages(&self, transfer: u64, values: &[f32]) -> (crate::proto::ParametersHeader, Vec<ServerMessage>) {
@@ -310,16 +515,23 @@ impl Hub {
         }
     }
 
-    fn register(&self, id: &str, tx: mpsc::Sender<Result<ServerMessage, Status>>) -> Arc<Conn> {
-        let generation = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let conn = Arc::new(Conn { generation, tx, pending: Mutex::new(HashMap::new()) });
-        let old = self.inner.parties.lock().ok().and_then(|mut p| p.insert(id.to_string(), conn.clone()));
+    /// Makes `conn` the live connection of party `id`. One live connection per identity: an
+    /// earlier one is told it was replaced (a `Refusal`, which its runner treats as final) and
+    /// closed, and its tasks fail.
+    fn register(&self, id: &str, conn: Arc<Conn>, peer: &str) {
+        let old = self.inner.parties.lock().ok().and_then(|mut p| p.insert(id.to_string(), conn));
         if let Some(old) = old {
-            old.fail_all("replaced by a new connection of the same party");
-            info!(party = id, "reconnected; the old connection is closed");
+            let reason = format!("replaced by a new connection for the same identity from {peer}");
+            warn!(party = id, "{reason}; the old connection is told and closed");
+            old.fail_all(&reason);
+            tokio::spawn(async move {
+                let m = msg(server_message::Msg::Refusal(crate::proto::Refusal { reason }));
+                let _ = tokio::time::timeout(Duration::from_secs(1), old.tx.send(Ok(m))).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                old.guard.kill();
+            });
         }
         self.inner.changed.send_modify(|g| *g += 1);
-        conn
     }
 
     fn deregister(&self, id: &str, conn: &Arc<Conn>, reason: &str) {
@@ -333,30 +545,82 @@ impl Hub {
     }
 }
 
-async fn accept_tls(
+/// Accepts connections within the limits, upgrades each (TLS handshake, or nothing for
+/// plaintext) within `join_timeout`, and hands it to the HTTP/2 server under a guard. A
+/// connection over a limit is closed at once; refusals are logged at most every 5 s.
+async fn accept_loop<IO, U, F>(
     listener: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-    tx: mpsc::Sender<Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>>,
-) {
+    hub: Hub,
+    upgrade: U,
+    tx: mpsc::Sender<Result<Guarded<IO>, std::io::Error>>,
+) where
+    U: Fn(TcpStream) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = std::io::Result<IO>> + Send + 'static,
+    IO: Send + 'static,
+{
+    let cfg = &hub.inner.cfg;
+    let connections = Arc::new(Semaphore::new(cfg.max_connections.max(1)));
+    let handshakes = Arc::new(Semaphore::new(cfg.max_handshakes.max(1)));
+    let join_timeout = cfg.join_timeout;
+    let mut refused = 0u64;
+    let mut last_warning = tokio::time::Instant::now() - Duration::from_secs(10);
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
+                // Out of file descriptors and the like: wait instead of spinning.
                 warn!("accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        let acceptor = acceptor.clone();
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => {
-                    let _ = tx.send(Ok(tls)).await;
+        let permits = connections
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| "max_connections")
+            .and_then(|c| handshakes.clone().try_acquire_owned().map(|h| (c, h)).map_err(|_| "max_handshakes"));
+        let (permit, handshake) = match permits {
+            Ok(p) => p,
+            Err(limit) => {
+                drop(tcp);
+                refused += 1;
+                if last_warning.elapsed() >= Duration::from_secs(5) {
+                    warn!(%peer, "refused {refused} connection(s) over the limit server.{limit}");
+                    refused = 0;
+                    last_warning = tokio::time::Instant::now();
                 }
-                Ok(Err(e)) => warn!(%peer, "refused: TLS handshake failed: {e}"),
-                Err(_) => warn!(%peer, "refused: TLS handshake did not finish within 10 s"),
+                continue;
             }
+        };
+        let (upgrade, tx, hub) = (upgrade.clone(), tx.clone(), hub.clone());
+        tokio::spawn(async move {
+            let io = match tokio::time::timeout(join_timeout, upgrade(tcp)).await {
+                Ok(Ok(io)) => io,
+                Ok(Err(e)) => return warn!(%peer, "refused: TLS handshake failed: {}", clean_text(&e.to_string())),
+                Err(_) => return warn!(%peer, "refused: TLS handshake did not finish within {join_timeout:?}"),
+            };
+            drop(handshake);
+            let guard = Arc::new(ConnGuard {
+                peer,
+                killed: AtomicBool::new(false),
+                party: Mutex::new(None),
+                wakers: Mutex::new([None, None]),
+            });
+            let conns = hub.inner.conns.clone();
+            if let Ok(mut c) = conns.lock() {
+                c.insert(peer, guard.clone());
+            }
+            let watch = guard.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(join_timeout).await;
+                if watch.party.lock().map(|p| p.is_none()).unwrap_or(true) {
+                    if !watch.killed.load(Ordering::SeqCst) {
+                        warn!(%peer, "closed: no party joined on this connection within {join_timeout:?}");
+                    }
+                    watch.kill();
+                }
+            });
+            let _ = tx.send(Ok(Guarded { io, guard, conns, _permit: permit })).await;
         });
     }
 }
@@ -376,7 +640,9 @@ impl Federation for Service {
     type JoinStream = ReceiverStream<Result<ServerMessage, Status>>;
 
     async fn join(&self, req: Request<Streaming<PartyMessage>>) -> Result<Response<Self::JoinStream>, Status> {
-        let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_else(|| "unknown".into());
+        let addr = req.remote_addr();
+        let peer = addr.map(|a| a.to_string()).unwrap_or_else(|| "unknown".into());
+        let guard = addr.and_then(|a| self.hub.inner.conns.lock().ok().and_then(|c| c.get(&a).cloned()));
         let certs = req.peer_certs();
         let mut inbound = req.into_inner();
         let cfg = &self.hub.inner.cfg;
@@ -384,11 +650,17 @@ impl Federation for Service {
             warn!(%peer, "refused: {reason}");
             Err(Status::permission_denied(reason))
         };
-        let first = match tokio::time::timeout(Duration::from_secs(10), inbound.message()).await {
+        let Some(guard) = guard else {
+            return refuse("the connection is not one the server accepted (already closed?)".into());
+        };
+        if let Some(carried) = guard.party.lock().ok().and_then(|p| p.clone()) {
+            return refuse(format!("this connection already carries party '{carried}': one party per connection"));
+        }
+        let first = match tokio::time::timeout(cfg.join_timeout, inbound.message()).await {
             Ok(Ok(Some(m))) => m,
             Ok(Ok(None)) => return refuse("closed before saying hello".into()),
-            Ok(Err(s)) => return refuse(format!("bad first message: {}", s.message())),
-            Err(_) => return refuse("no hello within 10 s".into()),
+            Ok(Err(s)) => return refuse(format!("bad first message: {}", clean_text(s.message()))),
+            Err(_) => return refuse(format!("no hello within {:?}", cfg.join_timeout)),
         };
         let Some(party_message::Msg::Hello(hello)) = first.msg else {
             return refuse("the first message must be Hello".into());
@@ -403,7 +675,7 @@ impl Federation for Service {
         }
         let id = hello.party_id.clone();
         if !self.hub.inner.allowed.contains(&id) {
-            return refuse(format!("party '{id}' is not on the allow-list"));
+            return refuse(format!("party '{}' is not on the allow-list", clean_text(&id)));
         }
         if cfg.tls.is_some() {
             let ok = certs.as_ref().and_then(|c| c.first()).is_some_and(|c| party_identity_ok(c, &id));
@@ -411,14 +683,28 @@ impl Federation for Service {
                 return refuse(format!("the client certificate is not issued to '{id}'"));
             }
         }
-        let (tx, rx) = mpsc::channel(256);
+        // Claimed here, atomically: two Join streams racing on one connection cannot both pass.
+        match guard.party.lock() {
+            Ok(mut p) if p.is_none() => *p = Some(id.clone()),
+            Ok(p) => {
+                let carried = p.clone().unwrap_or_default();
+                drop(p);
+                return refuse(format!("this connection already carries party '{carried}': one party per connection"));
+            }
+            Err(_) => return Err(Status::internal("connection state poisoned")),
+        }
+        // Small: what waits here is bounded by 32 chunks per party.
+        let (tx, rx) = mpsc::channel(32);
         let welcome = Welcome {
             protocol_version: PROTOCOL_VERSION,
-            heartbeat_ms: cfg.heartbeat.as_millis() as u32,
+            heartbeat_ms: cfg.heartbeat.as_millis().min(u32::MAX as u128) as u32,
             max_chunk_bytes: cfg.limits.max_chunk_bytes as u64,
         };
-        let _ = tx.send(Ok(msg(server_message::Msg::Welcome(welcome)))).await;
-        let conn = self.hub.register(&id, tx.clone());
+        let _ = tx.try_send(Ok(msg(server_message::Msg::Welcome(welcome))));
+        let generation = self.hub.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let conn =
+            Arc::new(Conn { generation, tx: tx.clone(), pending: Mutex::new(HashMap::new()), guard: guard.clone() });
+        self.hub.register(&id, conn.clone(), &peer);
         info!(party = %id, %peer, "joined");
         let hub = self.hub.clone();
         tokio::spawn(async move {
@@ -428,14 +714,19 @@ impl Federation for Service {
             } else {
                 warn!(party = %id, "dropped: {reason}");
             }
-            hub.deregister(&id, &conn, &reason);
+            hub.drop_conn(&id, &conn, &reason);
         });
         let heartbeat = cfg.heartbeat;
         tokio::spawn(async move {
+            // Never waits on a party: a heartbeat that does not fit is skipped (the party is
+            // not reading, which the round deadline deals with).
             loop {
                 tokio::time::sleep(heartbeat).await;
                 let hb = msg(server_message::Msg::Heartbeat(Heartbeat { unix_ms: now_ms() }));
-                if tx.send(Ok(hb)).await.is_err() {
+                if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Ok(hb)) {
+                    break;
+                }
+                if guard.killed.load(Ordering::SeqCst) {
                     break;
                 }
             }
@@ -460,7 +751,7 @@ async fn read_party(hub: &Hub, id: &str, conn: &Arc<Conn>, inbound: &mut Streami
     loop {
         let m = match tokio::time::timeout(cfg.party_timeout, inbound.message()).await {
             Err(_) => return format!("silent for {:?}", cfg.party_timeout),
-            Ok(Err(s)) => return format!("stream error: {} ({:?})", s.message(), s.code()),
+            Ok(Err(s)) => return format!("stream error: {} ({:?})", clean_text(s.message()), s.code()),
             Ok(Ok(None)) => return "disconnected".into(),
             Ok(Ok(Some(m))) => m,
         };
@@ -477,10 +768,14 @@ async fn read_party(hub: &Hub, id: &str, conn: &Arc<Conn>, inbound: &mut Streami
                     Ok(a) => a,
                     Err(e) => return format!("bad parameter header: {e}"),
                 };
+                if f.metrics.len() > MAX_METRICS {
+                    return format!("sent {} metrics; at most {MAX_METRICS} are accepted", f.metrics.len());
+                }
+                let metrics = f.metrics.into_iter().map(|(k, v)| (clean_text(&k), v)).collect();
                 state = Receiving::Fit {
                     task_id: f.task_id,
-                    num_examples: f.num_examples as usize,
-                    metrics: f.metrics.into_iter().collect(),
+                    num_examples: usize::try_from(f.num_examples).unwrap_or(usize::MAX),
+                    metrics,
                     assembler,
                     extra: f.with_extra,
                 };
@@ -504,25 +799,18 @@ async fn read_party(hub: &Hub, id: &str, conn: &Arc<Conn>, inbound: &mut Streami
                 }
             }
             (party_message::Msg::Evaluate(e), Receiving::Nothing) => {
-                if !(e.loss.is_finite() && (0.0..=1.0).contains(&e.accuracy)) {
-                    resolve(
-                        e.task_id,
-                        Err(ClientError::Unavailable(format!(
-                            "evaluation out of range: loss {}, accuracy {}",
-                            e.loss, e.accuracy
-                        ))),
-                    );
-                    continue;
-                }
-                let r = EvaluateReply { num_examples: e.num_examples as usize, loss: e.loss, accuracy: e.accuracy };
+                // Ranges and counts are the core's admission's to check, in one place.
+                let num_examples = usize::try_from(e.num_examples).unwrap_or(usize::MAX);
+                let r = EvaluateReply { num_examples, loss: e.loss, accuracy: e.accuracy };
                 resolve(e.task_id, Ok(Reply::Evaluate(r)));
             }
             (party_message::Msg::Error(e), Receiving::Nothing) => {
-                warn!(party = id, task_id = e.task_id, "task failed on the party: {}", e.reason);
+                let reason = clean_text(&e.reason);
+                warn!(party = id, task_id = e.task_id, "task failed on the party: {reason}");
                 let err = if e.budget_spent {
-                    ClientError::BudgetSpent(e.reason)
+                    ClientError::BudgetSpent(reason)
                 } else {
-                    ClientError::Unavailable(format!("failed on the party: {}", e.reason))
+                    ClientError::Unavailable(format!("failed on the party: {reason}"))
                 };
                 resolve(e.task_id, Err(err));
             }

@@ -61,6 +61,10 @@ fn federation(
         max_message_bytes: 4 << 20,
         chunk_bytes,
         zstd,
+        max_connections: HubConfig::default_limits(ids.len()).0,
+        max_handshakes: HubConfig::default_limits(ids.len()).1,
+        max_streams_per_connection: HubConfig::default_limits(ids.len()).2,
+        join_timeout: HubConfig::default_limits(ids.len()).3,
     };
     let (hub, addr) = rt.block_on(Hub::start(cfg)).unwrap();
     for (id, client) in ids.iter().zip(clients) {
@@ -99,7 +103,7 @@ fn two_hundred_parties_complete_three_rounds() {
     let init = Parameters::new(init, Arc::clone(&layout)).unwrap();
     let mut server = Server::new(Box::new(strategy), clients);
     let (_, records) = server.run(init, &ServerConfig::new(3, 1), &mut |_| {}).unwrap();
-    rt.block_on(hub.shutdown("done"));
+    rt.block_on(hub.shutdown("done", Duration::from_secs(5)));
     for r in &records {
         assert_eq!(r.fit.len(), PARTIES, "round {}: {:?}", r.round, r.failures);
         assert_eq!(r.evaluate.len(), PARTIES);
@@ -140,7 +144,7 @@ fn scaffold_and_admm_over_the_network_equal_the_simulation() {
         let (hub, remote) = federation(&rt, &layout, (0..N).map(client).collect(), 64, true);
         let (got, records) =
             Server::new(strategies(name), remote).run(init.clone(), &ServerConfig::new(4, 2), &mut |_| {}).unwrap();
-        rt.block_on(hub.shutdown("done"));
+        rt.block_on(hub.shutdown("done", Duration::from_secs(5)));
         assert!(records.iter().all(|r| r.failures.is_empty()), "{name}: {:?}", records.last().map(|r| &r.failures));
         assert_eq!(got.values, want.values, "{name}: network and in-process runs differ");
     }

@@ -125,6 +125,10 @@ pub fn net(cfg: &crate::config::Config, zstd: bool) -> Result<(Vec<NetRound>, u6
         max_message_bytes: 16 << 20,
         chunk_bytes: 4 << 20,
         zstd,
+        max_connections: HubConfig::default_limits(ids.len()).0,
+        max_handshakes: HubConfig::default_limits(ids.len()).1,
+        max_streams_per_connection: HubConfig::default_limits(ids.len()).2,
+        join_timeout: HubConfig::default_limits(ids.len()).3,
     };
     let (hub, addr) = rt.block_on(Hub::start(hub_cfg))?;
     for p in parts {
@@ -175,7 +179,7 @@ pub fn net(cfg: &crate::config::Config, zstd: bool) -> Result<(Vec<NetRound>, u6
             });
         }
     })?;
-    rt.block_on(hub.shutdown("benchmark complete"));
+    rt.block_on(hub.shutdown("benchmark complete", Duration::from_secs(5)));
     let (out, inb) = hub.traffic();
     Ok((rows, out, inb, layout.len() as u64 * 4))
 }

@@ -596,6 +596,15 @@ pub struct ServerSection {
     pub declared: BTreeMap<String, federate_core::Declared>,
     /// Weight parties by the counts they report ("reported") or by `declared` ("declared").
     pub weight_by: federate_core::Weighting,
+    /// Most open connections, joined or not (default: twice the parties plus 64).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    /// Most TLS handshakes in progress at once.
+    pub max_handshakes: usize,
+    /// Most concurrent HTTP/2 streams on one connection.
+    pub max_streams_per_connection: u32,
+    /// Seconds a new connection has to finish its handshake and join.
+    pub join_timeout_s: f64,
 }
 
 impl Default for ServerSection {
@@ -617,6 +626,10 @@ impl Default for ServerSection {
             max_examples: federate_core::admission::DEFAULT_MAX_EXAMPLES,
             declared: BTreeMap::new(),
             weight_by: federate_core::Weighting::Reported,
+            max_connections: None,
+            max_handshakes: 64,
+            max_streams_per_connection: 8,
+            join_timeout_s: 10.0,
         }
     }
 }
@@ -845,6 +858,7 @@ pub fn validate(c: &Config) -> Result<()> {
         ("start_wait_s", sv.start_wait_s),
         ("heartbeat_s", sv.heartbeat_s),
         ("party_timeout_s", sv.party_timeout_s),
+        ("join_timeout_s", sv.join_timeout_s),
     ] {
         // A week at most: beyond that a timer is a typo, and 1e30 s is no Duration at all.
         if !(v > 0.0 && v <= MAX_SECONDS) {
@@ -858,6 +872,19 @@ pub fn validate(c: &Config) -> Result<()> {
         }
     }
     sv.admission().validate(&sv.party_ids(c.data.parties)).map_err(anyhow::Error::msg)?;
+    let parties = sv.party_ids(c.data.parties).len();
+    if sv.max_connections.is_some_and(|m| m < parties || m > 1_000_000) {
+        bail!(
+            "server.max_connections = {} must be at least the number of parties ({parties}) and at most 1000000",
+            sv.max_connections.unwrap_or(0)
+        );
+    }
+    if !(1..=100_000).contains(&sv.max_handshakes) {
+        bail!("server.max_handshakes = {} must be in 1..=100000", sv.max_handshakes);
+    }
+    if !(1..=1000).contains(&sv.max_streams_per_connection) {
+        bail!("server.max_streams_per_connection = {} must be in 1..=1000", sv.max_streams_per_connection);
+    }
     if sv.chunk_bytes < 4 || sv.chunk_bytes + 1024 > sv.max_message_bytes {
         bail!("server.chunk_bytes must be at least 4 and 1 KiB below server.max_message_bytes");
     }

@@ -371,6 +371,10 @@ pub fn serve(cfg: &Config, out: &Path, resume: bool, insecure: bool) -> Result<(
         max_message_bytes: sv.max_message_bytes,
         chunk_bytes: sv.chunk_bytes,
         zstd: sv.zstd,
+        max_connections: sv.max_connections.unwrap_or(HubConfig::default_limits(parties.len()).0),
+        max_handshakes: sv.max_handshakes,
+        max_streams_per_connection: sv.max_streams_per_connection,
+        join_timeout: secs(sv.join_timeout_s),
     };
     let (hub, addr) = rt.block_on(Hub::start(hub_cfg))?;
     println!("federate serve: listening on {addr}; parties {}; run directory {}", parties.join(", "), out.display());
@@ -422,7 +426,7 @@ pub fn serve(cfg: &Config, out: &Path, resume: bool, insecure: bool) -> Result<(
     let cfg_server =
         ServerConfig { sampling: federate_core::PartySampling::Os, ..ServerConfig::new(cfg.rounds, cfg.seed) };
     let result = server.resume(global, completed, &cfg_server, &mut observer);
-    rt.block_on(hub.shutdown("the federation is complete"));
+    rt.block_on(hub.shutdown("the federation is complete", Duration::from_secs(5)));
     std::thread::sleep(Duration::from_millis(300));
     let (global, _) = result?;
     if let Some(e) = failure {
