@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use federate_core::{
     AdmmState, Client, ClientError, ClientProxy, Event, FitReply, FitTask, Learner, LocalClient, NnLearner, Parameters,
-    PartyState, RoundRecord, Server, ServerConfig, seed,
+    PartyState, Server, ServerConfig, seed,
 };
 use federate_net::codec::Limits;
 use federate_net::party::{PartyOptions, run_party};
@@ -74,7 +74,9 @@ struct CheckpointMeta {
     strategy_file: Option<String>,
     num_values: usize,
     params_file: String,
-    records: Vec<RoundRecord>,
+    /// SHA-256 (hex) of every file the checkpoint names: a file that does not match is
+    /// refused, never loaded as a model.
+    files: std::collections::BTreeMap<String, String>,
     /// The state of parties the server holds (a simulation's), in `parties_file` order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     parties: Vec<PartyMeta>,
@@ -104,6 +106,18 @@ struct PartyMeta {
 
 const CHECKPOINT: &str = "checkpoint.json";
 
+/// The checkpoint format this build writes and reads: 2 added checksums and moved the round
+/// records out (they are in the run directory's rounds.jsonl, appended, never rewritten).
+const FORMAT: u32 = 2;
+
+/// Largest checkpoint.json read (it holds names, scalars and ledgers, not vectors).
+const MAX_META_BYTES: u64 = 64 << 20;
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn is_empty_ledger(l: &Ledger) -> bool {
     l.entries.is_empty()
 }
@@ -112,20 +126,42 @@ fn f32_bytes<'a>(vectors: impl IntoIterator<Item = &'a [f32]>) -> Vec<u8> {
     vectors.into_iter().flatten().flat_map(|v| v.to_le_bytes()).collect()
 }
 
-/// Reads `name` in `dir` (a plain file name from the checkpoint) as exactly `len` f32 values.
-fn read_f32s(dir: &Path, name: &str, len: usize) -> Result<Vec<f32>> {
+/// Reads `name` in `dir` (a plain file name from the checkpoint) as exactly `len` f32 values
+/// whose SHA-256 is the one `sums` records for it.
+fn read_f32s(
+    dir: &Path,
+    name: &str,
+    len: usize,
+    sums: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<f32>> {
+    let meta = dir.join(CHECKPOINT);
     if name.contains('/') || name.contains('\\') || name.contains("..") {
-        bail!("{}: bad file name '{name}' in the checkpoint", dir.join(CHECKPOINT).display());
+        bail!("{}: bad file name '{name}' in the checkpoint", meta.display());
     }
     let p = dir.join(name);
+    let Some(want) = len.checked_mul(4) else {
+        bail!("{}: {len} values for {name} is beyond any model", meta.display());
+    };
     // The size is checked before reading, so a wrong or hostile file is never loaded whole.
     let size = std::fs::metadata(&p).with_context(|| format!("reading {}", p.display()))?.len();
-    if size != len as u64 * 4 {
-        bail!("{}: {size} bytes, the checkpoint says {}", p.display(), len * 4);
+    if size != want as u64 {
+        bail!("{}: {size} bytes, the checkpoint says {want}", p.display());
     }
     let bytes = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
-    if bytes.len() != len * 4 {
-        bail!("{}: {} bytes, the checkpoint says {}", p.display(), bytes.len(), len * 4);
+    if bytes.len() != want {
+        bail!("{}: {} bytes, the checkpoint says {want}", p.display(), bytes.len());
+    }
+    match sums.get(name) {
+        None => {
+            bail!("{}: names {name} without its checksum; the checkpoint is not one federate wrote", meta.display())
+        }
+        Some(sum) if *sum != sha256_hex(&bytes) => bail!(
+            "{}: its SHA-256 does not match the one in {} (corrupted or replaced): restore the checkpoint \
+             directory from a backup, or start a new run",
+            p.display(),
+            meta.display()
+        ),
+        Some(_) => {}
     }
     Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
 }
@@ -153,15 +189,33 @@ fn encode_parties<'a>(
 }
 
 /// Writes `vectors` (each `len` long) to `dir/name` when there are any; returns the file name.
-fn write_vectors(dir: &Path, name: String, vectors: &[&[f32]], len: usize) -> Result<Option<String>> {
+fn write_vectors(
+    dir: &Path,
+    name: String,
+    vectors: &[&[f32]],
+    len: usize,
+    sums: &mut std::collections::BTreeMap<String, String>,
+) -> Result<Option<String>> {
     if let Some(v) = vectors.iter().find(|v| v.len() != len) {
         bail!("a party's state vector has {} values, the model {len}", v.len());
     }
     if vectors.is_empty() {
         return Ok(None);
     }
-    atomic_write(&dir.join(&name), &f32_bytes(vectors.iter().copied()))?;
+    write_summed(dir, &name, &f32_bytes(vectors.iter().copied()), sums)?;
     Ok(Some(name))
+}
+
+/// Writes `bytes` to `name` in `dir` atomically and records its SHA-256 in `sums`.
+fn write_summed(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    sums: &mut std::collections::BTreeMap<String, String>,
+) -> Result<()> {
+    atomic_write(&dir.join(name), bytes)?;
+    sums.insert(name.to_string(), sha256_hex(bytes));
+    Ok(())
 }
 
 /// The inverse of [`encode_parties`]: reads the vectors `metas` claim (each `len` long) from
@@ -171,11 +225,12 @@ fn decode_parties(
     metas: Vec<PartyMeta>,
     file: Option<&str>,
     len: usize,
+    sums: &std::collections::BTreeMap<String, String>,
 ) -> Result<Vec<(String, PartyState)>> {
     let count: usize = metas.iter().map(|p| 2 * usize::from(p.admm_rho.is_some()) + usize::from(p.scaffold)).sum();
     let all = match (file, count) {
         (_, 0) => Vec::new(),
-        (Some(f), _) => read_f32s(dir, f, count * len)?,
+        (Some(f), _) => read_f32s(dir, f, count.saturating_mul(len), sums)?,
         (None, _) => bail!("{}: party state without its vector file", dir.display()),
     };
     let mut chunks = all.chunks_exact(len.max(1)).map(<[f32]>::to_vec);
@@ -201,14 +256,14 @@ fn decode_parties(
 }
 
 /// What one checkpoint records: the round it follows, the global model, the strategy's and
-/// the parties' state, and (for `federate serve`) the records of every round so far.
+/// the parties' state. The round records are not in it: they are appended to the run
+/// directory's rounds.jsonl as rounds finish and read back from there on resume.
 pub(crate) struct Checkpoint<'a> {
     pub(crate) round: u32,
     pub(crate) seed: u64,
     pub(crate) global: &'a Parameters,
     pub(crate) strategy: (&'a str, Option<federate_core::StrategyState>),
     pub(crate) parties: Vec<(String, PartyState)>,
-    pub(crate) records: &'a [RoundRecord],
 }
 
 /// Writes the checkpoint `c` into `dir`: the vectors to new files, then the metadata naming
@@ -217,23 +272,24 @@ pub(crate) struct Checkpoint<'a> {
 pub(crate) fn write_checkpoint(dir: &Path, c: Checkpoint<'_>) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("checkpoint directory {}", dir.display()))?;
     let round = c.round;
+    let mut files = std::collections::BTreeMap::new();
     let params_file = format!("params-{round:05}.f32");
-    atomic_write(&dir.join(&params_file), &f32_bytes([c.global.values.as_slice()]))?;
+    write_summed(dir, &params_file, &f32_bytes([c.global.values.as_slice()]), &mut files)?;
     let (state, lengths, strategy_file) = match c.strategy.1 {
         None => (None, Vec::new(), None),
         Some(s) => {
             let lengths: Vec<usize> = s.vectors.iter().map(Vec::len).collect();
             let file = (!lengths.is_empty()).then(|| format!("strategy-{round:05}.f32"));
             if let Some(f) = &file {
-                atomic_write(&dir.join(f), &f32_bytes(s.vectors.iter().map(Vec::as_slice)))?;
+                write_summed(dir, f, &f32_bytes(s.vectors.iter().map(Vec::as_slice)), &mut files)?;
             }
             (Some(s.meta), lengths, file)
         }
     };
     let (parties, vectors) = encode_parties(c.parties.iter().map(|(id, p)| (id.as_str(), p)));
-    let parties_file = write_vectors(dir, format!("parties-{round:05}.f32"), &vectors, c.global.len())?;
+    let parties_file = write_vectors(dir, format!("parties-{round:05}.f32"), &vectors, c.global.len(), &mut files)?;
     let meta = CheckpointMeta {
-        format: 1,
+        format: FORMAT,
         round,
         seed: c.seed,
         strategy: c.strategy.0.to_string(),
@@ -242,7 +298,7 @@ pub(crate) fn write_checkpoint(dir: &Path, c: Checkpoint<'_>) -> Result<()> {
         strategy_file: strategy_file.clone(),
         num_values: c.global.len(),
         params_file: params_file.clone(),
-        records: c.records.to_vec(),
+        files,
         parties,
         parties_file: parties_file.clone(),
     };
@@ -262,25 +318,48 @@ pub(crate) fn write_checkpoint(dir: &Path, c: Checkpoint<'_>) -> Result<()> {
 pub(crate) struct Restored {
     pub(crate) round: u32,
     pub(crate) values: Vec<f32>,
-    pub(crate) records: Vec<RoundRecord>,
     pub(crate) strategy: String,
     pub(crate) strategy_state: Option<federate_core::StrategyState>,
     pub(crate) parties: Vec<(String, PartyState)>,
 }
 
+/// Reads the checkpoint in `dir` for a run with `seed` and a model of `layout_len` values.
+/// Every file it names must match its recorded SHA-256; anything malformed (crafted JSON,
+/// absurd sizes, truncated or random files) is an error naming the file, never a panic or a
+/// model full of garbage.
 pub(crate) fn read_checkpoint(dir: &Path, seed: u64, layout_len: usize) -> Result<Restored> {
     let meta_path = dir.join(CHECKPOINT);
-    let text = std::fs::read_to_string(&meta_path).with_context(|| {
-        format!(
-            "--resume: no checkpoint at {} (was the server ever run with this checkpoint_dir?)",
+    let size = std::fs::metadata(&meta_path)
+        .with_context(|| {
+            format!(
+                "--resume: no checkpoint at {} (was the server ever run with this checkpoint_dir?)",
+                meta_path.display()
+            )
+        })?
+        .len();
+    if size > MAX_META_BYTES {
+        bail!(
+            "{}: {size} bytes; a checkpoint's metadata is far smaller (not a federate checkpoint)",
             meta_path.display()
-        )
-    })?;
+        );
+    }
+    let text = std::fs::read_to_string(&meta_path).with_context(|| format!("reading {}", meta_path.display()))?;
+    #[derive(Deserialize)]
+    struct Version {
+        format: u32,
+    }
+    let version: Version =
+        serde_json::from_str(&text).with_context(|| format!("{}: not a federate checkpoint", meta_path.display()))?;
+    if version.format != FORMAT {
+        bail!(
+            "{}: checkpoint format {} is not the one this build reads ({FORMAT}, with checksums): finish that run \
+             with the build that wrote it, or start a new one",
+            meta_path.display(),
+            version.format
+        );
+    }
     let meta: CheckpointMeta =
         serde_json::from_str(&text).with_context(|| format!("{}: not a federate checkpoint", meta_path.display()))?;
-    if meta.format != 1 {
-        bail!("{}: checkpoint format {} is not supported by this build", meta_path.display(), meta.format);
-    }
     if meta.seed != seed {
         bail!("{}: the checkpoint was made with seed {}, the config says {seed}", meta_path.display(), meta.seed);
     }
@@ -291,13 +370,20 @@ pub(crate) fn read_checkpoint(dir: &Path, seed: u64, layout_len: usize) -> Resul
             meta.num_values
         );
     }
-    let values = read_f32s(dir, &meta.params_file, layout_len)?;
+    let values = read_f32s(dir, &meta.params_file, layout_len, &meta.files)?;
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        bail!("{}: value {i} of the model is {} (not finite)", dir.join(&meta.params_file).display(), values[i]);
+    }
     let strategy_state = match meta.strategy_state {
         None => None,
         Some(text) => {
             let mut vectors = Vec::new();
             if let Some(f) = &meta.strategy_file {
-                let all = read_f32s(dir, f, meta.strategy_vectors.iter().sum())?;
+                let total = meta.strategy_vectors.iter().try_fold(0usize, |a, &n| a.checked_add(n));
+                let Some(total) = total else {
+                    bail!("{}: the strategy's vector lengths overflow", meta_path.display());
+                };
+                let all = read_f32s(dir, f, total, &meta.files)?;
                 let mut at = 0;
                 for &n in &meta.strategy_vectors {
                     vectors.push(all[at..at + n].to_vec());
@@ -307,8 +393,8 @@ pub(crate) fn read_checkpoint(dir: &Path, seed: u64, layout_len: usize) -> Resul
             Some(federate_core::StrategyState { meta: text, vectors })
         }
     };
-    let parties = decode_parties(dir, meta.parties, meta.parties_file.as_deref(), layout_len)?;
-    Ok(Restored { round: meta.round, values, records: meta.records, strategy: meta.strategy, strategy_state, parties })
+    let parties = decode_parties(dir, meta.parties, meta.parties_file.as_deref(), layout_len, &meta.files)?;
+    Ok(Restored { round: meta.round, values, strategy: meta.strategy, strategy_state, parties })
 }
 
 /// Whether `federate serve` would find a checkpoint to resume from.
@@ -320,23 +406,51 @@ fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s)
 }
 
-/// `federate serve`.
-pub fn serve(cfg: &Config, out: &Path, resume: bool, insecure: bool) -> Result<()> {
-    let sv = &cfg.server;
-    let tls = match (&sv.tls, insecure) {
-        (Some(t), false) => Some(t.clone()),
-        (_, true) => {
-            warn!("--insecure: PLAINTEXT, no authentication of parties; never use this across a real network");
-            None
+/// How `federate serve` authenticates parties.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Security {
+    /// Mutual TLS from `[server.tls]`.
+    Tls,
+    /// Plaintext on a loopback address (`--insecure`).
+    InsecureLoopback,
+    /// Plaintext on any address (`--insecure --insecure-non-loopback`).
+    InsecureAnywhere,
+}
+
+impl Security {
+    /// From the command-line flags.
+    pub fn from_flags(insecure: bool, non_loopback: bool) -> Self {
+        match (insecure, non_loopback) {
+            (false, _) => Security::Tls,
+            (true, false) => Security::InsecureLoopback,
+            (true, true) => Security::InsecureAnywhere,
         }
-        (None, false) => bail!(
-            "[server.tls] (ca, cert, key) is required; create them with `federate keys`, or pass --insecure for a local test"
-        ),
-    };
+    }
+}
+
+/// `federate serve`.
+pub fn serve(cfg: &Config, out: &Path, resume: bool, security: Security) -> Result<()> {
+    let sv = &cfg.server;
     let listen: SocketAddr = sv
         .listen
         .parse()
         .with_context(|| format!("server.listen = '{}' is not an address like 0.0.0.0:7000", sv.listen))?;
+    let tls = match (&sv.tls, security) {
+        (Some(t), Security::Tls) => Some(t.clone()),
+        (_, Security::InsecureLoopback) if !listen.ip().is_loopback() => bail!(
+            "--insecure listens in plaintext and lets anyone take any party's seat, so it is refused on {listen}, \
+             which is not a loopback address: use mutual TLS (`federate keys`), listen on 127.0.0.1, or add \
+             --insecure-non-loopback if this network is truly private"
+        ),
+        (_, Security::InsecureLoopback | Security::InsecureAnywhere) => {
+            warn!("--insecure: PLAINTEXT, no authentication of parties; never use this across a real network");
+            None
+        }
+        (None, Security::Tls) => bail!(
+            "[server.tls] (ca, cert, key) is required; create them with `federate keys`, or pass --insecure for a local test"
+        ),
+    };
+    let insecure_note = if tls.is_none() { "  INSECURE (plaintext, parties not authenticated)" } else { "" };
     let parties = sv.party_ids(cfg.data.parties);
     for p in &parties {
         if !federate_net::tls::valid_identity(p) {
@@ -350,7 +464,8 @@ pub fn serve(cfg: &Config, out: &Path, resume: bool, insecure: bool) -> Result<(
     let (completed, values, mut records, restored_strategy) = if resume {
         let r = read_checkpoint(&ckpt_dir, cfg.seed, layout.len())?;
         info!("resuming after round {} from {}", r.round, ckpt_dir.display());
-        (r.round, r.values, r.records, Some((r.strategy, r.strategy_state)))
+        let records = report::read_rounds(&out.join("rounds.jsonl"), r.round)?;
+        (r.round, r.values, records, Some((r.strategy, r.strategy_state)))
     } else {
         (0, learner.init(seed::derive(cfg.seed, "init", &[])), Vec::new(), None)
     };
@@ -379,6 +494,17 @@ pub fn serve(cfg: &Config, out: &Path, resume: bool, insecure: bool) -> Result<(
     let (hub, addr) = rt.block_on(Hub::start(hub_cfg))?;
     println!("federate serve: listening on {addr}; parties {}; run directory {}", parties.join(", "), out.display());
     let have = rt.block_on(hub.wait_for(parties.len(), secs(sv.start_wait_s)));
+    let needed = cfg.strategy.min_fit_clients.max(1);
+    if have < needed {
+        rt.block_on(hub.shutdown("the federation could not start: too few parties", Duration::from_secs(2)));
+        bail!(
+            "only {have} of {} parties connected within server.start_wait_s = {} s, and strategy.min_fit_clients = \
+             {needed}: no round was run and no model written (start the parties, check their --server address \
+             and certificates, or raise start_wait_s)",
+            parties.len(),
+            sv.start_wait_s
+        );
+    }
     info!("{have} of {} parties connected; starting", parties.len());
 
     let clients: Vec<Box<dyn ClientProxy>> =
@@ -397,14 +523,7 @@ pub fn serve(cfg: &Config, out: &Path, resume: bool, insecure: bool) -> Result<(
         if let Event::RoundFinished { record, global, strategy, .. } = e {
             records.push(record.clone());
             let res = dir.record(record).and_then(|_| {
-                let c = Checkpoint {
-                    round: record.round,
-                    seed: cfg.seed,
-                    global,
-                    strategy,
-                    parties: Vec::new(),
-                    records: &records,
-                };
+                let c = Checkpoint { round: record.round, seed: cfg.seed, global, strategy, parties: Vec::new() };
                 write_checkpoint(&ckpt_dir, c)
             });
             if let Err(e) = res {
@@ -412,7 +531,7 @@ pub fn serve(cfg: &Config, out: &Path, resume: bool, insecure: bool) -> Result<(
             }
             let failed: Vec<String> = record.failures.iter().map(|f| format!("{} ({})", f.id, f.reason)).collect();
             println!(
-                "round {:>3}/{rounds}  accuracy {}  parties {}  failures [{}]  {:.1} s",
+                "round {:>3}/{rounds}  accuracy {}  parties {}  failures [{}]  {:.1} s{insecure_note}",
                 record.round,
                 record.accuracy.map(|a| format!("{:.2} %", a * 100.0)).unwrap_or_else(|| "-".into()),
                 record.fit.len(),
@@ -431,6 +550,14 @@ pub fn serve(cfg: &Config, out: &Path, resume: bool, insecure: bool) -> Result<(
     let (global, _) = result?;
     if let Some(e) = failure {
         return Err(e.context("writing the round record or checkpoint"));
+    }
+    if !records.iter().any(|r| r.aggregated) {
+        let last = records.last().and_then(|r| r.error.clone()).unwrap_or_default();
+        bail!(
+            "no round produced a model ({} rounds, the last: {last}); no model written. The records are in {}",
+            records.len(),
+            out.join("rounds.jsonl").display()
+        );
     }
     report::write_safetensors(&out.join("model.safetensors"), &global, cfg)?;
     println!(
@@ -490,6 +617,9 @@ struct PartyFile {
     party: PartyMeta,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     vectors_file: Option<String>,
+    /// SHA-256 (hex) of the vectors file.
+    #[serde(default)]
+    files: std::collections::BTreeMap<String, String>,
 }
 
 /// A party's ledger file.
@@ -529,11 +659,13 @@ impl PartyStore {
         let ledger = LedgerFile { format: 1, id: self.id.clone(), ledger: state.ledger.clone() };
         atomic_write(&self.ledger_path(), &serde_json::to_vec_pretty(&ledger)?)?;
         let (mut metas, vectors) = encode_parties([(self.id.as_str(), state)]);
-        let vectors_file = write_vectors(&self.dir, format!("{}.f32", self.stem()), &vectors, self.num_values)?;
+        let mut files = std::collections::BTreeMap::new();
+        let vectors_file =
+            write_vectors(&self.dir, format!("{}.f32", self.stem()), &vectors, self.num_values, &mut files)?;
         let Some(mut party) = metas.pop() else { bail!("no party state to save") };
         // The ledger lives in its own file, across federations.
         party.ledger = Ledger::new();
-        let file = PartyFile { format: 2, seed: self.seed, num_values: self.num_values, party, vectors_file };
+        let file = PartyFile { format: 3, seed: self.seed, num_values: self.num_values, party, vectors_file, files };
         atomic_write(&self.meta_path(), &serde_json::to_vec_pretty(&file)?)
     }
 
@@ -585,14 +717,17 @@ impl PartyStore {
         if let Some(text) = Self::read_small(&path)? {
             let file: PartyFile =
                 serde_json::from_str(&text).map_err(|e| bad(&path, format!("not a party state file ({e})")))?;
-            if file.format != 2 {
-                return Err(bad(&path, format!("format {} is not supported by this build", file.format)));
+            if file.format != 3 {
+                return Err(bad(
+                    &path,
+                    format!("format {} is not supported by this build (3, with checksums)", file.format),
+                ));
             }
             if file.party.id != self.id || file.seed != self.seed || file.num_values != self.num_values {
                 return Err(bad(&path, format!("it belongs to party '{}' of another federation", file.party.id)));
             }
             let mut parties =
-                decode_parties(&self.dir, vec![file.party], file.vectors_file.as_deref(), self.num_values)
+                decode_parties(&self.dir, vec![file.party], file.vectors_file.as_deref(), self.num_values, &file.files)
                     .map_err(|e| bad(&path, e.to_string()))?;
             if let Some((_, s)) = parties.pop() {
                 state.admm = s.admm;
@@ -774,7 +909,7 @@ mod tests {
         strategy: (&'a str, Option<StrategyState>),
         parties: Vec<(String, PartyState)>,
     ) -> Checkpoint<'a> {
-        Checkpoint { round, seed: 7, global, strategy, parties, records: &[] }
+        Checkpoint { round, seed: 7, global, strategy, parties }
     }
 
     #[test]
@@ -800,6 +935,64 @@ mod tests {
         std::fs::write(dir.path().join("strategy-00006.f32"), [0u8; 4]).unwrap();
         let e = read_checkpoint(dir.path(), 7, 3).err().unwrap().to_string();
         assert!(e.contains("strategy-00006.f32"), "{e}");
+    }
+
+    #[test]
+    fn corrupted_checkpoints_are_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Arc::new(Layout::new(vec![TensorSpec { name: "w".into(), shape: vec![64], offset: 0 }]));
+        let global = Parameters::new((0..64).map(|i| i as f32).collect(), layout).unwrap();
+        let state = StrategyState { meta: "fedadam".into(), vectors: vec![vec![0.5; 64]] };
+        write_checkpoint(dir.path(), checkpoint(2, &global, ("fedadam", Some(state)), vec![])).unwrap();
+        read_checkpoint(dir.path(), 7, 64).unwrap();
+        let params = dir.path().join("params-00002.f32");
+        let good = std::fs::read(&params).unwrap();
+        // Random bytes of the right size: refused by the checksum, never resumed into a model.
+        let mut x = 0x9e3779b97f4a7c15u64;
+        let random: Vec<u8> = (0..good.len())
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        std::fs::write(&params, &random).unwrap();
+        let e = format!("{:#}", read_checkpoint(dir.path(), 7, 64).err().unwrap());
+        assert!(e.contains("params-00002.f32") && e.contains("SHA-256 does not match"), "{e}");
+        // Truncated.
+        std::fs::write(&params, &good[..100]).unwrap();
+        let e = format!("{:#}", read_checkpoint(dir.path(), 7, 64).err().unwrap());
+        assert!(e.contains("params-00002.f32") && e.contains("100 bytes"), "{e}");
+        std::fs::write(&params, &good).unwrap();
+        read_checkpoint(dir.path(), 7, 64).unwrap();
+        // Crafted metadata: every field replaced by hostile values, each an error, never a panic.
+        let meta_path = dir.path().join(CHECKPOINT);
+        let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
+        let crafted: Vec<(&str, serde_json::Value)> = vec![
+            ("format", serde_json::json!(1)),
+            ("format", serde_json::json!("two")),
+            ("strategy_vectors", serde_json::json!([u64::MAX, 2])),
+            ("strategy_vectors", serde_json::json!([usize::MAX / 4 + 1])),
+            ("strategy_vectors", serde_json::json!([10, 55])),
+            ("params_file", serde_json::json!("../../etc/passwd")),
+            ("params_file", serde_json::json!("missing.f32")),
+            ("num_values", serde_json::json!(u64::MAX)),
+            ("files", serde_json::json!({})),
+            ("parties", serde_json::json!([{"id": "p", "admm_rho": 1.0, "scaffold": true}])),
+            ("round", serde_json::json!(-1)),
+        ];
+        for (field, value) in crafted {
+            let mut m = meta.clone();
+            m[field] = value.clone();
+            std::fs::write(&meta_path, serde_json::to_vec(&m).unwrap()).unwrap();
+            let r = std::panic::catch_unwind(|| read_checkpoint(dir.path(), 7, 64).err().map(|e| format!("{e:#}")));
+            let e = r.unwrap_or_else(|_| panic!("{field} = {value} panicked"));
+            let e = e.unwrap_or_else(|| panic!("{field} = {value} was accepted"));
+            assert!(e.contains(dir.path().to_str().unwrap()), "{field} = {value}: {e}");
+        }
+        std::fs::write(&meta_path, b"{\"format\": 2, \"round\": [").unwrap();
+        assert!(read_checkpoint(dir.path(), 7, 64).is_err());
     }
 
     fn ledger(steps: u64) -> Ledger {

@@ -192,9 +192,14 @@ struct ServeArgs {
     /// <out>.old-<unix time> (never deleting it).
     #[arg(long, conflicts_with = "resume")]
     force: bool,
-    /// Plaintext without authentication (local tests only).
+    /// Plaintext without authentication (local tests only; loopback addresses only unless
+    /// --insecure-non-loopback).
     #[arg(long)]
     insecure: bool,
+    /// With --insecure, also listen on an address outside loopback: anyone who can reach it
+    /// can take any party's seat and read every model.
+    #[arg(long, requires = "insecure")]
+    insecure_non_loopback: bool,
 }
 
 #[derive(clap::Args)]
@@ -483,7 +488,7 @@ fn run(args: RunArgs) -> Result<()> {
             let mut res = dir.record(r);
             if res.is_ok() && cfg.checkpoint_every > 0 && r.round % cfg.checkpoint_every == 0 {
                 let parties = parties.states();
-                let c = deploy::Checkpoint { round: r.round, seed: cfg.seed, global, strategy, parties, records: &[] };
+                let c = deploy::Checkpoint { round: r.round, seed: cfg.seed, global, strategy, parties };
                 res = deploy::write_checkpoint(&ckpt_dir, c);
             }
             if let Err(e) = res {
@@ -588,7 +593,7 @@ fn serve(a: ServeArgs) -> Result<()> {
             println!("federate serve: the earlier run in {} was moved to {}", a.out.display(), aside.display());
         }
     }
-    deploy::serve(&cfg, &a.out, resume, a.insecure)
+    deploy::serve(&cfg, &a.out, resume, deploy::Security::from_flags(a.insecure, a.insecure_non_loopback))
 }
 
 fn join(a: JoinArgs) -> Result<()> {

@@ -116,7 +116,7 @@ pub(crate) fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
 /// line cut short by a crash, are left out).
 pub fn read_rounds(path: &Path, through: u32) -> Result<Vec<RoundRecord>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("--resume: reading {}", path.display()))?;
-    let mut out = Vec::with_capacity(through as usize);
+    let mut out = Vec::with_capacity((through as usize).min(1 << 16));
     for (i, line) in text.lines().enumerate() {
         if out.len() == through as usize {
             break;

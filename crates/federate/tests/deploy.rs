@@ -329,4 +329,31 @@ fn serve_refuses_to_run_without_tls_unless_insecure() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("federate keys") && err.contains("--insecure"), "{err}");
     let _ = PathBuf::new();
+    // --insecure on the default 0.0.0.0 is refused; it needs a second, explicit flag.
+    let o = Command::new(bin())
+        .args(["serve", "--config", "c.toml", "--insecure", "--out", "r0"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("not a loopback address") && err.contains("--insecure-non-loopback"), "{err}");
+}
+
+#[test]
+fn a_server_no_party_reaches_exits_non_zero_and_writes_no_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = "rounds = 2\n[model]\nname = \"logreg\"\n[server]\nlisten = \"127.0.0.1:0\"\nstart_wait_s = 1\n";
+    std::fs::write(dir.path().join("c.toml"), cfg).unwrap();
+    let o = Command::new(bin())
+        .args(["serve", "--config", "c.toml", "--insecure", "--out", "run"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{out}{err}");
+    assert!(err.contains("only 0 of 3 parties connected") && err.contains("no model written"), "{err}");
+    assert!(out.contains("INSECURE") || !out.contains("round "), "{out}");
+    assert!(!dir.path().join("run/model.safetensors").exists());
 }
