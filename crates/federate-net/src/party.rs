@@ -60,6 +60,9 @@ pub enum PartyError {
     /// Local configuration problem.
     #[error("{0}")]
     Config(String),
+    /// A failure no retry fixes (certificates that do not match, TLS against plaintext).
+    #[error("{0}")]
+    Permanent(String),
 }
 
 enum SessionEnd {
@@ -106,18 +109,37 @@ async fn channel(opts: &PartyOptions) -> Result<Channel, String> {
 /// Runs a party until the server ends the federation. `client` does the training and
 /// evaluation; `layout` is its model's parameter layout.
 pub async fn run_party(opts: PartyOptions, client: Box<dyn Client>, layout: Arc<Layout>) -> Result<String, PartyError> {
-    if opts.tls.is_none() && opts.server.starts_with("https://") {
-        return Err(PartyError::Config("an https:// server needs TLS files (or use http:// with --insecure)".into()));
-    }
+    check_local(&opts)?;
     let client = Arc::new(Mutex::new(client));
     let mut backoff = Duration::from_millis(250);
     let mut down_since = tokio::time::Instant::now();
+    // Connections that reached the server but failed below gRPC in a row: plaintext against
+    // TLS (or the reverse) looks like this and never heals.
+    let mut garbled = 0;
     loop {
         match session(&opts, client.clone(), layout.clone()).await {
             Ok(SessionEnd::Finished(reason)) => return Ok(reason),
             Ok(SessionEnd::Refused(reason)) => return Err(PartyError::Refused(reason)),
             Err(refusal) => return Err(refusal),
             Ok(SessionEnd::Lost(reason, joined)) => {
+                if let Some(cause) = permanent(&reason, opts.tls.is_some()) {
+                    return Err(PartyError::Permanent(format!("{cause} ({reason})")));
+                }
+                garbled = if !joined && is_garbled(&reason) { garbled + 1 } else { 0 };
+                if garbled >= 3 {
+                    let cert = if opts.tls.is_some() {
+                        "; or the server refuses this party's certificate (not issued by the federation's CA: the \
+                         server's log names the reason)"
+                    } else {
+                        ""
+                    };
+                    return Err(PartyError::Permanent(format!(
+                        "the server at {} answers, but the connection fails before joining, three times in a row \
+                         ({reason}): check the scheme (https:// for a TLS server, http:// with --insecure for a \
+                         plaintext one) and the port{cert}",
+                        opts.server
+                    )));
+                }
                 if joined {
                     backoff = Duration::from_millis(250);
                     down_since = tokio::time::Instant::now();
@@ -131,6 +153,80 @@ pub async fn run_party(opts: PartyOptions, client: Box<dyn Client>, layout: Arc<
             }
         }
     }
+}
+
+/// Mistakes on this side that no retry fixes, found before dialling: a URL without its
+/// scheme, a scheme that does not match the TLS setting, TLS files missing or not PEM.
+fn check_local(opts: &PartyOptions) -> Result<(), PartyError> {
+    let url = &opts.server;
+    let scheme_ok = url.starts_with("https://") || url.starts_with("http://");
+    if !scheme_ok {
+        return Err(PartyError::Config(format!(
+            "--server '{url}' needs a scheme: https://host:port (mutual TLS) or http://host:port (--insecure)"
+        )));
+    }
+    if let Err(e) = Endpoint::from_shared(url.clone()) {
+        return Err(PartyError::Config(format!("--server '{url}' is not a URL: {e}")));
+    }
+    match &opts.tls {
+        None if url.starts_with("https://") => {
+            return Err(PartyError::Config(
+                "an https:// server needs TLS files (or use http:// with --insecure)".into(),
+            ));
+        }
+        Some(_) if url.starts_with("http://") => {
+            return Err(PartyError::Config(format!(
+                "--server '{url}' is plaintext (http://) but TLS files were given: use https://"
+            )));
+        }
+        Some(t) => {
+            let certs = crate::tls::read_certs(&t.ca).and_then(|_| crate::tls::read_certs(&t.cert));
+            certs.and_then(|_| crate::tls::read_key(&t.key)).map_err(|e| PartyError::Config(e.to_string()))?;
+        }
+        None => {}
+    }
+    Ok(())
+}
+
+/// Why a failed connection will fail the same way every time, if it will: the certificates
+/// do not match (the server's is not from our CA or not for its name; ours is not from the
+/// server's CA), or TLS met plaintext.
+fn permanent(reason: &str, tls: bool) -> Option<&'static str> {
+    let r = reason.to_ascii_lowercase();
+    let any = |keys: &[&str]| keys.iter().any(|k| r.contains(k));
+    if any(&["unknownissuer", "unknown issuer", "notvalidforname", "not valid for name", "invalid peer certificate"]) {
+        return Some("the server's certificate is not one this party trusts (another CA, or not issued for this name)");
+    }
+    if any(&[
+        "unknownca",
+        "unknown ca",
+        "badcertificate",
+        "bad certificate",
+        "certificaterequired",
+        "certificate required",
+    ]) {
+        return Some("the server refused this party's certificate (not issued by the federation's CA?)");
+    }
+    if tls && any(&["invalidcontenttype", "corrupt message", "wrong version number"]) {
+        return Some("TLS met a plaintext server: use http:// with --insecure if the server runs --insecure");
+    }
+    None
+}
+
+/// Whether a connection failed after reaching the server but below gRPC (a protocol mismatch
+/// looks like this; a restarting server briefly too, so it takes three in a row).
+fn is_garbled(reason: &str) -> bool {
+    let r = reason.to_ascii_lowercase();
+    [
+        "h2 protocol error",
+        "frame with invalid size",
+        "connection closed",
+        "unexpected eof",
+        "broken pipe",
+        "transport error (unknown)",
+    ]
+    .iter()
+    .any(|k| r.contains(k))
 }
 
 /// One connection: returns how it ended, or a final refusal.

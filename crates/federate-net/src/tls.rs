@@ -41,6 +41,9 @@ pub enum TlsError {
     /// rustls refused the configuration.
     #[error("TLS configuration: {0}")]
     Config(String),
+    /// Files that would be replaced.
+    #[error("{0}")]
+    Exists(String),
     /// A party identity that cannot be a certificate name.
     #[error("party identity '{0}' must be letters, digits, '-' or '.', starting with a letter or digit")]
     BadIdentity(String),
@@ -70,43 +73,159 @@ fn write(path: &Path, text: &str) -> Result<(), TlsError> {
     std::fs::write(path, text).map_err(io(path))
 }
 
-/// Creates a CA, a server certificate valid for `server_names`, and a client certificate per
-/// party, under `dir`.
-pub fn generate(dir: &Path, server_names: &[String], parties: &[String]) -> Result<(), TlsError> {
-    for p in parties {
-        if !valid_identity(p) {
-            return Err(TlsError::BadIdentity(p.clone()));
-        }
+/// Writes a private key readable by its owner only (0600 on Unix), refusing to replace one.
+fn write_key(path: &Path, text: &str) -> Result<(), TlsError> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
     }
-    let ca_key = KeyPair::generate().map_err(gen_err)?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path).map_err(io(path))?;
+    f.write_all(text.as_bytes()).map_err(io(path))
+}
+
+/// How long certificates are valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetime {
+    /// Days a party or server certificate is valid from today.
+    pub leaf_days: u32,
+    /// Days the CA is valid from today.
+    pub ca_days: u32,
+}
+
+impl Default for Lifetime {
+    /// One year for parties and the server, ten for the CA.
+    fn default() -> Self {
+        Lifetime { leaf_days: 365, ca_days: 3650 }
+    }
+}
+
+/// The UTC calendar date `days` days from today (negative: before), for certificate validity.
+fn ymd_from_today(days: i64) -> (i32, u8, u8) {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    // Howard Hinnant's civil-from-days.
+    let z = (now / 86_400) as i64 + days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u8;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+    let y = (yoe + era * 400 + i64::from(m <= 2)) as i32;
+    (y, m, d)
+}
+
+/// Sets `params` valid from yesterday (clocks differ) for `days` days.
+fn set_validity(params: &mut CertificateParams, days: u32) {
+    let (y, m, d) = ymd_from_today(-1);
+    params.not_before = rcgen::date_time_ymd(y, m, d);
+    let (y, m, d) = ymd_from_today(i64::from(days));
+    params.not_after = rcgen::date_time_ymd(y, m, d);
+}
+
+/// The CA's parameters; rebuilt identically to sign with an existing CA key (`add`).
+fn ca_params(lifetime: Lifetime) -> Result<CertificateParams, TlsError> {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(gen_err)?;
     ca_params.distinguished_name.push(DnType::CommonName, "federate CA");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params.key_usages =
         vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    let ca_cert = ca_params.self_signed(&ca_key).map_err(gen_err)?;
-    write(&dir.join("ca.pem"), &ca_cert.pem())?;
-    write(&dir.join("ca.key"), &ca_key.serialize_pem())?;
-    let issuer = Issuer::new(ca_params, ca_key);
+    set_validity(&mut ca_params, lifetime.ca_days);
+    Ok(ca_params)
+}
 
-    let leaf = |names: Vec<String>, cn: &str, eku: ExtendedKeyUsagePurpose| -> Result<(String, String), TlsError> {
-        let key = KeyPair::generate().map_err(gen_err)?;
-        let mut params = CertificateParams::new(names).map_err(gen_err)?;
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-        params.extended_key_usages = vec![eku];
-        let cert = params.signed_by(&key, &issuer).map_err(gen_err)?;
-        Ok((cert.pem(), key.serialize_pem()))
-    };
-    let (cert, key) = leaf(server_names.to_vec(), "federate server", ExtendedKeyUsagePurpose::ServerAuth)?;
-    write(&dir.join("server.pem"), &cert)?;
-    write(&dir.join("server.key"), &key)?;
+fn leaf(
+    names: Vec<String>,
+    cn: &str,
+    eku: ExtendedKeyUsagePurpose,
+    issuer: &Issuer<'_, KeyPair>,
+    lifetime: Lifetime,
+) -> Result<(String, String), TlsError> {
+    let key = KeyPair::generate().map_err(gen_err)?;
+    let mut params = CertificateParams::new(names).map_err(gen_err)?;
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.extended_key_usages = vec![eku];
+    set_validity(&mut params, lifetime.leaf_days);
+    let cert = params.signed_by(&key, issuer).map_err(gen_err)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+fn check_new_parties(dir: &Path, parties: &[String]) -> Result<(), TlsError> {
     for p in parties {
-        let (cert, key) = leaf(vec![p.clone()], p, ExtendedKeyUsagePurpose::ClientAuth)?;
-        write(&dir.join("parties").join(format!("{p}.pem")), &cert)?;
-        write(&dir.join("parties").join(format!("{p}.key")), &key)?;
+        if !valid_identity(p) {
+            return Err(TlsError::BadIdentity(p.clone()));
+        }
+        for ext in ["pem", "key"] {
+            let path = dir.join("parties").join(format!("{p}.{ext}"));
+            if path.exists() {
+                return Err(TlsError::Exists(format!(
+                    "{}: party '{p}' already has a certificate; choose another identity, or move the old files away \
+                     first (its old certificate stays valid until it expires)",
+                    path.display()
+                )));
+            }
+        }
     }
     Ok(())
+}
+
+fn write_parties(
+    dir: &Path,
+    parties: &[String],
+    issuer: &Issuer<'_, KeyPair>,
+    lifetime: Lifetime,
+) -> Result<(), TlsError> {
+    for p in parties {
+        let (cert, key) = leaf(vec![p.clone()], p, ExtendedKeyUsagePurpose::ClientAuth, issuer, lifetime)?;
+        write_key(&dir.join("parties").join(format!("{p}.key")), &key)?;
+        write(&dir.join("parties").join(format!("{p}.pem")), &cert)?;
+    }
+    Ok(())
+}
+
+/// Creates a CA, a server certificate valid for `server_names`, and a client certificate per
+/// party, under `dir`. Refuses a directory that already holds a CA (replacing it would
+/// invalidate every certificate it issued): add parties to it with [`add`]. Private keys are
+/// written 0600.
+pub fn generate(dir: &Path, server_names: &[String], parties: &[String], lifetime: Lifetime) -> Result<(), TlsError> {
+    for f in ["ca.pem", "ca.key", "server.pem", "server.key"] {
+        if dir.join(f).exists() {
+            return Err(TlsError::Exists(format!(
+                "{} already exists: replacing the CA would invalidate every certificate it issued. Add parties to \
+                 it with `federate keys --add`, or choose another --out",
+                dir.join(f).display()
+            )));
+        }
+    }
+    check_new_parties(dir, parties)?;
+    let ca_key = KeyPair::generate().map_err(gen_err)?;
+    let params = ca_params(lifetime)?;
+    let ca_cert = params.self_signed(&ca_key).map_err(gen_err)?;
+    write_key(&dir.join("ca.key"), &ca_key.serialize_pem())?;
+    write(&dir.join("ca.pem"), &ca_cert.pem())?;
+    let issuer = Issuer::new(params, ca_key);
+    let (cert, key) =
+        leaf(server_names.to_vec(), "federate server", ExtendedKeyUsagePurpose::ServerAuth, &issuer, lifetime)?;
+    write_key(&dir.join("server.key"), &key)?;
+    write(&dir.join("server.pem"), &cert)?;
+    write_parties(dir, parties, &issuer, lifetime)
+}
+
+/// Issues certificates for `parties` with the existing CA in `dir` (its `ca.key`), leaving
+/// everything already issued valid. Refuses an identity that already has files.
+pub fn add(dir: &Path, parties: &[String], lifetime: Lifetime) -> Result<(), TlsError> {
+    let key_path = dir.join("ca.key");
+    let text = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
+    let ca_key = KeyPair::from_pem(&text)
+        .map_err(|e| TlsError::Pem { path: key_path.clone(), what: format!("not a CA key: {e}") })?;
+    check_new_parties(dir, parties)?;
+    let issuer = Issuer::new(ca_params(lifetime)?, ca_key);
+    write_parties(dir, parties, &issuer, lifetime)
 }
 
 /// Reads every certificate in a PEM file.
@@ -174,14 +293,59 @@ mod tests {
 
     #[test]
     fn generated_certificates_name_their_parties() {
-        let dir = std::env::temp_dir().join(format!("federate-tls-{}", std::process::id()));
-        generate(&dir, &["localhost".into()], &["party-1".into(), "party-2".into()]).unwrap();
+        let tmp = std::env::temp_dir().join(format!("federate-tls-{}", std::process::id()));
+        let dir = tmp.join("keys");
+        generate(&dir, &["localhost".into()], &["party-1".into(), "party-2".into()], Lifetime::default()).unwrap();
         let c1 = read_certs(&dir.join("parties/party-1.pem")).unwrap();
         assert!(party_identity_ok(&c1[0], "party-1"));
         assert!(!party_identity_ok(&c1[0], "party-2"));
         server_config(&TlsFiles { ca: dir.join("ca.pem"), cert: dir.join("server.pem"), key: dir.join("server.key") })
             .unwrap();
-        assert!(matches!(generate(&dir, &[], &["bad id".into()]), Err(TlsError::BadIdentity(_))));
-        let _ = std::fs::remove_dir_all(&dir);
+        let other = tmp.join("other");
+        assert!(matches!(
+            generate(&other, &[], &["bad id".into()], Lifetime::default()),
+            Err(TlsError::BadIdentity(_))
+        ));
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+
+    /// Whether `cert` verifies against the CA in `ca` as a client certificate, now.
+    fn verifies(ca: &Path, cert: &Path) -> bool {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in read_certs(ca).unwrap() {
+            roots.add(c).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let v = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build().unwrap();
+        let ee = read_certs(cert).unwrap().remove(0);
+        v.verify_client_cert(&ee, &[], rustls::pki_types::UnixTime::now()).is_ok()
+    }
+
+    #[test]
+    fn an_existing_ca_is_never_replaced_and_added_parties_share_it() {
+        let tmp = std::env::temp_dir().join(format!("federate-tls-add-{}", std::process::id()));
+        let dir = tmp.join("keys");
+        generate(&dir, &["localhost".into()], &["party-1".into()], Lifetime::default()).unwrap();
+        let ca_before = std::fs::read(dir.join("ca.pem")).unwrap();
+        let e = generate(&dir, &["localhost".into()], &["party-9".into()], Lifetime::default()).unwrap_err();
+        assert!(e.to_string().contains("federate keys --add"), "{e}");
+        assert_eq!(std::fs::read(dir.join("ca.pem")).unwrap(), ca_before, "the CA is untouched");
+        add(&dir, &["party-4".into()], Lifetime { leaf_days: 30, ca_days: 3650 }).unwrap();
+        assert!(verifies(&dir.join("ca.pem"), &dir.join("parties/party-4.pem")));
+        assert!(verifies(&dir.join("ca.pem"), &dir.join("parties/party-1.pem")));
+        assert!(party_identity_ok(&read_certs(&dir.join("parties/party-4.pem")).unwrap()[0], "party-4"));
+        // An identity that has files already is refused, not overwritten.
+        assert!(matches!(add(&dir, &["party-1".into()], Lifetime::default()), Err(TlsError::Exists(_))));
+        // A certificate from another CA does not verify against this one.
+        let other = tmp.join("other");
+        generate(&other, &["localhost".into()], &["party-1".into()], Lifetime::default()).unwrap();
+        assert!(!verifies(&dir.join("ca.pem"), &other.join("parties/party-1.pem")));
+        #[cfg(unix)]
+        for key in ["ca.key", "server.key", "parties/party-1.key", "parties/party-4.key"] {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.join(key)).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{key}");
+        }
+        let _ = std::fs::remove_dir_all(&tmp);
     }
 }

@@ -45,11 +45,25 @@ pub(crate) fn spec_for(cfg: &Config) -> Result<ModelSpec> {
     sim::spec_for_shape(cfg, input, classes)
 }
 
-/// `federate keys`: a CA, a server certificate and one certificate per party.
-pub fn keys(out: &Path, parties: &[String], server_names: &[String]) -> Result<()> {
-    federate_net::tls::generate(out, server_names, parties)?;
+/// `federate keys`: a CA, a server certificate and one certificate per party, valid `days`
+/// days (the CA ten times as long); with `add`, certificates for more parties from the CA
+/// already in `out`.
+pub fn keys(out: &Path, parties: &[String], server_names: &[String], add: bool, days: u32) -> Result<()> {
+    let lifetime = federate_net::tls::Lifetime { leaf_days: days, ca_days: days.saturating_mul(10) };
+    if add {
+        federate_net::tls::add(out, parties, lifetime)?;
+        println!(
+            "signed {} with the CA in {}: wrote {}/parties/<id>.pem and .key (valid {days} days)",
+            parties.join(", "),
+            out.display(),
+            out.display()
+        );
+        return Ok(());
+    }
+    federate_net::tls::generate(out, server_names, parties, lifetime)?;
     println!(
-        "wrote {0}/ca.pem, {0}/server.pem and .key, and {0}/parties/<id>.pem and .key for {1}",
+        "wrote {0}/ca.pem, {0}/server.pem and .key, and {0}/parties/<id>.pem and .key for {1} (valid {days} days; \
+         private keys readable by you only)",
         out.display(),
         parties.join(", ")
     );

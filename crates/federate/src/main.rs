@@ -77,6 +77,13 @@ enum Command {
         /// Names (DNS or IP) the server certificate is valid for, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1,federate-server")]
         server_names: Vec<String>,
+        /// Issue certificates for --parties with the CA already in --out (ca.key), leaving
+        /// every certificate it issued valid.
+        #[arg(long)]
+        add: bool,
+        /// Days the server and party certificates are valid (the CA: ten times as long).
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=36500))]
+        days: u32,
     },
     /// Privacy planning: ε of a DP-SGD run, or the noise that reaches a target ε.
     Privacy {
@@ -373,7 +380,9 @@ fn main() -> ExitCode {
             bench_aggregate(&model, parties, reps)
         }
         Command::Privacy { what } => privacy(what),
-        Command::Keys { out, parties, server_names } => deploy::keys(&out, &parties, &server_names),
+        Command::Keys { out, parties, server_names, add, days } => {
+            deploy::keys(&out, &parties, &server_names, add, days)
+        }
         Command::Serve(a) => serve(a),
         Command::Join(a) => join(a),
     };

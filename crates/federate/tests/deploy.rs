@@ -311,7 +311,30 @@ fn parties_without_a_valid_certificate_or_not_allowed_are_refused() {
         log.contains("UnknownIssuer") || log.contains("unknown issuer") || log.contains("invalid peer certificate"),
         "{log}"
     );
-    f.kill(wrong_ca);
+    // Permanent mistakes fail at once with their cause instead of retrying for minutes: a
+    // certificate from another CA (either side), a missing file, a URL without a scheme,
+    // plaintext against the TLS port.
+    assert!(!f.wait(wrong_ca, Duration::from_secs(60)));
+    assert!(f.log("wrong-ca.log").contains("certificate"), "{}", f.log("wrong-ca.log"));
+    let url = format!("https://127.0.0.1:{}", f.port);
+    let plain = format!("http://127.0.0.1:{}", f.port);
+    let bare = format!("127.0.0.1:{}", f.port);
+    let cases: [(&str, Vec<&str>, &str); 4] = [
+        ("untrusted-server.log", vec!["--server", &url, "--tls-dir", "other"], "server's certificate is not one"),
+        ("missing.log", vec!["--server", &url, "--tls-dir", "nowhere"], "nowhere/ca.pem"),
+        ("bare.log", vec!["--server", &bare, "--tls-dir", "keys"], "needs a scheme"),
+        ("plain.log", vec!["--server", &plain, "--insecure"], "check the scheme"),
+    ];
+    for (log, args, cause) in cases {
+        let mut all = vec!["join", "--id", "party-1", "--config", "fed.toml", "--server-name", "localhost"];
+        all.extend(args);
+        if log == "plain.log" {
+            all.retain(|a| *a != "--server-name" && *a != "localhost");
+        }
+        let i = f.spawn(log, &all);
+        assert!(!f.wait(i, Duration::from_secs(60)), "{log}");
+        assert!(f.log(log).contains(cause), "{log}: {}", f.log(log));
+    }
     // The federation itself still works afterwards.
     for i in 1..=3 {
         f.join(&format!("party-{i}"), "keys", &format!("join{i}.log"));
