@@ -141,6 +141,13 @@ pub struct ModelSpec {
     pub layers: Vec<LayerSpec>,
 }
 
+/// Largest size of any one dimension, kernel, padding or stride (beyond it a layer is a typo,
+/// and the arithmetic on it could overflow).
+pub const MAX_DIM: usize = 1 << 30;
+
+/// Largest number of values in one activation (per example) or one weight tensor.
+pub const MAX_VALUES: u64 = 1 << 32;
+
 /// Names of the built-in models.
 pub const BUILTIN_MODELS: [&str; 3] = ["cnn", "mlp", "logreg"];
 
@@ -176,10 +183,32 @@ impl ModelSpec {
         if self.layers.is_empty() {
             return Err(NnError::NoLayers);
         }
+        let big = |n: usize| n > MAX_DIM;
+        if big(self.input.h) || big(self.input.w) || big(self.input.c) || big(self.classes) {
+            return Err(NnError::BadLayer {
+                index: 0,
+                layer: "input".into(),
+                problem: format!(
+                    "input {} or {} classes is beyond {MAX_DIM} in one dimension",
+                    self.input, self.classes
+                ),
+            });
+        }
         let mut shapes = vec![self.input];
         for (index, layer) in self.layers.iter().enumerate() {
             let s = *shapes.last().unwrap_or(&self.input);
             let bad = |problem: String| NnError::BadLayer { index, layer: layer.kind().to_string(), problem };
+            let sizes = match *layer {
+                LayerSpec::Conv2d { out_channels, kernel, stride, padding } => {
+                    vec![out_channels, kernel, stride, if let Padding::Explicit(p) = padding { p } else { 0 }]
+                }
+                LayerSpec::MaxPool2d { kernel, stride } => vec![kernel, stride.unwrap_or(kernel)],
+                LayerSpec::Linear { out } => vec![out],
+                _ => Vec::new(),
+            };
+            if sizes.iter().any(|&n| big(n)) {
+                return Err(bad(format!("a size above {MAX_DIM} is not a layer one machine can hold")));
+            }
             let next = match *layer {
                 LayerSpec::Conv2d { out_channels, kernel, stride, padding } => {
                     if out_channels == 0 || kernel == 0 || stride == 0 {
@@ -245,6 +274,9 @@ impl ModelSpec {
                     Shape::flat(out)
                 }
             };
+            if next.h as u64 * next.w as u64 * next.c as u64 > MAX_VALUES || big(next.c) {
+                return Err(bad(format!("its output {next} has more than {MAX_VALUES} values per example")));
+            }
             shapes.push(next);
         }
         let last = shapes[shapes.len() - 1];
@@ -255,9 +287,65 @@ impl ModelSpec {
     }
 }
 
+impl ModelSpec {
+    /// The weights and biases of each layer that has them, computed without overflow (after
+    /// [`ModelSpec::shapes`] has checked the sizes).
+    pub fn num_params(&self) -> Result<u128, NnError> {
+        let shapes = self.shapes()?;
+        let mut total = 0u128;
+        for (layer, s) in self.layers.iter().zip(&shapes) {
+            total += match *layer {
+                LayerSpec::Conv2d { out_channels, kernel, .. } => {
+                    (kernel as u128 * kernel as u128 * s.c as u128 + 1) * out_channels as u128
+                }
+                LayerSpec::Linear { out } => (s.size() as u128 + 1) * out as u128,
+                _ => 0,
+            };
+        }
+        Ok(total)
+    }
+
+    /// Roughly the bytes one learner training at `batch` holds: the parameters four times
+    /// (values, gradients, optimizer state, a copy for the update) and every activation with its
+    /// gradient for a batch, as f32. Used to refuse a model before allocating it.
+    pub fn memory_estimate(&self, batch: usize) -> Result<u128, NnError> {
+        let shapes = self.shapes()?;
+        let activations: u128 = shapes.iter().map(|s| s.h as u128 * s.w as u128 * s.c as u128).sum();
+        Ok(4 * (4 * self.num_params()? + 2 * batch.max(1) as u128 * activations))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absurd_sizes_are_errors_and_memory_is_estimated_without_overflow() {
+        let spec = ModelSpec {
+            input: Shape::flat(784),
+            classes: 100_000_000,
+            layers: vec![LayerSpec::Linear { out: 100_000_000 }],
+        };
+        // 10^8 outputs is a shape one can name, but 785 · 10^8 weights is ~314 GB to train.
+        assert_eq!(spec.num_params().unwrap(), 785 * 100_000_000);
+        assert!(spec.memory_estimate(32).unwrap() > 300_000_000_000);
+        let huge =
+            ModelSpec { input: Shape::flat(784), classes: 10, layers: vec![LayerSpec::Linear { out: usize::MAX }] };
+        assert!(huge.shapes().unwrap_err().to_string().contains("not a layer one machine can hold"));
+        let conv = ModelSpec {
+            input: Shape::image(28, 28, 1),
+            classes: 10,
+            layers: vec![LayerSpec::Conv2d {
+                out_channels: 4,
+                kernel: 3,
+                stride: 1,
+                padding: Padding::Explicit(usize::MAX / 2),
+            }],
+        };
+        assert!(conv.shapes().is_err());
+        let cnn = ModelSpec::builtin("cnn", Shape::image(28, 28, 1), 10).unwrap();
+        assert_eq!(cnn.num_params().unwrap(), 1_663_370);
+    }
 
     #[test]
     fn cnn_shapes_chain() {

@@ -954,4 +954,53 @@ mod tests {
         let back: Config = toml::from_str(&text).unwrap();
         assert_eq!(back, c);
     }
+
+    /// Every dotted key of the default config (the schema a user can `--set`).
+    fn all_keys() -> Vec<String> {
+        fn walk(prefix: &str, v: &toml::Value, out: &mut Vec<String>) {
+            if let toml::Value::Table(t) = v {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    out.push(key.clone());
+                    walk(&key, v, out);
+                }
+            }
+        }
+        let mut keys = Vec::new();
+        walk("", &toml::Value::try_from(Config::default()).unwrap(), &mut keys);
+        keys.extend(
+            ["model.layers", "server.max_connections", "server.declared.party-1", "privacy.noise_multiplier"]
+                .map(String::from),
+        );
+        keys
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// Random values under real keys (extremes, wrong types, hostile layer lists): config
+        /// validation and the model check that follows answer Ok or a one-line error, never a
+        /// panic.
+        #[test]
+        fn random_configs_never_panic(picks in proptest::collection::vec((0usize..1000, 0usize..1000), 1..6)) {
+            const VALUES: &[&str] = &[
+                "0", "-1", "1", "2", "3", "7", "0.5", "1e-300", "1e30", "-1e30", "nan", "inf", "-inf",
+                "18446744073709551615", "9223372036854775807", "4294967296", "\"\"", "\"x\"", "\"declared\"",
+                "\"gaussian\"", "\"laplace\"", "\"custom\"", "\"cnn\"", "\"fedsgd\"", "\"scaffold\"", "true",
+                "false", "[]", "{}", "[\"a\", \"a\"]", "{ train = 0 }", "{ train = 18446744073709551615 }",
+                r#"[{type="flatten"},{type="linear",out=100000000000}]"#,
+                r#"[{type="conv2d",out_channels=1073741824,kernel=5}]"#,
+                r#"[{type="conv2d",out_channels=4,kernel=3,padding=4611686018427387904}]"#,
+                r#"[{type="max_pool2d",kernel=0}]"#,
+            ];
+            let keys = all_keys();
+            let sets: Vec<String> =
+                picks.iter().map(|(k, v)| format!("{}={}", keys[k % keys.len()], VALUES[v % VALUES.len()])).collect();
+            let outcome = std::panic::catch_unwind(|| {
+                if let Ok(cfg) = load(None, &sets) {
+                    let _ = crate::deploy::spec_for(&cfg);
+                }
+            });
+            proptest::prop_assert!(outcome.is_ok(), "panicked on {:?}", sets);
+        }
+    }
 }

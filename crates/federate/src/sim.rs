@@ -114,7 +114,39 @@ pub fn spec_for_shape(cfg: &Config, input: Shape, classes: usize) -> Result<Mode
         None => ModelSpec::builtin(&cfg.model.name, input, classes)?,
     };
     spec.shapes().context("model.layers")?;
+    check_fits(&spec, cfg.train.batch_size)?;
     Ok(spec)
+}
+
+/// Refuses a model that would not fit in this machine's memory before anything is
+/// allocated (a linear layer with 10^8 outputs would otherwise abort on a 300 GB
+/// allocation), naming what to change.
+pub fn check_fits(spec: &ModelSpec, batch: usize) -> Result<()> {
+    let params = spec.num_params().context("model.layers")?;
+    let need = spec.memory_estimate(batch).context("model.layers")?;
+    let gb = |b: u128| b as f64 / 1e9;
+    if params > u32::MAX as u128 {
+        anyhow::bail!("model.layers: {params} parameters is beyond what federate handles (2^32); use smaller layers");
+    }
+    if let Some(avail) = available_memory()
+        && need > avail as u128
+    {
+        anyhow::bail!(
+            "model.layers: training this model needs about {:.1} GB ({params} parameters, train.batch_size = {batch}) \
+             and this machine has {:.1} GB available: use smaller layers or a smaller batch",
+            gb(need),
+            gb(avail as u128)
+        );
+    }
+    Ok(())
+}
+
+/// Memory available to new allocations (Linux's MemAvailable), if the system says.
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb.saturating_mul(1024))
 }
 
 /// Local training settings from the config.

@@ -102,7 +102,30 @@ fn bad_input_is_a_one_line_error() {
         (vec!["--set", "model.name=resnet"], "resnet"),
         (vec!["--set", "model.name=custom", "--set", r#"model.layers=[{type="conv3d"}]"#], "conv3d"),
         (vec!["--set", "model.name=custom", "--set", r#"model.layers=[{type="linear",out=10}]"#], "flatten"),
+        // ~4·10^9 parameters: about 64 GB to train, more than this kind of machine has.
+        (
+            vec![
+                "--set",
+                "model.name=custom",
+                "--set",
+                r#"model.layers=[{type="flatten"},{type="linear",out=5000000},{type="linear",out=10}]"#,
+            ],
+            "needs about",
+        ),
         (vec!["--set", "strategy.fraction_fit=2"], "fraction_fit"),
+        // 10^8 outputs: refused before anything is allocated, not a 300 GB abort.
+        (
+            vec![
+                "--set",
+                "model.name=custom",
+                "--set",
+                r#"model.layers=[{type="flatten"},{type="linear",out=100000000},{type="linear",out=10}]"#,
+            ],
+            "model.layers",
+        ),
+        (vec!["--set", "server.heartbeat_s=1e30"], "at most"),
+        (vec!["--set", "server.max_examples=0"], "server.max_examples"),
+        (vec!["--set", "server.weight_by=\"declared\""], "server.declared.party-1"),
         (vec!["--rounds", "0"], "rounds = 0"),
         (vec!["--set", "data.offline=true", "--cache-dir", cache, "--data-dir", "/nonexistent"], "not found"),
         (
