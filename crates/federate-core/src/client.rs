@@ -135,6 +135,30 @@ pub trait ClientProxy: Send {
     fn concurrent(&self) -> bool {
         false
     }
+    /// The non-blocking transport this party is reached through, if any: the round loop then
+    /// hands the transport every task for its parties at once ([`Transport`]) instead of
+    /// calling `fit` / `evaluate` from a thread per party.
+    fn transport(&self) -> Option<Arc<dyn Transport>> {
+        None
+    }
+}
+
+/// Many parties reached through one non-blocking transport (the network server): the round
+/// loop gives it a whole round's tasks for its parties in one call, and it runs them
+/// concurrently on its own runtime, so a round over 10,000 parties needs no thread per party.
+///
+/// Contract: the answer has one outcome per job, in job order, each with the seconds from
+/// the start of the call to that job's answer; a party that fails is an `Err` in its place,
+/// never a missing entry. Parties are named by [`ClientProxy::id`].
+pub trait Transport: Send + Sync {
+    /// Sends every fit task (party id, task) with the model `global` and waits for all replies.
+    fn fit_all(&self, global: &Parameters, jobs: &[(&str, &FitTask)]) -> Vec<(Result<FitReply, ClientError>, f64)>;
+    /// Sends every evaluation task with `params` and waits for all replies.
+    fn evaluate_all(
+        &self,
+        params: &Parameters,
+        jobs: &[(&str, &EvaluateTask)],
+    ) -> Vec<(Result<EvaluateReply, ClientError>, f64)>;
 }
 
 /// A party living in the server's process (simulation).

@@ -23,7 +23,7 @@ pub use admission::{Admission, Declared, Weighting};
 pub use algorithms::{Admm, FedOpt, FedOptConfig, FedSgd, Scaffold, ServerOptimizer};
 pub use client::{
     AdmmState, Client, ClientError, ClientProxy, EvaluateReply, EvaluateTask, FitReply, FitTask, InProcess,
-    LocalClient, LocalSummary, PartyState, release,
+    LocalClient, LocalSummary, PartyState, Transport, release,
 };
 pub use client_dp::{AdaptiveClip, ClientDp, ClientDpMode, DpFedAvg, UpdateDp};
 pub use dp::{DpSgd, Mechanism, NoiseSource, PrivacyFloor, Sampling};

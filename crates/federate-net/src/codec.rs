@@ -86,7 +86,7 @@ pub fn split(values: &[f32], transfer_id: u64, chunk_bytes: usize, zstd: bool) -
         .map(|(i, vals)| {
             let raw: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
             let data = if zstd { zstd::bulk::compress(&raw, 1).unwrap_or(raw) } else { raw };
-            Chunk { transfer_id, index: i as u32, data }
+            Chunk { transfer_id, index: i as u32, data: data.into() }
         })
         .collect();
     let header = ParametersHeader {
@@ -218,7 +218,7 @@ mod tests {
         // Garbage that claims to be zstd.
         let (mut h, mut c) = split(&v, 1, 400, false);
         h.compression = Compression::Zstd as i32;
-        c[0].data = vec![1, 2, 3];
+        c[0].data = vec![1, 2, 3].into();
         assert!(matches!(join(h, c, Limits::default()), Err(WireError::Decompress(..))));
     }
 
@@ -246,7 +246,7 @@ mod tests {
                 let len = (next() % 700) as usize;
                 let data: Vec<u8> = (0..len).map(|_| next() as u8).collect();
                 let index = if next() % 10 == 0 { (next() % 5) as u32 } else { i as u32 };
-                match a.push(Chunk { transfer_id: next() % 2, index, data }) {
+                match a.push(Chunk { transfer_id: next() % 2, index, data: data.into() }) {
                     Ok(Some(v)) => assert!(v.len() <= 4096),
                     Ok(None) => {}
                     Err(_) => break,

@@ -210,6 +210,12 @@ impl<IO: tonic::transport::server::Connected> tonic::transport::server::Connecte
     }
 }
 
+/// A parameter vector encoded for the wire once, sent to many parties.
+struct Encoded {
+    header: crate::proto::ParametersHeader,
+    chunks: Vec<crate::proto::Chunk>,
+}
+
 enum Reply {
     Fit(FitReply),
     Evaluate(EvaluateReply),
@@ -244,6 +250,8 @@ struct HubInner {
     closing: std::sync::atomic::AtomicBool,
     bytes_out: AtomicU64,
     bytes_in: AtomicU64,
+    /// The one transport every `RemoteParty` of this hub shares (so a round batches them).
+    transport: Mutex<Option<Arc<HubTransport>>>,
 }
 
 /// The registry of connected parties, shared by the gRPC service and every `RemoteParty`.
@@ -295,6 +303,7 @@ impl Hub {
                 closing: std::sync::atomic::AtomicBool::new(false),
                 bytes_out: AtomicU64::new(0),
                 bytes_in: AtomicU64::new(0),
+                transport: Mutex::new(None),
             }),
         };
         let svc = FederationServer::new(Service { hub: hub.clone() })
@@ -460,29 +469,49 @@ impl Hub {
         conn.guard.kill();
     }
 
-    fn params_messages(&self, transfer: u64, values: &[f32]) -> (crate::proto::ParametersHeader, Vec<ServerMessage>) {
-        let (h, chunks) = codec::split(values, transfer, self.inner.cfg.chunk_bytes, self.inner.cfg.zstd);
-        let bytes: usize = chunks.iter().map(|c| c.data.len()).sum();
+    /// `values` encoded once under a fresh transfer id, to be sent to any number of parties
+    /// (chunk payloads are shared, not copied).
+    fn encode(&self, values: &[f32]) -> Arc<Encoded> {
+        let transfer = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (header, chunks) = codec::split(values, transfer, self.inner.cfg.chunk_bytes, self.inner.cfg.zstd);
+        Arc::new(Encoded { header, chunks })
+    }
+
+    /// The chunk messages of `enc`, counted as sent.
+    fn chunk_messages(&self, enc: &Encoded) -> Vec<ServerMessage> {
+        let bytes: usize = enc.chunks.iter().map(|c| c.data.len()).sum();
         self.inner.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
-        (h, chunks.into_iter().map(|c| msg(server_message::Msg::Chunk(c))).collect())
+        enc.chunks.iter().map(|c| msg(server_message::Msg::Chunk(c.clone()))).collect()
+    }
+
+    /// What a fit task sends: the model, followed by the task's second vector if any
+    /// (SCAFFOLD's c) in the same transfer.
+    fn fit_payload(&self, global: &Parameters, task: &FitTask) -> Arc<Encoded> {
+        match &task.extra {
+            Some(e) => self.encode(&[global.values.as_slice(), e].concat()),
+            None => self.encode(&global.values),
+        }
     }
 
     /// Sends a fit task to party `id` and waits for its reply.
     pub async fn fit(&self, id: &str, global: &Parameters, task: &FitTask) -> Result<FitReply, ClientError> {
-        // A second vector (SCAFFOLD's c) travels after the model in the same transfer.
-        let joined: Option<Vec<f32>> = task.extra.as_ref().map(|e| [global.values.as_slice(), e].concat());
+        let payload = self.fit_payload(global, task);
+        self.fit_encoded(id, &payload, task).await
+    }
+
+    /// Sends a fit task whose payload ([`Hub::fit_payload`]) is already encoded.
+    async fn fit_encoded(&self, id: &str, payload: &Encoded, task: &FitTask) -> Result<FitReply, ClientError> {
         let r = self
             .call(id, |task_id| {
-                let (header, chunks) = self.params_messages(task_id, joined.as_deref().unwrap_or(&global.values));
                 let head = msg(server_message::Msg::Fit(FitInstruction {
                     task_id,
                     round: task.round,
                     training: Some(training_to_proto(&task.training)),
                     seed: task.seed,
-                    params: Some(header),
-                    with_extra: joined.is_some(),
+                    params: Some(payload.header),
+                    with_extra: task.extra.is_some(),
                 }));
-                std::iter::once(head).chain(chunks).collect()
+                std::iter::once(head).chain(self.chunk_messages(payload)).collect()
             })
             .await?;
         match r {
@@ -498,15 +527,24 @@ impl Hub {
         params: &Parameters,
         task: &EvaluateTask,
     ) -> Result<EvaluateReply, ClientError> {
+        let payload = self.encode(&params.values);
+        self.evaluate_encoded(id, &payload, task).await
+    }
+
+    async fn evaluate_encoded(
+        &self,
+        id: &str,
+        payload: &Encoded,
+        task: &EvaluateTask,
+    ) -> Result<EvaluateReply, ClientError> {
         let r = self
             .call(id, |task_id| {
-                let (header, chunks) = self.params_messages(task_id, &params.values);
                 let head = msg(server_message::Msg::Evaluate(EvaluateInstruction {
                     task_id,
                     round: task.round,
-                    params: Some(header),
+                    params: Some(payload.header),
                 }));
-                std::iter::once(head).chain(chunks).collect()
+                std::iter::once(head).chain(self.chunk_messages(payload)).collect()
             })
             .await?;
         match r {
@@ -836,12 +874,98 @@ pub struct RemoteParty {
     id: String,
     hub: Hub,
     rt: tokio::runtime::Handle,
+    transport: Arc<HubTransport>,
 }
 
 impl RemoteParty {
     /// The proxy for identity `id`, calling through `hub` on runtime `rt`.
     pub fn new(id: impl Into<String>, hub: Hub, rt: tokio::runtime::Handle) -> Self {
-        RemoteParty { id: id.into(), hub, rt }
+        let transport = hub.transport(&rt);
+        RemoteParty { id: id.into(), hub, rt, transport }
+    }
+}
+
+impl Hub {
+    /// The transport shared by every `RemoteParty` of this hub (made on first use).
+    fn transport(&self, rt: &tokio::runtime::Handle) -> Arc<HubTransport> {
+        let mut t = match self.inner.transport.lock() {
+            Ok(t) => t,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        t.get_or_insert_with(|| Arc::new(HubTransport { hub: self.clone(), rt: rt.clone() })).clone()
+    }
+}
+
+/// A round's tasks for many remote parties, run as tasks on the runtime (no thread per
+/// party): the server holds 10,000 connected parties in bounded memory.
+pub struct HubTransport {
+    hub: Hub,
+    rt: tokio::runtime::Handle,
+}
+
+impl HubTransport {
+    fn run_all<T, R, F, Fut>(&self, jobs: &[(&str, &T)], call: F) -> Vec<(Result<R, ClientError>, f64)>
+    where
+        T: Clone + Send + 'static,
+        R: Send + 'static,
+        F: Fn(usize, Hub, String, T) -> Fut,
+        Fut: std::future::Future<Output = Result<R, ClientError>> + Send + 'static,
+    {
+        self.rt.block_on(async {
+            let start = tokio::time::Instant::now();
+            let mut set = tokio::task::JoinSet::new();
+            for (i, (id, task)) in jobs.iter().enumerate() {
+                let fut = call(i, self.hub.clone(), id.to_string(), (*task).clone());
+                set.spawn(async move { (i, fut.await, start.elapsed().as_secs_f64()) });
+            }
+            let mut out: Vec<Option<(Result<R, ClientError>, f64)>> = jobs.iter().map(|_| None).collect();
+            while let Some(done) = set.join_next().await {
+                if let Ok((i, r, secs)) = done {
+                    out[i] = Some((r, secs));
+                }
+            }
+            out.into_iter()
+                .map(|o| o.unwrap_or_else(|| (Err(ClientError::Unavailable("the party's task panicked".into())), 0.0)))
+                .collect()
+        })
+    }
+}
+
+impl federate_core::Transport for HubTransport {
+    fn fit_all(&self, global: &Parameters, jobs: &[(&str, &FitTask)]) -> Vec<(Result<FitReply, ClientError>, f64)> {
+        // One encoding per distinct payload (the model, plus the second vector the tasks
+        // share, if any), not one per party.
+        let mut payloads: Vec<(Option<*const Vec<f32>>, Arc<Encoded>)> = Vec::new();
+        let mut per_job = Vec::with_capacity(jobs.len());
+        for (_, task) in jobs {
+            let key = task.extra.as_ref().map(Arc::as_ptr);
+            let enc = match payloads.iter().find(|(k, _)| *k == key) {
+                Some((_, e)) => e.clone(),
+                None => {
+                    let e = self.hub.fit_payload(global, task);
+                    payloads.push((key, e.clone()));
+                    e
+                }
+            };
+            per_job.push(enc);
+        }
+        let per_job = Arc::new(per_job);
+        self.run_all(jobs, move |i, hub, id, task| {
+            let payloads = per_job.clone();
+            async move { hub.fit_encoded(&id, &payloads[i], &task).await }
+        })
+    }
+
+    fn evaluate_all(
+        &self,
+        params: &Parameters,
+        jobs: &[(&str, &EvaluateTask)],
+    ) -> Vec<(Result<EvaluateReply, ClientError>, f64)> {
+        let payload = self.hub.encode(&params.values);
+        self.run_all(jobs, move |_, hub, id, task| {
+            let payload = payload.clone();
+            async move { hub.evaluate_encoded(&id, &payload, &task).await }
+        })
     }
 }
 
@@ -857,5 +981,8 @@ impl ClientProxy for RemoteParty {
     }
     fn concurrent(&self) -> bool {
         true
+    }
+    fn transport(&self) -> Option<Arc<dyn federate_core::Transport>> {
+        Some(self.transport.clone())
     }
 }

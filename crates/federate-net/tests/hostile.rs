@@ -144,7 +144,7 @@ async fn raw_party(url: String, id: String, b: Behaviour) {
                         params.pop();
                     }
                     Behaviour::Oversized => {
-                        let huge = Chunk { transfer_id: task_id, index: 0, data: vec![0u8; 128 << 10] };
+                        let huge = Chunk { transfer_id: task_id, index: 0, data: vec![0u8; 128 << 10].into() };
                         let _ = tx.send(out(party_message::Msg::Chunk(huge))).await;
                         continue;
                     }
