@@ -94,64 +94,101 @@ pub struct NetRound {
     pub accuracy: f64,
 }
 
-/// Runs `parties` real party runners (MNIST IID partitions, `model`) in this process against
-/// a server on loopback for `rounds` rounds. Returns the rounds, the parameter bytes sent and
-/// received, and the model size in bytes.
-pub fn net(cfg: &crate::config::Config, zstd: bool) -> Result<(Vec<NetRound>, u64, u64, u64)> {
-    use federate_core::{
-        ClientProxy, Event, FedAvg, Learner, LocalClient, NnLearner, Parameters, Server, ServerConfig,
+/// The server's resident memory (this process), in MB: now and at its peak.
+fn rss_mb() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|kb| kb / 1024.0)
+            .unwrap_or(0.0)
     };
-    use federate_net::codec::Limits;
-    use federate_net::party::{PartyOptions, run_party};
-    use federate_net::server::{Hub, HubConfig, RemoteParty};
-    use std::time::Duration;
+    (field("VmRSS:"), field("VmHWM:"))
+}
 
-    let data = crate::sim::load_data(cfg)?;
-    let parts = crate::sim::split(cfg, &data)?;
-    let spec = crate::sim::model_spec(cfg, &data.train)?;
-    let layout = NnLearner::new(spec.clone(), 1, 1)?.layout();
-    let ids: Vec<String> = parts.iter().map(|p| p.id.clone()).collect();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let hub_cfg = HubConfig {
-        listen: "127.0.0.1:0".parse()?,
+/// What `federate bench net` measured.
+pub struct NetBench {
+    /// Every round.
+    pub rounds: Vec<NetRound>,
+    /// Parameter bytes sent and received.
+    pub sent: u64,
+    /// Received.
+    pub received: u64,
+    /// Bytes of one model.
+    pub model_bytes: u64,
+    /// The server's resident memory before any party connected (MB).
+    pub rss_idle_mb: f64,
+    /// With every party connected, before round 1 (MB).
+    pub rss_connected_mb: f64,
+    /// The server's peak over the whole run (MB).
+    pub rss_peak_mb: f64,
+    /// Seconds until every party had joined.
+    pub join_seconds: f64,
+}
+
+fn hub_config(ids: &[String], model_len: usize, zstd: bool) -> federate_net::server::HubConfig {
+    use federate_net::server::HubConfig;
+    use std::time::Duration;
+    let (max_connections, max_handshakes, max_streams_per_connection, join_timeout) =
+        HubConfig::default_limits(ids.len());
+    HubConfig {
+        listen: "127.0.0.1:0".parse().expect("a literal address"),
         tls: None,
-        allowed: ids.clone(),
-        model_len: layout.len(),
+        allowed: ids.to_vec(),
+        model_len,
         heartbeat: Duration::from_secs(5),
-        party_timeout: Duration::from_secs(60),
+        party_timeout: Duration::from_secs(120),
         task_timeout: Duration::from_secs(600),
         rejoin_wait: Duration::from_secs(30),
-        limits: Limits::default(),
+        limits: federate_net::codec::Limits::default(),
         max_message_bytes: 16 << 20,
         chunk_bytes: 4 << 20,
         zstd,
-        max_connections: HubConfig::default_limits(ids.len()).0,
-        max_handshakes: HubConfig::default_limits(ids.len()).1,
-        max_streams_per_connection: HubConfig::default_limits(ids.len()).2,
-        join_timeout: HubConfig::default_limits(ids.len()).3,
-    };
-    let (hub, addr) = rt.block_on(Hub::start(hub_cfg))?;
-    for p in parts {
-        let learner = NnLearner::new(spec.clone(), cfg.train.batch_size, 1)?;
-        let client = LocalClient::new(learner, p.train, p.test);
-        let opts = PartyOptions {
-            server: format!("http://{addr}"),
-            id: p.id.clone(),
-            tls: None,
-            server_name: None,
-            limits: Limits::default(),
-            max_message_bytes: 16 << 20,
-            chunk_bytes: 4 << 20,
-            zstd,
-            heartbeat: Duration::from_secs(5),
-            max_backoff: Duration::from_secs(2),
-            give_up_after: Duration::from_secs(120),
-        };
-        let layout = layout.clone();
-        rt.spawn(async move { run_party(opts, Box::new(client), layout).await });
+        max_connections,
+        max_handshakes,
+        max_streams_per_connection,
+        join_timeout: join_timeout.max(Duration::from_secs(60)),
     }
+}
+
+/// The party identities of `cfg` (party-1 … party-N).
+fn party_ids(cfg: &crate::config::Config) -> Vec<String> {
+    (1..=cfg.data.parties).map(|i| format!("party-{i}")).collect()
+}
+
+/// `federate bench net`: a server in this process and `data.parties` real party runners
+/// (MNIST IID partitions, each training its own model) in a child process (`child_args` run
+/// `federate bench net-parties` against the server's URL), so the server's memory is its own:
+/// measured idle, with every party connected, and at its peak.
+pub fn net(cfg: &crate::config::Config, zstd: bool, child_args: &[String]) -> Result<NetBench> {
+    use federate_core::{ClientProxy, Event, FedAvg, Learner, NnLearner, Parameters, Server, ServerConfig};
+    use federate_net::server::{Hub, RemoteParty};
+    use std::time::Duration;
+
+    let spec = crate::deploy::spec_for(cfg)?;
+    let layout = NnLearner::new(spec.clone(), 1, 1)?.layout();
+    let ids = party_ids(cfg);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let (hub, addr) = rt.block_on(Hub::start(hub_config(&ids, layout.len(), zstd)))?;
+    let (rss_idle_mb, _) = rss_mb();
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args(child_args)
+        .args(["--server", &format!("http://{addr}")])
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
     let n = ids.len();
-    anyhow::ensure!(rt.block_on(hub.wait_for(n, Duration::from_secs(120))) == n, "not every party connected");
+    let t = Instant::now();
+    let within = Duration::from_secs(120 + n as u64 / 20);
+    let have = rt.block_on(hub.wait_for(n, within));
+    let join_seconds = t.elapsed().as_secs_f64();
+    if have < n {
+        let _ = child.kill();
+        anyhow::bail!("only {have} of {n} parties connected within {within:?} (is `ulimit -n` large enough?)");
+    }
+    let (rss_connected_mb, _) = rss_mb();
     let clients: Vec<Box<dyn ClientProxy>> =
         ids.iter().map(|id| Box::new(RemoteParty::new(id.clone(), hub.clone(), rt.handle().clone())) as _).collect();
     let strategy = FedAvg {
@@ -168,7 +205,7 @@ pub fn net(cfg: &crate::config::Config, zstd: bool) -> Result<(Vec<NetRound>, u6
         .ok_or_else(|| anyhow::anyhow!("layout"))?;
     let mut server = Server::new(Box::new(strategy), clients);
     let mut rows = Vec::new();
-    server.run(init, &ServerConfig::new(cfg.rounds, cfg.seed), &mut |e| {
+    let result = server.run(init, &ServerConfig::new(cfg.rounds, cfg.seed), &mut |e| {
         if let Event::RoundFinished { record, .. } = e {
             rows.push(NetRound {
                 round: record.round,
@@ -178,10 +215,67 @@ pub fn net(cfg: &crate::config::Config, zstd: bool) -> Result<(Vec<NetRound>, u6
                 accuracy: record.accuracy.unwrap_or(0.0),
             });
         }
-    })?;
-    rt.block_on(hub.shutdown("benchmark complete", Duration::from_secs(5)));
-    let (out, inb) = hub.traffic();
-    Ok((rows, out, inb, layout.len() as u64 * 4))
+    });
+    rt.block_on(hub.shutdown("benchmark complete", Duration::from_secs(10)));
+    let (_, rss_peak_mb) = rss_mb();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait()?.is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    result?;
+    let (sent, received) = hub.traffic();
+    Ok(NetBench {
+        rounds: rows,
+        sent,
+        received,
+        model_bytes: layout.len() as u64 * 4,
+        rss_idle_mb,
+        rss_connected_mb,
+        rss_peak_mb,
+        join_seconds,
+    })
+}
+
+/// `federate bench net-parties`: the parties of `federate bench net`, one real party runner
+/// per partition of `cfg`, all in this process, until the server ends the federation.
+pub fn net_parties(cfg: &crate::config::Config, server: &str, zstd: bool) -> Result<()> {
+    use federate_core::{Learner, LocalClient, NnLearner};
+    use federate_net::codec::Limits;
+    use federate_net::party::{PartyOptions, run_party};
+    use std::time::Duration;
+
+    let data = crate::sim::load_data(cfg)?;
+    let parts = crate::sim::split(cfg, &data)?;
+    let spec = crate::sim::model_spec(cfg, &data.train)?;
+    let layout = NnLearner::new(spec.clone(), 1, 1)?.layout();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let mut tasks = Vec::with_capacity(parts.len());
+    for p in parts {
+        let learner = NnLearner::new(spec.clone(), cfg.train.batch_size, 1)?;
+        let client = LocalClient::new(learner, p.train, p.test);
+        let opts = PartyOptions {
+            server: server.to_string(),
+            id: p.id.clone(),
+            tls: None,
+            server_name: None,
+            limits: Limits::default(),
+            max_message_bytes: 16 << 20,
+            chunk_bytes: 4 << 20,
+            zstd,
+            heartbeat: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(2),
+            give_up_after: Duration::from_secs(300),
+        };
+        let layout = layout.clone();
+        tasks.push(rt.spawn(async move { run_party(opts, Box::new(client), layout).await }));
+    }
+    rt.block_on(async {
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+    Ok(())
 }
 
 /// One aggregation rule's measurement.

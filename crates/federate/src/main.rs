@@ -342,6 +342,25 @@ enum BenchCommand {
         #[arg(long)]
         zstd: bool,
     },
+    /// The parties of `bench net`, run in a child process (not for direct use).
+    #[command(hide = true)]
+    NetParties {
+        /// Parties.
+        #[arg(long)]
+        parties: usize,
+        /// Rounds.
+        #[arg(long)]
+        rounds: u32,
+        /// Built-in model.
+        #[arg(long)]
+        model: String,
+        /// Compress parameters with zstd.
+        #[arg(long)]
+        zstd: bool,
+        /// The server's URL.
+        #[arg(long)]
+        server: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -375,6 +394,11 @@ fn main() -> ExitCode {
         }
         Command::Bench { what: BenchCommand::Net { parties, rounds, model, zstd } } => {
             bench_net(parties, rounds, &model, zstd)
+        }
+        Command::Bench { what: BenchCommand::NetParties { parties, rounds, model, zstd, server } } => {
+            init_threads(2).and_then(|_| bench_net_config(parties, rounds, &model)).and_then(|cfg| {
+                bench::net_parties(&cfg, &server, zstd)
+            })
         }
         Command::Bench { what: BenchCommand::Aggregate { model, parties, reps } } => {
             bench_aggregate(&model, parties, reps)
@@ -676,9 +700,8 @@ fn bench_train(
     Ok(())
 }
 
-fn bench_net(parties: usize, rounds: u32, model: &str, zstd: bool) -> Result<()> {
-    init_threads(2)?;
-    let cfg = config::load(
+fn bench_net_config(parties: usize, rounds: u32, model: &str) -> Result<config::Config> {
+    config::load(
         None,
         &[
             format!("data.parties={parties}"),
@@ -687,10 +710,37 @@ fn bench_net(parties: usize, rounds: u32, model: &str, zstd: bool) -> Result<()>
             format!("model.name=\"{model}\""),
             "train.epochs=1".into(),
         ],
-    )?;
-    let (rows, out, inb, model_bytes) = bench::net(&cfg, zstd)?;
-    println!("parties={parties} model={model} model_bytes={model_bytes} zstd={zstd}");
-    for r in &rows {
+    )
+}
+
+fn bench_net(parties: usize, rounds: u32, model: &str, zstd: bool) -> Result<()> {
+    init_threads(2)?;
+    let cfg = bench_net_config(parties, rounds, model)?;
+    let mut child = vec![
+        "bench".to_string(),
+        "net-parties".into(),
+        "--parties".into(),
+        parties.to_string(),
+        "--rounds".into(),
+        rounds.to_string(),
+        "--model".into(),
+        model.into(),
+    ];
+    if zstd {
+        child.push("--zstd".into());
+    }
+    let b = bench::net(&cfg, zstd, &child)?;
+    println!("parties={parties} model={model} model_bytes={} zstd={zstd}", b.model_bytes);
+    println!(
+        "server_rss_idle_mb={:.1} server_rss_connected_mb={:.1} server_kb_per_connected_party={:.1} \
+         server_rss_peak_mb={:.1} all_joined_seconds={:.1}",
+        b.rss_idle_mb,
+        b.rss_connected_mb,
+        (b.rss_connected_mb - b.rss_idle_mb) * 1024.0 / parties.max(1) as f64,
+        b.rss_peak_mb,
+        b.join_seconds
+    );
+    for r in &b.rounds {
         println!(
             "round={} seconds={:.3} max_train_seconds={:.3} overhead_seconds={:.3} parties={} accuracy={:.4}",
             r.round,
@@ -701,10 +751,12 @@ fn bench_net(parties: usize, rounds: u32, model: &str, zstd: bool) -> Result<()>
             r.accuracy
         );
     }
-    let per_round = (out + inb) as f64 / rows.len().max(1) as f64;
+    let per_round = (b.sent + b.received) as f64 / b.rounds.len().max(1) as f64;
     println!(
-        "bytes_per_round={per_round:.0} sent={out} received={inb} ratio_to_model_x_parties={:.3}",
-        per_round / (model_bytes as f64 * parties as f64)
+        "bytes_per_round={per_round:.0} sent={} received={} ratio_to_model_x_parties={:.3}",
+        b.sent,
+        b.received,
+        per_round / (b.model_bytes as f64 * parties as f64)
     );
     Ok(())
 }
