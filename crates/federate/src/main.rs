@@ -395,11 +395,9 @@ fn main() -> ExitCode {
         Command::Bench { what: BenchCommand::Net { parties, rounds, model, zstd } } => {
             bench_net(parties, rounds, &model, zstd)
         }
-        Command::Bench { what: BenchCommand::NetParties { parties, rounds, model, zstd, server } } => {
-            init_threads(2).and_then(|_| bench_net_config(parties, rounds, &model)).and_then(|cfg| {
-                bench::net_parties(&cfg, &server, zstd)
-            })
-        }
+        Command::Bench { what: BenchCommand::NetParties { parties, rounds, model, zstd, server } } => init_threads(2)
+            .and_then(|_| bench_net_config(parties, rounds, &model))
+            .and_then(|cfg| bench::net_parties(&cfg, &server, zstd)),
         Command::Bench { what: BenchCommand::Aggregate { model, parties, reps } } => {
             bench_aggregate(&model, parties, reps)
         }

@@ -149,6 +149,20 @@ fn bad_input_is_a_one_line_error() {
 }
 
 #[test]
+fn bench_net_reports_the_servers_own_memory_and_every_round() {
+    let o = federate(&["bench", "net", "--parties", "20", "--rounds", "2"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s = String::from_utf8_lossy(&o.stdout);
+    let kb: f64 = s.split("server_kb_per_connected_party=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!(kb > 0.0, "{s}");
+    for r in ["round=1 ", "round=2 "] {
+        let line = s.lines().find(|l| l.starts_with(r)).unwrap_or_else(|| panic!("{s}"));
+        assert!(line.contains("parties=20"), "{line}");
+    }
+    assert!(s.contains("ratio_to_model_x_parties=3.000"), "{s}");
+}
+
+#[test]
 fn bench_train_prints_one_line_per_batch() {
     let o = federate(&["bench", "train", "--model", "mlp", "--batches", "4,8", "--seconds", "0.05", "--threads", "1"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
