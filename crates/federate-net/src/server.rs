@@ -81,6 +81,47 @@ pub struct HubConfig {
     /// Time a new connection has to finish its handshake, say hello and join; one that
     /// carries no party after this is closed.
     pub join_timeout: Duration,
+    /// Revoked identities, one per line (`#` comments), in a file the operator may edit while
+    /// the server runs: a listed party is refused at its next handshake and dropped before
+    /// its next task.
+    pub deny_file: Option<std::path::PathBuf>,
+}
+
+/// The deny-list file, re-read whenever its size or modification time changes.
+struct DenyList {
+    path: Option<std::path::PathBuf>,
+    cache: Mutex<(Option<(SystemTime, u64)>, HashSet<String>)>,
+}
+
+impl DenyList {
+    /// Whether `id` is revoked. A file that vanished denies no one; one that cannot be read
+    /// or is over 1 MiB keeps the last list read (and is logged).
+    fn denied(&self, id: &str) -> bool {
+        let Some(path) = &self.path else { return false };
+        let Ok(mut cache) = self.cache.lock() else { return true };
+        let stamp = std::fs::metadata(path).ok().map(|m| (m.modified().unwrap_or(UNIX_EPOCH), m.len()));
+        if stamp != cache.0 {
+            match stamp {
+                None => *cache = (None, HashSet::new()),
+                Some((_, len)) if len > 1 << 20 => {
+                    warn!("{}: {len} bytes is too large for a deny-list; the previous list stays", path.display())
+                }
+                Some(st) => match std::fs::read_to_string(path) {
+                    Ok(text) => {
+                        let ids = text
+                            .lines()
+                            .map(|l| l.split('#').next().unwrap_or("").trim())
+                            .filter(|l| !l.is_empty())
+                            .map(String::from)
+                            .collect();
+                        *cache = (Some(st), ids);
+                    }
+                    Err(e) => warn!("{}: {e}; the previous deny-list stays", path.display()),
+                },
+            }
+        }
+        cache.1.contains(id)
+    }
 }
 
 impl HubConfig {
@@ -252,6 +293,7 @@ struct HubInner {
     bytes_in: AtomicU64,
     /// The one transport every `RemoteParty` of this hub shares (so a round batches them).
     transport: Mutex<Option<Arc<HubTransport>>>,
+    deny: DenyList,
 }
 
 /// The registry of connected parties, shared by the gRPC service and every `RemoteParty`.
@@ -304,6 +346,7 @@ impl Hub {
                 bytes_out: AtomicU64::new(0),
                 bytes_in: AtomicU64::new(0),
                 transport: Mutex::new(None),
+                deny: DenyList { path: cfg.deny_file.clone(), cache: Mutex::new((None, HashSet::new())) },
             }),
         };
         let svc = FederationServer::new(Service { hub: hub.clone() })
@@ -427,6 +470,12 @@ impl Hub {
         let timeout = self.inner.cfg.task_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         let conn = self.conn(id).await?;
+        if self.inner.deny.denied(id) {
+            let reason = "revoked (listed in server.deny_file); its connection is closed".to_string();
+            warn!(party = id, "{reason}");
+            self.drop_conn(id, &conn, &reason);
+            return Err(ClientError::Unavailable(reason));
+        }
         let task_id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         if let Ok(mut p) = conn.pending.lock() {
@@ -714,6 +763,9 @@ impl Federation for Service {
         let id = hello.party_id.clone();
         if !self.hub.inner.allowed.contains(&id) {
             return refuse(format!("party '{}' is not on the allow-list", clean_text(&id)));
+        }
+        if self.hub.inner.deny.denied(&id) {
+            return refuse(format!("party '{id}' is revoked (listed in the server's deny_file)"));
         }
         if cfg.tls.is_some() {
             let ok = certs.as_ref().and_then(|c| c.first()).is_some_and(|c| party_identity_ok(c, &id));

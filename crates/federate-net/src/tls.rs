@@ -228,6 +228,77 @@ pub fn add(dir: &Path, parties: &[String], lifetime: Lifetime) -> Result<(), Tls
     write_parties(dir, parties, &issuer, lifetime)
 }
 
+/// On a party: makes its private key (`dir/parties/<id>.key`, 0600) and a certificate
+/// signing request for `id` (`dir/<id>.csr`), so the key never leaves the party. Returns the
+/// request's path.
+pub fn request(dir: &Path, id: &str) -> Result<PathBuf, TlsError> {
+    if !valid_identity(id) {
+        return Err(TlsError::BadIdentity(id.to_string()));
+    }
+    let key_path = dir.join("parties").join(format!("{id}.key"));
+    let csr_path = dir.join(format!("{id}.csr"));
+    for p in [&key_path, &csr_path] {
+        if p.exists() {
+            return Err(TlsError::Exists(format!("{} already exists; move it away first", p.display())));
+        }
+    }
+    let key = KeyPair::generate().map_err(gen_err)?;
+    let mut params = CertificateParams::new(vec![id.to_string()]).map_err(gen_err)?;
+    params.distinguished_name.push(DnType::CommonName, id);
+    let csr = params.serialize_request(&key).map_err(gen_err)?;
+    write_key(&key_path, &key.serialize_pem())?;
+    write(&csr_path, &csr.pem().map_err(gen_err)?)?;
+    Ok(csr_path)
+}
+
+/// On the CA: signs the request in `csr` for party `id` with the CA in `dir` (writes
+/// `dir/parties/<id>.pem`; the party keeps its key). The request's signature proves the
+/// party holds the key; the certificate is made from the CA's own settings (client use only,
+/// `lifetime`), and the request must be for `id` and nothing else.
+pub fn sign(dir: &Path, csr: &Path, id: &str, lifetime: Lifetime) -> Result<PathBuf, TlsError> {
+    if !valid_identity(id) {
+        return Err(TlsError::BadIdentity(id.to_string()));
+    }
+    let out = dir.join("parties").join(format!("{id}.pem"));
+    if out.exists() {
+        return Err(TlsError::Exists(format!("{}: party '{id}' already has a certificate", out.display())));
+    }
+    let meta = std::fs::metadata(csr).map_err(io(csr))?;
+    if meta.len() > 64 << 10 {
+        return Err(TlsError::Pem { path: csr.into(), what: "too large for a certificate request".into() });
+    }
+    let text = std::fs::read_to_string(csr).map_err(io(csr))?;
+    let req = rcgen::CertificateSigningRequestParams::from_pem(&text)
+        .map_err(|e| TlsError::Pem { path: csr.into(), what: format!("not a valid certificate request: {e}") })?;
+    let names: Vec<String> = req
+        .params
+        .subject_alt_names
+        .iter()
+        .map(|n| match n {
+            rcgen::SanType::DnsName(d) => d.to_string(),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    if names != [id.to_string()] {
+        return Err(TlsError::Pem {
+            path: csr.into(),
+            what: format!("the request is for {names:?}, not for party '{id}' alone: refused"),
+        });
+    }
+    let key_path = dir.join("ca.key");
+    let ca_key = KeyPair::from_pem(&std::fs::read_to_string(&key_path).map_err(io(&key_path))?)
+        .map_err(|e| TlsError::Pem { path: key_path.clone(), what: format!("not a CA key: {e}") })?;
+    let issuer = Issuer::new(ca_params(lifetime)?, ca_key);
+    let mut params = CertificateParams::new(vec![id.to_string()]).map_err(gen_err)?;
+    params.distinguished_name.push(DnType::CommonName, id);
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    set_validity(&mut params, lifetime.leaf_days);
+    let cert = params.signed_by(&req.public_key, &issuer).map_err(gen_err)?;
+    write(&out, &cert.pem())?;
+    Ok(out)
+}
+
 /// Reads every certificate in a PEM file.
 pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let bytes = std::fs::read(path).map_err(io(path))?;
@@ -346,6 +417,28 @@ mod tests {
             let mode = std::fs::metadata(dir.join(key)).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{key}");
         }
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+
+    #[test]
+    fn a_key_made_on_the_party_is_signed_by_the_ca() {
+        let tmp = std::env::temp_dir().join(format!("federate-tls-csr-{}", std::process::id()));
+        let (ca, party) = (tmp.join("ca"), tmp.join("party"));
+        generate(&ca, &["localhost".into()], &[], Lifetime::default()).unwrap();
+        let csr = request(&party, "party-7").unwrap();
+        let cert = sign(&ca, &csr, "party-7", Lifetime::default()).unwrap();
+        assert!(verifies(&ca.join("ca.pem"), &cert));
+        assert!(party_identity_ok(&read_certs(&cert).unwrap()[0], "party-7"));
+        assert!(!ca.join("parties/party-7.key").exists(), "the key stays on the party");
+        // A request for another identity is refused; a garbled one too.
+        let e = sign(&ca, &csr, "party-8", Lifetime::default()).unwrap_err();
+        assert!(e.to_string().contains("not for party 'party-8'"), "{e}");
+        std::fs::write(
+            tmp.join("bad.csr"),
+            "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+        )
+        .unwrap();
+        assert!(sign(&ca, &tmp.join("bad.csr"), "party-9", Lifetime::default()).is_err());
         let _ = std::fs::remove_dir_all(&tmp);
     }
 }

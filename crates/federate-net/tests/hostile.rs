@@ -188,6 +188,7 @@ fn hub_config(allowed: &[&str]) -> HubConfig {
         max_handshakes,
         max_streams_per_connection,
         join_timeout,
+        deny_file: None,
     }
 }
 
@@ -535,4 +536,32 @@ fn unknown_protocol_versions_and_strangers_are_refused() {
     assert_eq!(e.code(), tonic::Code::PermissionDenied);
     assert!(e.message().contains("not on the allow-list"), "{e}");
     assert!(!e.message().contains('\n'), "{e}");
+}
+
+#[test]
+fn a_revoked_party_is_dropped_before_its_next_task_and_refused_at_its_next_login() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let deny = dir.path().join("revoked.txt");
+    std::fs::write(&deny, "# revoked identities\n").unwrap();
+    let mut cfg = hub_config(&["honest", "bad"]);
+    cfg.deny_file = Some(deny.clone());
+    let parties =
+        [("honest", Behaviour::Honest { count: 10, delta: 1.0 }), ("bad", Behaviour::Honest { count: 10, delta: 3.0 })];
+    let (hub, addr) = rt.block_on(Hub::start(cfg)).unwrap();
+    for (id, b) in parties {
+        rt.spawn(raw_party(format!("http://{addr}"), id.to_string(), b));
+    }
+    assert_eq!(rt.block_on(hub.wait_for(2, Duration::from_secs(10))), 2);
+    let (global, _) = run_rounds(&rt, &hub, &["honest", "bad"], 1, Admission::default(), N);
+    assert_eq!(global.values, vec![2.5; N], "both count before the revocation");
+    // Revoked while connected: the next round goes on without it, its connection is closed.
+    std::fs::write(&deny, "# revoked identities\nbad  # key leaked\n").unwrap();
+    let (global, records) = run_rounds(&rt, &hub, &["honest", "bad"], 1, Admission::default(), N);
+    assert_eq!(global.values, vec![1.5; N]);
+    assert!(reasons(&records[0], "bad", "fit").contains("revoked"), "{:?}", records[0]);
+    assert!(!hub.connected().contains(&"bad".to_string()));
+    // And it cannot come back.
+    let e = rt.block_on(join(format!("http://{addr}"), "bad")).map(|_| ()).unwrap_err();
+    assert!(e.message().contains("revoked"), "{e}");
 }

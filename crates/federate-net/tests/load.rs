@@ -65,6 +65,7 @@ fn federation(
         max_handshakes: HubConfig::default_limits(ids.len()).1,
         max_streams_per_connection: HubConfig::default_limits(ids.len()).2,
         join_timeout: HubConfig::default_limits(ids.len()).3,
+        deny_file: None,
     };
     let (hub, addr) = rt.block_on(Hub::start(cfg)).unwrap();
     for (id, client) in ids.iter().zip(clients) {

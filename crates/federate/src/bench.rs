@@ -151,6 +151,7 @@ fn hub_config(ids: &[String], model_len: usize, zstd: bool) -> federate_net::ser
         max_handshakes,
         max_streams_per_connection,
         join_timeout: join_timeout.max(Duration::from_secs(60)),
+        deny_file: None,
     }
 }
 

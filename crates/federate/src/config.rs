@@ -605,6 +605,10 @@ pub struct ServerSection {
     pub max_streams_per_connection: u32,
     /// Seconds a new connection has to finish its handshake and join.
     pub join_timeout_s: f64,
+    /// Revoked party identities, one per line, in a file that may be edited while the server
+    /// runs: a listed party is refused at its next handshake and dropped before its next task.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deny_file: Option<PathBuf>,
 }
 
 impl Default for ServerSection {
@@ -630,6 +634,7 @@ impl Default for ServerSection {
             max_handshakes: 64,
             max_streams_per_connection: 8,
             join_timeout_s: 10.0,
+            deny_file: None,
         }
     }
 }

@@ -45,20 +45,63 @@ pub(crate) fn spec_for(cfg: &Config) -> Result<ModelSpec> {
     sim::spec_for_shape(cfg, input, classes)
 }
 
+/// What `federate keys` does.
+pub enum KeysMode {
+    /// A new CA, server certificate and party certificates.
+    New,
+    /// More party certificates from the CA already there.
+    Add,
+    /// On a party: its key and a certificate request.
+    Request,
+    /// On the CA: sign a party's request.
+    Sign(PathBuf),
+}
+
 /// `federate keys`: a CA, a server certificate and one certificate per party, valid `days`
-/// days (the CA ten times as long); with `add`, certificates for more parties from the CA
-/// already in `out`.
-pub fn keys(out: &Path, parties: &[String], server_names: &[String], add: bool, days: u32) -> Result<()> {
+/// days (the CA ten times as long); or more parties from an existing CA; or a party's own key
+/// and certificate request, and the CA's signature on it.
+pub fn keys(out: &Path, parties: &[String], server_names: &[String], how: KeysMode, days: u32) -> Result<()> {
     let lifetime = federate_net::tls::Lifetime { leaf_days: days, ca_days: days.saturating_mul(10) };
-    if add {
-        federate_net::tls::add(out, parties, lifetime)?;
-        println!(
-            "signed {} with the CA in {}: wrote {}/parties/<id>.pem and .key (valid {days} days)",
-            parties.join(", "),
-            out.display(),
-            out.display()
-        );
-        return Ok(());
+    let one = || match parties {
+        [id] => Ok(id.as_str()),
+        _ => Err(anyhow::anyhow!("--csr and --sign take exactly one identity in --parties, got {}", parties.len())),
+    };
+    match how {
+        KeysMode::New => {}
+        KeysMode::Add => {
+            federate_net::tls::add(out, parties, lifetime)?;
+            println!(
+                "signed {} with the CA in {}: wrote {}/parties/<id>.pem and .key (valid {days} days)",
+                parties.join(", "),
+                out.display(),
+                out.display()
+            );
+            return Ok(());
+        }
+        KeysMode::Request => {
+            let id = one()?;
+            let csr = federate_net::tls::request(out, id)?;
+            println!(
+                "wrote the private key {}/parties/{id}.key (keep it here) and the request {}: send the request to \
+                 the CA's operator (`federate keys --sign {id}.csr --parties {id}`), then put the returned \
+                 {id}.pem in {}/parties/ and the federation's ca.pem in {}",
+                out.display(),
+                csr.display(),
+                out.display(),
+                out.display()
+            );
+            return Ok(());
+        }
+        KeysMode::Sign(csr) => {
+            let id = one()?;
+            let cert = federate_net::tls::sign(out, &csr, id, lifetime)?;
+            println!(
+                "signed the request of '{id}': wrote {} (valid {days} days); send it and {}/ca.pem to the party",
+                cert.display(),
+                out.display()
+            );
+            return Ok(());
+        }
     }
     federate_net::tls::generate(out, server_names, parties, lifetime)?;
     println!(
@@ -504,6 +547,7 @@ pub fn serve(cfg: &Config, out: &Path, resume: bool, security: Security) -> Resu
         max_handshakes: sv.max_handshakes,
         max_streams_per_connection: sv.max_streams_per_connection,
         join_timeout: secs(sv.join_timeout_s),
+        deny_file: sv.deny_file.clone(),
     };
     let (hub, addr) = rt.block_on(Hub::start(hub_cfg))?;
     println!("federate serve: listening on {addr}; parties {}; run directory {}", parties.join(", "), out.display());

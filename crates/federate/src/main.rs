@@ -84,6 +84,13 @@ enum Command {
         /// Days the server and party certificates are valid (the CA: ten times as long).
         #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=36500))]
         days: u32,
+        /// On a party: make its key (kept here) and a certificate request `<out>/<id>.csr` for
+        /// the one identity in --parties, to send to the CA's operator.
+        #[arg(long, conflicts_with_all = ["add", "sign"])]
+        csr: bool,
+        /// On the CA: sign this request for the one identity in --parties with the CA in --out.
+        #[arg(long, conflicts_with = "add")]
+        sign: Option<PathBuf>,
     },
     /// Privacy planning: ε of a DP-SGD run, or the noise that reaches a target ε.
     Privacy {
@@ -402,8 +409,14 @@ fn main() -> ExitCode {
             bench_aggregate(&model, parties, reps)
         }
         Command::Privacy { what } => privacy(what),
-        Command::Keys { out, parties, server_names, add, days } => {
-            deploy::keys(&out, &parties, &server_names, add, days)
+        Command::Keys { out, parties, server_names, add, days, csr, sign } => {
+            let how = match (csr, sign) {
+                (true, _) => deploy::KeysMode::Request,
+                (false, Some(path)) => deploy::KeysMode::Sign(path),
+                (false, None) if add => deploy::KeysMode::Add,
+                (false, None) => deploy::KeysMode::New,
+            };
+            deploy::keys(&out, &parties, &server_names, how, days)
         }
         Command::Serve(a) => serve(a),
         Command::Join(a) => join(a),

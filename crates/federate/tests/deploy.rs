@@ -335,12 +335,29 @@ fn parties_without_a_valid_certificate_or_not_allowed_are_refused() {
         assert!(!f.wait(i, Duration::from_secs(60)), "{log}");
         assert!(f.log(log).contains(cause), "{log}: {}", f.log(log));
     }
-    // The federation itself still works afterwards.
-    for i in 1..=3 {
+    // party-3's key is made on the party and only its request signed by the CA (its old
+    // files are moved away first: `keys` never overwrites a key).
+    let keys = f.path().join("keys/parties");
+    for ext in ["pem", "key"] {
+        std::fs::rename(keys.join(format!("party-3.{ext}")), f.path().join(format!("old-party-3.{ext}"))).unwrap();
+    }
+    let run = |args: &[&str]| {
+        let o = Command::new(bin()).args(args).current_dir(f.path()).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    run(&["keys", "--csr", "--parties", "party-3", "--out", "p3"]);
+    run(&["keys", "--sign", "p3/party-3.csr", "--parties", "party-3", "--out", "keys"]);
+    assert!(!keys.join("party-3.key").exists(), "the CA never sees the party's key");
+    std::fs::copy(keys.join("party-3.pem"), f.path().join("p3/parties/party-3.pem")).unwrap();
+    std::fs::copy(f.path().join("keys/ca.pem"), f.path().join("p3/ca.pem")).unwrap();
+    // The federation itself still works afterwards, party-3 with its own key.
+    for i in 1..=2 {
         f.join(&format!("party-{i}"), "keys", &format!("join{i}.log"));
     }
+    f.join("party-3", "p3", "join3.log");
     assert!(f.wait(s, Duration::from_secs(300)), "{}", f.log("serve.log"));
     assert_eq!(f.rounds().len(), 3);
+    assert!(f.rounds().iter().all(|r| r["fit"].as_array().unwrap().iter().any(|p| p["id"] == "party-3")));
 }
 
 #[test]
