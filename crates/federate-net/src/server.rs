@@ -87,10 +87,13 @@ pub struct HubConfig {
     pub deny_file: Option<std::path::PathBuf>,
 }
 
+/// A file's modification time and size, to notice that it changed.
+type Stamp = Option<(SystemTime, u64)>;
+
 /// The deny-list file, re-read whenever its size or modification time changes.
 struct DenyList {
     path: Option<std::path::PathBuf>,
-    cache: Mutex<(Option<(SystemTime, u64)>, HashSet<String>)>,
+    cache: Mutex<(Stamp, HashSet<String>)>,
 }
 
 impl DenyList {
