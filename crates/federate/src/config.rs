@@ -745,6 +745,15 @@ fn apply_set(table: &mut toml::Table, set: &str) -> Result<()> {
     Ok(())
 }
 
+/// Most parties a config may name (each costs the server a connection and a record).
+const MAX_PARTIES: usize = 1_000_000;
+
+/// Most worker threads.
+const MAX_THREADS: usize = 1024;
+
+/// Most local epochs per round.
+const MAX_EPOCHS: usize = 100_000;
+
 /// Range checks that the types alone do not express.
 pub fn validate(c: &Config) -> Result<()> {
     let d = &c.data;
@@ -753,6 +762,15 @@ pub fn validate(c: &Config) -> Result<()> {
     }
     if d.parties == 0 {
         bail!("data.parties = 0: a federation needs at least 1 party");
+    }
+    if d.parties > MAX_PARTIES {
+        bail!(
+            "data.parties = {} is more than {MAX_PARTIES}: federate is tested up to 10,000 connected parties",
+            d.parties
+        );
+    }
+    if c.threads > MAX_THREADS {
+        bail!("threads = {} is more than {MAX_THREADS}; 0 uses one per core", c.threads);
     }
     if d.dataset != "synthetic" && federate_data::dataset_info(&d.dataset).is_err() {
         bail!(
@@ -778,8 +796,8 @@ pub fn validate(c: &Config) -> Result<()> {
         bail!("data.alpha = {} must be a positive number", d.alpha);
     }
     let t = &c.train;
-    if t.epochs == 0 {
-        bail!("train.epochs = 0: set at least 1 local epoch");
+    if t.epochs == 0 || t.epochs > MAX_EPOCHS {
+        bail!("train.epochs = {} must be in 1..={MAX_EPOCHS} local epochs", t.epochs);
     }
     if t.batch_size == 0 {
         bail!("train.batch_size = 0: set at least 1");
@@ -989,7 +1007,7 @@ mod tests {
         fn random_configs_never_panic(picks in proptest::collection::vec((0usize..1000, 0usize..1000), 1..6)) {
             const VALUES: &[&str] = &[
                 "0", "-1", "1", "2", "3", "7", "0.5", "1e-300", "1e30", "-1e30", "nan", "inf", "-inf",
-                "18446744073709551615", "9223372036854775807", "4294967296", "\"\"", "\"x\"", "\"declared\"",
+                "18446744073709551615", "9223372036854775807", "4294967296", "1000000000000", "\"\"", "\"x\"", "\"declared\"",
                 "\"gaussian\"", "\"laplace\"", "\"custom\"", "\"cnn\"", "\"fedsgd\"", "\"scaffold\"", "true",
                 "false", "[]", "{}", "[\"a\", \"a\"]", "{ train = 0 }", "{ train = 18446744073709551615 }",
                 r#"[{type="flatten"},{type="linear",out=100000000000}]"#,
