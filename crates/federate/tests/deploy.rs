@@ -381,6 +381,36 @@ fn serve_refuses_to_run_without_tls_unless_insecure() {
 }
 
 #[test]
+fn serve_never_overwrites_an_earlier_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = "rounds = 1\n[model]\nname = \"logreg\"\n[server]\nlisten = \"127.0.0.1:0\"\nstart_wait_s = 1\n";
+    std::fs::write(dir.path().join("c.toml"), cfg).unwrap();
+    std::fs::create_dir_all(dir.path().join("run/checkpoint")).unwrap();
+    std::fs::write(dir.path().join("run/rounds.jsonl"), "six rounds of records\n").unwrap();
+    std::fs::write(dir.path().join("run/checkpoint/checkpoint.json"), "{}").unwrap();
+    let o = Command::new(bin())
+        .args(["serve", "--config", "c.toml", "--insecure", "--out", "run"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("already holds a run") && err.contains("--resume") && err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read_to_string(dir.path().join("run/rounds.jsonl")).unwrap(), "six rounds of records\n");
+    assert_eq!(std::fs::read_to_string(dir.path().join("run/checkpoint/checkpoint.json")).unwrap(), "{}");
+    // --resume on a checkpoint that is not one names the file instead of starting afresh.
+    let o = Command::new(bin())
+        .args(["serve", "--config", "c.toml", "--insecure", "--out", "run", "--resume"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("checkpoint.json"), "{err}");
+    assert_eq!(std::fs::read_to_string(dir.path().join("run/rounds.jsonl")).unwrap(), "six rounds of records\n");
+}
+
+#[test]
 fn a_server_no_party_reaches_exits_non_zero_and_writes_no_model() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = "rounds = 2\n[model]\nname = \"logreg\"\n[server]\nlisten = \"127.0.0.1:0\"\nstart_wait_s = 1\n";
