@@ -13,6 +13,7 @@ use crate::dp::{DpSgd, PrivacyFloor};
 use crate::learner::Learner;
 use crate::params::Parameters;
 use crate::seed;
+use crate::seed::Stream;
 use crate::train::{Correction, LocalAlgorithm, LocalTraining, TrainStats, gradient, optimizer_for, train_local_with};
 use federate_privacy::{Entry, Ledger};
 
@@ -321,8 +322,8 @@ impl<L: Learner> LocalClient<L> {
         }
         let mut params = global.values.clone();
         let mut opt = optimizer_for(&task.training, params.len()).map_err(model_err)?;
-        let mut rng = seed::stream(task.seed, "batches", &[]);
-        self.learner.reseed(seed::derive(task.seed, "dropout", &[]));
+        let mut rng = seed::stream(task.seed, Stream::Batches, &[]);
+        self.learner.reseed(seed::derive(task.seed, Stream::Dropout, &[]));
         // What this round will release, checked against the party's own floor and budget
         // before any training: (the ledger entry, ε after it).
         let planned = self.plan_privacy(task)?;

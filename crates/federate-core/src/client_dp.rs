@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use crate::client::{FitReply, FitTask};
 use crate::dp::{NoiseSource, gaussian_noise};
 use crate::params::Parameters;
+use crate::seed::Stream;
 use crate::strategy::{
     FedAvg, Rejection, Strategy, StrategyError, StrategyState, evaluate_with_base, missing_state, usable_replies,
 };
@@ -68,12 +69,12 @@ pub fn privatize_update(
     for v in delta.iter_mut() {
         *v *= scale;
     }
-    gaussian_noise(&mut delta, u.clip, u.noise_std, source, crate::seed::derive(seed, "update-noise", &[]))?;
+    gaussian_noise(&mut delta, u.clip, u.noise_std, source, crate::seed::derive(seed, Stream::UpdateNoise, &[]))?;
     for ((p, g), d) in params.iter_mut().zip(global).zip(&delta) {
         *p = g + d;
     }
     let mut bit = [if norm <= u.clip { 0.5f32 } else { -0.5 }];
-    gaussian_noise(&mut bit, 0.5, u.count_noise_std, source, crate::seed::derive(seed, "count-noise", &[]))?;
+    gaussian_noise(&mut bit, 0.5, u.count_noise_std, source, crate::seed::derive(seed, Stream::CountNoise, &[]))?;
     Ok(bit[0] as f64)
 }
 
@@ -234,7 +235,7 @@ impl Strategy for DpFedAvg {
         chosen
             .into_iter()
             .map(|c| {
-                let seed = crate::seed::derive(run_seed, "fit", &[round as u64, c as u64]);
+                let seed = crate::seed::derive(run_seed, Stream::Fit, &[round as u64, c as u64]);
                 (c, FitTask { round, training: self.base.training.clone(), seed, extra: None })
             })
             .collect()
@@ -266,7 +267,7 @@ impl Strategy for DpFedAvg {
         if used < self.base.min_replies.max(1) {
             return Err(StrategyError::TooFewReplies { round, got: used, need: self.base.min_replies.max(1) });
         }
-        let noise_seed = crate::seed::derive(self.run_seed, "client-dp-noise", &[round as u64]);
+        let noise_seed = crate::seed::derive(self.run_seed, Stream::ClientDpNoise, &[round as u64]);
         let mut noisy: Vec<f32> = sum.iter().map(|&s| s as f32).collect();
         gaussian_noise(&mut noisy, clip, z_delta * clip, self.noise, noise_seed)
             .map_err(|e| StrategyError::Config(e.to_string()))?;

@@ -20,6 +20,7 @@ use rand_distr::{Distribution, StandardNormal};
 use rayon::prelude::*;
 
 use crate::dp::{DpSgd, Mechanism, NoiseSource};
+use crate::seed::Stream;
 
 /// Values of noise drawn per parallel chunk (each chunk has its own derived stream, so the
 /// noise does not depend on the thread count).
@@ -46,7 +47,7 @@ pub(crate) fn os_rng() -> Result<ChaCha20Rng, NnError> {
 pub(crate) fn add_float_noise(sum: &mut [f32], dp: &DpSgd, seed: u64, step: u64, expected: f32) {
     let scale = dp.noise_scale() as f32;
     sum.par_chunks_mut(NOISE_CHUNK).enumerate().for_each(|(c, chunk)| {
-        let mut r = ChaCha8Rng::seed_from_u64(crate::seed::derive(seed, "noise", &[step, c as u64]));
+        let mut r = ChaCha8Rng::seed_from_u64(crate::seed::derive(seed, Stream::Noise, &[step, c as u64]));
         for v in chunk.iter_mut() {
             let z: f32 = match dp.mechanism {
                 Mechanism::Gaussian => StandardNormal.sample(&mut r),
@@ -140,7 +141,7 @@ pub fn gaussian_noise(
     match source {
         NoiseSource::Seeded => {
             values.par_chunks_mut(NOISE_CHUNK).enumerate().for_each(|(c, chunk)| {
-                let mut r = ChaCha8Rng::seed_from_u64(crate::seed::derive(seed, "gaussian-noise", &[c as u64]));
+                let mut r = ChaCha8Rng::seed_from_u64(crate::seed::derive(seed, Stream::GaussianNoise, &[c as u64]));
                 for v in chunk.iter_mut() {
                     let z: f64 = StandardNormal.sample(&mut r);
                     *v = (*v as f64 + std * z) as f32;

@@ -13,10 +13,97 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The seed of stream `name` with indices `ids` (e.g. round, client) under `seed`.
-pub fn derive(seed: u64, name: &str, ids: &[u64]) -> u64 {
+/// Every random stream of a run, each named once. The name is hashed into the stream's
+/// seed, so renaming a variant is free but changing its name string changes every result
+/// drawn from it (the golden test notices).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stream {
+    /// A party's training in one round (ids: round, party index): the task seed the server sends.
+    Fit,
+    /// The initial global model (no ids).
+    Init,
+    /// A party's batch order within a task (under the task seed).
+    Batches,
+    /// A party's dropout masks within a task (under the task seed).
+    Dropout,
+    /// Which parties train in a round (ids: round), when sampling is seeded.
+    ClientSampling,
+    /// Which parties evaluate in a round (ids: round).
+    EvaluateSampling,
+    /// Update-level DP noise on a party's clipped update (under the task seed).
+    UpdateNoise,
+    /// Noise on the clip indicator of adaptive clipping (under the task seed).
+    CountNoise,
+    /// The server's noise on the aggregate under central client-level DP (ids: round).
+    ClientDpNoise,
+    /// DP-SGD noise per step and coordinate block (ids: step, block), seeded noise only.
+    Noise,
+    /// Gaussian noise on a flat vector, per coordinate block (ids: block).
+    GaussianNoise,
+    /// The Synthetic(α, β) dataset.
+    Synthetic,
+    /// How the data is split among the parties.
+    Partition,
+    /// A simulated attacker's random update (ids: attacker index, under the task seed).
+    Attack,
+    /// The train-alone baseline's batch order (ids: party index).
+    Alone,
+    /// The train-alone baseline's dropout masks (ids: party index).
+    AloneDropout,
+    /// Random models for `federate bench aggregate`.
+    BenchAggregate,
+}
+
+impl Stream {
+    /// Every stream.
+    pub const ALL: [Stream; 17] = [
+        Stream::Fit,
+        Stream::Init,
+        Stream::Batches,
+        Stream::Dropout,
+        Stream::ClientSampling,
+        Stream::EvaluateSampling,
+        Stream::UpdateNoise,
+        Stream::CountNoise,
+        Stream::ClientDpNoise,
+        Stream::Noise,
+        Stream::GaussianNoise,
+        Stream::Synthetic,
+        Stream::Partition,
+        Stream::Attack,
+        Stream::Alone,
+        Stream::AloneDropout,
+        Stream::BenchAggregate,
+    ];
+
+    /// The name hashed into the stream's seed.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Stream::Fit => "fit",
+            Stream::Init => "init",
+            Stream::Batches => "batches",
+            Stream::Dropout => "dropout",
+            Stream::ClientSampling => "client-sampling",
+            Stream::EvaluateSampling => "evaluate-sampling",
+            Stream::UpdateNoise => "update-noise",
+            Stream::CountNoise => "count-noise",
+            Stream::ClientDpNoise => "client-dp-noise",
+            Stream::Noise => "noise",
+            Stream::GaussianNoise => "gaussian-noise",
+            Stream::Synthetic => "synthetic",
+            Stream::Partition => "partition",
+            Stream::Attack => "attack",
+            Stream::Alone => "alone",
+            Stream::AloneDropout => "alone-dropout",
+            Stream::BenchAggregate => "bench-aggregate",
+        }
+    }
+}
+
+/// The seed of `stream` with indices `ids` (e.g. round, client) under `seed`.
+pub fn derive(seed: u64, stream: Stream, ids: &[u64]) -> u64 {
     let mut h = mix(seed);
-    for b in name.bytes() {
+    for b in stream.name().bytes() {
         h = mix(h ^ b as u64);
     }
     for &i in ids {
@@ -25,9 +112,9 @@ pub fn derive(seed: u64, name: &str, ids: &[u64]) -> u64 {
     h
 }
 
-/// A generator for stream `name` with indices `ids` under `seed`.
-pub fn stream(seed: u64, name: &str, ids: &[u64]) -> ChaCha8Rng {
-    ChaCha8Rng::seed_from_u64(derive(seed, name, ids))
+/// A generator for `stream` with indices `ids` under `seed`.
+pub fn stream(seed: u64, stream: Stream, ids: &[u64]) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(derive(seed, stream, ids))
 }
 
 #[cfg(test)]
@@ -36,9 +123,13 @@ mod tests {
 
     #[test]
     fn streams_differ_and_repeat() {
-        assert_eq!(derive(1, "fit", &[2, 3]), derive(1, "fit", &[2, 3]));
-        assert_ne!(derive(1, "fit", &[2, 3]), derive(1, "fit", &[3, 2]));
-        assert_ne!(derive(1, "fit", &[2]), derive(1, "init", &[2]));
-        assert_ne!(derive(1, "fit", &[2]), derive(2, "fit", &[2]));
+        use Stream::*;
+        assert_eq!(derive(1, Fit, &[2, 3]), derive(1, Fit, &[2, 3]));
+        assert_ne!(derive(1, Fit, &[2, 3]), derive(1, Fit, &[3, 2]));
+        assert_ne!(derive(1, Fit, &[2]), derive(1, Init, &[2]));
+        assert_ne!(derive(1, Fit, &[2]), derive(2, Fit, &[2]));
+        // Every stream has its own name, hence its own seeds.
+        let names: std::collections::HashSet<&str> = Stream::ALL.iter().map(|s| s.name()).collect();
+        assert_eq!(names.len(), Stream::ALL.len());
     }
 }

@@ -11,6 +11,7 @@ use crate::admission::Admission;
 use crate::client::{ClientProxy, EvaluateReply, FitReply};
 use crate::params::Parameters;
 use crate::seed;
+use crate::seed::Stream;
 use crate::strategy::Strategy;
 
 /// Settings of the round loop.
@@ -490,7 +491,7 @@ impl Server {
         let train_loss = (trained > 0.0).then(|| weighted / trained);
 
         let t_eval = Instant::now();
-        let mut rng = seed::stream(cfg.seed, "evaluate-sampling", &[round as u64]);
+        let mut rng = seed::stream(cfg.seed, Stream::EvaluateSampling, &[round as u64]);
         let etasks = self.strategy.configure_evaluate(round, n, &mut rng);
         let mut ereplies: Vec<(usize, EvaluateReply)> = Vec::new();
         let mut evaluate = Vec::new();
@@ -549,7 +550,7 @@ impl Server {
 fn party_rng(cfg: &ServerConfig, round: u32) -> Result<rand_chacha::ChaCha8Rng, String> {
     use rand::SeedableRng;
     match cfg.sampling {
-        PartySampling::Seeded => Ok(seed::stream(cfg.seed, "client-sampling", &[round as u64])),
+        PartySampling::Seeded => Ok(seed::stream(cfg.seed, Stream::ClientSampling, &[round as u64])),
         PartySampling::Os => rand_chacha::ChaCha8Rng::try_from_rng(&mut rand::rngs::SysRng)
             .map_err(|e| format!("the operating system's random source failed, so no parties were sampled: {e}")),
     }

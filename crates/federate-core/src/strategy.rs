@@ -12,6 +12,7 @@ use thiserror::Error;
 use crate::client::{EvaluateReply, EvaluateTask, FitReply, FitTask};
 use crate::params::Parameters;
 use crate::seed;
+use crate::seed::Stream;
 use crate::train::LocalTraining;
 
 /// Why a strategy could not produce the next model.
@@ -328,7 +329,7 @@ impl FedAvg {
                 }
                 training.epochs = rng.random_range(1..=training.epochs.max(1));
             }
-            let seed = seed::derive(run_seed, "fit", &[round as u64, c as u64]);
+            let seed = seed::derive(run_seed, Stream::Fit, &[round as u64, c as u64]);
             out.push((c, FitTask { round, training, seed, extra: None }));
         }
         out

@@ -104,10 +104,10 @@ fn fedavg_with_one_party_is_local_sgd() {
     let mut l = learner(16);
     let mut theta = initial().values;
     for round in 1..=2u32 {
-        let task_seed = seed::derive(3, "fit", &[round as u64, 0]);
+        let task_seed = seed::derive(3, seed::Stream::Fit, &[round as u64, 0]);
         let cfg = base(3, 16, 0.05, 0.0).training;
         let mut opt = cfg.optimizer.build(theta.len()).unwrap();
-        let mut rng = seed::stream(task_seed, "batches", &[]);
+        let mut rng = seed::stream(task_seed, seed::Stream::Batches, &[]);
         train_local(&mut l, &mut theta, &data[0], &cfg, &mut opt, &mut rng).unwrap();
     }
     assert_eq!(fed.values, theta, "FedAvg with one party must equal local SGD bit for bit");

@@ -296,7 +296,7 @@ pub fn aggregate(model: &str, parties: usize, reps: usize) -> Result<(usize, Vec
     use rand::RngExt;
     let net = Network::new(ModelSpec::builtin(model, Shape::image(28, 28, 1), 10)?)?;
     let len = net.init(1).len();
-    let mut rng = federate_core::seed::stream(1, "bench-aggregate", &[]);
+    let mut rng = federate_core::seed::stream(1, federate_core::seed::Stream::BenchAggregate, &[]);
     let replies: Vec<FitReply> = (0..parties)
         .map(|_| FitReply {
             params: (0..len).map(|_| rng.random::<f32>() - 0.5).collect(),

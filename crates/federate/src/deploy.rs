@@ -524,7 +524,7 @@ pub fn serve(cfg: &Config, out: &Path, resume: bool, security: Security) -> Resu
         let records = report::read_rounds(&out.join("rounds.jsonl"), r.round)?;
         (r.round, r.values, records, Some((r.strategy, r.strategy_state)))
     } else {
-        (0, learner.init(seed::derive(cfg.seed, "init", &[])), Vec::new(), None)
+        (0, learner.init(seed::derive(cfg.seed, seed::Stream::Init, &[])), Vec::new(), None)
     };
     let global = Parameters::new(values, layout.clone()).context("initial parameters")?;
     let mut dir = RunDir::open(out, cfg, &records)?;

@@ -38,7 +38,7 @@ fn synthetic(cfg: &Config) -> Result<federate_data::synthetic::Keyed> {
         devices: d.synthetic_devices,
         ..Default::default()
     };
-    Ok(federate_data::synthetic::synthetic(&sc, &mut seed::stream(cfg.seed, "synthetic", &[]))?)
+    Ok(federate_data::synthetic::synthetic(&sc, &mut seed::stream(cfg.seed, seed::Stream::Synthetic, &[]))?)
 }
 
 /// Loads the configured dataset (fetching and verifying it if needed; generating it for
@@ -61,7 +61,7 @@ pub fn load_data(cfg: &Config) -> Result<TrainTest> {
 pub fn split(cfg: &Config, data: &TrainTest) -> Result<Vec<PartyData>> {
     let d = &cfg.data;
     let k = d.parties;
-    let mut rng = seed::stream(cfg.seed, "partition", &[]);
+    let mut rng = seed::stream(cfg.seed, seed::Stream::Partition, &[]);
     let (train_parts, test_parts) = match d.partition {
         PartitionKind::WorkedExample => (
             partition::disjoint_sample(data.train.len(), k, d.train_per_party, &mut rng)
@@ -286,7 +286,7 @@ pub fn simulate(
     }
     let init_learner = NnLearner::new(spec.clone(), 1, threads)?;
     let layout = init_learner.layout();
-    let init_values = init_learner.init(seed::derive(cfg.seed, "init", &[]));
+    let init_values = init_learner.init(seed::derive(cfg.seed, seed::Stream::Init, &[]));
     let (completed, mut records, start_values, restored, party_states) = match start {
         Some(s) => (s.completed, s.records, s.values, Some(s.strategy), s.parties),
         None => (0, Vec::new(), init_values.clone(), None, Vec::new()),
@@ -366,7 +366,7 @@ impl<C: Client> Client for Attacker<C> {
                 }
             }
             AttackKind::Gaussian => {
-                let mut rng = seed::stream(task.seed, "attack", &[self.index]);
+                let mut rng = seed::stream(task.seed, seed::Stream::Attack, &[self.index]);
                 let noise = rand_distr::Normal::new(0.0f32, s).map_err(|e| ClientError::Model(e.to_string()))?;
                 for (p, g) in reply.params.iter_mut().zip(&global.values) {
                     *p = g + rand_distr::Distribution::sample(&noise, &mut rng);
@@ -393,8 +393,8 @@ fn train_alone(
     let mut training = local_training(cfg);
     training.epochs = cfg.train.epochs * rounds;
     let mut opt = training.optimizer.build(params.len())?;
-    let mut rng = seed::stream(cfg.seed, "alone", &[index as u64]);
-    learner.reseed(seed::derive(cfg.seed, "alone-dropout", &[index as u64]));
+    let mut rng = seed::stream(cfg.seed, seed::Stream::Alone, &[index as u64]);
+    learner.reseed(seed::derive(cfg.seed, seed::Stream::AloneDropout, &[index as u64]));
     train_local(&mut learner, &mut params, &p.train, &training, &mut opt, &mut rng)?;
     Ok(learner.evaluate(&params, &p.test.x, &p.test.y)?.accuracy())
 }
