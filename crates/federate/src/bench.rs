@@ -169,7 +169,7 @@ pub fn net(cfg: &crate::config::Config, zstd: bool, child_args: &[String]) -> Re
     use federate_net::server::{Hub, RemoteParty};
     use std::time::Duration;
 
-    let spec = crate::deploy::spec_for(cfg)?;
+    let spec = crate::sim::spec_for(cfg)?;
     let layout = NnLearner::new(spec.clone(), 1, 1)?.layout();
     let ids = party_ids(cfg);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

@@ -1020,7 +1020,7 @@ mod tests {
                 picks.iter().map(|(k, v)| format!("{}={}", keys[k % keys.len()], VALUES[v % VALUES.len()])).collect();
             let outcome = std::panic::catch_unwind(|| {
                 if let Ok(cfg) = load(None, &sets) {
-                    let _ = crate::deploy::spec_for(&cfg);
+                    let _ = crate::sim::spec_for(&cfg);
                 }
             });
             proptest::prop_assert!(outcome.is_ok(), "panicked on {:?}", sets);

@@ -398,3 +398,20 @@ fn train_alone(
     train_local(&mut learner, &mut params, &p.train, &training, &mut opt, &mut rng)?;
     Ok(learner.evaluate(&params, &p.test.x, &p.test.y)?.accuracy())
 }
+
+/// Input shape and classes of a named dataset, known without loading it (the server holds
+/// no data).
+pub fn dataset_shape(name: &str) -> Result<(Shape, usize)> {
+    match name {
+        "mnist" | "fashion-mnist" => Ok((Shape::image(28, 28, 1), 10)),
+        "synthetic" => Ok((Shape::flat(60), 10)),
+        other => {
+            anyhow::bail!("data.dataset = '{other}' is unknown: use one of {}", federate_data::DATASETS.join(", "))
+        }
+    }
+}
+
+pub(crate) fn spec_for(cfg: &Config) -> Result<ModelSpec> {
+    let (input, classes) = dataset_shape(&cfg.data.dataset)?;
+    spec_for_shape(cfg, input, classes)
+}

@@ -1,0 +1,184 @@
+//! `federate run`: a simulated federation in this process, with progress, records,
+//! checkpoints and `--resume`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use federate_core::Event;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::cli::*;
+use crate::init_threads;
+use crate::{checkpoint, config, report, sim};
+
+pub(crate) fn quote(p: &std::path::Path) -> String {
+    toml::Value::String(p.display().to_string()).to_string()
+}
+
+pub(crate) fn run(args: RunArgs) -> Result<()> {
+    let mut sets = args.sets.clone();
+    if let Some(s) = args.seed {
+        sets.push(format!("seed={s}"));
+    }
+    if let Some(r) = args.rounds {
+        sets.push(format!("rounds={r}"));
+    }
+    if let Some(t) = args.threads {
+        sets.push(format!("threads={t}"));
+    }
+    if let Some(d) = &args.data_dir {
+        sets.push(format!("data.data_dir={}", quote(d)));
+    }
+    if let Some(d) = &args.cache_dir {
+        sets.push(format!("data.cache_dir={}", quote(d)));
+    }
+    let out = args.out.clone().unwrap_or_else(|| {
+        let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        PathBuf::from(format!("runs/run-{t}"))
+    });
+    let config_path = args.config.clone().or_else(|| args.resume.then(|| out.join("config.toml")));
+    let cfg = config::load(config_path.as_deref(), &sets)?;
+    init_threads(cfg.threads)?;
+    let ckpt_dir = out.join("checkpoint");
+    let (mut dir, start) = if args.resume {
+        let start = resume_point(&cfg, &out, &ckpt_dir)?;
+        (report::RunDir::open(&out, &cfg, &start.records)?, Some(start))
+    } else {
+        if let Some(aside) = report::claim_out(&out, args.force)? {
+            eprintln!("the earlier run in {} was moved to {}", out.display(), aside.display());
+        }
+        (report::RunDir::open(&out, &cfg, &[])?, None)
+    };
+    let tty = std::io::stderr().is_terminal() && !args.quiet;
+    let bar = if tty {
+        let b = ProgressBar::new(cfg.rounds as u64 * cfg.data.parties as u64 * cfg.train.epochs as u64);
+        b.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} round {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        Some(b)
+    } else {
+        None
+    };
+    if !args.quiet {
+        println!(
+            "federate: {} on {} ({} parties, {:?} partition), {} rounds, seed {}, {} threads → {}",
+            cfg.model.name,
+            cfg.data.dataset,
+            cfg.data.parties,
+            cfg.data.partition,
+            cfg.rounds,
+            cfg.seed,
+            rayon::current_num_threads(),
+            out.display()
+        );
+    }
+    let started = Instant::now();
+    let mut write_err: Option<anyhow::Error> = None;
+    let rounds = cfg.rounds;
+    let mut observer = |e: Event<'_>| match e {
+        Event::RoundStarted { round, parties } => {
+            if let Some(b) = &bar {
+                b.set_message(format!("{round}/{rounds}: {parties} parties training"));
+            }
+        }
+        Event::FitDone { round, id } => {
+            if let Some(b) = &bar {
+                b.set_message(format!("{round}/{rounds}: {id} done"));
+            }
+        }
+        Event::RoundFinished { record: r, global, strategy, parties } => {
+            let mut res = dir.record(r);
+            if res.is_ok() && cfg.checkpoint_every > 0 && r.round % cfg.checkpoint_every == 0 {
+                let parties = parties.states();
+                let c = checkpoint::Checkpoint { round: r.round, seed: cfg.seed, global, strategy, parties };
+                res = checkpoint::write_checkpoint(&ckpt_dir, c);
+            }
+            if let Err(e) = res {
+                write_err.get_or_insert(e);
+            }
+            let line = format!(
+                "round {:>3}/{rounds}  accuracy {}  train loss {}{}{}  failures {}  {:.1} s",
+                r.round,
+                r.accuracy.map(|a| format!("{:.2} %", a * 100.0)).unwrap_or_else(|| "-".into()),
+                r.train_loss.map(|l| format!("{l:.4}")).unwrap_or_else(|| "-".into()),
+                r.epsilon.map(|e| format!("  ε {e:.3}")).unwrap_or_default(),
+                match (r.strategy.get("client_epsilon"), r.strategy.get("clip_norm")) {
+                    (Some(e), Some(c)) => format!("  client ε {e:.3}  clip {c:.3}"),
+                    _ => String::new(),
+                },
+                r.failures.len(),
+                r.seconds
+            );
+            match (&bar, args.quiet) {
+                (Some(b), _) => b.println(line),
+                (None, false) => println!("{line}"),
+                _ => {}
+            }
+        }
+    };
+    let on_epoch: Option<sim::PartyEpochHook> = bar.clone().map(|b| {
+        Arc::new(move |id: &str, round: u32, done: usize, all: usize| {
+            b.inc(1);
+            b.set_message(format!("{round}/{rounds}: {id} finished local epoch {done}/{all}"));
+        }) as sim::PartyEpochHook
+    });
+    let result = sim::simulate(&cfg, &mut observer, on_epoch, start)?;
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    if let Some(e) = write_err {
+        return Err(e.context("writing rounds.jsonl or the checkpoint"));
+    }
+    dir.finish(&cfg, &result)?;
+    println!("\n{}", report::table(&result));
+    println!(
+        "final global accuracy {:.2} % after {} rounds in {:.1} s; run directory {}",
+        result.records.last().and_then(|r| r.accuracy).unwrap_or(0.0) * 100.0,
+        result.records.len(),
+        started.elapsed().as_secs_f64(),
+        dir.path().display()
+    );
+    Ok(())
+}
+
+/// Where `federate run --resume` continues: the checkpoint in `ckpt_dir` and the records of
+/// the rounds before it, after checking that `cfg` is the configuration of the run in `out`.
+pub(crate) fn resume_point(
+    cfg: &config::Config,
+    out: &std::path::Path,
+    ckpt_dir: &std::path::Path,
+) -> Result<sim::Start> {
+    let saved = out.join("config.toml");
+    let before = config::load(Some(&saved), &[]).with_context(|| format!("--resume: {}", saved.display()))?;
+    let differ = config::differences(&before, cfg);
+    if !differ.is_empty() {
+        anyhow::bail!(
+            "--resume: the config differs from the run's ({}) in {}; only rounds, threads, checkpoint_every \
+             and the data directories may change",
+            saved.display(),
+            differ.join(", ")
+        );
+    }
+    let spec = sim::spec_for(cfg)?;
+    let layout_len = federate_core::Learner::layout(&federate_core::NnLearner::new(spec, 1, 1)?).len();
+    let r = checkpoint::read_checkpoint(ckpt_dir, cfg.seed, layout_len)?;
+    if r.round >= cfg.rounds {
+        anyhow::bail!(
+            "--resume: the checkpoint is after round {} and the run is for {} rounds; pass --rounds with a larger total",
+            r.round,
+            cfg.rounds
+        );
+    }
+    let records = report::read_rounds(&out.join("rounds.jsonl"), r.round)?;
+    Ok(sim::Start {
+        completed: r.round,
+        values: r.values,
+        records,
+        strategy: (r.strategy, r.strategy_state),
+        parties: r.parties,
+    })
+}

@@ -1,0 +1,137 @@
+//! `federate join`: a party of a deployment, with its state kept in `--state-dir`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use federate_core::{Client, ClientError, FitReply, FitTask, Learner, LocalClient, NnLearner, Parameters};
+use federate_net::codec::Limits;
+use federate_net::party::{PartyOptions, run_party};
+use federate_net::tls::TlsFiles;
+use tracing::info;
+
+use crate::config::Config;
+use crate::sim::{self, dataset_shape, spec_for};
+
+use crate::party_store::{PartyStore, Persisted};
+use crate::serve::secs;
+
+/// Where a joining party's data comes from.
+pub enum PartyData {
+    /// Partition `index` (1-based) of the configured dataset and split.
+    Partition(usize),
+    /// Its own IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte,
+    /// t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte; raw or .gz).
+    IdxDir(PathBuf),
+}
+
+fn idx_file(dir: &Path, name: &str) -> Result<PathBuf> {
+    for candidate in [dir.join(name), dir.join(format!("{name}.gz"))] {
+        if candidate.exists() {
+            return Ok(candidate);
+        }
+    }
+    bail!("{}: no {name} (or {name}.gz)", dir.display())
+}
+
+/// A `federate join` party that logs, on its own console, what its local training computed
+/// — including what a DP party does not send (exact training loss and accuracy).
+struct LocalLog<L: Learner> {
+    inner: LocalClient<L>,
+    id: String,
+}
+
+impl<L: Learner> Client for LocalLog<L> {
+    fn fit(&mut self, global: &Parameters, task: &FitTask) -> Result<FitReply, ClientError> {
+        let reply = self.inner.fit(global, task);
+        if reply.is_ok()
+            && let Some(s) = self.inner.last_summary()
+        {
+            let eps = s.epsilon.map(|e| format!(", ε spent {e:.4}")).unwrap_or_default();
+            info!(
+                party = %self.id,
+                "round {}: trained locally, {} steps, loss {:.4}, accuracy {:.2} % in {:.1} s (kept on this party){eps}",
+                task.round,
+                s.steps,
+                s.train_loss,
+                100.0 * s.train_accuracy,
+                s.train_seconds
+            );
+        }
+        reply
+    }
+    delegate_to_inner_client!();
+}
+
+/// `federate join`.
+pub fn join(
+    cfg: &Config,
+    server: &str,
+    id: &str,
+    data: PartyData,
+    tls: Option<TlsFiles>,
+    server_name: Option<String>,
+    state_dir: &Path,
+) -> Result<()> {
+    if !federate_net::tls::valid_identity(id) {
+        bail!("--id '{id}' is not a valid identity (letters, digits, '-', '.')");
+    }
+    let (train, test) = match data {
+        PartyData::Partition(i) => {
+            if i == 0 || i > cfg.data.parties {
+                bail!(
+                    "--partition {i} is out of range: the config splits the data into {} parties (1..={})",
+                    cfg.data.parties,
+                    cfg.data.parties
+                );
+            }
+            let all = sim::load_data(cfg)?;
+            let mut parts = sim::split(cfg, &all)?;
+            let p = parts.swap_remove(i - 1);
+            (p.train, p.test)
+        }
+        PartyData::IdxDir(dir) => {
+            let (_, classes) = dataset_shape(&cfg.data.dataset)?;
+            let train = federate_data::images_and_labels(
+                &idx_file(&dir, "train-images-idx3-ubyte")?,
+                &idx_file(&dir, "train-labels-idx1-ubyte")?,
+                classes,
+            )?;
+            let test = federate_data::images_and_labels(
+                &idx_file(&dir, "t10k-images-idx3-ubyte")?,
+                &idx_file(&dir, "t10k-labels-idx1-ubyte")?,
+                classes,
+            )?;
+            (train, test)
+        }
+    };
+    let spec = spec_for(cfg)?;
+    let learner = NnLearner::new(spec, cfg.train.batch_size, rayon::current_num_threads())?;
+    let layout = learner.layout();
+    println!("federate join: {id} with {} training and {} test examples → {server}", train.len(), test.len());
+    // A party's own DP randomness: secure unless its config asks for seeded noise.
+    let noise = cfg.privacy.noise.unwrap_or(crate::config::NoiseName::Secure);
+    // What this party agreed to in its own config: a server asking for less is refused.
+    let floor = sim::privacy_floor(cfg, train.len());
+    let client = LocalClient::new(learner, train, test).with_noise_source(noise.source()).with_privacy_floor(floor);
+    let client = LocalLog { inner: client, id: id.to_string() };
+    let client = Persisted::new(client, PartyStore::new(state_dir, id, cfg.seed, layout.len()))?;
+    let sv = &cfg.server;
+    let opts = PartyOptions {
+        server: server.to_string(),
+        id: id.to_string(),
+        tls,
+        server_name,
+        limits: Limits { max_values: sv.max_values, max_chunk_bytes: sv.chunk_bytes.max(1024) },
+        max_message_bytes: sv.max_message_bytes,
+        chunk_bytes: sv.chunk_bytes,
+        zstd: sv.zstd,
+        heartbeat: secs(sv.heartbeat_s),
+        max_backoff: Duration::from_secs(10),
+        give_up_after: secs(sv.start_wait_s.max(sv.rejoin_wait_s) * 2.0),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let reason = rt.block_on(run_party(opts, Box::new(client), layout))?;
+    println!("{id}: done ({reason})");
+    Ok(())
+}

@@ -1,0 +1,186 @@
+//! `federate serve`: the server of a deployment, with an atomic checkpoint after every
+//! round and `--resume`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use federate_core::{ClientProxy, Event, Learner, NnLearner, Parameters, Server, ServerConfig, seed};
+use federate_net::codec::Limits;
+use federate_net::server::{Hub, HubConfig, RemoteParty};
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::report::{self, RunDir};
+use crate::sim::{self, spec_for};
+
+use crate::checkpoint::{Checkpoint, read_checkpoint, write_checkpoint};
+
+pub(crate) fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+/// How `federate serve` authenticates parties.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Security {
+    /// Mutual TLS from `[server.tls]`.
+    Tls,
+    /// Plaintext on a loopback address (`--insecure`).
+    InsecureLoopback,
+    /// Plaintext on any address (`--insecure --insecure-non-loopback`).
+    InsecureAnywhere,
+}
+
+impl Security {
+    /// From the command-line flags.
+    pub fn from_flags(insecure: bool, non_loopback: bool) -> Self {
+        match (insecure, non_loopback) {
+            (false, _) => Security::Tls,
+            (true, false) => Security::InsecureLoopback,
+            (true, true) => Security::InsecureAnywhere,
+        }
+    }
+}
+
+/// `federate serve`.
+pub fn serve(cfg: &Config, out: &Path, resume: bool, security: Security) -> Result<()> {
+    let sv = &cfg.server;
+    let listen: SocketAddr = sv
+        .listen
+        .parse()
+        .with_context(|| format!("server.listen = '{}' is not an address like 0.0.0.0:7000", sv.listen))?;
+    let tls = match (&sv.tls, security) {
+        (Some(t), Security::Tls) => Some(t.clone()),
+        (_, Security::InsecureLoopback) if !listen.ip().is_loopback() => bail!(
+            "--insecure listens in plaintext and lets anyone take any party's seat, so it is refused on {listen}, \
+             which is not a loopback address: use mutual TLS (`federate keys`), listen on 127.0.0.1, or add \
+             --insecure-non-loopback if this network is truly private"
+        ),
+        (_, Security::InsecureLoopback | Security::InsecureAnywhere) => {
+            warn!("--insecure: PLAINTEXT, no authentication of parties; never use this across a real network");
+            None
+        }
+        (None, Security::Tls) => bail!(
+            "[server.tls] (ca, cert, key) is required; create them with `federate keys`, or pass --insecure for a local test"
+        ),
+    };
+    let insecure_note = if tls.is_none() { "  INSECURE (plaintext, parties not authenticated)" } else { "" };
+    let parties = sv.party_ids(cfg.data.parties);
+    for p in &parties {
+        if !federate_net::tls::valid_identity(p) {
+            bail!("server.parties: '{p}' is not a valid identity (letters, digits, '-', '.')");
+        }
+    }
+    let spec = spec_for(cfg)?;
+    let learner = NnLearner::new(spec, 1, 1)?;
+    let layout = learner.layout();
+    let ckpt_dir = sv.checkpoint_dir.clone().unwrap_or_else(|| out.join("checkpoint"));
+    let (completed, values, mut records, restored_strategy) = if resume {
+        let r = read_checkpoint(&ckpt_dir, cfg.seed, layout.len())?;
+        info!("resuming after round {} from {}", r.round, ckpt_dir.display());
+        let records = report::read_rounds(&out.join("rounds.jsonl"), r.round)?;
+        (r.round, r.values, records, Some((r.strategy, r.strategy_state)))
+    } else {
+        (0, learner.init(seed::derive(cfg.seed, seed::Stream::Init, &[])), Vec::new(), None)
+    };
+    let global = Parameters::new(values, layout.clone()).context("initial parameters")?;
+    let mut dir = RunDir::open(out, cfg, &records)?;
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let hub_cfg = HubConfig {
+        listen,
+        tls,
+        allowed: parties.clone(),
+        model_len: layout.len(),
+        heartbeat: secs(sv.heartbeat_s),
+        party_timeout: secs(sv.party_timeout_s),
+        task_timeout: secs(sv.round_timeout_s),
+        rejoin_wait: secs(sv.rejoin_wait_s),
+        limits: Limits { max_values: sv.max_values, max_chunk_bytes: sv.chunk_bytes.max(1024) },
+        max_message_bytes: sv.max_message_bytes,
+        chunk_bytes: sv.chunk_bytes,
+        zstd: sv.zstd,
+        max_connections: sv.max_connections.unwrap_or(HubConfig::default_limits(parties.len()).0),
+        max_handshakes: sv.max_handshakes,
+        max_streams_per_connection: sv.max_streams_per_connection,
+        join_timeout: secs(sv.join_timeout_s),
+        deny_file: sv.deny_file.clone(),
+    };
+    let (hub, addr) = rt.block_on(Hub::start(hub_cfg))?;
+    println!("federate serve: listening on {addr}; parties {}; run directory {}", parties.join(", "), out.display());
+    let have = rt.block_on(hub.wait_for(parties.len(), secs(sv.start_wait_s)));
+    let needed = cfg.strategy.min_fit_clients.max(1);
+    if have < needed {
+        rt.block_on(hub.shutdown("the federation could not start: too few parties", Duration::from_secs(2)));
+        bail!(
+            "only {have} of {} parties connected within server.start_wait_s = {} s, and strategy.min_fit_clients = \
+             {needed}: no round was run and no model written (start the parties, check their --server address \
+             and certificates, or raise start_wait_s)",
+            parties.len(),
+            sv.start_wait_s
+        );
+    }
+    info!("{have} of {} parties connected; starting", parties.len());
+
+    let clients: Vec<Box<dyn ClientProxy>> =
+        parties.iter().map(|p| Box::new(RemoteParty::new(p.clone(), hub.clone(), rt.handle().clone())) as _).collect();
+    // The server's own noise (central client-level DP) is secure unless the config says seeded.
+    let noise = cfg.privacy.noise.unwrap_or(crate::config::NoiseName::Secure).source();
+    let mut server = Server::new(sim::build_strategy(cfg, noise)?, clients).with_admission(sv.admission());
+    if let Some((name, state)) = &restored_strategy {
+        server
+            .restore_strategy(name, state.as_ref())
+            .with_context(|| format!("--resume from {}", ckpt_dir.display()))?;
+    }
+    let mut failure: Option<anyhow::Error> = None;
+    let rounds = cfg.rounds;
+    let mut observer = |e: Event<'_>| {
+        if let Event::RoundFinished { record, global, strategy, .. } = e {
+            records.push(record.clone());
+            let res = dir.record(record).and_then(|_| {
+                let c = Checkpoint { round: record.round, seed: cfg.seed, global, strategy, parties: Vec::new() };
+                write_checkpoint(&ckpt_dir, c)
+            });
+            if let Err(e) = res {
+                failure.get_or_insert(e);
+            }
+            let failed: Vec<String> = record.failures.iter().map(|f| format!("{} ({})", f.id, f.reason)).collect();
+            println!(
+                "round {:>3}/{rounds}  accuracy {}  parties {}  failures [{}]  {:.1} s{insecure_note}",
+                record.round,
+                record.accuracy.map(|a| format!("{:.2} %", a * 100.0)).unwrap_or_else(|| "-".into()),
+                record.fit.len(),
+                failed.join("; "),
+                record.seconds
+            );
+        }
+    };
+    // Who trains each round comes from the OS, not the seed: a party's participation must
+    // not be predictable by whoever knows the config (client-level DP's amplification).
+    let cfg_server =
+        ServerConfig { sampling: federate_core::PartySampling::Os, ..ServerConfig::new(cfg.rounds, cfg.seed) };
+    let result = server.resume(global, completed, &cfg_server, &mut observer);
+    rt.block_on(hub.shutdown("the federation is complete", Duration::from_secs(5)));
+    std::thread::sleep(Duration::from_millis(300));
+    let (global, _) = result?;
+    if let Some(e) = failure {
+        return Err(e.context("writing the round record or checkpoint"));
+    }
+    if !records.iter().any(|r| r.aggregated) {
+        let last = records.last().and_then(|r| r.error.clone()).unwrap_or_default();
+        bail!(
+            "no round produced a model ({} rounds, the last: {last}); no model written. The records are in {}",
+            records.len(),
+            out.join("rounds.jsonl").display()
+        );
+    }
+    report::write_safetensors(&out.join("model.safetensors"), &global, cfg)?;
+    println!(
+        "final global accuracy {:.2} % after {} rounds; model {}",
+        records.last().and_then(|r| r.accuracy).unwrap_or(0.0) * 100.0,
+        records.len(),
+        out.join("model.safetensors").display()
+    );
+    Ok(())
+}
