@@ -1,0 +1,379 @@
+//! The run configuration: a TOML file whose every key is known (a misspelt key is an error),
+//! with defaults that are the design document's worked example (MNIST, 3 parties of 2,000
+//! training and 500 test examples, the CNN, FedAvg), plus `--set key=value` overrides.
+//!
+//! The schema of the sections is here and in `privacy.rs` and `server.rs`; reading a file and
+//! `--set` in `load.rs`; the checks across sections in `validate.rs`.
+
+mod load;
+mod privacy;
+mod server;
+mod validate;
+
+pub use load::*;
+pub use privacy::*;
+pub use server::*;
+pub use validate::*;
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use federate_nn::{LayerSpec, OptimizerSpec};
+use serde::{Deserialize, Serialize};
+
+/// A whole run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Seed of every random stream.
+    pub seed: u64,
+    /// Federated rounds.
+    pub rounds: u32,
+    /// Worker threads (0 = one per core).
+    pub threads: usize,
+    /// `federate run` writes a checkpoint (`<run directory>/checkpoint`) every this many
+    /// rounds, so `federate run --resume` can continue a stopped run (0: never).
+    /// `federate serve` checkpoints after every round regardless.
+    pub checkpoint_every: u32,
+    /// Data and its split across parties.
+    pub data: DataConfig,
+    /// The model.
+    pub model: ModelConfig,
+    /// Local training of each party.
+    pub train: TrainConfig,
+    /// The server's strategy.
+    pub strategy: StrategyConfig,
+    /// What to evaluate.
+    pub evaluation: EvaluationConfig,
+    /// Sample-level differential privacy (DP-SGD in every party).
+    pub privacy: PrivacyConfig,
+    /// Client-level differential privacy (DP-FedAvg).
+    pub client_privacy: ClientPrivacyConfig,
+    /// Deployment settings of `federate serve` (ignored by `federate run`).
+    pub server: ServerSection,
+    /// Simulated malicious parties (`federate run` only).
+    pub attack: AttackConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            seed: 42,
+            rounds: 10,
+            threads: 0,
+            checkpoint_every: 10,
+            data: DataConfig::default(),
+            model: ModelConfig::default(),
+            train: TrainConfig::default(),
+            strategy: StrategyConfig::default(),
+            evaluation: EvaluationConfig::default(),
+            privacy: PrivacyConfig::default(),
+            client_privacy: ClientPrivacyConfig::default(),
+            server: ServerSection::default(),
+            attack: AttackConfig::default(),
+        }
+    }
+}
+
+/// How data is split across parties.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PartitionKind {
+    /// Each party gets `train_per_party` training and `test_per_party` test examples drawn
+    /// without replacement (the worked example).
+    WorkedExample,
+    /// The whole training set dealt IID.
+    Iid,
+    /// Dirichlet(α) label skew.
+    Dirichlet,
+    /// McMahan et al.'s label-sorted shards.
+    Shards,
+    /// Lognormal party sizes (σ = `quantity_sigma`), examples dealt IID.
+    QuantitySkew,
+    /// One party per natural key (the device of Synthetic(α, β)).
+    Natural,
+}
+
+/// Data settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataConfig {
+    /// `mnist`, `fashion-mnist`, or `synthetic` (FedProx's Synthetic(α, β)).
+    pub dataset: String,
+    /// The partitioner.
+    pub partition: PartitionKind,
+    /// Number of parties.
+    pub parties: usize,
+    /// Training examples per party (worked-example partition).
+    pub train_per_party: usize,
+    /// Test examples per party (worked-example partition).
+    pub test_per_party: usize,
+    /// Dirichlet concentration α.
+    pub alpha: f64,
+    /// Shards per party.
+    pub shards_per_party: usize,
+    /// A directory already holding the IDX files (tried before any download).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// Cache directory (default: $FEDERATE_CACHE_DIR, else the user's cache directory).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_dir: Option<PathBuf>,
+    /// Never download or run npm: use only the cache, `data_dir` and system packages.
+    pub offline: bool,
+    /// Quantity-skew partition: σ of the lognormal party sizes.
+    pub quantity_sigma: f64,
+    /// Synthetic(α, β): α (model heterogeneity).
+    pub synthetic_alpha: f64,
+    /// Synthetic(α, β): β (input heterogeneity).
+    pub synthetic_beta: f64,
+    /// Synthetic(α, β): devices generated.
+    pub synthetic_devices: usize,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            dataset: "mnist".into(),
+            partition: PartitionKind::WorkedExample,
+            parties: 3,
+            train_per_party: 2000,
+            test_per_party: 500,
+            alpha: 0.5,
+            shards_per_party: 2,
+            data_dir: None,
+            cache_dir: None,
+            offline: false,
+            quantity_sigma: 1.0,
+            synthetic_alpha: 1.0,
+            synthetic_beta: 1.0,
+            synthetic_devices: 30,
+        }
+    }
+}
+
+/// Model settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// `cnn`, `mlp`, `logreg`, or `custom` (then `layers` is required).
+    pub name: String,
+    /// The layer list of a custom model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layers: Option<Vec<LayerSpec>>,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig { name: "cnn".into(), layers: None }
+    }
+}
+
+/// Optimiser names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerName {
+    /// SGD with optional momentum.
+    Sgd,
+    /// Adam.
+    Adam,
+}
+
+/// Local training settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Local epochs per round.
+    pub epochs: usize,
+    /// Minibatch size.
+    pub batch_size: usize,
+    /// Optimiser.
+    pub optimizer: OptimizerName,
+    /// Learning rate.
+    pub lr: f32,
+    /// SGD momentum.
+    pub momentum: f32,
+    /// L2 weight decay.
+    pub weight_decay: f32,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            epochs: 2,
+            batch_size: 32,
+            optimizer: OptimizerName::Sgd,
+            lr: 0.05,
+            momentum: 0.9,
+            weight_decay: 0.0,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// The optimiser description.
+    pub fn optimizer_spec(&self) -> OptimizerSpec {
+        match self.optimizer {
+            OptimizerName::Sgd => {
+                OptimizerSpec::Sgd { lr: self.lr, momentum: self.momentum, weight_decay: self.weight_decay }
+            }
+            OptimizerName::Adam => OptimizerSpec::Adam {
+                lr: self.lr,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: self.weight_decay,
+            },
+        }
+    }
+}
+
+/// Strategy settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StrategyConfig {
+    /// `fedavg`.
+    pub name: String,
+    /// Fraction of parties training each round.
+    pub fraction_fit: f64,
+    /// Minimum parties training each round.
+    pub min_fit_clients: usize,
+    /// Fraction of parties evaluating each round.
+    pub fraction_evaluate: f64,
+    /// Fewest usable replies that still make a new model.
+    pub min_replies: usize,
+    /// η: server learning rate (fedsgd, fedavgm, fedadam, fedyogi, fedadagrad, scaffold).
+    pub server_lr: f64,
+    /// β (fedavgm) or β₁ (fedadam, fedyogi, fedadagrad).
+    pub beta1: f64,
+    /// β₂ (fedadam, fedyogi).
+    pub beta2: f64,
+    /// τ: adaptivity of fedadam, fedyogi, fedadagrad.
+    pub tau: f64,
+    /// μ: FedProx's proximal weight.
+    pub mu: f64,
+    /// ρ: ADMM's penalty.
+    pub rho: f64,
+    /// ADMM: adapt ρ by residual balancing.
+    pub adaptive_rho: bool,
+    /// FedSGD: full-batch gradients (else one minibatch of batch_size).
+    pub full_batch: bool,
+    /// Fraction of chosen parties that straggle each round (do 1..=epochs local epochs).
+    pub stragglers: f64,
+    /// Drop stragglers instead of using their partial work.
+    pub drop_stragglers: bool,
+    /// How the parties' models are combined: `mean` (example-weighted, FedAvg), or robust to
+    /// malicious parties: `median`, `trimmed-mean`, `krum` (fedavg, fedprox, fedsgd and the
+    /// server optimisers).
+    pub aggregator: String,
+    /// `trimmed-mean`: fraction of the largest and of the smallest values dropped per
+    /// coordinate, in [0, 0.5).
+    pub trim: f64,
+    /// `krum`: attackers tolerated (f); it needs more than 2f + 2 replies a round.
+    pub byzantine: usize,
+    /// `krum`: models kept and averaged (1 = Krum, more = multi-Krum).
+    pub krum_select: usize,
+}
+
+/// The rules `strategy.aggregator` accepts.
+pub const AGGREGATORS: [&str; 4] = ["mean", "median", "trimmed-mean", "krum"];
+
+impl StrategyConfig {
+    /// The aggregation rule configured.
+    pub fn aggregator(&self) -> Result<federate_core::Aggregator> {
+        use federate_core::Aggregator;
+        let a = match self.aggregator.as_str() {
+            "mean" => Aggregator::Mean,
+            "median" => Aggregator::Median,
+            "trimmed-mean" => Aggregator::TrimmedMean { trim: self.trim },
+            "krum" => Aggregator::Krum { byzantine: self.byzantine, select: self.krum_select },
+            other => bail!("strategy.aggregator = '{other}' is unknown: use one of {}", AGGREGATORS.join(", ")),
+        };
+        a.validate()?;
+        Ok(a)
+    }
+}
+
+/// The strategies `strategy.name` accepts.
+pub const STRATEGIES: [&str; 9] =
+    ["fedavg", "fedprox", "fedsgd", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "scaffold", "admm"];
+
+impl Default for StrategyConfig {
+    fn default() -> Self {
+        StrategyConfig {
+            name: "fedavg".into(),
+            fraction_fit: 1.0,
+            min_fit_clients: 1,
+            fraction_evaluate: 1.0,
+            min_replies: 1,
+            server_lr: 1.0,
+            beta1: 0.9,
+            beta2: 0.99,
+            tau: 1e-3,
+            mu: 0.01,
+            rho: 0.1,
+            adaptive_rho: false,
+            full_batch: true,
+            stragglers: 0.0,
+            drop_stragglers: false,
+            aggregator: "mean".into(),
+            trim: 0.1,
+            byzantine: 0,
+            krum_select: 1,
+        }
+    }
+}
+
+/// Malicious parties, for measuring robust aggregation in a simulation: the first `parties`
+/// parties train honestly, then send a poisoned model instead.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AttackConfig {
+    /// How many parties attack (party-1 … party-N); 0: none.
+    pub parties: usize,
+    /// `sign-flip`: θ_g − s·Δ; `scale`: θ_g + s·Δ (model replacement); `gaussian`: θ_g + N(0, s²)
+    /// per value; Δ is the party's honest update θ_k − θ_g and s is `scale`.
+    pub kind: AttackKind,
+    /// The attack's strength s.
+    pub scale: f64,
+}
+
+impl Default for AttackConfig {
+    fn default() -> Self {
+        AttackConfig { parties: 0, kind: AttackKind::SignFlip, scale: 10.0 }
+    }
+}
+
+/// What a malicious party sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttackKind {
+    /// The honest update reversed and scaled.
+    SignFlip,
+    /// The honest update scaled (boosting, model replacement).
+    Scale,
+    /// Random values of the honest model's size.
+    Gaussian,
+}
+
+/// Evaluation settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvaluationConfig {
+    /// Also evaluate the global model on the dataset's whole test set each round.
+    pub centralized: bool,
+    /// After the run, train each party alone for the same number of local steps and report
+    /// its accuracy beside the federated model's.
+    pub baseline: bool,
+    /// Stop after the first round whose accuracy reaches this fraction (e.g. 0.99).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_accuracy: Option<f64>,
+}
+
+impl Default for EvaluationConfig {
+    fn default() -> Self {
+        EvaluationConfig { centralized: false, baseline: true, target_accuracy: None }
+    }
+}
+
+#[cfg(test)]
+mod tests;
