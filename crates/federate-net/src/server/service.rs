@@ -1,0 +1,228 @@
+//! The gRPC service: a peer's Join (hello, allow-list, certificate, deny-list, one party
+//! per connection) and the reader of a joined party's stream.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use federate_core::{ClientError, EvaluateReply, FitReply};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, warn};
+
+use crate::codec::Assembler;
+use crate::proto::federation_server::Federation;
+use crate::proto::{Heartbeat, PartyMessage, ServerMessage, Welcome, party_message, server_message};
+use crate::tls::party_identity_ok;
+
+use super::*;
+
+pub(super) struct Service {
+    pub(super) hub: Hub,
+}
+
+/// What the reader of one party's stream is in the middle of receiving.
+pub(super) enum Receiving {
+    Nothing,
+    Fit { task_id: u64, num_examples: usize, metrics: BTreeMap<String, f64>, assembler: Assembler, extra: bool },
+}
+
+#[tonic::async_trait]
+impl Federation for Service {
+    type JoinStream = ReceiverStream<Result<ServerMessage, Status>>;
+
+    async fn join(&self, req: Request<Streaming<PartyMessage>>) -> Result<Response<Self::JoinStream>, Status> {
+        let addr = req.remote_addr();
+        let peer = addr.map(|a| a.to_string()).unwrap_or_else(|| "unknown".into());
+        let guard = addr.and_then(|a| self.hub.inner.conns.lock().ok().and_then(|c| c.get(&a).cloned()));
+        let certs = req.peer_certs();
+        let mut inbound = req.into_inner();
+        let cfg = &self.hub.inner.cfg;
+        let refuse = |reason: String| {
+            warn!(%peer, "refused: {reason}");
+            Err(Status::permission_denied(reason))
+        };
+        let Some(guard) = guard else {
+            return refuse("the connection is not one the server accepted (already closed?)".into());
+        };
+        if let Some(carried) = guard.party.lock().ok().and_then(|p| p.clone()) {
+            return refuse(format!("this connection already carries party '{carried}': one party per connection"));
+        }
+        let first = match tokio::time::timeout(cfg.join_timeout, inbound.message()).await {
+            Ok(Ok(Some(m))) => m,
+            Ok(Ok(None)) => return refuse("closed before saying hello".into()),
+            Ok(Err(s)) => return refuse(format!("bad first message: {}", clean_text(s.message()))),
+            Err(_) => return refuse(format!("no hello within {:?}", cfg.join_timeout)),
+        };
+        let Some(party_message::Msg::Hello(hello)) = first.msg else {
+            return refuse("the first message must be Hello".into());
+        };
+        if hello.protocol_version != PROTOCOL_VERSION {
+            let reason = format!(
+                "unsupported protocol version {} (this server speaks {PROTOCOL_VERSION}); upgrade the party",
+                hello.protocol_version
+            );
+            warn!(%peer, "refused: {reason}");
+            return Err(Status::failed_precondition(reason));
+        }
+        let id = hello.party_id.clone();
+        if !self.hub.inner.allowed.contains(&id) {
+            return refuse(format!("party '{}' is not on the allow-list", clean_text(&id)));
+        }
+        if self.hub.inner.deny.denied(&id) {
+            return refuse(format!("party '{id}' is revoked (listed in the server's deny_file)"));
+        }
+        if cfg.tls.is_some() {
+            let ok = certs.as_ref().and_then(|c| c.first()).is_some_and(|c| party_identity_ok(c, &id));
+            if !ok {
+                return refuse(format!("the client certificate is not issued to '{id}'"));
+            }
+        }
+        // Claimed here, atomically: two Join streams racing on one connection cannot both pass.
+        match guard.party.lock() {
+            Ok(mut p) if p.is_none() => *p = Some(id.clone()),
+            Ok(p) => {
+                let carried = p.clone().unwrap_or_default();
+                drop(p);
+                return refuse(format!("this connection already carries party '{carried}': one party per connection"));
+            }
+            Err(_) => return Err(Status::internal("connection state poisoned")),
+        }
+        // Small: what waits here is bounded by 32 chunks per party.
+        let (tx, rx) = mpsc::channel(32);
+        let welcome = Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            heartbeat_ms: cfg.heartbeat.as_millis().min(u32::MAX as u128) as u32,
+            max_chunk_bytes: cfg.limits.max_chunk_bytes as u64,
+        };
+        let _ = tx.try_send(Ok(msg(server_message::Msg::Welcome(welcome))));
+        let generation = self.hub.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let conn =
+            Arc::new(Conn { generation, tx: tx.clone(), pending: Mutex::new(HashMap::new()), guard: guard.clone() });
+        self.hub.register(&id, conn.clone(), &peer);
+        info!(party = %id, %peer, "joined");
+        let hub = self.hub.clone();
+        tokio::spawn(async move {
+            let reason = read_party(&hub, &id, &conn, &mut inbound).await;
+            if hub.inner.closing.load(Ordering::Relaxed) {
+                info!(party = %id, "left: {reason}");
+            } else {
+                warn!(party = %id, "dropped: {reason}");
+            }
+            hub.drop_conn(&id, &conn, &reason);
+        });
+        let heartbeat = cfg.heartbeat;
+        tokio::spawn(async move {
+            // Never waits on a party: a heartbeat that does not fit is skipped (the party is
+            // not reading, which the round deadline deals with).
+            loop {
+                tokio::time::sleep(heartbeat).await;
+                let hb = msg(server_message::Msg::Heartbeat(Heartbeat { unix_ms: now_ms() }));
+                if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Ok(hb)) {
+                    break;
+                }
+                if guard.killed.load(Ordering::SeqCst) {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Reads one party's stream until it ends; returns why it ended.
+pub(super) async fn read_party(hub: &Hub, id: &str, conn: &Arc<Conn>, inbound: &mut Streaming<PartyMessage>) -> String {
+    let cfg = &hub.inner.cfg;
+    let mut state = Receiving::Nothing;
+    let resolve = |task_id: u64, r: Result<Reply, ClientError>| {
+        let tx = conn.pending.lock().ok().and_then(|mut p| p.remove(&task_id));
+        match tx {
+            Some(tx) => {
+                let _ = tx.send(r);
+            }
+            None => warn!(party = id, task_id, "reply to a task that is not waiting (late or unknown); ignored"),
+        }
+    };
+    loop {
+        let m = match tokio::time::timeout(cfg.party_timeout, inbound.message()).await {
+            Err(_) => return format!("silent for {:?}", cfg.party_timeout),
+            Ok(Err(s)) => return format!("stream error: {} ({:?})", clean_text(s.message()), s.code()),
+            Ok(Ok(None)) => return "disconnected".into(),
+            Ok(Ok(Some(m))) => m,
+        };
+        let Some(m) = m.msg else { return "empty message".into() };
+        match (m, &mut state) {
+            (party_message::Msg::Heartbeat(_), _) => {}
+            (party_message::Msg::Fit(f), Receiving::Nothing) => {
+                let Some(h) = f.params else { return "fit result without parameters".into() };
+                let want = if f.with_extra { 2 * cfg.model_len } else { cfg.model_len } as u64;
+                if h.num_values != want {
+                    return format!("sent {} parameters, the model has {}", h.num_values, cfg.model_len);
+                }
+                let assembler = match Assembler::new(h, cfg.limits) {
+                    Ok(a) => a,
+                    Err(e) => return format!("bad parameter header: {e}"),
+                };
+                if f.metrics.len() > MAX_METRICS {
+                    return format!("sent {} metrics; at most {MAX_METRICS} are accepted", f.metrics.len());
+                }
+                let metrics = f.metrics.into_iter().map(|(k, v)| (clean_text(&k), v)).collect();
+                state = Receiving::Fit {
+                    task_id: f.task_id,
+                    num_examples: usize::try_from(f.num_examples).unwrap_or(usize::MAX),
+                    metrics,
+                    assembler,
+                    extra: f.with_extra,
+                };
+            }
+            (party_message::Msg::Chunk(c), Receiving::Fit { assembler, .. }) => {
+                hub.inner.bytes_in.fetch_add(c.data.len() as u64, Ordering::Relaxed);
+                match assembler.push(c) {
+                    Err(e) => return format!("bad parameter chunk: {e}"),
+                    Ok(None) => {}
+                    Ok(Some(mut params)) => {
+                        if let Receiving::Fit { task_id, num_examples, metrics, extra, .. } =
+                            std::mem::replace(&mut state, Receiving::Nothing)
+                        {
+                            let extra = extra.then(|| params.split_off(cfg.model_len));
+                            if let Some(i) = params.iter().position(|v| !v.is_finite()) {
+                                warn!(party = id, "update has a non-finite value at {i}; the strategy will refuse it");
+                            }
+                            resolve(task_id, Ok(Reply::Fit(FitReply { params, num_examples, metrics, extra })));
+                        }
+                    }
+                }
+            }
+            (party_message::Msg::Evaluate(e), Receiving::Nothing) => {
+                // Ranges and counts are the core's admission's to check, in one place.
+                let num_examples = usize::try_from(e.num_examples).unwrap_or(usize::MAX);
+                let r = EvaluateReply { num_examples, loss: e.loss, accuracy: e.accuracy };
+                resolve(e.task_id, Ok(Reply::Evaluate(r)));
+            }
+            (party_message::Msg::Error(e), Receiving::Nothing) => {
+                let reason = clean_text(&e.reason);
+                warn!(party = id, task_id = e.task_id, "task failed on the party: {reason}");
+                let err = if e.budget_spent {
+                    ClientError::BudgetSpent(reason)
+                } else {
+                    ClientError::Unavailable(format!("failed on the party: {reason}"))
+                };
+                resolve(e.task_id, Err(err));
+            }
+            (party_message::Msg::Hello(_), _) => return "a second hello".into(),
+            (other, _) => return format!("unexpected message {}", kind(&other)),
+        }
+    }
+}
+
+pub(super) fn kind(m: &party_message::Msg) -> &'static str {
+    match m {
+        party_message::Msg::Hello(_) => "hello",
+        party_message::Msg::Fit(_) => "fit result (another one is still arriving)",
+        party_message::Msg::Evaluate(_) => "evaluation (while parameters are arriving)",
+        party_message::Msg::Chunk(_) => "chunk (no transfer announced)",
+        party_message::Msg::Heartbeat(_) => "heartbeat",
+        party_message::Msg::Error(_) => "error (while parameters are arriving)",
+    }
+}

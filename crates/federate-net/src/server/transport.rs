@@ -1,0 +1,126 @@
+//! The server's parties as the core round loop sees them: `RemoteParty` and the
+//! `HubTransport` that runs a round's tasks for all of them as tasks on the runtime.
+
+use std::sync::Arc;
+
+use federate_core::{ClientError, ClientProxy, EvaluateReply, EvaluateTask, FitReply, FitTask, Parameters};
+
+use super::*;
+
+/// A party across the network, as the core round loop sees it.
+pub struct RemoteParty {
+    id: String,
+    hub: Hub,
+    rt: tokio::runtime::Handle,
+    transport: Arc<HubTransport>,
+}
+
+impl RemoteParty {
+    /// The proxy for identity `id`, calling through `hub` on runtime `rt`.
+    pub fn new(id: impl Into<String>, hub: Hub, rt: tokio::runtime::Handle) -> Self {
+        let transport = hub.transport(&rt);
+        RemoteParty { id: id.into(), hub, rt, transport }
+    }
+}
+
+impl Hub {
+    /// The transport shared by every `RemoteParty` of this hub (made on first use).
+    fn transport(&self, rt: &tokio::runtime::Handle) -> Arc<HubTransport> {
+        let mut t = match self.inner.transport.lock() {
+            Ok(t) => t,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        t.get_or_insert_with(|| Arc::new(HubTransport { hub: self.clone(), rt: rt.clone() })).clone()
+    }
+}
+
+/// A round's tasks for many remote parties, run as tasks on the runtime (no thread per
+/// party): the server holds 10,000 connected parties in bounded memory.
+pub struct HubTransport {
+    hub: Hub,
+    rt: tokio::runtime::Handle,
+}
+
+impl HubTransport {
+    fn run_all<T, R, F, Fut>(&self, jobs: &[(&str, &T)], call: F) -> Vec<(Result<R, ClientError>, f64)>
+    where
+        T: Clone + Send + 'static,
+        R: Send + 'static,
+        F: Fn(usize, Hub, String, T) -> Fut,
+        Fut: std::future::Future<Output = Result<R, ClientError>> + Send + 'static,
+    {
+        self.rt.block_on(async {
+            let start = tokio::time::Instant::now();
+            let mut set = tokio::task::JoinSet::new();
+            for (i, (id, task)) in jobs.iter().enumerate() {
+                let fut = call(i, self.hub.clone(), id.to_string(), (*task).clone());
+                set.spawn(async move { (i, fut.await, start.elapsed().as_secs_f64()) });
+            }
+            let mut out: Vec<Option<(Result<R, ClientError>, f64)>> = jobs.iter().map(|_| None).collect();
+            while let Some(done) = set.join_next().await {
+                if let Ok((i, r, secs)) = done {
+                    out[i] = Some((r, secs));
+                }
+            }
+            out.into_iter()
+                .map(|o| o.unwrap_or_else(|| (Err(ClientError::Unavailable("the party's task panicked".into())), 0.0)))
+                .collect()
+        })
+    }
+}
+
+impl federate_core::Transport for HubTransport {
+    fn fit_all(&self, global: &Parameters, jobs: &[(&str, &FitTask)]) -> Vec<(Result<FitReply, ClientError>, f64)> {
+        // One encoding per distinct payload (the model, plus the second vector the tasks
+        // share, if any), not one per party.
+        let mut payloads: Vec<(Option<*const Vec<f32>>, Arc<Encoded>)> = Vec::new();
+        let mut per_job = Vec::with_capacity(jobs.len());
+        for (_, task) in jobs {
+            let key = task.extra.as_ref().map(Arc::as_ptr);
+            let enc = match payloads.iter().find(|(k, _)| *k == key) {
+                Some((_, e)) => e.clone(),
+                None => {
+                    let e = self.hub.fit_payload(global, task);
+                    payloads.push((key, e.clone()));
+                    e
+                }
+            };
+            per_job.push(enc);
+        }
+        let per_job = Arc::new(per_job);
+        self.run_all(jobs, move |i, hub, id, task| {
+            let payloads = per_job.clone();
+            async move { hub.fit_encoded(&id, &payloads[i], &task).await }
+        })
+    }
+
+    fn evaluate_all(
+        &self,
+        params: &Parameters,
+        jobs: &[(&str, &EvaluateTask)],
+    ) -> Vec<(Result<EvaluateReply, ClientError>, f64)> {
+        let payload = self.hub.encode(&params.values);
+        self.run_all(jobs, move |_, hub, id, task| {
+            let payload = payload.clone();
+            async move { hub.evaluate_encoded(&id, &payload, &task).await }
+        })
+    }
+}
+
+impl ClientProxy for RemoteParty {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn fit(&mut self, global: &Parameters, task: &FitTask) -> Result<FitReply, ClientError> {
+        self.rt.block_on(self.hub.fit(&self.id, global, task))
+    }
+    fn evaluate(&mut self, params: &Parameters, task: &EvaluateTask) -> Result<EvaluateReply, ClientError> {
+        self.rt.block_on(self.hub.evaluate(&self.id, params, task))
+    }
+    fn concurrent(&self) -> bool {
+        true
+    }
+    fn transport(&self) -> Option<Arc<dyn federate_core::Transport>> {
+        Some(self.transport.clone())
+    }
+}
