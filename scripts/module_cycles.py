@@ -38,6 +38,8 @@ def modules(src):
 def deps(files, names, me):
     out = set()
     for f in files:
+        if os.path.basename(f) == "tests.rs":
+            continue  # a test-only module (`#[cfg(test)] mod tests;`)
         text = strip_tests(open(f, encoding="utf-8").read())
         text = re.sub(r"//[^\n]*", "", text)
         for m in re.finditer(r"crate::(\w+)", text):
