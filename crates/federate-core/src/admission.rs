@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::client::{EvaluateReply, FitReply};
+use crate::messages::{EvaluateReply, FitReply};
 
 /// The default cap on any example count a party reports (training or test).
 pub const DEFAULT_MAX_EXAMPLES: u64 = 100_000_000;

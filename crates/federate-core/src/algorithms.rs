@@ -13,13 +13,13 @@ use std::sync::Arc;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::client::{FitReply, FitTask};
+use crate::messages::LocalAlgorithm;
+use crate::messages::{FitReply, FitTask};
+use crate::messages::{Rejection, StrategyError};
 use crate::params::Parameters;
 use crate::strategy::{
-    FedAvg, Rejection, Strategy, StrategyError, StrategyState, evaluate_with_base, fit_with_base, missing_state,
-    usable_replies,
+    FedAvg, Strategy, StrategyState, evaluate_with_base, fit_with_base, missing_state, usable_replies,
 };
-use crate::train::LocalAlgorithm;
 
 fn positive(name: &str, v: f64) -> Result<(), StrategyError> {
     if v > 0.0 && v.is_finite() {

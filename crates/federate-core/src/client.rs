@@ -1,96 +1,22 @@
-//! Parties: what the server asks of them (`FitTask`, `EvaluateTask`), what they answer
-//! (`FitReply`, `EvaluateReply`), the party-side `Client` trait, and the server-side
-//! `ClientProxy` that hides whether a party runs in this process or across the network.
+//! Parties: the party-side `Client` trait and the standard party `LocalClient`, and the
+//! server-side `ClientProxy` that hides whether a party runs in this process or across the
+//! network. The messages they exchange (`FitTask`, `FitReply`, ...) are defined in
+//! `messages` and re-exported here.
+
+pub use crate::messages::{AdmmState, ClientError, EvaluateReply, EvaluateTask, FitReply, FitTask, PartyState};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use federate_data::Dataset;
-use serde::{Deserialize, Serialize};
-use thiserror::Error;
 
-use crate::dp::{DpSgd, PrivacyFloor};
 use crate::learner::Learner;
+use crate::messages::{Correction, DpSgd, LocalAlgorithm, LocalTraining, PrivacyFloor, TrainStats};
 use crate::params::Parameters;
 use crate::seed;
 use crate::seed::Stream;
-use crate::train::{Correction, LocalAlgorithm, LocalTraining, TrainStats, gradient, optimizer_for, train_local_with};
+use crate::train::{gradient, optimizer_for, train_local_with};
 use federate_privacy::{Entry, Ledger};
-
-/// Instructions for one party's local training in one round.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FitTask {
-    /// The round, from 1.
-    pub round: u32,
-    /// Local training settings.
-    pub training: LocalTraining,
-    /// Seed of this party's batch and dropout streams for this round.
-    pub seed: u64,
-    /// A second vector some algorithms send with the model (SCAFFOLD: the server's control
-    /// variate c).
-    #[serde(skip)]
-    pub extra: Option<Arc<Vec<f32>>>,
-}
-
-/// A party's answer to a `FitTask`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FitReply {
-    /// The locally trained parameters.
-    pub params: Vec<f32>,
-    /// Training examples the party used (its FedAvg weight).
-    pub num_examples: usize,
-    /// Named metrics (`train_loss`, `train_accuracy`, `steps`).
-    pub metrics: BTreeMap<String, f64>,
-    /// A second vector some algorithms return (SCAFFOLD: the change of c_k).
-    pub extra: Option<Vec<f32>>,
-}
-
-/// Instructions for one party's evaluation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EvaluateTask {
-    /// The round, from 1.
-    pub round: u32,
-}
-
-/// A party's evaluation of the parameters it was sent, on its own test data.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct EvaluateReply {
-    /// Test examples evaluated.
-    pub num_examples: usize,
-    /// Mean loss.
-    pub loss: f64,
-    /// Fraction correct.
-    pub accuracy: f64,
-}
-
-/// Why a party could not answer.
-#[derive(Debug, Clone, Error, PartialEq)]
-pub enum ClientError {
-    /// The party's model refused the input (sizes, labels).
-    #[error("model error: {0}")]
-    Model(String),
-    /// The parameters sent do not fit the party's model.
-    #[error("received {got} parameters but the model has {expected}")]
-    WrongParameterCount {
-        /// Values received.
-        got: usize,
-        /// Values the model has.
-        expected: usize,
-    },
-    /// The party could not be reached or dropped out.
-    #[error("party unavailable: {0}")]
-    Unavailable(String),
-    /// The task asks for less privacy than the party agreed to (its own floor), so it refuses.
-    #[error("task refused: {0}")]
-    Refused(String),
-    /// Training this round would take the party past its privacy budget, so it refuses.
-    #[error("privacy budget spent: {0}")]
-    BudgetSpent(String),
-    /// The algorithm needs state this party should have kept from earlier rounds and does
-    /// not have (it restarted).
-    #[error("party-side state missing: {0}")]
-    MissingState(String),
-}
 
 /// A party, seen from its own side: trains and evaluates on data that never leaves it.
 ///
@@ -206,21 +132,9 @@ pub struct LocalClient<L: Learner> {
     ledger: Ledger,
     floor: PrivacyFloor,
     last_summary: Option<LocalSummary>,
-    noise: crate::dp::NoiseSource,
+    noise: crate::messages::NoiseSource,
     admm: Option<AdmmState>,
     scaffold: Option<Vec<f32>>,
-}
-
-/// What a party keeps between rounds: everything a restarted party needs to continue exactly
-/// where it stopped (its training data and model come from the config).
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct PartyState {
-    /// Every DP release of the party's data so far (its privacy ledger).
-    pub ledger: Ledger,
-    /// ADMM's dual and last solve.
-    pub admm: Option<AdmmState>,
-    /// SCAFFOLD's control variate c_k.
-    pub scaffold: Option<Vec<f32>>,
 }
 
 impl PartyState {
@@ -228,17 +142,6 @@ impl PartyState {
     pub fn is_empty(&self) -> bool {
         self.ledger.entries.is_empty() && self.admm.is_none() && self.scaffold.is_none()
     }
-}
-
-/// What an ADMM party keeps between rounds.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AdmmState {
-    /// The dual y_k.
-    pub dual: Vec<f32>,
-    /// θ_k of its last solve.
-    pub last: Vec<f32>,
-    /// The ρ it used.
-    pub rho: f32,
 }
 
 impl<L: Learner> LocalClient<L> {
@@ -252,14 +155,14 @@ impl<L: Learner> LocalClient<L> {
             ledger: Ledger::new(),
             floor: PrivacyFloor::default(),
             last_summary: None,
-            noise: crate::dp::NoiseSource::Seeded,
+            noise: crate::messages::NoiseSource::Seeded,
             admm: None,
             scaffold: None,
         }
     }
     /// Where DP randomness comes from (default: seeded, for reproducible simulations; a
     /// deployment uses `NoiseSource::Secure`).
-    pub fn with_noise_source(mut self, noise: crate::dp::NoiseSource) -> Self {
+    pub fn with_noise_source(mut self, noise: crate::messages::NoiseSource) -> Self {
         self.noise = noise;
         self
     }

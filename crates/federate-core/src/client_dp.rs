@@ -28,6 +28,8 @@
 //! or the round's effective multiplier) and reported as `client_epsilon`: the (ε, δ) of
 //! any one party's whole participation.
 
+pub use crate::messages::UpdateDp;
+
 use std::collections::BTreeMap;
 
 use federate_privacy::rdp;
@@ -35,24 +37,13 @@ use rand::RngExt;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::client::{FitReply, FitTask};
-use crate::dp::{NoiseSource, gaussian_noise};
+use crate::dp::gaussian_noise;
+use crate::messages::NoiseSource;
+use crate::messages::{FitReply, FitTask};
+use crate::messages::{Rejection, StrategyError};
 use crate::params::Parameters;
 use crate::seed::Stream;
-use crate::strategy::{
-    FedAvg, Rejection, Strategy, StrategyError, StrategyState, evaluate_with_base, missing_state, usable_replies,
-};
-
-/// What a party does to its update before sending it (distributed client-level DP).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct UpdateDp {
-    /// Clip the update θ_k − θ to this L2 norm.
-    pub clip: f64,
-    /// Then add N(0, noise_std²) to each coordinate.
-    pub noise_std: f64,
-    /// Noise on the clipped-or-not indicator (adaptive clipping), 0 for none.
-    pub count_noise_std: f64,
-}
+use crate::strategy::{FedAvg, Strategy, StrategyState, evaluate_with_base, missing_state, usable_replies};
 
 /// Clips `params − global` to `u.clip`, adds the party's noise share, and returns the noised
 /// centred indicator b − ½ (b = 1 when the update was within the clip norm).
@@ -344,8 +335,8 @@ fn parse_state(text: &str) -> Result<ClientDpState, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::messages::LocalTraining;
     use crate::params::{Layout, TensorSpec};
-    use crate::train::LocalTraining;
     use rand::SeedableRng;
     use std::sync::Arc;
 

@@ -4,78 +4,17 @@
 //! has spent, from `federate-privacy`'s accountants. The noise itself (seeded or exact) is
 //! in [`crate::noise`].
 
+pub use crate::messages::{DpSgd, Mechanism, NoiseSource, PrivacyFloor, Sampling};
+
 use federate_data::Dataset;
 use federate_nn::{ClipNorm, NnError, Optimizer};
 use federate_privacy::Accountant;
 use rand::{Rng, RngExt};
-use serde::{Deserialize, Serialize};
 
 use crate::learner::Learner;
+use crate::messages::{LocalTraining, TrainStats};
 pub use crate::noise::gaussian_noise;
 use crate::noise::{add_exact_noise, add_float_noise, os_rng};
-use crate::train::{LocalTraining, TrainStats};
-
-/// The noise DP-SGD adds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mechanism {
-    /// Gaussian noise σ·C on L2-clipped gradients.
-    #[default]
-    Gaussian,
-    /// Laplace noise of scale C/ε₀ on L1-clipped gradients (the design document's).
-    Laplace,
-}
-
-/// How each step's batch is drawn.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Sampling {
-    /// Every example independently with probability q (add/remove accounting).
-    #[default]
-    Poisson,
-    /// Exactly `batch_size` examples without replacement (replace-one accounting, RDP of
-    /// Wang, Balle & Kasiviswanathan 2019; Gaussian mechanism only).
-    FixedSize,
-}
-
-/// Where a party's DP randomness comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum NoiseSource {
-    /// Streams derived from the task seed; floating-point noise (reproducible simulations).
-    #[default]
-    Seeded,
-    /// The operating system's entropy and exact discrete noise (deployments).
-    Secure,
-}
-
-/// DP-SGD settings of a party's local training.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DpSgd {
-    /// Gaussian or Laplace.
-    #[serde(default)]
-    pub mechanism: Mechanism,
-    /// σ: noise standard deviation ÷ clipping norm (Gaussian).
-    pub noise_multiplier: f64,
-    /// ε₀ of one step before subsampling (Laplace: noise scale = clip / ε₀).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub epsilon_per_step: Option<f64>,
-    /// C: every example's gradient is clipped to this norm (L2 for Gaussian, L1 for Laplace).
-    pub clip: f32,
-    /// Poisson sampling rate q; `None` means batch_size ÷ the party's examples.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sampling_rate: Option<f64>,
-    /// δ of the reported (ε, δ).
-    pub delta: f64,
-    /// The accountant that turns steps into ε.
-    pub accountant: Accountant,
-    /// A party refuses a round that would take its ε past this budget.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_epsilon: Option<f64>,
-    /// Poisson or fixed-size batches.
-    #[serde(default)]
-    pub sampling: Sampling,
-}
 
 impl DpSgd {
     /// Checks the ranges; the message names the setting and the fix.
@@ -140,7 +79,7 @@ impl DpSgd {
     /// full-batch gradient (FedSGD with `full_batch`), else [`DpSgd::rate`].
     pub fn task_rate(&self, training: &LocalTraining, n: usize) -> f64 {
         match training.local {
-            crate::train::LocalAlgorithm::Gradient { full: true } => 1.0,
+            crate::messages::LocalAlgorithm::Gradient { full: true } => 1.0,
             _ => self.rate(n, training.batch_size),
         }
     }
@@ -149,7 +88,7 @@ impl DpSgd {
     /// [`DpSgd::steps_per_epoch`] × epochs.
     pub fn task_steps(training: &LocalTraining, q: f64) -> u64 {
         match training.local {
-            crate::train::LocalAlgorithm::Gradient { .. } => 1,
+            crate::messages::LocalAlgorithm::Gradient { .. } => 1,
             _ => DpSgd::steps_per_epoch(q) as u64 * training.epochs as u64,
         }
     }
@@ -194,18 +133,6 @@ impl DpSgd {
             Mechanism::Laplace => ClipNorm::L1,
         }
     }
-}
-
-/// What a party itself agreed to, checked against every task before it trains: a server
-/// (changed, misconfigured or malicious) cannot make it release its data with less noise, a
-/// larger sampling rate or a larger ε than its own configuration allows.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct PrivacyFloor {
-    /// The DP-SGD settings of the party's own configuration (`None`: it asks for none and
-    /// accepts what the server sends).
-    pub own: Option<DpSgd>,
-    /// The largest sampling rate it accepts (its own configuration's), if any.
-    pub max_rate: Option<f64>,
 }
 
 impl PrivacyFloor {
@@ -289,7 +216,7 @@ pub fn train_local_dp<R: Rng>(
     opt: &mut Optimizer,
     rng: &mut R,
     source: NoiseSource,
-    correction: &crate::train::Correction<'_>,
+    correction: &crate::messages::Correction<'_>,
 ) -> Result<TrainStats, NnError> {
     dp.validate().map_err(NnError::BadHyperParameter)?;
     match source {
@@ -405,7 +332,7 @@ fn dp_epochs<R: Rng>(
     opt: &mut Optimizer,
     rng: &mut R,
     noise: Noise,
-    correction: &crate::train::Correction<'_>,
+    correction: &crate::messages::Correction<'_>,
 ) -> Result<TrainStats, NnError> {
     let n = data.len();
     let cap = cfg.batch_size.max(1);

@@ -3,7 +3,9 @@
 //! `Parameters` (flat values + layout), the model-side `Learner`, parties (`Client`) and the
 //! server's handle on them (`ClientProxy`), `Strategy` with FedAvg, and the `Server` loop that
 //! records every round. It knows nothing about sockets: a remote party is just another
-//! `ClientProxy`.
+//! `ClientProxy`. The messages of a round (tasks, replies, training and DP settings, errors)
+//! are plain data in `messages`, which depends on no other module of the crate, so the
+//! modules form no import cycle (`scripts/module_cycles.py`).
 
 pub mod admission;
 pub mod algorithms;
@@ -11,6 +13,7 @@ pub mod client;
 pub mod client_dp;
 pub mod dp;
 pub mod learner;
+pub mod messages;
 pub mod noise;
 pub mod params;
 pub mod robust;

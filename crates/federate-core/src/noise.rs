@@ -19,7 +19,7 @@ use rand_chacha::{ChaCha8Rng, ChaCha20Rng};
 use rand_distr::{Distribution, StandardNormal};
 use rayon::prelude::*;
 
-use crate::dp::{DpSgd, Mechanism, NoiseSource};
+use crate::messages::{DpSgd, Mechanism, NoiseSource};
 use crate::seed::Stream;
 
 /// Values of noise drawn per parallel chunk (each chunk has its own derived stream, so the

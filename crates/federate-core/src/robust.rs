@@ -17,8 +17,8 @@
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::client::FitReply;
-use crate::strategy::StrategyError;
+use crate::messages::FitReply;
+use crate::messages::StrategyError;
 
 /// How the server combines the parties' models.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::admission::Admission;
-use crate::client::{ClientProxy, EvaluateReply, FitReply};
+use crate::client::ClientProxy;
+use crate::messages::{EvaluateReply, FitReply};
 use crate::params::Parameters;
 use crate::seed;
 use crate::seed::Stream;

@@ -2,45 +2,19 @@
 //! train and how (`configure_fit`), how their replies become the next global model
 //! (`aggregate_fit`), and who evaluates (`configure_evaluate`, `aggregate_evaluate`).
 
+pub use crate::messages::{Rejection, StrategyError};
+
 use std::collections::BTreeMap;
 
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use thiserror::Error;
 
-use crate::client::{EvaluateReply, EvaluateTask, FitReply, FitTask};
+use crate::messages::LocalTraining;
+use crate::messages::{EvaluateReply, EvaluateTask, FitReply, FitTask};
 use crate::params::Parameters;
 use crate::seed;
 use crate::seed::Stream;
-use crate::train::LocalTraining;
-
-/// Why a strategy could not produce the next model.
-#[derive(Debug, Clone, Error, PartialEq)]
-pub enum StrategyError {
-    /// Too few usable replies.
-    #[error("round {round}: {got} usable replies, at least {need} needed")]
-    TooFewReplies {
-        /// The round.
-        round: u32,
-        /// Usable replies.
-        got: usize,
-        /// Replies required.
-        need: usize,
-    },
-    /// A setting out of range.
-    #[error("{0}")]
-    Config(String),
-}
-
-/// A reply the strategy refused, and why.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Rejection {
-    /// Index of the party in the server's list.
-    pub client: usize,
-    /// The reason.
-    pub reason: String,
-}
 
 /// The server-side algorithm of a federation.
 ///
@@ -184,7 +158,7 @@ macro_rules! fit_with_base {
             num_clients: usize,
             run_seed: u64,
             rng: &mut rand_chacha::ChaCha8Rng,
-        ) -> Vec<(usize, crate::client::FitTask)> {
+        ) -> Vec<(usize, crate::messages::FitTask)> {
             self.base.configure_fit(round, num_clients, run_seed, rng)
         }
     };
@@ -198,15 +172,15 @@ macro_rules! evaluate_with_base {
             round: u32,
             num_clients: usize,
             rng: &mut rand_chacha::ChaCha8Rng,
-        ) -> Vec<(usize, crate::client::EvaluateTask)> {
+        ) -> Vec<(usize, crate::messages::EvaluateTask)> {
             self.base.configure_evaluate(round, num_clients, rng)
         }
 
         fn aggregate_evaluate(
             &mut self,
             round: u32,
-            replies: &[(usize, crate::client::EvaluateReply)],
-        ) -> Option<crate::client::EvaluateReply> {
+            replies: &[(usize, crate::messages::EvaluateReply)],
+        ) -> Option<crate::messages::EvaluateReply> {
             self.base.aggregate_evaluate(round, replies)
         }
     };

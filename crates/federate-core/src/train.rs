@@ -1,32 +1,13 @@
 //! Local training: epochs of shuffled minibatch steps on a party's own data.
 
+pub use crate::messages::{Correction, LocalAlgorithm, LocalTraining, TrainStats};
+
 use federate_data::Dataset;
 use federate_nn::{BatchStats, NnError, Optimizer, OptimizerSpec};
 use rand::Rng;
 use rand::seq::SliceRandom;
-use serde::{Deserialize, Serialize};
 
 use crate::learner::Learner;
-
-/// How a party trains locally in one round.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LocalTraining {
-    /// Passes over the local data.
-    pub epochs: usize,
-    /// Examples per step (the last batch of an epoch may be smaller).
-    pub batch_size: usize,
-    /// Optimiser and its hyper-parameters.
-    pub optimizer: OptimizerSpec,
-    /// Sample-level differential privacy (DP-SGD), if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dp: Option<crate::dp::DpSgd>,
-    /// Client-level DP done by the party itself (distributed DP-FedAvg), if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub update_dp: Option<crate::client_dp::UpdateDp>,
-    /// What the party computes: plain local SGD (FedAvg), or a variant.
-    #[serde(default, skip_serializing_if = "LocalAlgorithm::is_sgd")]
-    pub local: LocalAlgorithm,
-}
 
 impl LocalTraining {
     /// Plain local SGD (no momentum, no weight decay, no privacy).
@@ -42,56 +23,11 @@ impl LocalTraining {
     }
 }
 
-/// The party-side algorithm of a round.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum LocalAlgorithm {
-    /// Local epochs of (DP-)SGD from the global model (FedAvg).
-    #[default]
-    Sgd,
-    /// FedProx: local epochs on f_k(θ) + (μ/2)‖θ − θ_g‖².
-    Prox {
-        /// μ ≥ 0.
-        mu: f32,
-    },
-    /// FedSGD: the gradient of the mean loss at the global model, over all local data
-    /// (`full`) or over one random minibatch of `batch_size`.
-    Gradient {
-        /// Full-batch gradient.
-        full: bool,
-    },
-    /// Consensus ADMM: local epochs on f_k(θ) + y_kᵀ(θ − z) + (ρ/2)‖θ − z‖², with the dual
-    /// y_k kept by the party across rounds; the reply is θ_k + y_k/ρ.
-    Admm {
-        /// ρ > 0.
-        rho: f32,
-        /// Whether this party has taken part before (so it must hold its dual).
-        has_state: bool,
-    },
-    /// SCAFFOLD (option II): local SGD with the correction c − c_k; the reply carries the
-    /// change of the party's control variate.
-    Scaffold {
-        /// Whether this party has taken part before (so it must hold c_k).
-        has_state: bool,
-    },
-}
-
 impl LocalAlgorithm {
     /// Plain local SGD.
     pub fn is_sgd(&self) -> bool {
         *self == LocalAlgorithm::Sgd
     }
-}
-
-/// Data-independent terms added to every local gradient: `mu·(θ − anchor) + linear`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Correction<'a> {
-    /// The point the proximal term pulls towards.
-    pub anchor: Option<&'a [f32]>,
-    /// Weight of the proximal term.
-    pub mu: f32,
-    /// A constant vector added to the gradient.
-    pub linear: Option<&'a [f32]>,
 }
 
 impl Correction<'_> {
@@ -112,15 +48,6 @@ impl Correction<'_> {
     }
 }
 
-/// What a local training run did.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct TrainStats {
-    /// Optimiser steps taken.
-    pub steps: usize,
-    /// Loss and accuracy over every training batch seen.
-    pub batches: BatchStats,
-}
-
 /// Runs `cfg.epochs` epochs of minibatch training on `data`, updating `params` in place.
 /// Batches are drawn by shuffling with `rng` each epoch; DP noise, if any, is seeded.
 pub fn train_local<R: Rng>(
@@ -131,7 +58,7 @@ pub fn train_local<R: Rng>(
     opt: &mut Optimizer,
     rng: &mut R,
 ) -> Result<TrainStats, NnError> {
-    train_local_with(learner, params, data, cfg, opt, rng, crate::dp::NoiseSource::Seeded, &Correction::default())
+    train_local_with(learner, params, data, cfg, opt, rng, crate::messages::NoiseSource::Seeded, &Correction::default())
 }
 
 /// `train_local` with DP randomness from `source` and `correction` added to each gradient.
@@ -143,7 +70,7 @@ pub fn train_local_with<R: Rng>(
     cfg: &LocalTraining,
     opt: &mut Optimizer,
     rng: &mut R,
-    source: crate::dp::NoiseSource,
+    source: crate::messages::NoiseSource,
     correction: &Correction<'_>,
 ) -> Result<TrainStats, NnError> {
     if let Some(dp) = &cfg.dp {
