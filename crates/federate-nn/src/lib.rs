@@ -15,13 +15,12 @@ mod loss;
 mod matmul;
 mod network;
 mod optim;
-mod per_example;
 mod spec;
 
 pub use error::NnError;
 pub use loss::softmax_cross_entropy;
 pub use matmul::measure_gemm_gflops;
+pub use network::per_example::ClipNorm;
 pub use network::{BatchStats, Network, TensorInfo, Workspace, predictions};
 pub use optim::{Optimizer, OptimizerSpec};
-pub use per_example::ClipNorm;
 pub use spec::{BUILTIN_MODELS, LayerSpec, ModelSpec, Padding, PaddingName, Shape};

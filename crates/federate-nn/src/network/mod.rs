@@ -4,6 +4,8 @@
 //! Parameters and gradients are flat `f32` slices owned by the caller (federated algorithms
 //! work on flat vectors); the network only knows where each tensor lives in them.
 
+pub(crate) mod per_example;
+
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -99,7 +101,7 @@ pub struct Workspace {
     pub(crate) rng: ChaCha8Rng,
     pub(crate) threads: usize,
     /// Per-example state of DP-SGD, allocated on first use.
-    pub(crate) dp: Option<crate::per_example::DpBuffers>,
+    pub(crate) dp: Option<per_example::DpBuffers>,
 }
 
 impl Workspace {
