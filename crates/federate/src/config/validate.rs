@@ -15,6 +15,17 @@ const MAX_EPOCHS: usize = 100_000;
 
 /// Range checks that the types alone do not express.
 pub fn validate(c: &Config) -> Result<()> {
+    check_data(c)?;
+    check_train(c)?;
+    check_strategy(c)?;
+    check_privacy(c)?;
+    check_server(c)?;
+    check_model(c)?;
+    Ok(())
+}
+
+/// Checks `rounds`, `threads` and `[data]`.
+fn check_data(c: &Config) -> Result<()> {
     let d = &c.data;
     if c.rounds == 0 {
         bail!("rounds = 0: set rounds to at least 1");
@@ -54,6 +65,11 @@ pub fn validate(c: &Config) -> Result<()> {
     if d.partition == PartitionKind::Dirichlet && !(d.alpha > 0.0 && d.alpha.is_finite()) {
         bail!("data.alpha = {} must be a positive number", d.alpha);
     }
+    Ok(())
+}
+
+/// Checks `[train]`.
+fn check_train(c: &Config) -> Result<()> {
     let t = &c.train;
     if t.epochs == 0 || t.epochs > MAX_EPOCHS {
         bail!("train.epochs = {} must be in 1..={MAX_EPOCHS} local epochs", t.epochs);
@@ -62,6 +78,12 @@ pub fn validate(c: &Config) -> Result<()> {
         bail!("train.batch_size = 0: set at least 1");
     }
     t.optimizer_spec().validate().map_err(|e| anyhow::anyhow!("train: {e}"))?;
+    Ok(())
+}
+
+/// Checks `[strategy]` and its pairings with `[attack]`, `[client_privacy]` and the optimiser.
+fn check_strategy(c: &Config) -> Result<()> {
+    let d = &c.data;
     let s = &c.strategy;
     if !STRATEGIES.contains(&s.name.as_str()) {
         bail!("strategy.name = '{}' is unknown: use one of {}", s.name, STRATEGIES.join(", "));
@@ -116,6 +138,13 @@ pub fn validate(c: &Config) -> Result<()> {
     if !(0.0..=1.0).contains(&s.fraction_evaluate) {
         bail!("strategy.fraction_evaluate = {} must be in [0, 1]", s.fraction_evaluate);
     }
+    Ok(())
+}
+
+/// Checks `[privacy]`, `[client_privacy]` and `[evaluation]`.
+fn check_privacy(c: &Config) -> Result<()> {
+    let d = &c.data;
+    let s = &c.strategy;
     if let Some(dp) = c.privacy.dp_sgd() {
         dp.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
         if s.name == "fedsgd" && s.full_batch && dp.sampling_rate.is_some() {
@@ -133,6 +162,11 @@ pub fn validate(c: &Config) -> Result<()> {
     {
         bail!("evaluation.target_accuracy = {t} must be a fraction in (0, 1], e.g. 0.99");
     }
+    Ok(())
+}
+
+/// Checks `[server]`: timers, the allow-list, admission and the limits on peers.
+fn check_server(c: &Config) -> Result<()> {
     let sv = &c.server;
     for (name, v) in [
         ("round_timeout_s", sv.round_timeout_s),
@@ -170,6 +204,11 @@ pub fn validate(c: &Config) -> Result<()> {
     if sv.chunk_bytes < 4 || sv.chunk_bytes + 1024 > sv.max_message_bytes {
         bail!("server.chunk_bytes must be at least 4 and 1 KiB below server.max_message_bytes");
     }
+    Ok(())
+}
+
+/// Checks `[model]`.
+fn check_model(c: &Config) -> Result<()> {
     match c.model.name.as_str() {
         "custom" if c.model.layers.is_none() => {
             bail!("model.name = \"custom\" needs model.layers = [ ... ]")
