@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::report::{self, RunDir};
 use crate::sim::{self, spec_for};
 
-use crate::checkpoint::{Checkpoint, read_checkpoint, write_checkpoint};
+use crate::checkpoint::read_checkpoint;
 
 pub(crate) fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s)
@@ -133,27 +133,18 @@ pub fn serve(cfg: &Config, out: &Path, resume: bool, security: Security) -> Resu
             .restore_strategy(name, state.as_ref())
             .with_context(|| format!("--resume from {}", ckpt_dir.display()))?;
     }
-    let mut failure: Option<anyhow::Error> = None;
-    let rounds = cfg.rounds;
+    let mut log = report::RoundLog {
+        ckpt_dir: ckpt_dir.clone(),
+        every: 1,
+        seed: cfg.seed,
+        rounds: cfg.rounds,
+        note: insecure_note,
+        error: None,
+    };
     let mut observer = |e: Event<'_>| {
-        if let Event::RoundFinished { record, global, strategy, .. } = e {
+        if let Event::RoundFinished { record, global, strategy, parties } = e {
             records.push(record.clone());
-            let res = dir.record(record).and_then(|_| {
-                let c = Checkpoint { round: record.round, seed: cfg.seed, global, strategy, parties: Vec::new() };
-                write_checkpoint(&ckpt_dir, c)
-            });
-            if let Err(e) = res {
-                failure.get_or_insert(e);
-            }
-            let failed: Vec<String> = record.failures.iter().map(|f| format!("{} ({})", f.id, f.reason)).collect();
-            println!(
-                "round {:>3}/{rounds}  accuracy {}  parties {}  failures [{}]  {:.1} s{insecure_note}",
-                record.round,
-                record.accuracy.map(|a| format!("{:.2} %", a * 100.0)).unwrap_or_else(|| "-".into()),
-                record.fit.len(),
-                failed.join("; "),
-                record.seconds
-            );
+            println!("{}", log.finished(&mut dir, record, global, strategy, parties));
         }
     };
     // Who trains each round comes from the OS, not the seed: a party's participation must
@@ -164,7 +155,7 @@ pub fn serve(cfg: &Config, out: &Path, resume: bool, security: Security) -> Resu
     rt.block_on(hub.shutdown("the federation is complete", Duration::from_secs(5)));
     std::thread::sleep(Duration::from_millis(300));
     let (global, _) = result?;
-    if let Some(e) = failure {
+    if let Some(e) = log.error {
         return Err(e.context("writing the round record or checkpoint"));
     }
     if !records.iter().any(|r| r.aggregated) {

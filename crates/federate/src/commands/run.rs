@@ -77,8 +77,15 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
         );
     }
     let started = Instant::now();
-    let mut write_err: Option<anyhow::Error> = None;
     let rounds = cfg.rounds;
+    let mut log = report::RoundLog {
+        ckpt_dir: ckpt_dir.clone(),
+        every: cfg.checkpoint_every,
+        seed: cfg.seed,
+        rounds,
+        note: "",
+        error: None,
+    };
     let mut observer = |e: Event<'_>| match e {
         Event::RoundStarted { round, parties } => {
             if let Some(b) = &bar {
@@ -90,29 +97,8 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
                 b.set_message(format!("{round}/{rounds}: {id} done"));
             }
         }
-        Event::RoundFinished { record: r, global, strategy, parties } => {
-            let mut res = dir.record(r);
-            if res.is_ok() && cfg.checkpoint_every > 0 && r.round % cfg.checkpoint_every == 0 {
-                let parties = parties.states();
-                let c = checkpoint::Checkpoint { round: r.round, seed: cfg.seed, global, strategy, parties };
-                res = checkpoint::write_checkpoint(&ckpt_dir, c);
-            }
-            if let Err(e) = res {
-                write_err.get_or_insert(e);
-            }
-            let line = format!(
-                "round {:>3}/{rounds}  accuracy {}  train loss {}{}{}  failures {}  {:.1} s",
-                r.round,
-                r.accuracy.map(|a| format!("{:.2} %", a * 100.0)).unwrap_or_else(|| "-".into()),
-                r.train_loss.map(|l| format!("{l:.4}")).unwrap_or_else(|| "-".into()),
-                r.epsilon.map(|e| format!("  ε {e:.3}")).unwrap_or_default(),
-                match (r.strategy.get("client_epsilon"), r.strategy.get("clip_norm")) {
-                    (Some(e), Some(c)) => format!("  client ε {e:.3}  clip {c:.3}"),
-                    _ => String::new(),
-                },
-                r.failures.len(),
-                r.seconds
-            );
+        Event::RoundFinished { record, global, strategy, parties } => {
+            let line = log.finished(&mut dir, record, global, strategy, parties);
             match (&bar, args.quiet) {
                 (Some(b), _) => b.println(line),
                 (None, false) => println!("{line}"),
@@ -130,7 +116,7 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
-    if let Some(e) = write_err {
+    if let Some(e) = log.error {
         return Err(e.context("writing rounds.jsonl or the checkpoint"));
     }
     dir.finish(&cfg, &result)?;
