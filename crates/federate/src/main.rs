@@ -37,6 +37,7 @@ mod join;
 mod keys;
 mod party_store;
 mod report;
+mod round_log;
 mod serve;
 mod sim;
 

@@ -133,7 +133,7 @@ pub fn serve(cfg: &Config, out: &Path, resume: bool, security: Security) -> Resu
             .restore_strategy(name, state.as_ref())
             .with_context(|| format!("--resume from {}", ckpt_dir.display()))?;
     }
-    let mut log = report::RoundLog {
+    let mut log = crate::round_log::RoundLog {
         ckpt_dir: ckpt_dir.clone(),
         every: 1,
         seed: cfg.seed,

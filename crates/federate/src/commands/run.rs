@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cli::*;
 use crate::init_threads;
-use crate::{checkpoint, config, report, sim};
+use crate::{checkpoint, config, report, round_log, sim};
 
 pub(crate) fn quote(p: &std::path::Path) -> String {
     toml::Value::String(p.display().to_string()).to_string()
@@ -78,7 +78,7 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
     }
     let started = Instant::now();
     let rounds = cfg.rounds;
-    let mut log = report::RoundLog {
+    let mut log = round_log::RoundLog {
         ckpt_dir: ckpt_dir.clone(),
         every: cfg.checkpoint_every,
         seed: cfg.seed,
