@@ -48,6 +48,8 @@ fn federation(
     zstd: bool,
 ) -> (Hub, Vec<Box<dyn ClientProxy>>) {
     let ids: Vec<String> = (1..=clients.len()).map(|i| format!("party-{i}")).collect();
+    let (max_connections, max_handshakes, max_streams_per_connection, join_timeout) =
+        HubConfig::default_limits(ids.len());
     let cfg = HubConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         tls: None,
@@ -61,10 +63,10 @@ fn federation(
         max_message_bytes: 4 << 20,
         chunk_bytes,
         zstd,
-        max_connections: HubConfig::default_limits(ids.len()).0,
-        max_handshakes: HubConfig::default_limits(ids.len()).1,
-        max_streams_per_connection: HubConfig::default_limits(ids.len()).2,
-        join_timeout: HubConfig::default_limits(ids.len()).3,
+        max_connections,
+        max_handshakes,
+        max_streams_per_connection,
+        join_timeout,
         deny_file: None,
     };
     let (hub, addr) = rt.block_on(Hub::start(cfg)).unwrap();

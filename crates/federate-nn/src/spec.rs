@@ -291,18 +291,7 @@ impl ModelSpec {
     /// The weights and biases of each layer that has them, computed without overflow (after
     /// [`ModelSpec::shapes`] has checked the sizes).
     pub fn num_params(&self) -> Result<u128, NnError> {
-        let shapes = self.shapes()?;
-        let mut total = 0u128;
-        for (layer, s) in self.layers.iter().zip(&shapes) {
-            total += match *layer {
-                LayerSpec::Conv2d { out_channels, kernel, .. } => {
-                    (kernel as u128 * kernel as u128 * s.c as u128 + 1) * out_channels as u128
-                }
-                LayerSpec::Linear { out } => (s.size() as u128 + 1) * out as u128,
-                _ => 0,
-            };
-        }
-        Ok(total)
+        Ok(self.params_given(&self.shapes()?))
     }
 
     /// Roughly the bytes one learner training at `batch` holds: the parameters four times
@@ -311,7 +300,22 @@ impl ModelSpec {
     pub fn memory_estimate(&self, batch: usize) -> Result<u128, NnError> {
         let shapes = self.shapes()?;
         let activations: u128 = shapes.iter().map(|s| s.h as u128 * s.w as u128 * s.c as u128).sum();
-        Ok(4 * (4 * self.num_params()? + 2 * batch.max(1) as u128 * activations))
+        Ok(4 * (4 * self.params_given(&shapes) + 2 * batch.max(1) as u128 * activations))
+    }
+
+    /// The parameter count of the layers, given their input `shapes`.
+    fn params_given(&self, shapes: &[Shape]) -> u128 {
+        self.layers
+            .iter()
+            .zip(shapes)
+            .map(|(layer, s)| match *layer {
+                LayerSpec::Conv2d { out_channels, kernel, .. } => {
+                    (kernel as u128 * kernel as u128 * s.c as u128 + 1) * out_channels as u128
+                }
+                LayerSpec::Linear { out } => (s.size() as u128 + 1) * out as u128,
+                _ => 0,
+            })
+            .sum()
     }
 }
 

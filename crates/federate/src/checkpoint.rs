@@ -70,11 +70,6 @@ const FORMAT: u32 = 2;
 /// Largest checkpoint.json read (it holds names, scalars and ledgers, not vectors).
 const MAX_META_BYTES: u64 = 64 << 20;
 
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn is_empty_ledger(l: &Ledger) -> bool {
     l.entries.is_empty()
 }
@@ -112,7 +107,7 @@ pub(crate) fn read_f32s(
         None => {
             bail!("{}: names {name} without its checksum; the checkpoint is not one federate wrote", meta.display())
         }
-        Some(sum) if *sum != sha256_hex(&bytes) => bail!(
+        Some(sum) if *sum != federate_data::fetch::sha256_hex(&bytes) => bail!(
             "{}: its SHA-256 does not match the one in {} (corrupted or replaced): restore the checkpoint \
              directory from a backup, or start a new run",
             p.display(),
@@ -171,7 +166,7 @@ fn write_summed(
     sums: &mut std::collections::BTreeMap<String, String>,
 ) -> Result<()> {
     atomic_write(&dir.join(name), bytes)?;
-    sums.insert(name.to_string(), sha256_hex(bytes));
+    sums.insert(name.to_string(), federate_data::fetch::sha256_hex(bytes));
     Ok(())
 }
 

@@ -46,7 +46,6 @@ fn configs() -> Vec<String> {
 }
 
 fn model_hash(config: &str) -> String {
-    use sha2::Digest;
     let out = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_federate"));
     cmd.arg("run");
@@ -56,7 +55,7 @@ fn model_hash(config: &str) -> String {
     let o = cmd.args(ARGS).arg("--out").arg(out.path()).output().unwrap();
     assert!(o.status.success(), "{config}: {}", String::from_utf8_lossy(&o.stderr));
     let bytes = std::fs::read(out.path().join("model.safetensors")).unwrap();
-    sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
+    federate_data::fetch::sha256_hex(&bytes)
 }
 
 /// The model hash of every config, two single-threaded runs at a time.

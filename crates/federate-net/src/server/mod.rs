@@ -139,8 +139,9 @@ struct HubInner {
     closing: std::sync::atomic::AtomicBool,
     bytes_out: AtomicU64,
     bytes_in: AtomicU64,
-    /// The one transport every `RemoteParty` of this hub shares (so a round batches them).
-    transport: Mutex<Option<Arc<HubTransport>>>,
+    /// The one transport every `RemoteParty` of this hub shares (so a round batches them);
+    /// weak, since the transport holds the hub.
+    transport: Mutex<std::sync::Weak<HubTransport>>,
     deny: DenyList,
 }
 
@@ -193,7 +194,7 @@ impl Hub {
                 closing: std::sync::atomic::AtomicBool::new(false),
                 bytes_out: AtomicU64::new(0),
                 bytes_in: AtomicU64::new(0),
-                transport: Mutex::new(None),
+                transport: Mutex::new(std::sync::Weak::new()),
                 deny: DenyList { path: cfg.deny_file.clone(), cache: Mutex::new((None, HashSet::new())) },
             }),
         };

@@ -24,13 +24,20 @@ impl RemoteParty {
 }
 
 impl Hub {
-    /// The transport shared by every `RemoteParty` of this hub (made on first use).
+    /// The transport shared by every live `RemoteParty` of this hub (made when there is
+    /// none). The hub keeps only a weak reference: the transport holds the hub, so a strong
+    /// one would keep both alive forever.
     fn transport(&self, rt: &tokio::runtime::Handle) -> Arc<HubTransport> {
         let mut t = match self.inner.transport.lock() {
             Ok(t) => t,
             Err(poisoned) => poisoned.into_inner(),
         };
-        t.get_or_insert_with(|| Arc::new(HubTransport { hub: self.clone(), rt: rt.clone() })).clone()
+        if let Some(live) = t.upgrade() {
+            return live;
+        }
+        let fresh = Arc::new(HubTransport { hub: self.clone(), rt: rt.clone() });
+        *t = Arc::downgrade(&fresh);
+        fresh
     }
 }
 

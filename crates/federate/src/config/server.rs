@@ -63,6 +63,10 @@ pub struct ServerSection {
 
 impl Default for ServerSection {
     fn default() -> Self {
+        // The hub's own defaults for the limits on peers (the connection cap depends on the
+        // number of parties, so it stays unset here).
+        let (_, max_handshakes, max_streams_per_connection, join_timeout) =
+            federate_net::server::HubConfig::default_limits(0);
         ServerSection {
             listen: "0.0.0.0:7000".into(),
             parties: Vec::new(),
@@ -81,9 +85,9 @@ impl Default for ServerSection {
             declared: BTreeMap::new(),
             weight_by: federate_core::Weighting::Reported,
             max_connections: None,
-            max_handshakes: 64,
-            max_streams_per_connection: 8,
-            join_timeout_s: 10.0,
+            max_handshakes,
+            max_streams_per_connection,
+            join_timeout_s: join_timeout.as_secs_f64(),
             deny_file: None,
         }
     }
