@@ -135,14 +135,36 @@ impl Admission {
     }
 
     /// Admits a fit reply from party `id`: its count within its cap (replaced by the declared
-    /// one under [`Weighting::Declared`]) and every metric finite. The reason if refused.
+    /// one under [`Weighting::Declared`]), every reported number finite, loss ≥ 0, accuracy
+    /// in [0, 1]. The reason if refused.
     pub fn fit(&self, id: &str, reply: &mut FitReply) -> Result<(), String> {
         if reply.num_examples == 0 {
             return Err("reported 0 training examples".into());
         }
         reply.num_examples = self.count(id, Stage::Train, reply.num_examples)?;
-        if let Some((k, v)) = reply.metrics.iter().find(|(_, v)| !v.is_finite()) {
-            return Err(format!("metric '{k}' is {v} (not finite)"));
+        let t = &reply.training;
+        let p = &reply.privacy;
+        let numbers = [
+            ("train_loss", t.loss),
+            ("train_accuracy", t.accuracy),
+            ("train_seconds", t.seconds),
+            ("epsilon", p.epsilon),
+            ("clip_indicator", p.clip_indicator),
+        ];
+        let algorithm = match reply.algorithm {
+            crate::messages::AlgorithmReply::PrimalResidual(r) => Some(("primal_residual", r)),
+            _ => None,
+        };
+        let named = numbers.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).chain(algorithm);
+        let user = reply.metrics.iter().map(|(k, v)| (k.as_str(), *v));
+        if let Some((k, v)) = named.chain(user).find(|(_, v)| !v.is_finite()) {
+            return Err(format!("'{k}' is {v} (not finite)"));
+        }
+        if let Some(a) = t.accuracy.filter(|a| !(0.0..=1.0).contains(a)) {
+            return Err(format!("train_accuracy is {a} (not a fraction in [0, 1])"));
+        }
+        if let Some(v) = [t.loss, t.seconds, p.epsilon].into_iter().flatten().find(|v| *v < 0.0) {
+            return Err(format!("a reported loss, time or ε is {v} (negative)"));
         }
         Ok(())
     }
@@ -166,7 +188,7 @@ mod tests {
     use super::*;
 
     fn reply(n: usize) -> FitReply {
-        FitReply { params: vec![0.0], num_examples: n, metrics: BTreeMap::new(), extra: None }
+        FitReply { params: vec![0.0], num_examples: n, ..Default::default() }
     }
 
     #[test]
@@ -192,8 +214,17 @@ mod tests {
         e.accuracy = 4.6e18;
         assert!(a.evaluate("b", &mut e).unwrap_err().contains("not a fraction"));
         let mut r = reply(3);
-        r.metrics.insert("train_loss".into(), f64::NAN);
+        r.training.loss = Some(f64::NAN);
         assert!(a.fit("b", &mut r).unwrap_err().contains("'train_loss' is NaN"));
+        let mut r = reply(3);
+        r.metrics.insert("user".into(), f64::INFINITY);
+        assert!(a.fit("b", &mut r).unwrap_err().contains("'user' is inf"));
+        let mut r = reply(3);
+        r.training.accuracy = Some(1.5);
+        assert!(a.fit("b", &mut r).unwrap_err().contains("not a fraction"));
+        let mut r = reply(3);
+        r.privacy.epsilon = Some(-1.0);
+        assert!(a.fit("b", &mut r).unwrap_err().contains("negative"));
     }
 
     #[test]

@@ -3,19 +3,20 @@
 //! network. The messages they exchange (`FitTask`, `FitReply`, ...) are defined in
 //! `messages` and re-exported here.
 
-pub use crate::messages::{AdmmState, ClientError, EvaluateReply, EvaluateTask, FitReply, FitTask, PartyState};
+pub use crate::algorithms::EpochHook;
+pub use crate::messages::{ClientError, EvaluateReply, EvaluateTask, FitReply, FitTask, PartyState};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use federate_data::Dataset;
 
+use crate::algorithms::{LocalRun, PartyStep, model_err, party_step};
 use crate::learner::Learner;
-use crate::messages::{Correction, DpSgd, LocalAlgorithm, LocalTraining, PrivacyFloor, TrainStats};
+use crate::messages::{LocalTraining, NoiseSource, PrivacyFloor, PrivacyReport, TrainSummary};
 use crate::params::Parameters;
 use crate::seed;
 use crate::seed::Stream;
-use crate::train::{gradient, optimizer_for, train_local_with};
 use federate_privacy::{Entry, Ledger};
 
 /// A party, seen from its own side: trains and evaluates on data that never leaves it.
@@ -119,10 +120,6 @@ impl<C: Client> ClientProxy for InProcess<C> {
     }
 }
 
-/// Called after each local epoch with (round, epochs done, epochs in all); for progress
-/// displays.
-pub type EpochHook = Arc<dyn Fn(u32, usize, usize) + Send + Sync>;
-
 /// The standard party: a learner plus local train and test sets.
 pub struct LocalClient<L: Learner> {
     learner: L,
@@ -132,15 +129,15 @@ pub struct LocalClient<L: Learner> {
     ledger: Ledger,
     floor: PrivacyFloor,
     last_summary: Option<LocalSummary>,
-    noise: crate::messages::NoiseSource,
-    admm: Option<AdmmState>,
-    scaffold: Option<Vec<f32>>,
+    noise: NoiseSource,
+    /// The party half of the algorithm of the last task, with the state it keeps.
+    step: Option<(String, Box<dyn PartyStep>)>,
 }
 
 impl PartyState {
     /// Whether there is nothing to keep (the party has not taken part in a stateful algorithm).
     pub fn is_empty(&self) -> bool {
-        self.ledger.entries.is_empty() && self.admm.is_none() && self.scaffold.is_none()
+        self.ledger.entries.is_empty() && self.algorithm.is_none()
     }
 }
 
@@ -155,14 +152,13 @@ impl<L: Learner> LocalClient<L> {
             ledger: Ledger::new(),
             floor: PrivacyFloor::default(),
             last_summary: None,
-            noise: crate::messages::NoiseSource::Seeded,
-            admm: None,
-            scaffold: None,
+            noise: NoiseSource::Seeded,
+            step: None,
         }
     }
     /// Where DP randomness comes from (default: seeded, for reproducible simulations; a
     /// deployment uses `NoiseSource::Secure`).
-    pub fn with_noise_source(mut self, noise: crate::messages::NoiseSource) -> Self {
+    pub fn with_noise_source(mut self, noise: NoiseSource) -> Self {
         self.noise = noise;
         self
     }
@@ -187,156 +183,47 @@ impl<L: Learner> LocalClient<L> {
     }
 }
 
-fn model_err(e: federate_nn::NnError) -> ClientError {
-    ClientError::Model(e.to_string())
-}
-
 impl<L: Learner> LocalClient<L> {
-    /// The task's local epochs, one at a time (the batch stream and optimiser carry over, so
-    /// this equals one call with all epochs) to report progress.
-    fn epochs(
-        &mut self,
-        task: &FitTask,
-        params: &mut [f32],
-        opt: &mut federate_nn::Optimizer,
-        rng: &mut rand_chacha::ChaCha8Rng,
-        correction: &Correction<'_>,
-    ) -> Result<TrainStats, ClientError> {
-        let one = LocalTraining { epochs: 1, ..task.training.clone() };
-        let mut stats = TrainStats::default();
-        for epoch in 0..task.training.epochs {
-            let s = train_local_with(&mut self.learner, params, &self.train, &one, opt, rng, self.noise, correction)
-                .map_err(model_err)?;
-            stats.steps += s.steps;
-            stats.batches.merge(s.batches);
-            if let Some(hook) = &self.on_epoch {
-                hook(task.round, epoch + 1, task.training.epochs);
-            }
+    /// The party half for `name`: the one kept from earlier tasks, or a fresh one (a task of
+    /// another algorithm starts another run, so the old state goes).
+    fn step_for(&mut self, training: &LocalTraining) -> Result<&mut Box<dyn PartyStep>, ClientError> {
+        if self.step.as_ref().is_none_or(|(n, _)| *n != training.local.name) {
+            self.step = Some((training.local.name.clone(), party_step(&training.local)?));
         }
-        Ok(stats)
+        match &mut self.step {
+            Some((_, step)) => Ok(step),
+            None => Err(ClientError::Model("no party half".into())),
+        }
     }
-}
 
-impl<L: Learner> LocalClient<L> {
+    /// The dispatcher: checks, plans the privacy release, runs the algorithm's party half,
+    /// then update-level DP and the ledger, and decides what the reply may say.
     fn fit_task(&mut self, global: &Parameters, task: &FitTask) -> Result<FitReply, ClientError> {
         let expected = self.learner.layout().len();
         if global.len() != expected {
             return Err(ClientError::WrongParameterCount { got: global.len(), expected });
         }
-        let mut params = global.values.clone();
-        let mut opt = optimizer_for(&task.training, params.len()).map_err(model_err)?;
-        let mut rng = seed::stream(task.seed, Stream::Batches, &[]);
-        self.learner.reseed(seed::derive(task.seed, Stream::Dropout, &[]));
         // What this round will release, checked against the party's own floor and budget
         // before any training: (the ledger entry, ε after it).
         let planned = self.plan_privacy(task)?;
+        let mut params = global.values.clone();
+        let opt = task.training.optimizer.build(params.len()).map_err(model_err)?;
+        self.learner.reseed(seed::derive(task.seed, Stream::Dropout, &[]));
         let started = std::time::Instant::now();
-        let mut metrics = BTreeMap::new();
-        let mut extra = None;
-        let stats = match task.training.local {
-            LocalAlgorithm::Gradient { full } => match &task.training.dp {
-                Some(dp) => crate::dp::private_gradient_step(
-                    &mut self.learner,
-                    &global.values,
-                    &self.train,
-                    task.training.batch_size,
-                    full,
-                    dp,
-                    &mut params,
-                    &mut rng,
-                    self.noise,
-                )
-                .map_err(model_err)?,
-                None => {
-                    let s = gradient(
-                        &mut self.learner,
-                        &global.values,
-                        &self.train,
-                        task.training.batch_size,
-                        full,
-                        &mut params,
-                        &mut rng,
-                    )
-                    .map_err(model_err)?;
-                    TrainStats { steps: 0, batches: s }
-                }
-            },
-            LocalAlgorithm::Sgd => self.epochs(task, &mut params, &mut opt, &mut rng, &Correction::default())?,
-            LocalAlgorithm::Prox { mu } => {
-                let c = Correction { anchor: Some(&global.values), mu, linear: None };
-                self.epochs(task, &mut params, &mut opt, &mut rng, &c)?
-            }
-            LocalAlgorithm::Admm { rho, has_state } => {
-                let z = &global.values;
-                let mut st = match (self.admm.take(), has_state) {
-                    (Some(st), true) => st,
-                    (None, true) => {
-                        return Err(ClientError::MissingState(
-                            "ADMM: this party took part before but holds no dual variable (it restarted); the \
-                             server must restart the run or drop this party"
-                                .into(),
-                        ));
-                    }
-                    // First participation (or the server started a new run): y = 0.
-                    (_, false) => AdmmState { dual: vec![0.0; z.len()], last: z.clone(), rho },
-                };
-                // Dual ascent with the consensus just received: y ← y + ρ(θ_last − z).
-                let mut primal = 0.0f64;
-                for ((y, x), z) in st.dual.iter_mut().zip(&st.last).zip(z) {
-                    *y += st.rho * (x - z);
-                    primal += ((x - z) as f64).powi(2);
-                }
-                metrics.insert("primal_residual_sq".into(), primal);
-                let c = Correction { anchor: Some(z), mu: rho, linear: Some(&st.dual) };
-                let s = self.epochs(task, &mut params, &mut opt, &mut rng, &c)?;
-                st.last = params.clone();
-                st.rho = rho;
-                for (p, y) in params.iter_mut().zip(&st.dual) {
-                    *p += y / rho;
-                }
-                self.admm = Some(st);
-                s
-            }
-            LocalAlgorithm::Scaffold { has_state } => {
-                let Some(c) = task.extra.clone() else {
-                    return Err(ClientError::Model("SCAFFOLD task without the server control variate".into()));
-                };
-                // An empty c is the server's initial zero vector.
-                let c = if c.is_empty() { Arc::new(vec![0.0; params.len()]) } else { c };
-                if c.len() != params.len() {
-                    return Err(ClientError::WrongParameterCount { got: c.len(), expected: params.len() });
-                }
-                let ck = match (self.scaffold.take(), has_state) {
-                    (Some(ck), true) => ck,
-                    (None, true) => {
-                        return Err(ClientError::MissingState(
-                            "SCAFFOLD: this party took part before but holds no control variate (it restarted)".into(),
-                        ));
-                    }
-                    (_, false) => vec![0.0; params.len()],
-                };
-                let corr: Vec<f32> = c.iter().zip(&ck).map(|(c, k)| c - k).collect();
-                let cc = Correction { anchor: None, mu: 0.0, linear: Some(&corr) };
-                let s = self.epochs(task, &mut params, &mut opt, &mut rng, &cc)?;
-                // Option II: c_k⁺ = c_k − c + (x − y)/(K·η), where K·η is how far K steps move
-                // per unit of gradient (larger with momentum, whose velocity builds up).
-                let Some(k) = task.training.optimizer.path_length(s.steps.max(1) as u64) else {
-                    return Err(ClientError::Model(
-                        "SCAFFOLD needs SGD local steps (train.optimizer = \"sgd\")".into(),
-                    ));
-                };
-                let k = k as f32;
-                let new_ck: Vec<f32> = ck
-                    .iter()
-                    .zip(c.iter())
-                    .zip(global.values.iter().zip(&params))
-                    .map(|((ck, c), (x, y))| ck - c + (x - y) / k)
-                    .collect();
-                extra = Some(new_ck.iter().zip(&ck).map(|(n, o)| n - o).collect());
-                self.scaffold = Some(new_ck);
-                s
-            }
+        let Some((_, step)) = self.step.as_mut() else {
+            return Err(ClientError::Model("no party half".into()));
         };
+        let mut run = LocalRun {
+            learner: &mut self.learner,
+            train: &self.train,
+            training: &task.training,
+            round: task.round,
+            opt,
+            rng: seed::stream(task.seed, Stream::Batches, &[]),
+            noise: self.noise,
+            on_epoch: self.on_epoch.as_ref(),
+        };
+        let (stats, algorithm) = step.fit(&mut run, task, &global.values, &mut params)?;
         let mut summary = LocalSummary {
             train_loss: stats.batches.mean_loss(),
             train_accuracy: stats.batches.accuracy(),
@@ -361,21 +248,27 @@ impl<L: Learner> LocalClient<L> {
             summary.epsilon = Some(eps);
         }
         self.last_summary = Some(summary);
-        release(&task.training, &summary, &mut metrics);
-        Ok(FitReply { params, num_examples: self.train.len(), metrics, extra })
+        let (training, privacy) = release(&task.training, &summary);
+        Ok(FitReply { params, num_examples: self.train.len(), training, privacy, algorithm, metrics: BTreeMap::new() })
     }
 }
 
 impl<L: Learner> LocalClient<L> {
     /// The ledger entry this task's DP-SGD will add and the ε after it, once the task is
     /// checked against the party's floor and budget; `None` without DP-SGD.
-    fn plan_privacy(&self, task: &FitTask) -> Result<Option<(Entry, f64)>, ClientError> {
-        let dp: Option<&DpSgd> = task.training.dp.as_ref();
-        let q = dp.map_or(0.0, |d| d.task_rate(&task.training, self.train.len()));
-        self.floor.check(dp, q).map_err(ClientError::Refused)?;
-        let Some(dp) = dp else { return Ok(None) };
+    /// Also makes the task's party half current (it plans the steps).
+    fn plan_privacy(&mut self, task: &FitTask) -> Result<Option<(Entry, f64)>, ClientError> {
+        let n = self.train.len();
+        let step = self.step_for(&task.training)?;
+        let plan = match &task.training.dp {
+            Some(dp) => Some((dp, step.dp_steps(&task.training, dp, n)?)),
+            None => None,
+        };
+        let q = plan.map_or(0.0, |(_, (q, _))| q);
+        self.floor.check(plan.map(|(dp, _)| dp), q).map_err(ClientError::Refused)?;
+        let Some((dp, (q, steps))) = plan else { return Ok(None) };
         dp.validate().map_err(ClientError::Refused)?;
-        let entry = dp.entry(q, DpSgd::task_steps(&task.training, q));
+        let entry = dp.entry(q, steps);
         let (accountant, delta) = self.floor.accounting(dp);
         let next =
             self.ledger.epsilon_with(entry, accountant, delta).map_err(|e| ClientError::Refused(e.to_string()))?;
@@ -420,22 +313,17 @@ pub struct LocalSummary {
 /// (adaptive clipping). Exact training loss and accuracy of the sampled batches, the time
 /// spent training (it grows with the Poisson batch sizes) and an un-noised clip indicator
 /// stay with the party: it may log them locally ([`LocalClient::last_summary`]).
-pub fn release(training: &LocalTraining, s: &LocalSummary, metrics: &mut BTreeMap<String, f64>) {
+pub fn release(training: &LocalTraining, s: &LocalSummary) -> (TrainSummary, PrivacyReport) {
     let private = training.dp.is_some() || training.update_dp.is_some();
-    metrics.insert("steps".into(), s.steps as f64);
-    if let Some(e) = s.epsilon {
-        metrics.insert("epsilon".into(), e);
-    }
-    if let (Some(bit), Some(u)) = (s.clip_indicator, &training.update_dp)
-        && u.count_noise_std > 0.0
-    {
-        metrics.insert("clip_indicator".into(), bit);
-    }
-    if !private {
-        metrics.insert("train_loss".into(), s.train_loss);
-        metrics.insert("train_accuracy".into(), s.train_accuracy);
-        metrics.insert("train_seconds".into(), s.train_seconds);
-    }
+    let noised_bit = training.update_dp.is_some_and(|u| u.count_noise_std > 0.0);
+    let summary = TrainSummary {
+        steps: s.steps as u64,
+        loss: (!private).then_some(s.train_loss),
+        accuracy: (!private).then_some(s.train_accuracy),
+        seconds: (!private).then_some(s.train_seconds),
+    };
+    let privacy = PrivacyReport { epsilon: s.epsilon, clip_indicator: s.clip_indicator.filter(|_| noised_bit) };
+    (summary, privacy)
 }
 
 /// Between tasks a party holds no training buffers: a simulation keeps every party in one
@@ -460,23 +348,26 @@ impl<L: Learner> Client for LocalClient<L> {
     }
 
     fn state(&self) -> Option<PartyState> {
-        Some(PartyState { ledger: self.ledger.clone(), admm: self.admm.clone(), scaffold: self.scaffold.clone() })
+        let algorithm = self.step.as_ref().and_then(|(_, s)| s.state());
+        Some(PartyState { ledger: self.ledger.clone(), algorithm })
     }
 
     fn restore(&mut self, state: PartyState) -> Result<(), ClientError> {
         let expected = self.learner.layout().len();
-        let vectors = state.admm.iter().flat_map(|a| [&a.dual, &a.last]).chain(&state.scaffold);
-        if let Some(v) = vectors.into_iter().find(|v| v.len() != expected) {
-            return Err(ClientError::WrongParameterCount { got: v.len(), expected });
-        }
-        if let Some(a) = &state.admm
-            && !(a.rho > 0.0 && a.rho.is_finite())
-        {
-            return Err(ClientError::Model(format!("saved ADMM state has ρ = {}; it must be positive", a.rho)));
-        }
+        let step = match state.algorithm {
+            None => None,
+            Some(a) => {
+                if let Some(v) = a.vectors.iter().find(|v| v.len() != expected) {
+                    return Err(ClientError::WrongParameterCount { got: v.len(), expected });
+                }
+                let local = crate::messages::LocalAlgorithm { name: a.name.clone(), ..Default::default() };
+                let mut step = party_step(&local)?;
+                step.restore(a)?;
+                Some((local.name, step))
+            }
+        };
         self.ledger = state.ledger;
-        self.admm = state.admm;
-        self.scaffold = state.scaffold;
+        self.step = step;
         Ok(())
     }
 }

@@ -37,13 +37,15 @@ use rand::RngExt;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::algorithms::FedAvg;
 use crate::dp::gaussian_noise;
 use crate::messages::NoiseSource;
+use crate::messages::{EvaluateReply, EvaluateTask};
 use crate::messages::{FitReply, FitTask};
 use crate::messages::{Rejection, StrategyError};
 use crate::params::Parameters;
 use crate::seed::Stream;
-use crate::strategy::{FedAvg, Strategy, StrategyState, evaluate_with_base, missing_state, usable_replies};
+use crate::strategy::{Strategy, StrategyState, missing_state, usable_replies};
 
 /// Clips `params − global` to `u.clip`, adds the party's noise share, and returns the noised
 /// centred indicator b − ½ (b = 1 when the update was within the clip norm).
@@ -225,10 +227,7 @@ impl Strategy for DpFedAvg {
         let chosen: Vec<usize> = (0..num_clients).filter(|_| rng.random::<f64>() < rate).collect();
         chosen
             .into_iter()
-            .map(|c| {
-                let seed = crate::seed::derive(run_seed, Stream::Fit, &[round as u64, c as u64]);
-                (c, FitTask { round, training: self.base.training.clone(), seed, extra: None })
-            })
+            .map(|c| (c, FitTask { round, training: self.base.training.clone(), seed: 0, vector: None }))
             .collect()
     }
 
@@ -289,7 +288,18 @@ impl Strategy for DpFedAvg {
         Ok((Parameters { values, layout: global.layout.clone() }, rejected))
     }
 
-    evaluate_with_base!();
+    fn configure_evaluate(
+        &mut self,
+        round: u32,
+        num_clients: usize,
+        rng: &mut ChaCha8Rng,
+    ) -> Vec<(usize, EvaluateTask)> {
+        self.base.configure_evaluate(round, num_clients, rng)
+    }
+
+    fn aggregate_evaluate(&mut self, round: u32, replies: &[(usize, EvaluateReply)]) -> Option<EvaluateReply> {
+        self.base.aggregate_evaluate(round, replies)
+    }
 
     fn metrics(&self) -> BTreeMap<String, f64> {
         self.last.clone()
@@ -354,7 +364,7 @@ mod tests {
     }
 
     fn reply(params: Vec<f32>) -> FitReply {
-        FitReply { params, num_examples: 10, metrics: BTreeMap::new(), extra: None }
+        FitReply { params, num_examples: 10, ..Default::default() }
     }
 
     fn tasks(s: &mut DpFedAvg, n: usize) -> Vec<(usize, FitTask)> {

@@ -75,24 +75,6 @@ impl DpSgd {
         }
     }
 
-    /// The sampling rate of a task's DP steps for a party holding `n` examples: 1 for a
-    /// full-batch gradient (FedSGD with `full_batch`), else [`DpSgd::rate`].
-    pub fn task_rate(&self, training: &LocalTraining, n: usize) -> f64 {
-        match training.local {
-            crate::messages::LocalAlgorithm::Gradient { full: true } => 1.0,
-            _ => self.rate(n, training.batch_size),
-        }
-    }
-
-    /// The DP steps a task takes at rate `q`: one for a gradient (FedSGD), else
-    /// [`DpSgd::steps_per_epoch`] × epochs.
-    pub fn task_steps(training: &LocalTraining, q: f64) -> u64 {
-        match training.local {
-            crate::messages::LocalAlgorithm::Gradient { .. } => 1,
-            _ => DpSgd::steps_per_epoch(q) as u64 * training.epochs as u64,
-        }
-    }
-
     /// Steps per epoch at rate `q` (one epoch = 1/q expected batches).
     pub fn steps_per_epoch(q: f64) -> usize {
         (1.0 / q).round().max(1.0) as usize
@@ -356,7 +338,7 @@ fn dp_epochs<R: Rng>(
 /// FedSGD under DP-SGD: one DP step's gradient at `params`, written into `grad` — the clipped
 /// per-example gradients of a Poisson (or fixed-size) sample at the task's rate, or of every
 /// example when `full` (sampling rate 1), summed, noised and divided by the expected batch
-/// size. It is exactly one step for the accountant (see [`DpSgd::task_rate`]).
+/// size. It is exactly one step for the accountant (FedSGD's party half plans it so).
 #[allow(clippy::too_many_arguments)]
 pub fn private_gradient_step<R: Rng>(
     learner: &mut dyn Learner,

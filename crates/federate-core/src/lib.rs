@@ -1,7 +1,8 @@
 //! federate-core: the federated round loop.
 //!
 //! `Parameters` (flat values + layout), the model-side `Learner`, parties (`Client`) and the
-//! server's handle on them (`ClientProxy`), `Strategy` with FedAvg, and the `Server` loop that
+//! server's handle on them (`ClientProxy`), `Strategy`, the federated algorithms (one module
+//! each under `algorithms/`, both halves, registered by name), and the `Server` loop that
 //! records every round. It knows nothing about sockets: a remote party is just another
 //! `ClientProxy`. The messages of a round (tasks, replies, training and DP settings, errors)
 //! are plain data in `messages`, which depends on no other module of the crate, so the
@@ -23,14 +24,18 @@ pub mod strategy;
 pub mod train;
 
 pub use admission::{Admission, Declared, Weighting};
-pub use algorithms::{Admm, FedOpt, FedOptConfig, FedSgd, Scaffold, ServerOptimizer};
+pub use algorithms::{
+    ALGORITHMS, Admm, Algorithm, FedAvg, FedDyn, FedNova, FedOpt, FedOptConfig, FedSgd, Federated, PartyStep, Scaffold,
+    ServerHalf, ServerOptimizer,
+};
 pub use client::{
-    AdmmState, Client, ClientError, ClientProxy, EvaluateReply, EvaluateTask, FitReply, FitTask, InProcess,
-    LocalClient, LocalSummary, PartyState, Transport, release,
+    Client, ClientError, ClientProxy, EvaluateReply, EvaluateTask, FitReply, FitTask, InProcess, LocalClient,
+    LocalSummary, PartyState, Transport, release,
 };
 pub use client_dp::{AdaptiveClip, ClientDp, ClientDpMode, DpFedAvg, UpdateDp};
 pub use dp::{DpSgd, Mechanism, NoiseSource, PrivacyFloor, Sampling};
 pub use learner::{Learner, NnLearner};
+pub use messages::{AlgorithmReply, AlgorithmState, PrivacyReport, TrainSummary};
 pub use params::{Layout, Parameters, TensorSpec};
 pub use robust::Aggregator;
 pub use server::{
@@ -38,6 +43,6 @@ pub use server::{
     ServerConfig, ServerError,
 };
 pub use strategy::{
-    FedAvg, Rejection, Strategy, StrategyError, StrategyState, sample_clients, weighted_average, weighted_evaluation,
+    Rejection, Strategy, StrategyError, StrategyState, sample_clients, weighted_average, weighted_evaluation,
 };
 pub use train::{Correction, LocalAlgorithm, LocalTraining, TrainStats, gradient, train_local, train_local_with};

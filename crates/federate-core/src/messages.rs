@@ -20,25 +20,68 @@ pub struct FitTask {
     pub round: u32,
     /// Local training settings.
     pub training: LocalTraining,
-    /// Seed of this party's batch and dropout streams for this round.
+    /// Seed of this party's batch, dropout and noise streams for this round. The server
+    /// derives it (`seed::Stream::Fit` of the round and party): strategies leave it 0.
     pub seed: u64,
-    /// A second vector some algorithms send with the model (SCAFFOLD: the server's control
-    /// variate c).
+    /// A vector the algorithm's server half sends with the model, shared by every party of
+    /// the round (SCAFFOLD: the server's control variate c; empty until it is sized).
     #[serde(skip)]
-    pub extra: Option<Arc<Vec<f32>>>,
+    pub vector: Option<Arc<Vec<f32>>>,
 }
 
-/// A party's answer to a `FitTask`.
-#[derive(Debug, Clone, PartialEq)]
+/// A party's answer to a `FitTask`: typed fields for everything the framework reads, and
+/// `metrics` only for what a user's own party adds.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct FitReply {
-    /// The locally trained parameters.
+    /// The locally trained parameters (FedSGD: the gradient; ADMM: θ_k + y_k/ρ).
     pub params: Vec<f32>,
     /// Training examples the party used (its FedAvg weight).
     pub num_examples: usize,
-    /// Named metrics (`train_loss`, `train_accuracy`, `steps`).
+    /// What local training did (loss, accuracy and time only where releasing them is safe).
+    pub training: TrainSummary,
+    /// What the party's privacy accounting reports.
+    pub privacy: PrivacyReport,
+    /// What the algorithm's party half returns besides the parameters.
+    pub algorithm: AlgorithmReply,
+    /// User-defined metrics (none from the built-in party); never read by the framework.
     pub metrics: BTreeMap<String, f64>,
-    /// A second vector some algorithms return (SCAFFOLD: the change of c_k).
-    pub extra: Option<Vec<f32>>,
+}
+
+/// What a party's local training did, as it reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct TrainSummary {
+    /// Optimiser steps taken (0 for a gradient reply).
+    pub steps: u64,
+    /// Mean training loss over the batches trained on; `None` under DP (it is not covered
+    /// by the guarantee).
+    pub loss: Option<f64>,
+    /// Training accuracy over those batches; `None` under DP.
+    pub accuracy: Option<f64>,
+    /// Seconds spent training; `None` under DP (it grows with the Poisson batch sizes).
+    pub seconds: Option<f64>,
+}
+
+/// What a party's privacy accounting releases with its update.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct PrivacyReport {
+    /// The ε of the party's ledger after this round (DP-SGD).
+    pub epsilon: Option<f64>,
+    /// Update-level DP with adaptive clipping: the noised indicator b − ½ of an unclipped
+    /// update (sent only when noised).
+    pub clip_indicator: Option<f64>,
+}
+
+/// What an algorithm's party half returns besides the parameters.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum AlgorithmReply {
+    /// Nothing (FedAvg and most algorithms).
+    #[default]
+    None,
+    /// A vector as long as the model that the server half folds into its own state
+    /// (SCAFFOLD: the change Δc_k of the party's control variate).
+    Vector(Vec<f32>),
+    /// ADMM: the squared primal residual ‖θ_last − z‖² the party saw at its dual update.
+    PrimalResidual(f64),
 }
 
 /// Instructions for one party's evaluation.
@@ -94,21 +137,21 @@ pub enum ClientError {
 pub struct PartyState {
     /// Every DP release of the party's data so far (its privacy ledger).
     pub ledger: Ledger,
-    /// ADMM's dual and last solve.
-    pub admm: Option<AdmmState>,
-    /// SCAFFOLD's control variate c_k.
-    pub scaffold: Option<Vec<f32>>,
+    /// The state of the algorithm's party half (SCAFFOLD's c_k, ADMM's dual, FedDyn's
+    /// gradient), if it keeps any.
+    pub algorithm: Option<AlgorithmState>,
 }
 
-/// What an ADMM party keeps between rounds.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AdmmState {
-    /// The dual y_k.
-    pub dual: Vec<f32>,
-    /// θ_k of its last solve.
-    pub last: Vec<f32>,
-    /// The ρ it used.
-    pub rho: f32,
+/// An algorithm's party-side state, in a form checkpoints store without knowing the
+/// algorithm: a few scalars and vectors as long as the model.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AlgorithmState {
+    /// The registered name of the algorithm that wrote it (`algorithms::find`).
+    pub name: String,
+    /// Its scalars (ADMM: ρ).
+    pub scalars: Vec<f64>,
+    /// Its vectors, each as long as the model.
+    pub vectors: Vec<Vec<f32>>,
 }
 
 /// How a party trains locally in one round.
@@ -126,43 +169,27 @@ pub struct LocalTraining {
     /// Client-level DP done by the party itself (distributed DP-FedAvg), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_dp: Option<UpdateDp>,
-    /// What the party computes: plain local SGD (FedAvg), or a variant.
+    /// What the party computes: plain local SGD (FedAvg), or another algorithm's party half.
     #[serde(default, skip_serializing_if = "LocalAlgorithm::is_sgd")]
     pub local: LocalAlgorithm,
 }
 
-/// The party-side algorithm of a round.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum LocalAlgorithm {
-    /// Local epochs of (DP-)SGD from the global model (FedAvg).
-    #[default]
-    Sgd,
-    /// FedProx: local epochs on f_k(θ) + (μ/2)‖θ − θ_g‖².
-    Prox {
-        /// μ ≥ 0.
-        mu: f32,
-    },
-    /// FedSGD: the gradient of the mean loss at the global model, over all local data
-    /// (`full`) or over one random minibatch of `batch_size`.
-    Gradient {
-        /// Full-batch gradient.
-        full: bool,
-    },
-    /// Consensus ADMM: local epochs on f_k(θ) + y_kᵀ(θ − z) + (ρ/2)‖θ − z‖², with the dual
-    /// y_k kept by the party across rounds; the reply is θ_k + y_k/ρ.
-    Admm {
-        /// ρ > 0.
-        rho: f32,
-        /// Whether this party has taken part before (so it must hold its dual).
-        has_state: bool,
-    },
-    /// SCAFFOLD (option II): local SGD with the correction c − c_k; the reply carries the
-    /// change of the party's control variate.
-    Scaffold {
-        /// Whether this party has taken part before (so it must hold c_k).
-        has_state: bool,
-    },
+/// The party half of a round's algorithm: which registered algorithm (`algorithms::find`)
+/// and its settings for this round. Open by design: a new algorithm needs no new variant
+/// here, nor in the wire format.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct LocalAlgorithm {
+    /// The algorithm's registered name; empty means plain local SGD.
+    #[serde(default)]
+    pub name: String,
+    /// Its settings (FedProx: `mu`; ADMM: `rho`; FedSGD: `full` as 0 or 1; FedDyn:
+    /// `alpha`), read and range-checked by its party half.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub settings: BTreeMap<String, f64>,
+    /// Whether this party has taken part before, so it must hold the algorithm's state
+    /// (ADMM's dual, SCAFFOLD's c_k): a party that lost it refuses instead of restarting.
+    #[serde(default)]
+    pub has_state: bool,
 }
 
 /// Data-independent terms added to every local gradient: `mu·(θ − anchor) + linear`.

@@ -205,10 +205,9 @@ fn krum_select(replies: &[&FitReply], byzantine: usize, select: usize) -> Vec<us
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     fn reply(params: Vec<f32>, n: usize) -> FitReply {
-        FitReply { params, num_examples: n, metrics: BTreeMap::new(), extra: None }
+        FitReply { params, num_examples: n, ..Default::default() }
     }
 
     #[test]

@@ -418,7 +418,14 @@ impl Server {
         let start = Instant::now();
         let n = self.clients.len();
         let (tasks, sampling_error) = match party_rng(cfg, round) {
-            Ok(mut rng) => (self.strategy.configure_fit(round, n, cfg.seed, &mut rng), None),
+            Ok(mut rng) => {
+                let mut tasks = self.strategy.configure_fit(round, n, cfg.seed, &mut rng);
+                // Every party's seed comes from here, whatever the strategy.
+                for (c, t) in tasks.iter_mut() {
+                    t.seed = seed::derive(cfg.seed, Stream::Fit, &[round as u64, *c as u64]);
+                }
+                (tasks, None)
+            }
             Err(e) => (Vec::new(), Some(e)),
         };
         observer(Event::RoundStarted { round, parties: tasks.len() });
@@ -441,11 +448,11 @@ impl Server {
                     fit.push(ClientFit {
                         id: id.clone(),
                         num_examples: r.num_examples,
-                        train_loss: r.metrics.get("train_loss").copied(),
-                        train_accuracy: r.metrics.get("train_accuracy").copied(),
+                        train_loss: r.training.loss,
+                        train_accuracy: r.training.accuracy,
                         seconds,
-                        train_seconds: r.metrics.get("train_seconds").copied(),
-                        epsilon: r.metrics.get("epsilon").copied(),
+                        train_seconds: r.training.seconds,
+                        epsilon: r.privacy.epsilon,
                     });
                     replies.push((c, r));
                 }

@@ -18,15 +18,15 @@ impl LocalTraining {
             optimizer: OptimizerSpec::Sgd { lr, momentum: 0.0, weight_decay: 0.0 },
             dp: None,
             update_dp: None,
-            local: LocalAlgorithm::Sgd,
+            local: LocalAlgorithm::default(),
         }
     }
 }
 
 impl LocalAlgorithm {
-    /// Plain local SGD.
+    /// Plain local SGD (FedAvg's party half).
     pub fn is_sgd(&self) -> bool {
-        *self == LocalAlgorithm::Sgd
+        self.name.is_empty()
     }
 }
 
@@ -134,9 +134,4 @@ pub fn gradient<R: Rng>(
         }
     }
     Ok(stats)
-}
-
-/// Builds the optimiser a local run uses.
-pub fn optimizer_for(cfg: &LocalTraining, n: usize) -> Result<Optimizer, NnError> {
-    cfg.optimizer.build(n)
 }

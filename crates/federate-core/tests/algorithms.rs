@@ -1,6 +1,7 @@
 //! Exactness of the federated optimisers on real (generated) data: FedSGD with full-batch
 //! gradients is centralised gradient descent, FedAvg with one party is local SGD, and
-//! consensus ADMM reaches the centralised optimum of an L2-regularised logistic regression.
+//! consensus ADMM and FedDyn reach the centralised optimum of an L2-regularised logistic
+//! regression, and FedNova follows its normalised update and the federation's objective.
 
 use federate_core::*;
 use federate_data::Dataset;
@@ -32,7 +33,7 @@ fn base(epochs: usize, batch: usize, lr: f32, weight_decay: f32) -> FedAvg {
             optimizer: OptimizerSpec::Sgd { lr, momentum: 0.0, weight_decay },
             dp: None,
             update_dp: None,
-            local: LocalAlgorithm::Sgd,
+            local: LocalAlgorithm::default(),
         })
     }
 }
@@ -179,8 +180,12 @@ fn admm_party_without_its_dual_refuses() {
     let data = parties(1, 50);
     let mut c = LocalClient::new(learner(16), data[0].clone(), data[0].clone());
     let mut t = base(1, 16, 0.1, 0.0).training;
-    t.local = LocalAlgorithm::Admm { rho: 1.0, has_state: true };
-    let task = FitTask { round: 2, training: t, seed: 1, extra: None };
+    t.local = LocalAlgorithm {
+        name: "admm".into(),
+        settings: [("rho".to_string(), 1.0)].into_iter().collect(),
+        has_state: true,
+    };
+    let task = FitTask { round: 2, training: t, seed: 1, vector: None };
     match c.fit(&initial(), &task) {
         Err(ClientError::MissingState(m)) => assert!(m.contains("dual"), "{m}"),
         other => panic!("expected MissingState, got {other:?}"),
@@ -205,7 +210,7 @@ fn server_optimisers_follow_their_update_rules() {
     impl Client for Plus {
         fn fit(&mut self, g: &Parameters, _t: &FitTask) -> Result<FitReply, ClientError> {
             let params = g.values.iter().map(|v| v + 1.0).collect();
-            Ok(FitReply { params, num_examples: 1, metrics: Default::default(), extra: None })
+            Ok(FitReply { params, num_examples: 1, ..Default::default() })
         }
         fn evaluate(&mut self, _p: &Parameters, _t: &EvaluateTask) -> Result<EvaluateReply, ClientError> {
             Ok(EvaluateReply { num_examples: 1, loss: 0.0, accuracy: 0.0 })
@@ -250,7 +255,7 @@ fn scaffold_keeps_c_the_example_weighted_mean_of_the_parties_c_k() {
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let _ = s.configure_fit(1, 4, 1, &mut rng);
     let subsets: [&[usize]; 4] = [&[0, 3], &[1, 3], &[0, 2], &[1, 2, 3]];
-    let mut restored: Option<Scaffold> = None;
+    let mut restored: Option<Federated<Scaffold>> = None;
     for (round, subset) in subsets.iter().enumerate() {
         let replies: Vec<(usize, FitReply)> = subset
             .iter()
@@ -260,7 +265,15 @@ fn scaffold_keeps_c_the_example_weighted_mean_of_the_parties_c_k() {
                     *h += *d as f64;
                 }
                 let params = global.values.iter().map(|v| v + k as f32).collect();
-                (k, FitReply { params, num_examples: sizes[k], metrics: Default::default(), extra: Some(dc) })
+                (
+                    k,
+                    FitReply {
+                        params,
+                        num_examples: sizes[k],
+                        algorithm: AlgorithmReply::Vector(dc),
+                        ..Default::default()
+                    },
+                )
             })
             .collect();
         let (x, rejected) = s.aggregate_fit(round as u32 + 1, &global, &replies).unwrap();
@@ -290,4 +303,126 @@ fn scaffold_keeps_c_the_example_weighted_mean_of_the_parties_c_k() {
     let (a, b) = (s.state().unwrap(), restored.unwrap().state().unwrap());
     assert_eq!((a.meta, a.vectors), (b.meta, b.vectors));
     assert!(Scaffold::new(base(1, 10, 0.1, 0.0), 1.0).unwrap().restore(None).is_err());
+}
+
+/// A reply of `params` from a party of `n` examples that took `steps` local steps.
+fn stepped(params: Vec<f32>, n: usize, steps: u64) -> FitReply {
+    FitReply { params, num_examples: n, training: TrainSummary { steps, ..Default::default() }, ..Default::default() }
+}
+
+#[test]
+fn fednova_normalises_each_update_by_its_path_length() {
+    let layout = std::sync::Arc::new(Layout::new(vec![TensorSpec { name: "w".into(), shape: vec![1], offset: 0 }]));
+    let global = Parameters::new(vec![1.0], layout).unwrap();
+    // Plain SGD at lr 0.1: a_k = 0.1·τ_k. Parties of 10 and 30 examples took 2 and 8 steps
+    // and moved by 0.4 and 0.8: p = (¼, ¾), τ_eff = ¼·0.2 + ¾·0.8 = 0.65,
+    // d = ¼·0.4/0.2 + ¾·0.8/0.8 = 1.25, θ = 1 − 0.65·1.25 = 0.1875 (FedAvg: 0.3).
+    let replies = vec![(0, stepped(vec![0.6], 10, 2)), (1, stepped(vec![0.2], 30, 8))];
+    let mut nova = FedNova::new(base(1, 10, 0.1, 0.0), 1.0).unwrap();
+    let (next, rejected) = nova.aggregate_fit(1, &global, &replies).unwrap();
+    assert!(rejected.is_empty());
+    assert!((next.values[0] - 0.1875).abs() < 1e-6, "{}", next.values[0]);
+    let (avg, _) = base(1, 10, 0.1, 0.0).aggregate_fit(1, &global, &replies).unwrap();
+    assert!((avg.values[0] - 0.3).abs() < 1e-6, "{}", avg.values[0]);
+    // With momentum μ the path of τ steps is η(τ − μ(1 − μ^τ)/(1 − μ))/(1 − μ).
+    let mut b = base(1, 10, 0.1, 0.0);
+    b.training.optimizer = OptimizerSpec::Sgd { lr: 0.1, momentum: 0.5, weight_decay: 0.0 };
+    let a = |t: f64| 0.1 * (t - 0.5 * (1.0 - 0.5f64.powf(t)) / 0.5) / 0.5;
+    let (a1, a2) = (a(2.0), a(8.0));
+    let want = 1.0 - (0.25 * a1 + 0.75 * a2) * (0.25 * 0.4 / a1 + 0.75 * 0.8 / a2);
+    let (next, _) = FedNova::new(b, 1.0).unwrap().aggregate_fit(1, &global, &replies).unwrap();
+    assert!((next.values[0] as f64 - want).abs() < 1e-6, "{} vs {want}", next.values[0]);
+    // A reply claiming no steps cannot be normalised: refused by name, the others stand.
+    let replies = vec![(0, stepped(vec![0.6], 10, 0)), (1, stepped(vec![0.2], 30, 8))];
+    let (next, rejected) = nova.aggregate_fit(2, &global, &replies).unwrap();
+    assert_eq!(rejected.len(), 1);
+    assert!(rejected[0].reason.contains("0 local steps"), "{:?}", rejected);
+    assert!((next.values[0] - 0.2).abs() < 1e-6, "{}", next.values[0]);
+    // Adam has no path length, robust rules do not apply: both refused by name.
+    let mut adam = base(1, 10, 0.1, 0.0);
+    adam.training.optimizer = OptimizerSpec::Adam { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+    assert!(FedNova::new(adam, 1.0).err().unwrap().to_string().contains("train.optimizer"));
+    let robust = FedAvg { aggregator: Aggregator::Median, ..base(1, 10, 0.1, 0.0) };
+    assert!(FedNova::new(robust, 1.0).err().unwrap().to_string().contains("strategy.aggregator"));
+}
+
+#[test]
+fn fednova_with_equal_steps_is_fedavg_and_with_unequal_steps_optimises_the_federations_objective() {
+    let lambda = 0.05f32;
+    // Equal parties take equal steps: FedNova is FedAvg.
+    let data = parties(3, 60);
+    let mut a = server(Box::new(base(2, 20, 0.05, lambda)), &data, 20);
+    let mut b = server(Box::new(FedNova::new(base(2, 20, 0.05, lambda), 1.0).unwrap()), &data, 20);
+    let err = max_rel(&run(&mut b, 3).values, &run(&mut a, 3).values);
+    assert!(err < 1e-5, "FedNova vs FedAvg with equal steps: {err}");
+    // Parties of 20, 60 and 180 examples take 1, 3 and 9 steps an epoch. The federation's
+    // objective is the pooled mean loss, Σ (n_k/n) L_k; FedAvg's fixed point weighs each
+    // party by n_k·τ_k instead, so it stops where the pooled gradient is far from zero.
+    let sizes = [20usize, 60, 180];
+    let big: Vec<Dataset> = parties(30, 180).into_iter().filter(|d| d.len() >= 180).take(3).collect();
+    assert_eq!(big.len(), 3, "three devices of at least 180 examples");
+    let data: Vec<Dataset> = big.iter().zip(sizes).map(|(d, n)| d.subset(&(0..n).collect::<Vec<_>>())).collect();
+    let pooled_all = pooled(&data);
+    let mut l = learner(256);
+    let mut g = vec![0.0; initial().len()];
+    let mut pooled_grad = |theta: &[f32]| {
+        gradient(&mut l, theta, &pooled_all, 256, true, &mut g, &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
+        g.iter().zip(theta).map(|(g, t)| ((g + lambda * t) as f64).powi(2)).sum::<f64>().sqrt()
+    };
+    let mut a = server(Box::new(base(5, 20, 0.01, lambda)), &data, 20);
+    let mut b = server(Box::new(FedNova::new(base(5, 20, 0.01, lambda), 1.0).unwrap()), &data, 20);
+    let (fedavg, fednova) = (pooled_grad(&run(&mut a, 150).values), pooled_grad(&run(&mut b, 150).values));
+    eprintln!("pooled gradient norm: FedAvg {fedavg:.5}, FedNova {fednova:.5}");
+    assert!(fednova < 0.25 * fedavg, "FedNova {fednova} vs FedAvg {fedavg}");
+}
+
+#[test]
+fn feddyn_reaches_the_centralised_optimum_where_fedavg_drifts() {
+    let lambda = 0.05f32;
+    let data = parties(3, 60);
+    // Centralised optimum of Σ_k [L_k(θ) + (λ/2)‖θ‖²] by gradient descent, as for ADMM.
+    let mut l = learner(64);
+    let mut theta = initial().values;
+    let mut g = vec![0.0; theta.len()];
+    let mut total = vec![0.0f32; theta.len()];
+    for _ in 0..20_000 {
+        total.fill(0.0);
+        for d in &data {
+            gradient(&mut l, &theta, d, 64, true, &mut g, &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
+            for ((t, g), p) in total.iter_mut().zip(&g).zip(&theta) {
+                *t += g + lambda * p;
+            }
+        }
+        for (t, g) in theta.iter_mut().zip(&total) {
+            *t -= 0.05 * g;
+        }
+    }
+    let best = objective(&data, &theta, lambda as f64);
+    // Each party solves its subproblem by 300 full-batch gradient steps.
+    let dyn_ = FedDyn::new(base(300, 64, 0.05, lambda), 0.5).unwrap();
+    let mut s = server(Box::new(dyn_), &data, 64);
+    let z = run(&mut s, 150);
+    let got = objective(&data, &z.values, lambda as f64);
+    let rel = (got - best) / best;
+    eprintln!("feddyn: objective {got} vs {best} (relative {rel:e})");
+    assert!(rel.abs() < 1e-5, "FedDyn objective {got} vs centralised {best}: relative {rel:e}");
+    // FedAvg with the same local work stops at a point of its own (client drift).
+    let mut s = server(Box::new(base(300, 64, 0.05, lambda)), &data, 64);
+    let avg = objective(&data, &run(&mut s, 150).values, lambda as f64);
+    let drift = (avg - best) / best;
+    eprintln!("fedavg: objective {avg} (relative {drift:e})");
+    assert!(drift > 100.0 * rel.abs().max(1e-9), "FedAvg {drift:e} vs FedDyn {rel:e}");
+    // A party that took part but lost g_k refuses; bad α is an error naming it.
+    let mut c = LocalClient::new(learner(16), data[0].clone(), data[0].clone());
+    let mut t = base(1, 16, 0.1, 0.0).training;
+    t.local = LocalAlgorithm {
+        name: "feddyn".into(),
+        settings: [("alpha".to_string(), 0.5)].into_iter().collect(),
+        has_state: true,
+    };
+    match c.fit(&initial(), &FitTask { round: 2, training: t, seed: 1, vector: None }) {
+        Err(ClientError::MissingState(m)) => assert!(m.contains("FedDyn"), "{m}"),
+        other => panic!("expected MissingState, got {other:?}"),
+    }
+    assert!(FedDyn::new(base(1, 1, 0.1, 0.0), 0.0).err().unwrap().to_string().contains("strategy.alpha"));
 }

@@ -1,7 +1,6 @@
 //! FedAvg's weighting against hand-computed cases, refusal of bad updates, and the round
 //! loop's handling of parties that fail.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use federate_core::*;
@@ -12,7 +11,7 @@ fn layout(n: usize) -> Arc<Layout> {
 }
 
 fn reply(params: Vec<f32>, n: usize) -> FitReply {
-    FitReply { params, num_examples: n, metrics: BTreeMap::new(), extra: None }
+    FitReply { params, num_examples: n, ..Default::default() }
 }
 
 fn fedavg() -> FedAvg {

@@ -38,9 +38,9 @@ fn task(round: u32, dp: Option<DpSgd>, batch: usize) -> FitTask {
         optimizer: OptimizerSpec::Sgd { lr: 0.1, momentum: 0.0, weight_decay: 0.0 },
         dp,
         update_dp: None,
-        local: LocalAlgorithm::Sgd,
+        local: LocalAlgorithm::default(),
     };
-    FitTask { round, training, seed: round as u64, extra: None }
+    FitTask { round, training, seed: round as u64, vector: None }
 }
 
 fn party(d: &Dataset, own: DpSgd) -> LocalClient<NnLearner> {
@@ -73,7 +73,7 @@ fn a_party_refuses_less_privacy_than_its_floor_and_composes_what_it_applied() {
     };
     let mut p = party(&d, dp(1.0));
     let r = p.fit(&global, &task(1, Some(dp(1.0)), 32)).unwrap();
-    let e1 = r.metrics["epsilon"];
+    let e1 = r.privacy.epsilon.unwrap();
     assert!((e1 - composed(&[(q, 1.0, steps)])).abs() < 1e-12, "{e1}");
     let before = p.state().unwrap();
     // A server asking for less noise, a larger batch (higher q), or no DP at all is refused,
@@ -102,7 +102,7 @@ fn a_party_refuses_less_privacy_than_its_floor_and_composes_what_it_applied() {
     p.restore(saved).unwrap();
     let r = p.fit(&global, &task(3, Some(dp(1.5)), 32)).unwrap();
     let want = composed(&[(q, 1.0, steps), (q, 2.0, steps), (q, 1.5, steps)]);
-    let got = r.metrics["epsilon"];
+    let got = r.privacy.epsilon.unwrap();
     assert!((got - want).abs() < 1e-9 * want, "{got} vs {want}");
     assert_eq!(p.ledger().entries.len(), 3);
     assert_eq!(p.ledger().steps(), 3 * steps);
@@ -113,9 +113,9 @@ fn a_party_refuses_less_privacy_than_its_floor_and_composes_what_it_applied() {
     p2.restore(p.state().unwrap()).unwrap();
     assert!(matches!(p2.fit(&global, &task(4, Some(dp(1.5)), 32)), Err(ClientError::BudgetSpent(_))));
     // What is sent: the update, the count, ε and the step count; nothing exact about the data.
-    let mut keys: Vec<&str> = r.metrics.keys().map(String::as_str).collect();
-    keys.sort();
-    assert_eq!(keys, ["epsilon", "steps"]);
+    assert_eq!(r.training, TrainSummary { steps, loss: None, accuracy: None, seconds: None });
+    assert_eq!(r.privacy, PrivacyReport { epsilon: Some(got), clip_indicator: None });
+    assert!(r.metrics.is_empty() && r.algorithm == AlgorithmReply::None);
     let s = p.last_summary().unwrap();
     assert!(s.train_loss.is_finite() && s.train_accuracy > 0.0, "the party keeps its own numbers: {s:?}");
 }
@@ -131,19 +131,15 @@ fn an_update_dp_party_releases_its_clip_indicator_only_when_noised() {
         epsilon: None,
     };
     let mut training = task(1, None, 32).training;
-    let sent = |training: &LocalTraining| {
-        let mut m = std::collections::BTreeMap::new();
-        release(training, &summary, &mut m);
-        let mut keys: Vec<String> = m.into_keys().collect();
-        keys.sort();
-        keys
-    };
+    let all = TrainSummary { steps: 9, loss: Some(0.7), accuracy: Some(0.8), seconds: Some(1.5) };
+    let private = TrainSummary { steps: 9, loss: None, accuracy: None, seconds: None };
     // Without DP everything goes (the indicator only exists under update-level DP).
-    assert_eq!(sent(&training), ["steps", "train_accuracy", "train_loss", "train_seconds"]);
+    assert_eq!(release(&training, &summary), (all, PrivacyReport { epsilon: None, clip_indicator: None }));
     // Update-level DP without count noise: the exact bit stays, with the loss and accuracy.
     training.update_dp = Some(UpdateDp { clip: 1.0, noise_std: 0.1, count_noise_std: 0.0 });
-    assert_eq!(sent(&training), ["steps"]);
+    assert_eq!(release(&training, &summary), (private, PrivacyReport::default()));
     // With count noise (adaptive clipping) the noised bit is what the server needs.
     training.update_dp = Some(UpdateDp { clip: 1.0, noise_std: 0.1, count_noise_std: 0.5 });
-    assert_eq!(sent(&training), ["clip_indicator", "steps"]);
+    let bit = PrivacyReport { epsilon: None, clip_indicator: Some(0.5) };
+    assert_eq!(release(&training, &summary), (private, bit));
 }

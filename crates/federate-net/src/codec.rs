@@ -169,6 +169,55 @@ impl Assembler {
     }
 }
 
+/// Several announced transfers whose chunks follow one another (a model, then an algorithm's
+/// vector), each bounded as [`Assembler`] bounds one.
+#[derive(Debug)]
+pub struct Transfers {
+    parts: std::collections::VecDeque<Assembler>,
+    done: Vec<Vec<f32>>,
+}
+
+impl Transfers {
+    /// Starts the transfers `headers` announce, in order.
+    pub fn new(headers: impl IntoIterator<Item = ParametersHeader>, limits: Limits) -> Result<Self, WireError> {
+        let parts = headers.into_iter().map(|h| Assembler::new(h, limits)).collect::<Result<_, _>>()?;
+        let mut t = Transfers { parts, done: Vec::new() };
+        t.skip_empty();
+        Ok(t)
+    }
+
+    /// Empty transfers have no chunks: they are complete as soon as they come up.
+    fn skip_empty(&mut self) {
+        while self.parts.front().is_some_and(Assembler::is_complete) {
+            self.parts.pop_front();
+            self.done.push(Vec::new());
+        }
+    }
+
+    /// Every vector, once all have arrived (at once if every transfer is empty).
+    pub fn ready(&mut self) -> Option<Vec<Vec<f32>>> {
+        self.parts.is_empty().then(|| std::mem::take(&mut self.done))
+    }
+
+    /// Adds the next chunk; returns every vector once the last chunk of the last transfer is in.
+    pub fn push(&mut self, chunk: Chunk) -> Result<Option<Vec<Vec<f32>>>, WireError> {
+        let Some(part) = self.parts.front_mut() else {
+            return Err(WireError::UnexpectedChunk {
+                transfer: chunk.transfer_id,
+                index: chunk.index,
+                want: 0,
+                expected: 0,
+            });
+        };
+        if let Some(v) = part.push(chunk)? {
+            self.parts.pop_front();
+            self.done.push(v);
+            self.skip_empty();
+        }
+        Ok(self.ready())
+    }
+}
+
 /// Decodes a whole transfer at once (header plus all its chunks).
 pub fn join(header: ParametersHeader, chunks: Vec<Chunk>, limits: Limits) -> Result<Vec<f32>, WireError> {
     let want = header.num_values;
@@ -187,6 +236,32 @@ pub fn join(header: ParametersHeader, chunks: Vec<Chunk>, limits: Limits) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transfers_follow_one_another_and_empty_ones_need_no_chunk() {
+        let (a, b) = (vec![1.0f32, 2.0, 3.0], vec![-1.0f32; 5]);
+        let (ha, ca) = split(&a, 1, 8, false);
+        let (hb, cb) = split(&b, 2, 8, true);
+        let (he, _) = split(&[], 3, 8, false);
+        let mut t = Transfers::new([ha, he, hb], Limits::default()).unwrap();
+        assert!(t.ready().is_none());
+        let mut out = None;
+        for c in ca.into_iter().chain(cb) {
+            assert!(out.is_none(), "complete before the last chunk");
+            out = t.push(c).unwrap();
+        }
+        assert_eq!(out.unwrap(), vec![a.clone(), Vec::new(), b]);
+        // Only empty transfers: ready at once; a chunk then is refused.
+        let mut t = Transfers::new([he], Limits::default()).unwrap();
+        assert_eq!(t.ready().unwrap(), vec![Vec::<f32>::new()]);
+        let (_, ca) = split(&a, 1, 8, false);
+        assert!(t.push(ca[0].clone()).is_err());
+        // A chunk of the second transfer while the first is arriving is refused.
+        let (ha, _) = split(&a, 1, 8, false);
+        let (hb, cb) = split(&a, 2, 8, false);
+        let mut t = Transfers::new([ha, hb], Limits::default()).unwrap();
+        assert!(t.push(cb[0].clone()).is_err());
+    }
 
     #[test]
     fn round_trip_plain_and_zstd() {

@@ -1,6 +1,6 @@
 //! Conversions between the core types and their protocol messages.
 
-use federate_core::{DpSgd, LocalAlgorithm, LocalTraining, Mechanism, Sampling, UpdateDp};
+use federate_core::{DpSgd, LocalAlgorithm, LocalTraining, Mechanism, PrivacyReport, Sampling, TrainSummary, UpdateDp};
 use federate_nn::OptimizerSpec;
 use federate_privacy::Accountant;
 
@@ -46,24 +46,15 @@ pub fn training_to_proto(t: &LocalTraining) -> proto::LocalTraining {
         noise_std: u.noise_std,
         count_noise_std: u.count_noise_std,
     });
-    let (local, mu, rho, full_batch, has_state) = match t.local {
-        LocalAlgorithm::Sgd => ("sgd", 0.0, 0.0, false, false),
-        LocalAlgorithm::Prox { mu } => ("prox", mu, 0.0, false, false),
-        LocalAlgorithm::Gradient { full } => ("gradient", 0.0, 0.0, full, false),
-        LocalAlgorithm::Admm { rho, has_state } => ("admm", 0.0, rho, false, has_state),
-        LocalAlgorithm::Scaffold { has_state } => ("scaffold", 0.0, 0.0, false, has_state),
-    };
     proto::LocalTraining {
         epochs: t.epochs as u32,
         batch_size: t.batch_size as u32,
         optimizer: Some(optimizer),
         dp,
         update_dp,
-        local: local.into(),
-        mu,
-        rho,
-        full_batch,
-        has_state,
+        has_state: t.local.has_state,
+        algorithm: t.local.name.clone(),
+        algorithm_settings: t.local.settings.iter().map(|(k, v)| (k.clone(), *v)).collect(),
     }
 }
 
@@ -130,18 +121,63 @@ pub fn training_from_proto(t: &proto::LocalTraining) -> Result<LocalTraining, Ma
             Some(UpdateDp { clip: u.clip, noise_std: u.noise_std, count_noise_std: u.count_noise_std })
         }
     };
-    let local = match t.local.as_str() {
-        "" | "sgd" => LocalAlgorithm::Sgd,
-        "prox" if t.mu >= 0.0 && t.mu.is_finite() => LocalAlgorithm::Prox { mu: t.mu },
-        "gradient" => LocalAlgorithm::Gradient { full: t.full_batch },
-        "admm" if t.rho > 0.0 && t.rho.is_finite() => LocalAlgorithm::Admm { rho: t.rho, has_state: t.has_state },
-        "scaffold" => LocalAlgorithm::Scaffold { has_state: t.has_state },
-        "prox" | "admm" => {
-            return Err(Malformed(format!("{} with μ = {} / ρ = {} out of range", t.local, t.mu, t.rho)));
-        }
-        other => return Err(Malformed(format!("unknown local algorithm '{other}'"))),
-    };
+    let local = local_from_proto(t)?;
     Ok(LocalTraining { epochs: t.epochs as usize, batch_size: t.batch_size as usize, optimizer, dp, update_dp, local })
+}
+
+/// Longest algorithm name or setting key accepted, and most settings.
+const MAX_NAME: usize = 64;
+const MAX_SETTINGS: usize = 16;
+
+/// The task's party half: a name this build registers, a bounded set of finite settings
+/// (their ranges are the party half's to check).
+fn local_from_proto(t: &proto::LocalTraining) -> Result<LocalAlgorithm, Malformed> {
+    let name = t.algorithm.as_str();
+    if !name.is_empty() && federate_core::algorithms::find(name).is_none() {
+        let shown: String = name.chars().take(MAX_NAME).collect();
+        return Err(Malformed(format!(
+            "unknown local algorithm '{}' (this party knows {}): run the same federate version as the server",
+            shown.escape_debug(),
+            federate_core::algorithms::names().join(", ")
+        )));
+    }
+    if t.algorithm_settings.len() > MAX_SETTINGS {
+        return Err(Malformed(format!("{} algorithm settings; at most {MAX_SETTINGS}", t.algorithm_settings.len())));
+    }
+    if let Some((k, v)) = t.algorithm_settings.iter().find(|(k, v)| k.len() > MAX_NAME || !v.is_finite()) {
+        let k: String = k.chars().take(MAX_NAME).collect();
+        return Err(Malformed(format!("algorithm setting '{}' = {v} is out of range", k.escape_debug())));
+    }
+    Ok(LocalAlgorithm {
+        name: name.to_string(),
+        settings: t.algorithm_settings.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        has_state: t.has_state,
+    })
+}
+
+/// A training summary as a message.
+pub fn summary_to_proto(s: &TrainSummary) -> proto::TrainSummary {
+    proto::TrainSummary { steps: s.steps, loss: s.loss, accuracy: s.accuracy, seconds: s.seconds }
+}
+
+/// A message's training summary (ranges are the server's admission's to check).
+pub fn summary_from_proto(s: Option<&proto::TrainSummary>) -> TrainSummary {
+    s.map_or_else(TrainSummary::default, |s| TrainSummary {
+        steps: s.steps,
+        loss: s.loss,
+        accuracy: s.accuracy,
+        seconds: s.seconds,
+    })
+}
+
+/// A privacy report as a message.
+pub fn privacy_to_proto(p: &PrivacyReport) -> proto::PrivacyReport {
+    proto::PrivacyReport { epsilon: p.epsilon, clip_indicator: p.clip_indicator }
+}
+
+/// A message's privacy report.
+pub fn privacy_from_proto(p: Option<&proto::PrivacyReport>) -> PrivacyReport {
+    p.map_or_else(PrivacyReport::default, |p| PrivacyReport { epsilon: p.epsilon, clip_indicator: p.clip_indicator })
 }
 
 #[cfg(test)]
@@ -166,12 +202,18 @@ mod tests {
                 sampling: Sampling::Poisson,
             };
             let u = UpdateDp { clip: 0.7, noise_std: 0.01, count_noise_std: 0.3 };
+            let local = |name: &str, settings: &[(&str, f64)], has_state| LocalAlgorithm {
+                name: name.into(),
+                settings: settings.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+                has_state,
+            };
             for (dp, update_dp, local) in [
-                (None, None, LocalAlgorithm::Sgd),
-                (Some(dp), Some(u), LocalAlgorithm::Prox { mu: 0.01 }),
-                (None, None, LocalAlgorithm::Gradient { full: true }),
-                (None, None, LocalAlgorithm::Admm { rho: 0.5, has_state: true }),
-                (None, None, LocalAlgorithm::Scaffold { has_state: false }),
+                (None, None, LocalAlgorithm::default()),
+                (Some(dp), Some(u), local("fedprox", &[("mu", 0.01)], false)),
+                (None, None, local("fedsgd", &[("full", 1.0)], false)),
+                (None, None, local("admm", &[("rho", 0.5)], true)),
+                (None, None, local("scaffold", &[], false)),
+                (None, None, local("feddyn", &[("alpha", 0.1)], true)),
             ] {
                 let t = LocalTraining { epochs: 2, batch_size: 32, optimizer: optimizer.clone(), dp, update_dp, local };
                 assert_eq!(training_from_proto(&training_to_proto(&t)).unwrap(), t);
@@ -183,9 +225,16 @@ mod tests {
             optimizer: OptimizerSpec::Sgd { lr: 0.1, momentum: 0.0, weight_decay: 0.0 },
             dp: None,
             update_dp: None,
-            local: LocalAlgorithm::Sgd,
+            local: LocalAlgorithm::default(),
         });
+        let mut unknown = bad.clone();
         bad.optimizer.as_mut().unwrap().lr = -1.0;
         assert!(training_from_proto(&bad).is_err());
+        unknown.algorithm = "fedmagic".into();
+        let e = training_from_proto(&unknown).unwrap_err().to_string();
+        assert!(e.contains("unknown local algorithm 'fedmagic'") && e.contains("feddyn"), "{e}");
+        unknown.algorithm = "fedprox".into();
+        unknown.algorithm_settings.insert("mu".into(), f64::NAN);
+        assert!(training_from_proto(&unknown).unwrap_err().to_string().contains("'mu' = NaN"));
     }
 }

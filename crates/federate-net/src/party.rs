@@ -6,14 +6,14 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use federate_core::{Client, ClientError, EvaluateTask, FitTask, Layout, Parameters};
+use federate_core::{AlgorithmReply, Client, ClientError, EvaluateTask, FitReply, FitTask, Layout, Parameters};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tracing::{info, warn};
 
-use crate::codec::{self, Assembler, Limits};
-use crate::convert::training_from_proto;
+use crate::codec::{self, Limits, Transfers};
+use crate::convert::{privacy_to_proto, summary_to_proto, training_from_proto};
 use crate::proto::federation_client::FederationClient;
 use crate::proto::{
     EvaluateResult, FitResult, Heartbeat, Hello, PartyMessage, ServerMessage, TaskError, party_message, server_message,
@@ -279,9 +279,25 @@ async fn session(
 }
 
 enum Task {
-    /// A fit task, and whether a second vector follows the model.
-    Fit(FitTask, bool),
+    Fit(Box<FitTask>),
     Evaluate(EvaluateTask),
+}
+
+/// A task whose vectors are arriving.
+struct Incoming {
+    task_id: u64,
+    task: Task,
+    transfers: Transfers,
+}
+
+/// What the party does next after a message from the server.
+enum Next {
+    /// Wait for the next message.
+    Wait,
+    /// Every vector of the task is in: run it.
+    Run(Box<Incoming>, Vec<Vec<f32>>),
+    /// The session is over.
+    End(SessionEnd),
 }
 
 async fn serve_instructions(
@@ -292,7 +308,7 @@ async fn serve_instructions(
     layout: Arc<Layout>,
     silence: Duration,
 ) -> SessionEnd {
-    let mut current: Option<(u64, Task, Assembler)> = None;
+    let mut current: Option<Incoming> = None;
     loop {
         let m = match tokio::time::timeout(silence, inbound.message()).await {
             Err(_) => return SessionEnd::Lost(format!("server silent for {silence:?}"), true),
@@ -301,134 +317,181 @@ async fn serve_instructions(
             Ok(Ok(Some(ServerMessage { msg: None }))) => continue,
             Ok(Ok(Some(ServerMessage { msg: Some(m) }))) => m,
         };
-        match m {
-            server_message::Msg::Heartbeat(_) | server_message::Msg::Welcome(_) => {}
-            server_message::Msg::Shutdown(s) => return SessionEnd::Finished(s.reason),
-            // After joining, a refusal means another connection took this identity's seat:
-            // reconnecting would take it back and the two would flap, so it is final.
-            server_message::Msg::Refusal(r) => return SessionEnd::Refused(r.reason),
-            server_message::Msg::Fit(f) => {
-                let task = match f.training.as_ref().map(training_from_proto) {
-                    Some(Ok(training)) => FitTask { round: f.round, training, seed: f.seed, extra: None },
-                    Some(Err(e)) => {
-                        send_error(tx, f.task_id, e.to_string()).await;
-                        continue;
-                    }
-                    None => {
-                        send_error(tx, f.task_id, "fit instruction without training settings".into()).await;
-                        continue;
-                    }
-                };
-                match f.params.map(|h| Assembler::new(h, opts.limits)) {
-                    Some(Ok(a)) => current = Some((f.task_id, Task::Fit(task, f.with_extra), a)),
-                    Some(Err(e)) => return SessionEnd::Lost(format!("bad parameters from the server: {e}"), true),
-                    None => return SessionEnd::Lost("fit instruction without parameters".into(), true),
-                }
-            }
-            server_message::Msg::Evaluate(e) => match e.params.map(|h| Assembler::new(h, opts.limits)) {
-                Some(Ok(a)) => current = Some((e.task_id, Task::Evaluate(EvaluateTask { round: e.round }), a)),
-                Some(Err(err)) => return SessionEnd::Lost(format!("bad parameters from the server: {err}"), true),
-                None => return SessionEnd::Lost("evaluate instruction without parameters".into(), true),
-            },
-            server_message::Msg::Chunk(c) => {
-                let Some((_, _, a)) = current.as_mut() else {
-                    return SessionEnd::Lost("chunk without an instruction".into(), true);
-                };
-                let values = match a.push(c) {
-                    Err(e) => return SessionEnd::Lost(format!("bad parameters from the server: {e}"), true),
-                    Ok(None) => continue,
-                    Ok(Some(v)) => v,
-                };
-                let Some((task_id, mut task, _)) = current.take() else { continue };
-                let mut values = values;
-                if let Task::Fit(t, true) = &mut task {
-                    // The second vector is as long as the model, or empty (the server has
-                    // not sized it yet); the client reads empty as zeros.
-                    if values.len() != 2 * layout.len() && values.len() != layout.len() {
-                        send_error(tx, task_id, format!("expected the model and a second vector of {}", layout.len()))
-                            .await;
-                        continue;
-                    }
-                    t.extra = Some(Arc::new(values.split_off(layout.len())));
-                }
-                let Some(params) = Parameters::new(values, layout.clone()) else {
-                    send_error(
-                        tx,
-                        task_id,
-                        format!("the server's model has a different size than ours ({})", layout.len()),
-                    )
-                    .await;
-                    continue;
-                };
-                match &task {
-                    Task::Fit(t, _) => info!(party = %opts.id, "round {}: training", t.round),
-                    Task::Evaluate(t) => info!(party = %opts.id, "round {}: evaluating", t.round),
-                }
-                let client = client.clone();
-                let work = tokio::task::spawn_blocking(move || {
-                    let mut c = client.lock().map_err(|_| ClientError::Model("client state poisoned".into()))?;
-                    match task {
-                        Task::Fit(t, _) => c.fit(&params, &t).map(either_fit),
-                        Task::Evaluate(t) => c.evaluate(&params, &t).map(either_eval),
-                    }
-                });
-                let result = match work.await {
-                    Ok(r) => r,
-                    Err(e) => Err(ClientError::Model(format!("training thread failed: {e}"))),
-                };
-                let sent = match result {
-                    Err(e) => {
-                        let budget = matches!(e, ClientError::BudgetSpent(_));
-                        send_task_error(tx, task_id, e.to_string(), budget).await;
-                        true
-                    }
-                    Ok(Done::Fit(r)) => {
-                        let with_extra = r.extra.is_some();
-                        let mut values = r.params;
-                        values.extend(r.extra.unwrap_or_default());
-                        let (header, chunks) = codec::split(&values, task_id, opts.chunk_bytes, opts.zstd);
-                        let head = FitResult {
-                            task_id,
-                            num_examples: r.num_examples as u64,
-                            metrics: r.metrics.into_iter().collect(),
-                            params: Some(header),
-                            with_extra,
-                        };
-                        let mut ok = tx.send(out(party_message::Msg::Fit(head))).await.is_ok();
-                        for c in chunks {
-                            ok = ok && tx.send(out(party_message::Msg::Chunk(c))).await.is_ok();
-                        }
-                        ok
-                    }
-                    Ok(Done::Evaluate(r)) => tx
-                        .send(out(party_message::Msg::Evaluate(EvaluateResult {
-                            task_id,
-                            num_examples: r.num_examples as u64,
-                            loss: r.loss,
-                            accuracy: r.accuracy,
-                        })))
-                        .await
-                        .is_ok(),
-                };
-                if !sent {
-                    return SessionEnd::Lost("could not send the result".into(), true);
+        match receive(opts, tx, m, &mut current).await {
+            Next::Wait => {}
+            Next::End(end) => return end,
+            Next::Run(incoming, vectors) => {
+                if let Some(end) = run_task(opts, tx, &client, &layout, incoming, vectors).await {
+                    return end;
                 }
             }
         }
     }
 }
 
+/// Takes one message from the server: an instruction starts a task's transfers, a chunk
+/// continues them.
+async fn receive(
+    opts: &PartyOptions,
+    tx: &mpsc::Sender<PartyMessage>,
+    m: server_message::Msg,
+    current: &mut Option<Incoming>,
+) -> Next {
+    let bad = |e: String| Next::End(SessionEnd::Lost(format!("bad parameters from the server: {e}"), true));
+    let (task_id, task, headers) = match m {
+        server_message::Msg::Heartbeat(_) | server_message::Msg::Welcome(_) => return Next::Wait,
+        server_message::Msg::Shutdown(s) => return Next::End(SessionEnd::Finished(s.reason)),
+        // After joining, a refusal means another connection took this identity's seat:
+        // reconnecting would take it back and the two would flap, so it is final.
+        server_message::Msg::Refusal(r) => return Next::End(SessionEnd::Refused(r.reason)),
+        server_message::Msg::Fit(f) => {
+            let Some(params) = f.params else {
+                return Next::End(SessionEnd::Lost("fit instruction without parameters".into(), true));
+            };
+            let training = match f.training.as_ref().map(training_from_proto) {
+                Some(Ok(training)) => training,
+                Some(Err(e)) => {
+                    send_error(tx, f.task_id, e.to_string()).await;
+                    return Next::Wait;
+                }
+                None => {
+                    send_error(tx, f.task_id, "fit instruction without training settings".into()).await;
+                    return Next::Wait;
+                }
+            };
+            let task = FitTask { round: f.round, training, seed: f.seed, vector: None };
+            (f.task_id, Task::Fit(Box::new(task)), [Some(params), f.vector].into_iter().flatten().collect::<Vec<_>>())
+        }
+        server_message::Msg::Evaluate(e) => {
+            let Some(params) = e.params else {
+                return Next::End(SessionEnd::Lost("evaluate instruction without parameters".into(), true));
+            };
+            (e.task_id, Task::Evaluate(EvaluateTask { round: e.round }), vec![params])
+        }
+        server_message::Msg::Chunk(c) => {
+            let Some(incoming) = current.as_mut() else {
+                return Next::End(SessionEnd::Lost("chunk without an instruction".into(), true));
+            };
+            return match incoming.transfers.push(c) {
+                Err(e) => bad(e.to_string()),
+                Ok(None) => Next::Wait,
+                Ok(Some(vectors)) => match current.take() {
+                    Some(incoming) => Next::Run(Box::new(incoming), vectors),
+                    None => Next::Wait,
+                },
+            };
+        }
+    };
+    match Transfers::new(headers, opts.limits) {
+        Err(e) => bad(e.to_string()),
+        Ok(mut transfers) => match transfers.ready() {
+            Some(vectors) => Next::Run(Box::new(Incoming { task_id, task, transfers }), vectors),
+            None => {
+                *current = Some(Incoming { task_id, task, transfers });
+                Next::Wait
+            }
+        },
+    }
+}
+
+/// Runs a task whose vectors are all in and sends the result; `Some` if the session ends.
+async fn run_task(
+    opts: &PartyOptions,
+    tx: &mpsc::Sender<PartyMessage>,
+    client: &Arc<Mutex<Box<dyn Client>>>,
+    layout: &Arc<Layout>,
+    incoming: Box<Incoming>,
+    vectors: Vec<Vec<f32>>,
+) -> Option<SessionEnd> {
+    let Incoming { task_id, mut task, .. } = *incoming;
+    let mut vectors = vectors.into_iter();
+    let values = vectors.next().unwrap_or_default();
+    if let Task::Fit(t) = &mut task {
+        // The algorithm's vector is as long as the model, or empty (the server has not sized
+        // it yet; the party half reads empty as zeros).
+        t.vector = vectors.next().map(Arc::new);
+        if let Some(v) = t.vector.as_ref().filter(|v| !v.is_empty() && v.len() != layout.len()) {
+            send_error(
+                tx,
+                task_id,
+                format!("the algorithm's vector has {} values, the model {}", v.len(), layout.len()),
+            )
+            .await;
+            return None;
+        }
+    }
+    let Some(params) = Parameters::new(values, layout.clone()) else {
+        send_error(tx, task_id, format!("the server's model has a different size than ours ({})", layout.len())).await;
+        return None;
+    };
+    match &task {
+        Task::Fit(t) => info!(party = %opts.id, "round {}: training", t.round),
+        Task::Evaluate(t) => info!(party = %opts.id, "round {}: evaluating", t.round),
+    }
+    let client = client.clone();
+    let work = tokio::task::spawn_blocking(move || {
+        let mut c = client.lock().map_err(|_| ClientError::Model("client state poisoned".into()))?;
+        match task {
+            Task::Fit(t) => c.fit(&params, &t).map(|r| Done::Fit(Box::new(r))),
+            Task::Evaluate(t) => c.evaluate(&params, &t).map(Done::Evaluate),
+        }
+    });
+    let result = match work.await {
+        Ok(r) => r,
+        Err(e) => Err(ClientError::Model(format!("training thread failed: {e}"))),
+    };
+    let sent = match result {
+        Err(e) => {
+            let budget = matches!(e, ClientError::BudgetSpent(_));
+            send_task_error(tx, task_id, e.to_string(), budget).await;
+            true
+        }
+        Ok(Done::Fit(r)) => send_fit(opts, tx, task_id, *r).await,
+        Ok(Done::Evaluate(r)) => tx
+            .send(out(party_message::Msg::Evaluate(EvaluateResult {
+                task_id,
+                num_examples: r.num_examples as u64,
+                loss: r.loss,
+                accuracy: r.accuracy,
+            })))
+            .await
+            .is_ok(),
+    };
+    (!sent).then(|| SessionEnd::Lost("could not send the result".into(), true))
+}
+
+/// Sends a fit reply: its header, the parameters' chunks, then the algorithm's vector's.
+async fn send_fit(opts: &PartyOptions, tx: &mpsc::Sender<PartyMessage>, task_id: u64, r: FitReply) -> bool {
+    use crate::proto::fit_result::Algorithm;
+    let (header, chunks) = codec::split(&r.params, task_id, opts.chunk_bytes, opts.zstd);
+    let (algorithm, vector_chunks) = match &r.algorithm {
+        AlgorithmReply::None => (None, Vec::new()),
+        AlgorithmReply::PrimalResidual(v) => (Some(Algorithm::PrimalResidual(*v)), Vec::new()),
+        AlgorithmReply::Vector(v) => {
+            // Transfer ids only need to differ within the stream: the task id's high bit.
+            let (h, c) = codec::split(v, task_id | 1 << 63, opts.chunk_bytes, opts.zstd);
+            (Some(Algorithm::Vector(h)), c)
+        }
+    };
+    let head = FitResult {
+        task_id,
+        num_examples: r.num_examples as u64,
+        metrics: r.metrics.into_iter().collect(),
+        params: Some(header),
+        training: Some(summary_to_proto(&r.training)),
+        privacy: Some(privacy_to_proto(&r.privacy)),
+        algorithm,
+    };
+    let mut ok = tx.send(out(party_message::Msg::Fit(head))).await.is_ok();
+    for c in chunks.into_iter().chain(vector_chunks) {
+        ok = ok && tx.send(out(party_message::Msg::Chunk(c))).await.is_ok();
+    }
+    ok
+}
+
 enum Done {
-    Fit(federate_core::FitReply),
+    Fit(Box<FitReply>),
     Evaluate(federate_core::EvaluateReply),
-}
-
-fn either_fit(r: federate_core::FitReply) -> Done {
-    Done::Fit(r)
-}
-
-fn either_eval(r: federate_core::EvaluateReply) -> Done {
-    Done::Evaluate(r)
 }
 
 async fn send_error(tx: &mpsc::Sender<PartyMessage>, task_id: u64, reason: String) {

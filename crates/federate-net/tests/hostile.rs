@@ -17,7 +17,8 @@ use federate_core::{
 use federate_net::codec::{self, Assembler, Limits};
 use federate_net::proto::federation_client::FederationClient;
 use federate_net::proto::{
-    Chunk, EvaluateResult, FitResult, Hello, PartyMessage, ServerMessage, TaskError, party_message, server_message,
+    Chunk, EvaluateResult, FitResult, Hello, PartyMessage, ServerMessage, TaskError, TrainSummary, party_message,
+    server_message,
 };
 use federate_net::server::{Hub, HubConfig, MAX_TEXT, PROTOCOL_VERSION, RemoteParty};
 use tokio::sync::mpsc;
@@ -30,7 +31,10 @@ const N: usize = 10;
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Behaviour {
     /// Reports `count` examples and sends the model plus `delta`.
-    Honest { count: u64, delta: f32 },
+    Honest {
+        count: u64,
+        delta: f32,
+    },
     /// 10^12 examples and the model scaled by −10 (the takeover).
     HugeCount,
     /// 2^64 − 1 examples (overflowed the weight sum).
@@ -41,6 +45,7 @@ enum Behaviour {
     NonFinite,
     /// A NaN metric.
     NanMetric,
+    NanLoss,
     /// One value too few.
     WrongCount,
     /// A chunk over the message limit.
@@ -125,6 +130,7 @@ async fn raw_party(url: String, id: String, b: Behaviour) {
                 let mut params: Vec<f32> = values.iter().map(|v| v + 1.0).collect();
                 let mut count = 10u64;
                 let mut metrics = HashMap::new();
+                let mut training = None;
                 match b {
                     Behaviour::Honest { count: c, delta } => {
                         count = c;
@@ -138,7 +144,10 @@ async fn raw_party(url: String, id: String, b: Behaviour) {
                     Behaviour::ZeroCount => count = 0,
                     Behaviour::NonFinite => params[3] = f32::NAN,
                     Behaviour::NanMetric => {
-                        metrics.insert("train_loss".to_string(), f64::NAN);
+                        metrics.insert("user_metric".to_string(), f64::NAN);
+                    }
+                    Behaviour::NanLoss => {
+                        training = Some(TrainSummary { steps: 1, loss: Some(f64::NAN), ..Default::default() });
                     }
                     Behaviour::WrongCount => {
                         params.pop();
@@ -157,7 +166,14 @@ async fn raw_party(url: String, id: String, b: Behaviour) {
                     Behaviour::EvalCount | Behaviour::EvalAccuracy => {}
                 }
                 let (h, chunks) = codec::split(&params, task_id, 16, false);
-                let head = FitResult { task_id, num_examples: count, metrics, params: Some(h), with_extra: false };
+                let head = FitResult {
+                    task_id,
+                    num_examples: count,
+                    metrics,
+                    params: Some(h),
+                    training,
+                    ..Default::default()
+                };
                 let _ = tx.send(out(party_message::Msg::Fit(head))).await;
                 for c in chunks {
                     let _ = tx.send(out(party_message::Msg::Chunk(c))).await;
@@ -255,6 +271,7 @@ fn lying_counts_and_non_finite_values_are_refused_and_the_honest_model_stands() 
         ("zero", Behaviour::ZeroCount),
         ("nan", Behaviour::NonFinite),
         ("nanmetric", Behaviour::NanMetric),
+        ("nanloss", Behaviour::NanLoss),
         ("evalcount", Behaviour::EvalCount),
         ("evalacc", Behaviour::EvalAccuracy),
     ];
@@ -275,7 +292,8 @@ fn lying_counts_and_non_finite_values_are_refused_and_the_honest_model_stands() 
     assert!(reasons(r, "max", "fit").contains("above its cap of 1000"), "{r:?}");
     assert!(reasons(r, "zero", "fit").contains("0 training examples"), "{r:?}");
     assert!(reasons(r, "nan", "fit").contains("not finite"), "{r:?}");
-    assert!(reasons(r, "nanmetric", "fit").contains("'train_loss' is NaN"), "{r:?}");
+    assert!(reasons(r, "nanmetric", "fit").contains("'user_metric' is NaN"), "{r:?}");
+    assert!(reasons(r, "nanloss", "fit").contains("'train_loss' is NaN"), "{r:?}");
     assert!(reasons(r, "evalcount", "evaluate").contains("above its cap"), "{r:?}");
     assert!(reasons(r, "evalacc", "evaluate").contains("not a fraction"), "{r:?}");
     // The federated accuracy is over the honest evaluations only: a fraction, not 4.6e18 %.
@@ -531,7 +549,15 @@ fn unknown_protocol_versions_and_strangers_are_refused() {
     };
     let e = attempt(99, "a");
     assert_eq!(e.code(), tonic::Code::FailedPrecondition);
-    assert!(e.message().contains("unsupported protocol version 99"), "{e}");
+    assert!(e.message().contains("unsupported protocol version 99") && e.message().contains("upgrade this server"));
+    // A party of the first wave (protocol 1: closed algorithm list, metrics map) is told why.
+    let e = attempt(1, "a");
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    let m = e.message();
+    assert!(
+        m.contains("unsupported protocol version 1 (this server speaks 2)") && m.contains("upgrade the party"),
+        "{m}"
+    );
     let e = attempt(PROTOCOL_VERSION, "stranger\nround 9/9 accuracy 100 %");
     assert_eq!(e.code(), tonic::Code::PermissionDenied);
     assert!(e.message().contains("not on the allow-list"), "{e}");

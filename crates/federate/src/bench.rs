@@ -197,7 +197,7 @@ pub fn net(cfg: &crate::config::Config, zstd: bool, child_args: &[String]) -> Re
         min_fit_clients: cfg.strategy.min_fit_clients,
         fraction_evaluate: cfg.strategy.fraction_evaluate,
         min_replies: cfg.strategy.min_replies,
-        training: crate::sim::local_training(cfg),
+        training: cfg.local_training(),
         stragglers: 0.0,
         drop_stragglers: false,
         aggregator: Default::default(),
@@ -301,8 +301,7 @@ pub fn aggregate(model: &str, parties: usize, reps: usize) -> Result<(usize, Vec
         .map(|_| FitReply {
             params: (0..len).map(|_| rng.random::<f32>() - 0.5).collect(),
             num_examples: 600,
-            metrics: Default::default(),
-            extra: None,
+            ..Default::default()
         })
         .collect();
     let refs: Vec<&FitReply> = replies.iter().collect();

@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use federate_core::{AdmmState, Parameters, PartyState};
+use federate_core::{AlgorithmState, Parameters, PartyState};
 use federate_privacy::Ledger;
 use serde::{Deserialize, Serialize};
 
@@ -37,7 +37,7 @@ struct CheckpointMeta {
     /// The state of parties the server holds (a simulation's), in `parties_file` order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     parties: Vec<PartyMeta>,
-    /// Every party's vectors, each `num_values` long: ADMM's dual then last solve, SCAFFOLD's c_k.
+    /// Every party's algorithm-state vectors, each `num_values` long, party after party.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     parties_file: Option<String>,
 }
@@ -53,19 +53,51 @@ pub(crate) struct PartyMeta {
     /// taken at. Read only to refuse it (it cannot be composed soundly).
     #[serde(default, skip_serializing)]
     pub(crate) dp_steps: u64,
-    /// ADMM's ρ, when the party holds a dual and a last solve.
+    /// The algorithm whose party-side state the party holds (its scalars here, its vectors in
+    /// the vector file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) algorithm: Option<String>,
+    /// That state's scalars (ADMM: ρ).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) scalars: Vec<f64>,
+    /// How many vectors that state has.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub(crate) vectors: usize,
+    /// Format 2 (read only): ADMM's ρ, when the party held a dual and a last solve.
+    #[serde(default, skip_serializing)]
     pub(crate) admm_rho: Option<f32>,
-    /// Whether the party holds a SCAFFOLD control variate.
-    #[serde(default)]
+    /// Format 2 (read only): whether the party held a SCAFFOLD control variate.
+    #[serde(default, skip_serializing)]
     pub(crate) scaffold: bool,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// Most vectors one party's algorithm state may claim.
+const MAX_STATE_VECTORS: usize = 16;
+
+impl PartyMeta {
+    /// The algorithm state this entry describes, as (name, scalars, vector count), from either
+    /// format.
+    fn algorithm(&self) -> Option<(String, Vec<f64>, usize)> {
+        match (&self.algorithm, self.admm_rho, self.scaffold) {
+            (Some(name), _, _) => Some((name.clone(), self.scalars.clone(), self.vectors)),
+            (None, Some(rho), _) => Some(("admm".into(), vec![rho as f64], 2)),
+            (None, None, true) => Some(("scaffold".into(), Vec::new(), 1)),
+            (None, None, false) => None,
+        }
+    }
 }
 
 pub(crate) const CHECKPOINT: &str = "checkpoint.json";
 
-/// The checkpoint format this build writes and reads: 2 added checksums and moved the round
-/// records out (they are in the run directory's rounds.jsonl, appended, never rewritten).
-const FORMAT: u32 = 2;
+/// The checkpoint format this build writes: 2 added checksums and moved the round records out
+/// (they are in the run directory's rounds.jsonl, appended, never rewritten); 3 stores any
+/// algorithm's party state (name, scalars, vectors) instead of ADMM's and SCAFFOLD's fields.
+/// Format 2 is still read.
+const FORMAT: u32 = 3;
 
 /// Largest checkpoint.json read (it holds names, scalars and ledgers, not vectors).
 const MAX_META_BYTES: u64 = 64 << 20;
@@ -125,16 +157,17 @@ pub(crate) fn encode_parties<'a>(
     let mut metas = Vec::new();
     let mut vectors: Vec<&[f32]> = Vec::new();
     for (id, p) in parties {
-        if let Some(a) = &p.admm {
-            vectors.extend([a.dual.as_slice(), a.last.as_slice()]);
-        }
-        vectors.extend(p.scaffold.as_deref());
+        let a = p.algorithm.as_ref();
+        vectors.extend(a.iter().flat_map(|a| a.vectors.iter().map(Vec::as_slice)));
         metas.push(PartyMeta {
             id: id.to_string(),
             ledger: p.ledger.clone(),
             dp_steps: 0,
-            admm_rho: p.admm.as_ref().map(|a| a.rho),
-            scaffold: p.scaffold.is_some(),
+            algorithm: a.map(|a| a.name.clone()),
+            scalars: a.map(|a| a.scalars.clone()).unwrap_or_default(),
+            vectors: a.map_or(0, |a| a.vectors.len()),
+            admm_rho: None,
+            scaffold: false,
         });
     }
     (metas, vectors)
@@ -179,7 +212,10 @@ pub(crate) fn decode_parties(
     len: usize,
     sums: &std::collections::BTreeMap<String, String>,
 ) -> Result<Vec<(String, PartyState)>> {
-    let count: usize = metas.iter().map(|p| 2 * usize::from(p.admm_rho.is_some()) + usize::from(p.scaffold)).sum();
+    if let Some(p) = metas.iter().find(|p| p.algorithm().is_some_and(|(_, _, n)| n > MAX_STATE_VECTORS)) {
+        bail!("{}: party '{}' claims more than {MAX_STATE_VECTORS} state vectors", dir.display(), p.id);
+    }
+    let count: usize = metas.iter().filter_map(|p| p.algorithm().map(|(_, _, n)| n)).sum();
     let all = match (file, count) {
         (_, 0) => Vec::new(),
         (Some(f), _) => read_f32s(dir, f, count.saturating_mul(len), sums)?,
@@ -200,9 +236,12 @@ pub(crate) fn decode_parties(
         }
         // Exactly `count` vectors were read, as many as the parties claim.
         let mut next = || chunks.next().unwrap_or_default();
-        let admm = p.admm_rho.map(|rho| AdmmState { dual: next(), last: next(), rho });
-        let scaffold = p.scaffold.then(next);
-        parties.push((p.id, PartyState { ledger: p.ledger, admm, scaffold }));
+        let algorithm = p.algorithm().map(|(name, scalars, n)| AlgorithmState {
+            name,
+            scalars,
+            vectors: (0..n).map(|_| next()).collect(),
+        });
+        parties.push((p.id, PartyState { ledger: p.ledger, algorithm }));
     }
     Ok(parties)
 }
@@ -302,9 +341,9 @@ pub(crate) fn read_checkpoint(dir: &Path, seed: u64, layout_len: usize) -> Resul
     }
     let version: Version =
         serde_json::from_str(&text).with_context(|| format!("{}: not a federate checkpoint", meta_path.display()))?;
-    if version.format != FORMAT {
+    if !(2..=FORMAT).contains(&version.format) {
         bail!(
-            "{}: checkpoint format {} is not the one this build reads (2, with checksums): finish that run \
+            "{}: checkpoint format {} is not one this build reads (2 or 3, with checksums): finish that run \
              with the build that wrote it, or start a new one",
             meta_path.display(),
             version.format
@@ -467,17 +506,26 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let layout = Arc::new(Layout::new(vec![TensorSpec { name: "w".into(), shape: vec![2], offset: 0 }]));
         let global = Parameters::new(vec![1.0, 2.0], layout).unwrap();
+        let state = |name: &str, scalars: Vec<f64>, vectors: Vec<Vec<f32>>| {
+            Some(AlgorithmState { name: name.into(), scalars, vectors })
+        };
         let parties = vec![
             ("a".to_string(), PartyState { ledger: ledger(12), ..Default::default() }),
             (
                 "b".to_string(),
                 PartyState {
                     ledger: ledger(3),
-                    admm: Some(AdmmState { dual: vec![0.5, -0.5], last: vec![1.5, 2.5], rho: 0.1 }),
-                    scaffold: None,
+                    algorithm: state("admm", vec![0.1f32 as f64], vec![vec![0.5, -0.5], vec![1.5, 2.5]]),
                 },
             ),
-            ("c".to_string(), PartyState { scaffold: Some(vec![-1.0, 1e-7]), ..Default::default() }),
+            (
+                "c".to_string(),
+                PartyState { algorithm: state("scaffold", vec![], vec![vec![-1.0, 1e-7]]), ..Default::default() },
+            ),
+            (
+                "d".to_string(),
+                PartyState { algorithm: state("feddyn", vec![], vec![vec![3.0, -3.0]]), ..Default::default() },
+            ),
         ];
         write_checkpoint(dir.path(), checkpoint(3, &global, ("admm", None), parties.clone())).unwrap();
         assert_eq!(read_checkpoint(dir.path(), 7, 2).unwrap().parties, parties);
@@ -487,9 +535,27 @@ pub(crate) mod tests {
         assert_eq!(read_checkpoint(dir.path(), 7, 2).unwrap().parties, fewer);
         assert!(!dir.path().join("parties-00003.f32").exists());
         // A party file that lost values is an error naming it.
-        write_checkpoint(dir.path(), checkpoint(5, &global, ("admm", None), parties)).unwrap();
+        write_checkpoint(dir.path(), checkpoint(5, &global, ("admm", None), parties.clone())).unwrap();
         std::fs::write(dir.path().join("parties-00005.f32"), [0u8; 12]).unwrap();
         let e = read_checkpoint(dir.path(), 7, 2).err().unwrap().to_string();
         assert!(e.contains("parties-00005.f32"), "{e}");
+        // Format 2 (ADMM's and SCAFFOLD's own fields) is still read, into the same states.
+        let old = parties[1..3].to_vec();
+        write_checkpoint(dir.path(), checkpoint(6, &global, ("admm", None), old.clone())).unwrap();
+        let meta_path = dir.path().join(CHECKPOINT);
+        let mut meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
+        meta["format"] = serde_json::json!(2);
+        meta["parties"] = serde_json::json!([
+            {"id": "b", "ledger": meta["parties"][0]["ledger"].clone(), "admm_rho": 0.1f32},
+            {"id": "c", "scaffold": true},
+        ]);
+        std::fs::write(&meta_path, serde_json::to_vec(&meta).unwrap()).unwrap();
+        assert_eq!(read_checkpoint(dir.path(), 7, 2).unwrap().parties, old);
+        // A party claiming absurdly many state vectors is refused before any read.
+        meta["format"] = serde_json::json!(3);
+        meta["parties"] = serde_json::json!([{"id": "b", "algorithm": "admm", "vectors": 1u64 << 40}]);
+        std::fs::write(&meta_path, serde_json::to_vec(&meta).unwrap()).unwrap();
+        let e = read_checkpoint(dir.path(), 7, 2).err().unwrap().to_string();
+        assert!(e.contains("more than 16 state vectors"), "{e}");
     }
 }

@@ -112,7 +112,7 @@ pub fn join(
     // A party's own DP randomness: secure unless its config asks for seeded noise.
     let noise = cfg.privacy.noise.unwrap_or(crate::config::NoiseName::Secure);
     // What this party agreed to in its own config: a server asking for less is refused.
-    let floor = sim::privacy_floor(cfg, train.len());
+    let floor = sim::privacy_floor(cfg, train.len())?;
     let client = LocalClient::new(learner, train, test).with_noise_source(noise.source()).with_privacy_floor(floor);
     let client = LocalLog { inner: client, id: id.to_string() };
     let client = Persisted::new(client, PartyStore::new(state_dir, id, cfg.seed, layout.len()))?;

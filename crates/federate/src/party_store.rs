@@ -91,7 +91,7 @@ impl PartyStore {
         let Some(mut party) = metas.pop() else { bail!("no party state to save") };
         // The ledger lives in its own file, across federations.
         party.ledger = Ledger::new();
-        let file = PartyFile { format: 3, seed: self.seed, num_values: self.num_values, party, vectors_file, files };
+        let file = PartyFile { format: 4, seed: self.seed, num_values: self.num_values, party, vectors_file, files };
         atomic_write(&self.meta_path(), &serde_json::to_vec_pretty(&file)?)
     }
 
@@ -143,10 +143,11 @@ impl PartyStore {
         if let Some(text) = Self::read_small(&path)? {
             let file: PartyFile =
                 serde_json::from_str(&text).map_err(|e| bad(&path, format!("not a party state file ({e})")))?;
-            if file.format != 3 {
+            // 4 stores any algorithm's state; 3 (ADMM's and SCAFFOLD's own fields) is still read.
+            if !(3..=4).contains(&file.format) {
                 return Err(bad(
                     &path,
-                    format!("format {} is not supported by this build (3, with checksums)", file.format),
+                    format!("format {} is not supported by this build (3 or 4, with checksums)", file.format),
                 ));
             }
             if file.party.id != self.id || file.seed != self.seed || file.num_values != self.num_values {
@@ -156,8 +157,7 @@ impl PartyStore {
                 decode_parties(&self.dir, vec![file.party], file.vectors_file.as_deref(), self.num_values, &file.files)
                     .map_err(|e| bad(&path, e.to_string()))?;
             if let Some((_, s)) = parties.pop() {
-                state.admm = s.admm;
-                state.scaffold = s.scaffold;
+                state.algorithm = s.algorithm;
             }
             found = true;
         }
@@ -179,13 +179,11 @@ impl<C: Client> Persisted<C> {
     pub(crate) fn new(mut inner: C, store: PartyStore) -> Result<Self> {
         if let Some(state) = store.load()? {
             println!(
-                "{}: restored its saved state (privacy ledger: {} DP steps in {} entries, ADMM dual {}, SCAFFOLD \
-                 control variate {})",
+                "{}: restored its saved state (privacy ledger: {} DP steps in {} entries; algorithm state: {})",
                 store.id,
                 state.ledger.steps(),
                 state.ledger.entries.len(),
-                if state.admm.is_some() { "yes" } else { "no" },
-                if state.scaffold.is_some() { "yes" } else { "no" }
+                state.algorithm.as_ref().map_or("none", |a| a.name.as_str()),
             );
             inner.restore(state).map_err(|e| anyhow::anyhow!("{}: {e}", store.meta_path().display()))?;
         }
@@ -225,30 +223,32 @@ impl<C: Client> Client for Persisted<C> {
 mod tests {
     use super::*;
     use crate::checkpoint::tests::ledger;
-    use federate_core::AdmmState;
+    use federate_core::AlgorithmState;
 
     #[test]
     fn a_party_store_keeps_state_for_its_own_federation_only() {
         let dir = tempfile::tempdir().unwrap();
         let store = PartyStore::new(dir.path(), "party-2", 7, 2);
         assert_eq!(store.load().unwrap(), None);
-        let state = PartyState {
-            ledger: ledger(40),
-            admm: Some(AdmmState { dual: vec![0.25, -1.0], last: vec![3.0, 4.0], rho: 0.2 }),
-            scaffold: None,
+        let admm = AlgorithmState {
+            name: "admm".into(),
+            scalars: vec![0.2f32 as f64],
+            vectors: vec![vec![0.25, -1.0], vec![3.0, 4.0]],
         };
+        let state = PartyState { ledger: ledger(40), algorithm: Some(admm) };
         store.save(&state).unwrap();
         assert_eq!(store.load().unwrap(), Some(state.clone()));
         // Another federation (other seed, other model) gets the ledger, never the algorithm
         // state; its own state is kept apart and does not replace this one's.
         let other = PartyStore::new(dir.path(), "party-2", 8, 2);
         let mut there = other.load().unwrap().unwrap();
-        assert_eq!((there.ledger.clone(), there.admm.clone()), (ledger(40), None));
+        assert_eq!((there.ledger.clone(), there.algorithm.clone()), (ledger(40), None));
         there.ledger.record(ledger(5).entries[0]).unwrap();
-        there.scaffold = Some(vec![1.0, 1.0]);
+        there.algorithm =
+            Some(AlgorithmState { name: "scaffold".into(), scalars: vec![], vectors: vec![vec![1.0, 1.0]] });
         other.save(&there).unwrap();
         let back = store.load().unwrap().unwrap();
-        assert_eq!((back.ledger, back.admm), (ledger(45), state.admm.clone()));
+        assert_eq!((back.ledger, back.algorithm), (ledger(45), state.algorithm.clone()));
         assert_eq!(PartyStore::new(dir.path(), "party-2", 7, 3).load().unwrap().unwrap().ledger, ledger(45));
         // A damaged file is an error that names it and the way out, not a fresh start.
         std::fs::write(dir.path().join("party-2.7-2.f32"), [0u8; 6]).unwrap();

@@ -6,9 +6,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use federate_core::{
-    CentralEval, Client, ClientError, ClientProxy, Event, FedAvg, FitReply, FitTask, InProcess, Learner, LocalClient,
-    LocalTraining, NnLearner, Parameters, PartyState, RoundRecord, Server, ServerConfig, StrategyState, seed,
-    train_local,
+    CentralEval, Client, ClientError, ClientProxy, Event, FitReply, FitTask, InProcess, Learner, LocalClient,
+    NnLearner, Parameters, PartyState, RoundRecord, Server, ServerConfig, StrategyState, seed, train_local,
 };
 use federate_data::{Dataset, FetchOptions, TrainTest, default_cache_dir, partition};
 use federate_nn::{ModelSpec, Shape};
@@ -149,65 +148,53 @@ fn available_memory() -> Option<u64> {
     Some(kb.saturating_mul(1024))
 }
 
-/// Local training settings from the config.
-pub fn local_training(cfg: &Config) -> LocalTraining {
-    LocalTraining {
-        epochs: cfg.train.epochs,
-        batch_size: cfg.train.batch_size,
-        optimizer: cfg.train.optimizer_spec(),
-        dp: cfg.privacy.dp_sgd(),
-        update_dp: None,
-        local: Default::default(),
-    }
-}
-
 /// What a party built from `cfg` agrees to (its privacy floor): the config's DP-SGD settings
-/// and the sampling rate they give a party of `n` examples.
-pub fn privacy_floor(cfg: &Config, n: usize) -> federate_core::PrivacyFloor {
-    let own = cfg.privacy.dp_sgd();
-    let mut training = local_training(cfg);
-    if cfg.strategy.name == "fedsgd" {
-        training.local = federate_core::LocalAlgorithm::Gradient { full: cfg.strategy.full_batch };
-    }
-    let rate = own.map(|dp| dp.task_rate(&training, n));
-    federate_core::PrivacyFloor::new(own, rate)
+/// and the sampling rate they give a party of `n` examples under the algorithm the config
+/// chooses (its party half plans the rate: FedSGD's full-batch gradient takes q = 1).
+pub fn privacy_floor(cfg: &Config, n: usize) -> Result<federate_core::PrivacyFloor> {
+    Ok(privacy_floors(cfg)?(n)?)
 }
 
-/// The server's strategy from the config: FedAvg, or DP-FedAvg when client-level DP is on
-/// (its central noise from `noise`).
-pub fn build_strategy(cfg: &Config, noise: federate_core::NoiseSource) -> Result<Box<dyn federate_core::Strategy>> {
-    use federate_core::{Admm, FedOpt, FedOptConfig, FedSgd, LocalAlgorithm, Scaffold, ServerOptimizer};
-    let s = &cfg.strategy;
-    let mut base = FedAvg {
-        fraction_fit: s.fraction_fit,
-        min_fit_clients: s.min_fit_clients,
-        fraction_evaluate: s.fraction_evaluate,
-        min_replies: s.min_replies,
-        training: local_training(cfg),
-        stragglers: s.stragglers,
-        drop_stragglers: s.drop_stragglers,
-        aggregator: s.aggregator()?,
+/// [`privacy_floor`] for many parties: the algorithm's tasks are worked out once.
+pub fn privacy_floors(
+    cfg: &Config,
+) -> Result<impl Fn(usize) -> Result<federate_core::PrivacyFloor, federate_core::ClientError>> {
+    let own = cfg.privacy.dp_sgd();
+    let plan = match own {
+        None => None,
+        Some(_) => {
+            let training = party_training(cfg)?;
+            let step = federate_core::algorithms::party_step(&training.local)?;
+            Some((training, step))
+        }
     };
-    base.validate()?;
+    Ok(move |n| {
+        let rate = match (&plan, &own) {
+            (Some((training, step)), Some(dp)) => Some(step.dp_steps(training, dp, n)?.0),
+            _ => None,
+        };
+        Ok(federate_core::PrivacyFloor::new(own, rate))
+    })
+}
+
+/// The local training the server's first tasks carry, party half included.
+fn party_training(cfg: &Config) -> Result<federate_core::LocalTraining> {
+    let mut strategy = build_strategy(cfg, federate_core::NoiseSource::Seeded)?;
+    let mut rng = federate_core::seed::stream(cfg.seed, federate_core::seed::Stream::ClientSampling, &[1]);
+    let tasks = strategy.configure_fit(1, cfg.data.parties.max(1), cfg.seed, &mut rng);
+    Ok(tasks.into_iter().next().map_or_else(|| cfg.local_training(), |(_, t)| t.training))
+}
+
+/// The server's strategy from the config: the registered algorithm `strategy.name` chooses,
+/// or DP-FedAvg when client-level DP is on (its central noise from `noise`).
+pub fn build_strategy(cfg: &Config, noise: federate_core::NoiseSource) -> Result<Box<dyn federate_core::Strategy>> {
+    let s = &cfg.strategy;
+    let base = cfg.fedavg_base()?;
     let expected = s.fraction_fit * cfg.data.parties as f64;
     if let Some(dp) = cfg.client_privacy.client_dp_for(expected) {
         return Ok(Box::new(federate_core::DpFedAvg::new(base, dp, noise)?));
     }
-    let opt = |optimizer| FedOptConfig { optimizer, lr: s.server_lr, beta1: s.beta1, beta2: s.beta2, tau: s.tau };
-    Ok(match s.name.as_str() {
-        "fedprox" => {
-            base.training.local = LocalAlgorithm::Prox { mu: s.mu as f32 };
-            Box::new(base)
-        }
-        "fedsgd" => Box::new(FedSgd::new(base, s.server_lr, s.full_batch)?),
-        "fedavgm" => Box::new(FedOpt::new(base, opt(ServerOptimizer::Momentum))?),
-        "fedadam" => Box::new(FedOpt::new(base, opt(ServerOptimizer::Adam))?),
-        "fedyogi" => Box::new(FedOpt::new(base, opt(ServerOptimizer::Yogi))?),
-        "fedadagrad" => Box::new(FedOpt::new(base, opt(ServerOptimizer::Adagrad))?),
-        "scaffold" => Box::new(Scaffold::new(base, s.server_lr)?),
-        "admm" => Box::new(Admm::new(base, s.rho, s.adaptive_rho)?),
-        _ => Box::new(base),
-    })
+    Ok(s.algorithm()?.build(base, &s.algorithm_settings()?)?)
 }
 
 /// The outcome of a simulation.
@@ -268,11 +255,12 @@ pub fn simulate(
     // Simulations use seeded noise unless the config asks for secure noise.
     let noise = cfg.privacy.noise.unwrap_or(crate::config::NoiseName::Seeded).source();
     let mut clients: Vec<Box<dyn ClientProxy>> = Vec::with_capacity(parties.len());
+    let floor = privacy_floors(cfg)?;
     for p in &parties {
         let learner = NnLearner::new(spec.clone(), batch, threads)?;
         let mut client = LocalClient::new(learner, p.train.clone(), p.test.clone())
             .with_noise_source(noise)
-            .with_privacy_floor(privacy_floor(cfg, p.train.len()));
+            .with_privacy_floor(floor(p.train.len())?);
         if let Some(f) = &on_epoch {
             let (f, id) = (f.clone(), p.id.clone());
             client = client.with_epoch_hook(Arc::new(move |round, done, all| f(&id, round, done, all)));
@@ -390,7 +378,7 @@ fn train_alone(
 ) -> Result<f64> {
     let mut learner = NnLearner::new(spec.clone(), cfg.train.batch_size, rayon::current_num_threads())?;
     let mut params = init.to_vec();
-    let mut training = local_training(cfg);
+    let mut training = cfg.local_training();
     training.epochs = cfg.train.epochs * rounds;
     let mut opt = training.optimizer.build(params.len())?;
     let mut rng = seed::stream(cfg.seed, seed::Stream::Alone, &[index as u64]);

@@ -613,7 +613,7 @@ fn every_algorithm_example_runs_two_rounds() {
         .map(|e| e.unwrap().path().file_stem().unwrap().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names.len(), 9, "{names:?}");
+    assert_eq!(names.len(), 11, "{names:?}");
     for name in &names {
         let out = tempfile::tempdir().unwrap();
         let cfg = dir.join(format!("{name}.toml"));
@@ -642,6 +642,8 @@ fn every_algorithm_example_runs_two_rounds() {
         ("strategy.mu=-1", "strategy.mu"),
         ("strategy.server_lr=0", "strategy.server_lr"),
         ("strategy.name=fedmagic", "strategy.name"),
+        ("strategy.alpha=0.1", "strategy.alpha is a setting of feddyn"),
+        ("strategy.alhpa=0.1", "strategy.alhpa is not a setting"),
     ] {
         let o = federate(&["run", dir.join("admm.toml").to_str().unwrap(), "--quiet", "--set", set]);
         let err = String::from_utf8_lossy(&o.stderr);
@@ -765,12 +767,13 @@ fn a_stopped_run_resumed_from_its_checkpoint_equals_an_uninterrupted_one() {
 
 #[test]
 fn algorithms_whose_parties_keep_state_resume_exactly_too() {
-    // SCAFFOLD's c_k, ADMM's duals (adaptive ρ) and DP-SGD's accountant live in the parties:
-    // the checkpoint must hold them, or the resumed rounds would differ.
+    // SCAFFOLD's c_k, ADMM's duals (adaptive ρ), FedDyn's g_k and DP-SGD's accountant live in
+    // the parties: the checkpoint must hold them, or the resumed rounds would differ.
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/algorithms");
-    let cases: [(&str, &[&str]); 3] = [
+    let cases: [(&str, &[&str]); 4] = [
         ("scaffold.toml", &[]),
         ("admm.toml", &[]),
+        ("feddyn.toml", &[]),
         ("fedavg.toml", &["privacy.mechanism=\"gaussian\"", "privacy.noise_multiplier=1.0", "train.epochs=2"]),
     ];
     for (name, sets) in cases {

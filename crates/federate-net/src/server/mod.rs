@@ -46,7 +46,9 @@ use service::Service;
 pub use transport::{HubTransport, RemoteParty};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: the task's party half by registered name with settings, typed reply fields, and an
+/// algorithm's vector in a transfer of its own (docs in proto/federate.proto).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// How the server listens and treats parties.
 #[derive(Debug, Clone)]
@@ -103,6 +105,14 @@ impl HubConfig {
 struct Encoded {
     header: crate::proto::ParametersHeader,
     chunks: Vec<crate::proto::Chunk>,
+}
+
+/// What a fit task sends: the model, and the algorithm's shared vector in a transfer of its
+/// own (SCAFFOLD's c); each encoded once per round, whatever the number of parties.
+#[derive(Clone)]
+struct FitPayload {
+    model: Arc<Encoded>,
+    vector: Option<Arc<Encoded>>,
 }
 
 enum Reply {
@@ -382,13 +392,9 @@ impl Hub {
         enc.chunks.iter().map(|c| msg(server_message::Msg::Chunk(c.clone()))).collect()
     }
 
-    /// What a fit task sends: the model, followed by the task's second vector if any
-    /// (SCAFFOLD's c) in the same transfer.
-    fn fit_payload(&self, global: &Parameters, task: &FitTask) -> Arc<Encoded> {
-        match &task.extra {
-            Some(e) => self.encode(&[global.values.as_slice(), e].concat()),
-            None => self.encode(&global.values),
-        }
+    /// What a fit task sends, encoded.
+    fn fit_payload(&self, global: &Parameters, task: &FitTask) -> FitPayload {
+        FitPayload { model: self.encode(&global.values), vector: task.vector.as_ref().map(|v| self.encode(v)) }
     }
 
     /// Sends a fit task to party `id` and waits for its reply.
@@ -398,7 +404,7 @@ impl Hub {
     }
 
     /// Sends a fit task whose payload ([`Hub::fit_payload`]) is already encoded.
-    async fn fit_encoded(&self, id: &str, payload: &Encoded, task: &FitTask) -> Result<FitReply, ClientError> {
+    async fn fit_encoded(&self, id: &str, payload: &FitPayload, task: &FitTask) -> Result<FitReply, ClientError> {
         let r = self
             .call(id, |task_id| {
                 let head = msg(server_message::Msg::Fit(FitInstruction {
@@ -406,10 +412,11 @@ impl Hub {
                     round: task.round,
                     training: Some(training_to_proto(&task.training)),
                     seed: task.seed,
-                    params: Some(payload.header),
-                    with_extra: task.extra.is_some(),
+                    params: Some(payload.model.header),
+                    vector: payload.vector.as_ref().map(|v| v.header),
                 }));
-                std::iter::once(head).chain(self.chunk_messages(payload)).collect()
+                let vector = payload.vector.iter().flat_map(|v| self.chunk_messages(v));
+                std::iter::once(head).chain(self.chunk_messages(&payload.model)).chain(vector).collect()
             })
             .await?;
         match r {

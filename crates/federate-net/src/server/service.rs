@@ -1,17 +1,18 @@
 //! The gRPC service: a peer's Join (hello, allow-list, certificate, deny-list, one party
 //! per connection) and the reader of a joined party's stream.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use federate_core::{ClientError, EvaluateReply, FitReply};
+use federate_core::{AlgorithmReply, ClientError, EvaluateReply, FitReply};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
-use crate::codec::Assembler;
+use crate::codec::Transfers;
+use crate::convert::{privacy_from_proto, summary_from_proto};
 use crate::proto::federation_server::Federation;
 use crate::proto::{Heartbeat, PartyMessage, ServerMessage, Welcome, party_message, server_message};
 use crate::tls::party_identity_ok;
@@ -25,7 +26,14 @@ pub(super) struct Service {
 /// What the reader of one party's stream is in the middle of receiving.
 pub(super) enum Receiving {
     Nothing,
-    Fit { task_id: u64, num_examples: usize, metrics: BTreeMap<String, f64>, assembler: Assembler, extra: bool },
+    /// A fit result's header arrived; its vectors are arriving. The reply is complete but for
+    /// its parameters (and the algorithm's vector, when `vector`).
+    Fit {
+        task_id: u64,
+        reply: Box<FitReply>,
+        transfers: Transfers,
+        vector: bool,
+    },
 }
 
 #[tonic::async_trait]
@@ -59,8 +67,10 @@ impl Federation for Service {
             return refuse("the first message must be Hello".into());
         };
         if hello.protocol_version != PROTOCOL_VERSION {
+            let newer = if hello.protocol_version < PROTOCOL_VERSION { "the party" } else { "this server" };
             let reason = format!(
-                "unsupported protocol version {} (this server speaks {PROTOCOL_VERSION}); upgrade the party",
+                "unsupported protocol version {} (this server speaks {PROTOCOL_VERSION}): the party and the server \
+                 run different federate versions; upgrade {newer} so both run the same one",
                 hello.protocol_version
             );
             warn!(%peer, "refused: {reason}");
@@ -154,42 +164,24 @@ pub(super) async fn read_party(hub: &Hub, id: &str, conn: &Arc<Conn>, inbound: &
         let Some(m) = m.msg else { return "empty message".into() };
         match (m, &mut state) {
             (party_message::Msg::Heartbeat(_), _) => {}
-            (party_message::Msg::Fit(f), Receiving::Nothing) => {
-                let Some(h) = f.params else { return "fit result without parameters".into() };
-                let want = if f.with_extra { 2 * cfg.model_len } else { cfg.model_len } as u64;
-                if h.num_values != want {
-                    return format!("sent {} parameters, the model has {}", h.num_values, cfg.model_len);
-                }
-                let assembler = match Assembler::new(h, cfg.limits) {
-                    Ok(a) => a,
-                    Err(e) => return format!("bad parameter header: {e}"),
-                };
-                if f.metrics.len() > MAX_METRICS {
-                    return format!("sent {} metrics; at most {MAX_METRICS} are accepted", f.metrics.len());
-                }
-                let metrics = f.metrics.into_iter().map(|(k, v)| (clean_text(&k), v)).collect();
-                state = Receiving::Fit {
-                    task_id: f.task_id,
-                    num_examples: usize::try_from(f.num_examples).unwrap_or(usize::MAX),
-                    metrics,
-                    assembler,
-                    extra: f.with_extra,
-                };
-            }
-            (party_message::Msg::Chunk(c), Receiving::Fit { assembler, .. }) => {
+            (party_message::Msg::Fit(f), Receiving::Nothing) => match fit_header(f, cfg) {
+                Ok(next) => state = next,
+                Err(reason) => return reason,
+            },
+            (party_message::Msg::Chunk(c), Receiving::Fit { transfers, .. }) => {
                 hub.inner.bytes_in.fetch_add(c.data.len() as u64, Ordering::Relaxed);
-                match assembler.push(c) {
+                match transfers.push(c) {
                     Err(e) => return format!("bad parameter chunk: {e}"),
                     Ok(None) => {}
-                    Ok(Some(mut params)) => {
-                        if let Receiving::Fit { task_id, num_examples, metrics, extra, .. } =
+                    Ok(Some(vectors)) => {
+                        if let Receiving::Fit { task_id, reply, vector, .. } =
                             std::mem::replace(&mut state, Receiving::Nothing)
                         {
-                            let extra = extra.then(|| params.split_off(cfg.model_len));
-                            if let Some(i) = params.iter().position(|v| !v.is_finite()) {
+                            let reply = with_vectors(*reply, vectors, vector);
+                            if let Some(i) = reply.params.iter().position(|v| !v.is_finite()) {
                                 warn!(party = id, "update has a non-finite value at {i}; the strategy will refuse it");
                             }
-                            resolve(task_id, Ok(Reply::Fit(FitReply { params, num_examples, metrics, extra })));
+                            resolve(task_id, Ok(Reply::Fit(reply)));
                         }
                     }
                 }
@@ -214,6 +206,52 @@ pub(super) async fn read_party(hub: &Hub, id: &str, conn: &Arc<Conn>, inbound: &
             (other, _) => return format!("unexpected message {}", kind(&other)),
         }
     }
+}
+
+/// A fit result's header, checked (sizes against the model, counts of metrics): the state
+/// that receives its vectors, or why the party is dropped.
+fn fit_header(f: crate::proto::FitResult, cfg: &super::HubConfig) -> Result<Receiving, String> {
+    use crate::proto::fit_result::Algorithm;
+    let Some(h) = f.params else { return Err("fit result without parameters".into()) };
+    let mut headers = vec![h];
+    let mut algorithm = AlgorithmReply::None;
+    let mut vector = false;
+    match f.algorithm {
+        None => {}
+        Some(Algorithm::PrimalResidual(r)) => algorithm = AlgorithmReply::PrimalResidual(r),
+        Some(Algorithm::Vector(v)) => {
+            headers.push(v);
+            vector = true;
+        }
+    }
+    if let Some((i, h)) = headers.iter().enumerate().find(|(_, h)| h.num_values != cfg.model_len as u64) {
+        let what = if i == 0 { "parameters" } else { "values in the algorithm's vector" };
+        return Err(format!("sent {} {what}, the model has {}", h.num_values, cfg.model_len));
+    }
+    let transfers = Transfers::new(headers, cfg.limits).map_err(|e| format!("bad parameter header: {e}"))?;
+    if f.metrics.len() > MAX_METRICS {
+        return Err(format!("sent {} metrics; at most {MAX_METRICS} are accepted", f.metrics.len()));
+    }
+    let reply = FitReply {
+        params: Vec::new(),
+        num_examples: usize::try_from(f.num_examples).unwrap_or(usize::MAX),
+        training: summary_from_proto(f.training.as_ref()),
+        privacy: privacy_from_proto(f.privacy.as_ref()),
+        algorithm,
+        metrics: f.metrics.into_iter().map(|(k, v)| (clean_text(&k), v)).collect(),
+    };
+    Ok(Receiving::Fit { task_id: f.task_id, reply: Box::new(reply), transfers, vector })
+}
+
+/// The reply with the vectors its transfers carried: the parameters, then the algorithm's
+/// vector when one was announced.
+fn with_vectors(mut reply: FitReply, vectors: Vec<Vec<f32>>, vector: bool) -> FitReply {
+    let mut v = vectors.into_iter();
+    reply.params = v.next().unwrap_or_default();
+    if vector {
+        reply.algorithm = AlgorithmReply::Vector(v.next().unwrap_or_default());
+    }
+    reply
 }
 
 pub(super) fn kind(m: &party_message::Msg) -> &'static str {

@@ -78,21 +78,24 @@ impl HubTransport {
 
 impl federate_core::Transport for HubTransport {
     fn fit_all(&self, global: &Parameters, jobs: &[(&str, &FitTask)]) -> Vec<(Result<FitReply, ClientError>, f64)> {
-        // One encoding per distinct payload (the model, plus the second vector the tasks
-        // share, if any), not one per party.
-        let mut payloads: Vec<(Option<*const Vec<f32>>, Arc<Encoded>)> = Vec::new();
+        // One encoding of the model and one of each distinct vector the tasks share (SCAFFOLD's
+        // c), not one per party.
+        let model = self.hub.encode(&global.values);
+        let mut vectors: Vec<(*const Vec<f32>, Arc<Encoded>)> = Vec::new();
         let mut per_job = Vec::with_capacity(jobs.len());
         for (_, task) in jobs {
-            let key = task.extra.as_ref().map(Arc::as_ptr);
-            let enc = match payloads.iter().find(|(k, _)| *k == key) {
-                Some((_, e)) => e.clone(),
-                None => {
-                    let e = self.hub.fit_payload(global, task);
-                    payloads.push((key, e.clone()));
-                    e
+            let vector = task.vector.as_ref().map(|v| {
+                let key = Arc::as_ptr(v);
+                match vectors.iter().find(|(k, _)| *k == key) {
+                    Some((_, e)) => e.clone(),
+                    None => {
+                        let e = self.hub.encode(v);
+                        vectors.push((key, e.clone()));
+                        e
+                    }
                 }
-            };
-            per_job.push(enc);
+            });
+            per_job.push(FitPayload { model: model.clone(), vector });
         }
         let per_job = Arc::new(per_job);
         self.run_all(jobs, move |i, hub, id, task| {

@@ -21,6 +21,39 @@ use anyhow::{Result, bail};
 use federate_nn::{LayerSpec, OptimizerSpec};
 use serde::{Deserialize, Serialize};
 
+impl Config {
+    /// Every party's local training as the config sets it (the algorithm's party half is
+    /// added by its server half, task by task).
+    pub fn local_training(&self) -> federate_core::LocalTraining {
+        federate_core::LocalTraining {
+            epochs: self.train.epochs,
+            batch_size: self.train.batch_size,
+            optimizer: self.train.optimizer_spec(),
+            dp: self.privacy.dp_sgd(),
+            update_dp: None,
+            local: Default::default(),
+        }
+    }
+
+    /// FedAvg's sampling, stragglers, evaluation and local training, which every algorithm
+    /// composes with.
+    pub fn fedavg_base(&self) -> Result<federate_core::FedAvg> {
+        let s = &self.strategy;
+        let base = federate_core::FedAvg {
+            fraction_fit: s.fraction_fit,
+            min_fit_clients: s.min_fit_clients,
+            fraction_evaluate: s.fraction_evaluate,
+            min_replies: s.min_replies,
+            training: self.local_training(),
+            stragglers: s.stragglers,
+            drop_stragglers: s.drop_stragglers,
+            aggregator: s.aggregator()?,
+        };
+        base.validate()?;
+        Ok(base)
+    }
+}
+
 /// A whole run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -227,9 +260,11 @@ impl TrainConfig {
     }
 }
 
-/// Strategy settings.
+/// Strategy settings. Keys not named here are algorithm settings declared by the algorithm
+/// that reads them (`federate_core::algorithms`), checked by [`StrategyConfig::algorithm_settings`]
+/// (serde's `deny_unknown_fields` does not combine with the map that collects them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct StrategyConfig {
     /// `fedavg`.
     pub name: String,
@@ -272,6 +307,10 @@ pub struct StrategyConfig {
     pub byzantine: usize,
     /// `krum`: models kept and averaged (1 = Krum, more = multi-Krum).
     pub krum_select: usize,
+    /// Settings of the chosen algorithm not named above (FedDyn's `alpha`), as its module
+    /// declares them.
+    #[serde(flatten)]
+    pub more: std::collections::BTreeMap<String, toml::Value>,
 }
 
 /// The rules `strategy.aggregator` accepts.
@@ -293,9 +332,65 @@ impl StrategyConfig {
     }
 }
 
-/// The strategies `strategy.name` accepts.
-pub const STRATEGIES: [&str; 9] =
-    ["fedavg", "fedprox", "fedsgd", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "scaffold", "admm"];
+impl StrategyConfig {
+    /// The registered algorithm `name` chooses.
+    pub fn algorithm(&self) -> Result<&'static federate_core::Algorithm> {
+        federate_core::algorithms::find(&self.name).ok_or_else(|| {
+            anyhow::anyhow!(
+                "strategy.name = '{}' is unknown: use one of {}",
+                self.name,
+                federate_core::algorithms::names().join(", ")
+            )
+        })
+    }
+
+    /// Every algorithm setting the config gives, by key: the ones named in this struct and
+    /// the chosen algorithm's own. A key no field names must be a number and a setting the
+    /// chosen algorithm declares.
+    pub fn algorithm_settings(&self) -> Result<std::collections::BTreeMap<String, f64>> {
+        let alg = self.algorithm()?;
+        let flag = |b: bool| f64::from(u8::from(b));
+        let mut out: std::collections::BTreeMap<String, f64> = [
+            ("server_lr", self.server_lr),
+            ("beta1", self.beta1),
+            ("beta2", self.beta2),
+            ("tau", self.tau),
+            ("mu", self.mu),
+            ("rho", self.rho),
+            ("adaptive_rho", flag(self.adaptive_rho)),
+            ("full_batch", flag(self.full_batch)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        for (key, value) in &self.more {
+            if !alg.settings.iter().any(|s| s.key == key) {
+                let readers: Vec<&str> = federate_core::ALGORITHMS
+                    .iter()
+                    .filter(|a| a.settings.iter().any(|s| s.key == key))
+                    .map(|a| a.name)
+                    .collect();
+                if readers.is_empty() {
+                    bail!("strategy.{key} is not a setting: check its spelling (see docs/optimisation.md)");
+                }
+                bail!(
+                    "strategy.{key} is a setting of {}, and strategy.name = \"{}\" does not read it: remove it or \
+                     choose that algorithm",
+                    readers.join(", "),
+                    self.name
+                );
+            }
+            let v = match value {
+                toml::Value::Float(f) => *f,
+                toml::Value::Integer(i) => *i as f64,
+                toml::Value::Boolean(b) => flag(*b),
+                other => bail!("strategy.{key} = {other} must be a number"),
+            };
+            out.insert(key.clone(), v);
+        }
+        Ok(out)
+    }
+}
 
 impl Default for StrategyConfig {
     fn default() -> Self {
@@ -319,6 +414,7 @@ impl Default for StrategyConfig {
             trim: 0.1,
             byzantine: 0,
             krum_select: 1,
+            more: Default::default(),
         }
     }
 }

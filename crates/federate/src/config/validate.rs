@@ -85,18 +85,8 @@ fn check_train(c: &Config) -> Result<()> {
 fn check_strategy(c: &Config) -> Result<()> {
     let d = &c.data;
     let s = &c.strategy;
-    if !STRATEGIES.contains(&s.name.as_str()) {
-        bail!("strategy.name = '{}' is unknown: use one of {}", s.name, STRATEGIES.join(", "));
-    }
-    if !(s.server_lr > 0.0 && s.server_lr.is_finite()) {
-        bail!("strategy.server_lr = {} must be > 0", s.server_lr);
-    }
-    if !(s.mu >= 0.0 && s.mu.is_finite()) {
-        bail!("strategy.mu = {} must be ≥ 0 (FedProx's proximal weight)", s.mu);
-    }
-    if !(s.rho > 0.0 && s.rho.is_finite()) {
-        bail!("strategy.rho = {} must be > 0 (ADMM's penalty)", s.rho);
-    }
+    // Every algorithm setting, checked against what the module that reads it declares.
+    federate_core::algorithms::check_all(&s.algorithm_settings()?)?;
     if !(0.0..=1.0).contains(&s.stragglers) {
         bail!("strategy.stragglers = {} must be in [0, 1]", s.stragglers);
     }
@@ -106,17 +96,12 @@ fn check_strategy(c: &Config) -> Result<()> {
     if s.krum_select == 0 {
         bail!("strategy.krum_select = 0: Krum keeps at least 1 model");
     }
-    // Checked here as well as in the strategies, so a bad pairing fails before a run
-    // directory is written.
     let aggregator = s.aggregator()?;
-    if aggregator != federate_core::Aggregator::Mean
-        && (matches!(s.name.as_str(), "scaffold" | "admm") || c.client_privacy.mode != ClientPrivacyMode::None)
-    {
+    if aggregator != federate_core::Aggregator::Mean && c.client_privacy.mode != ClientPrivacyMode::None {
         bail!(
-            "strategy.aggregator = \"{}\" works with fedavg, fedprox, fedsgd, fedavgm, fedadam, fedyogi and \
-             fedadagrad; {} aggregates its own way: set strategy.aggregator = \"mean\"",
+            "strategy.aggregator = \"{}\" does not apply to client-level DP, which sums clipped updates its own \
+             way: set strategy.aggregator = \"mean\"",
             s.aggregator,
-            if c.client_privacy.mode != ClientPrivacyMode::None { "client-level DP" } else { s.name.as_str() }
         );
     }
     let a = &c.attack;
@@ -125,9 +110,6 @@ fn check_strategy(c: &Config) -> Result<()> {
     }
     if !(a.scale >= 0.0 && a.scale.is_finite()) {
         bail!("attack.scale = {} must be a finite number ≥ 0", a.scale);
-    }
-    if s.name == "scaffold" && !matches!(c.train.optimizer, OptimizerName::Sgd) {
-        bail!("strategy.name = \"scaffold\" needs train.optimizer = \"sgd\" (its control variates assume SGD steps)");
     }
     if c.client_privacy.mode != ClientPrivacyMode::None && s.name != "fedavg" {
         bail!("[client_privacy] wraps fedavg only: set strategy.name = \"fedavg\" or client_privacy.mode = \"none\"");
@@ -138,6 +120,9 @@ fn check_strategy(c: &Config) -> Result<()> {
     if !(0.0..=1.0).contains(&s.fraction_evaluate) {
         bail!("strategy.fraction_evaluate = {} must be in [0, 1]", s.fraction_evaluate);
     }
+    // Every pairing the algorithm itself refuses (a robust aggregator it cannot use, an
+    // optimiser it cannot normalise), before a run directory is written.
+    c.strategy.algorithm()?.build(c.fedavg_base()?, &s.algorithm_settings()?)?;
     Ok(())
 }
 
