@@ -21,19 +21,31 @@ use federate_privacy::{Entry, Ledger};
 
 /// A party, seen from its own side: trains and evaluates on data that never leaves it.
 ///
-/// Execution model: the server calls `fit` or `evaluate` and waits for the answer. An error
-/// means the party contributes nothing this round; the server records it as a failure and
-/// carries on with the others.
+/// The server (directly, or through `federate join`'s runner) calls `fit` or `evaluate` and
+/// waits; one call at a time. An `Err` means the party contributes nothing to this round's
+/// training or evaluation: the server records the error (its text is shown to the operator,
+/// cut to 512 bytes) and carries on with the others. [`ClientError::BudgetSpent`] is the
+/// exception the server acts on: when every party answers it, the run stops.
 pub trait Client: Send {
-    /// Trains locally from `global` and returns the new parameters.
+    /// Trains locally from `global` as `task` says and returns the new parameters (FedSGD:
+    /// the gradient; ADMM: θ_k + y_k/ρ; see the algorithm's party half), the examples used,
+    /// what training did and what the party's privacy accounting releases. A task asking for
+    /// less privacy than the party agreed to is `Refused`; one whose model size differs is
+    /// `WrongParameterCount`. After an `Err` the party's state (ledger, algorithm state) must
+    /// be as before the call: nothing was released.
     fn fit(&mut self, global: &Parameters, task: &FitTask) -> Result<FitReply, ClientError>;
-    /// Evaluates `params` on the party's test data.
+    /// Evaluates `params` on the party's own test data. Releases only the count, mean loss and
+    /// accuracy; changes no state.
     fn evaluate(&mut self, params: &Parameters, task: &EvaluateTask) -> Result<EvaluateReply, ClientError>;
-    /// What this party keeps between rounds, for a checkpoint (`None`: it cannot say).
+    /// What this party keeps between rounds (its privacy ledger and algorithm state), for a
+    /// checkpoint or its store; `None` (the default) when it cannot say. Called after every
+    /// round it trains.
     fn state(&self) -> Option<PartyState> {
         None
     }
-    /// Takes back what [`Client::state`] returned before a restart.
+    /// Takes back what [`Client::state`] returned, after a restart. Refuses state of the
+    /// wrong size or shape with an error naming it, leaving the party unchanged. The default
+    /// refuses any state.
     fn restore(&mut self, state: PartyState) -> Result<(), ClientError> {
         let _ = state;
         Err(ClientError::MissingState("this party cannot restore saved state".into()))
@@ -41,31 +53,39 @@ pub trait Client: Send {
 }
 
 /// The server's handle on a party: in this process (`InProcess`) or remote.
+///
+/// The round loop calls `fit` and `evaluate` for the tasks of this party only; an `Err`
+/// (unreachable, timed out, refused, failed on the party) is a failure of this party in this
+/// round, never of the round. When `transport` returns one, the loop uses it instead of
+/// `fit` / `evaluate` for every party that shares it.
 pub trait ClientProxy: Send {
-    /// The party's identity.
+    /// The party's identity, stable for the run (records and checkpoints are keyed by it).
     fn id(&self) -> &str;
-    /// Sends a fit task and waits for the reply.
+    /// Sends a fit task and waits for the reply; the reply is admitted by the server after.
     fn fit(&mut self, global: &Parameters, task: &FitTask) -> Result<FitReply, ClientError>;
     /// Sends an evaluation task and waits for the reply.
     fn evaluate(&mut self, params: &Parameters, task: &EvaluateTask) -> Result<EvaluateReply, ClientError>;
     /// The party's state between rounds where the server can see it (a party in this
-    /// process); `None` for a remote party, which keeps its own.
+    /// process, for the run's checkpoint); `None` (the default) for a remote party, which
+    /// keeps its own.
     fn party_state(&self) -> Option<PartyState> {
         None
     }
-    /// Gives the party the state a checkpoint recorded for it.
+    /// Gives the party the state a checkpoint recorded for it. The default refuses: a remote
+    /// party restores from its own store.
     fn restore_party_state(&mut self, state: PartyState) -> Result<(), ClientError> {
         let _ = state;
         Err(ClientError::MissingState(format!("party {} keeps its own state and cannot be given one", self.id())))
     }
     /// Whether the server may call this party at the same time as others (true for remote
-    /// parties, which compute elsewhere; false for parties sharing this process's cores).
+    /// parties, which compute elsewhere; false, the default, for parties sharing this
+    /// process's cores).
     fn concurrent(&self) -> bool {
         false
     }
     /// The non-blocking transport this party is reached through, if any: the round loop then
     /// hands the transport every task for its parties at once ([`Transport`]) instead of
-    /// calling `fit` / `evaluate` from a thread per party.
+    /// calling `fit` / `evaluate` from a thread per party. Default: none.
     fn transport(&self) -> Option<Arc<dyn Transport>> {
         None
     }
@@ -218,6 +238,7 @@ impl<L: Learner> LocalClient<L> {
             train: &self.train,
             training: &task.training,
             round: task.round,
+            seed: task.seed,
             opt,
             rng: seed::stream(task.seed, Stream::Batches, &[]),
             noise: self.noise,

@@ -57,11 +57,7 @@ pub fn privatize_update(
     seed: u64,
 ) -> Result<f64, federate_nn::NnError> {
     let mut delta: Vec<f32> = params.iter().zip(global).map(|(p, g)| p - g).collect();
-    let norm = l2(&delta);
-    let scale = if norm > u.clip { (u.clip / norm) as f32 } else { 1.0 };
-    for v in delta.iter_mut() {
-        *v *= scale;
-    }
+    let norm = federate_privacy::vector::clip_l2(&mut delta, u.clip);
     gaussian_noise(&mut delta, u.clip, u.noise_std, source, crate::seed::derive(seed, Stream::UpdateNoise, &[]))?;
     for ((p, g), d) in params.iter_mut().zip(global).zip(&delta) {
         *p = g + d;
@@ -71,9 +67,7 @@ pub fn privatize_update(
     Ok(bit[0] as f64)
 }
 
-fn l2(v: &[f32]) -> f64 {
-    v.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt()
-}
+use federate_privacy::vector::l2_norm as l2;
 
 /// Where the noise is added.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -187,7 +187,9 @@ impl PrivacyFloor {
 /// DP-SGD epochs: each step samples a batch (Poisson at rate q, or a fixed-size sample),
 /// sums the clipped per-example gradients (in pieces of at most `batch_size`), adds noise
 /// to each coordinate, divides by the expected batch size, and takes an optimiser step.
-/// With `NoiseSource::Secure`, `rng` is not used: all randomness comes from the OS.
+/// Seeded noise comes from `noise_seed` (a `seed::Stream::DpSgdNoise` seed, apart from the
+/// batch stream `rng`). With `NoiseSource::Secure`, neither is used: all randomness comes
+/// from the OS.
 #[allow(clippy::too_many_arguments)]
 pub fn train_local_dp<R: Rng>(
     learner: &mut dyn Learner,
@@ -198,12 +200,12 @@ pub fn train_local_dp<R: Rng>(
     opt: &mut Optimizer,
     rng: &mut R,
     source: NoiseSource,
+    noise_seed: u64,
     correction: &crate::messages::Correction<'_>,
 ) -> Result<TrainStats, NnError> {
     dp.validate().map_err(NnError::BadHyperParameter)?;
     match source {
         NoiseSource::Seeded => {
-            let noise_seed: u64 = rng.random();
             dp_epochs(learner, params, data, cfg, dp, opt, rng, Noise::Seeded(noise_seed), correction)
         }
         NoiseSource::Secure => {
@@ -350,6 +352,7 @@ pub fn private_gradient_step<R: Rng>(
     grad: &mut [f32],
     rng: &mut R,
     source: NoiseSource,
+    noise_seed: u64,
 ) -> Result<TrainStats, NnError> {
     dp.validate().map_err(NnError::BadHyperParameter)?;
     let n = data.len();
@@ -358,23 +361,20 @@ pub fn private_gradient_step<R: Rng>(
     let expected = (q * n as f64).max(1.0) as f32;
     let mut buf = StepBuffers::new(params.len(), cap, data.example_len());
     let s = match source {
-        NoiseSource::Seeded => {
-            let noise_seed: u64 = rng.random();
-            private_gradient(
-                learner,
-                params,
-                data,
-                dp,
-                q,
-                cap,
-                full,
-                expected,
-                rng,
-                Noise::Seeded(noise_seed),
-                0,
-                &mut buf,
-            )?
-        }
+        NoiseSource::Seeded => private_gradient(
+            learner,
+            params,
+            data,
+            dp,
+            q,
+            cap,
+            full,
+            expected,
+            rng,
+            Noise::Seeded(noise_seed),
+            0,
+            &mut buf,
+        )?,
         NoiseSource::Secure => {
             let mut os = os_rng()?;
             private_gradient(learner, params, data, dp, q, cap, full, expected, &mut os, Noise::Secure, 0, &mut buf)?

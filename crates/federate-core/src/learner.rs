@@ -12,25 +12,31 @@ use crate::params::{Layout, TensorSpec};
 
 /// Computes losses and gradients for batches of one model.
 ///
-/// Execution model: the caller owns the parameters and the gradient buffer and calls
-/// `loss_and_grad` once per batch, then applies its own update. A returned error means the
-/// batch was not processed (wrong sizes, a bad label) and `grad` is unspecified.
+/// The caller (a party's local training) owns the parameters and the gradient buffer: it
+/// calls `loss_and_grad` (or `clipped_grad` under DP-SGD) once per batch and applies its own
+/// update. Parameters are always `layout().len()` values; inputs are `input_len()` values per
+/// example, labels below the model's class count. Calls are sequential.
 pub trait Learner: Send {
-    /// The parameter layout.
+    /// The parameter layout; the same for the learner's whole life.
     fn layout(&self) -> Arc<Layout>;
-    /// Initial parameters drawn from `seed`.
+    /// Initial parameters drawn from `seed`: equal seeds give equal values.
     fn init(&self, seed: u64) -> Vec<f32>;
     /// Values per input example.
     fn input_len(&self) -> usize;
-    /// Writes the gradient of the batch's mean loss into `grad`; returns loss and accuracy.
+    /// Writes the gradient of the batch's mean loss at `params` into `grad` and returns the
+    /// batch's loss and accuracy. On `Err` (sizes that do not fit, a label out of range) the
+    /// batch was not processed, `grad` is unspecified and the learner stays usable.
     fn loss_and_grad(&mut self, params: &[f32], x: &[f32], y: &[u32], grad: &mut [f32]) -> Result<BatchStats, NnError>;
-    /// Loss and accuracy over a whole set (no gradients).
+    /// Loss and accuracy of `params` over a whole set, without gradients or randomness
+    /// (dropout off). Errors as `loss_and_grad`'s.
     fn evaluate(&mut self, params: &[f32], x: &[f32], y: &[u32]) -> Result<BatchStats, NnError>;
-    /// Reseeds any randomness inside the model (dropout masks).
+    /// Reseeds any randomness inside the model (dropout masks); a party calls it at the start
+    /// of every fit with the task's dropout seed, so a fit's result depends only on the task.
     fn reseed(&mut self, seed: u64);
-    /// DP-SGD: writes each example's gradient norm in `norm` (of its own loss) into `norms`
-    /// and the sum of per-example gradients clipped to `clip` into `grad`. Learners that cannot compute
-    /// per-example gradients return an error (the default).
+    /// DP-SGD: writes each example's gradient norm (in `norm`, of its own loss) into `norms`
+    /// and the sum of the per-example gradients, each clipped to `clip`, into `grad`.
+    /// Learners that cannot compute per-example gradients return an error (the default), and
+    /// the party refuses DP tasks with it.
     #[allow(clippy::too_many_arguments)]
     fn clipped_grad(
         &mut self,
@@ -47,9 +53,10 @@ pub trait Learner: Send {
         ))
     }
     /// Frees the buffers kept between calls; the next call allocates them again. Results do
-    /// not change (a fit reseeds the model's randomness before its first batch).
+    /// not change (a fit reseeds the model's randomness before its first batch). Default:
+    /// nothing to free.
     fn release(&mut self) {}
-    /// Training FLOPs per example, if known (for throughput reports).
+    /// Training FLOPs per example, if known (for throughput reports). Default: unknown.
     fn train_flops_per_example(&self) -> Option<f64> {
         None
     }

@@ -17,6 +17,7 @@ pub mod learner;
 pub mod messages;
 pub mod noise;
 pub mod params;
+pub mod record;
 pub mod robust;
 pub mod seed;
 pub mod server;

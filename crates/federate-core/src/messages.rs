@@ -214,6 +214,7 @@ pub struct TrainStats {
 
 /// The noise DP-SGD adds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Mechanism {
     /// Gaussian noise σ·C on L2-clipped gradients.
@@ -225,6 +226,7 @@ pub enum Mechanism {
 
 /// How each step's batch is drawn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum Sampling {
     /// Every example independently with probability q (add/remove accounting).
@@ -235,8 +237,10 @@ pub enum Sampling {
     FixedSize,
 }
 
-/// Where a party's DP randomness comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Where a party's DP randomness comes from (`privacy.noise` in a config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
 pub enum NoiseSource {
     /// Streams derived from the task seed; floating-point noise (reproducible simulations).
     #[default]

@@ -36,7 +36,11 @@ pub enum Stream {
     CountNoise,
     /// The server's noise on the aggregate under central client-level DP (ids: round).
     ClientDpNoise,
-    /// DP-SGD noise per step and coordinate block (ids: step, block), seeded noise only.
+    /// The seed of a task's DP-SGD noise (under the task seed; ids: epoch), apart from the
+    /// batch stream so that the noise and the batches are drawn independently.
+    DpSgdNoise,
+    /// DP-SGD noise per step and coordinate block (ids: step, block) under a `DpSgdNoise`
+    /// seed, seeded noise only.
     Noise,
     /// Gaussian noise on a flat vector, per coordinate block (ids: block).
     GaussianNoise,
@@ -50,13 +54,15 @@ pub enum Stream {
     Alone,
     /// The train-alone baseline's dropout masks (ids: party index).
     AloneDropout,
+    /// The train-alone baseline's DP-SGD noise seed (ids: party index).
+    AloneNoise,
     /// Random models for `federate bench aggregate`.
     BenchAggregate,
 }
 
 impl Stream {
     /// Every stream.
-    pub const ALL: [Stream; 17] = [
+    pub const ALL: [Stream; 19] = [
         Stream::Fit,
         Stream::Init,
         Stream::Batches,
@@ -66,6 +72,7 @@ impl Stream {
         Stream::UpdateNoise,
         Stream::CountNoise,
         Stream::ClientDpNoise,
+        Stream::DpSgdNoise,
         Stream::Noise,
         Stream::GaussianNoise,
         Stream::Synthetic,
@@ -73,6 +80,7 @@ impl Stream {
         Stream::Attack,
         Stream::Alone,
         Stream::AloneDropout,
+        Stream::AloneNoise,
         Stream::BenchAggregate,
     ];
 
@@ -88,6 +96,7 @@ impl Stream {
             Stream::UpdateNoise => "update-noise",
             Stream::CountNoise => "count-noise",
             Stream::ClientDpNoise => "client-dp-noise",
+            Stream::DpSgdNoise => "dp-sgd-noise",
             Stream::Noise => "noise",
             Stream::GaussianNoise => "gaussian-noise",
             Stream::Synthetic => "synthetic",
@@ -95,6 +104,7 @@ impl Stream {
             Stream::Attack => "attack",
             Stream::Alone => "alone",
             Stream::AloneDropout => "alone-dropout",
+            Stream::AloneNoise => "alone-noise",
             Stream::BenchAggregate => "bench-aggregate",
         }
     }

@@ -1,7 +1,6 @@
 //! The round loop: configure, fit, aggregate, evaluate, record — the same loop for parties in
 //! this process and parties across the network (the transport is the `ClientProxy`).
 
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -9,8 +8,9 @@ use thiserror::Error;
 
 use crate::admission::Admission;
 use crate::client::ClientProxy;
-use crate::messages::{EvaluateReply, FitReply};
+use crate::messages::{EvaluateReply, FitReply, FitTask};
 use crate::params::Parameters;
+pub use crate::record::{CentralEval, ClientEval, ClientFit, Failure, PartySampling, RoundRecord};
 use crate::seed;
 use crate::seed::Stream;
 use crate::strategy::Strategy;
@@ -33,19 +33,6 @@ impl ServerConfig {
     }
 }
 
-/// Where the round's choice of parties comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PartySampling {
-    /// From the run's seed: a simulation reruns bit for bit, but whoever knows the seed knows
-    /// who took part each round.
-    #[default]
-    Seeded,
-    /// From the operating system's randomness: who takes part cannot be predicted, so
-    /// client-level DP's amplification by sampling holds (deployments).
-    Os,
-}
-
 /// Why the loop could not run.
 #[derive(Debug, Clone, Error, PartialEq)]
 pub enum ServerError {
@@ -58,102 +45,6 @@ pub enum ServerError {
     /// The initial parameters do not match.
     #[error("{0}")]
     BadInitial(String),
-}
-
-/// One party's training in a round.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ClientFit {
-    /// Party identity.
-    pub id: String,
-    /// Examples it trained on.
-    pub num_examples: usize,
-    /// Mean training loss over its batches (`None`: not sent, as under DP).
-    pub train_loss: Option<f64>,
-    /// Training accuracy over its batches.
-    pub train_accuracy: Option<f64>,
-    /// Wall-clock seconds of its fit call, as the server saw it (transfer included).
-    pub seconds: f64,
-    /// Seconds the party reports it spent training, if it does.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub train_seconds: Option<f64>,
-    /// The (sample-level) ε this party has spent so far, when it trains with DP.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub epsilon: Option<f64>,
-}
-
-/// One party's evaluation in a round.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ClientEval {
-    /// Party identity.
-    pub id: String,
-    /// Test examples.
-    pub num_examples: usize,
-    /// Mean loss.
-    pub loss: f64,
-    /// Accuracy.
-    pub accuracy: f64,
-}
-
-/// A party that contributed nothing at some stage, and why.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Failure {
-    /// Party identity.
-    pub id: String,
-    /// `fit` or `evaluate`.
-    pub stage: String,
-    /// The reason.
-    pub reason: String,
-}
-
-/// Evaluation on a test set the server holds.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct CentralEval {
-    /// Examples.
-    pub num_examples: usize,
-    /// Mean loss.
-    pub loss: f64,
-    /// Accuracy.
-    pub accuracy: f64,
-}
-
-/// What happened in one round; written as one JSON line per round.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RoundRecord {
-    /// The round, from 1.
-    pub round: u32,
-    /// The new global model's test accuracy (federated, example-weighted; else central).
-    pub accuracy: Option<f64>,
-    /// The matching test loss.
-    pub loss: Option<f64>,
-    /// Example-weighted mean training loss of the parties that trained.
-    pub train_loss: Option<f64>,
-    /// The largest ε spent so far by a party that trained this round (DP runs).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub epsilon: Option<f64>,
-    /// Whether a new global model was produced.
-    pub aggregated: bool,
-    /// Why not, if it was not.
-    pub error: Option<String>,
-    /// Parties that trained.
-    pub fit: Vec<ClientFit>,
-    /// Parties that evaluated.
-    pub evaluate: Vec<ClientEval>,
-    /// Parties that failed or whose replies were refused.
-    pub failures: Vec<Failure>,
-    /// Centralised evaluation, when configured.
-    pub centralized: Option<CentralEval>,
-    /// Seconds spent training (all parties).
-    pub fit_seconds: f64,
-    /// Seconds spent evaluating.
-    pub evaluate_seconds: f64,
-    /// Seconds for the whole round.
-    pub seconds: f64,
-    /// The strategy's own numbers (client-level ε, clip norm, …).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub strategy: BTreeMap<String, f64>,
-    /// Where this round's choice of parties came from.
-    #[serde(default)]
-    pub party_sampling: PartySampling,
 }
 
 /// Progress notifications from the loop.
@@ -408,6 +299,8 @@ impl Server {
         Ok((global, records))
     }
 
+    /// One round: tasks, fits, aggregation, evaluation, and its record; whether every party
+    /// has spent its privacy budget.
     fn round(
         &mut self,
         round: u32,
@@ -416,115 +309,23 @@ impl Server {
         observer: &mut dyn FnMut(Event<'_>),
     ) -> (RoundRecord, bool) {
         let start = Instant::now();
-        let n = self.clients.len();
-        let (tasks, sampling_error) = match party_rng(cfg, round) {
-            Ok(mut rng) => {
-                let mut tasks = self.strategy.configure_fit(round, n, cfg.seed, &mut rng);
-                // Every party's seed comes from here, whatever the strategy.
-                for (c, t) in tasks.iter_mut() {
-                    t.seed = seed::derive(cfg.seed, Stream::Fit, &[round as u64, *c as u64]);
-                }
-                (tasks, None)
-            }
-            Err(e) => (Vec::new(), Some(e)),
-        };
+        let (tasks, sampling_error) = self.fit_tasks(round, cfg);
         observer(Event::RoundStarted { round, parties: tasks.len() });
-        let mut replies: Vec<(usize, FitReply)> = Vec::with_capacity(tasks.len());
-        let mut fit = Vec::new();
-        let mut failures = Vec::new();
-        let g: &Parameters = global;
-        let outcomes =
-            dispatch(&mut self.clients, &tasks, |client, task| client.fit(g, task), |t, jobs| t.fit_all(g, jobs));
-        let all_spent = !outcomes.is_empty()
-            && outcomes.iter().all(|(_, o, _)| matches!(o, Err(crate::ClientError::BudgetSpent(_))));
-        for (c, outcome, seconds) in outcomes {
-            let id = self.clients[c].id().to_string();
-            let outcome = outcome.map_err(|e| e.to_string()).and_then(|mut r| {
-                self.admission.fit(&id, &mut r).map_err(|e| format!("reply refused: {e}"))?;
-                Ok(r)
-            });
-            match outcome {
-                Ok(r) => {
-                    fit.push(ClientFit {
-                        id: id.clone(),
-                        num_examples: r.num_examples,
-                        train_loss: r.training.loss,
-                        train_accuracy: r.training.accuracy,
-                        seconds,
-                        train_seconds: r.training.seconds,
-                        epsilon: r.privacy.epsilon,
-                    });
-                    replies.push((c, r));
-                }
-                Err(reason) => failures.push(Failure { id: id.clone(), stage: "fit".into(), reason }),
-            }
-            observer(Event::FitDone { round, id: &id });
-        }
+        let Fits { replies, mut fit, mut failures, all_spent } = self.fit(round, global, &tasks, observer);
         let fit_seconds = start.elapsed().as_secs_f64();
-        // Kept so that a non-finite aggregate leaves the strategy as it found it.
-        let before = self.strategy.state();
-        let (aggregated, error) = match self.strategy.aggregate_fit(round, global, &replies) {
-            Ok((next, rejected)) => {
-                for r in rejected {
-                    let id = self.clients[r.client].id().to_string();
-                    fit.retain(|f| f.id != id);
-                    failures.push(Failure { id, stage: "fit".into(), reason: format!("update refused: {}", r.reason) });
-                }
-                match next.values.iter().position(|v| !v.is_finite()) {
-                    None => {
-                        *global = next;
-                        (true, None)
-                    }
-                    Some(i) => {
-                        let restored = self.strategy.restore(before.as_ref());
-                        let mut e = format!(
-                            "the aggregate's value {i} is {} (not finite); the previous model is kept",
-                            next.values[i]
-                        );
-                        if let Err(r) = restored {
-                            e.push_str(&format!(" (the strategy's state could not be rolled back: {r})"));
-                        }
-                        (false, Some(e))
-                    }
-                }
-            }
+        let (aggregated, error) = match self.aggregate(round, global, &replies, &mut fit, &mut failures) {
+            Ok(()) => (true, None),
             Err(e) if all_spent => {
                 (false, Some(format!("every party has spent its privacy budget; the run stops ({e})")))
             }
-            Err(e) => (false, Some(sampling_error.unwrap_or_else(|| e.to_string()))),
+            Err(e) => (false, Some(sampling_error.unwrap_or(e))),
         };
         // Over the parties that reported a training loss (DP parties do not).
         let reported = fit.iter().filter_map(|f| f.train_loss.map(|l| (l, f.num_examples as f64)));
         let (weighted, trained) = reported.fold((0.0, 0.0), |(s, n), (l, k)| (s + l * k, n + k));
         let train_loss = (trained > 0.0).then(|| weighted / trained);
-
         let t_eval = Instant::now();
-        let mut rng = seed::stream(cfg.seed, Stream::EvaluateSampling, &[round as u64]);
-        let etasks = self.strategy.configure_evaluate(round, n, &mut rng);
-        let mut ereplies: Vec<(usize, EvaluateReply)> = Vec::new();
-        let mut evaluate = Vec::new();
-        let g: &Parameters = global;
-        let outcomes = dispatch(
-            &mut self.clients,
-            &etasks,
-            |client, task| client.evaluate(g, task),
-            |t, jobs| t.evaluate_all(g, jobs),
-        );
-        for (c, outcome, _) in outcomes {
-            let id = self.clients[c].id().to_string();
-            let outcome = outcome.map_err(|e| e.to_string()).and_then(|mut r| {
-                self.admission.evaluate(&id, &mut r).map_err(|e| format!("reply refused: {e}"))?;
-                Ok(r)
-            });
-            match outcome {
-                Ok(r) => {
-                    evaluate.push(ClientEval { id, num_examples: r.num_examples, loss: r.loss, accuracy: r.accuracy });
-                    ereplies.push((c, r));
-                }
-                Err(reason) => failures.push(Failure { id, stage: "evaluate".into(), reason }),
-            }
-        }
-        let federated = self.strategy.aggregate_evaluate(round, &ereplies);
+        let (evaluate, federated) = self.evaluate(round, global, cfg, &mut failures);
         let centralized = self.central.as_mut().and_then(|f| f(global));
         let (accuracy, loss) = match (federated, centralized) {
             (Some(f), _) => (Some(f.accuracy), Some(f.loss)),
@@ -552,6 +353,142 @@ impl Server {
         };
         (record, all_spent)
     }
+
+    /// The strategy's fit tasks, each with the seed the server derives for its party; or why
+    /// no party could be sampled.
+    fn fit_tasks(&mut self, round: u32, cfg: &ServerConfig) -> (Vec<(usize, FitTask)>, Option<String>) {
+        match party_rng(cfg, round) {
+            Ok(mut rng) => {
+                let mut tasks = self.strategy.configure_fit(round, self.clients.len(), cfg.seed, &mut rng);
+                // Every party's seed comes from here, whatever the strategy.
+                for (c, t) in tasks.iter_mut() {
+                    t.seed = seed::derive(cfg.seed, Stream::Fit, &[round as u64, *c as u64]);
+                }
+                (tasks, None)
+            }
+            Err(e) => (Vec::new(), Some(e)),
+        }
+    }
+
+    /// Sends the fit tasks and admits the replies.
+    fn fit(
+        &mut self,
+        round: u32,
+        global: &Parameters,
+        tasks: &[(usize, FitTask)],
+        observer: &mut dyn FnMut(Event<'_>),
+    ) -> Fits {
+        let mut out = Fits { replies: Vec::with_capacity(tasks.len()), ..Fits::default() };
+        let outcomes = dispatch(
+            &mut self.clients,
+            tasks,
+            |client, task| client.fit(global, task),
+            |t, jobs| t.fit_all(global, jobs),
+        );
+        out.all_spent = !outcomes.is_empty()
+            && outcomes.iter().all(|(_, o, _)| matches!(o, Err(crate::ClientError::BudgetSpent(_))));
+        for (c, outcome, seconds) in outcomes {
+            let id = self.clients[c].id().to_string();
+            let outcome = outcome.map_err(|e| e.to_string()).and_then(|mut r| {
+                self.admission.fit(&id, &mut r).map_err(|e| format!("reply refused: {e}"))?;
+                Ok(r)
+            });
+            match outcome {
+                Ok(r) => {
+                    out.fit.push(ClientFit {
+                        id: id.clone(),
+                        num_examples: r.num_examples,
+                        train_loss: r.training.loss,
+                        train_accuracy: r.training.accuracy,
+                        seconds,
+                        train_seconds: r.training.seconds,
+                        epsilon: r.privacy.epsilon,
+                    });
+                    out.replies.push((c, r));
+                }
+                Err(reason) => out.failures.push(Failure { id: id.clone(), stage: "fit".into(), reason }),
+            }
+            observer(Event::FitDone { round, id: &id });
+        }
+        out
+    }
+
+    /// The strategy's next model from the replies, checked finite: on success `global` is
+    /// replaced and refused replies move from `fit` to `failures`; a non-finite aggregate
+    /// keeps the previous model and rolls the strategy's state back.
+    fn aggregate(
+        &mut self,
+        round: u32,
+        global: &mut Parameters,
+        replies: &[(usize, FitReply)],
+        fit: &mut Vec<ClientFit>,
+        failures: &mut Vec<Failure>,
+    ) -> Result<(), String> {
+        // Kept so that a non-finite aggregate leaves the strategy as it found it.
+        let before = self.strategy.state();
+        let (next, rejected) = self.strategy.aggregate_fit(round, global, replies).map_err(|e| e.to_string())?;
+        for r in rejected {
+            let id = self.clients[r.client].id().to_string();
+            fit.retain(|f| f.id != id);
+            failures.push(Failure { id, stage: "fit".into(), reason: format!("update refused: {}", r.reason) });
+        }
+        if let Some(i) = next.values.iter().position(|v| !v.is_finite()) {
+            let mut e =
+                format!("the aggregate's value {i} is {} (not finite); the previous model is kept", next.values[i]);
+            if let Err(r) = self.strategy.restore(before.as_ref()) {
+                e.push_str(&format!(" (the strategy's state could not be rolled back: {r})"));
+            }
+            return Err(e);
+        }
+        *global = next;
+        Ok(())
+    }
+
+    /// Sends the evaluation tasks, admits the replies (failures into `failures`) and
+    /// combines them.
+    fn evaluate(
+        &mut self,
+        round: u32,
+        global: &Parameters,
+        cfg: &ServerConfig,
+        failures: &mut Vec<Failure>,
+    ) -> (Vec<ClientEval>, Option<EvaluateReply>) {
+        let mut rng = seed::stream(cfg.seed, Stream::EvaluateSampling, &[round as u64]);
+        let etasks = self.strategy.configure_evaluate(round, self.clients.len(), &mut rng);
+        let mut ereplies: Vec<(usize, EvaluateReply)> = Vec::new();
+        let mut evaluate = Vec::new();
+        let outcomes = dispatch(
+            &mut self.clients,
+            &etasks,
+            |client, task| client.evaluate(global, task),
+            |t, jobs| t.evaluate_all(global, jobs),
+        );
+        for (c, outcome, _) in outcomes {
+            let id = self.clients[c].id().to_string();
+            let outcome = outcome.map_err(|e| e.to_string()).and_then(|mut r| {
+                self.admission.evaluate(&id, &mut r).map_err(|e| format!("reply refused: {e}"))?;
+                Ok(r)
+            });
+            match outcome {
+                Ok(r) => {
+                    evaluate.push(ClientEval { id, num_examples: r.num_examples, loss: r.loss, accuracy: r.accuracy });
+                    ereplies.push((c, r));
+                }
+                Err(reason) => failures.push(Failure { id, stage: "evaluate".into(), reason }),
+            }
+        }
+        (evaluate, self.strategy.aggregate_evaluate(round, &ereplies))
+    }
+}
+
+/// What the fit half of a round gathered.
+#[derive(Default)]
+struct Fits {
+    replies: Vec<(usize, FitReply)>,
+    fit: Vec<ClientFit>,
+    failures: Vec<Failure>,
+    /// Every party answered that its privacy budget is spent.
+    all_spent: bool,
 }
 
 /// The generator that picks the round's parties.

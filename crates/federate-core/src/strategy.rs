@@ -15,16 +15,24 @@ use crate::params::Parameters;
 
 /// The server-side algorithm of a federation.
 ///
-/// Execution model: each round the server calls `configure_fit`, sends the tasks, collects
-/// replies (parties that fail are reported in `failures`, not in `replies`), then calls
-/// `aggregate_fit`. An error from `aggregate_fit` ends the round without changing the global
-/// model; the server records it. Evaluation follows the same pattern.
+/// Each round the server calls, in this order: `configure_fit`; the tasks go out and the
+/// replies come back (a party that fails, times out or whose reply admission refuses is a
+/// failure in the round record and is *not* in `replies`); `aggregate_fit`; then
+/// `configure_evaluate`, the evaluations, `aggregate_evaluate`; then `metrics` and `state`
+/// for the record and the checkpoint. Nothing is called concurrently. A new algorithm
+/// usually implements [`crate::algorithms::ServerHalf`] instead and gets sampling,
+/// stragglers and evaluation from FedAvg through [`crate::algorithms::Federated`].
 pub trait Strategy: Send {
-    /// A short name for records.
+    /// A short name for records and checkpoints; a checkpoint is only restored into a
+    /// strategy of the same name. Must not change during a run.
     fn name(&self) -> &str;
 
-    /// Chooses the parties for this round's training (indices into `num_clients`) and their
-    /// tasks. `rng` is the round's client-sampling stream.
+    /// The parties that train this round (indices below `num_clients`, each at most once)
+    /// and their tasks. `rng` is the round's party-sampling stream (seeded in simulations,
+    /// the OS's in deployments); draw every random choice from it. Leave each task's `seed`
+    /// at 0: the server derives it per party. May update the strategy's own bookkeeping
+    /// (ADMM sizes its table of contributions here). Returning no task is allowed: the
+    /// round then fails in `aggregate_fit` with too few replies and the model stays.
     fn configure_fit(
         &mut self,
         round: u32,
@@ -33,8 +41,16 @@ pub trait Strategy: Send {
         rng: &mut ChaCha8Rng,
     ) -> Vec<(usize, FitTask)>;
 
-    /// Turns the replies into the next global parameters. Replies that are unusable (wrong
-    /// length, non-finite values, no examples) are refused and reported in the second value.
+    /// The next global parameters from this round's `replies` (party index, reply), each
+    /// already admitted (count within its cap, reported numbers finite). Replies it cannot
+    /// use (wrong length, non-finite values, no examples, a missing algorithm reply) are left
+    /// out and returned as [`Rejection`]s with the reason; the server moves those parties to
+    /// the round's failures. The parameters returned must have `global`'s layout.
+    ///
+    /// On `Err` (too few usable replies, a setting out of range) the round records the error
+    /// and keeps the previous model. State may change before an `Err` or before returning a
+    /// non-finite model: the server restores what `state` returned before the round. An
+    /// `Ok` model with a non-finite value is refused the same way.
     fn aggregate_fit(
         &mut self,
         round: u32,
@@ -42,7 +58,8 @@ pub trait Strategy: Send {
         replies: &[(usize, FitReply)],
     ) -> Result<(Parameters, Vec<Rejection>), StrategyError>;
 
-    /// Chooses the parties that evaluate the new model. Default: every party.
+    /// The parties that evaluate the model `aggregate_fit` produced (or the kept one after a
+    /// failed round). Default: every party.
     fn configure_evaluate(
         &mut self,
         round: u32,
@@ -52,23 +69,31 @@ pub trait Strategy: Send {
         (0..num_clients).map(|c| (c, EvaluateTask { round })).collect()
     }
 
-    /// Combines evaluation replies. Default: weighted by examples.
+    /// The federated evaluation from the admitted evaluation replies; `None` when there is
+    /// nothing to combine (the server then uses its central evaluation, if any). Default:
+    /// the example-weighted mean of loss and accuracy.
     fn aggregate_evaluate(&mut self, _round: u32, replies: &[(usize, EvaluateReply)]) -> Option<EvaluateReply> {
         weighted_evaluation(replies)
     }
 
-    /// Numbers about the last aggregation worth recording (e.g. the client-level ε).
+    /// Numbers about the last aggregation worth recording in the round record (the
+    /// client-level ε, ADMM's ρ and residuals). Called after every round, whether it
+    /// aggregated or not. Default: none.
     fn metrics(&self) -> BTreeMap<String, f64> {
         BTreeMap::new()
     }
 
-    /// The state the strategy carries between rounds, for checkpoints; `None` for stateless
-    /// strategies.
+    /// What the strategy carries between rounds, for checkpoints and for rolling back a
+    /// failed aggregation; `None` (the default) for stateless strategies. Called before and
+    /// after every aggregation: keep it cheap to build.
     fn state(&self) -> Option<StrategyState> {
         None
     }
 
-    /// Restores the state a checkpoint recorded. A stateful strategy refuses `None`.
+    /// Takes back what `state` returned (from a checkpoint, or to roll back a round). A
+    /// stateful strategy refuses `None` and a state of another shape with an error naming
+    /// what is missing, never resets silently; after an `Err` the strategy is unchanged.
+    /// Default: accepts anything (stateless).
     fn restore(&mut self, _state: Option<&StrategyState>) -> Result<(), StrategyError> {
         Ok(())
     }

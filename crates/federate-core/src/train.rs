@@ -49,7 +49,8 @@ impl Correction<'_> {
 }
 
 /// Runs `cfg.epochs` epochs of minibatch training on `data`, updating `params` in place.
-/// Batches are drawn by shuffling with `rng` each epoch; DP noise, if any, is seeded.
+/// Batches are drawn by shuffling with `rng` each epoch; DP noise, if any, is seeded from
+/// `noise_seed`.
 pub fn train_local<R: Rng>(
     learner: &mut dyn Learner,
     params: &mut [f32],
@@ -57,11 +58,14 @@ pub fn train_local<R: Rng>(
     cfg: &LocalTraining,
     opt: &mut Optimizer,
     rng: &mut R,
+    noise_seed: u64,
 ) -> Result<TrainStats, NnError> {
-    train_local_with(learner, params, data, cfg, opt, rng, crate::messages::NoiseSource::Seeded, &Correction::default())
+    let seeded = crate::messages::NoiseSource::Seeded;
+    train_local_with(learner, params, data, cfg, opt, rng, seeded, noise_seed, &Correction::default())
 }
 
-/// `train_local` with DP randomness from `source` and `correction` added to each gradient.
+/// `train_local` with DP randomness from `source` (seeded from `noise_seed`, or the OS's) and
+/// `correction` added to each gradient.
 #[allow(clippy::too_many_arguments)]
 pub fn train_local_with<R: Rng>(
     learner: &mut dyn Learner,
@@ -71,10 +75,11 @@ pub fn train_local_with<R: Rng>(
     opt: &mut Optimizer,
     rng: &mut R,
     source: crate::messages::NoiseSource,
+    noise_seed: u64,
     correction: &Correction<'_>,
 ) -> Result<TrainStats, NnError> {
     if let Some(dp) = &cfg.dp {
-        return crate::dp::train_local_dp(learner, params, data, cfg, dp, opt, rng, source, correction);
+        return crate::dp::train_local_dp(learner, params, data, cfg, dp, opt, rng, source, noise_seed, correction);
     }
     let d = data.example_len();
     let bs = cfg.batch_size.max(1);

@@ -109,7 +109,7 @@ fn fedavg_with_one_party_is_local_sgd() {
         let cfg = base(3, 16, 0.05, 0.0).training;
         let mut opt = cfg.optimizer.build(theta.len()).unwrap();
         let mut rng = seed::stream(task_seed, seed::Stream::Batches, &[]);
-        train_local(&mut l, &mut theta, &data[0], &cfg, &mut opt, &mut rng).unwrap();
+        train_local(&mut l, &mut theta, &data[0], &cfg, &mut opt, &mut rng, 0).unwrap();
     }
     assert_eq!(fed.values, theta, "FedAvg with one party must equal local SGD bit for bit");
 }

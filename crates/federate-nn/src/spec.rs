@@ -209,71 +209,7 @@ impl ModelSpec {
             if sizes.iter().any(|&n| big(n)) {
                 return Err(bad(format!("a size above {MAX_DIM} is not a layer one machine can hold")));
             }
-            let next = match *layer {
-                LayerSpec::Conv2d { out_channels, kernel, stride, padding } => {
-                    if out_channels == 0 || kernel == 0 || stride == 0 {
-                        return Err(bad("out_channels, kernel and stride must be at least 1".into()));
-                    }
-                    let pad = match padding {
-                        Padding::Explicit(p) => p,
-                        Padding::Named(PaddingName::Valid) => 0,
-                        Padding::Named(PaddingName::Same) => {
-                            if kernel % 2 == 0 {
-                                return Err(bad(format!(
-                                    "padding \"same\" needs an odd kernel, got {kernel}: use an explicit padding"
-                                )));
-                            }
-                            kernel / 2
-                        }
-                    };
-                    if s.is_flat() && s.c != self.input.c {
-                        return Err(bad(format!(
-                            "input is the flat vector {s}; a convolution needs an image: move it before flatten"
-                        )));
-                    }
-                    if s.h + 2 * pad < kernel || s.w + 2 * pad < kernel {
-                        return Err(bad(format!(
-                            "kernel {kernel} is larger than the padded input {s}: use a smaller kernel or more padding"
-                        )));
-                    }
-                    Shape::image(
-                        (s.h + 2 * pad - kernel) / stride + 1,
-                        (s.w + 2 * pad - kernel) / stride + 1,
-                        out_channels,
-                    )
-                }
-                LayerSpec::MaxPool2d { kernel, stride } => {
-                    let stride = stride.unwrap_or(kernel);
-                    if kernel == 0 || stride == 0 {
-                        return Err(bad("kernel and stride must be at least 1".into()));
-                    }
-                    if s.h < kernel || s.w < kernel {
-                        return Err(bad(format!(
-                            "window {kernel} is larger than the input {s}: use a smaller window or remove the layer"
-                        )));
-                    }
-                    Shape::image((s.h - kernel) / stride + 1, (s.w - kernel) / stride + 1, s.c)
-                }
-                LayerSpec::Relu => s,
-                LayerSpec::Dropout { p } => {
-                    if !(0.0..1.0).contains(&p) {
-                        return Err(bad(format!("p = {p} must be in [0, 1)")));
-                    }
-                    s
-                }
-                LayerSpec::Flatten => Shape::flat(s.size()),
-                LayerSpec::Linear { out } => {
-                    if out == 0 {
-                        return Err(bad("out must be at least 1".into()));
-                    }
-                    if !s.is_flat() {
-                        return Err(bad(format!(
-                            "input is the image {s}; a linear layer needs a vector: insert {{ type = \"flatten\" }} before it"
-                        )));
-                    }
-                    Shape::flat(out)
-                }
-            };
+            let next = self.next_shape(layer, s).map_err(bad)?;
             if next.h as u64 * next.w as u64 * next.c as u64 > MAX_VALUES || big(next.c) {
                 return Err(bad(format!("its output {next} has more than {MAX_VALUES} values per example")));
             }
@@ -284,6 +220,71 @@ impl ModelSpec {
             return Err(NnError::OutputMismatch { got: last.size(), classes: self.classes });
         }
         Ok(shapes)
+    }
+
+    /// The shape after `layer` applied to `s`, or what is wrong with the layer there.
+    fn next_shape(&self, layer: &LayerSpec, s: Shape) -> Result<Shape, String> {
+        Ok(match *layer {
+            LayerSpec::Conv2d { out_channels, kernel, stride, padding } => {
+                if out_channels == 0 || kernel == 0 || stride == 0 {
+                    return Err("out_channels, kernel and stride must be at least 1".into());
+                }
+                let pad = match padding {
+                    Padding::Explicit(p) => p,
+                    Padding::Named(PaddingName::Valid) => 0,
+                    Padding::Named(PaddingName::Same) => {
+                        if kernel % 2 == 0 {
+                            return Err(format!(
+                                "padding \"same\" needs an odd kernel, got {kernel}: use an explicit padding"
+                            ));
+                        }
+                        kernel / 2
+                    }
+                };
+                if s.is_flat() && s.c != self.input.c {
+                    return Err(format!(
+                        "input is the flat vector {s}; a convolution needs an image: move it before flatten"
+                    ));
+                }
+                if s.h + 2 * pad < kernel || s.w + 2 * pad < kernel {
+                    return Err(format!(
+                        "kernel {kernel} is larger than the padded input {s}: use a smaller kernel or more padding"
+                    ));
+                }
+                Shape::image((s.h + 2 * pad - kernel) / stride + 1, (s.w + 2 * pad - kernel) / stride + 1, out_channels)
+            }
+            LayerSpec::MaxPool2d { kernel, stride } => {
+                let stride = stride.unwrap_or(kernel);
+                if kernel == 0 || stride == 0 {
+                    return Err("kernel and stride must be at least 1".into());
+                }
+                if s.h < kernel || s.w < kernel {
+                    return Err(format!(
+                        "window {kernel} is larger than the input {s}: use a smaller window or remove the layer"
+                    ));
+                }
+                Shape::image((s.h - kernel) / stride + 1, (s.w - kernel) / stride + 1, s.c)
+            }
+            LayerSpec::Relu => s,
+            LayerSpec::Dropout { p } => {
+                if !(0.0..1.0).contains(&p) {
+                    return Err(format!("p = {p} must be in [0, 1)"));
+                }
+                s
+            }
+            LayerSpec::Flatten => Shape::flat(s.size()),
+            LayerSpec::Linear { out } => {
+                if out == 0 {
+                    return Err("out must be at least 1".into());
+                }
+                if !s.is_flat() {
+                    return Err(format!(
+                        "input is the image {s}; a linear layer needs a vector: insert {{ type = \"flatten\" }} before it"
+                    ));
+                }
+                Shape::flat(out)
+            }
+        })
     }
 }
 

@@ -8,6 +8,7 @@ use crate::{pld, rdp};
 
 /// Which accountant turns a run into (ε, δ).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Accountant {
     /// Rényi DP over `dp_accounting`'s default orders (fast, slightly loose).

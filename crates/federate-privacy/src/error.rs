@@ -23,6 +23,10 @@ pub enum PrivacyError {
     /// The target cannot be reached.
     #[error("{0}")]
     Unreachable(String),
+    /// Noise could not be drawn (the OS's random source failed, or the noise does not fit
+    /// the exact-noise grid).
+    #[error("{0}")]
+    Noise(String),
 }
 
 pub(crate) fn check(q: f64, sigma: f64) -> Result<(), PrivacyError> {

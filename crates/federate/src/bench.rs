@@ -169,7 +169,7 @@ pub fn net(cfg: &crate::config::Config, zstd: bool, child_args: &[String]) -> Re
     use federate_net::server::{Hub, RemoteParty};
     use std::time::Duration;
 
-    let spec = crate::sim::spec_for(cfg)?;
+    let spec = crate::assemble::spec_for(cfg)?;
     let layout = NnLearner::new(spec.clone(), 1, 1)?.layout();
     let ids = party_ids(cfg);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -246,9 +246,9 @@ pub fn net_parties(cfg: &crate::config::Config, server: &str, zstd: bool) -> Res
     use federate_net::party::{PartyOptions, run_party};
     use std::time::Duration;
 
-    let data = crate::sim::load_data(cfg)?;
-    let parts = crate::sim::split(cfg, &data)?;
-    let spec = crate::sim::model_spec(cfg, &data.train)?;
+    let data = crate::assemble::load_data(cfg)?;
+    let parts = crate::assemble::split(cfg, &data)?;
+    let spec = crate::assemble::model_spec(cfg, &data.train)?;
     let layout = NnLearner::new(spec.clone(), 1, 1)?.layout();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let mut tasks = Vec::with_capacity(parts.len());

@@ -83,14 +83,14 @@ pub(crate) enum PrivacyCommand {
         delta: f64,
         /// gaussian or laplace.
         #[arg(long, value_enum, default_value = "gaussian")]
-        mechanism: MechanismArg,
+        mechanism: federate_core::Mechanism,
         /// poisson (add/remove neighbours) or fixed-size (without replacement, replace-one
         /// neighbours, gaussian with rdp only).
         #[arg(long, value_enum, default_value = "poisson")]
-        sampling: SamplingArg,
+        sampling: federate_core::Sampling,
         /// rdp (fast, slightly loose) or pld (tight).
         #[arg(long, value_enum, default_value = "rdp")]
-        accountant: AccountantArg,
+        accountant: federate_privacy::Accountant,
     },
     /// The smallest noise (σ for Gaussian, the largest ε₀ for Laplace) that keeps T steps
     /// within a target ε.
@@ -109,38 +109,11 @@ pub(crate) enum PrivacyCommand {
         delta: f64,
         /// gaussian or laplace.
         #[arg(long, value_enum, default_value = "gaussian")]
-        mechanism: MechanismArg,
+        mechanism: federate_core::Mechanism,
         /// rdp or pld.
         #[arg(long, value_enum, default_value = "rdp")]
-        accountant: AccountantArg,
+        accountant: federate_privacy::Accountant,
     },
-}
-
-#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
-pub(crate) enum MechanismArg {
-    Gaussian,
-    Laplace,
-}
-
-#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
-pub(crate) enum SamplingArg {
-    Poisson,
-    FixedSize,
-}
-
-#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
-pub(crate) enum AccountantArg {
-    Rdp,
-    Pld,
-}
-
-impl From<AccountantArg> for federate_privacy::Accountant {
-    fn from(a: AccountantArg) -> Self {
-        match a {
-            AccountantArg::Rdp => federate_privacy::Accountant::Rdp,
-            AccountantArg::Pld => federate_privacy::Accountant::Pld,
-        }
-    }
 }
 
 #[derive(clap::Args)]
@@ -277,7 +250,7 @@ pub(crate) enum BenchCommand {
         /// With --dp-clip, also add Gaussian noise (σ = 1) each step: `seeded` (floating
         /// point, simulations) or `secure` (OS entropy, exact discrete sampler, deployments).
         #[arg(long)]
-        dp_noise: Option<crate::config::NoiseName>,
+        dp_noise: Option<federate_core::NoiseSource>,
     },
     /// Time of each aggregation rule (mean, median, trimmed mean, Krum) combining the
     /// parties' models, against the plain mean (one pass over the models).

@@ -10,8 +10,8 @@ use federate_net::party::{PartyOptions, run_party};
 use federate_net::tls::TlsFiles;
 use tracing::info;
 
+use crate::assemble::{self, dataset_shape, spec_for};
 use crate::config::Config;
-use crate::sim::{self, dataset_shape, spec_for};
 
 use crate::party_store::{PartyStore, Persisted};
 use crate::serve::secs;
@@ -85,8 +85,8 @@ pub fn join(
                     cfg.data.parties
                 );
             }
-            let all = sim::load_data(cfg)?;
-            let mut parts = sim::split(cfg, &all)?;
+            let all = assemble::load_data(cfg)?;
+            let mut parts = assemble::split(cfg, &all)?;
             let p = parts.swap_remove(i - 1);
             (p.train, p.test)
         }
@@ -106,14 +106,13 @@ pub fn join(
         }
     };
     let spec = spec_for(cfg)?;
-    let learner = NnLearner::new(spec, cfg.train.batch_size, rayon::current_num_threads())?;
-    let layout = learner.layout();
+    let layout = NnLearner::new(spec.clone(), 1, 1)?.layout();
     println!("federate join: {id} with {} training and {} test examples → {server}", train.len(), test.len());
     // A party's own DP randomness: secure unless its config asks for seeded noise.
-    let noise = cfg.privacy.noise.unwrap_or(crate::config::NoiseName::Secure);
+    let noise = cfg.privacy.noise.unwrap_or(federate_core::NoiseSource::Secure);
     // What this party agreed to in its own config: a server asking for less is refused.
-    let floor = sim::privacy_floor(cfg, train.len())?;
-    let client = LocalClient::new(learner, train, test).with_noise_source(noise.source()).with_privacy_floor(floor);
+    let floor = assemble::privacy_floor(cfg, train.len())?;
+    let client = assemble::party(cfg, &spec, train, test, noise, floor)?;
     let client = LocalLog { inner: client, id: id.to_string() };
     let client = Persisted::new(client, PartyStore::new(state_dir, id, cfg.seed, layout.len()))?;
     let sv = &cfg.server;

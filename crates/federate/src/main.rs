@@ -28,6 +28,7 @@ macro_rules! delegate_to_inner_client {
     };
 }
 
+mod assemble;
 mod bench;
 mod checkpoint;
 mod cli;
@@ -58,13 +59,7 @@ fn main() -> ExitCode {
             if dp_noise.is_some() && dp_clip.is_none() {
                 Err(anyhow::anyhow!("--dp-noise needs --dp-clip C"))
             } else {
-                bench_cmd::bench_train(
-                    &model,
-                    &batches,
-                    threads,
-                    seconds,
-                    dp_clip.map(|c| (c, dp_noise.map(|n| n.source()))),
-                )
+                bench_cmd::bench_train(&model, &batches, threads, seconds, dp_clip.map(|c| (c, dp_noise)))
             }
         }
         Command::Data { what: DataCommand::Fetch { dataset, data_dir, cache_dir } } => {

@@ -11,9 +11,9 @@ use federate_net::codec::Limits;
 use federate_net::server::{Hub, HubConfig, RemoteParty};
 use tracing::{info, warn};
 
+use crate::assemble::{self, spec_for};
 use crate::config::Config;
 use crate::report::{self, RunDir};
-use crate::sim::{self, spec_for};
 
 use crate::checkpoint::read_checkpoint;
 
@@ -43,14 +43,9 @@ impl Security {
     }
 }
 
-/// `federate serve`.
-pub fn serve(cfg: &Config, out: &Path, resume: bool, security: Security) -> Result<()> {
-    let sv = &cfg.server;
-    let listen: SocketAddr = sv
-        .listen
-        .parse()
-        .with_context(|| format!("server.listen = '{}' is not an address like 0.0.0.0:7000", sv.listen))?;
-    let tls = match (&sv.tls, security) {
+/// The TLS files `security` allows on `listen`, or the error that refuses the combination.
+fn tls_for(cfg: &Config, listen: SocketAddr, security: Security) -> Result<Option<federate_net::tls::TlsFiles>> {
+    Ok(match (&cfg.server.tls, security) {
         (Some(t), Security::Tls) => Some(t.clone()),
         (_, Security::InsecureLoopback) if !listen.ip().is_loopback() => bail!(
             "--insecure listens in plaintext and lets anyone take any party's seat, so it is refused on {listen}, \
@@ -64,35 +59,23 @@ pub fn serve(cfg: &Config, out: &Path, resume: bool, security: Security) -> Resu
         (None, Security::Tls) => bail!(
             "[server.tls] (ca, cert, key) is required; create them with `federate keys`, or pass --insecure for a local test"
         ),
-    };
-    let insecure_note = if tls.is_none() { "  INSECURE (plaintext, parties not authenticated)" } else { "" };
-    let parties = sv.party_ids(cfg.data.parties);
-    for p in &parties {
-        if !federate_net::tls::valid_identity(p) {
-            bail!("server.parties: '{p}' is not a valid identity (letters, digits, '-', '.')");
-        }
-    }
-    let spec = spec_for(cfg)?;
-    let learner = NnLearner::new(spec, 1, 1)?;
-    let layout = learner.layout();
-    let ckpt_dir = sv.checkpoint_dir.clone().unwrap_or_else(|| out.join("checkpoint"));
-    let (completed, values, mut records, restored_strategy) = if resume {
-        let r = read_checkpoint(&ckpt_dir, cfg.seed, layout.len())?;
-        info!("resuming after round {} from {}", r.round, ckpt_dir.display());
-        let records = report::read_rounds(&out.join("rounds.jsonl"), r.round)?;
-        (r.round, r.values, records, Some((r.strategy, r.strategy_state)))
-    } else {
-        (0, learner.init(seed::derive(cfg.seed, seed::Stream::Init, &[])), Vec::new(), None)
-    };
-    let global = Parameters::new(values, layout.clone()).context("initial parameters")?;
-    let mut dir = RunDir::open(out, cfg, &records)?;
+    })
+}
 
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let hub_cfg = HubConfig {
+/// The hub's settings from `[server]`.
+fn hub_config(
+    cfg: &Config,
+    listen: SocketAddr,
+    tls: Option<federate_net::tls::TlsFiles>,
+    parties: &[String],
+    model_len: usize,
+) -> HubConfig {
+    let sv = &cfg.server;
+    HubConfig {
         listen,
         tls,
-        allowed: parties.clone(),
-        model_len: layout.len(),
+        allowed: parties.to_vec(),
+        model_len,
         heartbeat: secs(sv.heartbeat_s),
         party_timeout: secs(sv.party_timeout_s),
         task_timeout: secs(sv.round_timeout_s),
@@ -106,7 +89,49 @@ pub fn serve(cfg: &Config, out: &Path, resume: bool, security: Security) -> Resu
         max_streams_per_connection: sv.max_streams_per_connection,
         join_timeout: secs(sv.join_timeout_s),
         deny_file: sv.deny_file.clone(),
-    };
+    }
+}
+
+/// Where a served run starts: rounds done, the model, their records, the strategy's state.
+type Start = (u32, Vec<f32>, Vec<federate_core::RoundRecord>, Option<(String, Option<federate_core::StrategyState>)>);
+
+/// The checkpoint in `ckpt_dir` when resuming, else round 0 and the seed's initial model.
+fn start(cfg: &Config, out: &Path, ckpt_dir: &Path, resume: bool, learner: &NnLearner) -> Result<Start> {
+    Ok(if resume {
+        let r = read_checkpoint(ckpt_dir, cfg.seed, learner.layout().len())?;
+        info!("resuming after round {} from {}", r.round, ckpt_dir.display());
+        let records = report::read_rounds(&out.join("rounds.jsonl"), r.round)?;
+        (r.round, r.values, records, Some((r.strategy, r.strategy_state)))
+    } else {
+        (0, learner.init(seed::derive(cfg.seed, seed::Stream::Init, &[])), Vec::new(), None)
+    })
+}
+
+/// `federate serve`.
+pub fn serve(cfg: &Config, out: &Path, resume: bool, security: Security) -> Result<()> {
+    let sv = &cfg.server;
+    let listen: SocketAddr = sv
+        .listen
+        .parse()
+        .with_context(|| format!("server.listen = '{}' is not an address like 0.0.0.0:7000", sv.listen))?;
+    let tls = tls_for(cfg, listen, security)?;
+    let insecure_note = if tls.is_none() { "  INSECURE (plaintext, parties not authenticated)" } else { "" };
+    let parties = sv.party_ids(cfg.data.parties);
+    for p in &parties {
+        if !federate_net::tls::valid_identity(p) {
+            bail!("server.parties: '{p}' is not a valid identity (letters, digits, '-', '.')");
+        }
+    }
+    let spec = spec_for(cfg)?;
+    let learner = NnLearner::new(spec, 1, 1)?;
+    let layout = learner.layout();
+    let ckpt_dir = sv.checkpoint_dir.clone().unwrap_or_else(|| out.join("checkpoint"));
+    let (completed, values, mut records, restored_strategy) = start(cfg, out, &ckpt_dir, resume, &learner)?;
+    let global = Parameters::new(values, layout.clone()).context("initial parameters")?;
+    let mut dir = RunDir::open(out, cfg, &records)?;
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let hub_cfg = hub_config(cfg, listen, tls, &parties, layout.len());
     let (hub, addr) = rt.block_on(Hub::start(hub_cfg))?;
     println!("federate serve: listening on {addr}; parties {}; run directory {}", parties.join(", "), out.display());
     let have = rt.block_on(hub.wait_for(parties.len(), secs(sv.start_wait_s)));
@@ -126,8 +151,8 @@ pub fn serve(cfg: &Config, out: &Path, resume: bool, security: Security) -> Resu
     let clients: Vec<Box<dyn ClientProxy>> =
         parties.iter().map(|p| Box::new(RemoteParty::new(p.clone(), hub.clone(), rt.handle().clone())) as _).collect();
     // The server's own noise (central client-level DP) is secure unless the config says seeded.
-    let noise = cfg.privacy.noise.unwrap_or(crate::config::NoiseName::Secure).source();
-    let mut server = Server::new(sim::build_strategy(cfg, noise)?, clients).with_admission(sv.admission());
+    let noise = cfg.privacy.noise.unwrap_or(federate_core::NoiseSource::Secure);
+    let mut server = Server::new(assemble::build_strategy(cfg, noise)?, clients).with_admission(sv.admission());
     if let Some((name, state)) = &restored_strategy {
         server
             .restore_strategy(name, state.as_ref())
@@ -158,6 +183,11 @@ pub fn serve(cfg: &Config, out: &Path, resume: bool, security: Security) -> Resu
     if let Some(e) = log.error {
         return Err(e.context("writing the round record or checkpoint"));
     }
+    finish(cfg, out, &global, &records)
+}
+
+/// Writes the model of a served run that produced one, or says why there is none.
+fn finish(cfg: &Config, out: &Path, global: &Parameters, records: &[federate_core::RoundRecord]) -> Result<()> {
     if !records.iter().any(|r| r.aggregated) {
         let last = records.last().and_then(|r| r.error.clone()).unwrap_or_default();
         bail!(
@@ -166,7 +196,7 @@ pub fn serve(cfg: &Config, out: &Path, resume: bool, security: Security) -> Resu
             out.join("rounds.jsonl").display()
         );
     }
-    report::write_safetensors(&out.join("model.safetensors"), &global, cfg)?;
+    report::write_safetensors(&out.join("model.safetensors"), global, cfg)?;
     println!(
         "final global accuracy {:.2} % after {} rounds; model {}",
         records.last().and_then(|r| r.accuracy).unwrap_or(0.0) * 100.0,

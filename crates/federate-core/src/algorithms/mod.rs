@@ -280,6 +280,8 @@ pub struct LocalRun<'a> {
     pub(crate) train: &'a Dataset,
     pub(crate) training: &'a LocalTraining,
     pub(crate) round: u32,
+    /// The task's seed: DP-SGD noise is drawn from its `DpSgdNoise` stream.
+    pub(crate) seed: u64,
     pub(crate) opt: Optimizer,
     pub(crate) rng: ChaCha8Rng,
     pub(crate) noise: NoiseSource,
@@ -302,6 +304,7 @@ impl LocalRun<'_> {
                 &mut self.opt,
                 &mut self.rng,
                 self.noise,
+                crate::seed::derive(self.seed, crate::seed::Stream::DpSgdNoise, &[epoch as u64]),
                 correction,
             )
             .map_err(model_err)?;
@@ -329,6 +332,7 @@ impl LocalRun<'_> {
                 out,
                 &mut self.rng,
                 self.noise,
+                crate::seed::derive(self.seed, crate::seed::Stream::DpSgdNoise, &[0]),
             )
             .map_err(model_err),
             None => {

@@ -36,6 +36,64 @@ pub(super) enum Receiving {
     },
 }
 
+impl Service {
+    /// Checks a hello against the protocol version, the allow-list, the deny list and (under
+    /// TLS) the client certificate; the party's identity if it may join.
+    fn admit(
+        &self,
+        hello: &crate::proto::Hello,
+        certs: Option<&[tonic::transport::CertificateDer<'static>]>,
+        peer: &str,
+    ) -> Result<String, Status> {
+        let refuse = |reason: String| {
+            warn!(%peer, "refused: {reason}");
+            Err(Status::permission_denied(reason))
+        };
+        if hello.protocol_version != PROTOCOL_VERSION {
+            let newer = if hello.protocol_version < PROTOCOL_VERSION { "the party" } else { "this server" };
+            let reason = format!(
+                "unsupported protocol version {} (this server speaks {PROTOCOL_VERSION}): the party and the server \
+                 run different federate versions; upgrade {newer} so both run the same one",
+                hello.protocol_version
+            );
+            warn!(%peer, "refused: {reason}");
+            return Err(Status::failed_precondition(reason));
+        }
+        let id = hello.party_id.clone();
+        if !self.hub.inner.allowed.contains(&id) {
+            return refuse(format!("party '{}' is not on the allow-list", clean_text(&id)));
+        }
+        if self.hub.inner.deny.denied(&id) {
+            return refuse(format!("party '{id}' is revoked (listed in the server's deny_file)"));
+        }
+        if self.hub.inner.cfg.tls.is_some() {
+            let ok = certs.and_then(|c| c.first()).is_some_and(|c| party_identity_ok(c, &id));
+            if !ok {
+                return refuse(format!("the client certificate is not issued to '{id}'"));
+            }
+        }
+        Ok(id)
+    }
+}
+
+/// Sends heartbeats on `tx` until the connection closes. Never waits on a party: a heartbeat
+/// that does not fit is skipped (the party is not reading, which the round deadline deals
+/// with).
+fn heartbeats(tx: mpsc::Sender<Result<ServerMessage, Status>>, guard: Arc<ConnGuard>, every: Duration) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let hb = msg(server_message::Msg::Heartbeat(Heartbeat { unix_ms: now_ms() }));
+            if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Ok(hb)) {
+                break;
+            }
+            if guard.killed.load(Ordering::SeqCst) {
+                break;
+            }
+        }
+    });
+}
+
 #[tonic::async_trait]
 impl Federation for Service {
     type JoinStream = ReceiverStream<Result<ServerMessage, Status>>;
@@ -66,29 +124,7 @@ impl Federation for Service {
         let Some(party_message::Msg::Hello(hello)) = first.msg else {
             return refuse("the first message must be Hello".into());
         };
-        if hello.protocol_version != PROTOCOL_VERSION {
-            let newer = if hello.protocol_version < PROTOCOL_VERSION { "the party" } else { "this server" };
-            let reason = format!(
-                "unsupported protocol version {} (this server speaks {PROTOCOL_VERSION}): the party and the server \
-                 run different federate versions; upgrade {newer} so both run the same one",
-                hello.protocol_version
-            );
-            warn!(%peer, "refused: {reason}");
-            return Err(Status::failed_precondition(reason));
-        }
-        let id = hello.party_id.clone();
-        if !self.hub.inner.allowed.contains(&id) {
-            return refuse(format!("party '{}' is not on the allow-list", clean_text(&id)));
-        }
-        if self.hub.inner.deny.denied(&id) {
-            return refuse(format!("party '{id}' is revoked (listed in the server's deny_file)"));
-        }
-        if cfg.tls.is_some() {
-            let ok = certs.as_ref().and_then(|c| c.first()).is_some_and(|c| party_identity_ok(c, &id));
-            if !ok {
-                return refuse(format!("the client certificate is not issued to '{id}'"));
-            }
-        }
+        let id = self.admit(&hello, certs.as_deref().map(Vec::as_slice), &peer)?;
         // Claimed here, atomically: two Join streams racing on one connection cannot both pass.
         match guard.party.lock() {
             Ok(mut p) if p.is_none() => *p = Some(id.clone()),
@@ -122,21 +158,7 @@ impl Federation for Service {
             }
             hub.drop_conn(&id, &conn, &reason);
         });
-        let heartbeat = cfg.heartbeat;
-        tokio::spawn(async move {
-            // Never waits on a party: a heartbeat that does not fit is skipped (the party is
-            // not reading, which the round deadline deals with).
-            loop {
-                tokio::time::sleep(heartbeat).await;
-                let hb = msg(server_message::Msg::Heartbeat(Heartbeat { unix_ms: now_ms() }));
-                if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Ok(hb)) {
-                    break;
-                }
-                if guard.killed.load(Ordering::SeqCst) {
-                    break;
-                }
-            }
-        });
+        heartbeats(tx, guard, cfg.heartbeat);
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

@@ -3,18 +3,22 @@
 
 use anyhow::Result;
 
+use federate_core::{Mechanism, Sampling};
+use federate_privacy::Accountant;
+
 use crate::cli::*;
 
+fn name(a: Accountant) -> &'static str {
+    match a {
+        Accountant::Rdp => "rdp",
+        Accountant::Pld => "pld",
+    }
+}
+
 pub(crate) fn privacy(what: PrivacyCommand) -> Result<()> {
-    use anyhow::bail;
-    use federate_privacy::{Accountant, laplace};
-    let name = |a: AccountantArg| match a {
-        AccountantArg::Rdp => "rdp",
-        AccountantArg::Pld => "pld",
-    };
     match what {
         PrivacyCommand::Epsilon {
-            sampling_rate: q,
+            sampling_rate,
             noise_multiplier,
             epsilon_per_step,
             steps,
@@ -23,68 +27,91 @@ pub(crate) fn privacy(what: PrivacyCommand) -> Result<()> {
             sampling,
             accountant,
         } => {
-            let acc: Accountant = accountant.into();
-            let eps = match mechanism {
-                MechanismArg::Gaussian => {
-                    let Some(sigma) = noise_multiplier else {
-                        bail!("the gaussian mechanism needs --noise-multiplier σ");
-                    };
-                    if sampling == SamplingArg::FixedSize {
-                        if accountant == AccountantArg::Pld {
-                            bail!("fixed-size sampling is accounted by RDP: use --accountant rdp");
-                        }
-                        federate_privacy::rdp::epsilon_fixed_size(q, sigma, steps, delta)?
-                    } else {
-                        federate_privacy::epsilon(acc, q, sigma, steps, delta)?
-                    }
-                }
-                MechanismArg::Laplace => {
-                    let Some(e0) = epsilon_per_step else {
-                        bail!("the laplace mechanism needs --epsilon-per-step ε₀");
-                    };
-                    if sampling == SamplingArg::FixedSize {
-                        bail!(
-                            "fixed-size sampling is accounted for the gaussian mechanism only: use --sampling poisson"
-                        );
-                    }
-                    laplace::epsilon(acc, q, e0, steps, delta)?
-                }
-            };
-            let noise = match mechanism {
-                MechanismArg::Gaussian => {
-                    format!("mechanism=gaussian noise_multiplier={}", noise_multiplier.unwrap_or(0.0))
-                }
-                MechanismArg::Laplace => {
-                    format!("mechanism=laplace epsilon_per_step={}", epsilon_per_step.unwrap_or(0.0))
-                }
-            };
-            let sampling = if sampling == SamplingArg::FixedSize { "fixed-size" } else { "poisson" };
-            println!(
-                "{noise} accountant={} sampling={sampling} sampling_rate={q} steps={steps} delta={delta}",
-                name(accountant)
-            );
-            println!("epsilon={}", up6(eps));
+            let run = Run { q: sampling_rate, steps, delta, mechanism, sampling, accountant };
+            epsilon(&run, noise_multiplier, epsilon_per_step)
         }
-        PrivacyCommand::Noise { target_epsilon, sampling_rate: q, steps, delta, mechanism, accountant } => {
-            let acc: Accountant = accountant.into();
-            match mechanism {
-                MechanismArg::Gaussian => {
-                    let sigma = federate_privacy::noise_multiplier_for_epsilon(acc, target_epsilon, q, steps, delta)?;
-                    let eps = |s: f64| federate_privacy::epsilon(acc, q, s, steps, delta);
-                    // σ printed rounded up, so the printed value is on the safe side.
-                    let (sigma, text) = safe_decimal(sigma, true, |s| Ok(eps(s)? <= target_epsilon))?;
-                    println!("epsilon={} at noise_multiplier={text} ({})", up6(eps(sigma)?), name(accountant));
-                    println!("noise_multiplier={text}");
+        PrivacyCommand::Noise { target_epsilon, sampling_rate, steps, delta, mechanism, accountant } => {
+            let run = Run { q: sampling_rate, steps, delta, mechanism, sampling: Sampling::Poisson, accountant };
+            noise(&run, target_epsilon)
+        }
+    }
+}
+
+/// The DP-SGD run a question is about.
+struct Run {
+    q: f64,
+    steps: u64,
+    delta: f64,
+    mechanism: Mechanism,
+    sampling: Sampling,
+    accountant: Accountant,
+}
+
+/// `federate privacy epsilon`: the ε of a run at σ (Gaussian) or ε₀ (Laplace).
+fn epsilon(r: &Run, noise_multiplier: Option<f64>, epsilon_per_step: Option<f64>) -> Result<()> {
+    use anyhow::bail;
+    use federate_privacy::laplace;
+    let (q, steps, delta) = (r.q, r.steps, r.delta);
+    let acc = r.accountant;
+    let eps = match r.mechanism {
+        Mechanism::Gaussian => {
+            let Some(sigma) = noise_multiplier else {
+                bail!("the gaussian mechanism needs --noise-multiplier σ");
+            };
+            if r.sampling == Sampling::FixedSize {
+                if r.accountant == Accountant::Pld {
+                    bail!("fixed-size sampling is accounted by RDP: use --accountant rdp");
                 }
-                MechanismArg::Laplace => {
-                    let e0 = laplace::epsilon_per_step_for_epsilon(acc, target_epsilon, q, steps, delta)?;
-                    let eps = |e: f64| laplace::epsilon(acc, q, e, steps, delta);
-                    // ε₀ printed rounded down, so the printed value is on the safe side.
-                    let (e0, text) = safe_decimal(e0, false, |e| Ok(eps(e)? <= target_epsilon))?;
-                    println!("epsilon={} at epsilon_per_step={text} ({})", up6(eps(e0)?), name(accountant));
-                    println!("epsilon_per_step={text}");
-                }
+                federate_privacy::rdp::epsilon_fixed_size(q, sigma, steps, delta)?
+            } else {
+                federate_privacy::epsilon(acc, q, sigma, steps, delta)?
             }
+        }
+        Mechanism::Laplace => {
+            let Some(e0) = epsilon_per_step else {
+                bail!("the laplace mechanism needs --epsilon-per-step ε₀");
+            };
+            if r.sampling == Sampling::FixedSize {
+                bail!("fixed-size sampling is accounted for the gaussian mechanism only: use --sampling poisson");
+            }
+            laplace::epsilon(acc, q, e0, steps, delta)?
+        }
+    };
+    let noise = match r.mechanism {
+        Mechanism::Gaussian => format!("mechanism=gaussian noise_multiplier={}", noise_multiplier.unwrap_or(0.0)),
+        Mechanism::Laplace => format!("mechanism=laplace epsilon_per_step={}", epsilon_per_step.unwrap_or(0.0)),
+    };
+    let sampling = if r.sampling == Sampling::FixedSize { "fixed-size" } else { "poisson" };
+    println!(
+        "{noise} accountant={} sampling={sampling} sampling_rate={q} steps={steps} delta={delta}",
+        name(r.accountant)
+    );
+    println!("epsilon={}", up6(eps));
+    Ok(())
+}
+
+/// `federate privacy noise`: the least noise that reaches `target_epsilon`, printed on the
+/// safe side.
+fn noise(r: &Run, target_epsilon: f64) -> Result<()> {
+    use federate_privacy::laplace;
+    let (q, steps, delta) = (r.q, r.steps, r.delta);
+    let acc = r.accountant;
+    match r.mechanism {
+        Mechanism::Gaussian => {
+            let sigma = federate_privacy::noise_multiplier_for_epsilon(acc, target_epsilon, q, steps, delta)?;
+            let eps = |s: f64| federate_privacy::epsilon(acc, q, s, steps, delta);
+            // σ printed rounded up, so the printed value is on the safe side.
+            let (sigma, text) = safe_decimal(sigma, true, |s| Ok(eps(s)? <= target_epsilon))?;
+            println!("epsilon={} at noise_multiplier={text} ({})", up6(eps(sigma)?), name(r.accountant));
+            println!("noise_multiplier={text}");
+        }
+        Mechanism::Laplace => {
+            let e0 = laplace::epsilon_per_step_for_epsilon(acc, target_epsilon, q, steps, delta)?;
+            let eps = |e: f64| laplace::epsilon(acc, q, e, steps, delta);
+            // ε₀ printed rounded down, so the printed value is on the safe side.
+            let (e0, text) = safe_decimal(e0, false, |e| Ok(eps(e)? <= target_epsilon))?;
+            println!("epsilon={} at epsilon_per_step={text} ({})", up6(eps(e0)?), name(r.accountant));
+            println!("epsilon_per_step={text}");
         }
     }
     Ok(())

@@ -12,13 +12,14 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cli::*;
 use crate::init_threads;
-use crate::{checkpoint, config, report, round_log, sim};
+use crate::{assemble, checkpoint, config, report, round_log, sim};
 
 pub(crate) fn quote(p: &std::path::Path) -> String {
     toml::Value::String(p.display().to_string()).to_string()
 }
 
-pub(crate) fn run(args: RunArgs) -> Result<()> {
+/// The flags that override config keys, as `--set` lines after the user's own.
+fn flag_sets(args: &RunArgs) -> Vec<String> {
     let mut sets = args.sets.clone();
     if let Some(s) = args.seed {
         sets.push(format!("seed={s}"));
@@ -35,6 +36,39 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
     if let Some(d) = &args.cache_dir {
         sets.push(format!("data.cache_dir={}", quote(d)));
     }
+    sets
+}
+
+/// A progress bar over every party's local epochs when stderr is a terminal.
+fn progress(cfg: &config::Config, quiet: bool) -> Option<ProgressBar> {
+    if !std::io::stderr().is_terminal() || quiet {
+        return None;
+    }
+    let b = ProgressBar::new(cfg.rounds as u64 * cfg.data.parties as u64 * cfg.train.epochs as u64);
+    b.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} round {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    Some(b)
+}
+
+/// The run's first line: what, where, how many.
+fn announce(cfg: &config::Config, out: &std::path::Path) {
+    println!(
+        "federate: {} on {} ({} parties, {:?} partition), {} rounds, seed {}, {} threads → {}",
+        cfg.model.name,
+        cfg.data.dataset,
+        cfg.data.parties,
+        cfg.data.partition,
+        cfg.rounds,
+        cfg.seed,
+        rayon::current_num_threads(),
+        out.display()
+    );
+}
+
+pub(crate) fn run(args: RunArgs) -> Result<()> {
+    let sets = flag_sets(&args);
     let out = args.out.clone().unwrap_or_else(|| {
         let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         PathBuf::from(format!("runs/run-{t}"))
@@ -52,29 +86,9 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
         }
         (report::RunDir::open(&out, &cfg, &[])?, None)
     };
-    let tty = std::io::stderr().is_terminal() && !args.quiet;
-    let bar = if tty {
-        let b = ProgressBar::new(cfg.rounds as u64 * cfg.data.parties as u64 * cfg.train.epochs as u64);
-        b.set_style(
-            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} round {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        Some(b)
-    } else {
-        None
-    };
+    let bar = progress(&cfg, args.quiet);
     if !args.quiet {
-        println!(
-            "federate: {} on {} ({} parties, {:?} partition), {} rounds, seed {}, {} threads → {}",
-            cfg.model.name,
-            cfg.data.dataset,
-            cfg.data.parties,
-            cfg.data.partition,
-            cfg.rounds,
-            cfg.seed,
-            rayon::current_num_threads(),
-            out.display()
-        );
+        announce(&cfg, &out);
     }
     let started = Instant::now();
     let rounds = cfg.rounds;
@@ -149,7 +163,7 @@ pub(crate) fn resume_point(
             differ.join(", ")
         );
     }
-    let spec = sim::spec_for(cfg)?;
+    let spec = assemble::spec_for(cfg)?;
     let layout_len = federate_core::Learner::layout(&federate_core::NnLearner::new(spec, 1, 1)?).len();
     let r = checkpoint::read_checkpoint(ckpt_dir, cfg.seed, layout_len)?;
     if r.round >= cfg.rounds {

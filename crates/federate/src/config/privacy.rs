@@ -3,24 +3,39 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Privacy mechanisms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PrivacyMechanism {
-    /// No differential privacy.
-    None,
-    /// DP-SGD with Gaussian noise on L2-clipped per-example gradients.
-    Gaussian,
-    /// DP-SGD with Laplace noise on L1-clipped per-example gradients.
-    Laplace,
+/// `"none"` or one of `T`'s names in a config: `Option<T>` on the Rust side, so the setting
+/// uses core's enum directly instead of a copy with a `None` variant.
+pub(crate) mod none_or {
+    use serde::de::{Error, IntoDeserializer};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    /// Writes `None` as `"none"`.
+    pub fn serialize<S: Serializer, T: Serialize>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            None => s.serialize_str("none"),
+            Some(t) => t.serialize(s),
+        }
+    }
+
+    /// Reads `"none"` as `None`, anything else as `T` (its error lists `T`'s names; "none"
+    /// is added).
+    pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text == "none" {
+            return Ok(None);
+        }
+        let inner: Result<T, serde::de::value::Error> = T::deserialize(text.into_deserializer());
+        inner.map(Some).map_err(|e| D::Error::custom(format!("{e}, or `none`")))
+    }
 }
 
 /// Differential-privacy settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PrivacyConfig {
-    /// `none` or `gaussian` (sample-level DP-SGD in every party).
-    pub mechanism: PrivacyMechanism,
+    /// `none`, `gaussian` or `laplace` (sample-level DP-SGD in every party).
+    #[serde(with = "none_or")]
+    pub mechanism: Option<federate_core::Mechanism>,
     /// σ: noise standard deviation ÷ clipping norm (gaussian).
     pub noise_multiplier: f64,
     /// ε₀ of one step before subsampling (laplace: noise scale = clip / ε₀).
@@ -45,33 +60,13 @@ pub struct PrivacyConfig {
     /// floating-point noise (`seeded`, reproducible). Default: seeded for `federate run`,
     /// secure for `federate join`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub noise: Option<NoiseName>,
-}
-
-/// Where DP noise comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum NoiseName {
-    /// Seeded streams, floating-point samplers: reproducible, for simulation.
-    Seeded,
-    /// OS entropy and exact discrete samplers: for deployments.
-    Secure,
-}
-
-impl NoiseName {
-    /// The core setting.
-    pub fn source(self) -> federate_core::NoiseSource {
-        match self {
-            NoiseName::Seeded => federate_core::NoiseSource::Seeded,
-            NoiseName::Secure => federate_core::NoiseSource::Secure,
-        }
-    }
+    pub noise: Option<federate_core::NoiseSource>,
 }
 
 impl Default for PrivacyConfig {
     fn default() -> Self {
         PrivacyConfig {
-            mechanism: PrivacyMechanism::None,
+            mechanism: None,
             noise_multiplier: 1.0,
             epsilon_per_step: None,
             clip: 1.0,
@@ -88,38 +83,18 @@ impl Default for PrivacyConfig {
 impl PrivacyConfig {
     /// The DP-SGD settings, if DP is on.
     pub fn dp_sgd(&self) -> Option<federate_core::DpSgd> {
-        let mechanism = match self.mechanism {
-            PrivacyMechanism::None => return None,
-            PrivacyMechanism::Gaussian => federate_core::Mechanism::Gaussian,
-            PrivacyMechanism::Laplace => federate_core::Mechanism::Laplace,
-        };
-        match self.mechanism {
-            PrivacyMechanism::None => None,
-            PrivacyMechanism::Gaussian | PrivacyMechanism::Laplace => Some(federate_core::DpSgd {
-                mechanism,
-                noise_multiplier: self.noise_multiplier,
-                epsilon_per_step: self.epsilon_per_step,
-                clip: self.clip,
-                sampling_rate: self.sampling_rate,
-                delta: self.delta,
-                accountant: self.accountant,
-                max_epsilon: self.target_epsilon,
-                sampling: self.sampling,
-            }),
-        }
+        Some(federate_core::DpSgd {
+            mechanism: self.mechanism?,
+            noise_multiplier: self.noise_multiplier,
+            epsilon_per_step: self.epsilon_per_step,
+            clip: self.clip,
+            sampling_rate: self.sampling_rate,
+            delta: self.delta,
+            accountant: self.accountant,
+            max_epsilon: self.target_epsilon,
+            sampling: self.sampling,
+        })
     }
-}
-
-/// Client-level DP modes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ClientPrivacyMode {
-    /// Off.
-    None,
-    /// The server clips the updates and adds the noise.
-    Central,
-    /// Each party clips its update and adds its share of the noise.
-    Distributed,
 }
 
 /// Client-level DP settings (DP-FedAvg, McMahan et al. 2018; adaptive clipping, Andrew et
@@ -127,8 +102,9 @@ pub enum ClientPrivacyMode {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClientPrivacyConfig {
-    /// `none`, `central` or `distributed`.
-    pub mode: ClientPrivacyMode,
+    /// `none`, `central` or `distributed` (refused until secure aggregation).
+    #[serde(with = "none_or")]
+    pub mode: Option<federate_core::ClientDpMode>,
     /// z: noise std ÷ clip norm on the sum of clipped updates.
     pub noise_multiplier: f64,
     /// S: the L2 clip norm of an update (the initial one when adaptive).
@@ -153,7 +129,7 @@ pub struct ClientPrivacyConfig {
 impl Default for ClientPrivacyConfig {
     fn default() -> Self {
         ClientPrivacyConfig {
-            mode: ClientPrivacyMode::None,
+            mode: None,
             noise_multiplier: 1.0,
             clip: 1.0,
             adaptive: false,
@@ -170,13 +146,8 @@ impl ClientPrivacyConfig {
     /// The core settings, if client-level DP is on; `expected` parties per round size the
     /// default count noise.
     pub fn client_dp_for(&self, expected: f64) -> Option<federate_core::ClientDp> {
-        let mode = match self.mode {
-            ClientPrivacyMode::None => return None,
-            ClientPrivacyMode::Central => federate_core::ClientDpMode::Central,
-            ClientPrivacyMode::Distributed => federate_core::ClientDpMode::Distributed,
-        };
         Some(federate_core::ClientDp {
-            mode,
+            mode: self.mode?,
             noise_multiplier: self.noise_multiplier,
             clip: self.clip,
             adaptive: self.adaptive.then(|| federate_core::AdaptiveClip {

@@ -87,9 +87,42 @@ proptest::proptest! {
             picks.iter().map(|(k, v)| format!("{}={}", keys[k % keys.len()], VALUES[v % VALUES.len()])).collect();
         let outcome = std::panic::catch_unwind(|| {
             if let Ok(cfg) = load(None, &sets) {
-                let _ = crate::sim::spec_for(&cfg);
+                let _ = crate::assemble::spec_for(&cfg);
             }
         });
         proptest::prop_assert!(outcome.is_ok(), "panicked on {:?}", sets);
     }
+}
+
+#[test]
+fn privacy_modes_use_core_enums_with_none_for_off() {
+    let c = load(None, &[]).unwrap();
+    assert_eq!((c.privacy.mechanism, c.client_privacy.mode), (None, None));
+    let c = load(None, &["privacy.mechanism=\"laplace\"".into(), "privacy.epsilon_per_step=0.5".into()]).unwrap();
+    assert_eq!(c.privacy.mechanism, Some(federate_core::Mechanism::Laplace));
+    let c = load(None, &["client_privacy.mode=\"central\"".into()]).unwrap();
+    assert_eq!(c.client_privacy.mode, Some(federate_core::ClientDpMode::Central));
+    let e = load(None, &["privacy.mechanism=\"gausian\"".into()]).unwrap_err().to_string();
+    assert!(e.contains("gausian") && e.contains("gaussian") && e.contains("none"), "{e}");
+    let e = load(None, &["privacy.noise=\"loud\"".into()]).unwrap_err().to_string();
+    assert!(e.contains("seeded") && e.contains("secure"), "{e}");
+    // "none" is written back as "none", so a run directory's config.toml reads back the same.
+    let text = toml::to_string(&load(None, &[]).unwrap()).unwrap();
+    assert!(text.contains("mechanism = \"none\"") && text.contains("mode = \"none\""), "{text}");
+}
+
+#[test]
+fn algorithm_settings_come_from_the_module_that_declares_them() {
+    let c = load(None, &["strategy.name=\"feddyn\"".into(), "strategy.alpha=0.1".into()]).unwrap();
+    assert_eq!(c.strategy.algorithm_settings().unwrap()["alpha"], 0.1);
+    let e = load(None, &["strategy.name=\"feddyn\"".into(), "strategy.alpha=0".into()]).unwrap_err().to_string();
+    assert!(e.contains("strategy.alpha = 0 must be > 0"), "{e}");
+    let e = load(None, &["strategy.alpha=0.1".into()]).unwrap_err().to_string();
+    assert!(e.contains("strategy.alpha is a setting of feddyn"), "{e}");
+    let e = load(None, &["strategy.alhpa=0.1".into()]).unwrap_err().to_string();
+    assert!(e.contains("strategy.alhpa is not a setting"), "{e}");
+    let e = load(None, &["strategy.name=\"feddyn\"".into(), "strategy.alpha=\"big\"".into()]).unwrap_err().to_string();
+    assert!(e.contains("strategy.alpha") && e.contains("number"), "{e}");
+    let e = load(None, &["strategy.mu=-1".into()]).unwrap_err().to_string();
+    assert!(e.contains("strategy.mu = -1 must be ≥ 0"), "{e}");
 }

@@ -97,7 +97,7 @@ fn check_strategy(c: &Config) -> Result<()> {
         bail!("strategy.krum_select = 0: Krum keeps at least 1 model");
     }
     let aggregator = s.aggregator()?;
-    if aggregator != federate_core::Aggregator::Mean && c.client_privacy.mode != ClientPrivacyMode::None {
+    if aggregator != federate_core::Aggregator::Mean && c.client_privacy.mode.is_some() {
         bail!(
             "strategy.aggregator = \"{}\" does not apply to client-level DP, which sums clipped updates its own \
              way: set strategy.aggregator = \"mean\"",
@@ -111,7 +111,7 @@ fn check_strategy(c: &Config) -> Result<()> {
     if !(a.scale >= 0.0 && a.scale.is_finite()) {
         bail!("attack.scale = {} must be a finite number ≥ 0", a.scale);
     }
-    if c.client_privacy.mode != ClientPrivacyMode::None && s.name != "fedavg" {
+    if c.client_privacy.mode.is_some() && s.name != "fedavg" {
         bail!("[client_privacy] wraps fedavg only: set strategy.name = \"fedavg\" or client_privacy.mode = \"none\"");
     }
     if !(s.fraction_fit > 0.0 && s.fraction_fit <= 1.0) {

@@ -1,0 +1,223 @@
+//! Assembly: the one place that turns a config into the parts of a federation — data and
+//! its split, the model's spec, the strategy, and a party (its learner, data, noise source
+//! and privacy floor). `federate run` (simulation), `serve` and `join` all build from here,
+//! so a deployment's parties are the simulation's.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use federate_core::{LocalClient, NnLearner, seed};
+use federate_data::{Dataset, FetchOptions, TrainTest, default_cache_dir, partition};
+use federate_nn::{ModelSpec, Shape};
+
+use crate::config::{Config, PartitionKind};
+
+/// One party's data.
+pub struct PartyData {
+    /// Identity.
+    pub id: String,
+    /// Training examples.
+    pub train: Dataset,
+    /// Test examples.
+    pub test: Dataset,
+}
+
+/// Synthetic(α, β) as configured, from the run's seed.
+fn synthetic(cfg: &Config) -> Result<federate_data::synthetic::Keyed> {
+    let d = &cfg.data;
+    let sc = federate_data::synthetic::SyntheticConfig {
+        alpha: d.synthetic_alpha,
+        beta: d.synthetic_beta,
+        devices: d.synthetic_devices,
+        ..Default::default()
+    };
+    Ok(federate_data::synthetic::synthetic(&sc, &mut seed::stream(cfg.seed, seed::Stream::Synthetic, &[]))?)
+}
+
+/// Loads the configured dataset (fetching and verifying it if needed; generating it for
+/// `synthetic`).
+pub fn load_data(cfg: &Config) -> Result<TrainTest> {
+    if cfg.data.dataset == "synthetic" {
+        return Ok(synthetic(cfg)?.data);
+    }
+    let opts = FetchOptions {
+        cache_dir: cfg.data.cache_dir.clone().unwrap_or_else(default_cache_dir),
+        data_dir: cfg.data.data_dir.clone().or_else(|| std::env::var_os("FEDERATE_DATA_DIR").map(PathBuf::from)),
+        download_base: None,
+        no_download: cfg.data.offline,
+        no_npm: cfg.data.offline,
+    };
+    Ok(federate_data::load(&cfg.data.dataset, &opts)?)
+}
+
+/// Splits the data across parties as configured, from the run's partition stream.
+pub fn split(cfg: &Config, data: &TrainTest) -> Result<Vec<PartyData>> {
+    let d = &cfg.data;
+    let k = d.parties;
+    let mut rng = seed::stream(cfg.seed, seed::Stream::Partition, &[]);
+    let (train_parts, test_parts) = match d.partition {
+        PartitionKind::WorkedExample => (
+            partition::disjoint_sample(data.train.len(), k, d.train_per_party, &mut rng)
+                .context("data.train_per_party")?,
+            partition::disjoint_sample(data.test.len(), k, d.test_per_party, &mut rng)
+                .context("data.test_per_party")?,
+        ),
+        PartitionKind::Iid => {
+            (partition::iid(data.train.len(), k, &mut rng)?, partition::iid(data.test.len(), k, &mut rng)?)
+        }
+        PartitionKind::Dirichlet => (
+            partition::dirichlet(&data.train.y, data.train.classes, k, d.alpha, 10, &mut rng)?,
+            partition::iid(data.test.len(), k, &mut rng)?,
+        ),
+        PartitionKind::Shards => (
+            partition::shards(&data.train.y, k, d.shards_per_party, &mut rng)?,
+            partition::iid(data.test.len(), k, &mut rng)?,
+        ),
+        PartitionKind::QuantitySkew => (
+            partition::quantity_skew(data.train.len(), k, d.quantity_sigma, 10, &mut rng)?,
+            partition::iid(data.test.len(), k, &mut rng)?,
+        ),
+        PartitionKind::Natural => {
+            let keyed = synthetic(cfg)?;
+            (partition::by_key(&keyed.train_keys), partition::by_key(&keyed.test_keys))
+        }
+    };
+    Ok(train_parts
+        .iter()
+        .zip(&test_parts)
+        .enumerate()
+        .map(|(i, (tr, te))| PartyData {
+            id: format!("party-{}", i + 1),
+            train: data.train.subset(tr),
+            test: data.test.subset(te),
+        })
+        .collect())
+}
+
+/// The model description for the configured model and data.
+pub fn model_spec(cfg: &Config, data: &Dataset) -> Result<ModelSpec> {
+    let [h, w, c] = data.dims;
+    spec_for_shape(cfg, Shape::image(h, w, c), data.classes)
+}
+
+/// The model description for the configured model, given the input shape and classes.
+pub fn spec_for_shape(cfg: &Config, input: Shape, classes: usize) -> Result<ModelSpec> {
+    let spec = match &cfg.model.layers {
+        Some(layers) => ModelSpec { input, classes, layers: layers.clone() },
+        None => ModelSpec::builtin(&cfg.model.name, input, classes)?,
+    };
+    spec.shapes().context("model.layers")?;
+    check_fits(&spec, cfg.train.batch_size)?;
+    Ok(spec)
+}
+
+/// Refuses a model that would not fit in this machine's memory before anything is
+/// allocated (a linear layer with 10^8 outputs would otherwise abort on a 300 GB
+/// allocation), naming what to change.
+pub fn check_fits(spec: &ModelSpec, batch: usize) -> Result<()> {
+    let params = spec.num_params().context("model.layers")?;
+    let need = spec.memory_estimate(batch).context("model.layers")?;
+    let gb = |b: u128| b as f64 / 1e9;
+    if params > u32::MAX as u128 {
+        anyhow::bail!("model.layers: {params} parameters is beyond what federate handles (2^32); use smaller layers");
+    }
+    if let Some(avail) = available_memory()
+        && need > avail as u128
+    {
+        anyhow::bail!(
+            "model.layers: training this model needs about {:.1} GB ({params} parameters, train.batch_size = {batch}) \
+             and this machine has {:.1} GB available: use smaller layers or a smaller batch",
+            gb(need),
+            gb(avail as u128)
+        );
+    }
+    Ok(())
+}
+
+/// Memory available to new allocations (Linux's MemAvailable), if the system says.
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb.saturating_mul(1024))
+}
+
+/// What a party built from `cfg` agrees to (its privacy floor): the config's DP-SGD settings
+/// and the sampling rate they give a party of `n` examples under the algorithm the config
+/// chooses (its party half plans the rate: FedSGD's full-batch gradient takes q = 1).
+pub fn privacy_floor(cfg: &Config, n: usize) -> Result<federate_core::PrivacyFloor> {
+    Ok(privacy_floors(cfg)?(n)?)
+}
+
+/// [`privacy_floor`] for many parties: the algorithm's tasks are worked out once.
+pub fn privacy_floors(
+    cfg: &Config,
+) -> Result<impl Fn(usize) -> Result<federate_core::PrivacyFloor, federate_core::ClientError>> {
+    let own = cfg.privacy.dp_sgd();
+    let plan = match own {
+        None => None,
+        Some(_) => {
+            let training = party_training(cfg)?;
+            let step = federate_core::algorithms::party_step(&training.local)?;
+            Some((training, step))
+        }
+    };
+    Ok(move |n| {
+        let rate = match (&plan, &own) {
+            (Some((training, step)), Some(dp)) => Some(step.dp_steps(training, dp, n)?.0),
+            _ => None,
+        };
+        Ok(federate_core::PrivacyFloor::new(own, rate))
+    })
+}
+
+/// The local training the server's first tasks carry, party half included.
+fn party_training(cfg: &Config) -> Result<federate_core::LocalTraining> {
+    let mut strategy = build_strategy(cfg, federate_core::NoiseSource::Seeded)?;
+    let mut rng = federate_core::seed::stream(cfg.seed, federate_core::seed::Stream::ClientSampling, &[1]);
+    let tasks = strategy.configure_fit(1, cfg.data.parties.max(1), cfg.seed, &mut rng);
+    Ok(tasks.into_iter().next().map_or_else(|| cfg.local_training(), |(_, t)| t.training))
+}
+
+/// The server's strategy from the config: the registered algorithm `strategy.name` chooses,
+/// or DP-FedAvg when client-level DP is on (its central noise from `noise`).
+pub fn build_strategy(cfg: &Config, noise: federate_core::NoiseSource) -> Result<Box<dyn federate_core::Strategy>> {
+    let s = &cfg.strategy;
+    let base = cfg.fedavg_base()?;
+    let expected = s.fraction_fit * cfg.data.parties as f64;
+    if let Some(dp) = cfg.client_privacy.client_dp_for(expected) {
+        return Ok(Box::new(federate_core::DpFedAvg::new(base, dp, noise)?));
+    }
+    Ok(s.algorithm()?.build(base, &s.algorithm_settings()?)?)
+}
+
+/// Input shape and classes of a named dataset, known without loading it (the server holds
+/// no data).
+pub fn dataset_shape(name: &str) -> Result<(Shape, usize)> {
+    match name {
+        "mnist" | "fashion-mnist" => Ok((Shape::image(28, 28, 1), 10)),
+        "synthetic" => Ok((Shape::flat(60), 10)),
+        other => {
+            anyhow::bail!("data.dataset = '{other}' is unknown: use one of {}", federate_data::DATASETS.join(", "))
+        }
+    }
+}
+
+pub(crate) fn spec_for(cfg: &Config) -> Result<ModelSpec> {
+    let (input, classes) = dataset_shape(&cfg.data.dataset)?;
+    spec_for_shape(cfg, input, classes)
+}
+
+/// A party holding `train` and `test` as the config builds one: a learner for `spec`, the
+/// noise source, and the privacy floor of `floor` (from [`privacy_floors`]).
+pub fn party(
+    cfg: &Config,
+    spec: &ModelSpec,
+    train: Dataset,
+    test: Dataset,
+    noise: federate_core::NoiseSource,
+    floor: federate_core::PrivacyFloor,
+) -> Result<LocalClient<NnLearner>> {
+    let learner = NnLearner::new(spec.clone(), cfg.train.batch_size, rayon::current_num_threads())?;
+    Ok(LocalClient::new(learner, train, test).with_noise_source(noise).with_privacy_floor(floor))
+}
