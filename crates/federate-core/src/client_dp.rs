@@ -55,7 +55,7 @@ pub fn privatize_update(
     u: &UpdateDp,
     source: NoiseSource,
     seed: u64,
-) -> Result<f64, federate_nn::NnError> {
+) -> Result<f64, crate::messages::LearnerError> {
     let mut delta: Vec<f32> = params.iter().zip(global).map(|(p, g)| p - g).collect();
     let norm = federate_privacy::vector::clip_l2(&mut delta, u.clip);
     gaussian_noise(&mut delta, u.clip, u.noise_std, source, crate::seed::derive(seed, Stream::UpdateNoise, &[]))?;

@@ -6,8 +6,9 @@
 
 pub use crate::messages::{DpSgd, Mechanism, NoiseSource, PrivacyFloor, Sampling};
 
+use crate::messages::{ClipNorm, LearnerError};
+use crate::optim::Optimizer;
 use federate_data::Dataset;
-use federate_nn::{ClipNorm, NnError, Optimizer};
 use federate_privacy::Accountant;
 use rand::{Rng, RngExt};
 
@@ -202,8 +203,8 @@ pub fn train_local_dp<R: Rng>(
     source: NoiseSource,
     noise_seed: u64,
     correction: &crate::messages::Correction<'_>,
-) -> Result<TrainStats, NnError> {
-    dp.validate().map_err(NnError::BadHyperParameter)?;
+) -> Result<TrainStats, LearnerError> {
+    dp.validate().map_err(LearnerError::Setting)?;
     match source {
         NoiseSource::Seeded => {
             dp_epochs(learner, params, data, cfg, dp, opt, rng, Noise::Seeded(noise_seed), correction)
@@ -266,7 +267,7 @@ fn private_gradient<R: Rng>(
     noise: Noise,
     step: u64,
     buf: &mut StepBuffers,
-) -> Result<federate_nn::BatchStats, NnError> {
+) -> Result<crate::messages::BatchStats, LearnerError> {
     let n = data.len();
     let d = data.example_len();
     buf.chosen.clear();
@@ -279,7 +280,7 @@ fn private_gradient<R: Rng>(
         }
     }
     buf.wide.fill(0.0);
-    let mut stats = federate_nn::BatchStats::default();
+    let mut stats = crate::messages::BatchStats::default();
     for piece in buf.chosen.chunks(cap) {
         let m = data.gather(piece, &mut buf.xb, &mut buf.yb);
         let s = learner.clipped_grad(
@@ -317,7 +318,7 @@ fn dp_epochs<R: Rng>(
     rng: &mut R,
     noise: Noise,
     correction: &crate::messages::Correction<'_>,
-) -> Result<TrainStats, NnError> {
+) -> Result<TrainStats, LearnerError> {
     let n = data.len();
     let cap = cfg.batch_size.max(1);
     let q = dp.rate(n, cap);
@@ -353,8 +354,8 @@ pub fn private_gradient_step<R: Rng>(
     rng: &mut R,
     source: NoiseSource,
     noise_seed: u64,
-) -> Result<TrainStats, NnError> {
-    dp.validate().map_err(NnError::BadHyperParameter)?;
+) -> Result<TrainStats, LearnerError> {
+    dp.validate().map_err(LearnerError::Setting)?;
     let n = data.len();
     let cap = batch_size.max(1);
     let q = if full { 1.0 } else { dp.rate(n, cap) };

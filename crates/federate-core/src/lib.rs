@@ -15,7 +15,9 @@ pub mod client_dp;
 pub mod dp;
 pub mod learner;
 pub mod messages;
+pub mod nn_learner;
 pub mod noise;
+pub mod optim;
 pub mod params;
 pub mod record;
 pub mod robust;
@@ -26,8 +28,8 @@ pub mod train;
 
 pub use admission::{Admission, Declared, Weighting};
 pub use algorithms::{
-    ALGORITHMS, Admm, Algorithm, FedAvg, FedDyn, FedNova, FedOpt, FedOptConfig, FedSgd, Federated, PartyStep, Scaffold,
-    ServerHalf, ServerOptimizer,
+    ALGORITHMS, Admm, Algorithm, FedAvg, FedOpt, FedOptConfig, FedSgd, Federated, PartyStep, Scaffold, ServerHalf,
+    ServerOptimizer,
 };
 pub use client::{
     Client, ClientError, ClientProxy, EvaluateReply, EvaluateTask, FitReply, FitTask, InProcess, LocalClient,
@@ -35,8 +37,11 @@ pub use client::{
 };
 pub use client_dp::{AdaptiveClip, ClientDp, ClientDpMode, DpFedAvg, UpdateDp};
 pub use dp::{DpSgd, Mechanism, NoiseSource, PrivacyFloor, Sampling};
-pub use learner::{Learner, NnLearner};
+pub use learner::{BatchStats, ClipNorm, Learner, LearnerError};
+pub use messages::OptimizerSpec;
 pub use messages::{AlgorithmReply, AlgorithmState, PrivacyReport, TrainSummary};
+pub use nn_learner::NnLearner;
+pub use optim::Optimizer;
 pub use params::{Layout, Parameters, TensorSpec};
 pub use robust::Aggregator;
 pub use server::{

@@ -8,7 +8,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use federate_nn::{BatchStats, OptimizerSpec};
 use federate_privacy::{Accountant, Ledger};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -210,6 +209,86 @@ pub struct TrainStats {
     pub steps: usize,
     /// Loss and accuracy over every training batch seen.
     pub batches: BatchStats,
+}
+
+/// Which optimiser, with its hyper-parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "snake_case", deny_unknown_fields)]
+pub enum OptimizerSpec {
+    /// `v ← μ·v + (g + λ·θ)`, `θ ← θ − lr·v` (plain SGD when μ = 0).
+    Sgd {
+        /// Learning rate.
+        lr: f32,
+        /// Momentum μ in [0, 1).
+        #[serde(default)]
+        momentum: f32,
+        /// L2 weight decay λ ≥ 0.
+        #[serde(default)]
+        weight_decay: f32,
+    },
+    /// Adam (Kingma & Ba), L2 weight decay added to the gradient.
+    Adam {
+        /// Learning rate.
+        lr: f32,
+        /// First-moment decay.
+        #[serde(default = "beta1")]
+        beta1: f32,
+        /// Second-moment decay.
+        #[serde(default = "beta2")]
+        beta2: f32,
+        /// Denominator guard.
+        #[serde(default = "eps")]
+        eps: f32,
+        /// L2 weight decay λ ≥ 0.
+        #[serde(default)]
+        weight_decay: f32,
+    },
+}
+
+fn beta1() -> f32 {
+    0.9
+}
+fn beta2() -> f32 {
+    0.999
+}
+fn eps() -> f32 {
+    1e-8
+}
+
+/// Loss and accuracy over the batches a learner processed.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct BatchStats {
+    /// Sum of per-example losses.
+    pub loss_sum: f64,
+    /// Examples whose highest score was the label.
+    pub correct: usize,
+    /// Examples processed.
+    pub count: usize,
+}
+
+/// Which norm per-example gradients are clipped in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClipNorm {
+    /// Euclidean norm (the Gaussian mechanism's sensitivity).
+    L2,
+    /// Sum of absolute values (the Laplace mechanism's sensitivity).
+    L1,
+}
+
+/// Why a learner, an optimiser or local training could not proceed. The text names the
+/// thing and the fix; parties send it as `ClientError::Model`.
+#[derive(Debug, Clone, Error, PartialEq)]
+pub enum LearnerError {
+    /// The input does not fit the model (sizes, labels).
+    #[error("{0}")]
+    Input(String),
+    /// A setting out of range (an optimiser's or DP's hyper-parameter).
+    #[error("{0}")]
+    Setting(String),
+    /// The learner cannot do what was asked (per-example gradients for DP-SGD), or the
+    /// system failed it (the OS's random source).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// The noise DP-SGD adds.

@@ -3,10 +3,9 @@
 //! exact discrete noise from the OS) as pure functions on flat vectors. The seeded streams
 //! are core's named `seed::Stream`s, so simulations stay reproducible to the bit.
 
-use federate_nn::NnError;
 use federate_privacy::vector::{self, Kind};
 
-use crate::messages::{DpSgd, Mechanism, NoiseSource};
+use crate::messages::{DpSgd, LearnerError, Mechanism, NoiseSource};
 use crate::seed::Stream;
 
 fn kind(m: Mechanism) -> Kind {
@@ -16,12 +15,15 @@ fn kind(m: Mechanism) -> Kind {
     }
 }
 
-fn nn(e: federate_privacy::PrivacyError) -> NnError {
-    NnError::BadHyperParameter(e.to_string())
+fn nn(e: federate_privacy::PrivacyError) -> LearnerError {
+    match e {
+        federate_privacy::PrivacyError::Noise(m) if m.contains("random source") => LearnerError::Unsupported(m),
+        other => LearnerError::Setting(other.to_string()),
+    }
 }
 
 /// A ChaCha20 generator seeded by the operating system.
-pub(crate) fn os_rng() -> Result<rand_chacha::ChaCha20Rng, NnError> {
+pub(crate) fn os_rng() -> Result<rand_chacha::ChaCha20Rng, LearnerError> {
     vector::os_rng().map_err(nn)
 }
 
@@ -34,7 +36,7 @@ pub(crate) fn add_float_noise(sum: &mut [f32], dp: &DpSgd, seed: u64, step: u64,
 
 /// DP-SGD's exact discrete noise (from the OS), then the average over the expected batch
 /// size.
-pub(crate) fn add_exact_noise(sum: &mut [f32], dp: &DpSgd, expected: f32) -> Result<(), NnError> {
+pub(crate) fn add_exact_noise(sum: &mut [f32], dp: &DpSgd, expected: f32) -> Result<(), LearnerError> {
     vector::exact(sum, kind(dp.mechanism), dp.clip as f64, dp.noise_scale(), expected as f64).map_err(nn)
 }
 
@@ -48,7 +50,7 @@ pub fn gaussian_noise(
     std: f64,
     source: NoiseSource,
     seed: u64,
-) -> Result<(), NnError> {
+) -> Result<(), LearnerError> {
     if std <= 0.0 {
         return Ok(());
     }

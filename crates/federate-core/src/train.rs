@@ -2,8 +2,9 @@
 
 pub use crate::messages::{Correction, LocalAlgorithm, LocalTraining, TrainStats};
 
+use crate::messages::{BatchStats, LearnerError, OptimizerSpec};
+use crate::optim::Optimizer;
 use federate_data::Dataset;
-use federate_nn::{BatchStats, NnError, Optimizer, OptimizerSpec};
 use rand::Rng;
 use rand::seq::SliceRandom;
 
@@ -59,7 +60,7 @@ pub fn train_local<R: Rng>(
     opt: &mut Optimizer,
     rng: &mut R,
     noise_seed: u64,
-) -> Result<TrainStats, NnError> {
+) -> Result<TrainStats, LearnerError> {
     let seeded = crate::messages::NoiseSource::Seeded;
     train_local_with(learner, params, data, cfg, opt, rng, seeded, noise_seed, &Correction::default())
 }
@@ -77,7 +78,7 @@ pub fn train_local_with<R: Rng>(
     source: crate::messages::NoiseSource,
     noise_seed: u64,
     correction: &Correction<'_>,
-) -> Result<TrainStats, NnError> {
+) -> Result<TrainStats, LearnerError> {
     if let Some(dp) = &cfg.dp {
         return crate::dp::train_local_dp(learner, params, data, cfg, dp, opt, rng, source, noise_seed, correction);
     }
@@ -115,7 +116,7 @@ pub fn gradient<R: Rng>(
     full: bool,
     grad: &mut [f32],
     rng: &mut R,
-) -> Result<BatchStats, NnError> {
+) -> Result<BatchStats, LearnerError> {
     let d = data.example_len();
     let bs = batch_size.max(1);
     let order: Vec<usize> = if full {

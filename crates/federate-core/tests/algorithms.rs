@@ -6,7 +6,7 @@
 use federate_core::*;
 use federate_data::Dataset;
 use federate_data::synthetic::{SyntheticConfig, synthetic};
-use federate_nn::{ModelSpec, OptimizerSpec, Shape};
+use federate_nn::{ModelSpec, Shape};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -318,7 +318,7 @@ fn fednova_normalises_each_update_by_its_path_length() {
     // and moved by 0.4 and 0.8: p = (¼, ¾), τ_eff = ¼·0.2 + ¾·0.8 = 0.65,
     // d = ¼·0.4/0.2 + ¾·0.8/0.8 = 1.25, θ = 1 − 0.65·1.25 = 0.1875 (FedAvg: 0.3).
     let replies = vec![(0, stepped(vec![0.6], 10, 2)), (1, stepped(vec![0.2], 30, 8))];
-    let mut nova = FedNova::new(base(1, 10, 0.1, 0.0), 1.0).unwrap();
+    let mut nova = algorithms::FedNova::new(base(1, 10, 0.1, 0.0), 1.0).unwrap();
     let (next, rejected) = nova.aggregate_fit(1, &global, &replies).unwrap();
     assert!(rejected.is_empty());
     assert!((next.values[0] - 0.1875).abs() < 1e-6, "{}", next.values[0]);
@@ -330,7 +330,7 @@ fn fednova_normalises_each_update_by_its_path_length() {
     let a = |t: f64| 0.1 * (t - 0.5 * (1.0 - 0.5f64.powf(t)) / 0.5) / 0.5;
     let (a1, a2) = (a(2.0), a(8.0));
     let want = 1.0 - (0.25 * a1 + 0.75 * a2) * (0.25 * 0.4 / a1 + 0.75 * 0.8 / a2);
-    let (next, _) = FedNova::new(b, 1.0).unwrap().aggregate_fit(1, &global, &replies).unwrap();
+    let (next, _) = algorithms::FedNova::new(b, 1.0).unwrap().aggregate_fit(1, &global, &replies).unwrap();
     assert!((next.values[0] as f64 - want).abs() < 1e-6, "{} vs {want}", next.values[0]);
     // A reply claiming no steps cannot be normalised: refused by name, the others stand.
     let replies = vec![(0, stepped(vec![0.6], 10, 0)), (1, stepped(vec![0.2], 30, 8))];
@@ -341,9 +341,9 @@ fn fednova_normalises_each_update_by_its_path_length() {
     // Adam has no path length, robust rules do not apply: both refused by name.
     let mut adam = base(1, 10, 0.1, 0.0);
     adam.training.optimizer = OptimizerSpec::Adam { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
-    assert!(FedNova::new(adam, 1.0).err().unwrap().to_string().contains("train.optimizer"));
+    assert!(algorithms::FedNova::new(adam, 1.0).err().unwrap().to_string().contains("train.optimizer"));
     let robust = FedAvg { aggregator: Aggregator::Median, ..base(1, 10, 0.1, 0.0) };
-    assert!(FedNova::new(robust, 1.0).err().unwrap().to_string().contains("strategy.aggregator"));
+    assert!(algorithms::FedNova::new(robust, 1.0).err().unwrap().to_string().contains("strategy.aggregator"));
 }
 
 #[test]
@@ -352,7 +352,7 @@ fn fednova_with_equal_steps_is_fedavg_and_with_unequal_steps_optimises_the_feder
     // Equal parties take equal steps: FedNova is FedAvg.
     let data = parties(3, 60);
     let mut a = server(Box::new(base(2, 20, 0.05, lambda)), &data, 20);
-    let mut b = server(Box::new(FedNova::new(base(2, 20, 0.05, lambda), 1.0).unwrap()), &data, 20);
+    let mut b = server(Box::new(algorithms::FedNova::new(base(2, 20, 0.05, lambda), 1.0).unwrap()), &data, 20);
     let err = max_rel(&run(&mut b, 3).values, &run(&mut a, 3).values);
     assert!(err < 1e-5, "FedNova vs FedAvg with equal steps: {err}");
     // Parties of 20, 60 and 180 examples take 1, 3 and 9 steps an epoch. The federation's
@@ -370,7 +370,7 @@ fn fednova_with_equal_steps_is_fedavg_and_with_unequal_steps_optimises_the_feder
         g.iter().zip(theta).map(|(g, t)| ((g + lambda * t) as f64).powi(2)).sum::<f64>().sqrt()
     };
     let mut a = server(Box::new(base(5, 20, 0.01, lambda)), &data, 20);
-    let mut b = server(Box::new(FedNova::new(base(5, 20, 0.01, lambda), 1.0).unwrap()), &data, 20);
+    let mut b = server(Box::new(algorithms::FedNova::new(base(5, 20, 0.01, lambda), 1.0).unwrap()), &data, 20);
     let (fedavg, fednova) = (pooled_grad(&run(&mut a, 150).values), pooled_grad(&run(&mut b, 150).values));
     eprintln!("pooled gradient norm: FedAvg {fedavg:.5}, FedNova {fednova:.5}");
     assert!(fednova < 0.25 * fedavg, "FedNova {fednova} vs FedAvg {fedavg}");
@@ -399,7 +399,7 @@ fn feddyn_reaches_the_centralised_optimum_where_fedavg_drifts() {
     }
     let best = objective(&data, &theta, lambda as f64);
     // Each party solves its subproblem by 300 full-batch gradient steps.
-    let dyn_ = FedDyn::new(base(300, 64, 0.05, lambda), 0.5).unwrap();
+    let dyn_ = algorithms::FedDyn::new(base(300, 64, 0.05, lambda), 0.5).unwrap();
     let mut s = server(Box::new(dyn_), &data, 64);
     let z = run(&mut s, 150);
     let got = objective(&data, &z.values, lambda as f64);
@@ -424,5 +424,5 @@ fn feddyn_reaches_the_centralised_optimum_where_fedavg_drifts() {
         Err(ClientError::MissingState(m)) => assert!(m.contains("FedDyn"), "{m}"),
         other => panic!("expected MissingState, got {other:?}"),
     }
-    assert!(FedDyn::new(base(1, 1, 0.1, 0.0), 0.0).err().unwrap().to_string().contains("strategy.alpha"));
+    assert!(algorithms::FedDyn::new(base(1, 1, 0.1, 0.0), 0.0).err().unwrap().to_string().contains("strategy.alpha"));
 }

@@ -5,7 +5,7 @@
 use federate_core::*;
 use federate_data::Dataset;
 use federate_data::synthetic::{SyntheticConfig, synthetic};
-use federate_nn::{ModelSpec, OptimizerSpec, Shape};
+use federate_nn::{ModelSpec, Shape};
 use federate_privacy::{Accountant, rdp};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;

@@ -1,7 +1,8 @@
 //! Conversions between the core types and their protocol messages.
 
-use federate_core::{DpSgd, LocalAlgorithm, LocalTraining, Mechanism, PrivacyReport, Sampling, TrainSummary, UpdateDp};
-use federate_nn::OptimizerSpec;
+use federate_core::{
+    DpSgd, LocalAlgorithm, LocalTraining, Mechanism, OptimizerSpec, PrivacyReport, Sampling, TrainSummary, UpdateDp,
+};
 use federate_privacy::Accountant;
 
 use crate::proto;

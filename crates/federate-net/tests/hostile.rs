@@ -46,6 +46,8 @@ enum Behaviour {
     /// A NaN metric.
     NanMetric,
     NanLoss,
+    /// Announces an algorithm vector one value short of the model.
+    WrongVector,
     /// One value too few.
     WrongCount,
     /// A chunk over the message limit.
@@ -131,6 +133,7 @@ async fn raw_party(url: String, id: String, b: Behaviour) {
                 let mut count = 10u64;
                 let mut metrics = HashMap::new();
                 let mut training = None;
+                let mut algorithm = None;
                 match b {
                     Behaviour::Honest { count: c, delta } => {
                         count = c;
@@ -145,6 +148,10 @@ async fn raw_party(url: String, id: String, b: Behaviour) {
                     Behaviour::NonFinite => params[3] = f32::NAN,
                     Behaviour::NanMetric => {
                         metrics.insert("user_metric".to_string(), f64::NAN);
+                    }
+                    Behaviour::WrongVector => {
+                        let (h, _) = codec::split(&params[1..], task_id | 1 << 63, 16, false);
+                        algorithm = Some(federate_net::proto::fit_result::Algorithm::Vector(h));
                     }
                     Behaviour::NanLoss => {
                         training = Some(TrainSummary { steps: 1, loss: Some(f64::NAN), ..Default::default() });
@@ -172,6 +179,7 @@ async fn raw_party(url: String, id: String, b: Behaviour) {
                     metrics,
                     params: Some(h),
                     training,
+                    algorithm,
                     ..Default::default()
                 };
                 let _ = tx.send(out(party_message::Msg::Fit(head))).await;
@@ -322,6 +330,7 @@ fn bad_updates_are_refused_and_the_honest_party_is_served() {
         ("honest", Behaviour::Honest { count: 10, delta: 1.0 }),
         ("wrongcount", Behaviour::WrongCount),
         ("oversized", Behaviour::Oversized),
+        ("wrongvector", Behaviour::WrongVector),
     ];
     let ids: Vec<&str> = parties.iter().map(|(id, _)| *id).collect();
     let hub = start(&rt, hub_config(&ids), &parties);
@@ -330,6 +339,8 @@ fn bad_updates_are_refused_and_the_honest_party_is_served() {
     assert_eq!(r.fit.iter().map(|f| f.id.as_str()).collect::<Vec<_>>(), vec!["honest"], "{r:?}");
     assert_eq!(global.values, vec![1.5; N]);
     assert!(reasons(r, "wrongcount", "fit").contains("sent 9 parameters, the model has 10"), "{r:?}");
+    let v = reasons(r, "wrongvector", "fit");
+    assert!(v.contains("sent 9 values in the algorithm's vector, the model has 10"), "{v}");
     let big = reasons(r, "oversized", "fit");
     assert!(big.contains("too large") || big.contains("OutOfRange") || big.contains("ResourceExhausted"), "{big}");
     assert!(hub.connected().contains(&"honest".to_string()));

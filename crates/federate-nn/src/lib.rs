@@ -14,7 +14,6 @@ mod layers;
 mod loss;
 mod matmul;
 mod network;
-mod optim;
 mod spec;
 
 pub use error::NnError;
@@ -22,5 +21,4 @@ pub use loss::softmax_cross_entropy;
 pub use matmul::measure_gemm_gflops;
 pub use network::per_example::ClipNorm;
 pub use network::{BatchStats, Network, TensorInfo, Workspace, predictions};
-pub use optim::{Optimizer, OptimizerSpec};
 pub use spec::{BUILTIN_MODELS, LayerSpec, ModelSpec, Padding, PaddingName, Shape};

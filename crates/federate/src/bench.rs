@@ -5,7 +5,8 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use federate_nn::{ModelSpec, Network, OptimizerSpec, Shape, measure_gemm_gflops};
+use federate_core::OptimizerSpec;
+use federate_nn::{ModelSpec, Network, Shape, measure_gemm_gflops};
 
 /// One batch size's measurement.
 #[derive(Debug, Clone, Copy)]

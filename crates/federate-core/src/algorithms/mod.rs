@@ -26,8 +26,8 @@ mod scaffold;
 
 use std::collections::BTreeMap;
 
+use crate::optim::Optimizer;
 use federate_data::Dataset;
-use federate_nn::Optimizer;
 use rand_chacha::ChaCha8Rng;
 
 pub use admm::Admm;
@@ -350,7 +350,7 @@ impl LocalRun<'_> {
 }
 
 /// A model error as the party reports it.
-pub(crate) fn model_err(e: federate_nn::NnError) -> ClientError {
+pub(crate) fn model_err(e: crate::messages::LearnerError) -> ClientError {
     ClientError::Model(e.to_string())
 }
 

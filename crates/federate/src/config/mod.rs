@@ -18,7 +18,8 @@ pub use validate::*;
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
-use federate_nn::{LayerSpec, OptimizerSpec};
+use federate_core::OptimizerSpec;
+use federate_nn::LayerSpec;
 use serde::{Deserialize, Serialize};
 
 impl Config {

@@ -1,59 +1,15 @@
-//! Optimisers that update a flat parameter vector from a flat gradient: SGD (momentum,
-//! weight decay, PyTorch's conventions) and Adam.
+//! Optimisers that update a flat parameter vector from a flat gradient, as a party's local
+//! training applies them: SGD (momentum, weight decay, PyTorch's conventions) and Adam. Their
+//! settings (`OptimizerSpec`) are plain data in `messages`; the behaviour is here.
 
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 
-use crate::NnError;
-
-/// Which optimiser, with its hyper-parameters.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "name", rename_all = "snake_case", deny_unknown_fields)]
-pub enum OptimizerSpec {
-    /// `v ← μ·v + (g + λ·θ)`, `θ ← θ − lr·v` (plain SGD when μ = 0).
-    Sgd {
-        /// Learning rate.
-        lr: f32,
-        /// Momentum μ in [0, 1).
-        #[serde(default)]
-        momentum: f32,
-        /// L2 weight decay λ ≥ 0.
-        #[serde(default)]
-        weight_decay: f32,
-    },
-    /// Adam (Kingma & Ba), L2 weight decay added to the gradient.
-    Adam {
-        /// Learning rate.
-        lr: f32,
-        /// First-moment decay.
-        #[serde(default = "beta1")]
-        beta1: f32,
-        /// Second-moment decay.
-        #[serde(default = "beta2")]
-        beta2: f32,
-        /// Denominator guard.
-        #[serde(default = "eps")]
-        eps: f32,
-        /// L2 weight decay λ ≥ 0.
-        #[serde(default)]
-        weight_decay: f32,
-    },
-}
-
-fn beta1() -> f32 {
-    0.9
-}
-fn beta2() -> f32 {
-    0.999
-}
-fn eps() -> f32 {
-    1e-8
-}
+use crate::messages::{LearnerError, OptimizerSpec};
 
 impl OptimizerSpec {
     /// Checks every hyper-parameter's range.
-    pub fn validate(&self) -> Result<(), NnError> {
-        let bad = |m: String| Err(NnError::BadHyperParameter(m));
+    pub fn validate(&self) -> Result<(), LearnerError> {
+        let bad = |m: String| Err(LearnerError::Setting(m));
         match *self {
             OptimizerSpec::Sgd { lr, momentum, weight_decay } => {
                 if !(lr > 0.0 && lr.is_finite()) {
@@ -108,7 +64,7 @@ impl OptimizerSpec {
     }
 
     /// A fresh optimiser for `n` parameters.
-    pub fn build(&self, n: usize) -> Result<Optimizer, NnError> {
+    pub fn build(&self, n: usize) -> Result<Optimizer, LearnerError> {
         self.validate()?;
         let (m, v) = match self {
             OptimizerSpec::Sgd { momentum, .. } if *momentum == 0.0 => (Vec::new(), Vec::new()),

@@ -1,0 +1,125 @@
+//! `NnLearner`: the [`Learner`] over a `federate-nn` network, and the one module of this
+//! crate that names federate-nn: it converts the engine's stats, clip norm and errors into
+//! core's types.
+
+use std::sync::Arc;
+
+use federate_nn::{ModelSpec, Network, NnError, Workspace};
+
+use crate::learner::{BatchStats, ClipNorm, Learner, LearnerError};
+use crate::params::{Layout, TensorSpec};
+
+fn stats(s: federate_nn::BatchStats) -> BatchStats {
+    BatchStats { loss_sum: s.loss_sum, correct: s.correct, count: s.count }
+}
+
+/// The engine's error in core's terms (the text is kept: it names the thing and the fix).
+pub(crate) fn err(e: NnError) -> LearnerError {
+    match e {
+        NnError::BadHyperParameter(m) => LearnerError::Setting(m),
+        other => LearnerError::Input(other.to_string()),
+    }
+}
+
+/// A `Learner` over a `federate-nn` network, with its workspaces (allocated on first use,
+/// freed by `release`).
+#[derive(Debug)]
+pub struct NnLearner {
+    net: Network,
+    ws: Option<Workspace>,
+    eval_ws: Option<Workspace>,
+    batch: usize,
+    /// The last `reseed`, applied to a training workspace allocated after it.
+    seed: Option<u64>,
+    layout: Arc<Layout>,
+    threads: usize,
+}
+
+/// Batch size used when evaluating.
+const EVAL_BATCH: usize = 256;
+
+impl NnLearner {
+    /// A learner for `spec` whose training batches hold at most `batch` examples; matrix
+    /// products use `threads` threads of the current rayon pool.
+    pub fn new(spec: ModelSpec, batch: usize, threads: usize) -> Result<Self, NnError> {
+        let net = Network::new(spec)?;
+        let layout = Arc::new(Layout::new(
+            net.tensors()
+                .iter()
+                .map(|t| TensorSpec { name: t.name.clone(), shape: t.shape.clone(), offset: t.offset })
+                .collect(),
+        ));
+        Ok(NnLearner { net, ws: None, eval_ws: None, batch, seed: None, layout, threads })
+    }
+    /// The network and the training workspace, allocating the workspace if it was released.
+    fn parts(&mut self) -> (&Network, &mut Workspace) {
+        let ws = self.ws.get_or_insert_with(|| {
+            let mut ws = self.net.workspace(self.batch, self.threads);
+            if let Some(seed) = self.seed {
+                ws.reseed(seed);
+            }
+            ws
+        });
+        (&self.net, ws)
+    }
+    /// The network.
+    pub fn network(&self) -> &Network {
+        &self.net
+    }
+}
+
+impl Learner for NnLearner {
+    fn layout(&self) -> Arc<Layout> {
+        self.layout.clone()
+    }
+    fn init(&self, seed: u64) -> Vec<f32> {
+        self.net.init(seed)
+    }
+    fn input_len(&self) -> usize {
+        self.net.input_len()
+    }
+    fn loss_and_grad(
+        &mut self,
+        params: &[f32],
+        x: &[f32],
+        y: &[u32],
+        grad: &mut [f32],
+    ) -> Result<BatchStats, LearnerError> {
+        let (net, ws) = self.parts();
+        net.loss_and_grad(params, ws, x, y, grad).map(stats).map_err(err)
+    }
+    fn evaluate(&mut self, params: &[f32], x: &[f32], y: &[u32]) -> Result<BatchStats, LearnerError> {
+        let ws = self.eval_ws.get_or_insert_with(|| self.net.workspace(EVAL_BATCH, self.threads));
+        self.net.evaluate(params, ws, x, y).map(stats).map_err(err)
+    }
+    fn reseed(&mut self, seed: u64) {
+        self.seed = Some(seed);
+        if let Some(ws) = &mut self.ws {
+            ws.reseed(seed);
+        }
+    }
+    fn clipped_grad(
+        &mut self,
+        params: &[f32],
+        x: &[f32],
+        y: &[u32],
+        clip: f32,
+        norm: ClipNorm,
+        grad: &mut [f32],
+        norms: &mut [f32],
+    ) -> Result<BatchStats, LearnerError> {
+        let norm = match norm {
+            ClipNorm::L2 => federate_nn::ClipNorm::L2,
+            ClipNorm::L1 => federate_nn::ClipNorm::L1,
+        };
+        let (net, ws) = self.parts();
+        net.clipped_grad_in(params, ws, x, y, clip, norm, grad, norms).map(stats).map_err(err)
+    }
+    fn release(&mut self) {
+        self.ws = None;
+        self.eval_ws = None;
+    }
+    fn train_flops_per_example(&self) -> Option<f64> {
+        Some(self.net.flops_per_example().1)
+    }
+}
