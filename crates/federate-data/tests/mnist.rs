@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
 
-use federate_data::{FetchOptions, MNIST, default_cache_dir, ensure, load, load_idx_dir};
+use federate_data::{FASHION_MNIST, FetchOptions, MNIST, default_cache_dir, ensure, load, load_idx_dir};
 
 fn opts() -> FetchOptions {
     FetchOptions { cache_dir: default_cache_dir(), ..Default::default() }
@@ -24,10 +24,34 @@ fn mnist_files_verify_and_parse() {
 
 #[test]
 fn fashion_mnist_from_the_debian_package() {
-    let tt = load("fashion-mnist", &opts()).expect("install the Debian package dataset-fashion-mnist");
+    let tt = load("fashion-mnist", &opts()).expect("Fashion-MNIST should be fetchable (apt-get download)");
     assert_eq!(tt.train.len(), 60_000);
     assert_eq!(tt.train.label_counts(), vec![6000; 10]);
     assert_eq!(tt.test.label_counts(), vec![1000; 10]);
+}
+
+#[test]
+fn fashion_mnist_comes_from_its_debian_package_without_root_or_dpkg() {
+    // Only the Debian source: `apt-get download` (no root needed) and the .deb unpacked here
+    // (ar, xz, tar), every file verified by SHA-256 into a fresh cache.
+    let cache = tempfile::tempdir().unwrap();
+    let o = FetchOptions {
+        cache_dir: cache.path().into(),
+        no_download: true,
+        no_npm: true,
+        no_system: true,
+        ..Default::default()
+    };
+    let dir = ensure(&FASHION_MNIST, &o).expect("apt-get download dataset-fashion-mnist");
+    let tt = load_idx_dir(&dir, &FASHION_MNIST).unwrap();
+    assert_eq!((tt.train.len(), tt.test.len()), (60_000, 10_000));
+    assert_eq!(tt.test.label_counts(), vec![1000; 10]);
+    // Nothing but the four verified files stays in the cache.
+    let mut left: Vec<String> =
+        std::fs::read_dir(cache.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+    left.sort();
+    assert_eq!(left, ["fashion-mnist"]);
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 4);
 }
 
 /// Serves `files` over HTTP on loopback for at most `max_conns` connections.

@@ -26,9 +26,9 @@ pub struct PartyData {
 fn synthetic(cfg: &Config) -> Result<federate_data::synthetic::Keyed> {
     let d = &cfg.data;
     let sc = federate_data::synthetic::SyntheticConfig {
-        alpha: d.synthetic_alpha,
-        beta: d.synthetic_beta,
-        devices: d.synthetic_devices,
+        alpha: d.synthetic_alpha(),
+        beta: d.synthetic_beta(),
+        devices: d.synthetic_devices(),
         ..Default::default()
     };
     Ok(federate_data::synthetic::synthetic(&sc, &mut seed::stream(cfg.seed, seed::Stream::Synthetic, &[]))?)
@@ -46,6 +46,8 @@ pub fn load_data(cfg: &Config) -> Result<TrainTest> {
         download_base: None,
         no_download: cfg.data.offline,
         no_npm: cfg.data.offline,
+        no_apt: cfg.data.offline,
+        no_system: false,
     };
     Ok(federate_data::load(&cfg.data.dataset, &opts)?)
 }
@@ -57,24 +59,24 @@ pub fn split(cfg: &Config, data: &TrainTest) -> Result<Vec<PartyData>> {
     let mut rng = seed::stream(cfg.seed, seed::Stream::Partition, &[]);
     let (train_parts, test_parts) = match d.partition {
         PartitionKind::WorkedExample => (
-            partition::disjoint_sample(data.train.len(), k, d.train_per_party, &mut rng)
+            partition::disjoint_sample(data.train.len(), k, d.train_per_party(), &mut rng)
                 .context("data.train_per_party")?,
-            partition::disjoint_sample(data.test.len(), k, d.test_per_party, &mut rng)
+            partition::disjoint_sample(data.test.len(), k, d.test_per_party(), &mut rng)
                 .context("data.test_per_party")?,
         ),
         PartitionKind::Iid => {
             (partition::iid(data.train.len(), k, &mut rng)?, partition::iid(data.test.len(), k, &mut rng)?)
         }
         PartitionKind::Dirichlet => (
-            partition::dirichlet(&data.train.y, data.train.classes, k, d.alpha, 10, &mut rng)?,
+            partition::dirichlet(&data.train.y, data.train.classes, k, d.alpha(), 10, &mut rng)?,
             partition::iid(data.test.len(), k, &mut rng)?,
         ),
         PartitionKind::Shards => (
-            partition::shards(&data.train.y, k, d.shards_per_party, &mut rng)?,
+            partition::shards(&data.train.y, k, d.shards_per_party(), &mut rng)?,
             partition::iid(data.test.len(), k, &mut rng)?,
         ),
         PartitionKind::QuantitySkew => (
-            partition::quantity_skew(data.train.len(), k, d.quantity_sigma, 10, &mut rng)?,
+            partition::quantity_skew(data.train.len(), k, d.quantity_sigma(), 10, &mut rng)?,
             partition::iid(data.test.len(), k, &mut rng)?,
         ),
         PartitionKind::Natural => {

@@ -138,30 +138,96 @@ pub struct DataConfig {
     pub partition: PartitionKind,
     /// Number of parties.
     pub parties: usize,
-    /// Training examples per party (worked-example partition).
-    pub train_per_party: usize,
-    /// Test examples per party (worked-example partition).
-    pub test_per_party: usize,
-    /// Dirichlet concentration α.
-    pub alpha: f64,
-    /// Shards per party.
-    pub shards_per_party: usize,
+    /// Training examples per party (worked-example partition only; default 2,000).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_per_party: Option<usize>,
+    /// Test examples per party (worked-example partition only; default 500).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test_per_party: Option<usize>,
+    /// Dirichlet concentration α (dirichlet partition only; default 0.5).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alpha: Option<f64>,
+    /// Shards per party (shards partition only; default 2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shards_per_party: Option<usize>,
     /// A directory already holding the IDX files (tried before any download).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
     /// Cache directory (default: $FEDERATE_CACHE_DIR, else the user's cache directory).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_dir: Option<PathBuf>,
-    /// Never download or run npm: use only the cache, `data_dir` and system packages.
+    /// Never download, run npm or apt-get: use only the cache, `data_dir` and system packages.
     pub offline: bool,
-    /// Quantity-skew partition: σ of the lognormal party sizes.
-    pub quantity_sigma: f64,
-    /// Synthetic(α, β): α (model heterogeneity).
-    pub synthetic_alpha: f64,
-    /// Synthetic(α, β): β (input heterogeneity).
-    pub synthetic_beta: f64,
-    /// Synthetic(α, β): devices generated.
-    pub synthetic_devices: usize,
+    /// Quantity-skew partition: σ of the lognormal party sizes (default 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quantity_sigma: Option<f64>,
+    /// Synthetic(α, β): α (model heterogeneity; dataset = "synthetic" only; default 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub synthetic_alpha: Option<f64>,
+    /// Synthetic(α, β): β (input heterogeneity; default 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub synthetic_beta: Option<f64>,
+    /// Synthetic(α, β): devices generated (default 30).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub synthetic_devices: Option<usize>,
+}
+
+impl DataConfig {
+    /// Training examples per party under the worked-example partition.
+    pub fn train_per_party(&self) -> usize {
+        self.train_per_party.unwrap_or(2000)
+    }
+    /// Test examples per party under the worked-example partition.
+    pub fn test_per_party(&self) -> usize {
+        self.test_per_party.unwrap_or(500)
+    }
+    /// The Dirichlet concentration α.
+    pub fn alpha(&self) -> f64 {
+        self.alpha.unwrap_or(0.5)
+    }
+    /// Shards per party.
+    pub fn shards_per_party(&self) -> usize {
+        self.shards_per_party.unwrap_or(2)
+    }
+    /// σ of the lognormal party sizes.
+    pub fn quantity_sigma(&self) -> f64 {
+        self.quantity_sigma.unwrap_or(1.0)
+    }
+    /// Synthetic(α, β)'s α.
+    pub fn synthetic_alpha(&self) -> f64 {
+        self.synthetic_alpha.unwrap_or(1.0)
+    }
+    /// Synthetic(α, β)'s β.
+    pub fn synthetic_beta(&self) -> f64 {
+        self.synthetic_beta.unwrap_or(1.0)
+    }
+    /// Synthetic(α, β)'s devices.
+    pub fn synthetic_devices(&self) -> usize {
+        self.synthetic_devices.unwrap_or(30)
+    }
+
+    /// The first key set that the chosen partition or dataset does not read, with who
+    /// reads it: a value silently ignored would make a run differ from what its config says.
+    pub fn ignored_key(&self) -> Option<(&'static str, &'static str)> {
+        let p = self.partition;
+        let keys: [(&str, bool, PartitionKind, &str); 5] = [
+            ("train_per_party", self.train_per_party.is_some(), PartitionKind::WorkedExample, "worked-example"),
+            ("test_per_party", self.test_per_party.is_some(), PartitionKind::WorkedExample, "worked-example"),
+            ("alpha", self.alpha.is_some(), PartitionKind::Dirichlet, "dirichlet"),
+            ("shards_per_party", self.shards_per_party.is_some(), PartitionKind::Shards, "shards"),
+            ("quantity_sigma", self.quantity_sigma.is_some(), PartitionKind::QuantitySkew, "quantity-skew"),
+        ];
+        if let Some((key, _, _, reader)) = keys.into_iter().find(|(_, set, reads, _)| *set && *reads != p) {
+            return Some((key, reader));
+        }
+        let synthetic =
+            [self.synthetic_alpha.is_some(), self.synthetic_beta.is_some(), self.synthetic_devices.is_some()];
+        if self.dataset != "synthetic" && synthetic.iter().any(|&s| s) {
+            let key = ["synthetic_alpha", "synthetic_beta", "synthetic_devices"][synthetic.iter().position(|&s| s)?];
+            return Some((key, "dataset = \"synthetic\""));
+        }
+        None
+    }
 }
 
 impl Default for DataConfig {
@@ -170,17 +236,17 @@ impl Default for DataConfig {
             dataset: "mnist".into(),
             partition: PartitionKind::WorkedExample,
             parties: 3,
-            train_per_party: 2000,
-            test_per_party: 500,
-            alpha: 0.5,
-            shards_per_party: 2,
+            train_per_party: None,
+            test_per_party: None,
+            alpha: None,
+            shards_per_party: None,
             data_dir: None,
             cache_dir: None,
             offline: false,
-            quantity_sigma: 1.0,
-            synthetic_alpha: 1.0,
-            synthetic_beta: 1.0,
-            synthetic_devices: 30,
+            quantity_sigma: None,
+            synthetic_alpha: None,
+            synthetic_beta: None,
+            synthetic_devices: None,
         }
     }
 }

@@ -16,7 +16,7 @@ fn timers_are_bounded_and_the_allow_list_has_no_duplicates() {
 #[test]
 fn defaults_are_the_worked_example() {
     let c = load(None, &[]).unwrap();
-    assert_eq!((c.data.parties, c.data.train_per_party, c.data.test_per_party), (3, 2000, 500));
+    assert_eq!((c.data.parties, c.data.train_per_party(), c.data.test_per_party()), (3, 2000, 500));
     assert_eq!(c.model.name, "cnn");
 }
 
@@ -125,4 +125,20 @@ fn algorithm_settings_come_from_the_module_that_declares_them() {
     assert!(e.contains("strategy.alpha") && e.contains("number"), "{e}");
     let e = load(None, &["strategy.mu=-1".into()]).unwrap_err().to_string();
     assert!(e.contains("strategy.mu = -1 must be ≥ 0"), "{e}");
+}
+
+#[test]
+fn a_data_key_the_partition_ignores_is_an_error_naming_it() {
+    // 600 asked of an IID split that deals out all 60,000: refused, not silently ignored.
+    let e = load(None, &["data.partition=\"iid\"".into(), "data.train_per_party=600".into()]).unwrap_err().to_string();
+    assert!(e.contains("data.train_per_party is read only by worked-example") && e.contains("\"iid\""), "{e}");
+    let e = load(None, &["data.alpha=0.1".into()]).unwrap_err().to_string();
+    assert!(e.contains("data.alpha is read only by dirichlet"), "{e}");
+    let e = load(None, &["data.synthetic_beta=0.5".into()]).unwrap_err().to_string();
+    assert!(e.contains("data.synthetic_beta") && e.contains("synthetic"), "{e}");
+    // Read by the partition chosen: fine, and the defaults apply when unset.
+    let c = load(None, &["data.partition=\"dirichlet\"".into(), "data.alpha=0.1".into()]).unwrap();
+    assert_eq!((c.data.alpha(), c.data.shards_per_party()), (0.1, 2));
+    let c = load(None, &["data.partition=\"shards\"".into(), "data.shards_per_party=3".into()]).unwrap();
+    assert_eq!(c.data.shards_per_party(), 3);
 }

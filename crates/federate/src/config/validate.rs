@@ -49,21 +49,29 @@ fn check_data(c: &Config) -> Result<()> {
             federate_data::DATASETS.join(", ")
         );
     }
-    if d.partition == PartitionKind::Natural && (d.dataset != "synthetic" || d.parties != d.synthetic_devices) {
+    if d.partition == PartitionKind::Natural && (d.dataset != "synthetic" || d.parties != d.synthetic_devices()) {
         bail!(
             "data.partition = \"natural\" gives one party per device of dataset = \"synthetic\": set data.parties = \
              data.synthetic_devices ({})",
-            d.synthetic_devices
+            d.synthetic_devices()
         );
     }
-    if !(d.synthetic_alpha >= 0.0 && d.synthetic_beta >= 0.0 && d.quantity_sigma >= 0.0) {
+    if let Some((key, reader)) = d.ignored_key() {
+        bail!(
+            "data.{key} is read only by {reader}, and this config has data.partition = \"{}\" on dataset = \"{}\": \
+             it would be ignored. Remove it, or choose what reads it",
+            toml::Value::try_from(d.partition).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+            d.dataset
+        );
+    }
+    if !(d.synthetic_alpha() >= 0.0 && d.synthetic_beta() >= 0.0 && d.quantity_sigma() >= 0.0) {
         bail!("data.synthetic_alpha, data.synthetic_beta and data.quantity_sigma must be ≥ 0");
     }
-    if d.partition == PartitionKind::WorkedExample && (d.train_per_party == 0 || d.test_per_party == 0) {
+    if d.partition == PartitionKind::WorkedExample && (d.train_per_party() == 0 || d.test_per_party() == 0) {
         bail!("data.train_per_party and data.test_per_party must be at least 1");
     }
-    if d.partition == PartitionKind::Dirichlet && !(d.alpha > 0.0 && d.alpha.is_finite()) {
-        bail!("data.alpha = {} must be a positive number", d.alpha);
+    if d.partition == PartitionKind::Dirichlet && !(d.alpha() > 0.0 && d.alpha().is_finite()) {
+        bail!("data.alpha = {} must be a positive number", d.alpha());
     }
     Ok(())
 }
