@@ -161,6 +161,35 @@ mod skew_tests {
 }
 
 #[cfg(test)]
+mod like_train_tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn test_sets_follow_each_partys_training_labels_and_sizes() {
+        // Training: party 0 holds only class 0 (300), party 1 classes 0 and 1 (100 + 200),
+        // party 2 class 1 only (100); nobody holds class 2.
+        let mut train_y = vec![0u32; 400];
+        train_y.extend(vec![1u32; 300]);
+        let parts = vec![(0..300).collect::<Vec<_>>(), (300..400).chain(400..600).collect(), (600..700).collect()];
+        let mut test_y = vec![0u32; 40];
+        test_y.extend(vec![1u32; 30]);
+        test_y.extend(vec![2u32; 9]);
+        let out = like_train(&parts, &train_y, &test_y, 3, &mut ChaCha8Rng::seed_from_u64(3)).unwrap();
+        let count = |p: usize, c: u32| out[p].iter().filter(|&&i| test_y[i] == c).count();
+        // Class 0: 300:100 → 30 and 10; class 1: 200:100 → 20 and 10; class 2 evenly, 3 each.
+        assert_eq!((count(0, 0), count(1, 0), count(2, 0)), (30, 10, 0));
+        assert_eq!((count(0, 1), count(1, 1), count(2, 1)), (0, 20, 10));
+        assert_eq!((count(0, 2), count(1, 2), count(2, 2)), (3, 3, 3));
+        let mut all: Vec<usize> = out.concat();
+        all.sort_unstable();
+        assert_eq!(all, (0..test_y.len()).collect::<Vec<_>>(), "disjoint and covering");
+        assert!(like_train(&parts, &train_y, &[7], 3, &mut ChaCha8Rng::seed_from_u64(3)).is_err());
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use rand::SeedableRng;
@@ -268,6 +297,68 @@ pub fn quantity_skew<R: Rng>(
     for s in sizes {
         out.push(idx[at..at + s].to_vec());
         at += s;
+    }
+    Ok(out)
+}
+
+/// Test indices per party that follow each party's own training distribution: the test
+/// examples of every class are dealt to the parties in proportion to how many training
+/// examples of that class each holds (largest remainders), after a shuffle. Parties of a
+/// label-skewed split are evaluated on their own skew and parties of a quantity-skewed split
+/// get test sets in proportion to their size; the sets are disjoint, and the test examples of
+/// a class no party trains on are dealt evenly so every test example is used.
+pub fn like_train<R: Rng>(
+    train_parts: &[Vec<usize>],
+    train_labels: &[u32],
+    test_labels: &[u32],
+    classes: usize,
+    rng: &mut R,
+) -> Result<Vec<Vec<usize>>, DataError> {
+    let k = train_parts.len();
+    parties_ok(k)?;
+    let mut held = vec![vec![0u64; classes]; k];
+    for (p, part) in train_parts.iter().enumerate() {
+        for &i in part {
+            let Some(&y) = train_labels.get(i) else {
+                return Err(DataError::Partition(format!("training index {i} is beyond the training set")));
+            };
+            if let Some(c) = held[p].get_mut(y as usize) {
+                *c += 1;
+            }
+        }
+    }
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
+    for (i, &y) in test_labels.iter().enumerate() {
+        match by_class.get_mut(y as usize) {
+            Some(v) => v.push(i),
+            None => return Err(DataError::Partition(format!("test label {y} is not below {classes} classes"))),
+        }
+    }
+    let mut out = vec![Vec::new(); k];
+    for (c, mut idx) in by_class.into_iter().enumerate() {
+        idx.shuffle(rng);
+        let weights: Vec<u64> = held.iter().map(|h| h[c]).collect();
+        let total: u64 = weights.iter().sum();
+        // No party trains on this class: deal it evenly.
+        let weights = if total == 0 { vec![1; k] } else { weights };
+        let total: u64 = weights.iter().sum();
+        let n = idx.len() as u64;
+        let mut counts: Vec<u64> = weights.iter().map(|w| n * w / total).collect();
+        let mut rest: Vec<(u64, usize)> = weights.iter().enumerate().map(|(p, w)| ((n * w) % total, p)).collect();
+        rest.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        let short = n - counts.iter().sum::<u64>();
+        for &(_, p) in rest.iter().take(short as usize) {
+            counts[p] += 1;
+        }
+        let mut start = 0usize;
+        for (p, &m) in counts.iter().enumerate() {
+            let end = start + m as usize;
+            out[p].extend_from_slice(&idx[start..end]);
+            start = end;
+        }
+    }
+    for part in &mut out {
+        part.sort_unstable();
     }
     Ok(out)
 }

@@ -10,7 +10,7 @@ use federate_core::{LocalClient, NnLearner, seed};
 use federate_data::{Dataset, FetchOptions, TrainTest, default_cache_dir, partition};
 use federate_nn::{ModelSpec, Shape};
 
-use crate::config::{Config, PartitionKind};
+use crate::config::{Config, PartitionKind, TestPartition};
 
 /// One party's data.
 pub struct PartyData {
@@ -67,18 +67,23 @@ pub fn split(cfg: &Config, data: &TrainTest) -> Result<Vec<PartyData>> {
         PartitionKind::Iid => {
             (partition::iid(data.train.len(), k, &mut rng)?, partition::iid(data.test.len(), k, &mut rng)?)
         }
-        PartitionKind::Dirichlet => (
-            partition::dirichlet(&data.train.y, data.train.classes, k, d.alpha(), 10, &mut rng)?,
-            partition::iid(data.test.len(), k, &mut rng)?,
-        ),
-        PartitionKind::Shards => (
-            partition::shards(&data.train.y, k, d.shards_per_party(), &mut rng)?,
-            partition::iid(data.test.len(), k, &mut rng)?,
-        ),
-        PartitionKind::QuantitySkew => (
-            partition::quantity_skew(data.train.len(), k, d.quantity_sigma(), 10, &mut rng)?,
-            partition::iid(data.test.len(), k, &mut rng)?,
-        ),
+        PartitionKind::Dirichlet | PartitionKind::Shards | PartitionKind::QuantitySkew => {
+            let train = match d.partition {
+                PartitionKind::Dirichlet => {
+                    partition::dirichlet(&data.train.y, data.train.classes, k, d.alpha(), 10, &mut rng)?
+                }
+                PartitionKind::Shards => partition::shards(&data.train.y, k, d.shards_per_party(), &mut rng)?,
+                _ => partition::quantity_skew(data.train.len(), k, d.quantity_sigma(), 10, &mut rng)?,
+            };
+            // Each party is evaluated on its own distribution unless the config asks for IID.
+            let test = match d.test_partition.unwrap_or(TestPartition::LikeTrain) {
+                TestPartition::Iid => partition::iid(data.test.len(), k, &mut rng)?,
+                TestPartition::LikeTrain => {
+                    partition::like_train(&train, &data.train.y, &data.test.y, data.train.classes, &mut rng)?
+                }
+            };
+            (train, test)
+        }
         PartitionKind::Natural => {
             let keyed = synthetic(cfg)?;
             (partition::by_key(&keyed.train_keys), partition::by_key(&keyed.test_keys))

@@ -679,6 +679,15 @@ fn quantity_skew_gives_parties_of_different_sizes() {
     let sizes: Vec<u64> = r["fit"].as_array().unwrap().iter().map(|f| f["num_examples"].as_u64().unwrap()).collect();
     assert_eq!(sizes.iter().sum::<u64>(), 60_000, "{sizes:?}");
     assert!(sizes.iter().max().unwrap() > &(2 * sizes.iter().min().unwrap()), "{sizes:?}");
+    // Each party's test set follows its training set (data.test_partition = "like-train"):
+    // all 10,000 test images dealt in proportion to the training sizes, within rounding.
+    let tests: Vec<u64> =
+        r["evaluate"].as_array().unwrap().iter().map(|e| e["num_examples"].as_u64().unwrap()).collect();
+    assert_eq!(tests.iter().sum::<u64>(), 10_000, "{tests:?}");
+    for (n, t) in sizes.iter().zip(&tests) {
+        let want = *n as f64 / 6.0;
+        assert!((*t as f64 - want).abs() <= 10.0, "train {n} → test {t}, expected about {want}");
+    }
 }
 
 /// What a run's rounds.jsonl says about each round, timings left out.

@@ -128,6 +128,16 @@ pub enum PartitionKind {
     Natural,
 }
 
+/// How the test set is split under a non-IID partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TestPartition {
+    /// Each party's test examples follow its own training labels and size (the default).
+    LikeTrain,
+    /// Every party gets an IID slice of the test set, whatever its training data.
+    Iid,
+}
+
 /// Data settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -150,6 +160,10 @@ pub struct DataConfig {
     /// Shards per party (shards partition only; default 2).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shards_per_party: Option<usize>,
+    /// How the test set is split under `dirichlet`, `shards` and `quantity-skew`:
+    /// `like-train` (default: each party is evaluated on its own distribution) or `iid`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test_partition: Option<TestPartition>,
     /// A directory already holding the IDX files (tried before any download).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
@@ -220,6 +234,10 @@ impl DataConfig {
         if let Some((key, _, _, reader)) = keys.into_iter().find(|(_, set, reads, _)| *set && *reads != p) {
             return Some((key, reader));
         }
+        let skewed = matches!(p, PartitionKind::Dirichlet | PartitionKind::Shards | PartitionKind::QuantitySkew);
+        if self.test_partition.is_some() && !skewed {
+            return Some(("test_partition", "dirichlet, shards and quantity-skew"));
+        }
         let synthetic =
             [self.synthetic_alpha.is_some(), self.synthetic_beta.is_some(), self.synthetic_devices.is_some()];
         if self.dataset != "synthetic" && synthetic.iter().any(|&s| s) {
@@ -240,6 +258,7 @@ impl Default for DataConfig {
             test_per_party: None,
             alpha: None,
             shards_per_party: None,
+            test_partition: None,
             data_dir: None,
             cache_dir: None,
             offline: false,

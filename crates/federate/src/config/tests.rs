@@ -141,4 +141,7 @@ fn a_data_key_the_partition_ignores_is_an_error_naming_it() {
     assert_eq!((c.data.alpha(), c.data.shards_per_party()), (0.1, 2));
     let c = load(None, &["data.partition=\"shards\"".into(), "data.shards_per_party=3".into()]).unwrap();
     assert_eq!(c.data.shards_per_party(), 3);
+    let e = load(None, &["data.test_partition=\"iid\"".into()]).unwrap_err().to_string();
+    assert!(e.contains("data.test_partition is read only by dirichlet, shards and quantity-skew"), "{e}");
+    assert!(load(None, &["data.partition=\"shards\"".into(), "data.test_partition=\"iid\"".into()]).is_ok());
 }
