@@ -46,6 +46,9 @@ pub struct PartyOptions {
     pub max_backoff: Duration,
     /// Give up after this long without a working connection.
     pub give_up_after: Duration,
+    /// The settings that must equal the federation's (sent in Hello; see
+    /// `HubConfig::federation`).
+    pub federation: std::collections::BTreeMap<String, String>,
 }
 
 /// Why a party stopped.
@@ -243,7 +246,11 @@ async fn session(
         .max_decoding_message_size(opts.max_message_bytes)
         .max_encoding_message_size(opts.max_message_bytes);
     let (tx, rx) = mpsc::channel::<PartyMessage>(64);
-    let hello = Hello { protocol_version: PROTOCOL_VERSION, party_id: opts.id.clone() };
+    let hello = Hello {
+        protocol_version: PROTOCOL_VERSION,
+        party_id: opts.id.clone(),
+        federation: opts.federation.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    };
     let _ = tx.send(out(party_message::Msg::Hello(hello))).await;
     let mut inbound = match grpc.join(ReceiverStream::new(rx)).await {
         Ok(r) => r.into_inner(),

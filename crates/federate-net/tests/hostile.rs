@@ -65,7 +65,11 @@ fn out(m: party_message::Msg) -> PartyMessage {
 }
 
 fn hello(id: &str) -> PartyMessage {
-    out(party_message::Msg::Hello(Hello { protocol_version: PROTOCOL_VERSION, party_id: id.into() }))
+    out(party_message::Msg::Hello(Hello {
+        protocol_version: PROTOCOL_VERSION,
+        party_id: id.into(),
+        ..Default::default()
+    }))
 }
 
 /// Opens a Join stream as `id`; returns the sender of the party's messages and the server's
@@ -213,6 +217,7 @@ fn hub_config(allowed: &[&str]) -> HubConfig {
         max_streams_per_connection,
         join_timeout,
         deny_file: None,
+        federation: Default::default(),
     }
 }
 
@@ -552,9 +557,13 @@ fn unknown_protocol_versions_and_strangers_are_refused() {
         rt.block_on(async move {
             let mut client = FederationClient::connect(url).await.unwrap();
             let (tx, rx) = mpsc::channel(4);
-            tx.send(out(party_message::Msg::Hello(Hello { protocol_version: version, party_id: id.into() })))
-                .await
-                .unwrap();
+            tx.send(out(party_message::Msg::Hello(Hello {
+                protocol_version: version,
+                party_id: id.into(),
+                ..Default::default()
+            })))
+            .await
+            .unwrap();
             client.join(ReceiverStream::new(rx)).await.map(|_| ()).unwrap_err()
         })
     };
@@ -573,6 +582,44 @@ fn unknown_protocol_versions_and_strangers_are_refused() {
     assert_eq!(e.code(), tonic::Code::PermissionDenied);
     assert!(e.message().contains("not on the allow-list"), "{e}");
     assert!(!e.message().contains('\n'), "{e}");
+}
+
+#[test]
+fn a_party_with_other_federation_settings_is_refused_naming_the_key() {
+    let rt = runtime();
+    let mut cfg = hub_config(&["a"]);
+    cfg.federation = [("seed", "42"), ("data.partition", "\"iid\""), ("model.name", "\"cnn\"")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let (hub, addr) = rt.block_on(Hub::start(cfg)).unwrap();
+    let url = format!("http://{addr}");
+    let attempt = |settings: Vec<(String, String)>| {
+        let url = url.clone();
+        rt.block_on(async move {
+            let mut client = FederationClient::connect(url).await.unwrap();
+            let (tx, rx) = mpsc::channel(4);
+            let hello = Hello {
+                protocol_version: PROTOCOL_VERSION,
+                party_id: "a".into(),
+                federation: settings.into_iter().collect(),
+            };
+            tx.send(out(party_message::Msg::Hello(hello))).await.unwrap();
+            client.join(ReceiverStream::new(rx)).await.map(|_| ())
+        })
+    };
+    let kv = |k: &str, v: &str| (k.to_string(), v.to_string());
+    // Another seed would split the data differently: refused, naming the key and both values.
+    let e = attempt(vec![kv("seed", "7"), kv("model.name", "\"cnn\"")]).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    assert!(e.message().contains("seed = 7 where the federation has 42"), "{e}");
+    let e = attempt(vec![kv("data.shards_per_party", "3")]).unwrap_err();
+    assert!(e.message().contains("data.shards_per_party = 3, which the federation does not set"), "{e}");
+    let many: Vec<(String, String)> = (0..300).map(|i| kv(&format!("k{i}"), "1")).collect();
+    assert!(attempt(many).unwrap_err().message().contains("more than 256 settings"));
+    // A party bringing its own data sends only the model and dataset: the matching subset joins.
+    attempt(vec![kv("model.name", "\"cnn\"")]).unwrap();
+    assert_eq!(rt.block_on(hub.wait_for(1, Duration::from_secs(5))), 1);
 }
 
 #[test]

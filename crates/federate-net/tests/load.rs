@@ -68,6 +68,7 @@ fn federation(
         max_streams_per_connection,
         join_timeout,
         deny_file: None,
+        federation: Default::default(),
     };
     let (hub, addr) = rt.block_on(Hub::start(cfg)).unwrap();
     for (id, client) in ids.iter().zip(clients) {
@@ -83,6 +84,7 @@ fn federation(
             heartbeat: Duration::from_secs(2),
             max_backoff: Duration::from_secs(2),
             give_up_after: Duration::from_secs(60),
+            federation: Default::default(),
         };
         let layout = layout.clone();
         rt.spawn(async move { run_party(opts, Box::new(client), layout).await });

@@ -153,6 +153,7 @@ fn hub_config(ids: &[String], model_len: usize, zstd: bool) -> federate_net::ser
         max_streams_per_connection,
         join_timeout: join_timeout.max(Duration::from_secs(60)),
         deny_file: None,
+        federation: Default::default(),
     }
 }
 
@@ -268,6 +269,7 @@ pub fn net_parties(cfg: &crate::config::Config, server: &str, zstd: bool) -> Res
             heartbeat: Duration::from_secs(5),
             max_backoff: Duration::from_secs(2),
             give_up_after: Duration::from_secs(300),
+            federation: Default::default(),
         };
         let layout = layout.clone();
         tasks.push(rt.spawn(async move { run_party(opts, Box::new(client), layout).await }));

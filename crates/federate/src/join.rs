@@ -76,6 +76,9 @@ pub fn join(
     if !federate_net::tls::valid_identity(id) {
         bail!("--id '{id}' is not a valid identity (letters, digits, '-', '.')");
     }
+    // The settings the server checks against the federation's: all of the split when this
+    // party takes its data from it, only the dataset and model when it brings its own files.
+    let federation = crate::config::federation_keys(cfg, matches!(data, PartyData::Partition(_)));
     let (train, test) = match data {
         PartyData::Partition(i) => {
             if i == 0 || i > cfg.data.parties {
@@ -128,6 +131,7 @@ pub fn join(
         heartbeat: secs(sv.heartbeat_s),
         max_backoff: Duration::from_secs(10),
         give_up_after: secs(sv.start_wait_s.max(sv.rejoin_wait_s) * 2.0),
+        federation,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let reason = rt.block_on(run_party(opts, Box::new(client), layout))?;

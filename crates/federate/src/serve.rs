@@ -89,6 +89,7 @@ fn hub_config(
         max_streams_per_connection: sv.max_streams_per_connection,
         join_timeout: secs(sv.join_timeout_s),
         deny_file: sv.deny_file.clone(),
+        federation: crate::config::federation_keys(cfg, true),
     }
 }
 

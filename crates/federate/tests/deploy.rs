@@ -319,7 +319,13 @@ fn parties_without_a_valid_certificate_or_not_allowed_are_refused() {
     let url = format!("https://127.0.0.1:{}", f.port);
     let plain = format!("http://127.0.0.1:{}", f.port);
     let bare = format!("127.0.0.1:{}", f.port);
-    let cases: [(&str, Vec<&str>, &str); 4] = [
+    let cases: [(&str, Vec<&str>, &str); 5] = [
+        // Started with another seed, so its data split would silently differ: refused by name.
+        (
+            "seed.log",
+            vec!["--server", &url, "--tls-dir", "keys", "--set", "seed=7"],
+            "seed = 7 where the federation has 3",
+        ),
         ("untrusted-server.log", vec!["--server", &url, "--tls-dir", "other"], "server's certificate is not one"),
         ("missing.log", vec!["--server", &url, "--tls-dir", "nowhere"], "nowhere/ca.pem"),
         ("bare.log", vec!["--server", &bare, "--tls-dir", "keys"], "needs a scheme"),

@@ -90,6 +90,10 @@ pub struct HubConfig {
     /// the server runs: a listed party is refused at its next handshake and dropped before
     /// its next task.
     pub deny_file: Option<std::path::PathBuf>,
+    /// The federation's settings a party must share (seed, data split, model), as flattened
+    /// key → value text; a party whose Hello gives another value for any of these keys, or a
+    /// key the federation does not have, is refused naming it. Empty: no check.
+    pub federation: std::collections::BTreeMap<String, String>,
 }
 
 impl HubConfig {

@@ -63,6 +63,9 @@ impl Service {
         if !self.hub.inner.allowed.contains(&id) {
             return refuse(format!("party '{}' is not on the allow-list", clean_text(&id)));
         }
+        if let Some(why) = federation_mismatch(&self.hub.inner.cfg.federation, &hello.federation) {
+            return refuse(format!("party '{id}' {why}"));
+        }
         if self.hub.inner.deny.denied(&id) {
             return refuse(format!("party '{id}' is revoked (listed in the server's deny_file)"));
         }
@@ -74,6 +77,46 @@ impl Service {
         }
         Ok(id)
     }
+}
+
+/// Most settings a Hello may carry, and their longest key and value.
+const MAX_SETTINGS: usize = 256;
+const MAX_SETTING_KEY: usize = 64;
+const MAX_SETTING_VALUE: usize = 256;
+
+/// Why a party's settings do not fit the federation's, naming the first key that differs.
+fn federation_mismatch(
+    ours: &std::collections::BTreeMap<String, String>,
+    theirs: &HashMap<String, String>,
+) -> Option<String> {
+    if ours.is_empty() {
+        return None;
+    }
+    if theirs.len() > MAX_SETTINGS
+        || theirs.iter().any(|(k, v)| k.len() > MAX_SETTING_KEY || v.len() > MAX_SETTING_VALUE)
+    {
+        return Some(format!("sent more than {MAX_SETTINGS} settings or one too long"));
+    }
+    let mut keys: Vec<&String> = theirs.keys().collect();
+    keys.sort();
+    for k in keys {
+        let v = &theirs[k];
+        match ours.get(k) {
+            Some(o) if o == v => {}
+            Some(o) => {
+                return Some(format!(
+                    "has {} = {} where the federation has {o}: start it with the federation's config (the same seed, \
+                     data split and model)",
+                    clean_text(k),
+                    clean_text(v)
+                ));
+            }
+            None => {
+                return Some(format!("has {} = {}, which the federation does not set", clean_text(k), clean_text(v)));
+            }
+        }
+    }
+    None
 }
 
 /// Sends heartbeats on `tx` until the connection closes. Never waits on a party: a heartbeat

@@ -47,6 +47,42 @@ pub fn differences(a: &Config, b: &Config) -> Vec<String> {
     out
 }
 
+/// The settings a party must share with its federation, flattened to `key → value` text:
+/// the model, the dataset and, when the party takes its data from the config's split
+/// (`split`), the seed and every key of the split. Local paths and switches are left out.
+pub fn federation_keys(cfg: &Config, split: bool) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut data = cfg.data.clone();
+    data.data_dir = None;
+    data.cache_dir = None;
+    data.offline = false;
+    let sections = [("model", toml::Value::try_from(&cfg.model)), ("data", toml::Value::try_from(&data))];
+    for (name, value) in sections {
+        if let Ok(v) = value {
+            flatten(name, &v, &mut out);
+        }
+    }
+    if split {
+        out.insert("seed".into(), cfg.seed.to_string());
+    } else {
+        out.retain(|k, _| k.starts_with("model.") || k == "data.dataset");
+    }
+    out
+}
+
+fn flatten(at: &str, v: &toml::Value, out: &mut std::collections::BTreeMap<String, String>) {
+    match v {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                flatten(&format!("{at}.{k}"), v, out);
+            }
+        }
+        other => {
+            out.insert(at.to_string(), other.to_string());
+        }
+    }
+}
+
 fn diff_values(at: &str, a: &toml::Value, b: &toml::Value, out: &mut Vec<String>) {
     match (a, b) {
         (toml::Value::Table(x), toml::Value::Table(y)) => {
