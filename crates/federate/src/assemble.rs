@@ -215,6 +215,38 @@ pub(crate) fn spec_for(cfg: &Config) -> Result<ModelSpec> {
     spec_for_shape(cfg, input, classes)
 }
 
+/// Checks a party's data against the model before anything runs: examples of the model's
+/// input size (the shape named in the error), labels within its classes, no empty set.
+pub fn check_data(cfg: &Config, spec: &ModelSpec, train: &Dataset, test: &Dataset) -> Result<()> {
+    let want = spec.input.size();
+    for (what, d) in [("training", train), ("test", test)] {
+        if d.is_empty() {
+            anyhow::bail!("this party has no {what} examples: a party needs both training and test data");
+        }
+        if d.example_len() != want {
+            let [h, w, c] = d.dims;
+            anyhow::bail!(
+                "the {what} data has examples of {h}×{w}×{c} = {} values, but the model takes {}×{}×{} = {want} (its \
+                 input comes from data.dataset = \"{}\"): give data of that shape, or a dataset of this one",
+                d.example_len(),
+                spec.input.h,
+                spec.input.w,
+                spec.input.c,
+                cfg.data.dataset
+            );
+        }
+        if d.classes > spec.classes {
+            anyhow::bail!(
+                "the {what} data has {} classes but the model has {} outputs (data.dataset = \"{}\")",
+                d.classes,
+                spec.classes,
+                cfg.data.dataset
+            );
+        }
+    }
+    Ok(())
+}
+
 /// A party holding `train` and `test` as the config builds one: a learner for `spec`, the
 /// noise source, and the privacy floor of `floor` (from [`privacy_floors`]).
 pub fn party(
@@ -225,6 +257,7 @@ pub fn party(
     noise: federate_core::NoiseSource,
     floor: federate_core::PrivacyFloor,
 ) -> Result<LocalClient<NnLearner>> {
+    check_data(cfg, spec, &train, &test)?;
     let learner = NnLearner::new(spec.clone(), cfg.train.batch_size, rayon::current_num_threads())?;
     Ok(LocalClient::new(learner, train, test).with_noise_source(noise).with_privacy_floor(floor))
 }

@@ -826,3 +826,34 @@ fn a_run_never_overwrites_an_earlier_one() {
     assert!(out.path().join(&aside[0]).join("model.safetensors").exists());
     assert_ne!(std::fs::read(dir.join("rounds.jsonl")).unwrap(), first);
 }
+
+/// Writes an IDX image file of `n` examples of `h`×`w` bytes and its label file.
+fn write_idx(dir: &Path, stem: &str, n: u32, h: u32, w: u32, classes: u8) {
+    let mut images = vec![0u8, 0, 8, 3];
+    for v in [n, h, w] {
+        images.extend(v.to_be_bytes());
+    }
+    images.extend((0..n * h * w).map(|i| (i % 251) as u8));
+    let mut labels = vec![0u8, 0, 8, 1];
+    labels.extend(n.to_be_bytes());
+    labels.extend((0..n).map(|i| (i % classes as u32) as u8));
+    std::fs::write(dir.join(format!("{stem}-images-idx3-ubyte")), images).unwrap();
+    std::fs::write(dir.join(format!("{stem}-labels-idx1-ubyte")), labels).unwrap();
+}
+
+#[test]
+fn a_party_whose_data_does_not_fit_the_model_exits_before_joining() {
+    // 1×13 "tabular" rows where the model (MNIST's CNN) takes 28×28×1: refused at once with
+    // the shape, before any connection (the server address is never dialled).
+    let dir = tempfile::tempdir().unwrap();
+    write_idx(dir.path(), "train", 40, 1, 13, 2);
+    write_idx(dir.path(), "t10k", 10, 1, 13, 2);
+    let idx = dir.path().to_str().unwrap();
+    let args = ["join", "--id", "party-1", "--server", "http://127.0.0.1:9", "--insecure", "--idx-dir", idx];
+    let start = std::time::Instant::now();
+    let o = federate(&[&args[..], &["--state-dir", idx]].concat());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("examples of 1×13×1 = 13 values, but the model takes 28×28×1 = 784"), "{err}");
+    assert!(start.elapsed() < std::time::Duration::from_secs(20), "it must not wait for the server");
+}
