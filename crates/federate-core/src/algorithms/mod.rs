@@ -148,7 +148,7 @@ impl Settings {
 impl Algorithm {
     /// Its settings from `given` (keys of any algorithm, as `[strategy]` holds them): each
     /// declared key from `given` or its default, range-checked. `given` may hold keys other
-    /// algorithms read; `unknown` lists the ones no algorithm reads.
+    /// algorithms read (the config refuses keys no algorithm declares before this).
     pub fn settings_from(&self, given: &BTreeMap<String, f64>) -> Result<Settings, StrategyError> {
         let mut out = BTreeMap::new();
         for s in self.settings {
@@ -165,11 +165,6 @@ impl Algorithm {
         let settings = self.settings_from(given)?;
         (self.strategy)(base, &settings)
     }
-}
-
-/// Whether any registered algorithm reads `key`.
-pub fn is_setting(key: &str) -> bool {
-    ALGORITHMS.iter().any(|a| a.settings.iter().any(|s| s.key == key))
 }
 
 /// Checks every value in `given` whose key some algorithm declares against the range it
