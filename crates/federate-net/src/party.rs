@@ -293,7 +293,10 @@ enum Task {
 /// A task whose vectors are arriving.
 struct Incoming {
     task_id: u64,
-    task: Task,
+    /// The task, or why this party refuses it (settings it cannot read): a refused task's
+    /// vectors are still received, so the stream stays in step, and the refusal is sent in
+    /// place of a result.
+    task: Result<Task, String>,
     transfers: Transfers,
 }
 
@@ -324,7 +327,7 @@ async fn serve_instructions(
             Ok(Ok(Some(ServerMessage { msg: None }))) => continue,
             Ok(Ok(Some(ServerMessage { msg: Some(m) }))) => m,
         };
-        match receive(opts, tx, m, &mut current).await {
+        match receive(opts, m, &mut current) {
             Next::Wait => {}
             Next::End(end) => return end,
             Next::Run(incoming, vectors) => {
@@ -338,12 +341,7 @@ async fn serve_instructions(
 
 /// Takes one message from the server: an instruction starts a task's transfers, a chunk
 /// continues them.
-async fn receive(
-    opts: &PartyOptions,
-    tx: &mpsc::Sender<PartyMessage>,
-    m: server_message::Msg,
-    current: &mut Option<Incoming>,
-) -> Next {
+fn receive(opts: &PartyOptions, m: server_message::Msg, current: &mut Option<Incoming>) -> Next {
     let bad = |e: String| Next::End(SessionEnd::Lost(format!("bad parameters from the server: {e}"), true));
     let (task_id, task, headers) = match m {
         server_message::Msg::Heartbeat(_) | server_message::Msg::Welcome(_) => return Next::Wait,
@@ -355,25 +353,20 @@ async fn receive(
             let Some(params) = f.params else {
                 return Next::End(SessionEnd::Lost("fit instruction without parameters".into(), true));
             };
-            let training = match f.training.as_ref().map(training_from_proto) {
-                Some(Ok(training)) => training,
-                Some(Err(e)) => {
-                    send_error(tx, f.task_id, e.to_string()).await;
-                    return Next::Wait;
+            let task = match f.training.as_ref().map(training_from_proto) {
+                Some(Ok(training)) => {
+                    Ok(Task::Fit(Box::new(FitTask { round: f.round, training, seed: f.seed, vector: None })))
                 }
-                None => {
-                    send_error(tx, f.task_id, "fit instruction without training settings".into()).await;
-                    return Next::Wait;
-                }
+                Some(Err(e)) => Err(e.to_string()),
+                None => Err("fit instruction without training settings".into()),
             };
-            let task = FitTask { round: f.round, training, seed: f.seed, vector: None };
-            (f.task_id, Task::Fit(Box::new(task)), [Some(params), f.vector].into_iter().flatten().collect::<Vec<_>>())
+            (f.task_id, task, [Some(params), f.vector].into_iter().flatten().collect::<Vec<_>>())
         }
         server_message::Msg::Evaluate(e) => {
             let Some(params) = e.params else {
                 return Next::End(SessionEnd::Lost("evaluate instruction without parameters".into(), true));
             };
-            (e.task_id, Task::Evaluate(EvaluateTask { round: e.round }), vec![params])
+            (e.task_id, Ok(Task::Evaluate(EvaluateTask { round: e.round })), vec![params])
         }
         server_message::Msg::Chunk(c) => {
             let Some(incoming) = current.as_mut() else {
@@ -410,7 +403,14 @@ async fn run_task(
     incoming: Box<Incoming>,
     vectors: Vec<Vec<f32>>,
 ) -> Option<SessionEnd> {
-    let Incoming { task_id, mut task, .. } = *incoming;
+    let Incoming { task_id, task, .. } = *incoming;
+    let mut task = match task {
+        Ok(t) => t,
+        Err(reason) => {
+            send_error(tx, task_id, reason).await;
+            return None;
+        }
+    };
     let mut vectors = vectors.into_iter();
     let values = vectors.next().unwrap_or_default();
     if let Task::Fit(t) = &mut task {

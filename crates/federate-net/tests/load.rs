@@ -154,3 +154,25 @@ fn scaffold_and_admm_over_the_network_equal_the_simulation() {
         assert_eq!(got.values, want.values, "{name}: network and in-process runs differ");
     }
 }
+
+/// A task whose party half this party does not know (a newer server, or a hostile one) is
+/// refused with the reason, its vectors still read so the stream stays in step: the same
+/// connection then serves the next, ordinary task.
+#[test]
+fn a_task_the_party_cannot_read_is_refused_and_the_connection_goes_on() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let layout = NnLearner::new(spec(), 8, 1).unwrap().layout();
+    let party = LocalClient::new(NnLearner::new(spec(), 8, 1).unwrap(), data(1, 40), data(2, 10));
+    let (hub, _) = federation(&rt, &layout, vec![party], 64, false);
+    let global = Parameters::new(NnLearner::new(spec(), 1, 1).unwrap().init(1), Arc::clone(&layout)).unwrap();
+    let mut training = LocalTraining::sgd(1, 8, 0.1);
+    training.local.name = "fedmagic".into();
+    let odd = federate_core::FitTask { round: 1, training, seed: 1, vector: Some(Arc::new(vec![0.5; layout.len()])) };
+    let e = rt.block_on(hub.fit("party-1", &global, &odd)).unwrap_err().to_string();
+    assert!(e.contains("unknown local algorithm 'fedmagic'"), "{e}");
+    let plain = federate_core::FitTask { round: 2, training: LocalTraining::sgd(1, 8, 0.1), seed: 2, vector: None };
+    let r = rt.block_on(hub.fit("party-1", &global, &plain)).unwrap();
+    assert_eq!((r.params.len(), r.num_examples), (layout.len(), 40));
+    assert_eq!(hub.connected(), vec!["party-1".to_string()]);
+    rt.block_on(hub.shutdown("done", Duration::from_secs(2)));
+}
