@@ -15,6 +15,7 @@ pub mod client_dp;
 pub mod dp;
 pub mod learner;
 pub mod messages;
+pub mod metrics;
 pub mod nn_learner;
 pub mod noise;
 pub mod optim;

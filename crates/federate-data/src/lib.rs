@@ -9,6 +9,7 @@ mod error;
 pub mod fetch;
 pub mod idx;
 pub mod partition;
+pub mod stats;
 pub mod synthetic;
 
 pub use dataset::{DATASETS, Dataset, TrainTest, dataset_info, images_and_labels, load, load_idx_dir};
