@@ -17,7 +17,7 @@ fn kind(m: Mechanism) -> Kind {
 
 fn nn(e: federate_privacy::PrivacyError) -> LearnerError {
     match e {
-        federate_privacy::PrivacyError::Noise(m) if m.contains("random source") => LearnerError::Unsupported(m),
+        federate_privacy::PrivacyError::RandomSource(m) => LearnerError::Unsupported(m),
         other => LearnerError::Setting(other.to_string()),
     }
 }

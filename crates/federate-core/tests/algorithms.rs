@@ -122,39 +122,55 @@ fn objective(data: &[Dataset], theta: &[f32], lambda: f64) -> f64 {
     data.iter().map(|d| l.evaluate(theta, &d.x, &d.y).unwrap().mean_loss() + reg).sum()
 }
 
-#[test]
-fn admm_reaches_the_centralised_optimum() {
-    let lambda = 0.05f32;
-    let data = parties(3, 60);
-    // Centralised optimum: gradient descent on Σ_k ∇L_k + 3λθ until it stops moving.
-    let mut l = learner(64);
-    let mut theta = initial().values;
+/// Σ_k ∇L_k(θ) + λθ per party: the gradient of the L2-regularised objective.
+fn total_gradient(l: &mut NnLearner, data: &[Dataset], theta: &[f32], lambda: f32) -> Vec<f32> {
     let mut g = vec![0.0; theta.len()];
     let mut total = vec![0.0f32; theta.len()];
-    let mut grad_norm = |theta: &[f32]| {
-        total.fill(0.0);
-        for d in &data {
-            gradient(&mut l, theta, d, 64, true, &mut g, &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
-            for ((t, g), p) in total.iter_mut().zip(&g).zip(theta) {
-                *t += g + lambda * p;
-            }
+    for d in data {
+        gradient(l, theta, d, 64, true, &mut g, &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
+        for ((t, g), p) in total.iter_mut().zip(&g).zip(theta) {
+            *t += g + lambda * p;
         }
-        (total.clone(), total.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt())
-    };
+    }
+    total
+}
+
+fn norm(v: &[f32]) -> f64 {
+    v.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt()
+}
+
+/// The centralised optimum of Σ_k [L_k(θ) + (λ/2)‖θ‖²]: 20,000 steps of gradient descent.
+fn centralised_optimum(data: &[Dataset], lambda: f32) -> Vec<f32> {
+    let mut l = learner(64);
+    let mut theta = initial().values;
     for _ in 0..20_000 {
-        let (step, _) = grad_norm(&theta);
+        let step = total_gradient(&mut l, data, &theta, lambda);
         for (t, g) in theta.iter_mut().zip(&step) {
             *t -= 0.05 * g;
         }
     }
+    theta
+}
+
+#[test]
+fn admm_reaches_the_centralised_optimum() {
+    let lambda = 0.05f32;
+    let data = parties(3, 60);
+    let theta = centralised_optimum(&data, lambda);
     let best = objective(&data, &theta, lambda as f64);
-    eprintln!("centralised: objective {best}, gradient norm {}", grad_norm(&theta).1);
+    eprintln!(
+        "centralised: objective {best}, gradient norm {}",
+        norm(&total_gradient(&mut learner(64), &data, &theta, lambda))
+    );
     // ADMM: each party solves its subproblem by 300 full-batch gradient steps.
     let admm = Admm::new(base(300, 64, 0.05, lambda), 0.5, false).unwrap();
     let mut s = server(Box::new(admm), &data, 64);
     let z = run(&mut s, 200);
     let got = objective(&data, &z.values, lambda as f64);
-    eprintln!("admm: objective {got}, gradient norm {}", grad_norm(&z.values).1);
+    eprintln!(
+        "admm: objective {got}, gradient norm {}",
+        norm(&total_gradient(&mut learner(64), &data, &z.values, lambda))
+    );
     let rel = (got - best) / best;
     assert!(rel.abs() < 1e-6, "ADMM objective {got} vs centralised {best}: relative {rel:e}");
     assert!(max_rel(&z.values, &theta) < 1e-3, "parameters differ by {}", max_rel(&z.values, &theta));
@@ -380,23 +396,7 @@ fn fednova_with_equal_steps_is_fedavg_and_with_unequal_steps_optimises_the_feder
 fn feddyn_reaches_the_centralised_optimum_where_fedavg_drifts() {
     let lambda = 0.05f32;
     let data = parties(3, 60);
-    // Centralised optimum of Σ_k [L_k(θ) + (λ/2)‖θ‖²] by gradient descent, as for ADMM.
-    let mut l = learner(64);
-    let mut theta = initial().values;
-    let mut g = vec![0.0; theta.len()];
-    let mut total = vec![0.0f32; theta.len()];
-    for _ in 0..20_000 {
-        total.fill(0.0);
-        for d in &data {
-            gradient(&mut l, &theta, d, 64, true, &mut g, &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
-            for ((t, g), p) in total.iter_mut().zip(&g).zip(&theta) {
-                *t += g + lambda * p;
-            }
-        }
-        for (t, g) in theta.iter_mut().zip(&total) {
-            *t -= 0.05 * g;
-        }
-    }
+    let theta = centralised_optimum(&data, lambda);
     let best = objective(&data, &theta, lambda as f64);
     // Each party solves its subproblem by 300 full-batch gradient steps.
     let dyn_ = algorithms::FedDyn::new(base(300, 64, 0.05, lambda), 0.5).unwrap();

@@ -23,10 +23,12 @@ pub enum PrivacyError {
     /// The target cannot be reached.
     #[error("{0}")]
     Unreachable(String),
-    /// Noise could not be drawn (the OS's random source failed, or the noise does not fit
-    /// the exact-noise grid).
+    /// The noise does not fit the exact-noise grid.
     #[error("{0}")]
     Noise(String),
+    /// The operating system's random source failed.
+    #[error("{0}")]
+    RandomSource(String),
 }
 
 pub(crate) fn check(q: f64, sigma: f64) -> Result<(), PrivacyError> {

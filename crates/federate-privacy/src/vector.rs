@@ -50,7 +50,7 @@ pub enum Kind {
 /// A ChaCha20 generator seeded by the operating system.
 pub fn os_rng() -> Result<ChaCha20Rng, PrivacyError> {
     ChaCha20Rng::try_from_rng(&mut rand::rngs::SysRng)
-        .map_err(|e| PrivacyError::Noise(format!("the operating system's random source failed: {e}")))
+        .map_err(|e| PrivacyError::RandomSource(format!("the operating system's random source failed: {e}")))
 }
 
 /// Seeded floating-point noise: every value v becomes (v + scale·z)/divisor, z standard

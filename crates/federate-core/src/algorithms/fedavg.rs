@@ -82,6 +82,17 @@ impl FedAvg {
         }
     }
 
+    /// [`FedAvg::average`] as the next global model (FedAvg's and FedProx's aggregation).
+    pub fn next_model(
+        &self,
+        round: u32,
+        global: &Parameters,
+        replies: &[(usize, FitReply)],
+    ) -> Result<(Parameters, Vec<Rejection>), StrategyError> {
+        let (values, rejected) = self.average(round, global, replies)?;
+        Ok((Parameters { values, layout: global.layout.clone() }, rejected))
+    }
+
     /// Checks the settings.
     pub fn validate(&self) -> Result<(), StrategyError> {
         if !(self.fraction_fit > 0.0 && self.fraction_fit <= 1.0) {
@@ -146,8 +157,7 @@ impl Strategy for FedAvg {
         global: &Parameters,
         replies: &[(usize, FitReply)],
     ) -> Result<(Parameters, Vec<Rejection>), StrategyError> {
-        let (values, rejected) = self.average(round, global, replies)?;
-        Ok((Parameters { values, layout: global.layout.clone() }, rejected))
+        self.next_model(round, global, replies)
     }
 
     fn configure_evaluate(

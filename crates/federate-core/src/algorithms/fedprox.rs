@@ -36,8 +36,7 @@ impl ServerHalf for Server {
         global: &Parameters,
         replies: &[(usize, FitReply)],
     ) -> Result<(Parameters, Vec<Rejection>), StrategyError> {
-        let (values, rejected) = base.average(round, global, replies)?;
-        Ok((Parameters { values, layout: global.layout.clone() }, rejected))
+        base.next_model(round, global, replies)
     }
 }
 
