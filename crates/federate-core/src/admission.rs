@@ -178,6 +178,7 @@ impl Admission {
         if !(0.0..=1.0).contains(&reply.accuracy) {
             return Err(format!("evaluation accuracy is {} (not a fraction in [0, 1])", reply.accuracy));
         }
+        reply.stats.check(reply.num_examples).map_err(|e| format!("evaluation statistics: {e}"))?;
         reply.num_examples = self.count(id, Stage::Test, reply.num_examples)?;
         Ok(())
     }
@@ -206,7 +207,7 @@ mod tests {
         let mut r = reply(7);
         a.fit("b", &mut r).unwrap();
         assert_eq!(r.num_examples, 50);
-        let mut e = EvaluateReply { num_examples: 5, loss: 0.1, accuracy: 0.5 };
+        let mut e = EvaluateReply { num_examples: 5, loss: 0.1, accuracy: 0.5, ..Default::default() };
         a.evaluate("b", &mut e).unwrap();
         e.num_examples = 6;
         assert!(a.evaluate("b", &mut e).unwrap_err().contains("server.declared.b.test"));

@@ -362,10 +362,14 @@ impl<L: Learner> Client for LocalClient<L> {
         if params.len() != expected {
             return Err(ClientError::WrongParameterCount { got: params.len(), expected });
         }
-        let s = self.learner.evaluate(&params.values, &self.test.x, &self.test.y);
+        let k = self.learner.score_len();
+        let mut scores = vec![0.0f32; self.test.len() * k];
+        let s = self.learner.evaluate_scores(&params.values, &self.test.x, self.test.targets(), &mut scores);
         self.learner.release();
         let s = s.map_err(model_err)?;
-        Ok(EvaluateReply { num_examples: s.count, loss: s.mean_loss(), accuracy: s.accuracy() })
+        let stats =
+            crate::metrics::EvalStats::from_scores(&scores, k, self.test.targets()).map_err(ClientError::Model)?;
+        Ok(EvaluateReply { num_examples: s.count, loss: s.mean_loss(), accuracy: s.accuracy(), stats })
     }
 
     fn state(&self) -> Option<PartyState> {

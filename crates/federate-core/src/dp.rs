@@ -8,7 +8,7 @@ pub use crate::messages::{DpSgd, Mechanism, NoiseSource, PrivacyFloor, Sampling}
 
 use crate::messages::{ClipNorm, LearnerError};
 use crate::optim::Optimizer;
-use federate_data::Dataset;
+use federate_data::{Batch, Dataset};
 use federate_privacy::Accountant;
 use rand::{Rng, RngExt};
 
@@ -230,20 +230,18 @@ struct StepBuffers {
     wide: Vec<f64>,
     part: Vec<f32>,
     norms: Vec<f32>,
-    xb: Vec<f32>,
-    yb: Vec<u32>,
+    batch: Batch,
     chosen: Vec<usize>,
 }
 
 impl StepBuffers {
-    fn new(params: usize, cap: usize, example_len: usize) -> Self {
+    fn new(params: usize, cap: usize, data: &Dataset) -> Self {
         StepBuffers {
             sum: vec![0.0; params],
             wide: vec![0.0; params],
             part: vec![0.0; params],
             norms: vec![0.0; cap],
-            xb: vec![0.0; cap * example_len],
-            yb: vec![0; cap],
+            batch: Batch::new(data, cap),
             chosen: Vec::with_capacity(cap * 2),
         }
     }
@@ -282,11 +280,11 @@ fn private_gradient<R: Rng>(
     buf.wide.fill(0.0);
     let mut stats = crate::messages::BatchStats::default();
     for piece in buf.chosen.chunks(cap) {
-        let m = data.gather(piece, &mut buf.xb, &mut buf.yb);
+        let m = data.gather(piece, &mut buf.batch);
         let s = learner.clipped_grad(
             params,
-            &buf.xb[..m * d],
-            &buf.yb[..m],
+            &buf.batch.x[..m * d],
+            buf.batch.targets(m),
             dp.clip,
             dp.clip_norm(),
             &mut buf.part,
@@ -324,7 +322,7 @@ fn dp_epochs<R: Rng>(
     let q = dp.rate(n, cap);
     let steps = DpSgd::steps_per_epoch(q) * cfg.epochs;
     let expected = (q * n as f64).max(1.0) as f32;
-    let mut buf = StepBuffers::new(params.len(), cap, data.example_len());
+    let mut buf = StepBuffers::new(params.len(), cap, data);
     let mut stats = TrainStats::default();
     for step in 0..steps {
         let s =
@@ -360,7 +358,7 @@ pub fn private_gradient_step<R: Rng>(
     let cap = batch_size.max(1);
     let q = if full { 1.0 } else { dp.rate(n, cap) };
     let expected = (q * n as f64).max(1.0) as f32;
-    let mut buf = StepBuffers::new(params.len(), cap, data.example_len());
+    let mut buf = StepBuffers::new(params.len(), cap, data);
     let s = match source {
         NoiseSource::Seeded => private_gradient(
             learner,

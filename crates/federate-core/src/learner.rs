@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 pub use crate::messages::{BatchStats, ClipNorm, LearnerError};
 use crate::params::Layout;
+pub use federate_data::Targets;
 
 impl BatchStats {
     /// Adds another batch's numbers.
@@ -46,12 +47,24 @@ pub trait Learner: Send {
         &mut self,
         params: &[f32],
         x: &[f32],
-        y: &[u32],
+        y: Targets<'_>,
         grad: &mut [f32],
     ) -> Result<BatchStats, LearnerError>;
     /// Loss and accuracy of `params` over a whole set, without gradients or randomness
     /// (dropout off). Errors as `loss_and_grad`'s.
-    fn evaluate(&mut self, params: &[f32], x: &[f32], y: &[u32]) -> Result<BatchStats, LearnerError>;
+    fn evaluate(&mut self, params: &[f32], x: &[f32], y: Targets<'_>) -> Result<BatchStats, LearnerError>;
+    /// Values per example [`Learner::scores`] writes: one per class (probabilities) under a
+    /// multiclass loss, else one (the positive class's probability, or the predicted value).
+    fn score_len(&self) -> usize;
+    /// [`Learner::evaluate`] that also writes each example's scores (`score_len()` values per
+    /// example) into `scores`, for the metrics a party reports.
+    fn evaluate_scores(
+        &mut self,
+        params: &[f32],
+        x: &[f32],
+        y: Targets<'_>,
+        scores: &mut [f32],
+    ) -> Result<BatchStats, LearnerError>;
     /// Reseeds any randomness inside the model (dropout masks); a party calls it at the start
     /// of every fit with the task's dropout seed, so a fit's result depends only on the task.
     fn reseed(&mut self, seed: u64);
@@ -64,7 +77,7 @@ pub trait Learner: Send {
         &mut self,
         _params: &[f32],
         _x: &[f32],
-        _y: &[u32],
+        _y: Targets<'_>,
         _clip: f32,
         _norm: ClipNorm,
         _grad: &mut [f32],

@@ -91,7 +91,7 @@ pub struct EvaluateTask {
 }
 
 /// A party's evaluation of the parameters it was sent, on its own test data.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EvaluateReply {
     /// Test examples evaluated.
     pub num_examples: usize,
@@ -99,6 +99,58 @@ pub struct EvaluateReply {
     pub loss: f64,
     /// Fraction correct.
     pub accuracy: f64,
+    /// The sufficient statistics the task's metrics are read from (empty from a learner or
+    /// peer that does not report them).
+    #[serde(default)]
+    pub stats: EvalStats,
+}
+
+/// Sufficient statistics of one evaluation. Parties' statistics add up to those of the
+/// pooled test sets, so the federation's metrics (AUC, F1, calibration, R², ...) are exact
+/// (AUC to the bin resolution) without one per-example score leaving a party.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EvalStats {
+    /// Classification: counts by true class (row) and predicted class (column), classes ×
+    /// classes, row-major. Empty for regression.
+    pub confusion: Vec<u64>,
+    /// Binary: histogram of the positive class's probability over positive examples
+    /// (equal bins over [0, 1]). Empty otherwise.
+    pub positives: Vec<u64>,
+    /// Binary: the same histogram over negative examples.
+    pub negatives: Vec<u64>,
+    /// Classification: per bin of confidence (the predicted class's probability), the
+    /// examples, their summed confidence and how many were right.
+    pub calibration: Vec<CalibrationBin>,
+    /// Classification: −Σ ln p(true class), each p clamped to at least 1e-15.
+    pub log_loss_sum: f64,
+    /// Regression: sums over the examples.
+    pub regression: Option<RegressionSums>,
+}
+
+/// One confidence bin of a calibration (reliability) diagram.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationBin {
+    /// Examples whose confidence falls in the bin.
+    pub count: u64,
+    /// Their summed confidence.
+    pub confidence: f64,
+    /// How many of them were predicted right.
+    pub correct: u64,
+}
+
+/// Sums over a regression test set: with them RMSE, MAE and R² of the pooled set follow.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct RegressionSums {
+    /// Examples.
+    pub count: u64,
+    /// Σ (prediction − target)².
+    pub sq_err: f64,
+    /// Σ |prediction − target|.
+    pub abs_err: f64,
+    /// Σ target.
+    pub y: f64,
+    /// Σ target².
+    pub y2: f64,
 }
 
 /// Why a party could not answer.

@@ -6,11 +6,19 @@ use std::sync::Arc;
 
 use federate_nn::{ModelSpec, Network, NnError, Workspace};
 
-use crate::learner::{BatchStats, ClipNorm, Learner, LearnerError};
+use crate::learner::{BatchStats, ClipNorm, Learner, LearnerError, Targets};
 use crate::params::{Layout, TensorSpec};
 
 fn stats(s: federate_nn::BatchStats) -> BatchStats {
     BatchStats { loss_sum: s.loss_sum, correct: s.correct, count: s.count }
+}
+
+/// The data's targets in the engine's type.
+fn targets(t: Targets<'_>) -> federate_nn::Targets<'_> {
+    match t {
+        Targets::Classes(c) => federate_nn::Targets::Classes(c),
+        Targets::Values(v) => federate_nn::Targets::Values(v),
+    }
 }
 
 /// The engine's error in core's terms (the text is kept: it names the thing and the fix).
@@ -82,15 +90,28 @@ impl Learner for NnLearner {
         &mut self,
         params: &[f32],
         x: &[f32],
-        y: &[u32],
+        y: Targets<'_>,
         grad: &mut [f32],
     ) -> Result<BatchStats, LearnerError> {
         let (net, ws) = self.parts();
-        net.loss_and_grad(params, ws, x, y, grad).map(stats).map_err(err)
+        net.loss_and_grad(params, ws, x, targets(y), grad).map(stats).map_err(err)
     }
-    fn evaluate(&mut self, params: &[f32], x: &[f32], y: &[u32]) -> Result<BatchStats, LearnerError> {
+    fn evaluate(&mut self, params: &[f32], x: &[f32], y: Targets<'_>) -> Result<BatchStats, LearnerError> {
         let ws = self.eval_ws.get_or_insert_with(|| self.net.workspace(EVAL_BATCH, self.threads));
-        self.net.evaluate(params, ws, x, y).map(stats).map_err(err)
+        self.net.evaluate(params, ws, x, targets(y), None).map(stats).map_err(err)
+    }
+    fn score_len(&self) -> usize {
+        self.net.outputs()
+    }
+    fn evaluate_scores(
+        &mut self,
+        params: &[f32],
+        x: &[f32],
+        y: Targets<'_>,
+        scores: &mut [f32],
+    ) -> Result<BatchStats, LearnerError> {
+        let ws = self.eval_ws.get_or_insert_with(|| self.net.workspace(EVAL_BATCH, self.threads));
+        self.net.evaluate(params, ws, x, targets(y), Some(scores)).map(stats).map_err(err)
     }
     fn reseed(&mut self, seed: u64) {
         self.seed = Some(seed);
@@ -102,7 +123,7 @@ impl Learner for NnLearner {
         &mut self,
         params: &[f32],
         x: &[f32],
-        y: &[u32],
+        y: Targets<'_>,
         clip: f32,
         norm: ClipNorm,
         grad: &mut [f32],
@@ -113,7 +134,7 @@ impl Learner for NnLearner {
             ClipNorm::L1 => federate_nn::ClipNorm::L1,
         };
         let (net, ws) = self.parts();
-        net.clipped_grad_in(params, ws, x, y, clip, norm, grad, norms).map(stats).map_err(err)
+        net.clipped_grad_in(params, ws, x, targets(y), clip, norm, grad, norms).map(stats).map_err(err)
     }
     fn release(&mut self) {
         self.ws = None;

@@ -51,6 +51,9 @@ pub struct ClientEval {
     pub loss: f64,
     /// Accuracy.
     pub accuracy: f64,
+    /// The task's metrics on this party's test set (see `metrics::METRICS`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, f64>,
 }
 
 /// A party that contributed nothing at some stage, and why.
@@ -84,6 +87,10 @@ pub struct RoundRecord {
     pub accuracy: Option<f64>,
     /// The matching test loss.
     pub loss: Option<f64>,
+    /// The task's metrics over the parties' pooled test sets (read off their summed
+    /// statistics; see `metrics::METRICS`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, f64>,
     /// Example-weighted mean training loss of the parties that trained.
     pub train_loss: Option<f64>,
     /// The largest ε spent so far by a party that trained this round (DP runs).
@@ -113,4 +120,17 @@ pub struct RoundRecord {
     /// Where this round's choice of parties came from.
     #[serde(default)]
     pub party_sampling: PartySampling,
+}
+
+impl RoundRecord {
+    /// The value of metric `name` this round: from the pooled metrics, else accuracy and loss
+    /// from the federated or central evaluation.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        match name {
+            _ if self.metrics.contains_key(name) => self.metrics.get(name).copied(),
+            "accuracy" => self.accuracy,
+            "loss" => self.loss,
+            _ => None,
+        }
+    }
 }

@@ -184,14 +184,14 @@ pub struct Server {
     strategy: Box<dyn Strategy>,
     clients: Vec<Box<dyn ClientProxy>>,
     central: Option<CentralEvaluator>,
-    target_accuracy: Option<f64>,
+    target: Option<(crate::metrics::MetricInfo, f64)>,
     admission: Admission,
 }
 
 impl Server {
     /// A server running `strategy` over `clients`.
     pub fn new(strategy: Box<dyn Strategy>, clients: Vec<Box<dyn ClientProxy>>) -> Self {
-        Server { strategy, clients, central: None, target_accuracy: None, admission: Admission::default() }
+        Server { strategy, clients, central: None, target: None, admission: Admission::default() }
     }
 
     /// Bounds what the parties may report (example counts, floats) and whose counts weight
@@ -203,7 +203,15 @@ impl Server {
 
     /// Stops the run after the first round whose accuracy reaches `target` (a fraction).
     pub fn with_target_accuracy(mut self, target: f64) -> Self {
-        self.target_accuracy = Some(target);
+        self.target = crate::metrics::metric("accuracy").map(|m| (m, target));
+        self
+    }
+
+    /// Stops the run after the first round whose `metric` (one of
+    /// [`METRICS`](crate::metrics::METRICS)) reaches `target`: at or above it for a metric
+    /// where higher is better, at or below it otherwise.
+    pub fn with_target(mut self, metric: crate::metrics::MetricInfo, target: f64) -> Self {
+        self.target = Some((metric, target));
         self
     }
 
@@ -290,8 +298,12 @@ impl Server {
                 parties: Parties(&self.clients),
             });
             records.push(record);
-            let reached = matches!((self.target_accuracy, records.last().and_then(|r: &RoundRecord| r.accuracy)),
-                (Some(t), Some(a)) if a >= t);
+            let reached = match (self.target, records.last()) {
+                (Some((m, t)), Some(r)) => {
+                    r.metric(m.name).is_some_and(|v| if m.higher_is_better { v >= t } else { v <= t })
+                }
+                _ => false,
+            };
             if all_spent || reached {
                 break;
             }
@@ -327,16 +339,17 @@ impl Server {
         let t_eval = Instant::now();
         let (evaluate, federated) = self.evaluate(round, global, cfg, &mut failures);
         let centralized = self.central.as_mut().and_then(|f| f(global));
-        let (accuracy, loss) = match (federated, centralized) {
-            (Some(f), _) => (Some(f.accuracy), Some(f.loss)),
-            (None, Some(c)) => (Some(c.accuracy), Some(c.loss)),
-            _ => (None, None),
+        let (accuracy, loss, metrics) = match (&federated, centralized) {
+            (Some(f), _) => (Some(f.accuracy), Some(f.loss), f.stats.metrics()),
+            (None, Some(c)) => (Some(c.accuracy), Some(c.loss), Default::default()),
+            _ => (None, None, Default::default()),
         };
         let epsilon = fit.iter().filter_map(|f| f.epsilon).reduce(f64::max);
         let record = RoundRecord {
             round,
             accuracy,
             loss,
+            metrics,
             train_loss,
             epsilon,
             aggregated,
@@ -471,7 +484,13 @@ impl Server {
             });
             match outcome {
                 Ok(r) => {
-                    evaluate.push(ClientEval { id, num_examples: r.num_examples, loss: r.loss, accuracy: r.accuracy });
+                    evaluate.push(ClientEval {
+                        id,
+                        num_examples: r.num_examples,
+                        loss: r.loss,
+                        accuracy: r.accuracy,
+                        metrics: r.stats.metrics(),
+                    });
                     ereplies.push((c, r));
                 }
                 Err(reason) => failures.push(Failure { id, stage: "evaluate".into(), reason }),

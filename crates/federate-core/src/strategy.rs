@@ -118,7 +118,8 @@ pub fn missing_state(name: &str) -> StrategyError {
 }
 
 /// Example-weighted mean of loss and accuracy (equal to the accuracy on the union of the
-/// parties' test sets).
+/// parties' test sets), and the sum of their metric statistics (left empty when the parties'
+/// statistics do not add up: different tasks).
 pub fn weighted_evaluation(replies: &[(usize, EvaluateReply)]) -> Option<EvaluateReply> {
     // Summed in f64: reported counts never overflow the total.
     let n: f64 = replies.iter().map(|(_, r)| r.num_examples as f64).sum();
@@ -131,7 +132,11 @@ pub fn weighted_evaluation(replies: &[(usize, EvaluateReply)]) -> Option<Evaluat
         acc += r.accuracy * r.num_examples as f64;
     }
     let count = replies.iter().fold(0usize, |a, (_, r)| a.saturating_add(r.num_examples));
-    Some(EvaluateReply { num_examples: count, loss: loss / n, accuracy: acc / n })
+    let mut stats = crate::messages::EvalStats::default();
+    if replies.iter().any(|(_, r)| stats.merge(&r.stats).is_err()) {
+        stats = Default::default();
+    }
+    Some(EvaluateReply { num_examples: count, loss: loss / n, accuracy: acc / n, stats })
 }
 
 /// Checks a reply against the global model; the reason it is unusable, if it is.

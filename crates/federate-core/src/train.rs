@@ -4,7 +4,7 @@ pub use crate::messages::{Correction, LocalAlgorithm, LocalTraining, TrainStats}
 
 use crate::messages::{BatchStats, LearnerError, OptimizerSpec};
 use crate::optim::Optimizer;
-use federate_data::Dataset;
+use federate_data::{Batch, Dataset};
 use rand::Rng;
 use rand::seq::SliceRandom;
 
@@ -85,8 +85,7 @@ pub fn train_local_with<R: Rng>(
     let d = data.example_len();
     let bs = cfg.batch_size.max(1);
     let mut grad = vec![0.0f32; params.len()];
-    let mut xb = vec![0.0f32; bs * d];
-    let mut yb = vec![0u32; bs];
+    let mut batch = Batch::new(data, bs);
     let mut order: Vec<usize> = Vec::with_capacity(data.len());
     let mut stats = TrainStats::default();
     for _ in 0..cfg.epochs {
@@ -95,8 +94,8 @@ pub fn train_local_with<R: Rng>(
         order.extend(0..data.len());
         order.shuffle(rng);
         for chunk in order.chunks(bs) {
-            let n = data.gather(chunk, &mut xb, &mut yb);
-            let s = learner.loss_and_grad(params, &xb[..n * d], &yb[..n], &mut grad)?;
+            let n = data.gather(chunk, &mut batch);
+            let s = learner.loss_and_grad(params, &batch.x[..n * d], batch.targets(n), &mut grad)?;
             correction.apply(params, &mut grad);
             opt.step(params, &grad);
             stats.batches.merge(s);
@@ -126,13 +125,12 @@ pub fn gradient<R: Rng>(
     };
     let n = order.len().max(1) as f32;
     let mut part = vec![0.0f32; grad.len()];
-    let mut xb = vec![0.0f32; bs * d];
-    let mut yb = vec![0u32; bs];
+    let mut batch = Batch::new(data, bs);
     let mut stats = BatchStats::default();
     grad.fill(0.0);
     for chunk in order.chunks(bs) {
-        let m = data.gather(chunk, &mut xb, &mut yb);
-        stats.merge(learner.loss_and_grad(params, &xb[..m * d], &yb[..m], &mut part)?);
+        let m = data.gather(chunk, &mut batch);
+        stats.merge(learner.loss_and_grad(params, &batch.x[..m * d], batch.targets(m), &mut part)?);
         // Mean over the chunk → its share of the mean over all examples.
         let w = m as f32 / n;
         for (g, p) in grad.iter_mut().zip(&part) {

@@ -119,7 +119,7 @@ fn fedavg_with_one_party_is_local_sgd() {
 fn objective(data: &[Dataset], theta: &[f32], lambda: f64) -> f64 {
     let mut l = learner(64);
     let reg: f64 = theta.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() * lambda / 2.0;
-    data.iter().map(|d| l.evaluate(theta, &d.x, &d.y).unwrap().mean_loss() + reg).sum()
+    data.iter().map(|d| l.evaluate(theta, &d.x, d.targets()).unwrap().mean_loss() + reg).sum()
 }
 
 /// Σ_k ∇L_k(θ) + λθ per party: the gradient of the L2-regularised objective.
@@ -229,7 +229,7 @@ fn server_optimisers_follow_their_update_rules() {
             Ok(FitReply { params, num_examples: 1, ..Default::default() })
         }
         fn evaluate(&mut self, _p: &Parameters, _t: &EvaluateTask) -> Result<EvaluateReply, ClientError> {
-            Ok(EvaluateReply { num_examples: 1, loss: 0.0, accuracy: 0.0 })
+            Ok(EvaluateReply { num_examples: 1, loss: 0.0, accuracy: 0.0, ..Default::default() })
         }
     }
     let zero = Parameters::new(

@@ -76,7 +76,12 @@ impl Client for Fixed {
     }
     fn evaluate(&mut self, params: &Parameters, _t: &EvaluateTask) -> Result<EvaluateReply, ClientError> {
         let err = (params.values[0] - self.target).abs() as f64;
-        Ok(EvaluateReply { num_examples: self.n, loss: err, accuracy: if err < 1.0 { 1.0 } else { 0.0 } })
+        Ok(EvaluateReply {
+            num_examples: self.n,
+            loss: err,
+            accuracy: if err < 1.0 { 1.0 } else { 0.0 },
+            ..Default::default()
+        })
     }
 }
 

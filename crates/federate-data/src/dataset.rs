@@ -7,60 +7,135 @@ use crate::fetch::{DatasetInfo, FASHION_MNIST, FetchOptions, MNIST, ensure};
 use crate::idx::read_idx;
 
 /// Labelled examples held in memory: features as `f32` (images scaled to [0, 1], channels
-/// last), labels as class indices.
+/// last), and either a class index per example (classification) or a target value per
+/// example (regression).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dataset {
     /// `len() × example_len()` features.
     pub x: Vec<f32>,
-    /// One label per example, each `< classes`.
+    /// Classification: one label per example, each `< classes`. Empty for regression.
     pub y: Vec<u32>,
+    /// Regression: one target value per example. Empty for classification.
+    pub values: Vec<f32>,
     /// Shape of one example: height, width, channels (`[1, 1, d]` for vectors).
     pub dims: [usize; 3],
-    /// Number of classes.
+    /// Number of classes; 0 for regression.
     pub classes: usize,
 }
 
-impl Dataset {
+/// The targets of a set or a batch, borrowed: class indices or values.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Targets<'a> {
+    /// Class indices (classification).
+    Classes(&'a [u32]),
+    /// Target values (regression).
+    Values(&'a [f32]),
+}
+
+impl Targets<'_> {
     /// Number of examples.
     pub fn len(&self) -> usize {
-        self.y.len()
+        match self {
+            Targets::Classes(c) => c.len(),
+            Targets::Values(v) => v.len(),
+        }
+    }
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Dataset {
+    /// A classification set.
+    pub fn classification(x: Vec<f32>, y: Vec<u32>, dims: [usize; 3], classes: usize) -> Self {
+        Dataset { x, y, values: Vec::new(), dims, classes }
+    }
+    /// A regression set (one value per example).
+    pub fn regression(x: Vec<f32>, values: Vec<f32>, dims: [usize; 3]) -> Self {
+        Dataset { x, y: Vec::new(), values, dims, classes: 0 }
+    }
+    /// Whether the targets are values rather than classes.
+    pub fn is_regression(&self) -> bool {
+        self.classes == 0
+    }
+    /// Number of examples.
+    pub fn len(&self) -> usize {
+        if self.is_regression() { self.values.len() } else { self.y.len() }
     }
     /// Whether there are no examples.
     pub fn is_empty(&self) -> bool {
-        self.y.is_empty()
+        self.len() == 0
     }
     /// Values per example.
     pub fn example_len(&self) -> usize {
         self.dims.iter().product()
     }
+    /// The targets of every example.
+    pub fn targets(&self) -> Targets<'_> {
+        if self.is_regression() { Targets::Values(&self.values) } else { Targets::Classes(&self.y) }
+    }
     /// The examples at `indices`, in that order.
     pub fn subset(&self, indices: &[usize]) -> Dataset {
         let d = self.example_len();
         let mut x = Vec::with_capacity(indices.len() * d);
-        let mut y = Vec::with_capacity(indices.len());
         for &i in indices {
             x.extend_from_slice(&self.x[i * d..(i + 1) * d]);
-            y.push(self.y[i]);
         }
-        Dataset { x, y, dims: self.dims, classes: self.classes }
+        let y = if self.is_regression() { Vec::new() } else { indices.iter().map(|&i| self.y[i]).collect() };
+        let values = if self.is_regression() { indices.iter().map(|&i| self.values[i]).collect() } else { Vec::new() };
+        Dataset { x, y, values, dims: self.dims, classes: self.classes }
     }
-    /// Copies the examples at `indices` into the front of `x` and `y` (a batch buffer of
-    /// at least `indices.len()` examples) and returns how many were copied.
-    pub fn gather(&self, indices: &[usize], x: &mut [f32], y: &mut [u32]) -> usize {
+    /// Copies the examples at `indices` into the front of `batch` (of at least
+    /// `indices.len()` examples) and returns how many were copied.
+    pub fn gather(&self, indices: &[usize], batch: &mut Batch) -> usize {
         let d = self.example_len();
+        let regression = self.is_regression();
         for (j, &i) in indices.iter().enumerate() {
-            x[j * d..(j + 1) * d].copy_from_slice(&self.x[i * d..(i + 1) * d]);
-            y[j] = self.y[i];
+            batch.x[j * d..(j + 1) * d].copy_from_slice(&self.x[i * d..(i + 1) * d]);
+            if regression {
+                batch.values[j] = self.values[i];
+            } else {
+                batch.y[j] = self.y[i];
+            }
         }
+        batch.regression = regression;
         indices.len()
     }
-    /// How many examples of each class.
+    /// How many examples of each class (empty for regression).
     pub fn label_counts(&self) -> Vec<usize> {
         let mut c = vec![0; self.classes];
         for &l in &self.y {
             c[l as usize] += 1;
         }
         c
+    }
+}
+
+/// A reusable batch buffer for [`Dataset::gather`].
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    /// Features, `capacity × example_len`.
+    pub x: Vec<f32>,
+    y: Vec<u32>,
+    values: Vec<f32>,
+    regression: bool,
+}
+
+impl Batch {
+    /// A buffer for up to `capacity` examples of `data`'s shape.
+    pub fn new(data: &Dataset, capacity: usize) -> Self {
+        let regression = data.is_regression();
+        Batch {
+            x: vec![0.0; capacity * data.example_len()],
+            y: if regression { Vec::new() } else { vec![0; capacity] },
+            values: if regression { vec![0.0; capacity] } else { Vec::new() },
+            regression,
+        }
+    }
+    /// The first `n` examples' targets.
+    pub fn targets(&self, n: usize) -> Targets<'_> {
+        if self.regression { Targets::Values(&self.values[..n]) } else { Targets::Classes(&self.y[..n]) }
     }
 }
 
@@ -117,10 +192,10 @@ pub fn images_and_labels(images: &Path, labels: &Path, classes: usize) -> Result
     if let Some(bad) = lb.data.iter().find(|&&l| l as usize >= classes) {
         return Err(DataError::BadIdx { path: labels.into(), problem: format!("label {bad} is not below {classes}") });
     }
-    Ok(Dataset {
-        x: im.data.iter().map(|&p| p as f32 / 255.0).collect(),
-        y: lb.data.iter().map(|&l| l as u32).collect(),
-        dims: [im.dims[1], im.dims[2], 1],
+    Ok(Dataset::classification(
+        im.data.iter().map(|&p| p as f32 / 255.0).collect(),
+        lb.data.iter().map(|&l| l as u32).collect(),
+        [im.dims[1], im.dims[2], 1],
         classes,
-    })
+    ))
 }

@@ -45,6 +45,19 @@ pub enum DataError {
     /// An unknown dataset name.
     #[error("unknown dataset '{0}': use mnist or fashion-mnist")]
     UnknownDataset(String),
+    /// A table file that cannot be read under its schema: the file, and where known the line
+    /// (1 is the header) and the column.
+    #[error("{}{}{}: {problem}", path.display(), line.map(|l| format!(", line {l}")).unwrap_or_default(), column.as_ref().map(|c| format!(", column '{c}'")).unwrap_or_default())]
+    Table {
+        /// The file.
+        path: PathBuf,
+        /// The line, from 1 (the header).
+        line: Option<u64>,
+        /// The column.
+        column: Option<String>,
+        /// What is wrong and how to fix it.
+        problem: String,
+    },
     /// A partition that cannot be made from the data at hand.
     #[error("{0}")]
     Partition(String),

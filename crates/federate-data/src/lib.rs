@@ -11,7 +11,8 @@ pub mod idx;
 pub mod partition;
 pub mod stats;
 pub mod synthetic;
+pub mod table;
 
-pub use dataset::{DATASETS, Dataset, TrainTest, dataset_info, images_and_labels, load, load_idx_dir};
+pub use dataset::{Batch, DATASETS, Dataset, Targets, TrainTest, dataset_info, images_and_labels, load, load_idx_dir};
 pub use error::DataError;
 pub use fetch::{FASHION_MNIST, FetchOptions, MNIST, default_cache_dir, ensure};

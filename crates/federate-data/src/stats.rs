@@ -5,14 +5,16 @@
 //! error is about ε·mean²/variance relative (10⁻¹⁴ for a feature of mean 1,000 and standard
 //! deviation 100), far below what training can see.
 //!
-//! Not yet wired into a run: the tabular data sources of the bring-your-own-data issue
-//! compute these in a round 0 and record them with the model.
+//! A missing value (NaN) is left out of its feature's statistics and, when the rows are
+//! scaled, replaced by the federation's mean of that feature (mean imputation).
 
 /// One party's (or the federation's) statistics of `d` features.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Moments {
     /// Rows counted.
     pub count: u64,
+    /// Per feature: values present (rows minus missing values).
+    pub present: Vec<u64>,
     /// Per feature: Σ x.
     pub sum: Vec<f64>,
     /// Per feature: Σ x².
@@ -28,6 +30,7 @@ impl Moments {
     pub fn new(d: usize) -> Self {
         Moments {
             count: 0,
+            present: vec![0; d],
             sum: vec![0.0; d],
             sum_sq: vec![0.0; d],
             min: vec![f64::INFINITY; d],
@@ -41,7 +44,11 @@ impl Moments {
         for row in rows.chunks_exact(d.max(1)) {
             m.count += 1;
             for (j, &v) in row.iter().enumerate() {
+                if v.is_nan() {
+                    continue;
+                }
                 let v = v as f64;
+                m.present[j] += 1;
                 m.sum[j] += v;
                 m.sum_sq[j] += v * v;
                 m.min[j] = m.min[j].min(v);
@@ -58,6 +65,7 @@ impl Moments {
         }
         self.count += other.count;
         for j in 0..self.sum.len() {
+            self.present[j] += other.present[j];
             self.sum[j] += other.sum[j];
             self.sum_sq[j] += other.sum_sq[j];
             self.min[j] = self.min[j].min(other.min[j]);
@@ -68,11 +76,12 @@ impl Moments {
 
     /// Per feature: the mean and the (population) standard deviation.
     pub fn mean_std(&self) -> Vec<(f64, f64)> {
-        let n = self.count.max(1) as f64;
         self.sum
             .iter()
             .zip(&self.sum_sq)
-            .map(|(s, q)| {
+            .zip(&self.present)
+            .map(|((s, q), n)| {
+                let n = (*n).max(1) as f64;
                 let mean = s / n;
                 (mean, (q / n - mean * mean).max(0.0).sqrt())
             })
@@ -80,24 +89,26 @@ impl Moments {
     }
 
     /// Standardises `rows` in place to zero mean and unit variance per feature (a constant
-    /// feature becomes 0).
+    /// feature, and a missing value, become 0: the mean).
     pub fn standardise(&self, rows: &mut [f32]) {
         let ms = self.mean_std();
         for row in rows.chunks_exact_mut(ms.len().max(1)) {
             for (v, (mean, std)) in row.iter_mut().zip(&ms) {
-                *v = if *std > 0.0 { ((*v as f64 - mean) / std) as f32 } else { 0.0 };
+                *v = if *std > 0.0 && !v.is_nan() { ((*v as f64 - mean) / std) as f32 } else { 0.0 };
             }
         }
     }
 
     /// Scales `rows` in place to [0, 1] per feature by the minimum and maximum (a constant
-    /// feature becomes 0).
+    /// feature becomes 0; a missing value the scaled mean).
     pub fn min_max(&self, rows: &mut [f32]) {
         let d = self.min.len().max(1);
+        let means: Vec<f64> = self.mean_std().into_iter().map(|(m, _)| m).collect();
         for row in rows.chunks_exact_mut(d) {
-            for ((v, lo), hi) in row.iter_mut().zip(&self.min).zip(&self.max) {
+            for (((v, lo), hi), mean) in row.iter_mut().zip(&self.min).zip(&self.max).zip(&means) {
                 let span = hi - lo;
-                *v = if span > 0.0 { ((*v as f64 - lo) / span) as f32 } else { 0.0 };
+                let x = if v.is_nan() { *mean } else { *v as f64 };
+                *v = if span > 0.0 { ((x - lo) / span) as f32 } else { 0.0 };
             }
         }
     }
@@ -148,5 +159,12 @@ mod tests {
         merged.min_max(&mut mm);
         assert!(mm.iter().enumerate().all(|(i, &v)| i % d == 3 || (0.0..=1.0).contains(&v)));
         assert!(merged.merge(&Moments::new(3)).is_err());
+        // A missing value is left out of the statistics and imputed with the mean.
+        let mut rows = vec![1.0f32, 10.0, f32::NAN, 20.0, 3.0, f32::NAN];
+        let m = Moments::of(&rows, 2);
+        assert_eq!(m.present, vec![2, 2]);
+        assert_eq!(m.mean_std()[0], (2.0, 1.0));
+        m.standardise(&mut rows);
+        assert_eq!(rows, vec![-1.0, -1.0, 0.0, 1.0, 1.0, 0.0]);
     }
 }

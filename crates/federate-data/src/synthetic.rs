@@ -123,7 +123,7 @@ pub fn synthetic<R: Rng>(cfg: &SyntheticConfig, rng: &mut R) -> Result<Keyed, Da
 }
 
 fn empty(d: usize, c: usize) -> Dataset {
-    Dataset { x: Vec::new(), y: Vec::new(), dims: [1, 1, d], classes: c }
+    Dataset::classification(Vec::new(), Vec::new(), [1, 1, d], c)
 }
 
 #[cfg(test)]

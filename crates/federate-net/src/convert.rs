@@ -181,6 +181,53 @@ pub fn privacy_from_proto(p: Option<&proto::PrivacyReport>) -> PrivacyReport {
     p.map_or_else(PrivacyReport::default, |p| PrivacyReport { epsilon: p.epsilon, clip_indicator: p.clip_indicator })
 }
 
+/// A party's evaluation statistics as a message.
+pub fn eval_stats_to_proto(s: &federate_core::metrics::EvalStats) -> proto::EvalStats {
+    proto::EvalStats {
+        confusion: s.confusion.clone(),
+        positives: s.positives.clone(),
+        negatives: s.negatives.clone(),
+        calibration: s
+            .calibration
+            .iter()
+            .map(|b| proto::CalibrationBin { count: b.count, confidence: b.confidence, correct: b.correct })
+            .collect(),
+        log_loss_sum: s.log_loss_sum,
+        regression: s.regression.map(|r| proto::RegressionSums {
+            count: r.count,
+            sq_err: r.sq_err,
+            abs_err: r.abs_err,
+            y: r.y,
+            y2: r.y2,
+        }),
+    }
+}
+
+/// Evaluation statistics from a message (sizes and ranges are the core's admission's to
+/// check); none when absent.
+pub fn eval_stats_from_proto(s: Option<proto::EvalStats>) -> federate_core::metrics::EvalStats {
+    use federate_core::metrics::{CalibrationBin, EvalStats, RegressionSums};
+    let Some(s) = s else { return EvalStats::default() };
+    EvalStats {
+        confusion: s.confusion,
+        positives: s.positives,
+        negatives: s.negatives,
+        calibration: s
+            .calibration
+            .iter()
+            .map(|b| CalibrationBin { count: b.count, confidence: b.confidence, correct: b.correct })
+            .collect(),
+        log_loss_sum: s.log_loss_sum,
+        regression: s.regression.map(|r| RegressionSums {
+            count: r.count,
+            sq_err: r.sq_err,
+            abs_err: r.abs_err,
+            y: r.y,
+            y2: r.y2,
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -460,6 +460,7 @@ async fn run_task(
                 num_examples: r.num_examples as u64,
                 loss: r.loss,
                 accuracy: r.accuracy,
+                stats: Some(crate::convert::eval_stats_to_proto(&r.stats)),
             })))
             .await
             .is_ok(),

@@ -58,6 +58,9 @@ enum Behaviour {
     EvalCount,
     /// Honest fits, but an evaluation accuracy of 4.6e18.
     EvalAccuracy,
+    /// Honest fits, but evaluation statistics with a confusion matrix that is not square and
+    /// counts that are not its example count.
+    EvalStats,
 }
 
 fn out(m: party_message::Msg) -> PartyMessage {
@@ -124,10 +127,16 @@ async fn raw_party(url: String, id: String, b: Behaviour) {
                 let (task_id, fit) = (*task_id, *fit);
                 current = None;
                 if !fit {
-                    let mut r = EvaluateResult { task_id, num_examples: 5, loss: 0.5, accuracy: 0.5 };
+                    let mut r = EvaluateResult { task_id, num_examples: 5, loss: 0.5, accuracy: 0.5, stats: None };
                     match b {
                         Behaviour::EvalCount => r.num_examples = u64::MAX,
                         Behaviour::EvalAccuracy => r.accuracy = 4.6e18,
+                        Behaviour::EvalStats => {
+                            r.stats = Some(federate_net::proto::EvalStats {
+                                confusion: vec![u64::MAX, 7, 1],
+                                ..Default::default()
+                            })
+                        }
                         _ => {}
                     }
                     let _ = tx.send(out(party_message::Msg::Evaluate(r))).await;
@@ -174,7 +183,7 @@ async fn raw_party(url: String, id: String, b: Behaviour) {
                         let _ = tx.send(out(party_message::Msg::Error(e))).await;
                         continue;
                     }
-                    Behaviour::EvalCount | Behaviour::EvalAccuracy => {}
+                    Behaviour::EvalCount | Behaviour::EvalAccuracy | Behaviour::EvalStats => {}
                 }
                 let (h, chunks) = codec::split(&params, task_id, 16, false);
                 let head = FitResult {
@@ -287,19 +296,20 @@ fn lying_counts_and_non_finite_values_are_refused_and_the_honest_model_stands() 
         ("nanloss", Behaviour::NanLoss),
         ("evalcount", Behaviour::EvalCount),
         ("evalacc", Behaviour::EvalAccuracy),
+        ("evalstats", Behaviour::EvalStats),
     ];
     let ids: Vec<&str> = parties.iter().map(|(id, _)| *id).collect();
     let hub = start(&rt, hub_config(&ids), &parties);
     let mut admission = Admission { max_examples: 1000, ..Admission::default() };
-    // The two evaluation liars train honestly (10 examples, +1): the model is the weighted mean
-    // of h1, h2 and them, (10·1 + 30·3 + 10·1 + 10·1) / 60 = 2.0 above the start.
+    // The three evaluation liars train honestly (10 examples, +1): the model is the weighted
+    // mean of h1, h2 and them, (10·1 + 30·3 + 3·10·1) / 70 = 13/7 above the start.
     let (global, records) = run_rounds(&rt, &hub, &ids, 1, admission.clone(), N);
     let r = &records[0];
     assert!(r.aggregated, "{r:?}");
     let trained: Vec<&str> = r.fit.iter().map(|f| f.id.as_str()).collect();
-    assert_eq!(trained, vec!["h1", "h2", "evalcount", "evalacc"], "{r:?}");
+    assert_eq!(trained, vec!["h1", "h2", "evalcount", "evalacc", "evalstats"], "{r:?}");
     for v in &global.values {
-        assert!((v - 2.5).abs() < 1e-6, "{v}");
+        assert!((v - (0.5 + 13.0 / 7.0)).abs() < 1e-5, "{v}");
     }
     assert!(reasons(r, "huge", "fit").contains("above its cap of 1000"), "{r:?}");
     assert!(reasons(r, "max", "fit").contains("above its cap of 1000"), "{r:?}");
@@ -309,6 +319,7 @@ fn lying_counts_and_non_finite_values_are_refused_and_the_honest_model_stands() 
     assert!(reasons(r, "nanloss", "fit").contains("'train_loss' is NaN"), "{r:?}");
     assert!(reasons(r, "evalcount", "evaluate").contains("above its cap"), "{r:?}");
     assert!(reasons(r, "evalacc", "evaluate").contains("not a fraction"), "{r:?}");
+    assert!(reasons(r, "evalstats", "evaluate").contains("evaluation statistics: a confusion matrix of 3"), "{r:?}");
     // The federated accuracy is over the honest evaluations only: a fraction, not 4.6e18 %.
     assert_eq!(r.accuracy, Some(0.5));
 

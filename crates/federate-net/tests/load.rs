@@ -31,11 +31,16 @@ fn data(seed: u64, n: usize) -> Dataset {
         }
         y.push(label);
     }
-    Dataset { x, y, dims: [1, 1, 16], classes: 2 }
+    Dataset::classification(x, y, [1, 1, 16], 2)
 }
 
 fn spec() -> ModelSpec {
-    ModelSpec { input: Shape::flat(16), classes: 2, layers: vec![LayerSpec::Linear { out: 2 }] }
+    ModelSpec {
+        loss: Default::default(),
+        input: Shape::flat(16),
+        classes: 2,
+        layers: vec![LayerSpec::Linear { out: 2 }],
+    }
 }
 
 /// A hub on loopback and one real party runner per client (named party-1 …), all

@@ -49,6 +49,10 @@ pub enum NnError {
         /// Number of classes.
         classes: usize,
     },
+    /// Targets of the wrong kind for the loss (values for a classification loss, or the
+    /// other way round).
+    #[error("{0}")]
+    TargetKind(String),
     /// An optimiser hyper-parameter out of range.
     #[error("{0}")]
     BadHyperParameter(String),

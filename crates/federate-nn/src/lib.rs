@@ -17,7 +17,7 @@ mod network;
 mod spec;
 
 pub use error::NnError;
-pub use loss::softmax_cross_entropy;
+pub use loss::{Loss, Targets, softmax_cross_entropy};
 pub use matmul::measure_gemm_gflops;
 pub use network::per_example::ClipNorm;
 pub use network::{BatchStats, Network, TensorInfo, Workspace, predictions};

@@ -135,10 +135,15 @@ impl LayerSpec {
 pub struct ModelSpec {
     /// Shape of one input example.
     pub input: Shape,
-    /// Number of classes (outputs of the last layer).
+    /// Outputs of the last layer: the number of classes under softmax cross-entropy, 1 under
+    /// the binary and regression losses.
     pub classes: usize,
     /// The layers, applied in order.
     pub layers: Vec<LayerSpec>,
+    /// The loss the model is trained with (models saved before it existed used softmax
+    /// cross-entropy, the default).
+    #[serde(default)]
+    pub loss: crate::Loss,
 }
 
 /// Largest size of any one dimension, kernel, padding or stride (beyond it a layer is a typo,
@@ -174,7 +179,7 @@ impl ModelSpec {
             "logreg" => vec![Flatten, Linear { out: classes }],
             other => return Err(NnError::UnknownModel(other.to_string())),
         };
-        Ok(ModelSpec { input, classes, layers })
+        Ok(ModelSpec { input, classes, layers, loss: crate::Loss::default() })
     }
 
     /// The activation shape after each layer (`shapes[0]` is the input), or an error naming
@@ -216,6 +221,13 @@ impl ModelSpec {
             shapes.push(next);
         }
         let last = shapes[shapes.len() - 1];
+        self.loss.check()?;
+        if self.classes != 1 && self.loss != crate::Loss::SoftmaxCrossEntropy {
+            return Err(NnError::BadHyperParameter(format!(
+                "the loss {:?} reads one output, but the model is declared with {} outputs",
+                self.loss, self.classes
+            )));
+        }
         if !last.is_flat() || last.c != self.classes {
             return Err(NnError::OutputMismatch { got: last.size(), classes: self.classes });
         }
@@ -327,6 +339,7 @@ mod tests {
     #[test]
     fn absurd_sizes_are_errors_and_memory_is_estimated_without_overflow() {
         let spec = ModelSpec {
+            loss: Default::default(),
             input: Shape::flat(784),
             classes: 100_000_000,
             layers: vec![LayerSpec::Linear { out: 100_000_000 }],
@@ -334,10 +347,15 @@ mod tests {
         // 10^8 outputs is a shape one can name, but 785 · 10^8 weights is ~314 GB to train.
         assert_eq!(spec.num_params().unwrap(), 785 * 100_000_000);
         assert!(spec.memory_estimate(32).unwrap() > 300_000_000_000);
-        let huge =
-            ModelSpec { input: Shape::flat(784), classes: 10, layers: vec![LayerSpec::Linear { out: usize::MAX }] };
+        let huge = ModelSpec {
+            loss: Default::default(),
+            input: Shape::flat(784),
+            classes: 10,
+            layers: vec![LayerSpec::Linear { out: usize::MAX }],
+        };
         assert!(huge.shapes().unwrap_err().to_string().contains("not a layer one machine can hold"));
         let conv = ModelSpec {
+            loss: Default::default(),
             input: Shape::image(28, 28, 1),
             classes: 10,
             layers: vec![LayerSpec::Conv2d {
@@ -363,11 +381,16 @@ mod tests {
 
     #[test]
     fn unchained_layers_are_named() {
-        let spec =
-            ModelSpec { input: Shape::image(28, 28, 1), classes: 10, layers: vec![LayerSpec::Linear { out: 10 }] };
+        let spec = ModelSpec {
+            loss: Default::default(),
+            input: Shape::image(28, 28, 1),
+            classes: 10,
+            layers: vec![LayerSpec::Linear { out: 10 }],
+        };
         let err = spec.shapes().unwrap_err().to_string();
         assert!(err.contains("layer 0 (linear)") && err.contains("flatten"), "{err}");
         let spec = ModelSpec {
+            loss: Default::default(),
             input: Shape::image(28, 28, 1),
             classes: 10,
             layers: vec![LayerSpec::Flatten, LayerSpec::Linear { out: 7 }],

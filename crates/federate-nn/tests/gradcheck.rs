@@ -4,7 +4,7 @@
 //! loss, both along random directions (which exercise every parameter at once) and for
 //! single coordinates of every tensor.
 
-use federate_nn::{LayerSpec, ModelSpec, Network, Padding, PaddingName, Shape, softmax_cross_entropy};
+use federate_nn::{LayerSpec, ModelSpec, Network, Padding, PaddingName, Shape, Targets, softmax_cross_entropy};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -19,7 +19,7 @@ fn mean_loss(net: &Network, p: &[f32], x: &[f32], y: &[u32]) -> f64 {
     let mut ws = net.workspace(y.len(), threads());
     ws.reseed(7);
     let mut g = vec![0.0; net.num_params()];
-    net.loss_and_grad(p, &mut ws, x, y, &mut g).unwrap().mean_loss()
+    net.loss_and_grad(p, &mut ws, x, Targets::Classes(y), &mut g).unwrap().mean_loss()
 }
 
 fn check(spec: ModelSpec, n: usize) {
@@ -38,7 +38,7 @@ fn check(spec: ModelSpec, n: usize) {
     let mut ws = net.workspace(n, threads());
     ws.reseed(7);
     let mut g = vec![0.0; net.num_params()];
-    net.loss_and_grad(&p, &mut ws, &x, &y, &mut g).unwrap();
+    net.loss_and_grad(&p, &mut ws, &x, Targets::Classes(&y), &mut g).unwrap();
 
     let eps = 1e-3f32;
     // Random directions.
@@ -76,7 +76,12 @@ fn check(spec: ModelSpec, n: usize) {
 fn linear_and_relu() {
     use LayerSpec::*;
     check(
-        ModelSpec { input: Shape::flat(12), classes: 4, layers: vec![Linear { out: 9 }, Relu, Linear { out: 4 }] },
+        ModelSpec {
+            loss: Default::default(),
+            input: Shape::flat(12),
+            classes: 4,
+            layers: vec![Linear { out: 9 }, Relu, Linear { out: 4 }],
+        },
         6,
     );
 }
@@ -87,6 +92,7 @@ fn conv_same_pool_flatten() {
     let same = Padding::Named(PaddingName::Same);
     check(
         ModelSpec {
+            loss: Default::default(),
             input: Shape::image(8, 8, 2),
             classes: 3,
             layers: vec![
@@ -107,6 +113,7 @@ fn conv_strided_padded_and_valid() {
     use LayerSpec::*;
     check(
         ModelSpec {
+            loss: Default::default(),
             input: Shape::image(9, 7, 3),
             classes: 3,
             layers: vec![
@@ -127,6 +134,7 @@ fn dropout_with_fixed_mask() {
     use LayerSpec::*;
     check(
         ModelSpec {
+            loss: Default::default(),
             input: Shape::flat(10),
             classes: 3,
             layers: vec![Linear { out: 16 }, Relu, Dropout { p: 0.3 }, Linear { out: 3 }],
@@ -177,7 +185,7 @@ fn same_seed_same_result_bit_for_bit() {
         // SGD with momentum 0.9, written out (optimisers live in federate-core).
         let mut v = vec![0.0f32; p.len()];
         for _ in 0..3 {
-            net.loss_and_grad(&p, &mut ws, &x, &y, &mut g).unwrap();
+            net.loss_and_grad(&p, &mut ws, &x, Targets::Classes(&y), &mut g).unwrap();
             for ((p, g), v) in p.iter_mut().zip(&g).zip(v.iter_mut()) {
                 *v = 0.9 * *v + g;
                 *p -= 0.05 * *v;
@@ -195,6 +203,7 @@ fn conv_alone() {
     use LayerSpec::*;
     check(
         ModelSpec {
+            loss: Default::default(),
             input: Shape::image(5, 5, 2),
             classes: 3,
             layers: vec![
@@ -212,6 +221,7 @@ fn pool_alone() {
     use LayerSpec::*;
     check(
         ModelSpec {
+            loss: Default::default(),
             input: Shape::image(4, 4, 2),
             classes: 3,
             layers: vec![
@@ -230,6 +240,7 @@ fn conv_conv() {
     use LayerSpec::*;
     check(
         ModelSpec {
+            loss: Default::default(),
             input: Shape::image(5, 5, 1),
             classes: 3,
             layers: vec![
@@ -248,6 +259,7 @@ fn conv_relu() {
     use LayerSpec::*;
     check(
         ModelSpec {
+            loss: Default::default(),
             input: Shape::image(5, 5, 1),
             classes: 3,
             layers: vec![
@@ -265,6 +277,7 @@ fn conv_relu_pool() {
     use LayerSpec::*;
     check(
         ModelSpec {
+            loss: Default::default(),
             input: Shape::image(4, 4, 1),
             classes: 3,
             layers: vec![
@@ -288,6 +301,7 @@ fn conv_after_relu() {
     let same = Padding::Named(PaddingName::Same);
     check(
         ModelSpec {
+            loss: Default::default(),
             input: Shape::image(5, 5, 1),
             classes: 3,
             layers: vec![
@@ -300,4 +314,37 @@ fn conv_after_relu() {
         },
         2,
     );
+}
+
+/// The binary and regression losses through a whole network: the analytic gradient matches
+/// central differences of the mean loss.
+#[test]
+fn binary_and_regression_networks_match_finite_differences() {
+    use federate_nn::Loss;
+    for loss in [Loss::BinaryCrossEntropy { pos_weight: 3.0 }, Loss::Mse, Loss::Huber { delta: 0.3 }] {
+        let spec = ModelSpec { loss, ..ModelSpec::builtin("mlp", Shape::flat(7), 1).unwrap() };
+        let net = Network::new(spec).unwrap();
+        let p = net.init(4);
+        let n = 6;
+        let (x, labels) = data(n, 7, 2, 9);
+        let values: Vec<f32> = labels.iter().enumerate().map(|(i, &l)| l as f32 * 1.5 - 0.3 * i as f32).collect();
+        let t = if loss.is_regression() { Targets::Values(&values) } else { Targets::Classes(&labels) };
+        let loss_at = |q: &[f32]| {
+            let mut ws = net.workspace(n, threads());
+            let mut g = vec![0.0; net.num_params()];
+            net.loss_and_grad(q, &mut ws, &x, t, &mut g).unwrap().mean_loss()
+        };
+        let mut ws = net.workspace(n, threads());
+        let mut g = vec![0.0; net.num_params()];
+        net.loss_and_grad(&p, &mut ws, &x, t, &mut g).unwrap();
+        let eps = 1e-3f32;
+        for i in (0..p.len()).step_by(97).chain([p.len() - 1]) {
+            let mut up = p.clone();
+            up[i] += eps;
+            let mut down = p.clone();
+            down[i] -= eps;
+            let num = (loss_at(&up) - loss_at(&down)) / (2.0 * eps as f64);
+            assert!((num - g[i] as f64).abs() <= 2e-2 * num.abs().max(1e-2), "{loss:?} param {i}: {num} vs {}", g[i]);
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! Per-example gradient norms and the clipped-sum gradient of DP-SGD, against the naive
 //! computation one example at a time, on several models and random batches.
 
-use federate_nn::{ClipNorm, LayerSpec, ModelSpec, Network, Padding, PaddingName, Shape};
+use federate_nn::{ClipNorm, LayerSpec, Loss, ModelSpec, Network, Padding, PaddingName, Shape, Targets};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -10,6 +10,7 @@ fn models() -> Vec<ModelSpec> {
     let same = Padding::Named(PaddingName::Same);
     vec![
         ModelSpec {
+            loss: Default::default(),
             input: Shape::image(8, 8, 2),
             classes: 4,
             layers: vec![
@@ -26,7 +27,37 @@ fn models() -> Vec<ModelSpec> {
         },
         ModelSpec::builtin("mlp", Shape::image(6, 6, 1), 3).unwrap(),
         ModelSpec::builtin("cnn", Shape::image(28, 28, 1), 10).unwrap(),
+        // Every task clips the same way: binary cross-entropy and the regression losses.
+        ModelSpec {
+            loss: Loss::BinaryCrossEntropy { pos_weight: 2.5 },
+            ..ModelSpec::builtin("mlp", Shape::flat(9), 1).unwrap()
+        },
+        ModelSpec { loss: Loss::Mse, ..ModelSpec::builtin("mlp", Shape::flat(9), 1).unwrap() },
+        ModelSpec { loss: Loss::Huber { delta: 0.5 }, ..ModelSpec::builtin("logreg", Shape::flat(9), 1).unwrap() },
     ]
+}
+
+/// Random targets of the kind `net`'s loss reads.
+struct Drawn {
+    classes: Vec<u32>,
+    values: Vec<f32>,
+}
+
+impl Drawn {
+    fn new(net: &Network, n: usize, rng: &mut ChaCha8Rng) -> Self {
+        match net.spec().loss {
+            Loss::SoftmaxCrossEntropy => {
+                Drawn { classes: (0..n).map(|_| rng.random_range(0..net.classes() as u32)).collect(), values: vec![] }
+            }
+            Loss::BinaryCrossEntropy { .. } => {
+                Drawn { classes: (0..n).map(|_| rng.random_range(0..2u32)).collect(), values: vec![] }
+            }
+            _ => Drawn { classes: vec![], values: (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect() },
+        }
+    }
+    fn range(&self, r: std::ops::Range<usize>) -> Targets<'_> {
+        if self.values.is_empty() { Targets::Classes(&self.classes[r]) } else { Targets::Values(&self.values[r]) }
+    }
 }
 
 fn norm(v: &[f32]) -> f64 {
@@ -50,13 +81,13 @@ fn norms_and_clipped_sum_match_one_example_at_a_time() {
             let p = net.init(seed);
             let d = net.input_len();
             let x: Vec<f32> = (0..n * d).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-            let y: Vec<u32> = (0..n).map(|_| rng.random_range(0..net.classes() as u32)).collect();
+            let y = Drawn::new(&net, n, &mut rng);
             // Naive: each example alone.
             let mut one = net.workspace(1, 2);
             let mut per: Vec<Vec<f32>> = Vec::new();
             for i in 0..n {
                 let mut g = vec![0.0; net.num_params()];
-                net.loss_and_grad(&p, &mut one, &x[i * d..(i + 1) * d], &y[i..i + 1], &mut g).unwrap();
+                net.loss_and_grad(&p, &mut one, &x[i * d..(i + 1) * d], y.range(i..i + 1), &mut g).unwrap();
                 per.push(g);
             }
             let naive_norms: Vec<f64> = per.iter().map(|g| norm_in(kind, g)).collect();
@@ -75,7 +106,7 @@ fn norms_and_clipped_sum_match_one_example_at_a_time() {
             let mut ws = net.workspace(n, 2);
             let mut grad = vec![0.0; net.num_params()];
             let mut norms = vec![0.0; n];
-            net.clipped_grad_in(&p, &mut ws, &x, &y, clip, kind, &mut grad, &mut norms).unwrap();
+            net.clipped_grad_in(&p, &mut ws, &x, y.range(0..n), clip, kind, &mut grad, &mut norms).unwrap();
             for (a, b) in norms.iter().zip(&naive_norms) {
                 assert!((*a as f64 - b).abs() <= 1e-4 * b.max(1e-3), "model {m}: norm {a} vs {b}");
             }
@@ -96,6 +127,6 @@ fn bad_clip_norms_are_refused() {
     let mut g = vec![0.0; net.num_params()];
     let mut norms = vec![0.0; 2];
     for clip in [0.0, -1.0, f32::NAN] {
-        assert!(net.clipped_grad(&p, &mut ws, &[0.0; 8], &[0, 1], clip, &mut g, &mut norms).is_err());
+        assert!(net.clipped_grad(&p, &mut ws, &[0.0; 8], Targets::Classes(&[0, 1]), clip, &mut g, &mut norms).is_err());
     }
 }

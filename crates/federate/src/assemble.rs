@@ -110,7 +110,7 @@ pub fn model_spec(cfg: &Config, data: &Dataset) -> Result<ModelSpec> {
 /// The model description for the configured model, given the input shape and classes.
 pub fn spec_for_shape(cfg: &Config, input: Shape, classes: usize) -> Result<ModelSpec> {
     let spec = match &cfg.model.layers {
-        Some(layers) => ModelSpec { input, classes, layers: layers.clone() },
+        Some(layers) => ModelSpec { input, classes, layers: layers.clone(), loss: Default::default() },
         None => ModelSpec::builtin(&cfg.model.name, input, classes)?,
     };
     spec.shapes().context("model.layers")?;

@@ -48,13 +48,13 @@ pub fn train(
         let mut step = |p: &mut Vec<f32>| -> Result<()> {
             match dp_clip {
                 Some((c, noise)) => {
-                    net.clipped_grad(p, &mut ws, &x, &y, c, &mut g, &mut norms)?;
+                    net.clipped_grad(p, &mut ws, &x, federate_nn::Targets::Classes(&y), c, &mut g, &mut norms)?;
                     if let Some(source) = noise {
                         seed += 1;
                         federate_core::dp::gaussian_noise(&mut g, c as f64, c as f64, source, seed)?;
                     }
                 }
-                None => net.loss_and_grad(p, &mut ws, &x, &y, &mut g).map(|_| ())?,
+                None => net.loss_and_grad(p, &mut ws, &x, federate_nn::Targets::Classes(&y), &mut g).map(|_| ())?,
             }
             opt.step(p, &g);
             Ok(())

@@ -99,7 +99,7 @@ pub fn simulate(
         let mut learner = NnLearner::new(spec.clone(), 1, threads)?;
         let test = data.test.clone();
         server = server.with_central_evaluation(Box::new(move |p: &Parameters| {
-            learner.evaluate(&p.values, &test.x, &test.y).ok().map(|s| CentralEval {
+            learner.evaluate(&p.values, &test.x, test.targets()).ok().map(|s| CentralEval {
                 num_examples: s.count,
                 loss: s.mean_loss(),
                 accuracy: s.accuracy(),
@@ -153,7 +153,7 @@ fn party_results(
     let mut results = Vec::with_capacity(parties.len());
     let mut eval = NnLearner::new(spec.clone(), 1, rayon::current_num_threads())?;
     for (i, p) in parties.iter().enumerate() {
-        let fed = eval.evaluate(&global.values, &p.test.x, &p.test.y)?.accuracy();
+        let fed = eval.evaluate(&global.values, &p.test.x, p.test.targets())?.accuracy();
         let alone = if cfg.evaluation.baseline {
             let rounds_trained = records.iter().filter(|r| r.fit.iter().any(|f| f.id == p.id)).count();
             Some(train_alone(cfg, spec, p, init_values, rounds_trained, i)?)
@@ -227,5 +227,5 @@ fn train_alone(
     learner.reseed(seed::derive(cfg.seed, seed::Stream::AloneDropout, &[index as u64]));
     let noise = seed::derive(cfg.seed, seed::Stream::AloneNoise, &[index as u64]);
     train_local(&mut learner, &mut params, &p.train, &training, &mut opt, &mut rng, noise)?;
-    Ok(learner.evaluate(&params, &p.test.x, &p.test.y)?.accuracy())
+    Ok(learner.evaluate(&params, &p.test.x, p.test.targets())?.accuracy())
 }

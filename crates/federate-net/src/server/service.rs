@@ -254,7 +254,8 @@ pub(super) async fn read_party(hub: &Hub, id: &str, conn: &Arc<Conn>, inbound: &
             (party_message::Msg::Evaluate(e), Receiving::Nothing) => {
                 // Ranges and counts are the core's admission's to check, in one place.
                 let num_examples = usize::try_from(e.num_examples).unwrap_or(usize::MAX);
-                let r = EvaluateReply { num_examples, loss: e.loss, accuracy: e.accuracy };
+                let stats = crate::convert::eval_stats_from_proto(e.stats);
+                let r = EvaluateReply { num_examples, loss: e.loss, accuracy: e.accuracy, stats };
                 resolve(e.task_id, Ok(Reply::Evaluate(r)));
             }
             (party_message::Msg::Error(e), Receiving::Nothing) => {

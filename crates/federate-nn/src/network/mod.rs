@@ -15,7 +15,7 @@ use crate::layers::pointwise::{dropout_backward, dropout_forward, relu_backward,
 use crate::layers::pool::MaxPool;
 use crate::matmul::{Op, matmul, matmul_tn_split};
 use crate::spec::{LayerSpec, ModelSpec, Padding, PaddingName, Shape};
-use crate::{NnError, loss};
+use crate::{NnError, Targets};
 
 /// One named tensor inside the flat parameter vector.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,7 +64,7 @@ pub struct Network {
 /// Loss and accuracy over a batch.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct BatchStats {
-    /// Sum of per-example cross-entropy losses.
+    /// Sum of per-example losses.
     pub loss_sum: f64,
     /// Examples whose highest score was the label.
     pub correct: usize,
@@ -314,59 +314,65 @@ impl Network {
         Ok(&ws.acts[last][..n * self.spec.classes])
     }
 
-    /// Forward and backward over one batch: writes the gradient of the mean cross-entropy
-    /// loss into `grad` (every value is overwritten) and returns the batch's loss and accuracy.
+    /// Forward and backward over one batch: writes the gradient of the mean loss (the spec's
+    /// [`Loss`](crate::Loss)) into `grad` (every value is overwritten) and returns the batch's
+    /// loss and accuracy.
     pub fn loss_and_grad(
         &self,
         params: &[f32],
         ws: &mut Workspace,
         x: &[f32],
-        labels: &[u32],
+        targets: Targets<'_>,
         grad: &mut [f32],
     ) -> Result<BatchStats, NnError> {
-        let n = labels.len();
+        let n = targets.len();
         if grad.len() != self.num_params {
             return Err(NnError::SizeMismatch { what: "gradient", got: grad.len(), expected: self.num_params });
         }
         self.check(params, x, n, ws)?;
-        let stats = self.forward_loss(params, ws, x, labels)?;
+        let stats = self.forward_loss(params, ws, x, targets)?;
         self.backward(params, ws, n, grad, false);
         Ok(stats)
     }
 
     /// Training-mode forward pass and loss; leaves the gradient of the *mean* loss with
-    /// respect to the logits where the backward pass starts.
+    /// respect to the outputs where the backward pass starts.
     pub(crate) fn forward_loss(
         &self,
         params: &[f32],
         ws: &mut Workspace,
         x: &[f32],
-        labels: &[u32],
+        targets: Targets<'_>,
     ) -> Result<BatchStats, NnError> {
-        let n = labels.len();
+        let n = targets.len();
         self.forward(params, ws, x, true)?;
         let last = self.layers.len();
-        let classes = self.spec.classes;
-        loss::softmax_cross_entropy(
-            &ws.acts[last][..n * classes],
-            labels,
-            classes,
-            Some(&mut ws.grads[last][..n * classes]),
-        )
+        let outs = self.spec.classes;
+        self.spec.loss.compute(&ws.acts[last][..n * outs], targets, outs, Some(&mut ws.grads[last][..n * outs]))
     }
 
-    /// Loss and accuracy of `params` on a batch, without gradients.
+    /// Loss and accuracy of `params` on a batch, without gradients; with `scores`, also the
+    /// scores of the spec's loss ([`Loss::scores`](crate::Loss::scores): class probabilities,
+    /// the positive class's probability, or the predicted value; `outputs()` per example).
     pub fn evaluate_batch(
         &self,
         params: &[f32],
         ws: &mut Workspace,
         x: &[f32],
-        labels: &[u32],
+        targets: Targets<'_>,
+        scores: Option<&mut [f32]>,
     ) -> Result<BatchStats, NnError> {
-        let n = labels.len();
+        let n = targets.len();
         self.check(params, x, n, ws)?;
-        let logits = self.forward(params, ws, x, false)?;
-        loss::softmax_cross_entropy(logits, labels, self.spec.classes, None)
+        let outs = self.spec.classes;
+        let outputs = self.forward(params, ws, x, false)?;
+        if let Some(s) = scores {
+            if s.len() != n * outs {
+                return Err(NnError::SizeMismatch { what: "scores", got: s.len(), expected: n * outs });
+            }
+            self.spec.loss.scores(outputs, outs, s);
+        }
+        self.spec.loss.compute(outputs, targets, outs, None)
     }
 
     /// The backward pass. With `per_example`, weight gradients are not summed into `grad`:
@@ -464,24 +470,44 @@ impl Network {
         (fwd, train)
     }
 
-    /// Evaluates `params` over a whole set in batches of the workspace's capacity.
+    /// Evaluates `params` over a whole set in batches of the workspace's capacity; with
+    /// `scores` (`outputs()` values per example), also writes every example's scores.
     pub fn evaluate(
         &self,
         params: &[f32],
         ws: &mut Workspace,
         x: &[f32],
-        labels: &[u32],
+        targets: Targets<'_>,
+        mut scores: Option<&mut [f32]>,
     ) -> Result<BatchStats, NnError> {
         let d = self.input_len();
-        if x.len() != labels.len() * d {
-            return Err(NnError::SizeMismatch { what: "inputs", got: x.len(), expected: labels.len() * d });
+        let n = targets.len();
+        if x.len() != n * d {
+            return Err(NnError::SizeMismatch { what: "inputs", got: x.len(), expected: n * d });
+        }
+        let outs = self.spec.classes;
+        if let Some(s) = scores.as_deref()
+            && s.len() != n * outs
+        {
+            return Err(NnError::SizeMismatch { what: "scores", got: s.len(), expected: n * outs });
         }
         let cap = ws.capacity;
         let mut total = BatchStats::default();
-        for (xb, yb) in x.chunks(cap * d).zip(labels.chunks(cap)) {
-            total.merge(self.evaluate_batch(params, ws, xb, yb)?);
+        for start in (0..n).step_by(cap.max(1)) {
+            let end = (start + cap).min(n);
+            let t = match targets {
+                Targets::Classes(c) => Targets::Classes(&c[start..end]),
+                Targets::Values(v) => Targets::Values(&v[start..end]),
+            };
+            let s = scores.as_deref_mut().map(|s| &mut s[start * outs..end * outs]);
+            total.merge(self.evaluate_batch(params, ws, &x[start * d..end * d], t, s)?);
         }
         Ok(total)
+    }
+
+    /// Outputs of the last layer per example (classes under softmax, else 1).
+    pub fn outputs(&self) -> usize {
+        self.spec.classes
     }
 }
 

@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use crate::layers::conv::Conv;
 use crate::matmul::{Op, matmul};
 use crate::network::Layer;
-use crate::{BatchStats, Network, NnError, Workspace};
+use crate::{BatchStats, Network, NnError, Targets, Workspace};
 
 /// Which norm per-example gradients are clipped in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,12 +125,12 @@ impl Network {
         params: &[f32],
         ws: &mut Workspace,
         x: &[f32],
-        labels: &[u32],
+        targets: Targets<'_>,
         clip: f32,
         grad: &mut [f32],
         norms: &mut [f32],
     ) -> Result<BatchStats, NnError> {
-        self.clipped_grad_in(params, ws, x, labels, clip, ClipNorm::L2, grad, norms)
+        self.clipped_grad_in(params, ws, x, targets, clip, ClipNorm::L2, grad, norms)
     }
 
     /// For a batch: writes into `norms` each example's gradient norm ‖∇ᵢ‖ in `kind` (of its
@@ -143,13 +143,13 @@ impl Network {
         params: &[f32],
         ws: &mut Workspace,
         x: &[f32],
-        labels: &[u32],
+        targets: Targets<'_>,
         clip: f32,
         kind: ClipNorm,
         grad: &mut [f32],
         norms: &mut [f32],
     ) -> Result<BatchStats, NnError> {
-        let n = labels.len();
+        let n = targets.len();
         if grad.len() != self.num_params() {
             return Err(NnError::SizeMismatch { what: "gradient", got: grad.len(), expected: self.num_params() });
         }
@@ -163,7 +163,7 @@ impl Network {
         if ws.dp.is_none() {
             ws.dp = Some(DpBuffers::new(self, ws.capacity));
         }
-        let stats = self.forward_loss(params, ws, x, labels)?;
+        let stats = self.forward_loss(params, ws, x, targets)?;
         let (last, classes) = (self.layers.len(), self.classes());
         // Per-example losses, not the mean: undo the 1/n.
         for v in &mut ws.grads[last][..n * classes] {
