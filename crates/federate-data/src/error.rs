@@ -35,12 +35,14 @@ pub enum DataError {
         expected: String,
     },
     /// Every source of a dataset failed.
-    #[error("could not obtain {dataset}; tried:\n{}\nfix: put the four IDX files in a directory and pass it with --data-dir (or FEDERATE_DATA_DIR)", tried.iter().map(|t| format!("  - {t}")).collect::<Vec<_>>().join("\n"))]
+    #[error("could not obtain {dataset}; tried:\n{}\nfix: {fix}", tried.iter().map(|t| format!("  - {t}")).collect::<Vec<_>>().join("\n"))]
     Unavailable {
         /// The dataset's name.
         dataset: String,
         /// Each source tried and why it failed.
         tried: Vec<String>,
+        /// What the user can do instead.
+        fix: String,
     },
     /// An unknown dataset name.
     #[error("unknown dataset '{0}': use mnist or fashion-mnist")]

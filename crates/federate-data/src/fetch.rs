@@ -104,7 +104,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn verify(bytes: &[u8], expected: &str, path: &Path) -> Result<(), DataError> {
+pub(crate) fn verify(bytes: &[u8], expected: &str, path: &Path) -> Result<(), DataError> {
     let got = sha256_hex(bytes);
     if got == expected {
         Ok(())
@@ -113,7 +113,7 @@ fn verify(bytes: &[u8], expected: &str, path: &Path) -> Result<(), DataError> {
     }
 }
 
-fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), DataError> {
+pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), DataError> {
     std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| DataError::io(dir, e))?;
     std::io::Write::write_all(&mut tmp, bytes).map_err(|e| DataError::io(tmp.path(), e))?;
@@ -122,8 +122,45 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), DataError> {
     Ok(())
 }
 
+/// The system's certificate bundle, where one is: `$SSL_CERT_FILE`, else Debian's and
+/// Red Hat's usual paths. Downloads trust it (a network that inspects TLS installs its
+/// authority there, as curl, pip and npm expect) and fall back to Mozilla's roots without it.
+fn system_roots() -> Option<Vec<ureq::tls::Certificate<'static>>> {
+    let candidates = std::env::var_os("SSL_CERT_FILE")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"].map(PathBuf::from));
+    for path in candidates {
+        let Ok(pem) = std::fs::read(&path) else { continue };
+        let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect();
+        if !certs.is_empty() {
+            return Some(certs);
+        }
+    }
+    None
+}
+
+/// The HTTP client downloads use: bounded waits, and the system's trusted roots.
+pub(crate) fn http_agent() -> ureq::Agent {
+    let roots = match system_roots() {
+        Some(certs) => ureq::tls::RootCerts::new_with_certs(&certs),
+        None => ureq::tls::RootCerts::WebPki,
+    };
+    ureq::Agent::config_builder()
+        .timeout_connect(Some(Duration::from_secs(10)))
+        .timeout_global(Some(Duration::from_secs(300)))
+        .tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build())
+        .build()
+        .into()
+}
+
 /// One place files can come from.
-enum Source {
+pub(crate) enum Source {
     Dir(PathBuf),
     Download(String),
     Npm(&'static str, &'static str),
@@ -131,7 +168,7 @@ enum Source {
 }
 
 impl Source {
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             Source::Dir(d) => format!("directory {}", d.display()),
             Source::Download(base) => format!("download from {base}"),
@@ -188,13 +225,17 @@ pub fn ensure(info: &DatasetInfo, opts: &FetchOptions) -> Result<PathBuf, DataEr
         if sources.is_empty() {
             tried.push("no source enabled".into());
         }
-        Err(DataError::Unavailable { dataset: info.name.to_string(), tried })
+        Err(DataError::Unavailable {
+            dataset: info.name.to_string(),
+            tried,
+            fix: "put the four IDX files in a directory and pass it with --data-dir (or FEDERATE_DATA_DIR)".into(),
+        })
     }
 }
 
 /// Gets every file in `files` from one source into `target`, verified; stops at the first
 /// file the source cannot give (files already written stay, they are verified).
-fn fetch_from(source: &Source, files: &[(&str, &str)], target: &Path, cache: &Path) -> Result<(), String> {
+pub(crate) fn fetch_from(source: &Source, files: &[(&str, &str)], target: &Path, cache: &Path) -> Result<(), String> {
     match source {
         Source::Dir(dir) => {
             for &(file, sha) in files {
@@ -213,11 +254,7 @@ fn fetch_from(source: &Source, files: &[(&str, &str)], target: &Path, cache: &Pa
             Ok(())
         }
         Source::Download(base) => {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .timeout_connect(Some(Duration::from_secs(10)))
-                .timeout_global(Some(Duration::from_secs(300)))
-                .build()
-                .into();
+            let agent = http_agent();
             for &(file, sha) in files {
                 let url = format!("{base}{file}.gz");
                 let mut resp = agent.get(&url).call().map_err(|e| format!("{url}: {e}"))?;
@@ -331,7 +368,7 @@ impl std::io::Write for Bounded {
 
 /// Takes every file in `files` found under `sub` (raw or `.gz`) in the tar stream `reader`
 /// (from `origin`) into `target`, verified; an error names the first file it lacks.
-fn take_from_tar(
+pub(crate) fn take_from_tar(
     reader: impl Read,
     files: &[(&str, &str)],
     sub: &str,

@@ -12,6 +12,7 @@ pub mod partition;
 pub mod stats;
 pub mod synthetic;
 pub mod table;
+pub mod tables;
 
 pub use dataset::{Batch, DATASETS, Dataset, Targets, TrainTest, dataset_info, images_and_labels, load, load_idx_dir};
 pub use error::DataError;

@@ -160,6 +160,54 @@ impl Schema {
     }
 }
 
+impl Schema {
+    /// The feature columns of a file with `header`: `features` if listed, else every column
+    /// but the label, `exclude` and the `key` column, in file order.
+    pub fn feature_columns(&self, header: &[String], key: Option<&str>) -> Vec<String> {
+        match &self.features {
+            Some(f) => f.clone(),
+            None => header
+                .iter()
+                .filter(|h| **h != self.label && Some(h.as_str()) != key && !self.exclude.contains(h))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// The encoded features of `columns` (a column each, a value of its vocabulary or a hash
+    /// bucket each for categories) and which of them are numeric.
+    pub fn encoded(&self, columns: &[String]) -> (Vec<String>, Vec<bool>) {
+        let (mut names, mut numeric) = (Vec::new(), Vec::new());
+        for name in columns {
+            match self.categorical.get(name) {
+                Some(Categorical { vocabulary: Some(v), .. }) => {
+                    names.extend(v.iter().map(|x| format!("{name}={x}")));
+                }
+                Some(Categorical { hashed: Some(b), .. }) => names.extend((0..*b).map(|k| format!("{name}#{k}"))),
+                _ => {
+                    names.push(name.clone());
+                    numeric.resize(names.len() - 1, false);
+                    numeric.push(true);
+                    continue;
+                }
+            }
+            numeric.resize(names.len(), false);
+        }
+        (names, numeric)
+    }
+
+    /// The width of an example when the feature columns are known without a file: listed in
+    /// `features`, or given as `header` (a built-in table's). `None` otherwise.
+    pub fn width(&self, header: Option<&[String]>) -> Option<usize> {
+        let columns = match (&self.features, header) {
+            (Some(f), _) => f.clone(),
+            (None, Some(h)) => self.feature_columns(h, None),
+            (None, None) => return None,
+        };
+        Some(self.encoded(&columns).0.len())
+    }
+}
+
 /// A table read under a schema.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Table {
@@ -173,6 +221,48 @@ pub struct Table {
     pub numeric: Vec<bool>,
     /// The value of the key column in each row, when one was asked for (natural partitions).
     pub keys: Option<Vec<String>>,
+}
+
+/// The preprocessing a federation agreed in round 0: which features there are, which are
+/// numeric, how they are scaled, and the statistics the parties added up. It is recorded in
+/// the run directory and saved with the model, so a prediction scales its inputs the same way.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Preprocessing {
+    /// Encoded feature names, in model-input order.
+    pub features: Vec<String>,
+    /// Which features are numeric (scaled); the others are one-hot 0/1 values.
+    pub numeric: Vec<bool>,
+    /// How numeric features are scaled.
+    pub scaling: Scaling,
+    /// The federation's statistics of the training rows (all features).
+    pub moments: crate::stats::Moments,
+}
+
+impl Preprocessing {
+    /// Scales the numeric features of `data` in place and fills its missing values with the
+    /// federation's means.
+    pub fn apply(&self, data: &mut Dataset) {
+        let d = self.numeric.len();
+        let ms = self.moments.mean_std();
+        for row in data.x.chunks_exact_mut(d.max(1)) {
+            for (j, v) in row.iter_mut().enumerate() {
+                if !self.numeric[j] {
+                    continue;
+                }
+                let (mean, std) = ms[j];
+                let x = if v.is_nan() { mean } else { *v as f64 };
+                *v = match self.scaling {
+                    Scaling::Standardise if std > 0.0 => ((x - mean) / std) as f32,
+                    Scaling::Standardise => 0.0,
+                    Scaling::MinMax => {
+                        let span = self.moments.max[j] - self.moments.min[j];
+                        if span > 0.0 { ((x - self.moments.min[j]) / span) as f32 } else { 0.0 }
+                    }
+                    Scaling::None => x as f32,
+                };
+            }
+        }
+    }
 }
 
 /// Something a party's examples are read from.
@@ -270,42 +360,21 @@ impl DataSource for CsvFile {
         for c in schema.categorical.keys() {
             col(c, "data.schema.categorical")?;
         }
-        let feature_names: Vec<String> = match &schema.features {
-            Some(f) => f.clone(),
-            None => header
-                .iter()
-                .enumerate()
-                .filter(|(i, h)| *i != label_at && Some(*i) != key_at && !schema.exclude.contains(h))
-                .map(|(_, h)| h.clone())
-                .collect(),
-        };
+        let feature_names = schema.feature_columns(&header, key);
         if feature_names.is_empty() {
             return Err(err(None, None, "no feature columns are left: list them in data.schema.features".into()));
         }
         let mut columns = Vec::with_capacity(feature_names.len());
-        let (mut features, mut numeric) = (Vec::new(), Vec::new());
         for name in &feature_names {
             let at = col(name, "data.schema.features")?;
             let enc = match schema.categorical.get(name) {
-                Some(Categorical { vocabulary: Some(v), .. }) => {
-                    features.extend(v.iter().map(|x| format!("{name}={x}")));
-                    Encode::OneHot(v.clone())
-                }
-                Some(Categorical { hashed: Some(b), .. }) => {
-                    features.extend((0..*b).map(|k| format!("{name}#{k}")));
-                    Encode::Hashed(*b)
-                }
-                _ => {
-                    features.push(name.clone());
-                    Encode::Numeric
-                }
+                Some(Categorical { vocabulary: Some(v), .. }) => Encode::OneHot(v.clone()),
+                Some(Categorical { hashed: Some(b), .. }) => Encode::Hashed(*b),
+                _ => Encode::Numeric,
             };
-            numeric.resize(features.len(), false);
-            if matches!(enc, Encode::Numeric) {
-                *numeric.last_mut().expect("a feature was pushed") = true;
-            }
             columns.push((at, name.as_str(), enc));
         }
+        let (features, numeric) = schema.encoded(&feature_names);
         let d = features.len();
         let classes = schema.class_names();
         let (mut x, mut y, mut values, mut keys) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());

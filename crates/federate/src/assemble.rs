@@ -34,13 +34,9 @@ fn synthetic(cfg: &Config) -> Result<federate_data::synthetic::Keyed> {
     Ok(federate_data::synthetic::synthetic(&sc, &mut seed::stream(cfg.seed, seed::Stream::Synthetic, &[]))?)
 }
 
-/// Loads the configured dataset (fetching and verifying it if needed; generating it for
-/// `synthetic`).
-pub fn load_data(cfg: &Config) -> Result<TrainTest> {
-    if cfg.data.dataset == "synthetic" {
-        return Ok(synthetic(cfg)?.data);
-    }
-    let opts = FetchOptions {
+/// Where datasets are fetched from and cached, as the config says.
+pub fn fetch_options(cfg: &Config) -> FetchOptions {
+    FetchOptions {
         cache_dir: cfg.data.cache_dir.clone().unwrap_or_else(default_cache_dir),
         data_dir: cfg.data.data_dir.clone().or_else(|| std::env::var_os("FEDERATE_DATA_DIR").map(PathBuf::from)),
         download_base: None,
@@ -48,8 +44,42 @@ pub fn load_data(cfg: &Config) -> Result<TrainTest> {
         no_npm: cfg.data.offline,
         no_apt: cfg.data.offline,
         no_system: false,
-    };
-    Ok(federate_data::load(&cfg.data.dataset, &opts)?)
+    }
+}
+
+/// Loads the configured dataset (fetching and verifying it if needed; generating it for
+/// `synthetic`). Tables are read by [`federation_data`].
+pub fn load_data(cfg: &Config) -> Result<TrainTest> {
+    if cfg.data.dataset == "synthetic" {
+        return Ok(synthetic(cfg)?.data);
+    }
+    Ok(federate_data::load(&cfg.data.dataset, &fetch_options(cfg))?)
+}
+
+/// The federation's data as a simulation holds it: every party's training and test sets,
+/// their pooled test set (for central evaluation), and for tables the round-0 preprocessing
+/// that scaled them.
+pub fn federation_data(cfg: &Config) -> Result<(Vec<PartyData>, Dataset, Option<federate_data::table::Preprocessing>)> {
+    if cfg.data.is_table() {
+        let p = crate::table_data::prepare(cfg, &fetch_options(cfg))?;
+        let pooled = pooled(p.parties.iter().map(|p| &p.test));
+        return Ok((p.parties, pooled, Some(p.preprocessing)));
+    }
+    let data = load_data(cfg)?;
+    let parties = split(cfg, &data)?;
+    Ok((parties, data.test, None))
+}
+
+/// Several sets (of one shape) as one.
+pub fn pooled<'a>(mut sets: impl Iterator<Item = &'a Dataset>) -> Dataset {
+    let Some(first) = sets.next() else { return Dataset::classification(Vec::new(), Vec::new(), [1, 1, 1], 1) };
+    let mut out = first.clone();
+    for d in sets {
+        out.x.extend_from_slice(&d.x);
+        out.y.extend_from_slice(&d.y);
+        out.values.extend_from_slice(&d.values);
+    }
+    out
 }
 
 /// Splits the data across parties as configured, from the run's partition stream.
@@ -75,8 +105,10 @@ pub fn split(cfg: &Config, data: &TrainTest) -> Result<Vec<PartyData>> {
                 PartitionKind::Shards => partition::shards(&data.train.y, k, d.shards_per_party(), &mut rng)?,
                 _ => partition::quantity_skew(data.train.len(), k, d.quantity_sigma(), 10, &mut rng)?,
             };
-            // Each party is evaluated on its own distribution unless the config asks for IID.
+            // Each party is evaluated on its own distribution unless the config asks for IID
+            // (regression targets have no classes to follow: IID).
             let test = match d.test_partition.unwrap_or(TestPartition::LikeTrain) {
+                _ if data.test.is_regression() => partition::iid(data.test.len(), k, &mut rng)?,
                 TestPartition::Iid => partition::iid(data.test.len(), k, &mut rng)?,
                 TestPartition::LikeTrain => {
                     partition::like_train(&train, &data.train.y, &data.test.y, data.train.classes, &mut rng)?
@@ -107,11 +139,14 @@ pub fn model_spec(cfg: &Config, data: &Dataset) -> Result<ModelSpec> {
     spec_for_shape(cfg, Shape::image(h, w, c), data.classes)
 }
 
-/// The model description for the configured model, given the input shape and classes.
+/// The model description for the configured model, given the input shape and classes (0
+/// for regression); the task's loss decides the outputs.
 pub fn spec_for_shape(cfg: &Config, input: Shape, classes: usize) -> Result<ModelSpec> {
+    let loss = cfg.loss()?;
+    let outputs = loss.outputs(classes);
     let spec = match &cfg.model.layers {
-        Some(layers) => ModelSpec { input, classes, layers: layers.clone(), loss: Default::default() },
-        None => ModelSpec::builtin(&cfg.model.name, input, classes)?,
+        Some(layers) => ModelSpec { input, classes: outputs, layers: layers.clone(), loss },
+        None => ModelSpec { loss, ..ModelSpec::builtin(&cfg.model.name, input, outputs)? },
     };
     spec.shapes().context("model.layers")?;
     check_fits(&spec, cfg.train.batch_size)?;
@@ -198,6 +233,21 @@ pub fn build_strategy(cfg: &Config, noise: federate_core::NoiseSource) -> Result
     Ok(s.algorithm()?.build(base, &s.algorithm_settings()?)?)
 }
 
+/// Input shape and classes of the configured data, known without loading it (the server
+/// holds no data): from the dataset's name, or a table's schema.
+pub fn data_shape(cfg: &Config) -> Result<(Shape, usize)> {
+    if !cfg.data.is_table() {
+        return dataset_shape(&cfg.data.dataset);
+    }
+    let schema = cfg.data.table_schema().context("data.schema: a table needs a schema")?;
+    let header = federate_data::tables::header(&cfg.data.dataset);
+    let width = schema.width(header.as_deref()).context(
+        "data.schema.features: the server holds no rows, so it takes the model's input from the schema: list the \
+         feature columns",
+    )?;
+    Ok((Shape::flat(width), schema.class_names().map_or(0, |c| c.len())))
+}
+
 /// Input shape and classes of a named dataset, known without loading it (the server holds
 /// no data).
 pub fn dataset_shape(name: &str) -> Result<(Shape, usize)> {
@@ -211,7 +261,7 @@ pub fn dataset_shape(name: &str) -> Result<(Shape, usize)> {
 }
 
 pub(crate) fn spec_for(cfg: &Config) -> Result<ModelSpec> {
-    let (input, classes) = dataset_shape(&cfg.data.dataset)?;
+    let (input, classes) = data_shape(cfg)?;
     spec_for_shape(cfg, input, classes)
 }
 
@@ -235,11 +285,17 @@ pub fn check_data(cfg: &Config, spec: &ModelSpec, train: &Dataset, test: &Datase
                 cfg.data.dataset
             );
         }
-        if d.classes > spec.classes {
+        let fits = match spec.loss {
+            federate_nn::Loss::SoftmaxCrossEntropy => !d.is_regression() && d.classes <= spec.classes,
+            federate_nn::Loss::BinaryCrossEntropy { .. } => d.classes == 2,
+            _ => d.is_regression(),
+        };
+        if !fits {
             anyhow::bail!(
-                "the {what} data has {} classes but the model has {} outputs (data.dataset = \"{}\")",
-                d.classes,
+                "the {what} data has {} but the model has {} outputs for {:?} (data.dataset = \"{}\")",
+                if d.is_regression() { "regression targets".to_string() } else { format!("{} classes", d.classes) },
                 spec.classes,
+                spec.loss,
                 cfg.data.dataset
             );
         }

@@ -10,6 +10,9 @@ use anyhow::{Context, Result};
 use federate_core::{Parameters, RoundRecord};
 use safetensors::{Dtype, tensor::TensorView};
 
+use federate_core::metrics::{EvalStats, MetricInfo};
+use federate_data::table::Preprocessing;
+
 use crate::config::Config;
 use crate::sim::SimResult;
 
@@ -89,11 +92,21 @@ impl RunDir {
 
     /// Writes the final model and the summary.
     pub fn finish(&mut self, cfg: &Config, result: &SimResult) -> Result<()> {
-        write_safetensors(&self.path.join("model.safetensors"), &result.global, cfg)?;
+        let pre = result.preprocessing.as_ref();
+        write_safetensors(&self.path.join("model.safetensors"), &result.global, cfg, pre)?;
+        if let Some(p) = pre {
+            atomic_write(&self.path.join("preprocessing.json"), serde_json::to_string_pretty(p)?.as_bytes())?;
+        }
+        let fed = merged(result.parties.iter().map(|p| Some(&p.federated_stats)));
+        let alone = merged(result.parties.iter().map(|p| p.alone_stats.as_ref()));
         let summary = serde_json::json!({
             "rounds": result.records.len(),
             "accuracy": result.records.last().and_then(|r| r.accuracy),
+            "metrics": result.records.last().map(|r| r.metrics.clone()).unwrap_or_default(),
             "parties": result.parties,
+            "federated": fed.map(|s| s.metrics()),
+            "alone": alone.map(|s| s.metrics()),
+            "pooled": result.pooled.as_ref().map(|s| s.metrics()),
             "seconds": result.records.iter().map(|r| r.seconds).sum::<f64>(),
         });
         std::fs::write(self.path.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
@@ -144,8 +157,18 @@ pub fn read_rounds(path: &Path, through: u32) -> Result<Vec<RoundRecord>> {
     Ok(out)
 }
 
-/// Saves parameters as safetensors, one named tensor per layer weight and bias.
-pub fn write_safetensors(path: &Path, params: &Parameters, cfg: &Config) -> Result<()> {
+/// Statistics of several parties added up (`None` when any is missing or they do not add up).
+fn merged<'a>(stats: impl Iterator<Item = Option<&'a EvalStats>>) -> Option<EvalStats> {
+    let mut out = EvalStats::default();
+    for s in stats {
+        out.merge(s?).ok()?;
+    }
+    Some(out)
+}
+
+/// Saves parameters as safetensors, one named tensor per layer weight and bias; a table's
+/// model carries its preprocessing (features and scaling) in the metadata.
+pub fn write_safetensors(path: &Path, params: &Parameters, cfg: &Config, pre: Option<&Preprocessing>) -> Result<()> {
     let bytes: Vec<u8> = params.values.iter().flat_map(|v| v.to_le_bytes()).collect();
     let mut views = Vec::new();
     for t in params.layout.tensors() {
@@ -157,57 +180,75 @@ pub fn write_safetensors(path: &Path, params: &Parameters, cfg: &Config) -> Resu
     // One metadata entry: a map of several would serialise in random order, and the file
     // must be byte-identical for the same seed.
     let mut meta = HashMap::new();
-    meta.insert(
-        "federate".to_string(),
-        format!("model={}; activations NHWC; conv weights [kh, kw, in, out]; linear weights [in, out]", cfg.model.name),
-    );
+    let mut text =
+        format!("model={}; activations NHWC; conv weights [kh, kw, in, out]; linear weights [in, out]", cfg.model.name);
+    if let Some(p) = pre {
+        text.push_str(&format!("; preprocessing={}", serde_json::to_string(p)?));
+    }
+    meta.insert("federate".to_string(), text);
     let data = safetensors::tensor::serialize(views, Some(meta)).map_err(|e| anyhow::anyhow!("safetensors: {e}"))?;
     std::fs::write(path, data).with_context(|| format!("writing {}", path.display()))
 }
 
-fn pct(x: f64) -> String {
-    format!("{:.2} %", 100.0 * x)
+/// A metric's value as the table shows it: a percentage for fractions, else four decimals.
+fn show(metric: &MetricInfo, v: Option<f64>) -> String {
+    match v {
+        None => "-".into(),
+        Some(x) if matches!(metric.name, "accuracy" | "balanced_accuracy" | "f1" | "auc") => {
+            format!("{:.2} %", 100.0 * x)
+        }
+        Some(x) => format!("{x:.4}"),
+    }
 }
 
-/// The final table: per party, its accuracy alone and the federated model's on its test set,
-/// then the global line.
-pub fn table(result: &SimResult) -> String {
+/// The final table: per party, the chosen metric alone and of the federated model on its
+/// test set; then the pooled line (every party's test set as one, the metric read off their
+/// summed statistics) and, when trained, the model trained on the pooled rows.
+pub fn table(result: &SimResult, metric: &MetricInfo) -> String {
     let mut s = String::new();
     let dp = result.parties.iter().any(|p| p.epsilon.is_some());
     let eps = |e: Option<f64>| {
         if dp { format!(" {:>8}", e.map(|e| format!("{e:.3}")).unwrap_or_else(|| "-".into())) } else { String::new() }
     };
     let head = if dp { format!(" {:>8}", "ε") } else { String::new() };
-    s.push_str(&format!("{:<10} {:>7} {:>6} {:>12} {:>12}{head}\n", "party", "train", "test", "alone", "federated"));
+    let m = |stats: Option<&EvalStats>| stats.and_then(|s| s.metrics().get(metric.name).copied());
+    s.push_str(&format!(
+        "{:<10} {:>7} {:>6} {:>12} {:>12}{head}   ({})\n",
+        "party", "train", "test", "alone", "federated", metric.name
+    ));
     for p in &result.parties {
         s.push_str(&format!(
             "{:<10} {:>7} {:>6} {:>12} {:>12}{}\n",
             p.id,
             p.train_examples,
             p.test_examples,
-            p.alone_accuracy.map(pct).unwrap_or_else(|| "-".into()),
-            pct(p.federated_accuracy),
+            show(metric, m(p.alone_stats.as_ref())),
+            show(metric, m(Some(&p.federated_stats))),
             eps(p.epsilon)
         ));
     }
     let train: usize = result.parties.iter().map(|p| p.train_examples).sum();
     let test: usize = result.parties.iter().map(|p| p.test_examples).sum();
-    let alone: Option<f64> = result
-        .parties
-        .iter()
-        .map(|p| p.alone_accuracy.map(|a| a * p.test_examples as f64))
-        .sum::<Option<f64>>()
-        .map(|a| a / test.max(1) as f64);
-    let fed =
-        result.parties.iter().map(|p| p.federated_accuracy * p.test_examples as f64).sum::<f64>() / test.max(1) as f64;
+    let alone = merged(result.parties.iter().map(|p| p.alone_stats.as_ref()));
+    let fed = merged(result.parties.iter().map(|p| Some(&p.federated_stats)));
     s.push_str(&format!(
         "{:<10} {:>7} {:>6} {:>12} {:>12}{}\n",
         "all",
         train,
         test,
-        alone.map(pct).unwrap_or_else(|| "-".into()),
-        pct(fed),
+        show(metric, m(alone.as_ref())),
+        show(metric, m(fed.as_ref())),
         eps(result.parties.iter().filter_map(|p| p.epsilon).reduce(f64::max))
     ));
+    if let Some(pooled) = &result.pooled {
+        s.push_str(&format!(
+            "{:<10} {:>7} {:>6} {:>12} {:>12}\n",
+            "pooled",
+            train,
+            test,
+            "",
+            show(metric, m(Some(pooled))),
+        ));
+    }
     s
 }

@@ -21,6 +21,8 @@ pub(crate) struct RoundLog {
     pub(crate) rounds: u32,
     /// Appended to every line (`serve --insecure` says so on each).
     pub(crate) note: &'static str,
+    /// The metric shown first on each line (`evaluation.metric`).
+    pub(crate) metric: &'static str,
     /// The first write that failed.
     pub(crate) error: Option<anyhow::Error>,
 }
@@ -49,23 +51,32 @@ impl RoundLog {
         if let Err(e) = res {
             self.error.get_or_insert(e);
         }
-        round_line(r, self.rounds, self.note)
+        round_line(r, self.rounds, self.note, self.metric)
     }
 }
 
 /// The console line of a finished round: accuracy, training loss, ε (sample-level, and
 /// client-level with its clip), who trained, who failed and why, time.
-pub(crate) fn round_line(r: &RoundRecord, rounds: u32, note: &str) -> String {
+pub(crate) fn round_line(r: &RoundRecord, rounds: u32, note: &str, metric: &str) -> String {
     let failures = if r.failures.is_empty() {
         "0".to_string()
     } else {
         let each: Vec<String> = r.failures.iter().map(|f| format!("{} {} ({})", f.id, f.stage, f.reason)).collect();
         format!("{} [{}]", r.failures.len(), each.join("; "))
     };
+    let pct = |a: f64| format!("{:.2} %", a * 100.0);
+    let shown = match metric {
+        "accuracy" => format!("accuracy {}", r.accuracy.map(pct).unwrap_or_else(|| "-".into())),
+        "balanced_accuracy" | "f1" | "auc" => format!(
+            "{metric} {}  accuracy {}",
+            r.metric(metric).map(pct).unwrap_or_else(|| "-".into()),
+            r.accuracy.map(pct).unwrap_or_else(|| "-".into())
+        ),
+        _ => format!("{metric} {}", r.metric(metric).map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into())),
+    };
     format!(
-        "round {:>3}/{rounds}  accuracy {}  train loss {}{}{}  parties {}  failures {failures}  {:.1} s{note}",
+        "round {:>3}/{rounds}  {shown}  train loss {}{}{}  parties {}  failures {failures}  {:.1} s{note}",
         r.round,
-        r.accuracy.map(|a| format!("{:.2} %", a * 100.0)).unwrap_or_else(|| "-".into()),
         r.train_loss.map(|l| format!("{l:.4}")).unwrap_or_else(|| "-".into()),
         r.epsilon.map(|e| format!("  ε {e:.3}")).unwrap_or_default(),
         match (r.strategy.get("client_epsilon"), r.strategy.get("clip_norm")) {

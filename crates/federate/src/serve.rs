@@ -165,6 +165,7 @@ pub fn serve(cfg: &Config, out: &Path, resume: bool, security: Security) -> Resu
         seed: cfg.seed,
         rounds: cfg.rounds,
         note: insecure_note,
+        metric: cfg.metric()?.name,
         error: None,
     };
     let mut observer = |e: Event<'_>| {
@@ -197,7 +198,7 @@ fn finish(cfg: &Config, out: &Path, global: &Parameters, records: &[federate_cor
             out.join("rounds.jsonl").display()
         );
     }
-    report::write_safetensors(&out.join("model.safetensors"), global, cfg)?;
+    report::write_safetensors(&out.join("model.safetensors"), global, cfg, None)?;
     println!(
         "final global accuracy {:.2} % after {} rounds; model {}",
         records.last().and_then(|r| r.accuracy).unwrap_or(0.0) * 100.0,

@@ -10,7 +10,12 @@ use federate_core::{
 };
 use federate_nn::ModelSpec;
 
-use crate::assemble::{PartyData, build_strategy, load_data, model_spec, party, privacy_floors, split};
+use std::collections::BTreeMap;
+
+use federate_core::metrics::EvalStats;
+use federate_data::table::Preprocessing;
+
+use crate::assemble::{PartyData, build_strategy, federation_data, model_spec, party, privacy_floors};
 use crate::config::{AttackConfig, AttackKind, Config};
 
 /// Called with a party's identity, the round, and (epochs done, epochs in all) after each
@@ -23,8 +28,13 @@ pub struct SimResult {
     pub global: Parameters,
     /// Every round's record.
     pub records: Vec<RoundRecord>,
-    /// Per party: (id, train n, test n, federated accuracy on its test set, alone accuracy).
+    /// Per party: sizes, the federated model's metrics on its test set, and alone.
     pub parties: Vec<PartyResult>,
+    /// The model trained on the pooled training rows (`evaluation.pooled`), on the pooled
+    /// test set.
+    pub pooled: Option<EvalStats>,
+    /// Tables: the round-0 preprocessing every party's rows were scaled with.
+    pub preprocessing: Option<Preprocessing>,
 }
 
 /// How one party fared.
@@ -40,8 +50,23 @@ pub struct PartyResult {
     pub federated_accuracy: f64,
     /// Accuracy on its own test set after training alone for the same number of steps.
     pub alone_accuracy: Option<f64>,
+    /// The final global model's metrics on this party's test set.
+    pub federated: BTreeMap<String, f64>,
+    /// The metrics of the model it trained alone, on its own test set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alone: Option<BTreeMap<String, f64>>,
+    /// The metrics of the model it trained alone, on the parties' pooled test set (the one
+    /// set every model is compared on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alone_on_pooled: Option<BTreeMap<String, f64>>,
     /// The ε this party spent (DP runs).
     pub epsilon: Option<f64>,
+    /// The statistics behind `federated` (summed over parties for the pooled line).
+    #[serde(skip)]
+    pub federated_stats: EvalStats,
+    /// The statistics behind `alone`.
+    #[serde(skip)]
+    pub alone_stats: Option<EvalStats>,
 }
 
 /// Where a resumed simulation starts: what a checkpoint restored.
@@ -68,9 +93,8 @@ pub fn simulate(
     start: Option<Start>,
 ) -> Result<SimResult> {
     let threads = rayon::current_num_threads();
-    let data = load_data(cfg)?;
-    let parties = split(cfg, &data)?;
-    let spec = model_spec(cfg, &data.train)?;
+    let (parties, pooled_test, preprocessing) = federation_data(cfg)?;
+    let spec = model_spec(cfg, &parties[0].train)?;
     // Simulations use seeded noise unless the config asks for secure noise.
     let noise = cfg.privacy.noise.unwrap_or(federate_core::NoiseSource::Seeded);
     let clients = build_parties(cfg, &parties, &spec, noise, on_epoch)?;
@@ -92,12 +116,12 @@ pub fn simulate(
         server.restore_strategy(name, state.as_ref()).context("--resume")?;
     }
     server.restore_parties(party_states).context("--resume")?;
-    if let Some(t) = cfg.evaluation.target_accuracy {
-        server = server.with_target_accuracy(t);
+    if let Some(t) = cfg.target() {
+        server = server.with_target(cfg.metric()?, t);
     }
     if cfg.evaluation.centralized {
         let mut learner = NnLearner::new(spec.clone(), 1, threads)?;
-        let test = data.test.clone();
+        let test = pooled_test.clone();
         server = server.with_central_evaluation(Box::new(move |p: &Parameters| {
             learner.evaluate(&p.values, &test.x, test.targets()).ok().map(|s| CentralEval {
                 num_examples: s.count,
@@ -110,8 +134,29 @@ pub fn simulate(
         server.resume(initial, completed, &ServerConfig::new(cfg.rounds, cfg.seed), observer)?;
     records.extend(new_records);
 
-    let results = party_results(cfg, &spec, &parties, &global, &records, &init_values)?;
-    Ok(SimResult { global, records, parties: results })
+    let results = party_results(cfg, &spec, &parties, &pooled_test, &global, &records, &init_values)?;
+    let pooled = if cfg.evaluation.pooled {
+        let rounds = records.iter().filter(|r| r.aggregated).count().max(1);
+        let train = crate::assemble::pooled(parties.iter().map(|p| &p.train));
+        let all = PartyData { id: "pooled".into(), train, test: pooled_test.clone() };
+        Some(train_alone(cfg, &spec, &all, &init_values, rounds, parties.len())?.0)
+    } else {
+        None
+    };
+    Ok(SimResult { global, records, parties: results, pooled, preprocessing })
+}
+
+/// Loss, accuracy and the metric statistics of `params` on `data`.
+pub fn evaluate(
+    learner: &mut NnLearner,
+    params: &[f32],
+    data: &federate_data::Dataset,
+) -> Result<(federate_core::BatchStats, EvalStats)> {
+    let k = learner.score_len();
+    let mut scores = vec![0.0f32; data.len() * k];
+    let s = learner.evaluate_scores(params, &data.x, data.targets(), &mut scores)?;
+    let stats = EvalStats::from_scores(&scores, k, data.targets()).map_err(anyhow::Error::msg)?;
+    Ok((s, stats))
 }
 
 /// The simulated parties: a learner and its data each, with the privacy floor of the config,
@@ -141,11 +186,13 @@ fn build_parties(
     Ok(clients)
 }
 
-/// How each party fared: the final model on its test set, beside training alone.
+/// How each party fared: the final model on its test set, beside training alone (on its own
+/// test set and on the pooled one).
 fn party_results(
     cfg: &Config,
     spec: &ModelSpec,
     parties: &[PartyData],
+    pooled_test: &federate_data::Dataset,
     global: &Parameters,
     records: &[RoundRecord],
     init_values: &[f32],
@@ -153,20 +200,27 @@ fn party_results(
     let mut results = Vec::with_capacity(parties.len());
     let mut eval = NnLearner::new(spec.clone(), 1, rayon::current_num_threads())?;
     for (i, p) in parties.iter().enumerate() {
-        let fed = eval.evaluate(&global.values, &p.test.x, p.test.targets())?.accuracy();
-        let alone = if cfg.evaluation.baseline {
+        let (fed, federated_stats) = evaluate(&mut eval, &global.values, &p.test)?;
+        let (alone_stats, alone_acc, alone_on_pooled) = if cfg.evaluation.baseline {
             let rounds_trained = records.iter().filter(|r| r.fit.iter().any(|f| f.id == p.id)).count();
-            Some(train_alone(cfg, spec, p, init_values, rounds_trained, i)?)
+            let (stats, acc, params) = train_alone(cfg, spec, p, init_values, rounds_trained, i)?;
+            let on_pooled = evaluate(&mut eval, &params, pooled_test)?.1.metrics();
+            (Some(stats), Some(acc), Some(on_pooled))
         } else {
-            None
+            (None, None, None)
         };
         results.push(PartyResult {
             id: p.id.clone(),
             train_examples: p.train.len(),
             test_examples: p.test.len(),
-            federated_accuracy: fed,
-            alone_accuracy: alone,
+            federated_accuracy: fed.accuracy(),
+            alone_accuracy: alone_acc,
+            federated: federated_stats.metrics(),
+            alone: alone_stats.as_ref().map(EvalStats::metrics),
+            alone_on_pooled,
             epsilon: records.iter().rev().flat_map(|r| r.fit.iter()).find(|f| f.id == p.id).and_then(|f| f.epsilon),
+            federated_stats,
+            alone_stats,
         });
     }
     Ok(results)
@@ -209,7 +263,8 @@ impl<C: Client> Client for Attacker<C> {
 }
 
 /// Trains one party alone from the same initial model for `rounds × epochs` epochs — the
-/// same number of local steps it took in the federation — and returns its test accuracy.
+/// same number of local steps it took in the federation — and returns its metric statistics
+/// and accuracy on its test set, and the model.
 fn train_alone(
     cfg: &Config,
     spec: &ModelSpec,
@@ -217,7 +272,7 @@ fn train_alone(
     init: &[f32],
     rounds: usize,
     index: usize,
-) -> Result<f64> {
+) -> Result<(EvalStats, f64, Vec<f32>)> {
     let mut learner = NnLearner::new(spec.clone(), cfg.train.batch_size, rayon::current_num_threads())?;
     let mut params = init.to_vec();
     let mut training = cfg.local_training();
@@ -227,5 +282,6 @@ fn train_alone(
     learner.reseed(seed::derive(cfg.seed, seed::Stream::AloneDropout, &[index as u64]));
     let noise = seed::derive(cfg.seed, seed::Stream::AloneNoise, &[index as u64]);
     train_local(&mut learner, &mut params, &p.train, &training, &mut opt, &mut rng, noise)?;
-    Ok(learner.evaluate(&params, &p.test.x, p.test.targets())?.accuracy())
+    let (s, stats) = evaluate(&mut learner, &params, &p.test)?;
+    Ok((stats, s.accuracy(), params))
 }

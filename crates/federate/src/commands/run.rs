@@ -98,6 +98,7 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
         seed: cfg.seed,
         rounds,
         note: "",
+        metric: cfg.metric()?.name,
         error: None,
     };
     let mut observer = |e: Event<'_>| match e {
@@ -134,7 +135,7 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
         return Err(e.context("writing rounds.jsonl or the checkpoint"));
     }
     dir.finish(&cfg, &result)?;
-    println!("\n{}", report::table(&result));
+    println!("\n{}", report::table(&result, &cfg.metric()?));
     println!(
         "final global accuracy {:.2} % after {} rounds in {:.1} s; run directory {}",
         result.records.last().and_then(|r| r.accuracy).unwrap_or(0.0) * 100.0,

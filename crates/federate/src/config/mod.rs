@@ -5,17 +5,17 @@
 //! The schema of the sections is here and in `privacy.rs` and `server.rs`; reading a file and
 //! `--set` in `load.rs`; the checks across sections in `validate.rs`.
 
+mod data;
 mod load;
 mod privacy;
 mod server;
 mod validate;
 
+pub use data::*;
 pub use load::*;
 pub use privacy::*;
 pub use server::*;
 pub use validate::*;
-
-use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use federate_core::OptimizerSpec;
@@ -109,167 +109,6 @@ impl Default for Config {
     }
 }
 
-/// How data is split across parties.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum PartitionKind {
-    /// Each party gets `train_per_party` training and `test_per_party` test examples drawn
-    /// without replacement (the worked example).
-    WorkedExample,
-    /// The whole training set dealt IID.
-    Iid,
-    /// Dirichlet(α) label skew.
-    Dirichlet,
-    /// McMahan et al.'s label-sorted shards.
-    Shards,
-    /// Lognormal party sizes (σ = `quantity_sigma`), examples dealt IID.
-    QuantitySkew,
-    /// One party per natural key (the device of Synthetic(α, β)).
-    Natural,
-}
-
-/// How the test set is split under a non-IID partition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum TestPartition {
-    /// Each party's test examples follow its own training labels and size (the default).
-    LikeTrain,
-    /// Every party gets an IID slice of the test set, whatever its training data.
-    Iid,
-}
-
-/// Data settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DataConfig {
-    /// `mnist`, `fashion-mnist`, or `synthetic` (FedProx's Synthetic(α, β)).
-    pub dataset: String,
-    /// The partitioner.
-    pub partition: PartitionKind,
-    /// Number of parties.
-    pub parties: usize,
-    /// Training examples per party (worked-example partition only; default 2,000).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub train_per_party: Option<usize>,
-    /// Test examples per party (worked-example partition only; default 500).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub test_per_party: Option<usize>,
-    /// Dirichlet concentration α (dirichlet partition only; default 0.5).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub alpha: Option<f64>,
-    /// Shards per party (shards partition only; default 2).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub shards_per_party: Option<usize>,
-    /// How the test set is split under `dirichlet`, `shards` and `quantity-skew`:
-    /// `like-train` (default: each party is evaluated on its own distribution) or `iid`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub test_partition: Option<TestPartition>,
-    /// A directory already holding the IDX files (tried before any download).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub data_dir: Option<PathBuf>,
-    /// Cache directory (default: $FEDERATE_CACHE_DIR, else the user's cache directory).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cache_dir: Option<PathBuf>,
-    /// Never download, run npm or apt-get: use only the cache, `data_dir` and system packages.
-    pub offline: bool,
-    /// Quantity-skew partition: σ of the lognormal party sizes (default 1).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub quantity_sigma: Option<f64>,
-    /// Synthetic(α, β): α (model heterogeneity; dataset = "synthetic" only; default 1).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub synthetic_alpha: Option<f64>,
-    /// Synthetic(α, β): β (input heterogeneity; default 1).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub synthetic_beta: Option<f64>,
-    /// Synthetic(α, β): devices generated (default 30).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub synthetic_devices: Option<usize>,
-}
-
-impl DataConfig {
-    /// Training examples per party under the worked-example partition.
-    pub fn train_per_party(&self) -> usize {
-        self.train_per_party.unwrap_or(2000)
-    }
-    /// Test examples per party under the worked-example partition.
-    pub fn test_per_party(&self) -> usize {
-        self.test_per_party.unwrap_or(500)
-    }
-    /// The Dirichlet concentration α.
-    pub fn alpha(&self) -> f64 {
-        self.alpha.unwrap_or(0.5)
-    }
-    /// Shards per party.
-    pub fn shards_per_party(&self) -> usize {
-        self.shards_per_party.unwrap_or(2)
-    }
-    /// σ of the lognormal party sizes.
-    pub fn quantity_sigma(&self) -> f64 {
-        self.quantity_sigma.unwrap_or(1.0)
-    }
-    /// Synthetic(α, β)'s α.
-    pub fn synthetic_alpha(&self) -> f64 {
-        self.synthetic_alpha.unwrap_or(1.0)
-    }
-    /// Synthetic(α, β)'s β.
-    pub fn synthetic_beta(&self) -> f64 {
-        self.synthetic_beta.unwrap_or(1.0)
-    }
-    /// Synthetic(α, β)'s devices.
-    pub fn synthetic_devices(&self) -> usize {
-        self.synthetic_devices.unwrap_or(30)
-    }
-
-    /// The first key set that the chosen partition or dataset does not read, with who
-    /// reads it: a value silently ignored would make a run differ from what its config says.
-    pub fn ignored_key(&self) -> Option<(&'static str, &'static str)> {
-        let p = self.partition;
-        let keys: [(&str, bool, PartitionKind, &str); 5] = [
-            ("train_per_party", self.train_per_party.is_some(), PartitionKind::WorkedExample, "worked-example"),
-            ("test_per_party", self.test_per_party.is_some(), PartitionKind::WorkedExample, "worked-example"),
-            ("alpha", self.alpha.is_some(), PartitionKind::Dirichlet, "dirichlet"),
-            ("shards_per_party", self.shards_per_party.is_some(), PartitionKind::Shards, "shards"),
-            ("quantity_sigma", self.quantity_sigma.is_some(), PartitionKind::QuantitySkew, "quantity-skew"),
-        ];
-        if let Some((key, _, _, reader)) = keys.into_iter().find(|(_, set, reads, _)| *set && *reads != p) {
-            return Some((key, reader));
-        }
-        let skewed = matches!(p, PartitionKind::Dirichlet | PartitionKind::Shards | PartitionKind::QuantitySkew);
-        if self.test_partition.is_some() && !skewed {
-            return Some(("test_partition", "dirichlet, shards and quantity-skew"));
-        }
-        let synthetic =
-            [self.synthetic_alpha.is_some(), self.synthetic_beta.is_some(), self.synthetic_devices.is_some()];
-        if self.dataset != "synthetic" && synthetic.iter().any(|&s| s) {
-            let key = ["synthetic_alpha", "synthetic_beta", "synthetic_devices"][synthetic.iter().position(|&s| s)?];
-            return Some((key, "dataset = \"synthetic\""));
-        }
-        None
-    }
-}
-
-impl Default for DataConfig {
-    fn default() -> Self {
-        DataConfig {
-            dataset: "mnist".into(),
-            partition: PartitionKind::WorkedExample,
-            parties: 3,
-            train_per_party: None,
-            test_per_party: None,
-            alpha: None,
-            shards_per_party: None,
-            test_partition: None,
-            data_dir: None,
-            cache_dir: None,
-            offline: false,
-            quantity_sigma: None,
-            synthetic_alpha: None,
-            synthetic_beta: None,
-            synthetic_devices: None,
-        }
-    }
-}
-
 /// Model settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -279,11 +118,63 @@ pub struct ModelConfig {
     /// The layer list of a custom model.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub layers: Option<Vec<LayerSpec>>,
+    /// Regression tasks: `mse` (default) or `huber`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss: Option<RegressionLoss>,
+    /// Huber loss: the threshold δ between its quadratic and linear parts (default 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub huber_delta: Option<f32>,
+    /// Binary tasks: the weight of the positive class in the loss (default 1; the ratio of
+    /// negatives to positives balances the classes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pos_weight: Option<f32>,
+}
+
+/// Losses of a regression task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RegressionLoss {
+    /// Mean squared error.
+    Mse,
+    /// Huber (`huber_delta`).
+    Huber,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        ModelConfig { name: "cnn".into(), layers: None }
+        ModelConfig { name: "cnn".into(), layers: None, loss: None, huber_delta: None, pos_weight: None }
+    }
+}
+
+impl Config {
+    /// The loss the task calls for: softmax cross-entropy for images and multiclass tables,
+    /// sigmoid cross-entropy for binary tables, MSE or Huber for regression. A loss setting
+    /// the task does not read is an error naming it.
+    pub fn loss(&self) -> Result<federate_nn::Loss> {
+        use federate_data::table::Task;
+        let m = &self.model;
+        let task = self.data.table_schema().map(|s| s.task);
+        if task != Some(Task::Regression) && (m.loss.is_some() || m.huber_delta.is_some()) {
+            bail!(
+                "model.loss and model.huber_delta apply to regression tables (data.schema.task = \"regression\"); remove them"
+            );
+        }
+        if task != Some(Task::Binary) && m.pos_weight.is_some() {
+            bail!("model.pos_weight applies to binary tables (data.schema.task = \"binary\"); remove it");
+        }
+        if m.loss != Some(RegressionLoss::Huber) && m.huber_delta.is_some() {
+            bail!("model.huber_delta is read only by model.loss = \"huber\"");
+        }
+        let loss = match task {
+            Some(Task::Binary) => federate_nn::Loss::BinaryCrossEntropy { pos_weight: m.pos_weight.unwrap_or(1.0) },
+            Some(Task::Regression) => match m.loss {
+                Some(RegressionLoss::Huber) => federate_nn::Loss::Huber { delta: m.huber_delta.unwrap_or(1.0) },
+                _ => federate_nn::Loss::Mse,
+            },
+            _ => federate_nn::Loss::SoftmaxCrossEntropy,
+        };
+        loss.check().map_err(|e| anyhow::anyhow!("model: {e}"))?;
+        Ok(loss)
     }
 }
 
@@ -544,16 +435,83 @@ pub struct EvaluationConfig {
     /// Also evaluate the global model on the dataset's whole test set each round.
     pub centralized: bool,
     /// After the run, train each party alone for the same number of local steps and report
-    /// its accuracy beside the federated model's.
+    /// its metrics beside the federated model's.
     pub baseline: bool,
-    /// Stop after the first round whose accuracy reaches this fraction (e.g. 0.99).
+    /// After the run, also train one model on the parties' pooled training rows for the same
+    /// number of epochs (what pooling the data would have given; simulation only).
+    pub pooled: bool,
+    /// The metric shown each round and read by `target`: accuracy, balanced_accuracy, f1,
+    /// auc, log_loss, ece (classification), rmse, mae, r2 (regression), or loss. Default:
+    /// auc for binary tables, rmse for regression, accuracy otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
+    /// Stop after the first round whose `metric` reaches this value (at or above it, or at or
+    /// below it for a metric where lower is better).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<f64>,
+    /// The older spelling of `target` with `metric = "accuracy"` (a fraction, e.g. 0.99).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target_accuracy: Option<f64>,
 }
 
 impl Default for EvaluationConfig {
     fn default() -> Self {
-        EvaluationConfig { centralized: false, baseline: true, target_accuracy: None }
+        EvaluationConfig {
+            centralized: false,
+            baseline: true,
+            pooled: false,
+            metric: None,
+            target: None,
+            target_accuracy: None,
+        }
+    }
+}
+
+impl Config {
+    /// The metric shown and stopped at, checked against the task.
+    pub fn metric(&self) -> Result<federate_core::metrics::MetricInfo> {
+        use federate_data::table::Task;
+        let e = &self.evaluation;
+        let task = self.data.table_schema().map(|s| s.task);
+        let default = match task {
+            Some(Task::Binary) => "auc",
+            Some(Task::Regression) => "rmse",
+            _ => "accuracy",
+        };
+        let name = match (&e.metric, e.target_accuracy) {
+            (Some(m), Some(_)) if m != "accuracy" => {
+                bail!(
+                    "evaluation.target_accuracy is a target for accuracy, but evaluation.metric = \"{m}\": use evaluation.target"
+                )
+            }
+            (_, Some(_)) => "accuracy",
+            (Some(m), None) => m.as_str(),
+            (None, None) => default,
+        };
+        let names: Vec<&str> = federate_core::metrics::METRICS.iter().map(|m| m.name).collect();
+        let Some(info) = federate_core::metrics::metric(name) else {
+            bail!("evaluation.metric = \"{name}\" is unknown: use one of {}", names.join(", "));
+        };
+        let regression = task == Some(Task::Regression);
+        let fits = match info.tasks {
+            "regression" => regression,
+            "binary" => task == Some(Task::Binary),
+            "classification" => !regression,
+            t if t.starts_with("classification") => !regression,
+            _ => true,
+        };
+        if !fits {
+            bail!("evaluation.metric = \"{name}\" applies to {} tasks, and this run's is not one", info.tasks);
+        }
+        if e.target.is_some() && e.target_accuracy.is_some() {
+            bail!("evaluation.target and evaluation.target_accuracy both set a target: keep evaluation.target");
+        }
+        Ok(info)
+    }
+
+    /// The target of `metric()`, if any.
+    pub fn target(&self) -> Option<f64> {
+        self.evaluation.target.or(self.evaluation.target_accuracy)
     }
 }
 

@@ -21,6 +21,8 @@ pub fn validate(c: &Config) -> Result<()> {
     check_privacy(c)?;
     check_server(c)?;
     check_model(c)?;
+    c.loss()?;
+    c.metric()?;
     Ok(())
 }
 
@@ -42,14 +44,18 @@ fn check_data(c: &Config) -> Result<()> {
     if c.threads > MAX_THREADS {
         bail!("threads = {} is more than {MAX_THREADS}; 0 uses one per core", c.threads);
     }
-    if d.dataset != "synthetic" && federate_data::dataset_info(&d.dataset).is_err() {
+    if d.dataset != "synthetic" && !d.is_table() && federate_data::dataset_info(&d.dataset).is_err() {
         bail!(
-            "data.dataset = '{}' is unknown: use one of {}, synthetic",
+            "data.dataset = '{}' is unknown: use one of {}, synthetic, {}, or table (a file of your own)",
             d.dataset,
-            federate_data::DATASETS.join(", ")
+            federate_data::DATASETS.join(", "),
+            federate_data::tables::TABLES.join(", ")
         );
     }
-    if d.partition == PartitionKind::Natural && (d.dataset != "synthetic" || d.parties != d.synthetic_devices()) {
+    if d.is_table() {
+        check_table(c)?;
+    } else if d.partition == PartitionKind::Natural && (d.dataset != "synthetic" || d.parties != d.synthetic_devices())
+    {
         bail!(
             "data.partition = \"natural\" gives one party per device of dataset = \"synthetic\": set data.parties = \
              data.synthetic_devices ({})",
@@ -72,6 +78,60 @@ fn check_data(c: &Config) -> Result<()> {
     }
     if d.partition == PartitionKind::Dirichlet && !(d.alpha() > 0.0 && d.alpha().is_finite()) {
         bail!("data.alpha = {} must be a positive number", d.alpha());
+    }
+    Ok(())
+}
+
+/// Checks a table's `[data]`: where its rows come from, its schema and its split.
+fn check_table(c: &Config) -> Result<()> {
+    let d = &c.data;
+    if d.dataset == "table" {
+        match (&d.path, d.sources.is_empty()) {
+            (None, true) => bail!(
+                "data.dataset = \"table\" needs data.path (one file split across the parties) or [[data.sources]] \
+                 (one file per party)"
+            ),
+            (Some(_), false) => bail!("data.path and [[data.sources]] both give the rows: keep one"),
+            _ => {}
+        }
+        if d.schema.is_none() {
+            bail!("data.dataset = \"table\" needs [data.schema]: at least task and label");
+        }
+    }
+    if !d.sources.is_empty() && d.sources.len() != d.parties {
+        bail!(
+            "data.parties = {} but {} [[data.sources]] are listed: set data.parties = {}",
+            d.parties,
+            d.sources.len(),
+            d.sources.len()
+        );
+    }
+    if let Some(schema) = d.table_schema() {
+        schema.check().map_err(anyhow::Error::msg)?;
+    }
+    if !(d.test_fraction() > 0.0 && d.test_fraction() < 1.0) {
+        bail!("data.test_fraction = {} must be in (0, 1)", d.test_fraction());
+    }
+    if d.sources.is_empty() {
+        match d.partition {
+            PartitionKind::WorkedExample => bail!(
+                "data.partition = \"worked-example\" draws 2,000 images per party from MNIST; a table is split by \
+                 iid, dirichlet, shards, quantity-skew, or natural (with data.partition_column)"
+            ),
+            PartitionKind::Natural if d.partition_column.is_none() => {
+                bail!(
+                    "data.partition = \"natural\" on a table needs data.partition_column (the column naming a row's party)"
+                )
+            }
+            _ => {}
+        }
+    }
+    let task = d.table_schema().map(|s| s.task);
+    let label_skew = matches!(d.partition, PartitionKind::Dirichlet | PartitionKind::Shards);
+    if task == Some(federate_data::table::Task::Regression) && label_skew && d.sources.is_empty() {
+        bail!(
+            "data.partition = dirichlet and shards split by class; a regression table has none: use iid, quantity-skew or natural"
+        );
     }
     Ok(())
 }

@@ -1,0 +1,223 @@
+//! Built-in real tables, fetched and verified like MNIST: the Breast Cancer Wisconsin
+//! (Diagnostic) table (569 tumours, 30 features, malignant or benign) and the diabetes table
+//! of Efron et al. (442 patients, 10 features, disease progression after one year), both as
+//! scikit-learn 1.5.2 ships them in its source archive on PyPI.
+//!
+//! The archive is fetched from PyPI's file host (or the raw files, or the archive, are taken
+//! from `--data-dir`), its SHA-256 checked, and the three raw files taken out of it and
+//! checked again. They are then written as ordinary CSV files with a header row
+//! (`breast-cancer.csv`, `diabetes.csv`), the form a hospital's own export has, and read
+//! through the same CSV source and schema as any user's table.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use crate::DataError;
+use crate::fetch::{FetchOptions, Source, fetch_from, sha256_hex, take_from_tar, write_atomic};
+use crate::table::{Categorical, Missing, Scaling, Schema, Task};
+
+/// The built-in tables.
+pub const TABLES: [&str; 2] = ["breast-cancer", "diabetes"];
+
+/// scikit-learn's source archive on PyPI and its SHA-256.
+const SDIST_URL: &str = "https://files.pythonhosted.org/packages/37/59/44985a2bdc95c74e34fef3d10cb5d93ce13b0e2a7baefffe1b53853b502d/scikit_learn-1.5.2.tar.gz";
+const SDIST_SHA256: &str = "b4237ed7b3fdd0a4882792e68ef2545d5baa50aca3bb45aa7df468138ad8f94d";
+const SDIST_NAME: &str = "scikit_learn-1.5.2.tar.gz";
+/// Where the data files sit inside the archive.
+const SDIST_DIR: &str = "scikit_learn-1.5.2/sklearn/datasets/data/";
+/// Largest archive read.
+const MAX_SDIST_BYTES: u64 = 64 << 20;
+
+/// The raw files (uncompressed) and their SHA-256.
+const RAW: [(&str, &str); 3] = [
+    ("breast_cancer.csv", "fed3eb72d0575ef6192293f5093c6e801b1476b577d0386bf4455504522172ed"),
+    ("diabetes_data_raw.csv", "ec2683754c379fdffc39f53922c475eff67e2fb9c94c7c27207b7c4371d51726"),
+    ("diabetes_target.csv", "244713a551f62a291a354212d8a048adec6cb1244b2bc44e66a0698f5006d26d"),
+];
+
+/// The 30 features of the breast cancer table, in the file's order (scikit-learn's names).
+const BREAST_CANCER_FEATURES: [&str; 30] = [
+    "mean_radius",
+    "mean_texture",
+    "mean_perimeter",
+    "mean_area",
+    "mean_smoothness",
+    "mean_compactness",
+    "mean_concavity",
+    "mean_concave_points",
+    "mean_symmetry",
+    "mean_fractal_dimension",
+    "radius_error",
+    "texture_error",
+    "perimeter_error",
+    "area_error",
+    "smoothness_error",
+    "compactness_error",
+    "concavity_error",
+    "concave_points_error",
+    "symmetry_error",
+    "fractal_dimension_error",
+    "worst_radius",
+    "worst_texture",
+    "worst_perimeter",
+    "worst_area",
+    "worst_smoothness",
+    "worst_compactness",
+    "worst_concavity",
+    "worst_concave_points",
+    "worst_symmetry",
+    "worst_fractal_dimension",
+];
+
+/// The diabetes table's columns: age, sex, body-mass index, blood pressure, six blood serum
+/// measurements, and the target.
+const DIABETES_COLUMNS: [&str; 11] = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6", "progression"];
+
+/// The header of a built-in table's CSV file.
+pub fn header(name: &str) -> Option<Vec<String>> {
+    match name {
+        "breast-cancer" => {
+            Some(BREAST_CANCER_FEATURES.iter().map(|s| s.to_string()).chain(["diagnosis".to_string()]).collect())
+        }
+        "diabetes" => Some(DIABETES_COLUMNS.iter().map(|s| s.to_string()).collect()),
+        _ => None,
+    }
+}
+
+/// The schema a built-in table is read with when the config gives none.
+pub fn default_schema(name: &str) -> Option<Schema> {
+    let base = |task, label: &str| Schema {
+        task,
+        label: label.into(),
+        features: None,
+        exclude: Vec::new(),
+        classes: None,
+        categorical: Default::default(),
+        missing: Missing::Error,
+        scaling: Scaling::Standardise,
+    };
+    match name {
+        "breast-cancer" => {
+            Some(Schema { classes: Some(vec!["benign".into(), "malignant".into()]), ..base(Task::Binary, "diagnosis") })
+        }
+        "diabetes" => {
+            let mut s = base(Task::Regression, "progression");
+            s.categorical
+                .insert("sex".into(), Categorical { vocabulary: Some(vec!["1".into(), "2".into()]), hashed: None });
+            Some(s)
+        }
+        _ => None,
+    }
+}
+
+/// Makes sure the built-in table `name` is in the cache as a CSV file with a header, and
+/// returns its path.
+pub fn ensure_table(name: &str, opts: &FetchOptions) -> Result<PathBuf, DataError> {
+    if !TABLES.contains(&name) {
+        return Err(DataError::UnknownDataset(name.into()));
+    }
+    let dir = opts.cache_dir.join("sklearn-1.5.2");
+    let out = dir.join(format!("{name}.csv"));
+    if out.exists() {
+        return Ok(out);
+    }
+    ensure_raw(&dir, opts)?;
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).map_err(|e| DataError::io(dir.join(f), e));
+    let text = match name {
+        "breast-cancer" => breast_cancer_csv(&read(RAW[0].0)?),
+        _ => diabetes_csv(&read(RAW[1].0)?, &read(RAW[2].0)?),
+    }
+    .map_err(|p| DataError::Table { path: dir.clone(), line: None, column: None, problem: p })?;
+    write_atomic(&dir, &format!("{name}.csv"), text.as_bytes())?;
+    Ok(out)
+}
+
+/// The three raw files in `dir`, verified, from the first source that has them.
+fn ensure_raw(dir: &Path, opts: &FetchOptions) -> Result<(), DataError> {
+    let missing: Vec<(&str, &str)> = RAW
+        .iter()
+        .copied()
+        .filter(|(f, sha)| std::fs::read(dir.join(f)).map(|b| sha256_hex(&b) != *sha).unwrap_or(true))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut tried = Vec::new();
+    if let Some(d) = &opts.data_dir {
+        let source = Source::Dir(d.clone());
+        match fetch_from(&source, &missing, dir, &opts.cache_dir) {
+            Ok(()) => return Ok(()),
+            Err(e) => tried.push(format!("{}: {e}", source.describe())),
+        }
+        let sdist = d.join(SDIST_NAME);
+        match std::fs::read(&sdist).map_err(|e| e.to_string()).and_then(|b| from_sdist(&b, &sdist, &missing, dir)) {
+            Ok(()) => return Ok(()),
+            Err(e) => tried.push(format!("{}: {e}", sdist.display())),
+        }
+    }
+    if !opts.no_download {
+        match download().and_then(|b| from_sdist(&b, Path::new(SDIST_URL), &missing, dir)) {
+            Ok(()) => return Ok(()),
+            Err(e) => tried.push(format!("download from {SDIST_URL}: {e}")),
+        }
+    } else {
+        tried.push("download: turned off (offline)".into());
+    }
+    Err(DataError::Unavailable {
+        dataset: "the scikit-learn 1.5.2 tables".into(),
+        tried,
+        fix: format!(
+            "put {SDIST_NAME} (from PyPI), or the files breast_cancer.csv, diabetes_data_raw.csv.gz and \
+             diabetes_target.csv.gz from its sklearn/datasets/data/, in a directory and pass it with --data-dir"
+        ),
+    })
+}
+
+/// The source archive from PyPI, bounded.
+fn download() -> Result<Vec<u8>, String> {
+    let agent = crate::fetch::http_agent();
+    let mut resp = agent.get(SDIST_URL).call().map_err(|e| e.to_string())?;
+    resp.body_mut().with_config().limit(MAX_SDIST_BYTES).read_to_vec().map_err(|e| e.to_string())
+}
+
+/// Takes the raw files out of the verified source archive `bytes` (from `origin`).
+fn from_sdist(bytes: &[u8], origin: &Path, files: &[(&str, &str)], dir: &Path) -> Result<(), String> {
+    let got = sha256_hex(bytes);
+    if got != SDIST_SHA256 {
+        return Err(format!("SHA-256 is {got}, expected {SDIST_SHA256}: not the published archive"));
+    }
+    let gz = flate2::read::GzDecoder::new(bytes).take(MAX_SDIST_BYTES * 8);
+    take_from_tar(gz, files, SDIST_DIR, origin, dir)
+}
+
+/// scikit-learn's breast cancer file (a first line `569,30,malignant,benign`, then 30 values
+/// and a target per row, 0 = malignant) as a CSV with a header and the diagnosis spelled out.
+fn breast_cancer_csv(raw: &str) -> Result<String, String> {
+    let mut out = format!("{},diagnosis\n", BREAST_CANCER_FEATURES.join(","));
+    for line in raw.lines().skip(1) {
+        let (values, target) = line.rsplit_once(',').ok_or("a row without fields")?;
+        let diagnosis = match target {
+            "0" => "malignant",
+            "1" => "benign",
+            other => return Err(format!("unexpected target {other}")),
+        };
+        out.push_str(&format!("{values},{diagnosis}\n"));
+    }
+    Ok(out)
+}
+
+/// scikit-learn's raw diabetes files (space-separated features; one target per line) as one
+/// CSV with a header.
+fn diabetes_csv(data: &str, target: &str) -> Result<String, String> {
+    let mut out = format!("{}\n", DIABETES_COLUMNS.join(","));
+    let rows: Vec<&str> = data.lines().filter(|l| !l.trim().is_empty()).collect();
+    let targets: Vec<&str> = target.lines().filter(|l| !l.trim().is_empty()).collect();
+    if rows.len() != targets.len() {
+        return Err(format!("{} rows but {} targets", rows.len(), targets.len()));
+    }
+    for (row, t) in rows.iter().zip(targets) {
+        let t: f64 = t.trim().parse().map_err(|_| format!("target '{t}' is not a number"))?;
+        out.push_str(&format!("{},{t}\n", row.split_whitespace().collect::<Vec<_>>().join(",")));
+    }
+    Ok(out)
+}

@@ -1,0 +1,177 @@
+//! Tables in a simulated federation: the rows (a built-in table, one file split across the
+//! parties, or one file per party), each party's held-out test rows, the split, and round 0:
+//! every party computes counts, sums and sums of squares of its own training rows, the sums
+//! are added up (no row is pooled), and every party's rows are scaled with the result.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use federate_core::seed;
+use federate_data::table::{Preprocessing, Table, source_for};
+use federate_data::{Dataset, FetchOptions, TrainTest, stats::Moments};
+use rand::seq::SliceRandom;
+
+use crate::assemble::PartyData;
+use crate::config::{Config, PartitionKind};
+
+/// The parties' data, and the round-0 preprocessing that scaled it.
+pub struct Prepared {
+    /// Every party's (scaled) data.
+    pub parties: Vec<PartyData>,
+    /// The preprocessing the federation agreed.
+    pub preprocessing: Preprocessing,
+}
+
+/// Where a built-in or configured table is.
+pub fn table_path(cfg: &Config, opts: &FetchOptions) -> Result<PathBuf> {
+    match (&cfg.data.path, cfg.data.dataset.as_str()) {
+        (Some(p), _) => Ok(p.clone()),
+        (None, "table") => anyhow::bail!("data.dataset = \"table\" needs data.path"),
+        (None, name) => Ok(federate_data::tables::ensure_table(name, opts)?),
+    }
+}
+
+/// Reads the table at `path` under the config's schema (with `key`, that column's values too).
+pub fn read(cfg: &Config, path: &std::path::Path, key: Option<&str>) -> Result<Table> {
+    let schema = cfg.data.table_schema().context("data.schema: a table needs a schema")?;
+    Ok(source_for(path)?.read(&schema, key)?)
+}
+
+/// A held-out split of `data`: `fraction` of the rows (of each class, for classification;
+/// at least one row each side), drawn with `rng`. Returns (train, test) indices.
+pub fn holdout<R: rand::Rng>(data: &Dataset, fraction: f64, rng: &mut R) -> (Vec<usize>, Vec<usize>) {
+    let groups: Vec<Vec<usize>> = if data.is_regression() {
+        vec![(0..data.len()).collect()]
+    } else {
+        let mut g = vec![Vec::new(); data.classes];
+        for (i, &c) in data.y.iter().enumerate() {
+            g[c as usize].push(i);
+        }
+        g
+    };
+    let (mut train, mut test) = (Vec::new(), Vec::new());
+    for mut g in groups {
+        g.shuffle(rng);
+        let t = ((g.len() as f64 * fraction).round() as usize).min(g.len().saturating_sub(1));
+        let t = if g.len() >= 2 { t.max(1) } else { t };
+        test.extend_from_slice(&g[..t]);
+        train.extend_from_slice(&g[t..]);
+    }
+    train.sort_unstable();
+    test.sort_unstable();
+    (train, test)
+}
+
+/// The parties' data from the config's table(s), split and scaled (round 0 included).
+pub fn prepare(cfg: &Config, opts: &FetchOptions) -> Result<Prepared> {
+    let (mut parties, features, numeric) =
+        if cfg.data.sources.is_empty() { from_one_table(cfg, opts)? } else { from_sources(cfg)? };
+    let scaling = cfg.data.table_schema().map(|s| s.scaling).unwrap_or_default();
+    let preprocessing = round_zero(&mut parties, features, numeric, scaling)?;
+    Ok(Prepared { parties, preprocessing })
+}
+
+/// Round 0 as a simulation runs it: each party's statistics, added up, then applied to
+/// every party's training and test rows.
+pub fn round_zero(
+    parties: &mut [PartyData],
+    features: Vec<String>,
+    numeric: Vec<bool>,
+    scaling: federate_data::table::Scaling,
+) -> Result<Preprocessing> {
+    let d = numeric.len();
+    let mut moments = Moments::new(d);
+    for p in parties.iter() {
+        moments.merge(&Moments::of(&p.train.x, d)).map_err(anyhow::Error::msg)?;
+    }
+    let pre = Preprocessing { features, numeric, scaling, moments };
+    for p in parties.iter_mut() {
+        pre.apply(&mut p.train);
+        pre.apply(&mut p.test);
+    }
+    Ok(pre)
+}
+
+type Split = (Vec<PartyData>, Vec<String>, Vec<bool>);
+
+/// One table: a held-out test split, then the rows dealt to the parties by the partition.
+fn from_one_table(cfg: &Config, opts: &FetchOptions) -> Result<Split> {
+    let path = table_path(cfg, opts)?;
+    let natural = cfg.data.partition == PartitionKind::Natural;
+    let key = if natural { cfg.data.partition_column.as_deref() } else { None };
+    let table = read(cfg, &path, key)?;
+    let mut rng = seed::stream(cfg.seed, seed::Stream::Partition, &[1]);
+    let (tr, te) = holdout(&table.data, cfg.data.test_fraction(), &mut rng);
+    let data = TrainTest { train: table.data.subset(&tr), test: table.data.subset(&te) };
+    let parties = match (&table.keys, key) {
+        (Some(keys), Some(column)) => by_column(cfg, &data, keys, &tr, &te, column)?,
+        _ => crate::assemble::split(cfg, &data)?,
+    };
+    Ok((parties, table.features, table.numeric))
+}
+
+/// One party per value of the partition column, named by it.
+fn by_column(
+    cfg: &Config,
+    data: &TrainTest,
+    keys: &[String],
+    tr: &[usize],
+    te: &[usize],
+    column: &str,
+) -> Result<Vec<PartyData>> {
+    let names: std::collections::BTreeSet<&str> = keys.iter().map(String::as_str).collect();
+    if names.len() != cfg.data.parties {
+        anyhow::bail!(
+            "data.partition_column = \"{column}\" has {} distinct values ({}), and data.parties = {}: set data.parties \
+             = {}",
+            names.len(),
+            names.iter().take(8).copied().collect::<Vec<_>>().join(", "),
+            cfg.data.parties,
+            names.len()
+        );
+    }
+    let mut out = Vec::new();
+    for (n, name) in names.iter().enumerate() {
+        let pick = |idx: &[usize]| idx.iter().enumerate().filter(|(_, i)| keys[**i] == *name).map(|(j, _)| j).collect();
+        let (train, test): (Vec<usize>, Vec<usize>) = (pick(tr), pick(te));
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        let id = if ok { name.to_string() } else { format!("party-{}", n + 1) };
+        out.push(PartyData { id, train: data.train.subset(&train), test: data.test.subset(&test) });
+    }
+    Ok(out)
+}
+
+/// One file per party (`[[data.sources]]`), each with its own or a held-out test split.
+fn from_sources(cfg: &Config) -> Result<Split> {
+    let mut out = Vec::new();
+    let mut layout: Option<(Vec<String>, Vec<bool>, PathBuf)> = None;
+    for (i, s) in cfg.data.sources.iter().enumerate() {
+        let id = s.id.clone().unwrap_or_else(|| format!("party-{}", i + 1));
+        let table = read(cfg, &s.path, None).with_context(|| format!("data.sources[{i}] ({id})"))?;
+        let (train, test) = match &s.test {
+            Some(t) => (table.data, read(cfg, t, None).with_context(|| format!("data.sources[{i}].test ({id})"))?.data),
+            None => {
+                let mut rng = seed::stream(cfg.seed, seed::Stream::Partition, &[2, i as u64]);
+                let (tr, te) = holdout(&table.data, cfg.data.test_fraction(), &mut rng);
+                (table.data.subset(&tr), table.data.subset(&te))
+            }
+        };
+        match &layout {
+            None => layout = Some((table.features.clone(), table.numeric.clone(), s.path.clone())),
+            Some((f, _, first)) if *f != table.features => anyhow::bail!(
+                "data.sources[{i}] ({id}): {} has the features [{}] but {} has [{}]: every party's table must give \
+                 the same columns",
+                s.path.display(),
+                table.features.join(", "),
+                first.display(),
+                f.join(", ")
+            ),
+            _ => {}
+        }
+        out.push(PartyData { id, train, test });
+    }
+    let (features, numeric, _) = layout.context("[[data.sources]] is empty")?;
+    Ok((out, features, numeric))
+}
