@@ -59,7 +59,10 @@ pub fn load_data(cfg: &Config) -> Result<TrainTest> {
 /// The federation's data as a simulation holds it: every party's training and test sets,
 /// their pooled test set (for central evaluation), and for tables the round-0 preprocessing
 /// that scaled them.
-pub fn federation_data(cfg: &Config) -> Result<(Vec<PartyData>, Dataset, Option<federate_data::table::Preprocessing>)> {
+pub type FederationData = (Vec<PartyData>, Dataset, Option<federate_data::table::Preprocessing>);
+
+/// Reads (fetching if needed) and splits the federation's data, and for tables runs round 0.
+pub fn federation_data(cfg: &Config) -> Result<FederationData> {
     if cfg.data.is_table() {
         let p = crate::table_data::prepare(cfg, &fetch_options(cfg))?;
         let pooled = pooled(p.parties.iter().map(|p| &p.test));

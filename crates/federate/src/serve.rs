@@ -200,8 +200,8 @@ fn finish(cfg: &Config, out: &Path, global: &Parameters, records: &[federate_cor
     }
     report::write_safetensors(&out.join("model.safetensors"), global, cfg, None)?;
     println!(
-        "final global accuracy {:.2} % after {} rounds; model {}",
-        records.last().and_then(|r| r.accuracy).unwrap_or(0.0) * 100.0,
+        "final global {} after {} rounds; model {}",
+        report::final_measure(records.last(), &cfg.metric()?),
         records.len(),
         out.join("model.safetensors").display()
     );

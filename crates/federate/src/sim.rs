@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use federate_core::metrics::EvalStats;
 use federate_data::table::Preprocessing;
 
-use crate::assemble::{PartyData, build_strategy, federation_data, model_spec, party, privacy_floors};
+use crate::assemble::{FederationData, PartyData, build_strategy, model_spec, party, privacy_floors};
 use crate::config::{AttackConfig, AttackKind, Config};
 
 /// Called with a party's identity, the round, and (epochs done, epochs in all) after each
@@ -88,12 +88,13 @@ pub struct Start {
 /// party's identity).
 pub fn simulate(
     cfg: &Config,
+    data: FederationData,
     observer: &mut dyn FnMut(Event<'_>),
     on_epoch: Option<PartyEpochHook>,
     start: Option<Start>,
 ) -> Result<SimResult> {
     let threads = rayon::current_num_threads();
-    let (parties, pooled_test, preprocessing) = federation_data(cfg)?;
+    let (parties, pooled_test, preprocessing) = data;
     let spec = model_spec(cfg, &parties[0].train)?;
     // Simulations use seeded noise unless the config asks for secure noise.
     let noise = cfg.privacy.noise.unwrap_or(federate_core::NoiseSource::Seeded);

@@ -76,6 +76,8 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
     let config_path = args.config.clone().or_else(|| args.resume.then(|| out.join("config.toml")));
     let cfg = config::load(config_path.as_deref(), &sets)?;
     init_threads(cfg.threads)?;
+    // The data first: a file that cannot be read leaves no run directory behind.
+    let data = assemble::federation_data(&cfg)?;
     let ckpt_dir = out.join("checkpoint");
     let (mut dir, start) = if args.resume {
         let start = resume_point(&cfg, &out, &ckpt_dir)?;
@@ -127,7 +129,7 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
             b.set_message(format!("{round}/{rounds}: {id} finished local epoch {done}/{all}"));
         }) as sim::PartyEpochHook
     });
-    let result = sim::simulate(&cfg, &mut observer, on_epoch, start)?;
+    let result = sim::simulate(&cfg, data, &mut observer, on_epoch, start)?;
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
@@ -135,10 +137,11 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
         return Err(e.context("writing rounds.jsonl or the checkpoint"));
     }
     dir.finish(&cfg, &result)?;
-    println!("\n{}", report::table(&result, &cfg.metric()?));
+    let metric = cfg.metric()?;
+    println!("\n{}", report::table(&result, &metric));
     println!(
-        "final global accuracy {:.2} % after {} rounds in {:.1} s; run directory {}",
-        result.records.last().and_then(|r| r.accuracy).unwrap_or(0.0) * 100.0,
+        "final global {} after {} rounds in {:.1} s; run directory {}",
+        report::final_measure(result.records.last(), &metric),
         result.records.len(),
         started.elapsed().as_secs_f64(),
         dir.path().display()
