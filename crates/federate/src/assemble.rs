@@ -6,33 +6,12 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use federate_core::{LocalClient, NnLearner, seed};
-use federate_data::{Dataset, FetchOptions, TrainTest, default_cache_dir, partition};
+use federate_core::{LocalClient, NnLearner};
+use federate_data::{Dataset, FetchOptions, TrainTest, default_cache_dir};
 use federate_nn::{ModelSpec, Shape};
 
-use crate::config::{Config, PartitionKind, TestPartition};
-
-/// One party's data.
-pub struct PartyData {
-    /// Identity.
-    pub id: String,
-    /// Training examples.
-    pub train: Dataset,
-    /// Test examples.
-    pub test: Dataset,
-}
-
-/// Synthetic(α, β) as configured, from the run's seed.
-fn synthetic(cfg: &Config) -> Result<federate_data::synthetic::Keyed> {
-    let d = &cfg.data;
-    let sc = federate_data::synthetic::SyntheticConfig {
-        alpha: d.synthetic_alpha(),
-        beta: d.synthetic_beta(),
-        devices: d.synthetic_devices(),
-        ..Default::default()
-    };
-    Ok(federate_data::synthetic::synthetic(&sc, &mut seed::stream(cfg.seed, seed::Stream::Synthetic, &[]))?)
-}
+use crate::config::Config;
+pub use crate::split::{PartyData, split};
 
 /// Where datasets are fetched from and cached, as the config says.
 pub fn fetch_options(cfg: &Config) -> FetchOptions {
@@ -51,7 +30,7 @@ pub fn fetch_options(cfg: &Config) -> FetchOptions {
 /// `synthetic`). Tables are read by [`federation_data`].
 pub fn load_data(cfg: &Config) -> Result<TrainTest> {
     if cfg.data.dataset == "synthetic" {
-        return Ok(synthetic(cfg)?.data);
+        return Ok(crate::split::synthetic(cfg)?.data);
     }
     Ok(federate_data::load(&cfg.data.dataset, &fetch_options(cfg))?)
 }
@@ -83,57 +62,6 @@ pub fn pooled<'a>(mut sets: impl Iterator<Item = &'a Dataset>) -> Dataset {
         out.values.extend_from_slice(&d.values);
     }
     out
-}
-
-/// Splits the data across parties as configured, from the run's partition stream.
-pub fn split(cfg: &Config, data: &TrainTest) -> Result<Vec<PartyData>> {
-    let d = &cfg.data;
-    let k = d.parties;
-    let mut rng = seed::stream(cfg.seed, seed::Stream::Partition, &[]);
-    let (train_parts, test_parts) = match d.partition {
-        PartitionKind::WorkedExample => (
-            partition::disjoint_sample(data.train.len(), k, d.train_per_party(), &mut rng)
-                .context("data.train_per_party")?,
-            partition::disjoint_sample(data.test.len(), k, d.test_per_party(), &mut rng)
-                .context("data.test_per_party")?,
-        ),
-        PartitionKind::Iid => {
-            (partition::iid(data.train.len(), k, &mut rng)?, partition::iid(data.test.len(), k, &mut rng)?)
-        }
-        PartitionKind::Dirichlet | PartitionKind::Shards | PartitionKind::QuantitySkew => {
-            let train = match d.partition {
-                PartitionKind::Dirichlet => {
-                    partition::dirichlet(&data.train.y, data.train.classes, k, d.alpha(), 10, &mut rng)?
-                }
-                PartitionKind::Shards => partition::shards(&data.train.y, k, d.shards_per_party(), &mut rng)?,
-                _ => partition::quantity_skew(data.train.len(), k, d.quantity_sigma(), 10, &mut rng)?,
-            };
-            // Each party is evaluated on its own distribution unless the config asks for IID
-            // (regression targets have no classes to follow: IID).
-            let test = match d.test_partition.unwrap_or(TestPartition::LikeTrain) {
-                _ if data.test.is_regression() => partition::iid(data.test.len(), k, &mut rng)?,
-                TestPartition::Iid => partition::iid(data.test.len(), k, &mut rng)?,
-                TestPartition::LikeTrain => {
-                    partition::like_train(&train, &data.train.y, &data.test.y, data.train.classes, &mut rng)?
-                }
-            };
-            (train, test)
-        }
-        PartitionKind::Natural => {
-            let keyed = synthetic(cfg)?;
-            (partition::by_key(&keyed.train_keys), partition::by_key(&keyed.test_keys))
-        }
-    };
-    Ok(train_parts
-        .iter()
-        .zip(&test_parts)
-        .enumerate()
-        .map(|(i, (tr, te))| PartyData {
-            id: format!("party-{}", i + 1),
-            train: data.train.subset(tr),
-            test: data.test.subset(te),
-        })
-        .collect())
 }
 
 /// The model description for the configured model and data.

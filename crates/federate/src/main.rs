@@ -41,6 +41,7 @@ mod report;
 mod round_log;
 mod serve;
 mod sim;
+mod split;
 mod table_data;
 
 use std::io::IsTerminal;

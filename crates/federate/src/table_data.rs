@@ -11,8 +11,8 @@ use federate_data::table::{Preprocessing, Table, source_for};
 use federate_data::{Dataset, FetchOptions, TrainTest, stats::Moments};
 use rand::seq::SliceRandom;
 
-use crate::assemble::PartyData;
 use crate::config::{Config, PartitionKind};
+use crate::split::PartyData;
 
 /// The parties' data, and the round-0 preprocessing that scaled it.
 pub struct Prepared {
@@ -105,7 +105,7 @@ fn from_one_table(cfg: &Config, opts: &FetchOptions) -> Result<Split> {
     let data = TrainTest { train: table.data.subset(&tr), test: table.data.subset(&te) };
     let parties = match (&table.keys, key) {
         (Some(keys), Some(column)) => by_column(cfg, &data, keys, &tr, &te, column)?,
-        _ => crate::assemble::split(cfg, &data)?,
+        _ => crate::split::split(cfg, &data)?,
     };
     Ok((parties, table.features, table.numeric))
 }

@@ -67,6 +67,23 @@ fn announce(cfg: &config::Config, out: &std::path::Path) {
     );
 }
 
+/// The run directory, and where a resumed run starts.
+fn open_run(
+    args: &RunArgs,
+    cfg: &config::Config,
+    out: &std::path::Path,
+    ckpt_dir: &std::path::Path,
+) -> Result<(report::RunDir, Option<sim::Start>)> {
+    if args.resume {
+        let start = resume_point(cfg, out, ckpt_dir)?;
+        return Ok((report::RunDir::open(out, cfg, &start.records)?, Some(start)));
+    }
+    if let Some(aside) = report::claim_out(out, args.force)? {
+        eprintln!("the earlier run in {} was moved to {}", out.display(), aside.display());
+    }
+    Ok((report::RunDir::open(out, cfg, &[])?, None))
+}
+
 pub(crate) fn run(args: RunArgs) -> Result<()> {
     let sets = flag_sets(&args);
     let out = args.out.clone().unwrap_or_else(|| {
@@ -79,15 +96,7 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
     // The data first: a file that cannot be read leaves no run directory behind.
     let data = assemble::federation_data(&cfg)?;
     let ckpt_dir = out.join("checkpoint");
-    let (mut dir, start) = if args.resume {
-        let start = resume_point(&cfg, &out, &ckpt_dir)?;
-        (report::RunDir::open(&out, &cfg, &start.records)?, Some(start))
-    } else {
-        if let Some(aside) = report::claim_out(&out, args.force)? {
-            eprintln!("the earlier run in {} was moved to {}", out.display(), aside.display());
-        }
-        (report::RunDir::open(&out, &cfg, &[])?, None)
-    };
+    let (mut dir, start) = open_run(&args, &cfg, &out, &ckpt_dir)?;
     let bar = progress(&cfg, args.quiet);
     if !args.quiet {
         announce(&cfg, &out);
