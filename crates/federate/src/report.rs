@@ -225,13 +225,14 @@ pub fn table(result: &SimResult, metric: &MetricInfo) -> String {
     };
     let head = if dp { format!(" {:>8}", "ε") } else { String::new() };
     let m = |stats: Option<&EvalStats>| stats.and_then(|s| s.metrics().get(metric.name).copied());
+    let w = result.parties.iter().map(|p| p.id.chars().count()).max().unwrap_or(0).max(10);
     s.push_str(&format!(
-        "{:<10} {:>7} {:>6} {:>12} {:>12}{head}   ({})\n",
+        "{:<w$} {:>7} {:>6} {:>12} {:>12}{head}   ({})\n",
         "party", "train", "test", "alone", "federated", metric.name
     ));
     for p in &result.parties {
         s.push_str(&format!(
-            "{:<10} {:>7} {:>6} {:>12} {:>12}{}\n",
+            "{:<w$} {:>7} {:>6} {:>12} {:>12}{}\n",
             p.id,
             p.train_examples,
             p.test_examples,
@@ -245,7 +246,7 @@ pub fn table(result: &SimResult, metric: &MetricInfo) -> String {
     let alone = merged(result.parties.iter().map(|p| p.alone_stats.as_ref()));
     let fed = merged(result.parties.iter().map(|p| Some(&p.federated_stats)));
     s.push_str(&format!(
-        "{:<10} {:>7} {:>6} {:>12} {:>12}{}\n",
+        "{:<w$} {:>7} {:>6} {:>12} {:>12}{}\n",
         "all",
         train,
         test,
@@ -255,7 +256,7 @@ pub fn table(result: &SimResult, metric: &MetricInfo) -> String {
     ));
     if let Some(pooled) = &result.pooled {
         s.push_str(&format!(
-            "{:<10} {:>7} {:>6} {:>12} {:>12}\n",
+            "{:<w$} {:>7} {:>6} {:>12} {:>12}\n",
             "pooled",
             train,
             test,

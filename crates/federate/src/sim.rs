@@ -46,6 +46,9 @@ pub struct PartyResult {
     pub train_examples: usize,
     /// Test examples.
     pub test_examples: usize,
+    /// Classification: training examples of each class (how skewed this party is).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub train_classes: Vec<usize>,
     /// The final global model's accuracy on this party's test set.
     pub federated_accuracy: f64,
     /// Accuracy on its own test set after training alone for the same number of steps.
@@ -214,6 +217,7 @@ fn party_results(
             id: p.id.clone(),
             train_examples: p.train.len(),
             test_examples: p.test.len(),
+            train_classes: p.train.label_counts(),
             federated_accuracy: fed.accuracy(),
             alone_accuracy: alone_acc,
             federated: federated_stats.metrics(),

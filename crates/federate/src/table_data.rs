@@ -94,51 +94,61 @@ pub fn round_zero(
 
 type Split = (Vec<PartyData>, Vec<String>, Vec<bool>);
 
-/// One table: a held-out test split, then the rows dealt to the parties by the partition.
+/// One table: a held-out test split, then the rows dealt to the parties by the partition;
+/// or, partitioned by a column, each party's rows with its own held-out split.
 fn from_one_table(cfg: &Config, opts: &FetchOptions) -> Result<Split> {
     let path = table_path(cfg, opts)?;
     let natural = cfg.data.partition == PartitionKind::Natural;
     let key = if natural { cfg.data.partition_column.as_deref() } else { None };
     let table = read(cfg, &path, key)?;
     let mut rng = seed::stream(cfg.seed, seed::Stream::Partition, &[1]);
-    let (tr, te) = holdout(&table.data, cfg.data.test_fraction(), &mut rng);
-    let data = TrainTest { train: table.data.subset(&tr), test: table.data.subset(&te) };
     let parties = match (&table.keys, key) {
-        (Some(keys), Some(column)) => by_column(cfg, &data, keys, &tr, &te, column)?,
-        _ => crate::split::split(cfg, &data)?,
+        (Some(keys), Some(column)) => by_column(cfg, &table.data, keys, column, &mut rng)?,
+        _ => {
+            let (tr, te) = holdout(&table.data, cfg.data.test_fraction(), &mut rng);
+            let data = TrainTest { train: table.data.subset(&tr), test: table.data.subset(&te) };
+            crate::split::split(cfg, &data)?
+        }
     };
     Ok((parties, table.features, table.numeric))
 }
 
-/// One party per value of the partition column, named by it.
-fn by_column(
+/// One party per value of the partition column, named by it, each with a held-out share of
+/// its own rows.
+fn by_column<R: rand::Rng>(
     cfg: &Config,
-    data: &TrainTest,
+    data: &Dataset,
     keys: &[String],
-    tr: &[usize],
-    te: &[usize],
     column: &str,
+    rng: &mut R,
 ) -> Result<Vec<PartyData>> {
-    let names: std::collections::BTreeSet<&str> = keys.iter().map(String::as_str).collect();
-    if names.len() != cfg.data.parties {
+    let mut groups: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
+    for (i, k) in keys.iter().enumerate() {
+        groups.entry(k.as_str()).or_default().push(i);
+    }
+    if groups.len() != cfg.data.parties {
         anyhow::bail!(
             "data.partition_column = \"{column}\" has {} distinct values ({}), and data.parties = {}: set data.parties \
              = {}",
-            names.len(),
-            names.iter().take(8).copied().collect::<Vec<_>>().join(", "),
+            groups.len(),
+            groups.keys().take(8).copied().collect::<Vec<_>>().join(", "),
             cfg.data.parties,
-            names.len()
+            groups.len()
         );
     }
-    let mut out = Vec::new();
-    for (n, name) in names.iter().enumerate() {
-        let pick = |idx: &[usize]| idx.iter().enumerate().filter(|(_, i)| keys[**i] == *name).map(|(j, _)| j).collect();
-        let (train, test): (Vec<usize>, Vec<usize>) = (pick(tr), pick(te));
-        let ok = !name.is_empty()
-            && name.len() <= 64
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-        let id = if ok { name.to_string() } else { format!("party-{}", n + 1) };
-        out.push(PartyData { id, train: data.train.subset(&train), test: data.test.subset(&test) });
+    let mut out: Vec<PartyData> = Vec::new();
+    for (n, (name, rows)) in groups.iter().enumerate() {
+        let own = data.subset(rows);
+        let (tr, te) = holdout(&own, cfg.data.test_fraction(), rng);
+        // The value names the party, spelled as an identity (letters, digits, '.', '_', '-').
+        let spelled: String = name
+            .chars()
+            .take(48)
+            .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' })
+            .collect();
+        let taken = out.iter().any(|p| p.id == spelled);
+        let id = if spelled.is_empty() || taken { format!("party-{}", n + 1) } else { spelled };
+        out.push(PartyData { id, train: own.subset(&tr), test: own.subset(&te) });
     }
     Ok(out)
 }

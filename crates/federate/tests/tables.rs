@@ -82,6 +82,20 @@ fn diabetes_regression_reports_rmse_and_r2_beside_alone_and_pooled() {
     assert!(metric(&s, "federated", "rmse") <= metric(&s, "pooled", "rmse") * 1.03, "{s}");
 }
 
+#[test]
+fn grunfeld_firms_as_parties_match_the_pooled_model() {
+    let out = tempfile::tempdir().unwrap();
+    let o = run(&example("grunfeld.toml"), out.path(), &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s = summary(out.path());
+    let ids: Vec<&str> = s["parties"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 11);
+    assert!(ids.contains(&"General-Motors") && ids.contains(&"IBM"), "{ids:?}");
+    assert!(s["parties"].as_array().unwrap().iter().all(|p| p["test_examples"] == 5), "{s}");
+    let (fed, pooled) = (metric(&s, "federated", "r2"), metric(&s, "pooled", "r2"));
+    assert!(fed > 0.7 && fed >= pooled - 0.02, "federated R² {fed} vs pooled {pooled}");
+}
+
 /// The cached breast cancer CSV (fetched by running the example once).
 fn breast_cancer_rows() -> (String, Vec<String>) {
     let cache = tempfile::tempdir().unwrap();
