@@ -4,7 +4,7 @@
 //! `messages` and re-exported here.
 
 pub use crate::algorithms::EpochHook;
-pub use crate::messages::{ClientError, EvaluateReply, EvaluateTask, FitReply, FitTask, PartyState};
+pub use crate::messages::{ClientError, EvaluateReply, EvaluateTask, FitReply, FitTask, Moments, PartyState};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -50,6 +50,12 @@ pub trait Client: Send {
         let _ = state;
         Err(ClientError::MissingState("this party cannot restore saved state".into()))
     }
+    /// Round 0: the per-feature statistics of the party's training rows as read (before
+    /// any scaling), for the server to add up; `None` (the default) when it holds no table.
+    /// The same every time it is asked.
+    fn statistics(&mut self) -> Result<Option<Moments>, ClientError> {
+        Ok(None)
+    }
 }
 
 /// The server's handle on a party: in this process (`InProcess`) or remote.
@@ -76,6 +82,10 @@ pub trait ClientProxy: Send {
     fn restore_party_state(&mut self, state: PartyState) -> Result<(), ClientError> {
         let _ = state;
         Err(ClientError::MissingState(format!("party {} keeps its own state and cannot be given one", self.id())))
+    }
+    /// Round 0: the party's [`Client::statistics`]. Default: none (no table).
+    fn statistics(&mut self) -> Result<Option<Moments>, ClientError> {
+        Ok(None)
     }
     /// Whether the server may call this party at the same time as others (true for remote
     /// parties, which compute elsewhere; false, the default, for parties sharing this
@@ -138,6 +148,9 @@ impl<C: Client> ClientProxy for InProcess<C> {
     fn restore_party_state(&mut self, state: PartyState) -> Result<(), ClientError> {
         self.client.restore(state)
     }
+    fn statistics(&mut self) -> Result<Option<Moments>, ClientError> {
+        self.client.statistics()
+    }
 }
 
 /// The standard party: a learner plus local train and test sets.
@@ -152,6 +165,8 @@ pub struct LocalClient<L: Learner> {
     noise: NoiseSource,
     /// The party half of the algorithm of the last task, with the state it keeps.
     step: Option<(String, Box<dyn PartyStep>)>,
+    /// A table party's round-0 side.
+    table: Option<crate::scaling::TableRows>,
 }
 
 impl PartyState {
@@ -174,6 +189,28 @@ impl<L: Learner> LocalClient<L> {
             last_summary: None,
             noise: NoiseSource::Seeded,
             step: None,
+            table: None,
+        }
+    }
+    /// Marks the data as a table's rows as read (unscaled): the party answers round 0 with
+    /// their statistics and scales them with the federation's before its first task.
+    pub fn with_table(
+        mut self,
+        features: Vec<String>,
+        numeric: Vec<bool>,
+        scaling: federate_data::table::Scaling,
+    ) -> Self {
+        self.table = Some(crate::scaling::TableRows::new(&self.train, &self.test, features, numeric, scaling));
+        self
+    }
+    /// Scales a table party's rows with the task's round-0 statistics (once).
+    fn scale_for(&mut self, federation: Option<&Arc<Moments>>) -> Result<(), ClientError> {
+        match self.table.as_mut() {
+            Some(t) => t.ensure(federation, &mut self.train, &mut self.test),
+            None if federation.is_some() => Err(ClientError::Model(
+                "the server sent round-0 table statistics, but this party holds no table: check data.dataset".into(),
+            )),
+            None => Ok(()),
         }
     }
     /// Where DP randomness comes from (default: seeded, for reproducible simulations; a
@@ -352,12 +389,14 @@ pub fn release(training: &LocalTraining, s: &LocalSummary) -> (TrainSummary, Pri
 /// runs one task a round, so allocating them per task costs little.
 impl<L: Learner> Client for LocalClient<L> {
     fn fit(&mut self, global: &Parameters, task: &FitTask) -> Result<FitReply, ClientError> {
+        self.scale_for(task.scaling.as_ref())?;
         let reply = self.fit_task(global, task);
         self.learner.release();
         reply
     }
 
-    fn evaluate(&mut self, params: &Parameters, _task: &EvaluateTask) -> Result<EvaluateReply, ClientError> {
+    fn evaluate(&mut self, params: &Parameters, task: &EvaluateTask) -> Result<EvaluateReply, ClientError> {
+        self.scale_for(task.scaling.as_ref())?;
         let expected = self.learner.layout().len();
         if params.len() != expected {
             return Err(ClientError::WrongParameterCount { got: params.len(), expected });
@@ -370,6 +409,10 @@ impl<L: Learner> Client for LocalClient<L> {
         let stats =
             crate::metrics::EvalStats::from_scores(&scores, k, self.test.targets()).map_err(ClientError::Model)?;
         Ok(EvaluateReply { num_examples: s.count, loss: s.mean_loss(), accuracy: s.accuracy(), stats })
+    }
+
+    fn statistics(&mut self) -> Result<Option<Moments>, ClientError> {
+        Ok(self.table.as_ref().map(|t| t.statistics()))
     }
 
     fn state(&self) -> Option<PartyState> {

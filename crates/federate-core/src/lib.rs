@@ -22,6 +22,7 @@ pub mod optim;
 pub mod params;
 pub mod record;
 pub mod robust;
+pub mod scaling;
 pub mod seed;
 pub mod server;
 pub mod strategy;

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+pub use federate_data::stats::Moments;
 use federate_privacy::{Accountant, Ledger};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -26,6 +27,10 @@ pub struct FitTask {
     /// the round (SCAFFOLD: the server's control variate c; empty until it is sized).
     #[serde(skip)]
     pub vector: Option<Arc<Vec<f32>>>,
+    /// Tables: the federation's feature statistics from round 0, which the party scales its
+    /// rows with before training (the server sets it; strategies leave it `None`).
+    #[serde(skip)]
+    pub scaling: Option<Arc<Moments>>,
 }
 
 /// A party's answer to a `FitTask`: typed fields for everything the framework reads, and
@@ -88,6 +93,9 @@ pub enum AlgorithmReply {
 pub struct EvaluateTask {
     /// The round, from 1.
     pub round: u32,
+    /// Tables: the federation's feature statistics from round 0 (as in [`FitTask`]).
+    #[serde(skip)]
+    pub scaling: Option<Arc<Moments>>,
 }
 
 /// A party's evaluation of the parameters it was sent, on its own test data.

@@ -1,6 +1,7 @@
 //! The round loop: configure, fit, aggregate, evaluate, record — the same loop for parties in
 //! this process and parties across the network (the transport is the `ClientProxy`).
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -8,7 +9,7 @@ use thiserror::Error;
 
 use crate::admission::Admission;
 use crate::client::ClientProxy;
-use crate::messages::{EvaluateReply, FitReply, FitTask};
+use crate::messages::{EvaluateReply, FitReply, FitTask, Moments};
 use crate::params::Parameters;
 pub use crate::record::{CentralEval, ClientEval, ClientFit, Failure, PartySampling, RoundRecord};
 use crate::seed;
@@ -45,6 +46,9 @@ pub enum ServerError {
     /// The initial parameters do not match.
     #[error("{0}")]
     BadInitial(String),
+    /// Round 0 could not agree the tables' statistics.
+    #[error("round 0: {0}")]
+    RoundZero(String),
 }
 
 /// Progress notifications from the loop.
@@ -186,12 +190,13 @@ pub struct Server {
     central: Option<CentralEvaluator>,
     target: Option<(crate::metrics::MetricInfo, f64)>,
     admission: Admission,
+    scaling: Option<Arc<Moments>>,
 }
 
 impl Server {
     /// A server running `strategy` over `clients`.
     pub fn new(strategy: Box<dyn Strategy>, clients: Vec<Box<dyn ClientProxy>>) -> Self {
-        Server { strategy, clients, central: None, target: None, admission: Admission::default() }
+        Server { strategy, clients, central: None, target: None, admission: Admission::default(), scaling: None }
     }
 
     /// Bounds what the parties may report (example counts, floats) and whose counts weight
@@ -212,6 +217,54 @@ impl Server {
     /// where higher is better, at or below it otherwise.
     pub fn with_target(mut self, metric: crate::metrics::MetricInfo, target: f64) -> Self {
         self.target = Some((metric, target));
+        self
+    }
+
+    /// Round 0 of a table federation: asks every party for the statistics of its training
+    /// rows, adds them up, and from then on sends the sum with every task (each party scales
+    /// its rows with it once). Parties that hold no table answer none; when none does, there
+    /// is nothing to agree and `Ok(None)`. Fails (naming the parties and why) when fewer than
+    /// `min_parties` answered: a federation that cannot scale its data cannot train.
+    pub fn round_zero(&mut self, min_parties: usize) -> Result<Option<Arc<Moments>>, ServerError> {
+        let mut sum: Option<Moments> = None;
+        let (mut answered, mut failed) = (0, Vec::new());
+        for c in self.clients.iter_mut() {
+            match c.statistics() {
+                Ok(None) => {}
+                Ok(Some(m)) => {
+                    let merged = match sum.as_mut() {
+                        None => {
+                            sum = Some(m);
+                            Ok(())
+                        }
+                        Some(total) => total.merge(&m),
+                    };
+                    match merged {
+                        Ok(()) => answered += 1,
+                        Err(e) => failed.push(format!("{}: {e}", c.id())),
+                    }
+                }
+                Err(e) => failed.push(format!("{}: {e}", c.id())),
+            }
+        }
+        if sum.is_none() && failed.is_empty() {
+            return Ok(None);
+        }
+        if answered < min_parties.max(1) {
+            return Err(ServerError::RoundZero(format!(
+                "{answered} parties sent the statistics of their rows, {} are needed ({})",
+                min_parties.max(1),
+                failed.join("; ")
+            )));
+        }
+        self.scaling = sum.map(Arc::new);
+        Ok(self.scaling.clone())
+    }
+
+    /// Sends `scaling` (round 0's sum, e.g. restored) with every task, as
+    /// [`Server::round_zero`] does.
+    pub fn with_scaling(mut self, scaling: Option<Arc<Moments>>) -> Self {
+        self.scaling = scaling;
         self
     }
 
@@ -376,6 +429,7 @@ impl Server {
                 // Every party's seed comes from here, whatever the strategy.
                 for (c, t) in tasks.iter_mut() {
                     t.seed = seed::derive(cfg.seed, Stream::Fit, &[round as u64, *c as u64]);
+                    t.scaling = self.scaling.clone();
                 }
                 (tasks, None)
             }
@@ -467,7 +521,10 @@ impl Server {
         failures: &mut Vec<Failure>,
     ) -> (Vec<ClientEval>, Option<EvaluateReply>) {
         let mut rng = seed::stream(cfg.seed, Stream::EvaluateSampling, &[round as u64]);
-        let etasks = self.strategy.configure_evaluate(round, self.clients.len(), &mut rng);
+        let mut etasks = self.strategy.configure_evaluate(round, self.clients.len(), &mut rng);
+        for (_, t) in etasks.iter_mut() {
+            t.scaling = self.scaling.clone();
+        }
         let mut ereplies: Vec<(usize, EvaluateReply)> = Vec::new();
         let mut evaluate = Vec::new();
         let outcomes = dispatch(

@@ -40,7 +40,7 @@ fn task(round: u32, dp: Option<DpSgd>, batch: usize) -> FitTask {
         update_dp: None,
         local: LocalAlgorithm::default(),
     };
-    FitTask { round, training, seed: round as u64, vector: None }
+    FitTask { round, training, seed: round as u64, vector: None, scaling: None }
 }
 
 fn party(d: &Dataset, own: DpSgd) -> LocalClient<NnLearner> {

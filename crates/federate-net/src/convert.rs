@@ -228,6 +228,53 @@ pub fn eval_stats_from_proto(s: Option<proto::EvalStats>) -> federate_core::metr
     }
 }
 
+/// Round-0 statistics as a message.
+pub fn moments_to_proto(m: &federate_core::messages::Moments) -> proto::Moments {
+    proto::Moments {
+        count: m.count,
+        present: m.present.clone(),
+        sum: m.sum.clone(),
+        sum_sq: m.sum_sq.clone(),
+        min: m.min.clone(),
+        max: m.max.clone(),
+    }
+}
+
+/// Round-0 statistics from a message, checked: every per-feature list of one length (at most
+/// `max_features`), counts within the row count, sums finite, minimum not above maximum
+/// where a value was seen.
+pub fn moments_from_proto(
+    m: proto::Moments,
+    max_features: usize,
+) -> Result<federate_core::messages::Moments, Malformed> {
+    let d = m.sum.len();
+    if d > max_features {
+        return Err(Malformed(format!("statistics of {d} features, more than the limit of {max_features}")));
+    }
+    if [m.present.len(), m.sum_sq.len(), m.min.len(), m.max.len()].iter().any(|&l| l != d) {
+        return Err(Malformed("statistics whose per-feature lists differ in length".into()));
+    }
+    for j in 0..d {
+        let seen = m.present[j] > 0;
+        let sane = m.present[j] <= m.count
+            && m.sum[j].is_finite()
+            && m.sum_sq[j].is_finite()
+            && m.sum_sq[j] >= 0.0
+            && (!seen || (m.min[j].is_finite() && m.max[j].is_finite() && m.min[j] <= m.max[j]));
+        if !sane {
+            return Err(Malformed(format!("statistics of feature {j} are out of range")));
+        }
+    }
+    Ok(federate_core::messages::Moments {
+        count: m.count,
+        present: m.present,
+        sum: m.sum,
+        sum_sq: m.sum_sq,
+        min: m.min,
+        max: m.max,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

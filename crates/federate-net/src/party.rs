@@ -13,10 +13,12 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tracing::{info, warn};
 
 use crate::codec::{self, Limits, Transfers};
-use crate::convert::{privacy_to_proto, summary_to_proto, training_from_proto};
+use crate::convert::{moments_from_proto, privacy_to_proto, summary_to_proto, training_from_proto};
+use federate_core::messages::Moments;
 use crate::proto::federation_client::FederationClient;
 use crate::proto::{
-    EvaluateResult, FitResult, Heartbeat, Hello, PartyMessage, ServerMessage, TaskError, party_message, server_message,
+    EvaluateResult, FitResult, Heartbeat, Hello, PartyMessage, ServerMessage, StatsResult, TaskError, party_message,
+    server_message,
 };
 use crate::server::PROTOCOL_VERSION;
 use crate::tls::TlsFiles;
@@ -288,6 +290,13 @@ async fn session(
 enum Task {
     Fit(Box<FitTask>),
     Evaluate(EvaluateTask),
+    /// Round 0: the statistics of the party's training rows.
+    Stats,
+}
+
+/// The federation's round-0 statistics a task carries, checked; `None` when it carries none.
+fn scaling(m: Option<crate::proto::Moments>, limits: Limits) -> Result<Option<Arc<Moments>>, String> {
+    m.map(|m| moments_from_proto(m, usize::try_from(limits.max_values).unwrap_or(usize::MAX)).map(Arc::new).map_err(|e| e.to_string())).transpose()
 }
 
 /// A task whose vectors are arriving.
@@ -353,12 +362,17 @@ fn receive(opts: &PartyOptions, m: server_message::Msg, current: &mut Option<Inc
             let Some(params) = f.params else {
                 return Next::End(SessionEnd::Lost("fit instruction without parameters".into(), true));
             };
-            let task = match f.training.as_ref().map(training_from_proto) {
-                Some(Ok(training)) => {
-                    Ok(Task::Fit(Box::new(FitTask { round: f.round, training, seed: f.seed, vector: None })))
-                }
-                Some(Err(e)) => Err(e.to_string()),
-                None => Err("fit instruction without training settings".into()),
+            let task = match (f.training.as_ref().map(training_from_proto), scaling(f.scaling, opts.limits)) {
+                (Some(Ok(training)), Ok(scaling)) => Ok(Task::Fit(Box::new(FitTask {
+                    round: f.round,
+                    training,
+                    seed: f.seed,
+                    vector: None,
+                    scaling,
+                }))),
+                (Some(Err(e)), _) => Err(e.to_string()),
+                (None, _) => Err("fit instruction without training settings".into()),
+                (_, Err(e)) => Err(e),
             };
             (f.task_id, task, [Some(params), f.vector].into_iter().flatten().collect::<Vec<_>>())
         }
@@ -366,8 +380,10 @@ fn receive(opts: &PartyOptions, m: server_message::Msg, current: &mut Option<Inc
             let Some(params) = e.params else {
                 return Next::End(SessionEnd::Lost("evaluate instruction without parameters".into(), true));
             };
-            (e.task_id, Ok(Task::Evaluate(EvaluateTask { round: e.round })), vec![params])
+            let task = scaling(e.scaling, opts.limits).map(|scaling| Task::Evaluate(EvaluateTask { round: e.round, scaling }));
+            (e.task_id, task, vec![params])
         }
+        server_message::Msg::Stats(s) => (s.task_id, Ok(Task::Stats), Vec::new()),
         server_message::Msg::Chunk(c) => {
             let Some(incoming) = current.as_mut() else {
                 return Next::End(SessionEnd::Lost("chunk without an instruction".into(), true));
@@ -411,6 +427,9 @@ async fn run_task(
             return None;
         }
     };
+    if matches!(task, Task::Stats) {
+        return send_statistics(tx, client, task_id).await;
+    }
     let mut vectors = vectors.into_iter();
     let values = vectors.next().unwrap_or_default();
     if let Task::Fit(t) = &mut task {
@@ -434,6 +453,7 @@ async fn run_task(
     match &task {
         Task::Fit(t) => info!(party = %opts.id, "round {}: training", t.round),
         Task::Evaluate(t) => info!(party = %opts.id, "round {}: evaluating", t.round),
+        Task::Stats => {}
     }
     let client = client.clone();
     let work = tokio::task::spawn_blocking(move || {
@@ -441,6 +461,7 @@ async fn run_task(
         match task {
             Task::Fit(t) => c.fit(&params, &t).map(|r| Done::Fit(Box::new(r))),
             Task::Evaluate(t) => c.evaluate(&params, &t).map(Done::Evaluate),
+            Task::Stats => Err(ClientError::Model("statistics are answered before this point".into())),
         }
     });
     let result = match work.await {
@@ -500,6 +521,31 @@ async fn send_fit(opts: &PartyOptions, tx: &mpsc::Sender<PartyMessage>, task_id:
 enum Done {
     Fit(Box<FitReply>),
     Evaluate(federate_core::EvaluateReply),
+}
+
+/// Round 0: the statistics of this party's training rows (none for images), or its error.
+async fn send_statistics(
+    tx: &mpsc::Sender<PartyMessage>,
+    client: &Arc<Mutex<Box<dyn Client>>>,
+    task_id: u64,
+) -> Option<SessionEnd> {
+    let client = client.clone();
+    let work = tokio::task::spawn_blocking(move || {
+        let mut c = client.lock().map_err(|_| ClientError::Model("client state poisoned".into()))?;
+        c.statistics()
+    });
+    let result = work.await.unwrap_or_else(|e| Err(ClientError::Model(format!("statistics thread failed: {e}"))));
+    let sent = match result {
+        Err(e) => {
+            send_task_error(tx, task_id, e.to_string(), false).await;
+            true
+        }
+        Ok(m) => {
+            let r = StatsResult { task_id, moments: m.as_ref().map(crate::convert::moments_to_proto) };
+            tx.send(out(party_message::Msg::Stats(r))).await.is_ok()
+        }
+    };
+    (!sent).then(|| SessionEnd::Lost("could not send the result".into(), true))
 }
 
 async fn send_error(tx: &mpsc::Sender<PartyMessage>, task_id: u64, reason: String) {

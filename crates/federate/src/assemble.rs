@@ -36,16 +36,16 @@ pub fn load_data(cfg: &Config) -> Result<TrainTest> {
 }
 
 /// The federation's data as a simulation holds it: every party's training and test sets,
-/// their pooled test set (for central evaluation), and for tables the round-0 preprocessing
-/// that scaled them.
-pub type FederationData = (Vec<PartyData>, Dataset, Option<federate_data::table::Preprocessing>);
+/// their pooled test set (for central evaluation), and for tables the features every party
+/// shares (the rows are as read: round 0 scales them).
+pub type FederationData = (Vec<PartyData>, Dataset, Option<crate::table_data::TableLayout>);
 
 /// Reads (fetching if needed) and splits the federation's data, and for tables runs round 0.
 pub fn federation_data(cfg: &Config) -> Result<FederationData> {
     if cfg.data.is_table() {
-        let p = crate::table_data::prepare(cfg, &fetch_options(cfg))?;
-        let pooled = pooled(p.parties.iter().map(|p| &p.test));
-        return Ok((p.parties, pooled, Some(p.preprocessing)));
+        let (parties, layout) = crate::table_data::prepare(cfg, &fetch_options(cfg))?;
+        let pooled = pooled(parties.iter().map(|p| &p.test));
+        return Ok((parties, pooled, Some(layout)));
     }
     let data = load_data(cfg)?;
     let parties = split(cfg, &data)?;

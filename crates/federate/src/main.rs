@@ -25,6 +25,9 @@ macro_rules! delegate_to_inner_client {
         fn restore(&mut self, state: federate_core::PartyState) -> Result<(), federate_core::ClientError> {
             self.inner.restore(state)
         }
+        fn statistics(&mut self) -> Result<Option<federate_core::messages::Moments>, federate_core::ClientError> {
+            self.inner.statistics()
+        }
     };
 }
 

@@ -16,6 +16,7 @@ use federate_core::metrics::EvalStats;
 use federate_data::table::Preprocessing;
 
 use crate::assemble::{FederationData, PartyData, build_strategy, model_spec, party, privacy_floors};
+use crate::table_data::TableLayout;
 use crate::config::{AttackConfig, AttackKind, Config};
 
 /// Called with a party's identity, the round, and (epochs done, epochs in all) after each
@@ -97,11 +98,11 @@ pub fn simulate(
     start: Option<Start>,
 ) -> Result<SimResult> {
     let threads = rayon::current_num_threads();
-    let (parties, pooled_test, preprocessing) = data;
+    let (mut parties, mut pooled_test, table) = data;
     let spec = model_spec(cfg, &parties[0].train)?;
     // Simulations use seeded noise unless the config asks for secure noise.
     let noise = cfg.privacy.noise.unwrap_or(federate_core::NoiseSource::Seeded);
-    let clients = build_parties(cfg, &parties, &spec, noise, on_epoch)?;
+    let clients = build_parties(cfg, &parties, &spec, noise, on_epoch, table.as_ref())?;
     let init_learner = NnLearner::new(spec.clone(), 1, threads)?;
     let layout = init_learner.layout();
     let init_values = init_learner.init(seed::derive(cfg.seed, seed::Stream::Init, &[]));
@@ -116,6 +117,20 @@ pub fn simulate(
     let admission = cfg.server.admission();
     admission.validate(&ids).map_err(anyhow::Error::msg)?;
     let mut server = Server::new(strategy, clients).with_admission(admission);
+    // Round 0 (tables): the parties' statistics added up, as a deployment does it; the
+    // simulation's own copies (baselines, central evaluation) are scaled the same way.
+    let preprocessing = match (server.round_zero(parties.len())?, &table) {
+        (Some(m), Some(layout)) => {
+            let pre = layout.with((*m).clone());
+            for p in parties.iter_mut() {
+                pre.apply(&mut p.train);
+                pre.apply(&mut p.test);
+            }
+            pre.apply(&mut pooled_test);
+            Some(pre)
+        }
+        _ => None,
+    };
     if let Some((name, state)) = &restored {
         server.restore_strategy(name, state.as_ref()).context("--resume")?;
     }
@@ -171,11 +186,15 @@ fn build_parties(
     spec: &ModelSpec,
     noise: federate_core::NoiseSource,
     on_epoch: Option<PartyEpochHook>,
+    table: Option<&TableLayout>,
 ) -> Result<Vec<Box<dyn ClientProxy>>> {
     let mut clients: Vec<Box<dyn ClientProxy>> = Vec::with_capacity(parties.len());
     let floor = privacy_floors(cfg)?;
     for p in parties {
         let mut client = party(cfg, spec, p.train.clone(), p.test.clone(), noise, floor(p.train.len())?)?;
+        if let Some(t) = table {
+            client = client.with_table(t.features.clone(), t.numeric.clone(), t.scaling);
+        }
         if let Some(f) = &on_epoch {
             let (f, id) = (f.clone(), p.id.clone());
             client = client.with_epoch_hook(Arc::new(move |round, done, all| f(&id, round, done, all)));

@@ -1,25 +1,37 @@
-//! Tables in a simulated federation: the rows (a built-in table, one file split across the
-//! parties, or one file per party), each party's held-out test rows, the split, and round 0:
-//! every party computes counts, sums and sums of squares of its own training rows, the sums
-//! are added up (no row is pooled), and every party's rows are scaled with the result.
+//! Tables in a federation: the rows (a built-in table, one file split across the parties, or
+//! one file per party) and each party's held-out test rows, as read. Scaling them is round
+//! 0's job (`Server::round_zero`): every party sends counts, sums and sums of squares of its
+//! own training rows, the server adds them up (no row is pooled), and each party scales its
+//! rows with the sum.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use federate_core::seed;
-use federate_data::table::{Preprocessing, Table, source_for};
+use federate_data::table::{Preprocessing, Scaling, Table, source_for};
 use federate_data::{Dataset, FetchOptions, TrainTest, stats::Moments};
 use rand::seq::SliceRandom;
 
 use crate::config::{Config, PartitionKind};
 use crate::split::PartyData;
 
-/// The parties' data, and the round-0 preprocessing that scaled it.
-pub struct Prepared {
-    /// Every party's (scaled) data.
-    pub parties: Vec<PartyData>,
-    /// The preprocessing the federation agreed.
-    pub preprocessing: Preprocessing,
+/// What every party of a table federation shares: its encoded features, which of them are
+/// numeric, and how they are scaled.
+#[derive(Debug, Clone)]
+pub struct TableLayout {
+    /// Encoded feature names.
+    pub features: Vec<String>,
+    /// Which are numeric (scaled in round 0).
+    pub numeric: Vec<bool>,
+    /// The schema's scaling.
+    pub scaling: Scaling,
+}
+
+impl TableLayout {
+    /// The preprocessing round 0 agreed on with `moments`.
+    pub fn with(&self, moments: Moments) -> Preprocessing {
+        Preprocessing { features: self.features.clone(), numeric: self.numeric.clone(), scaling: self.scaling, moments }
+    }
 }
 
 /// Where a built-in or configured table is.
@@ -62,34 +74,22 @@ pub fn holdout<R: rand::Rng>(data: &Dataset, fraction: f64, rng: &mut R) -> (Vec
     (train, test)
 }
 
-/// The parties' data from the config's table(s), split and scaled (round 0 included).
-pub fn prepare(cfg: &Config, opts: &FetchOptions) -> Result<Prepared> {
-    let (mut parties, features, numeric) =
+/// The parties' rows from the config's table(s), split as configured and not yet scaled.
+pub fn prepare(cfg: &Config, opts: &FetchOptions) -> Result<(Vec<PartyData>, TableLayout)> {
+    let (parties, features, numeric) =
         if cfg.data.sources.is_empty() { from_one_table(cfg, opts)? } else { from_sources(cfg)? };
     let scaling = cfg.data.table_schema().map(|s| s.scaling).unwrap_or_default();
-    let preprocessing = round_zero(&mut parties, features, numeric, scaling)?;
-    Ok(Prepared { parties, preprocessing })
+    Ok((parties, TableLayout { features, numeric, scaling }))
 }
 
-/// Round 0 as a simulation runs it: each party's statistics, added up, then applied to
-/// every party's training and test rows.
-pub fn round_zero(
-    parties: &mut [PartyData],
-    features: Vec<String>,
-    numeric: Vec<bool>,
-    scaling: federate_data::table::Scaling,
-) -> Result<Preprocessing> {
-    let d = numeric.len();
-    let mut moments = Moments::new(d);
-    for p in parties.iter() {
-        moments.merge(&Moments::of(&p.train.x, d)).map_err(anyhow::Error::msg)?;
-    }
-    let pre = Preprocessing { features, numeric, scaling, moments };
-    for p in parties.iter_mut() {
-        pre.apply(&mut p.train);
-        pre.apply(&mut p.test);
-    }
-    Ok(pre)
+/// One party's rows from its own file (`federate join --data`), with a held-out test split.
+pub fn own_file(cfg: &Config, path: &std::path::Path, id: &str) -> Result<(PartyData, TableLayout)> {
+    let table = read(cfg, path, None)?;
+    let mut rng = seed::stream(cfg.seed, seed::Stream::Partition, &[3]);
+    let (tr, te) = holdout(&table.data, cfg.data.test_fraction(), &mut rng);
+    let scaling = cfg.data.table_schema().map(|s| s.scaling).unwrap_or_default();
+    let party = PartyData { id: id.to_string(), train: table.data.subset(&tr), test: table.data.subset(&te) };
+    Ok((party, TableLayout { features: table.features, numeric: table.numeric, scaling }))
 }
 
 type Split = (Vec<PartyData>, Vec<String>, Vec<bool>);

@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use federate_core::messages::Moments;
 use federate_core::{ClientError, EvaluateReply, EvaluateTask, FitReply, FitTask, Parameters};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -31,7 +32,7 @@ use tonic::Status;
 use tracing::{info, warn};
 
 use crate::codec::{self, Limits};
-use crate::convert::training_to_proto;
+use crate::convert::{moments_to_proto, training_to_proto};
 use crate::proto::federation_server::FederationServer;
 use crate::proto::{EvaluateInstruction, FitInstruction, ServerMessage, Shutdown, server_message};
 use crate::tls::{TlsFiles, server_config};
@@ -122,6 +123,7 @@ struct FitPayload {
 enum Reply {
     Fit(FitReply),
     Evaluate(EvaluateReply),
+    Stats(Option<Moments>),
 }
 
 type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<Reply, ClientError>>>>;
@@ -418,6 +420,7 @@ impl Hub {
                     seed: task.seed,
                     params: Some(payload.model.header),
                     vector: payload.vector.as_ref().map(|v| v.header),
+                    scaling: task.scaling.as_deref().map(moments_to_proto),
                 }));
                 let vector = payload.vector.iter().flat_map(|v| self.chunk_messages(v));
                 std::iter::once(head).chain(self.chunk_messages(&payload.model)).chain(vector).collect()
@@ -425,7 +428,7 @@ impl Hub {
             .await?;
         match r {
             Reply::Fit(f) => Ok(f),
-            Reply::Evaluate(_) => Err(ClientError::Unavailable("answered a fit task with an evaluation".into())),
+            _ => Err(ClientError::Unavailable("answered a fit task with something else".into())),
         }
     }
 
@@ -452,13 +455,26 @@ impl Hub {
                     task_id,
                     round: task.round,
                     params: Some(payload.header),
+                    scaling: task.scaling.as_deref().map(moments_to_proto),
                 }));
                 std::iter::once(head).chain(self.chunk_messages(payload)).collect()
             })
             .await?;
         match r {
             Reply::Evaluate(e) => Ok(e),
-            Reply::Fit(_) => Err(ClientError::Unavailable("answered an evaluation with a fit".into())),
+            _ => Err(ClientError::Unavailable("answered an evaluation with something else".into())),
+        }
+    }
+
+    /// Round 0: asks party `id` for the statistics of its training rows (`None`: it holds no
+    /// table).
+    pub async fn statistics(&self, id: &str) -> Result<Option<Moments>, ClientError> {
+        let r = self
+            .call(id, |task_id| vec![msg(server_message::Msg::Stats(crate::proto::StatsInstruction { task_id }))])
+            .await?;
+        match r {
+            Reply::Stats(m) => Ok(m),
+            _ => Err(ClientError::Unavailable("answered a statistics request with something else".into())),
         }
     }
 

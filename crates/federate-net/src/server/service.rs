@@ -258,6 +258,14 @@ pub(super) async fn read_party(hub: &Hub, id: &str, conn: &Arc<Conn>, inbound: &
                 let r = EvaluateReply { num_examples, loss: e.loss, accuracy: e.accuracy, stats };
                 resolve(e.task_id, Ok(Reply::Evaluate(r)));
             }
+            (party_message::Msg::Stats(r), Receiving::Nothing) => {
+                // Checked here (lengths, ranges); a party that sends statistics it cannot
+                // have is refused for round 0, not dropped.
+                let limit = usize::try_from(hub.inner.cfg.limits.max_values).unwrap_or(usize::MAX);
+                let m = r.moments.map(|m| crate::convert::moments_from_proto(m, limit)).transpose();
+                let m = m.map_err(|e| ClientError::Unavailable(format!("round-0 statistics refused: {e}")));
+                resolve(r.task_id, m.map(Reply::Stats));
+            }
             (party_message::Msg::Error(e), Receiving::Nothing) => {
                 let reason = clean_text(&e.reason);
                 warn!(party = id, task_id = e.task_id, "task failed on the party: {reason}");
@@ -328,5 +336,6 @@ pub(super) fn kind(m: &party_message::Msg) -> &'static str {
         party_message::Msg::Chunk(_) => "chunk (no transfer announced)",
         party_message::Msg::Heartbeat(_) => "heartbeat",
         party_message::Msg::Error(_) => "error (while parameters are arriving)",
+        party_message::Msg::Stats(_) => "statistics (while parameters are arriving)",
     }
 }

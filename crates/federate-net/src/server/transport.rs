@@ -130,6 +130,9 @@ impl ClientProxy for RemoteParty {
     fn concurrent(&self) -> bool {
         true
     }
+    fn statistics(&mut self) -> Result<Option<federate_core::messages::Moments>, ClientError> {
+        self.rt.block_on(self.hub.statistics(&self.id))
+    }
     fn transport(&self) -> Option<Arc<dyn federate_core::Transport>> {
         Some(self.transport.clone())
     }
