@@ -226,29 +226,48 @@ impl Server {
     /// is nothing to agree and `Ok(None)`. Fails (naming the parties and why) when fewer than
     /// `min_parties` answered: a federation that cannot scale its data cannot train.
     pub fn round_zero(&mut self, min_parties: usize) -> Result<Option<Arc<Moments>>, ServerError> {
-        let mut sum: Option<Moments> = None;
-        let (mut answered, mut failed) = (0, Vec::new());
+        let mut got: Vec<(String, Moments)> = Vec::new();
+        let mut failed = Vec::new();
         for c in self.clients.iter_mut() {
             match c.statistics() {
                 Ok(None) => {}
-                Ok(Some(m)) => {
-                    let merged = match sum.as_mut() {
-                        None => {
-                            sum = Some(m);
-                            Ok(())
-                        }
-                        Some(total) => total.merge(&m),
-                    };
-                    match merged {
-                        Ok(()) => answered += 1,
-                        Err(e) => failed.push(format!("{}: {e}", c.id())),
-                    }
-                }
+                Ok(Some(m)) => got.push((c.id().to_string(), m)),
                 Err(e) => failed.push(format!("{}: {e}", c.id())),
             }
         }
-        if sum.is_none() && failed.is_empty() {
+        if got.is_empty() && failed.is_empty() {
             return Ok(None);
+        }
+        // The width most parties agree on (the first such on a tie) is the federation's: one
+        // party announcing another cannot stop the others from agreeing.
+        let mut widths: Vec<(usize, usize)> = Vec::new();
+        for (_, m) in &got {
+            match widths.iter_mut().find(|(w, _)| *w == m.sum.len()) {
+                Some((_, n)) => *n += 1,
+                None => widths.push((m.sum.len(), 1)),
+            }
+        }
+        let width = widths.iter().fold(None, |best: Option<(usize, usize)>, &(w, n)| match best {
+            Some((_, bn)) if bn >= n => best,
+            _ => Some((w, n)),
+        });
+        let mut sum: Option<Moments> = None;
+        let mut answered = 0;
+        for (id, m) in got {
+            let merged = match (sum.as_mut(), width) {
+                (_, Some((w, _))) if m.sum.len() != w => {
+                    Err(format!("statistics of {} features cannot be added to {w}", m.sum.len()))
+                }
+                (None, _) => {
+                    sum = Some(m);
+                    Ok(())
+                }
+                (Some(total), _) => total.merge(&m),
+            };
+            match merged {
+                Ok(()) => answered += 1,
+                Err(e) => failed.push(format!("{id}: {e}")),
+            }
         }
         if answered < min_parties.max(1) {
             return Err(ServerError::RoundZero(format!(

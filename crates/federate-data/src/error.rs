@@ -45,7 +45,7 @@ pub enum DataError {
         fix: String,
     },
     /// An unknown dataset name.
-    #[error("unknown dataset '{0}': use mnist or fashion-mnist")]
+    #[error("unknown dataset '{0}': use mnist, fashion-mnist, breast-cancer, diabetes or grunfeld")]
     UnknownDataset(String),
     /// A table file that cannot be read under its schema: the file, and where known the line
     /// (1 is the header) and the column.

@@ -14,7 +14,6 @@ use tracing::{info, warn};
 
 use crate::codec::{self, Limits, Transfers};
 use crate::convert::{moments_from_proto, privacy_to_proto, summary_to_proto, training_from_proto};
-use federate_core::messages::Moments;
 use crate::proto::federation_client::FederationClient;
 use crate::proto::{
     EvaluateResult, FitResult, Heartbeat, Hello, PartyMessage, ServerMessage, StatsResult, TaskError, party_message,
@@ -22,6 +21,7 @@ use crate::proto::{
 };
 use crate::server::PROTOCOL_VERSION;
 use crate::tls::TlsFiles;
+use federate_core::messages::Moments;
 
 /// How a party connects.
 #[derive(Debug, Clone)]
@@ -296,7 +296,12 @@ enum Task {
 
 /// The federation's round-0 statistics a task carries, checked; `None` when it carries none.
 fn scaling(m: Option<crate::proto::Moments>, limits: Limits) -> Result<Option<Arc<Moments>>, String> {
-    m.map(|m| moments_from_proto(m, usize::try_from(limits.max_values).unwrap_or(usize::MAX)).map(Arc::new).map_err(|e| e.to_string())).transpose()
+    m.map(|m| {
+        moments_from_proto(m, usize::try_from(limits.max_values).unwrap_or(usize::MAX))
+            .map(Arc::new)
+            .map_err(|e| e.to_string())
+    })
+    .transpose()
 }
 
 /// A task whose vectors are arriving.
@@ -363,13 +368,9 @@ fn receive(opts: &PartyOptions, m: server_message::Msg, current: &mut Option<Inc
                 return Next::End(SessionEnd::Lost("fit instruction without parameters".into(), true));
             };
             let task = match (f.training.as_ref().map(training_from_proto), scaling(f.scaling, opts.limits)) {
-                (Some(Ok(training)), Ok(scaling)) => Ok(Task::Fit(Box::new(FitTask {
-                    round: f.round,
-                    training,
-                    seed: f.seed,
-                    vector: None,
-                    scaling,
-                }))),
+                (Some(Ok(training)), Ok(scaling)) => {
+                    Ok(Task::Fit(Box::new(FitTask { round: f.round, training, seed: f.seed, vector: None, scaling })))
+                }
                 (Some(Err(e)), _) => Err(e.to_string()),
                 (None, _) => Err("fit instruction without training settings".into()),
                 (_, Err(e)) => Err(e),
@@ -380,7 +381,8 @@ fn receive(opts: &PartyOptions, m: server_message::Msg, current: &mut Option<Inc
             let Some(params) = e.params else {
                 return Next::End(SessionEnd::Lost("evaluate instruction without parameters".into(), true));
             };
-            let task = scaling(e.scaling, opts.limits).map(|scaling| Task::Evaluate(EvaluateTask { round: e.round, scaling }));
+            let task =
+                scaling(e.scaling, opts.limits).map(|scaling| Task::Evaluate(EvaluateTask { round: e.round, scaling }));
             (e.task_id, task, vec![params])
         }
         server_message::Msg::Stats(s) => (s.task_id, Ok(Task::Stats), Vec::new()),

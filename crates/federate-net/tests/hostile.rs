@@ -17,8 +17,8 @@ use federate_core::{
 use federate_net::codec::{self, Assembler, Limits};
 use federate_net::proto::federation_client::FederationClient;
 use federate_net::proto::{
-    Chunk, EvaluateResult, FitResult, Hello, PartyMessage, ServerMessage, TaskError, TrainSummary, party_message,
-    server_message,
+    Chunk, EvaluateResult, FitResult, Hello, PartyMessage, ServerMessage, StatsResult, TaskError, TrainSummary,
+    party_message, server_message,
 };
 use federate_net::server::{Hub, HubConfig, MAX_TEXT, PROTOCOL_VERSION, RemoteParty};
 use tokio::sync::mpsc;
@@ -120,6 +120,26 @@ async fn raw_party(url: String, id: String, b: Behaviour) {
             }
             server_message::Msg::Evaluate(e) => {
                 current = Some((e.task_id, false, Assembler::new(e.params.unwrap(), limits).unwrap()))
+            }
+            server_message::Msg::Stats(r) => {
+                // Round 0: an honest party sends two features' statistics; others lie.
+                let mut m = federate_net::proto::Moments {
+                    count: 4,
+                    present: vec![4, 4],
+                    sum: vec![2.0, 8.0],
+                    sum_sq: vec![2.0, 20.0],
+                    min: vec![0.0, 1.0],
+                    max: vec![1.0, 3.0],
+                };
+                match b {
+                    Behaviour::NanMetric => m.sum[1] = f64::NAN,
+                    Behaviour::WrongCount => m.present[0] = 9,
+                    Behaviour::WrongVector => m.max.pop().map(|_| ()).unwrap_or(()),
+                    Behaviour::HugeCount => m = Default::default(),
+                    _ => {}
+                }
+                let _ =
+                    tx.send(out(party_message::Msg::Stats(StatsResult { task_id: r.task_id, moments: Some(m) }))).await;
             }
             server_message::Msg::Chunk(c) => {
                 let Some((task_id, fit, a)) = current.as_mut() else { continue };
@@ -627,7 +647,10 @@ fn a_party_with_other_federation_settings_is_refused_naming_the_key() {
     let e = attempt(vec![kv("data.shards_per_party", "3")]).unwrap_err();
     assert!(e.message().contains("data.shards_per_party = 3, which the federation does not set"), "{e}");
     let many: Vec<(String, String)> = (0..300).map(|i| kv(&format!("k{i}"), "1")).collect();
-    assert!(attempt(many).unwrap_err().message().contains("more than 256 settings"));
+    assert!(attempt(many).unwrap_err().message().contains("sent 300 federation settings, more than 256"));
+    let long = vec![kv("data.schema.features", &"x".repeat(300))];
+    let e = attempt(long).unwrap_err();
+    assert!(e.message().contains("sent the setting 'data.schema.features' of 320 bytes"), "{e}");
     // A party bringing its own data sends only the model and dataset: the matching subset joins.
     attempt(vec![kv("model.name", "\"cnn\"")]).unwrap();
     assert_eq!(rt.block_on(hub.wait_for(1, Duration::from_secs(5))), 1);
@@ -659,4 +682,38 @@ fn a_revoked_party_is_dropped_before_its_next_task_and_refused_at_its_next_login
     // And it cannot come back.
     let e = rt.block_on(join(format!("http://{addr}"), "bad")).map(|_| ()).unwrap_err();
     assert!(e.message().contains("revoked"), "{e}");
+}
+
+#[test]
+fn round_zero_statistics_that_cannot_be_true_are_refused_by_name_and_never_added() {
+    let rt = runtime();
+    let parties = [
+        ("h1", Behaviour::Honest { count: 10, delta: 1.0 }),
+        ("h2", Behaviour::Honest { count: 10, delta: 1.0 }),
+        ("nan", Behaviour::NanMetric),
+        ("present", Behaviour::WrongCount),
+        ("ragged", Behaviour::WrongVector),
+        ("width", Behaviour::HugeCount),
+    ];
+    let ids: Vec<&str> = parties.iter().map(|(id, _)| *id).collect();
+    let hub = start(&rt, hub_config(&ids), &parties);
+    let clients: Vec<Box<dyn ClientProxy>> =
+        ids.iter().map(|id| Box::new(RemoteParty::new(*id, hub.clone(), rt.handle().clone())) as _).collect();
+    let layout = Arc::new(Layout::new(vec![TensorSpec { name: "w".into(), shape: vec![N], offset: 0 }]));
+    let _ = Parameters::new(vec![0.5; N], layout);
+    let mut server = Server::new(Box::new(FedAvg::new(LocalTraining::sgd(1, 1, 0.1))), clients);
+    // Four liars: round 0 still needs only 2, and adds the honest two only.
+    let m = server.round_zero(2).unwrap().unwrap();
+    assert_eq!((m.count, m.sum.clone()), (8, vec![4.0, 16.0]));
+    // Asking for more than the honest parties fails, naming each liar and why.
+    let e = server.round_zero(3).unwrap_err().to_string();
+    for (id, why) in [
+        ("nan", "statistics of feature 1 are out of range"),
+        ("present", "statistics of feature 0 are out of range"),
+        ("ragged", "per-feature lists differ in length"),
+        ("width", "statistics of 0 features cannot be added to 2"),
+    ] {
+        assert!(e.contains(&format!("{id}: ")) && e.contains(why), "{id}: {e}");
+    }
+    assert!(e.contains("2 parties sent the statistics of their rows, 3 are needed"), "{e}");
 }

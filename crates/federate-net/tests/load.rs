@@ -172,10 +172,22 @@ fn a_task_the_party_cannot_read_is_refused_and_the_connection_goes_on() {
     let global = Parameters::new(NnLearner::new(spec(), 1, 1).unwrap().init(1), Arc::clone(&layout)).unwrap();
     let mut training = LocalTraining::sgd(1, 8, 0.1);
     training.local.name = "fedmagic".into();
-    let odd = federate_core::FitTask { round: 1, training, seed: 1, vector: Some(Arc::new(vec![0.5; layout.len()])) };
+    let odd = federate_core::FitTask {
+        round: 1,
+        training,
+        seed: 1,
+        vector: Some(Arc::new(vec![0.5; layout.len()])),
+        scaling: None,
+    };
     let e = rt.block_on(hub.fit("party-1", &global, &odd)).unwrap_err().to_string();
     assert!(e.contains("unknown local algorithm 'fedmagic'"), "{e}");
-    let plain = federate_core::FitTask { round: 2, training: LocalTraining::sgd(1, 8, 0.1), seed: 2, vector: None };
+    let plain = federate_core::FitTask {
+        round: 2,
+        training: LocalTraining::sgd(1, 8, 0.1),
+        seed: 2,
+        vector: None,
+        scaling: None,
+    };
     let r = rt.block_on(hub.fit("party-1", &global, &plain)).unwrap();
     assert_eq!((r.params.len(), r.num_examples), (layout.len(), 40));
     assert_eq!(hub.connected(), vec!["party-1".to_string()]);

@@ -164,6 +164,20 @@ pub fn build_strategy(cfg: &Config, noise: federate_core::NoiseSource) -> Result
     Ok(s.algorithm()?.build(base, &s.algorithm_settings()?)?)
 }
 
+/// A table federation's features as the server knows them without rows: from the schema's
+/// listed features, or a built-in table's header. `None` for images, or when not knowable.
+pub fn table_layout(cfg: &Config) -> Option<crate::table_data::TableLayout> {
+    let schema = cfg.data.table_schema()?;
+    let header = federate_data::tables::header(&cfg.data.dataset);
+    let columns = match (&schema.features, header) {
+        (Some(f), _) => f.clone(),
+        (None, Some(h)) => schema.feature_columns(&h, cfg.data.partition_column.as_deref()),
+        (None, None) => return None,
+    };
+    let (features, numeric) = schema.encoded(&columns);
+    Some(crate::table_data::TableLayout { features, numeric, scaling: schema.scaling })
+}
+
 /// Input shape and classes of the configured data, known without loading it (the server
 /// holds no data): from the dataset's name, or a table's schema.
 pub fn data_shape(cfg: &Config) -> Result<(Shape, usize)> {

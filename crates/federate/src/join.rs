@@ -12,6 +12,8 @@ use tracing::info;
 
 use crate::assemble::{self, dataset_shape, spec_for};
 use crate::config::Config;
+use crate::table_data::TableLayout;
+use federate_data::Dataset;
 
 use crate::party_store::{PartyStore, Persisted};
 use crate::serve::secs;
@@ -23,6 +25,9 @@ pub enum PartyData {
     /// Its own IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte,
     /// t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte; raw or .gz).
     IdxDir(PathBuf),
+    /// Its own table file, read under the config's schema (`data.test_fraction` of its rows
+    /// held out for evaluation).
+    File(PathBuf),
 }
 
 fn idx_file(dir: &Path, name: &str) -> Result<PathBuf> {
@@ -79,35 +84,7 @@ pub fn join(
     // The settings the server checks against the federation's: all of the split when this
     // party takes its data from it, only the dataset and model when it brings its own files.
     let federation = crate::config::federation_keys(cfg, matches!(data, PartyData::Partition(_)));
-    let (train, test) = match data {
-        PartyData::Partition(i) => {
-            if i == 0 || i > cfg.data.parties {
-                bail!(
-                    "--partition {i} is out of range: the config splits the data into {} parties (1..={})",
-                    cfg.data.parties,
-                    cfg.data.parties
-                );
-            }
-            let all = assemble::load_data(cfg)?;
-            let mut parts = assemble::split(cfg, &all)?;
-            let p = parts.swap_remove(i - 1);
-            (p.train, p.test)
-        }
-        PartyData::IdxDir(dir) => {
-            let (_, classes) = dataset_shape(&cfg.data.dataset)?;
-            let train = federate_data::images_and_labels(
-                &idx_file(&dir, "train-images-idx3-ubyte")?,
-                &idx_file(&dir, "train-labels-idx1-ubyte")?,
-                classes,
-            )?;
-            let test = federate_data::images_and_labels(
-                &idx_file(&dir, "t10k-images-idx3-ubyte")?,
-                &idx_file(&dir, "t10k-labels-idx1-ubyte")?,
-                classes,
-            )?;
-            (train, test)
-        }
-    };
+    let (train, test, table) = rows(cfg, id, data)?;
     let spec = spec_for(cfg)?;
     let layout = NnLearner::new(spec.clone(), 1, 1)?.layout();
     println!("federate join: {id} with {} training and {} test examples → {server}", train.len(), test.len());
@@ -115,7 +92,10 @@ pub fn join(
     let noise = cfg.privacy.noise.unwrap_or(federate_core::NoiseSource::Secure);
     // What this party agreed to in its own config: a server asking for less is refused.
     let floor = assemble::privacy_floor(cfg, train.len())?;
-    let client = assemble::party(cfg, &spec, train, test, noise, floor)?;
+    let mut client = assemble::party(cfg, &spec, train, test, noise, floor)?;
+    if let Some(t) = table {
+        client = client.with_table(t.features, t.numeric, t.scaling);
+    }
     let client = LocalLog { inner: client, id: id.to_string() };
     let client = Persisted::new(client, PartyStore::new(state_dir, id, cfg.seed, layout.len()))?;
     let sv = &cfg.server;
@@ -137,4 +117,61 @@ pub fn join(
     let reason = rt.block_on(run_party(opts, Box::new(client), layout))?;
     println!("{id}: done ({reason})");
     Ok(())
+}
+
+/// This party's training and test rows, and for a table the features it shares.
+fn rows(cfg: &Config, id: &str, data: PartyData) -> Result<(Dataset, Dataset, Option<TableLayout>)> {
+    let in_range = |i: usize| {
+        if i == 0 || i > cfg.data.parties {
+            bail!(
+                "--partition {i} is out of range: the config has {} parties (1..={})",
+                cfg.data.parties,
+                cfg.data.parties
+            );
+        }
+        Ok(())
+    };
+    let mut table = None;
+    let (train, test) = match data {
+        PartyData::File(path) => {
+            if !cfg.data.is_table() {
+                bail!(
+                    "--data reads a table, and data.dataset = \"{}\" is not one: use --idx-dir for images",
+                    cfg.data.dataset
+                );
+            }
+            let (p, layout) = crate::table_data::own_file(cfg, &path, id)?;
+            table = Some(layout);
+            (p.train, p.test)
+        }
+        PartyData::Partition(i) if cfg.data.is_table() => {
+            in_range(i)?;
+            let (mut parts, layout) = crate::table_data::prepare(cfg, &assemble::fetch_options(cfg))?;
+            table = Some(layout);
+            let p = parts.swap_remove(i - 1);
+            (p.train, p.test)
+        }
+        PartyData::Partition(i) => {
+            in_range(i)?;
+            let all = assemble::load_data(cfg)?;
+            let mut parts = assemble::split(cfg, &all)?;
+            let p = parts.swap_remove(i - 1);
+            (p.train, p.test)
+        }
+        PartyData::IdxDir(dir) => {
+            let (_, classes) = dataset_shape(&cfg.data.dataset)?;
+            let train = federate_data::images_and_labels(
+                &idx_file(&dir, "train-images-idx3-ubyte")?,
+                &idx_file(&dir, "train-labels-idx1-ubyte")?,
+                classes,
+            )?;
+            let test = federate_data::images_and_labels(
+                &idx_file(&dir, "t10k-images-idx3-ubyte")?,
+                &idx_file(&dir, "t10k-labels-idx1-ubyte")?,
+                classes,
+            )?;
+            (train, test)
+        }
+    };
+    Ok((train, test, table))
 }

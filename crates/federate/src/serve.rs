@@ -135,19 +135,7 @@ pub fn serve(cfg: &Config, out: &Path, resume: bool, security: Security) -> Resu
     let hub_cfg = hub_config(cfg, listen, tls, &parties, layout.len());
     let (hub, addr) = rt.block_on(Hub::start(hub_cfg))?;
     println!("federate serve: listening on {addr}; parties {}; run directory {}", parties.join(", "), out.display());
-    let have = rt.block_on(hub.wait_for(parties.len(), secs(sv.start_wait_s)));
-    let needed = cfg.strategy.min_fit_clients.max(1);
-    if have < needed {
-        rt.block_on(hub.shutdown("the federation could not start: too few parties", Duration::from_secs(2)));
-        bail!(
-            "only {have} of {} parties connected within server.start_wait_s = {} s, and strategy.min_fit_clients = \
-             {needed}: no round was run and no model written (start the parties, check their --server address \
-             and certificates, or raise start_wait_s)",
-            parties.len(),
-            sv.start_wait_s
-        );
-    }
-    info!("{have} of {} parties connected; starting", parties.len());
+    let needed = wait_for_parties(cfg, &rt, &hub, parties.len())?;
 
     let clients: Vec<Box<dyn ClientProxy>> =
         parties.iter().map(|p| Box::new(RemoteParty::new(p.clone(), hub.clone(), rt.handle().clone())) as _).collect();
@@ -159,6 +147,13 @@ pub fn serve(cfg: &Config, out: &Path, resume: bool, security: Security) -> Resu
             .restore_strategy(name, state.as_ref())
             .with_context(|| format!("--resume from {}", ckpt_dir.display()))?;
     }
+    let preprocessing = match round_zero(cfg, &mut server, needed, out) {
+        Ok(p) => p,
+        Err(e) => {
+            rt.block_on(hub.shutdown("round 0 failed: the federation cannot start", Duration::from_secs(2)));
+            return Err(e);
+        }
+    };
     let mut log = crate::round_log::RoundLog {
         ckpt_dir: ckpt_dir.clone(),
         every: 1,
@@ -185,11 +180,62 @@ pub fn serve(cfg: &Config, out: &Path, resume: bool, security: Security) -> Resu
     if let Some(e) = log.error {
         return Err(e.context("writing the round record or checkpoint"));
     }
-    finish(cfg, out, &global, &records)
+    finish(cfg, out, &global, &records, preprocessing.as_ref())
+}
+
+/// Waits for the parties to connect; the number a round needs, or an error (the hub shut)
+/// when fewer came within `server.start_wait_s`.
+fn wait_for_parties(cfg: &Config, rt: &tokio::runtime::Runtime, hub: &Hub, parties: usize) -> Result<usize> {
+    let sv = &cfg.server;
+    let have = rt.block_on(hub.wait_for(parties, secs(sv.start_wait_s)));
+    let needed = cfg.strategy.min_fit_clients.max(1);
+    if have < needed {
+        rt.block_on(hub.shutdown("the federation could not start: too few parties", Duration::from_secs(2)));
+        bail!(
+            "only {have} of {parties} parties connected within server.start_wait_s = {} s, and \
+             strategy.min_fit_clients = {needed}: no round was run and no model written (start the parties, check \
+             their --server address and certificates, or raise start_wait_s)",
+            sv.start_wait_s
+        );
+    }
+    info!("{have} of {parties} parties connected; starting");
+    Ok(needed)
+}
+
+/// Round 0 of a table federation: the parties' statistics added up (every time the server
+/// starts, resumed or not: the parties' rows do not change, so neither does the sum), recorded
+/// in `preprocessing.json`. Nothing for images.
+fn round_zero(
+    cfg: &Config,
+    server: &mut Server,
+    needed: usize,
+    out: &Path,
+) -> Result<Option<federate_data::table::Preprocessing>> {
+    if !cfg.data.is_table() {
+        return Ok(None);
+    }
+    let Some(m) = server.round_zero(needed)? else {
+        bail!(
+            "round 0: no party holds a table, and data.dataset = \"{}\" is one: start the parties with this config",
+            cfg.data.dataset
+        );
+    };
+    info!("round 0: {} training rows' statistics added up", m.count);
+    let pre = assemble::table_layout(cfg).map(|l| l.with((*m).clone()));
+    if let Some(p) = &pre {
+        report::atomic_write(&out.join("preprocessing.json"), serde_json::to_string_pretty(p)?.as_bytes())?;
+    }
+    Ok(pre)
 }
 
 /// Writes the model of a served run that produced one, or says why there is none.
-fn finish(cfg: &Config, out: &Path, global: &Parameters, records: &[federate_core::RoundRecord]) -> Result<()> {
+fn finish(
+    cfg: &Config,
+    out: &Path,
+    global: &Parameters,
+    records: &[federate_core::RoundRecord],
+    pre: Option<&federate_data::table::Preprocessing>,
+) -> Result<()> {
     if !records.iter().any(|r| r.aggregated) {
         let last = records.last().and_then(|r| r.error.clone()).unwrap_or_default();
         bail!(
@@ -198,7 +244,7 @@ fn finish(cfg: &Config, out: &Path, global: &Parameters, records: &[federate_cor
             out.join("rounds.jsonl").display()
         );
     }
-    report::write_safetensors(&out.join("model.safetensors"), global, cfg, None)?;
+    report::write_safetensors(&out.join("model.safetensors"), global, cfg, pre)?;
     println!(
         "final global {} after {} rounds; model {}",
         report::final_measure(records.last(), &cfg.metric()?),

@@ -16,8 +16,8 @@ use federate_core::metrics::EvalStats;
 use federate_data::table::Preprocessing;
 
 use crate::assemble::{FederationData, PartyData, build_strategy, model_spec, party, privacy_floors};
-use crate::table_data::TableLayout;
 use crate::config::{AttackConfig, AttackKind, Config};
+use crate::table_data::TableLayout;
 
 /// Called with a party's identity, the round, and (epochs done, epochs in all) after each
 /// of its local epochs.

@@ -38,7 +38,10 @@ impl TableLayout {
 pub fn table_path(cfg: &Config, opts: &FetchOptions) -> Result<PathBuf> {
     match (&cfg.data.path, cfg.data.dataset.as_str()) {
         (Some(p), _) => Ok(p.clone()),
-        (None, "table") => anyhow::bail!("data.dataset = \"table\" needs data.path"),
+        (None, "table") => anyhow::bail!(
+            "data.dataset = \"table\" needs data.path (one file split across the parties) or [[data.sources]] (one \
+             file per party)"
+        ),
         (None, name) => Ok(federate_data::tables::ensure_table(name, opts)?),
     }
 }
@@ -82,11 +85,18 @@ pub fn prepare(cfg: &Config, opts: &FetchOptions) -> Result<(Vec<PartyData>, Tab
     Ok((parties, TableLayout { features, numeric, scaling }))
 }
 
+/// The generator of the held-out split of party `id`'s own file: from the run's seed and the
+/// identity (FNV-1a of it), so `federate join --data` and a simulation's `[[data.sources]]`
+/// hold out the same rows.
+fn own_rng(cfg: &Config, id: &str) -> impl rand::Rng {
+    let h = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+    seed::stream(cfg.seed, seed::Stream::Partition, &[2, h])
+}
+
 /// One party's rows from its own file (`federate join --data`), with a held-out test split.
 pub fn own_file(cfg: &Config, path: &std::path::Path, id: &str) -> Result<(PartyData, TableLayout)> {
     let table = read(cfg, path, None)?;
-    let mut rng = seed::stream(cfg.seed, seed::Stream::Partition, &[3]);
-    let (tr, te) = holdout(&table.data, cfg.data.test_fraction(), &mut rng);
+    let (tr, te) = holdout(&table.data, cfg.data.test_fraction(), &mut own_rng(cfg, id));
     let scaling = cfg.data.table_schema().map(|s| s.scaling).unwrap_or_default();
     let party = PartyData { id: id.to_string(), train: table.data.subset(&tr), test: table.data.subset(&te) };
     Ok((party, TableLayout { features: table.features, numeric: table.numeric, scaling }))
@@ -163,8 +173,7 @@ fn from_sources(cfg: &Config) -> Result<Split> {
         let (train, test) = match &s.test {
             Some(t) => (table.data, read(cfg, t, None).with_context(|| format!("data.sources[{i}].test ({id})"))?.data),
             None => {
-                let mut rng = seed::stream(cfg.seed, seed::Stream::Partition, &[2, i as u64]);
-                let (tr, te) = holdout(&table.data, cfg.data.test_fraction(), &mut rng);
+                let (tr, te) = holdout(&table.data, cfg.data.test_fraction(), &mut own_rng(cfg, &id));
                 (table.data.subset(&tr), table.data.subset(&te))
             }
         };

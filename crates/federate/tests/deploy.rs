@@ -104,6 +104,27 @@ impl Fed {
         self.spawn(log, args)
     }
 
+    /// A party joining with its own table file (`--data`).
+    fn join_with_file(&mut self, id: &str, file: &str, log: &str) -> usize {
+        let url = format!("https://127.0.0.1:{}", self.port);
+        let args = [
+            "join",
+            "--server",
+            &url,
+            "--id",
+            id,
+            "--config",
+            "fed.toml",
+            "--tls-dir",
+            "keys",
+            "--server-name",
+            "localhost",
+            "--data",
+            file,
+        ];
+        self.spawn(log, &args)
+    }
+
     fn wait(&mut self, i: usize, within: Duration) -> bool {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
@@ -432,4 +453,70 @@ fn a_server_no_party_reaches_exits_non_zero_and_writes_no_model() {
     assert!(err.contains("only 0 of 3 parties connected") && err.contains("no model written"), "{err}");
     assert!(out.contains("INSECURE") || !out.contains("round "), "{out}");
     assert!(!dir.path().join("run/model.safetensors").exists());
+}
+
+/// The breast cancer table as a CSV (header, rows), from the cache (`federate data fetch`).
+fn breast_cancer() -> (String, Vec<String>) {
+    let o = Command::new(bin()).args(["data", "fetch", "breast-cancer"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8_lossy(&o.stdout);
+    let path = text.trim().rsplit(": ").next().unwrap().to_string();
+    let csv = std::fs::read_to_string(path).unwrap();
+    let mut lines = csv.lines().map(String::from);
+    let header = lines.next().unwrap();
+    (header, lines.collect())
+}
+
+#[test]
+fn hospitals_joining_with_their_own_csv_files_equal_the_simulation_and_round_0_never_pools_rows() {
+    let (header, rows) = breast_cancer();
+    let features: Vec<String> = header.split(',').filter(|c| *c != "diagnosis").map(|c| format!("{c:?}")).collect();
+    let sources: String =
+        (1..=3).map(|i| format!("[[data.sources]]\nid = \"party-{i}\"\npath = \"party-{i}.csv\"\n")).collect();
+    let body = format!(
+        "seed = 7\nrounds = 3\nthreads = 1\n[data]\ndataset = \"table\"\nparties = 3\n{sources}\
+         [data.schema]\ntask = \"binary\"\nlabel = \"diagnosis\"\nclasses = [\"benign\", \"malignant\"]\n\
+         features = [{}]\n[model]\nname = \"logreg\"\n[train]\nepochs = 1\nbatch_size = 16\nlr = 0.1\n\
+         momentum = 0.0\n[evaluation]\nbaseline = false\n",
+        features.join(", ")
+    );
+    let mut f = Fed::new(&body, &["party-4"]);
+    // Three hospitals' exports (rows dealt by a label-skewed rule: malignant rows go mostly
+    // to hospital 1), and a fourth whose export lacks a column.
+    for h in 1..=3 {
+        let mine = rows.iter().enumerate().filter(|(i, r)| {
+            let m = r.ends_with("malignant");
+            (if m { i % 5 < 3 } else { i % 3 == 0 }) == (h == 1) && (h == 1 || i % 2 == h - 2)
+        });
+        let text: String = mine.map(|(_, r)| format!("{r}\n")).collect();
+        std::fs::write(f.path().join(format!("party-{h}.csv")), format!("{header}\n{text}")).unwrap();
+    }
+    let short: Vec<&str> = header.split(',').skip(1).collect();
+    let rest: String = rows.iter().take(20).map(|r| format!("{}\n", r.split_once(',').unwrap().1)).collect();
+    std::fs::write(f.path().join("party-4.csv"), format!("{}\n{rest}", short.join(","))).unwrap();
+    let s = f.serve(&[]);
+    for i in 1..=3 {
+        f.join_with_file(&format!("party-{i}"), &format!("party-{i}.csv"), &format!("join{i}.log"));
+    }
+    // A party whose file lacks a feature column never joins: it exits non-zero, naming it.
+    let bad = f.join_with_file("party-4", "party-4.csv", "join4.log");
+    assert!(!f.wait(bad, Duration::from_secs(60)));
+    assert!(
+        f.log("join4.log").contains("column 'mean_radius': no such column (named by data.schema.features)"),
+        "{}",
+        f.log("join4.log")
+    );
+    assert!(f.wait(s, Duration::from_secs(300)), "{}", f.log("serve.log"));
+    for i in 1..=3 {
+        assert!(f.wait(i, Duration::from_secs(30)), "{}", f.log(&format!("join{i}.log")));
+    }
+    let rounds = f.rounds();
+    assert_eq!(rounds.len(), 3);
+    assert!(rounds.iter().all(|r| r["failures"].as_array().unwrap().is_empty()), "{rounds:?}");
+    assert!(rounds[2]["metrics"]["auc"].as_f64().unwrap() > 0.95, "{:?}", rounds[2]);
+    assert!(f.log("serve.log").contains("round 0:"), "{}", f.log("serve.log"));
+    let pre = std::fs::read_to_string(f.path().join("srv/preprocessing.json")).unwrap();
+    assert!(pre.contains("\"mean_radius\""), "{pre}");
+    // The same federation simulated from the same files gives the same model, bit for bit.
+    assert_eq!(f.model(), f.simulate(), "deployment and simulation differ");
 }

@@ -92,10 +92,16 @@ fn federation_mismatch(
     if ours.is_empty() {
         return None;
     }
-    if theirs.len() > MAX_SETTINGS
-        || theirs.iter().any(|(k, v)| k.len() > MAX_SETTING_KEY || v.len() > MAX_SETTING_VALUE)
-    {
-        return Some(format!("sent more than {MAX_SETTINGS} settings or one too long"));
+    if theirs.len() > MAX_SETTINGS {
+        return Some(format!("sent {} federation settings, more than {MAX_SETTINGS}", theirs.len()));
+    }
+    if let Some((k, v)) = theirs.iter().find(|(k, v)| k.len() > MAX_SETTING_KEY || v.len() > MAX_SETTING_VALUE) {
+        let key: String = k.chars().take(MAX_SETTING_KEY).collect();
+        return Some(format!(
+            "sent the setting '{key}' of {} bytes (at most {MAX_SETTING_KEY} for a name, {MAX_SETTING_VALUE} for a \
+             value: longer values travel as their SHA-256)",
+            k.len() + v.len()
+        ));
     }
     let mut keys: Vec<&String> = theirs.keys().collect();
     keys.sort();

@@ -35,11 +35,15 @@ pub(crate) fn join(a: JoinArgs) -> Result<()> {
     let cfg = config::load(a.config.as_deref(), &sets)?;
     init_threads(cfg.threads)?;
     let data = match (&a.idx_dir, a.partition) {
+        _ if a.data.is_some() => join::PartyData::File(a.data.clone().unwrap_or_default()),
         (Some(d), _) => join::PartyData::IdxDir(d.clone()),
         (None, Some(n)) => join::PartyData::Partition(n),
         (None, None) => match a.id.strip_prefix("party-").and_then(|n| n.parse().ok()) {
             Some(n) => join::PartyData::Partition(n),
-            None => anyhow::bail!("give --partition N or --idx-dir DIR (the id '{}' is not of the form party-N)", a.id),
+            None => anyhow::bail!(
+                "give --partition N, --idx-dir DIR or --data FILE (the id '{}' is not of the form party-N)",
+                a.id
+            ),
         },
     };
     let tls = match (&a.tls_dir, a.insecure) {

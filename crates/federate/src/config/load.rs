@@ -56,6 +56,10 @@ pub fn federation_keys(cfg: &Config, split: bool) -> std::collections::BTreeMap<
     data.data_dir = None;
     data.cache_dir = None;
     data.offline = false;
+    // Where a party's rows are on its own machine is its business; what they hold is checked
+    // against the schema and the model before it joins.
+    data.path = None;
+    data.sources = Vec::new();
     let sections = [("model", toml::Value::try_from(&cfg.model)), ("data", toml::Value::try_from(&data))];
     for (name, value) in sections {
         if let Ok(v) = value {
@@ -65,7 +69,13 @@ pub fn federation_keys(cfg: &Config, split: bool) -> std::collections::BTreeMap<
     if split {
         out.insert("seed".into(), cfg.seed.to_string());
     } else {
-        out.retain(|k, _| k.starts_with("model.") || k == "data.dataset");
+        out.retain(|k, _| k.starts_with("model.") || k == "data.dataset" || k.starts_with("data.schema."));
+    }
+    // Long values (a schema's feature list) travel as their digest: equal values, equal digests.
+    for v in out.values_mut() {
+        if v.len() > 200 {
+            *v = format!("sha256:{}", federate_data::fetch::sha256_hex(v.as_bytes()));
+        }
     }
     out
 }

@@ -86,13 +86,10 @@ fn check_data(c: &Config) -> Result<()> {
 fn check_table(c: &Config) -> Result<()> {
     let d = &c.data;
     if d.dataset == "table" {
-        match (&d.path, d.sources.is_empty()) {
-            (None, true) => bail!(
-                "data.dataset = \"table\" needs data.path (one file split across the parties) or [[data.sources]] \
-                 (one file per party)"
-            ),
-            (Some(_), false) => bail!("data.path and [[data.sources]] both give the rows: keep one"),
-            _ => {}
+        // Without either, only a server (which holds no rows) or a party joining with
+        // `--data FILE` can use the config; `federate run` says so when it reads the rows.
+        if d.path.is_some() && !d.sources.is_empty() {
+            bail!("data.path and [[data.sources]] both give the rows: keep one");
         }
         if d.schema.is_none() {
             bail!("data.dataset = \"table\" needs [data.schema]: at least task and label");
