@@ -8,6 +8,7 @@ mod dataset;
 mod error;
 pub mod fetch;
 pub mod idx;
+pub mod images;
 pub mod partition;
 pub mod stats;
 pub mod synthetic;

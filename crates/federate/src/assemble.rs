@@ -13,6 +13,21 @@ use federate_nn::{ModelSpec, Shape};
 use crate::config::Config;
 pub use crate::split::{PartyData, split};
 
+/// The image folder at `path` as training and test sets: its `train/` and `test/`, else
+/// `data.test_fraction` of its images held out (stratified, from the seed and `salt`).
+pub fn image_folder(cfg: &Config, path: &std::path::Path, salt: u64) -> Result<TrainTest> {
+    let spec = cfg.data.images.as_ref().context("[data.images] is needed for an image folder")?;
+    let folder =
+        federate_data::images::ImageFolder { root: path.into(), shape: spec.shape, classes: spec.classes.clone() };
+    if let Some(tt) = folder.train_test()? {
+        return Ok(tt);
+    }
+    let all = folder.read()?;
+    let mut rng = federate_core::seed::stream(cfg.seed, federate_core::seed::Stream::Partition, &[4, salt]);
+    let (tr, te) = crate::table_data::holdout(&all, cfg.data.test_fraction(), &mut rng);
+    Ok(TrainTest { train: all.subset(&tr), test: all.subset(&te) })
+}
+
 /// Where datasets are fetched from and cached, as the config says.
 pub fn fetch_options(cfg: &Config) -> FetchOptions {
     FetchOptions {
@@ -29,6 +44,10 @@ pub fn fetch_options(cfg: &Config) -> FetchOptions {
 /// Loads the configured dataset (fetching and verifying it if needed; generating it for
 /// `synthetic`). Tables are read by [`federation_data`].
 pub fn load_data(cfg: &Config) -> Result<TrainTest> {
+    if cfg.data.dataset == "images" {
+        let path = cfg.data.path.as_deref().context("data.dataset = \"images\" needs data.path (the folder)")?;
+        return image_folder(cfg, path, 0);
+    }
     if cfg.data.dataset == "synthetic" {
         return Ok(crate::split::synthetic(cfg)?.data);
     }
@@ -181,6 +200,13 @@ pub fn table_layout(cfg: &Config) -> Option<crate::table_data::TableLayout> {
 /// Input shape and classes of the configured data, known without loading it (the server
 /// holds no data): from the dataset's name, or a table's schema.
 pub fn data_shape(cfg: &Config) -> Result<(Shape, usize)> {
+    if let (Some(i), "images") = (&cfg.data.images, cfg.data.dataset.as_str()) {
+        let classes = i.classes.as_ref().context(
+            "data.images.classes: the server holds no folder, so it takes the class count from the config: list the \
+             classes",
+        )?;
+        return Ok((Shape::image(i.shape[0], i.shape[1], i.shape[2]), classes.len()));
+    }
     if !cfg.data.is_table() {
         return dataset_shape(&cfg.data.dataset);
     }

@@ -168,7 +168,8 @@ pub(crate) struct JoinArgs {
     /// Use this party's own IDX files instead of a partition.
     #[arg(long, conflicts_with = "partition")]
     pub(crate) idx_dir: Option<PathBuf>,
-    /// Use this party's own table file (CSV), read under the config's `[data.schema]`.
+    /// Use this party's own data: a table file (CSV, read under the config's `[data.schema]`)
+    /// or an image folder (`data.dataset = "images"`).
     #[arg(long, conflicts_with_all = ["partition", "idx_dir"])]
     pub(crate) data: Option<PathBuf>,
     /// Directory made by `federate keys` (uses ca.pem and parties/<id>.pem/.key).

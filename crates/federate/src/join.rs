@@ -133,10 +133,17 @@ fn rows(cfg: &Config, id: &str, data: PartyData) -> Result<(Dataset, Dataset, Op
     };
     let mut table = None;
     let (train, test) = match data {
+        PartyData::File(path) if cfg.data.dataset == "images" => {
+            // The held-out share comes from the seed and the identity, as for a table.
+            let salt = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+            let tt = assemble::image_folder(cfg, &path, salt)?;
+            (tt.train, tt.test)
+        }
         PartyData::File(path) => {
             if !cfg.data.is_table() {
                 bail!(
-                    "--data reads a table, and data.dataset = \"{}\" is not one: use --idx-dir for images",
+                    "--data reads a table or an image folder, and data.dataset = \"{}\" is neither: set data.dataset \
+                     = \"table\" or \"images\", or use --idx-dir for IDX files",
                     cfg.data.dataset
                 );
             }

@@ -44,9 +44,13 @@ pub struct DataConfig {
     /// `breast-cancer` and `diabetes`, or `table` (a file: `path`, or one per party:
     /// `[[data.sources]]`).
     pub dataset: String,
-    /// `dataset = "table"`: the table file (CSV), split across the parties.
+    /// `dataset = "table"`: the table file (CSV), split across the parties; `dataset =
+    /// "images"`: the image folder (class subdirectories, or `train/` and `test/` holding them).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
+    /// `dataset = "images"`: the shape images are brought to and the class names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub images: Option<ImagesConfig>,
     /// Tables: how columns become examples (built-in tables have a default).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schema: Option<Schema>,
@@ -169,10 +173,19 @@ impl DataConfig {
         }
         let table = self.is_table();
         let own = [
-            ("path", self.path.is_some() && self.dataset != "table", "dataset = \"table\""),
+            (
+                "path",
+                self.path.is_some() && !(self.dataset == "table" || self.dataset == "images"),
+                "dataset = \"table\" or \"images\"",
+            ),
+            ("images", self.images.is_some() && self.dataset != "images", "dataset = \"images\""),
             ("sources", !self.sources.is_empty() && self.dataset != "table", "dataset = \"table\""),
             ("schema", self.schema.is_some() && !table, "table datasets"),
-            ("test_fraction", self.test_fraction.is_some() && !table, "table datasets"),
+            (
+                "test_fraction",
+                self.test_fraction.is_some() && !table && self.dataset != "images",
+                "tables and image folders",
+            ),
             (
                 "partition_column",
                 self.partition_column.is_some() && !(table && p == PartitionKind::Natural),
@@ -197,6 +210,7 @@ impl Default for DataConfig {
         DataConfig {
             dataset: "mnist".into(),
             path: None,
+            images: None,
             schema: None,
             test_fraction: None,
             partition_column: None,
@@ -231,4 +245,16 @@ pub struct PartySource {
     /// Its own test file (default: `data.test_fraction` of `path`'s rows, stratified).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test: Option<PathBuf>,
+}
+
+/// An image folder's shape and classes (`[data.images]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImagesConfig {
+    /// `[height, width, channels]` every image is brought to (channels 1: grey, 3: RGB).
+    pub shape: [usize; 3],
+    /// The class names, class 0 first (default: the folder's subdirectories, sorted; a
+    /// server, which holds no folder, needs them listed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classes: Option<Vec<String>>,
 }

@@ -44,9 +44,14 @@ fn check_data(c: &Config) -> Result<()> {
     if c.threads > MAX_THREADS {
         bail!("threads = {} is more than {MAX_THREADS}; 0 uses one per core", c.threads);
     }
-    if d.dataset != "synthetic" && !d.is_table() && federate_data::dataset_info(&d.dataset).is_err() {
+    if d.dataset == "images" && d.images.is_none() {
+        bail!("data.dataset = \"images\" needs [data.images] with shape = [height, width, channels]");
+    }
+    let known = d.dataset == "synthetic" || d.dataset == "images" || d.is_table();
+    if !known && federate_data::dataset_info(&d.dataset).is_err() {
         bail!(
-            "data.dataset = '{}' is unknown: use one of {}, synthetic, {}, or table (a file of your own)",
+            "data.dataset = '{}' is unknown: use one of {}, synthetic, {}, table (a CSV file of your own) or images \
+             (a folder of your own)",
             d.dataset,
             federate_data::DATASETS.join(", "),
             federate_data::tables::TABLES.join(", ")
