@@ -47,14 +47,14 @@ pub enum DataError {
     /// An unknown dataset name.
     #[error("unknown dataset '{0}': use mnist, fashion-mnist, breast-cancer, diabetes or grunfeld")]
     UnknownDataset(String),
-    /// A table file that cannot be read under its schema: the file, and where known the line
-    /// (1 is the header) and the column.
-    #[error("{}{}{}: {problem}", path.display(), line.map(|l| format!(", line {l}")).unwrap_or_default(), column.as_ref().map(|c| format!(", column '{c}'")).unwrap_or_default())]
+    /// A table file that cannot be read under its schema: the file, and where known the place
+    /// in it (`line 3` of a text file, `row 3` of a Parquet file) and the column.
+    #[error("{}{}{}: {problem}", path.display(), at.as_ref().map(|a| format!(", {a}")).unwrap_or_default(), column.as_ref().map(|c| format!(", column '{c}'")).unwrap_or_default())]
     Table {
         /// The file.
         path: PathBuf,
-        /// The line, from 1 (the header).
-        line: Option<u64>,
+        /// Where in it (`line N`, `row N`).
+        at: Option<String>,
         /// The column.
         column: Option<String>,
         /// What is wrong and how to fix it.
@@ -66,6 +66,10 @@ pub enum DataError {
 }
 
 impl DataError {
+    /// A [`DataError::Table`] about the whole file.
+    pub(crate) fn table(path: impl Into<PathBuf>, problem: String) -> Self {
+        DataError::Table { path: path.into(), at: None, column: None, problem }
+    }
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         DataError::Io { path: path.into(), source }
     }

@@ -26,7 +26,7 @@ pub struct ImageFolder {
 }
 
 fn err(path: &Path, problem: String) -> DataError {
-    DataError::Table { path: path.to_path_buf(), line: None, column: None, problem }
+    DataError::table(path, problem)
 }
 
 fn is_image(p: &Path) -> bool {

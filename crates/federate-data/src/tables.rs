@@ -159,7 +159,7 @@ pub fn ensure_table(name: &str, opts: &FetchOptions) -> Result<PathBuf, DataErro
         "diabetes" => diabetes_csv(&read(SKLEARN.files[1].0)?, &read(SKLEARN.files[2].0)?),
         _ => Ok(read(STATSMODELS.files[0].0)?),
     }
-    .map_err(|p| DataError::Table { path: dir.clone(), line: None, column: None, problem: p })?;
+    .map_err(|p| DataError::table(&dir, p))?;
     write_atomic(&dir, &format!("{name}.csv"), text.as_bytes())?;
     Ok(out)
 }

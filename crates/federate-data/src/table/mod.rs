@@ -17,7 +17,12 @@ use serde::{Deserialize, Serialize};
 use crate::{DataError, Dataset};
 
 mod csv_file;
+#[cfg(feature = "parquet")]
+mod parquet_file;
+mod rows;
 pub use csv_file::CsvFile;
+#[cfg(feature = "parquet")]
+pub use parquet_file::ParquetFile;
 
 /// What the model predicts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -282,11 +287,11 @@ pub fn source_for(path: &Path) -> Result<Box<dyn DataSource>, DataError> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     match ext.as_str() {
         "csv" => Ok(Box::new(CsvFile { path: path.to_path_buf() })),
-        other => Err(DataError::Table {
-            path: path.to_path_buf(),
-            line: None,
-            column: None,
-            problem: format!("'.{other}' files are not a known table format: give a .csv file"),
-        }),
+        #[cfg(feature = "parquet")]
+        "parquet" | "pq" => Ok(Box::new(ParquetFile { path: path.to_path_buf() })),
+        other => Err(DataError::table(
+            path,
+            format!("'.{other}' files are not a known table format: give a .csv or .parquet file"),
+        )),
     }
 }
