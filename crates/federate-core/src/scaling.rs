@@ -20,17 +20,18 @@ pub struct TableRows {
     raw: Moments,
     /// Whether the rows hold missing values (NaN) that only the federation's means can fill.
     missing: bool,
-    /// The federation's statistics the rows were scaled with.
+    /// The federation's statistics the rows were scaled with, and the preprocessing they make.
     scaled_with: Option<Arc<Moments>>,
+    pre: Option<Preprocessing>,
 }
 
 impl TableRows {
     /// For a party whose training rows are `train`, with the named features (`numeric`
     /// marks the ones to scale) and the schema's scaling.
     pub fn new(train: &Dataset, test: &Dataset, features: Vec<String>, numeric: Vec<bool>, scaling: Scaling) -> Self {
-        let raw = Moments::of(&train.x, numeric.len());
+        let raw = federate_data::table::statistics(train);
         let missing = train.x.iter().chain(&test.x).any(|v| v.is_nan());
-        TableRows { features, numeric, scaling, raw, missing, scaled_with: None }
+        TableRows { features, numeric, scaling, raw, missing, scaled_with: None, pre: None }
     }
 
     /// Round 0: the statistics of the rows as read (the same every time).
@@ -67,11 +68,11 @@ impl TableRows {
             }
             None => {}
         }
-        if m.sum.len() != self.numeric.len() {
+        if m.sum.len() != self.raw.sum.len() {
             return Err(ClientError::Model(format!(
-                "the federation's statistics have {} features and this party's table {}: its schema or file differs",
+                "the federation's statistics have {} columns and this party's table {}: its schema or file differs",
                 m.sum.len(),
-                self.numeric.len()
+                self.raw.sum.len()
             )));
         }
         let pre = Preprocessing {
@@ -83,6 +84,17 @@ impl TableRows {
         pre.apply(train);
         pre.apply(test);
         self.scaled_with = Some(m.clone());
+        self.pre = Some(pre);
         Ok(())
+    }
+
+    /// Regression predictions and targets back in the table's units, for the metrics a
+    /// party reports (RMSE in the target's own units); unchanged before scaling.
+    pub fn unscale(&self, values: &mut [f32]) {
+        if let Some(p) = &self.pre {
+            for v in values.iter_mut() {
+                *v = p.unscale_target(*v);
+            }
+        }
     }
 }

@@ -7,12 +7,12 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum DataError {
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
+        /// The underlying error (in the message, so not also a source).
+        error: std::io::Error,
     },
     /// A file that is not a valid IDX file.
     #[error("{path}: not a valid IDX file: {problem}; delete it and fetch the dataset again")]
@@ -45,7 +45,7 @@ pub enum DataError {
         fix: String,
     },
     /// An unknown dataset name.
-    #[error("unknown dataset '{0}': use mnist, fashion-mnist, breast-cancer, diabetes or grunfeld")]
+    #[error("unknown dataset '{0}': use mnist, fashion-mnist, breast-cancer, diabetes, grunfeld or wine")]
     UnknownDataset(String),
     /// A table file that cannot be read under its schema: the file, and where known the place
     /// in it (`line 3` of a text file, `row 3` of a Parquet file) and the column.
@@ -70,7 +70,7 @@ impl DataError {
     pub(crate) fn table(path: impl Into<PathBuf>, problem: String) -> Self {
         DataError::Table { path: path.into(), at: None, column: None, problem }
     }
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        DataError::Io { path: path.into(), source }
+    pub(crate) fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
+        DataError::Io { path: path.into(), error }
     }
 }

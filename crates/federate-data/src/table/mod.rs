@@ -14,6 +14,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::stats::Moments;
 use crate::{DataError, Dataset};
 
 mod csv_file;
@@ -242,34 +243,82 @@ pub struct Preprocessing {
     pub numeric: Vec<bool>,
     /// How numeric features are scaled.
     pub scaling: Scaling,
-    /// The federation's statistics of the training rows (all features).
-    pub moments: crate::stats::Moments,
+    /// The federation's statistics of the training rows: every feature, and for regression
+    /// the target last.
+    pub moments: Moments,
+}
+
+/// The statistics round 0 adds up for a party's training rows: one column per feature and,
+/// for regression, one more for the target (so targets are scaled too, and a model's
+/// learning rate does not depend on the target's units).
+pub fn statistics(data: &Dataset) -> Moments {
+    let d = data.example_len();
+    if !data.is_regression() {
+        return Moments::of(&data.x, d);
+    }
+    let mut rows = Vec::with_capacity(data.len() * (d + 1));
+    for (row, v) in data.x.chunks_exact(d.max(1)).zip(&data.values) {
+        rows.extend_from_slice(row);
+        rows.push(*v);
+    }
+    Moments::of(&rows, d + 1)
 }
 
 impl Preprocessing {
-    /// Scales the numeric features of `data` in place and fills its missing values with the
-    /// federation's means.
+    /// Column `j` of the statistics at `x`, scaled (a missing value: the mean, scaled).
+    fn scale(&self, j: usize, x: f64, ms: &[(f64, f64)]) -> f32 {
+        let (mean, std) = ms[j];
+        let x = if x.is_nan() { mean } else { x };
+        match self.scaling {
+            Scaling::Standardise if std > 0.0 => ((x - mean) / std) as f32,
+            Scaling::Standardise => 0.0,
+            Scaling::MinMax => {
+                let span = self.moments.max[j] - self.moments.min[j];
+                if span > 0.0 { ((x - self.moments.min[j]) / span) as f32 } else { 0.0 }
+            }
+            Scaling::None => x as f32,
+        }
+    }
+
+    /// Whether the statistics carry a target column (regression).
+    pub fn scales_targets(&self) -> bool {
+        self.moments.sum.len() == self.numeric.len() + 1
+    }
+
+    /// Scales the numeric features of `data` in place, fills its missing values with the
+    /// federation's means, and for regression scales the targets the same way.
     pub fn apply(&self, data: &mut Dataset) {
         let d = self.numeric.len();
         let ms = self.moments.mean_std();
         for row in data.x.chunks_exact_mut(d.max(1)) {
             for (j, v) in row.iter_mut().enumerate() {
-                if !self.numeric[j] {
-                    continue;
+                if self.numeric[j] {
+                    *v = self.scale(j, *v as f64, &ms);
                 }
-                let (mean, std) = ms[j];
-                let x = if v.is_nan() { mean } else { *v as f64 };
-                *v = match self.scaling {
-                    Scaling::Standardise if std > 0.0 => ((x - mean) / std) as f32,
-                    Scaling::Standardise => 0.0,
-                    Scaling::MinMax => {
-                        let span = self.moments.max[j] - self.moments.min[j];
-                        if span > 0.0 { ((x - self.moments.min[j]) / span) as f32 } else { 0.0 }
-                    }
-                    Scaling::None => x as f32,
-                };
             }
         }
+        if self.scales_targets() && data.is_regression() {
+            for v in data.values.iter_mut() {
+                *v = self.scale(d, *v as f64, &ms);
+            }
+        }
+    }
+
+    /// A target (or prediction) back in the table's own units: the inverse of the scaling
+    /// `apply` gave targets (identity for classification).
+    pub fn unscale_target(&self, z: f32) -> f32 {
+        if !self.scales_targets() {
+            return z;
+        }
+        let d = self.numeric.len();
+        let (mean, std) = self.moments.mean_std()[d];
+        let z = z as f64;
+        (match self.scaling {
+            Scaling::Standardise if std > 0.0 => z * std + mean,
+            Scaling::Standardise => mean,
+            Scaling::MinMax => z * (self.moments.max[d] - self.moments.min[d]) + self.moments.min[d],
+            Scaling::None => z,
+        }) as f32
     }
 }
 
@@ -293,5 +342,36 @@ pub fn source_for(path: &Path) -> Result<Box<dyn DataSource>, DataError> {
             path,
             format!("'.{other}' files are not a known table format: give a .csv or .parquet file"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regression_targets_are_scaled_with_the_features_and_come_back_exactly() {
+        let data = Dataset::regression(vec![1.0, 2.0, 3.0, 5.0], vec![100.0, 300.0], [1, 1, 2]);
+        let m = statistics(&data);
+        assert_eq!(m.sum, vec![4.0, 7.0, 400.0], "two features, then the target");
+        for scaling in [Scaling::Standardise, Scaling::MinMax, Scaling::None] {
+            let pre = Preprocessing {
+                features: vec!["a".into(), "b".into()],
+                numeric: vec![true, true],
+                scaling,
+                moments: m.clone(),
+            };
+            let mut scaled = data.clone();
+            pre.apply(&mut scaled);
+            if scaling == Scaling::Standardise {
+                assert_eq!(scaled.values, [-1.0, 1.0]);
+                assert_eq!(scaled.x, [-1.0, -1.0, 1.0, 1.0]);
+            }
+            let back: Vec<f32> = scaled.values.iter().map(|v| pre.unscale_target(*v)).collect();
+            assert_eq!(back, data.values, "{scaling:?}");
+        }
+        // Classification statistics carry no target column.
+        let c = Dataset::classification(vec![1.0, 2.0], vec![0, 1], [1, 1, 1], 2);
+        assert_eq!(statistics(&c).sum.len(), 1);
     }
 }
