@@ -84,8 +84,15 @@ impl Fed {
     }
 
     fn join(&mut self, id: &str, keys: &str, log: &str) -> usize {
+        // A party-N identity takes partition N; any other takes partition 1.
+        let partition: &[&str] = if id.starts_with("party-") { &[] } else { &["--partition", "1"] };
+        self.join_with(id, keys, log, partition)
+    }
+
+    /// `federate join` as `id` with the certificates in `keys` and `extra` arguments.
+    fn join_with(&mut self, id: &str, keys: &str, log: &str, extra: &[&str]) -> usize {
         let url = format!("https://127.0.0.1:{}", self.port);
-        let args = [
+        let mut args = vec![
             "join",
             "--server",
             &url,
@@ -97,32 +104,14 @@ impl Fed {
             keys,
             "--server-name",
             "localhost",
-            "--partition",
-            "1",
         ];
-        let args = if id.starts_with("party-") { &args[..args.len() - 2] } else { &args[..] };
-        self.spawn(log, args)
+        args.extend_from_slice(extra);
+        self.spawn(log, &args)
     }
 
     /// A party joining with its own table file (`--data`).
     fn join_with_file(&mut self, id: &str, file: &str, log: &str) -> usize {
-        let url = format!("https://127.0.0.1:{}", self.port);
-        let args = [
-            "join",
-            "--server",
-            &url,
-            "--id",
-            id,
-            "--config",
-            "fed.toml",
-            "--tls-dir",
-            "keys",
-            "--server-name",
-            "localhost",
-            "--data",
-            file,
-        ];
-        self.spawn(log, &args)
+        self.join_with(id, "keys", log, &["--data", file])
     }
 
     fn wait(&mut self, i: usize, within: Duration) -> bool {

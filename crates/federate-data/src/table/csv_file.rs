@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use super::rows::read_rows;
-use super::{DataSource, MAX_TABLE_BYTES, Schema, Table};
+use super::rows::{before_reading, read_rows};
+use super::{DataSource, Schema, Table};
 use crate::DataError;
 
 /// A CSV file with a header row (comma-separated; quoted fields allowed).
@@ -33,12 +33,7 @@ impl DataSource for CsvFile {
 
     fn read(&self, schema: &Schema, key: Option<&str>) -> Result<Table, DataError> {
         let path = &self.path;
-        schema.check().map_err(|p| DataError::table(path, p))?;
-        let meta = std::fs::metadata(path).map_err(|e| DataError::io(path, e))?;
-        if meta.len() > MAX_TABLE_BYTES {
-            let problem = format!("{} bytes is above the {MAX_TABLE_BYTES}-byte limit", meta.len());
-            return Err(DataError::table(path, problem));
-        }
+        before_reading(path, schema)?;
         let mut rd = csv::ReaderBuilder::new()
             .has_headers(true)
             .trim(csv::Trim::All)

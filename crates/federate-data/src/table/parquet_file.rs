@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::Field;
 
-use super::rows::read_rows;
-use super::{DataSource, MAX_TABLE_BYTES, Schema, Table};
+use super::rows::{before_reading, read_rows};
+use super::{DataSource, Schema, Table};
 use crate::DataError;
 
 /// A Parquet file of flat columns.
@@ -46,12 +46,7 @@ impl DataSource for ParquetFile {
 
     fn read(&self, schema: &Schema, key: Option<&str>) -> Result<Table, DataError> {
         let path = &self.path;
-        schema.check().map_err(|p| DataError::table(path, p))?;
-        let meta = std::fs::metadata(path).map_err(|e| DataError::io(path, e))?;
-        if meta.len() > MAX_TABLE_BYTES {
-            let problem = format!("{} bytes is above the {MAX_TABLE_BYTES}-byte limit", meta.len());
-            return Err(DataError::table(path, problem));
-        }
+        before_reading(path, schema)?;
         let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
         let reader = SerializedFileReader::new(file)
             .map_err(|e| DataError::table(path, format!("not a readable Parquet file ({e})")))?;

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{Categorical, Missing, Schema, Table};
+use super::{Categorical, MAX_TABLE_BYTES, Missing, Schema, Table};
 use crate::{DataError, Dataset};
 
 /// How one column becomes features.
@@ -209,6 +209,18 @@ fn plan<'s>(
             width,
         })
     }
+}
+
+/// What every table source checks before reading `path`: the schema on its own, and the
+/// file's size against [`MAX_TABLE_BYTES`].
+pub(super) fn before_reading(path: &Path, schema: &Schema) -> Result<(), DataError> {
+    schema.check().map_err(|p| DataError::table(path, p))?;
+    let meta = std::fs::metadata(path).map_err(|e| DataError::io(path, e))?;
+    if meta.len() > MAX_TABLE_BYTES {
+        let problem = format!("{} bytes is above the {MAX_TABLE_BYTES}-byte limit", meta.len());
+        return Err(DataError::table(path, problem));
+    }
+    Ok(())
 }
 
 /// Reads every record `next` gives (it fills the record and returns its number, or `None` at
