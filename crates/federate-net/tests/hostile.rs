@@ -625,6 +625,8 @@ fn a_party_with_other_federation_settings_is_refused_naming_the_key() {
         .collect();
     let (hub, addr) = rt.block_on(Hub::start(cfg)).unwrap();
     let url = format!("http://{addr}");
+    // Joins with `settings`; on success the party's sending half is returned, so its stream
+    // stays open (the server counts it as joined) until the caller drops it.
     let attempt = |settings: Vec<(String, String)>| {
         let url = url.clone();
         rt.block_on(async move {
@@ -636,7 +638,7 @@ fn a_party_with_other_federation_settings_is_refused_naming_the_key() {
                 federation: settings.into_iter().collect(),
             };
             tx.send(out(party_message::Msg::Hello(hello))).await.unwrap();
-            client.join(ReceiverStream::new(rx)).await.map(|_| ())
+            client.join(ReceiverStream::new(rx)).await.map(|inbound| (tx, inbound))
         })
     };
     let kv = |k: &str, v: &str| (k.to_string(), v.to_string());
@@ -652,8 +654,9 @@ fn a_party_with_other_federation_settings_is_refused_naming_the_key() {
     let e = attempt(long).unwrap_err();
     assert!(e.message().contains("sent the setting 'data.schema.features' of 320 bytes"), "{e}");
     // A party bringing its own data sends only the model and dataset: the matching subset joins.
-    attempt(vec![kv("model.name", "\"cnn\"")]).unwrap();
+    let joined = attempt(vec![kv("model.name", "\"cnn\"")]).unwrap();
     assert_eq!(rt.block_on(hub.wait_for(1, Duration::from_secs(5))), 1);
+    drop(joined);
 }
 
 #[test]
