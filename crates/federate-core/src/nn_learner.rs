@@ -44,7 +44,7 @@ pub struct NnLearner {
 }
 
 /// Batch size used when evaluating.
-const EVAL_BATCH: usize = 256;
+const EVAL_BATCH: usize = 32;
 
 impl NnLearner {
     /// A learner for `spec` whose training batches hold at most `batch` examples; matrix

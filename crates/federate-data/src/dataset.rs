@@ -139,6 +139,75 @@ impl Batch {
     }
 }
 
+/// A set a partition reads (its size and labels) and takes subsets of: a [`Dataset`], or
+/// [`Images`] kept as bytes until a party's examples are taken.
+pub trait Examples {
+    /// Number of examples.
+    fn count(&self) -> usize;
+    /// Class labels (empty for regression).
+    fn labels(&self) -> &[u32];
+    /// Number of classes (0 for regression).
+    fn class_count(&self) -> usize;
+    /// The examples at `indices`, in that order, as a dataset.
+    fn take(&self, indices: &[usize]) -> Dataset;
+}
+
+impl Examples for Dataset {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn labels(&self) -> &[u32] {
+        &self.y
+    }
+    fn class_count(&self) -> usize {
+        self.classes
+    }
+    fn take(&self, indices: &[usize]) -> Dataset {
+        self.subset(indices)
+    }
+}
+
+/// Labelled images kept as their bytes (a quarter of the `f32` size): a split converts only
+/// the examples each party takes, to [0, 1] exactly as [`images_and_labels`] does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Images {
+    /// `len × h × w × c` pixels.
+    pub pixels: Vec<u8>,
+    /// One label per image.
+    pub y: Vec<u32>,
+    /// Height, width, channels.
+    pub dims: [usize; 3],
+    /// Number of classes.
+    pub classes: usize,
+}
+
+impl Images {
+    /// Every image, as a dataset.
+    pub fn to_dataset(&self) -> Dataset {
+        Dataset::classification(self.pixels.iter().map(|&p| p as f32 / 255.0).collect(), self.y.clone(), self.dims, self.classes)
+    }
+}
+
+impl Examples for Images {
+    fn count(&self) -> usize {
+        self.y.len()
+    }
+    fn labels(&self) -> &[u32] {
+        &self.y
+    }
+    fn class_count(&self) -> usize {
+        self.classes
+    }
+    fn take(&self, indices: &[usize]) -> Dataset {
+        let d: usize = self.dims.iter().product();
+        let mut x = Vec::with_capacity(indices.len() * d);
+        for &i in indices {
+            x.extend(self.pixels[i * d..(i + 1) * d].iter().map(|&p| p as f32 / 255.0));
+        }
+        Dataset::classification(x, indices.iter().map(|&i| self.y[i]).collect(), self.dims, self.classes)
+    }
+}
+
 /// A train/test pair.
 #[derive(Debug, Clone)]
 pub struct TrainTest {
@@ -162,9 +231,16 @@ pub fn dataset_info(name: &str) -> Result<&'static DatasetInfo, DataError> {
 
 /// Fetches (if needed), verifies and loads a named dataset.
 pub fn load(name: &str, opts: &FetchOptions) -> Result<TrainTest, DataError> {
+    let (train, test) = load_images(name, opts)?;
+    Ok(TrainTest { train: train.to_dataset(), test: test.to_dataset() })
+}
+
+/// [`load`] keeping the pixels as bytes: (train, test).
+pub fn load_images(name: &str, opts: &FetchOptions) -> Result<(Images, Images), DataError> {
     let info = dataset_info(name)?;
     let dir = ensure(info, opts)?;
-    load_idx_dir(&dir, info)
+    let [tri, trl, tei, tel] = info.files.map(|(f, _)| dir.join(f));
+    Ok((read_images(&tri, &trl, 10)?, read_images(&tei, &tel, 10)?))
 }
 
 /// Loads the four IDX files of `info` from `dir` (already verified).
@@ -175,6 +251,11 @@ pub fn load_idx_dir(dir: &Path, info: &DatasetInfo) -> Result<TrainTest, DataErr
 
 /// Builds a dataset from an IDX image file (`n × h × w`) and an IDX label file (`n`).
 pub fn images_and_labels(images: &Path, labels: &Path, classes: usize) -> Result<Dataset, DataError> {
+    Ok(read_images(images, labels, classes)?.to_dataset())
+}
+
+/// [`images_and_labels`] keeping the pixels as bytes.
+pub fn read_images(images: &Path, labels: &Path, classes: usize) -> Result<Images, DataError> {
     let im = read_idx(images)?;
     let lb = read_idx(labels)?;
     if im.dims.len() != 3 {
@@ -192,10 +273,6 @@ pub fn images_and_labels(images: &Path, labels: &Path, classes: usize) -> Result
     if let Some(bad) = lb.data.iter().find(|&&l| l as usize >= classes) {
         return Err(DataError::BadIdx { path: labels.into(), problem: format!("label {bad} is not below {classes}") });
     }
-    Ok(Dataset::classification(
-        im.data.iter().map(|&p| p as f32 / 255.0).collect(),
-        lb.data.iter().map(|&l| l as u32).collect(),
-        [im.dims[1], im.dims[2], 1],
-        classes,
-    ))
+    let y = lb.data.iter().map(|&l| l as u32).collect();
+    Ok(Images { pixels: im.data, y, dims: [im.dims[1], im.dims[2], 1], classes })
 }

@@ -160,8 +160,7 @@ fn rows(cfg: &Config, id: &str, data: PartyData) -> Result<(Dataset, Dataset, Op
         }
         PartyData::Partition(i) => {
             in_range(i)?;
-            let all = assemble::load_data(cfg)?;
-            let mut parts = assemble::split(cfg, &all)?;
+            let mut parts = assemble::federation_data(cfg)?.0;
             let p = parts.swap_remove(i - 1);
             (p.train, p.test)
         }

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use federate_core::seed;
-use federate_data::{Dataset, TrainTest, partition};
+use federate_data::{Dataset, Examples, TrainTest, partition};
 
 use crate::config::{Config, PartitionKind, TestPartition};
 
@@ -31,37 +31,43 @@ pub(crate) fn synthetic(cfg: &Config) -> Result<federate_data::synthetic::Keyed>
 
 /// Splits the data across parties as configured, from the run's partition stream.
 pub fn split(cfg: &Config, data: &TrainTest) -> Result<Vec<PartyData>> {
+    split_sets(cfg, &data.train, &data.test)
+}
+
+/// [`split`] of any training and test sets: a partition reads only their sizes and labels,
+/// and each party's examples are taken from them (images converted from bytes only then).
+pub fn split_sets<T: Examples>(cfg: &Config, train: &T, test: &T) -> Result<Vec<PartyData>> {
     let d = &cfg.data;
     let k = d.parties;
     let mut rng = seed::stream(cfg.seed, seed::Stream::Partition, &[]);
     let (train_parts, test_parts) = match d.partition {
         PartitionKind::WorkedExample => (
-            partition::disjoint_sample(data.train.len(), k, d.train_per_party(), &mut rng)
+            partition::disjoint_sample(train.count(), k, d.train_per_party(), &mut rng)
                 .context("data.train_per_party")?,
-            partition::disjoint_sample(data.test.len(), k, d.test_per_party(), &mut rng)
+            partition::disjoint_sample(test.count(), k, d.test_per_party(), &mut rng)
                 .context("data.test_per_party")?,
         ),
         PartitionKind::Iid => {
-            (partition::iid(data.train.len(), k, &mut rng)?, partition::iid(data.test.len(), k, &mut rng)?)
+            (partition::iid(train.count(), k, &mut rng)?, partition::iid(test.count(), k, &mut rng)?)
         }
         PartitionKind::Dirichlet | PartitionKind::Shards | PartitionKind::QuantitySkew => {
-            let train = match d.partition {
+            let parts = match d.partition {
                 PartitionKind::Dirichlet => {
-                    partition::dirichlet(&data.train.y, data.train.classes, k, d.alpha(), 10, &mut rng)?
+                    partition::dirichlet(train.labels(), train.class_count(), k, d.alpha(), 10, &mut rng)?
                 }
-                PartitionKind::Shards => partition::shards(&data.train.y, k, d.shards_per_party(), &mut rng)?,
-                _ => partition::quantity_skew(data.train.len(), k, d.quantity_sigma(), 10, &mut rng)?,
+                PartitionKind::Shards => partition::shards(train.labels(), k, d.shards_per_party(), &mut rng)?,
+                _ => partition::quantity_skew(train.count(), k, d.quantity_sigma(), 10, &mut rng)?,
             };
             // Each party is evaluated on its own distribution unless the config asks for IID
             // (regression targets have no classes to follow: IID).
-            let test = match d.test_partition.unwrap_or(TestPartition::LikeTrain) {
-                _ if data.test.is_regression() => partition::iid(data.test.len(), k, &mut rng)?,
-                TestPartition::Iid => partition::iid(data.test.len(), k, &mut rng)?,
+            let test_parts = match d.test_partition.unwrap_or(TestPartition::LikeTrain) {
+                _ if test.class_count() == 0 => partition::iid(test.count(), k, &mut rng)?,
+                TestPartition::Iid => partition::iid(test.count(), k, &mut rng)?,
                 TestPartition::LikeTrain => {
-                    partition::like_train(&train, &data.train.y, &data.test.y, data.train.classes, &mut rng)?
+                    partition::like_train(&parts, train.labels(), test.labels(), train.class_count(), &mut rng)?
                 }
             };
-            (train, test)
+            (parts, test_parts)
         }
         PartitionKind::Natural => {
             let keyed = synthetic(cfg)?;
@@ -74,8 +80,8 @@ pub fn split(cfg: &Config, data: &TrainTest) -> Result<Vec<PartyData>> {
         .enumerate()
         .map(|(i, (tr, te))| PartyData {
             id: format!("party-{}", i + 1),
-            train: data.train.subset(tr),
-            test: data.test.subset(te),
+            train: train.take(tr),
+            test: test.take(te),
         })
         .collect())
 }
