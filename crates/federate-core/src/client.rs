@@ -156,8 +156,10 @@ impl<C: Client> ClientProxy for InProcess<C> {
 /// The standard party: a learner plus local train and test sets.
 pub struct LocalClient<L: Learner> {
     learner: L,
-    train: Dataset,
-    test: Dataset,
+    /// Shared with whoever built the party (a simulation keeps its own handle for the
+    /// baselines): one copy of the rows, until a table party scales them.
+    train: Arc<Dataset>,
+    test: Arc<Dataset>,
     on_epoch: Option<EpochHook>,
     ledger: Ledger,
     floor: PrivacyFloor,
@@ -177,12 +179,12 @@ impl PartyState {
 }
 
 impl<L: Learner> LocalClient<L> {
-    /// A party holding `train` and `test`.
-    pub fn new(learner: L, train: Dataset, test: Dataset) -> Self {
+    /// A party holding `train` and `test` (owned, or shared through an `Arc`).
+    pub fn new(learner: L, train: impl Into<Arc<Dataset>>, test: impl Into<Arc<Dataset>>) -> Self {
         LocalClient {
             learner,
-            train,
-            test,
+            train: train.into(),
+            test: test.into(),
             on_epoch: None,
             ledger: Ledger::new(),
             floor: PrivacyFloor::default(),

@@ -45,8 +45,8 @@ impl TableRows {
     pub fn ensure(
         &mut self,
         federation: Option<&Arc<Moments>>,
-        train: &mut Dataset,
-        test: &mut Dataset,
+        train: &mut Arc<Dataset>,
+        test: &mut Arc<Dataset>,
     ) -> Result<(), ClientError> {
         let Some(m) = federation else {
             if self.scaling == Scaling::None && !self.missing {
@@ -81,8 +81,9 @@ impl TableRows {
             scaling: self.scaling,
             moments: (**m).clone(),
         };
-        pre.apply(train);
-        pre.apply(test);
+        // Scaling writes the rows: a party sharing them with its builder takes its own copy.
+        pre.apply(Arc::make_mut(train));
+        pre.apply(Arc::make_mut(test));
         self.scaled_with = Some(m.clone());
         self.pre = Some(pre);
         Ok(())

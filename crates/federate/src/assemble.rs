@@ -63,7 +63,7 @@ pub type FederationData = (Vec<PartyData>, Dataset, Option<crate::table_data::Ta
 pub fn federation_data(cfg: &Config) -> Result<FederationData> {
     if cfg.data.is_table() {
         let (parties, layout) = crate::table_data::prepare(cfg, &fetch_options(cfg))?;
-        let pooled = pooled(parties.iter().map(|p| &p.test));
+        let pooled = pooled(parties.iter().map(|p| &*p.test));
         return Ok((parties, pooled, Some(layout)));
     }
     if federate_data::DATASETS.contains(&cfg.data.dataset.as_str()) {
@@ -286,11 +286,12 @@ pub fn check_data(cfg: &Config, spec: &ModelSpec, train: &Dataset, test: &Datase
 pub fn party(
     cfg: &Config,
     spec: &ModelSpec,
-    train: Dataset,
-    test: Dataset,
+    train: impl Into<std::sync::Arc<Dataset>>,
+    test: impl Into<std::sync::Arc<Dataset>>,
     noise: federate_core::NoiseSource,
     floor: federate_core::PrivacyFloor,
 ) -> Result<LocalClient<NnLearner>> {
+    let (train, test) = (train.into(), test.into());
     check_data(cfg, spec, &train, &test)?;
     let learner = NnLearner::new(spec.clone(), cfg.train.batch_size, rayon::current_num_threads())?;
     Ok(LocalClient::new(learner, train, test).with_noise_source(noise).with_privacy_floor(floor))

@@ -149,20 +149,20 @@ fn rows(cfg: &Config, id: &str, data: PartyData) -> Result<(Dataset, Dataset, Op
             }
             let (p, layout) = crate::table_data::own_file(cfg, &path, id)?;
             table = Some(layout);
-            (p.train, p.test)
+            (owned(p.train), owned(p.test))
         }
         PartyData::Partition(i) if cfg.data.is_table() => {
             in_range(i)?;
             let (mut parts, layout) = crate::table_data::prepare(cfg, &assemble::fetch_options(cfg))?;
             table = Some(layout);
             let p = parts.swap_remove(i - 1);
-            (p.train, p.test)
+            (owned(p.train), owned(p.test))
         }
         PartyData::Partition(i) => {
             in_range(i)?;
             let mut parts = assemble::federation_data(cfg)?.0;
             let p = parts.swap_remove(i - 1);
-            (p.train, p.test)
+            (owned(p.train), owned(p.test))
         }
         PartyData::IdxDir(dir) => {
             let (_, classes) = dataset_shape(&cfg.data.dataset)?;
@@ -180,4 +180,9 @@ fn rows(cfg: &Config, id: &str, data: PartyData) -> Result<(Dataset, Dataset, Op
         }
     };
     Ok((train, test, table))
+}
+
+/// The rows out of their `Arc` (a joining party holds the only handle).
+fn owned(d: std::sync::Arc<Dataset>) -> Dataset {
+    std::sync::Arc::try_unwrap(d).unwrap_or_else(|shared| (*shared).clone())
 }

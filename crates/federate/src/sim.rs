@@ -123,8 +123,8 @@ pub fn simulate(
         (Some(m), Some(layout)) => {
             let pre = layout.with((*m).clone());
             for p in parties.iter_mut() {
-                pre.apply(&mut p.train);
-                pre.apply(&mut p.test);
+                pre.apply(Arc::make_mut(&mut p.train));
+                pre.apply(Arc::make_mut(&mut p.test));
             }
             pre.apply(&mut pooled_test);
             Some(pre)
@@ -157,8 +157,8 @@ pub fn simulate(
     let results = party_results(cfg, &spec, &parties, &holdout, &global, &records, &init_values)?;
     let pooled = if cfg.evaluation.pooled {
         let rounds = records.iter().filter(|r| r.aggregated).count().max(1);
-        let train = crate::assemble::pooled(parties.iter().map(|p| &p.train));
-        let all = PartyData { id: "pooled".into(), train, test: pooled_test.clone() };
+        let train = crate::assemble::pooled(parties.iter().map(|p| &*p.train));
+        let all = PartyData { id: "pooled".into(), train: Arc::new(train), test: Arc::new(pooled_test.clone()) };
         Some(train_alone(cfg, &spec, &all, &init_values, rounds, parties.len(), preprocessing.as_ref())?.0)
     } else {
         None

@@ -1,20 +1,22 @@
 //! Splitting a federation's data across its parties, from the run's seed: each party's
 //! training and test sets under the configured partition.
 
+use std::sync::Arc;
+
 use anyhow::{Context, Result};
 use federate_core::seed;
 use federate_data::{Dataset, Examples, TrainTest, partition};
 
 use crate::config::{Config, PartitionKind, TestPartition};
 
-/// One party's data.
+/// One party's data (shared with the party a simulation builds from it: one copy).
 pub struct PartyData {
     /// Identity.
     pub id: String,
     /// Training examples.
-    pub train: Dataset,
+    pub train: Arc<Dataset>,
     /// Test examples.
-    pub test: Dataset,
+    pub test: Arc<Dataset>,
 }
 
 /// Synthetic(α, β) as configured, from the run's seed.
@@ -80,8 +82,8 @@ pub fn split_sets<T: Examples>(cfg: &Config, train: &T, test: &T) -> Result<Vec<
         .enumerate()
         .map(|(i, (tr, te))| PartyData {
             id: format!("party-{}", i + 1),
-            train: train.take(tr),
-            test: test.take(te),
+            train: Arc::new(train.take(tr)),
+            test: Arc::new(test.take(te)),
         })
         .collect())
 }

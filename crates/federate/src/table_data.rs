@@ -5,6 +5,7 @@
 //! rows with the sum.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use federate_core::seed;
@@ -98,7 +99,11 @@ pub fn own_file(cfg: &Config, path: &std::path::Path, id: &str) -> Result<(Party
     let table = read(cfg, path, None)?;
     let (tr, te) = holdout(&table.data, cfg.data.test_fraction(), &mut own_rng(cfg, id));
     let scaling = cfg.data.table_schema().map(|s| s.scaling).unwrap_or_default();
-    let party = PartyData { id: id.to_string(), train: table.data.subset(&tr), test: table.data.subset(&te) };
+    let party = PartyData {
+        id: id.to_string(),
+        train: Arc::new(table.data.subset(&tr)),
+        test: Arc::new(table.data.subset(&te)),
+    };
     Ok((party, TableLayout { features: table.features, numeric: table.numeric, scaling }))
 }
 
@@ -158,7 +163,7 @@ fn by_column<R: rand::Rng>(
             .collect();
         let taken = out.iter().any(|p| p.id == spelled);
         let id = if spelled.is_empty() || taken { format!("party-{}", n + 1) } else { spelled };
-        out.push(PartyData { id, train: own.subset(&tr), test: own.subset(&te) });
+        out.push(PartyData { id, train: Arc::new(own.subset(&tr)), test: Arc::new(own.subset(&te)) });
     }
     Ok(out)
 }
@@ -189,7 +194,7 @@ fn from_sources(cfg: &Config) -> Result<Split> {
             ),
             _ => {}
         }
-        out.push(PartyData { id, train, test });
+        out.push(PartyData { id, train: Arc::new(train), test: Arc::new(test) });
     }
     let (features, numeric, _) = layout.context("[[data.sources]] is empty")?;
     Ok((out, features, numeric))
