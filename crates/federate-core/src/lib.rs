@@ -42,7 +42,7 @@ pub use dp::{DpSgd, Mechanism, NoiseSource, PrivacyFloor, Sampling};
 pub use learner::{BatchStats, ClipNorm, Learner, LearnerError};
 pub use messages::OptimizerSpec;
 pub use messages::{AlgorithmReply, AlgorithmState, PrivacyReport, TrainSummary};
-pub use nn_learner::NnLearner;
+pub use nn_learner::{NnLearner, WorkspacePool};
 pub use optim::Optimizer;
 pub use params::{Layout, Parameters, TensorSpec};
 pub use robust::Aggregator;

@@ -2,7 +2,7 @@
 //! crate that names federate-nn: it converts the engine's stats, clip norm and errors into
 //! core's types.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use federate_nn::{ModelSpec, Network, NnError, Workspace};
 
@@ -29,13 +29,39 @@ pub(crate) fn err(e: NnError) -> LearnerError {
     }
 }
 
-/// A `Learner` over a `federate-nn` network, with its workspaces (allocated on first use,
-/// freed by `release`).
+/// Workspaces shared by the learners of one model in one process (a simulation's parties,
+/// which train one after another): a learner takes one when it first needs it and gives it
+/// back on `release`, so a thousand parties reuse one workspace instead of each allocating
+/// and freeing its own (which left the allocator holding ~800 MB for the CNN). Every learner
+/// sharing a pool must have the same model, batch size and thread count; a workspace of
+/// another capacity is never handed out.
+#[derive(Debug, Default)]
+pub struct WorkspacePool {
+    train: Mutex<Vec<Workspace>>,
+    eval: Mutex<Vec<Workspace>>,
+}
+
+impl WorkspacePool {
+    fn take(list: &Mutex<Vec<Workspace>>, capacity: usize) -> Option<Workspace> {
+        let mut l = list.lock().ok()?;
+        let i = l.iter().position(|w| w.capacity() == capacity)?;
+        Some(l.swap_remove(i))
+    }
+    fn give(list: &Mutex<Vec<Workspace>>, ws: Workspace) {
+        if let Ok(mut l) = list.lock() {
+            l.push(ws);
+        }
+    }
+}
+
+/// A `Learner` over a `federate-nn` network, with its workspaces (allocated on first use, or
+/// taken from a shared pool; freed, or given back, by `release`).
 #[derive(Debug)]
 pub struct NnLearner {
     net: Network,
     ws: Option<Workspace>,
     eval_ws: Option<Workspace>,
+    pool: Option<Arc<WorkspacePool>>,
     batch: usize,
     /// The last `reseed`, applied to a training workspace allocated after it.
     seed: Option<u64>,
@@ -57,16 +83,30 @@ impl NnLearner {
                 .map(|t| TensorSpec { name: t.name.clone(), shape: t.shape.clone(), offset: t.offset })
                 .collect(),
         ));
-        Ok(NnLearner { net, ws: None, eval_ws: None, batch, seed: None, layout, threads })
+        Ok(NnLearner { net, ws: None, eval_ws: None, pool: None, batch, seed: None, layout, threads })
+    }
+    /// Takes workspaces from `pool` and gives them back there on `release`.
+    pub fn with_pool(mut self, pool: Arc<WorkspacePool>) -> Self {
+        self.pool = Some(pool);
+        self
     }
     /// The network and the training workspace, allocating the workspace if it was released.
     fn parts(&mut self) -> (&Network, &mut Workspace) {
         let ws = self.ws.get_or_insert_with(|| {
-            let mut ws = self.net.workspace(self.batch, self.threads);
+            let pooled = self.pool.as_ref().and_then(|p| WorkspacePool::take(&p.train, self.batch));
+            let mut ws = pooled.unwrap_or_else(|| self.net.workspace(self.batch, self.threads));
             if let Some(seed) = self.seed {
                 ws.reseed(seed);
             }
             ws
+        });
+        (&self.net, ws)
+    }
+    /// The evaluation workspace, allocated or taken from the pool.
+    fn eval_parts(&mut self) -> (&Network, &mut Workspace) {
+        let ws = self.eval_ws.get_or_insert_with(|| {
+            let pooled = self.pool.as_ref().and_then(|p| WorkspacePool::take(&p.eval, EVAL_BATCH));
+            pooled.unwrap_or_else(|| self.net.workspace(EVAL_BATCH, self.threads))
         });
         (&self.net, ws)
     }
@@ -97,8 +137,8 @@ impl Learner for NnLearner {
         net.loss_and_grad(params, ws, x, targets(y), grad).map(stats).map_err(err)
     }
     fn evaluate(&mut self, params: &[f32], x: &[f32], y: Targets<'_>) -> Result<BatchStats, LearnerError> {
-        let ws = self.eval_ws.get_or_insert_with(|| self.net.workspace(EVAL_BATCH, self.threads));
-        self.net.evaluate(params, ws, x, targets(y), None).map(stats).map_err(err)
+        let (net, ws) = self.eval_parts();
+        net.evaluate(params, ws, x, targets(y), None).map(stats).map_err(err)
     }
     fn score_len(&self) -> usize {
         self.net.outputs()
@@ -110,8 +150,8 @@ impl Learner for NnLearner {
         y: Targets<'_>,
         scores: &mut [f32],
     ) -> Result<BatchStats, LearnerError> {
-        let ws = self.eval_ws.get_or_insert_with(|| self.net.workspace(EVAL_BATCH, self.threads));
-        self.net.evaluate(params, ws, x, targets(y), Some(scores)).map(stats).map_err(err)
+        let (net, ws) = self.eval_parts();
+        net.evaluate(params, ws, x, targets(y), Some(scores)).map(stats).map_err(err)
     }
     fn reseed(&mut self, seed: u64) {
         self.seed = Some(seed);
@@ -137,8 +177,20 @@ impl Learner for NnLearner {
         net.clipped_grad_in(params, ws, x, targets(y), clip, norm, grad, norms).map(stats).map_err(err)
     }
     fn release(&mut self) {
-        self.ws = None;
-        self.eval_ws = None;
+        match &self.pool {
+            Some(p) => {
+                if let Some(ws) = self.ws.take() {
+                    WorkspacePool::give(&p.train, ws);
+                }
+                if let Some(ws) = self.eval_ws.take() {
+                    WorkspacePool::give(&p.eval, ws);
+                }
+            }
+            None => {
+                self.ws = None;
+                self.eval_ws = None;
+            }
+        }
     }
     fn train_flops_per_example(&self) -> Option<f64> {
         Some(self.net.flops_per_example().1)

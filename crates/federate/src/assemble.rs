@@ -282,7 +282,8 @@ pub fn check_data(cfg: &Config, spec: &ModelSpec, train: &Dataset, test: &Datase
 }
 
 /// A party holding `train` and `test` as the config builds one: a learner for `spec`, the
-/// noise source, and the privacy floor of `floor` (from [`privacy_floors`]).
+/// noise source, and the privacy floor of `floor` (from [`privacy_floors`]); parties of one
+/// process that train in turn share `pool`'s workspaces.
 pub fn party(
     cfg: &Config,
     spec: &ModelSpec,
@@ -290,9 +291,13 @@ pub fn party(
     test: impl Into<std::sync::Arc<Dataset>>,
     noise: federate_core::NoiseSource,
     floor: federate_core::PrivacyFloor,
+    pool: Option<&std::sync::Arc<federate_core::WorkspacePool>>,
 ) -> Result<LocalClient<NnLearner>> {
     let (train, test) = (train.into(), test.into());
     check_data(cfg, spec, &train, &test)?;
-    let learner = NnLearner::new(spec.clone(), cfg.train.batch_size, rayon::current_num_threads())?;
+    let mut learner = NnLearner::new(spec.clone(), cfg.train.batch_size, rayon::current_num_threads())?;
+    if let Some(p) = pool {
+        learner = learner.with_pool(p.clone());
+    }
     Ok(LocalClient::new(learner, train, test).with_noise_source(noise).with_privacy_floor(floor))
 }

@@ -92,7 +92,7 @@ pub fn join(
     let noise = cfg.privacy.noise.unwrap_or(federate_core::NoiseSource::Secure);
     // What this party agreed to in its own config: a server asking for less is refused.
     let floor = assemble::privacy_floor(cfg, train.len())?;
-    let mut client = assemble::party(cfg, &spec, train, test, noise, floor)?;
+    let mut client = assemble::party(cfg, &spec, train, test, noise, floor, None)?;
     if let Some(t) = table {
         client = client.with_table(t.features, t.numeric, t.scaling);
     }

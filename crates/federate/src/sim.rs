@@ -206,8 +206,11 @@ fn build_parties(
 ) -> Result<Vec<Box<dyn ClientProxy>>> {
     let mut clients: Vec<Box<dyn ClientProxy>> = Vec::with_capacity(parties.len());
     let floor = privacy_floors(cfg)?;
+    // The parties train one after another: one workspace for all of them.
+    let pool = Arc::new(federate_core::WorkspacePool::default());
     for p in parties {
-        let mut client = party(cfg, spec, p.train.clone(), p.test.clone(), noise, floor(p.train.len())?)?;
+        let n = p.train.len();
+        let mut client = party(cfg, spec, p.train.clone(), p.test.clone(), noise, floor(n)?, Some(&pool))?;
         if let Some(t) = table {
             client = client.with_table(t.features.clone(), t.numeric.clone(), t.scaling);
         }
