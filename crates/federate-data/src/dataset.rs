@@ -184,7 +184,12 @@ pub struct Images {
 impl Images {
     /// Every image, as a dataset.
     pub fn to_dataset(&self) -> Dataset {
-        Dataset::classification(self.pixels.iter().map(|&p| p as f32 / 255.0).collect(), self.y.clone(), self.dims, self.classes)
+        Dataset::classification(
+            self.pixels.iter().map(|&p| p as f32 / 255.0).collect(),
+            self.y.clone(),
+            self.dims,
+            self.classes,
+        )
     }
 }
 

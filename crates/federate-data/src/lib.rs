@@ -15,6 +15,9 @@ pub mod synthetic;
 pub mod table;
 pub mod tables;
 
-pub use dataset::{Batch, DATASETS, Dataset, Examples, Images, Targets, load_images, read_images, TrainTest, dataset_info, images_and_labels, load, load_idx_dir};
+pub use dataset::{
+    Batch, DATASETS, Dataset, Examples, Images, Targets, TrainTest, dataset_info, images_and_labels, load,
+    load_idx_dir, load_images, read_images,
+};
 pub use error::DataError;
 pub use fetch::{FASHION_MNIST, FetchOptions, MNIST, default_cache_dir, ensure};

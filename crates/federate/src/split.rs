@@ -46,12 +46,9 @@ pub fn split_sets<T: Examples>(cfg: &Config, train: &T, test: &T) -> Result<Vec<
         PartitionKind::WorkedExample => (
             partition::disjoint_sample(train.count(), k, d.train_per_party(), &mut rng)
                 .context("data.train_per_party")?,
-            partition::disjoint_sample(test.count(), k, d.test_per_party(), &mut rng)
-                .context("data.test_per_party")?,
+            partition::disjoint_sample(test.count(), k, d.test_per_party(), &mut rng).context("data.test_per_party")?,
         ),
-        PartitionKind::Iid => {
-            (partition::iid(train.count(), k, &mut rng)?, partition::iid(test.count(), k, &mut rng)?)
-        }
+        PartitionKind::Iid => (partition::iid(train.count(), k, &mut rng)?, partition::iid(test.count(), k, &mut rng)?),
         PartitionKind::Dirichlet | PartitionKind::Shards | PartitionKind::QuantitySkew => {
             let parts = match d.partition {
                 PartitionKind::Dirichlet => {
