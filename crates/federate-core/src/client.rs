@@ -408,17 +408,8 @@ impl<L: Learner> Client for LocalClient<L> {
         let s = self.learner.evaluate_scores(&params.values, &self.test.x, self.test.targets(), &mut scores);
         self.learner.release();
         let s = s.map_err(model_err)?;
-        let stats = match (&self.table, self.test.is_regression()) {
-            // Regression metrics in the target's own units.
-            (Some(t), true) => {
-                let mut targets = self.test.values.clone();
-                t.unscale(&mut scores);
-                t.unscale(&mut targets);
-                crate::metrics::EvalStats::from_scores(&scores, k, federate_data::Targets::Values(&targets))
-            }
-            _ => crate::metrics::EvalStats::from_scores(&scores, k, self.test.targets()),
-        }
-        .map_err(ClientError::Model)?;
+        let pre = self.table.as_ref().and_then(|t| t.preprocessing());
+        let stats = crate::metrics::EvalStats::of_set(&mut scores, k, &self.test, pre).map_err(ClientError::Model)?;
         Ok(EvaluateReply { num_examples: s.count, loss: s.mean_loss(), accuracy: s.accuracy(), stats })
     }
 

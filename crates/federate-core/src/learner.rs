@@ -53,7 +53,7 @@ pub trait Learner: Send {
     /// Loss and accuracy of `params` over a whole set, without gradients or randomness
     /// (dropout off). Errors as `loss_and_grad`'s.
     fn evaluate(&mut self, params: &[f32], x: &[f32], y: Targets<'_>) -> Result<BatchStats, LearnerError>;
-    /// Values per example [`Learner::scores`] writes: one per class (probabilities) under a
+    /// Values per example [`Learner::evaluate_scores`] writes: one per class (probabilities) under a
     /// multiclass loss, else one (the positive class's probability, or the predicted value).
     fn score_len(&self) -> usize;
     /// [`Learner::evaluate`] that also writes each example's scores (`score_len()` values per

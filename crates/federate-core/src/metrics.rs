@@ -119,6 +119,25 @@ impl EvalStats {
         Ok(st)
     }
 
+    /// The statistics of a whole set's scores; for a regression table scaled in round 0
+    /// (`pre`), predictions and targets are first turned back into the target's own units, so
+    /// RMSE and MAE are in them.
+    pub fn of_set(
+        scores: &mut [f32],
+        score_len: usize,
+        data: &federate_data::Dataset,
+        pre: Option<&federate_data::table::Preprocessing>,
+    ) -> Result<EvalStats, String> {
+        match pre.filter(|_| data.is_regression()) {
+            Some(p) => {
+                let targets: Vec<f32> = data.values.iter().map(|v| p.unscale_target(*v)).collect();
+                scores.iter_mut().for_each(|v| *v = p.unscale_target(*v));
+                EvalStats::from_scores(scores, score_len, Targets::Values(&targets))
+            }
+            None => EvalStats::from_scores(scores, score_len, data.targets()),
+        }
+    }
+
     /// Adds another party's statistics (of the same task and class count).
     pub fn merge(&mut self, other: &EvalStats) -> Result<(), String> {
         if *self == EvalStats::default() {

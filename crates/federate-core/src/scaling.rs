@@ -89,13 +89,9 @@ impl TableRows {
         Ok(())
     }
 
-    /// Regression predictions and targets back in the table's units, for the metrics a
-    /// party reports (RMSE in the target's own units); unchanged before scaling.
-    pub fn unscale(&self, values: &mut [f32]) {
-        if let Some(p) = &self.pre {
-            for v in values.iter_mut() {
-                *v = p.unscale_target(*v);
-            }
-        }
+    /// The preprocessing the rows were scaled with, once they were (metrics in the target's
+    /// units read it).
+    pub fn preprocessing(&self) -> Option<&Preprocessing> {
+        self.pre.as_ref()
     }
 }

@@ -76,16 +76,14 @@ impl Moments {
 
     /// Per feature: the mean and the (population) standard deviation.
     pub fn mean_std(&self) -> Vec<(f64, f64)> {
-        self.sum
-            .iter()
-            .zip(&self.sum_sq)
-            .zip(&self.present)
-            .map(|((s, q), n)| {
-                let n = (*n).max(1) as f64;
-                let mean = s / n;
-                (mean, (q / n - mean * mean).max(0.0).sqrt())
-            })
-            .collect()
+        (0..self.sum.len()).map(|j| self.column_mean_std(j)).collect()
+    }
+
+    /// Feature `j`'s mean and (population) standard deviation.
+    pub fn column_mean_std(&self, j: usize) -> (f64, f64) {
+        let n = self.present[j].max(1) as f64;
+        let mean = self.sum[j] / n;
+        (mean, (self.sum_sq[j] / n - mean * mean).max(0.0).sqrt())
     }
 
     /// Standardises `rows` in place to zero mean and unit variance per feature (a constant

@@ -135,8 +135,7 @@ fn rows(cfg: &Config, id: &str, data: PartyData) -> Result<(Dataset, Dataset, Op
     let (train, test) = match data {
         PartyData::File(path) if cfg.data.dataset == "images" => {
             // The held-out share comes from the seed and the identity, as for a table.
-            let salt = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
-            let tt = assemble::image_folder(cfg, &path, salt)?;
+            let tt = assemble::image_folder(cfg, &path, federate_data::table::fnv1a(id))?;
             (tt.train, tt.test)
         }
         PartyData::File(path) => {

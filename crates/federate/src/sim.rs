@@ -177,14 +177,7 @@ pub fn evaluate(
     let k = learner.score_len();
     let mut scores = vec![0.0f32; data.len() * k];
     let s = learner.evaluate_scores(params, &data.x, data.targets(), &mut scores)?;
-    let stats = match pre.filter(|_| data.is_regression()) {
-        Some(p) => {
-            let targets: Vec<f32> = data.values.iter().map(|v| p.unscale_target(*v)).collect();
-            scores.iter_mut().for_each(|v| *v = p.unscale_target(*v));
-            EvalStats::from_scores(&scores, k, federate_data::Targets::Values(&targets))
-        }
-        None => EvalStats::from_scores(&scores, k, data.targets()),
-    };
+    let stats = EvalStats::of_set(&mut scores, k, data, pre);
     Ok((s, stats.map_err(anyhow::Error::msg)?))
 }
 

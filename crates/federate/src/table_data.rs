@@ -90,8 +90,7 @@ pub fn prepare(cfg: &Config, opts: &FetchOptions) -> Result<(Vec<PartyData>, Tab
 /// identity (FNV-1a of it), so `federate join --data` and a simulation's `[[data.sources]]`
 /// hold out the same rows.
 fn own_rng(cfg: &Config, id: &str) -> impl rand::Rng {
-    let h = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
-    seed::stream(cfg.seed, seed::Stream::Partition, &[2, h])
+    seed::stream(cfg.seed, seed::Stream::Partition, &[2, federate_data::table::fnv1a(id)])
 }
 
 /// One party's rows from its own file (`federate join --data`), with a held-out test split.

@@ -248,6 +248,12 @@ pub struct Preprocessing {
     pub moments: Moments,
 }
 
+/// FNV-1a of `s`: a stable hash, the same on every machine and version (hashed categories,
+/// and the held-out split of a party's own file, seeded by its identity).
+pub fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
 /// The statistics round 0 adds up for a party's training rows: one column per feature and,
 /// for regression, one more for the target (so targets are scaled too, and a model's
 /// learning rate does not depend on the target's units).
@@ -311,7 +317,7 @@ impl Preprocessing {
             return z;
         }
         let d = self.numeric.len();
-        let (mean, std) = self.moments.mean_std()[d];
+        let (mean, std) = self.moments.column_mean_std(d);
         let z = z as f64;
         (match self.scaling {
             Scaling::Standardise if std > 0.0 => z * std + mean,

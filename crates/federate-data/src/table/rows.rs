@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{Categorical, MAX_TABLE_BYTES, Missing, Schema, Table};
+use super::{Categorical, MAX_TABLE_BYTES, Missing, Schema, Table, fnv1a};
 use crate::{DataError, Dataset};
 
 /// How one column becomes features.
@@ -17,11 +17,6 @@ enum Encode {
 
 fn is_missing(v: &str) -> bool {
     matches!(v, "" | "NA" | "NaN" | "nan" | "N/A" | "n/a" | "null" | "NULL" | "?")
-}
-
-/// FNV-1a: a stable hash, the same on every machine and version.
-fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// A row's target: a class index or a value.
