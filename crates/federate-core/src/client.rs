@@ -169,12 +169,14 @@ pub struct LocalClient<L: Learner> {
     step: Option<(String, Box<dyn PartyStep>)>,
     /// A table party's round-0 side.
     table: Option<crate::scaling::TableRows>,
+    /// Error feedback: what compression has not sent yet.
+    residual: Option<Vec<f32>>,
 }
 
 impl PartyState {
     /// Whether there is nothing to keep (the party has not taken part in a stateful algorithm).
     pub fn is_empty(&self) -> bool {
-        self.ledger.entries.is_empty() && self.algorithm.is_none()
+        self.ledger.entries.is_empty() && self.algorithm.is_none() && self.residual.is_none()
     }
 }
 
@@ -192,6 +194,7 @@ impl<L: Learner> LocalClient<L> {
             noise: NoiseSource::Seeded,
             step: None,
             table: None,
+            residual: None,
         }
     }
     /// Marks the data as a table's rows as read (unscaled): the party answers round 0 with
@@ -284,6 +287,7 @@ impl<L: Learner> LocalClient<L> {
             on_epoch: self.on_epoch.as_ref(),
         };
         let (stats, algorithm) = step.fit(&mut run, task, &global.values, &mut params)?;
+        let relative = step.reply_is_model();
         let mut summary = LocalSummary {
             train_loss: stats.batches.mean_loss(),
             train_accuracy: stats.batches.accuracy(),
@@ -307,9 +311,23 @@ impl<L: Learner> LocalClient<L> {
             self.ledger.record(entry).map_err(|e| ClientError::Model(e.to_string()))?;
             summary.epsilon = Some(eps);
         }
+        // Compression comes last: it only post-processes what DP released. The residual
+        // changes only once nothing can fail any more.
+        let mut upload = None;
+        if let Some(c) = &task.training.compression {
+            let mut residual = self.residual.clone();
+            let seed = seed::derive(task.seed, Stream::Compression, &[]);
+            let (payload, sent) =
+                crate::compress::compress_reply(c, &params, &global.values, relative, &mut residual, seed)
+                    .map_err(|e| ClientError::Model(e.to_string()))?;
+            params = sent;
+            upload = Some(payload);
+            self.residual = residual;
+        }
         self.last_summary = Some(summary);
         let (training, privacy) = release(&task.training, &summary);
-        Ok(FitReply { params, num_examples: self.train.len(), training, privacy, algorithm, metrics: BTreeMap::new() })
+        let num_examples = self.train.len();
+        Ok(FitReply { params, num_examples, training, privacy, algorithm, metrics: BTreeMap::new(), upload })
     }
 }
 
@@ -419,7 +437,7 @@ impl<L: Learner> Client for LocalClient<L> {
 
     fn state(&self) -> Option<PartyState> {
         let algorithm = self.step.as_ref().and_then(|(_, s)| s.state());
-        Some(PartyState { ledger: self.ledger.clone(), algorithm })
+        Some(PartyState { ledger: self.ledger.clone(), algorithm, residual: self.residual.clone() })
     }
 
     fn restore(&mut self, state: PartyState) -> Result<(), ClientError> {
@@ -436,8 +454,12 @@ impl<L: Learner> Client for LocalClient<L> {
                 Some((local.name, step))
             }
         };
+        if let Some(r) = state.residual.as_ref().filter(|r| r.len() != expected) {
+            return Err(ClientError::WrongParameterCount { got: r.len(), expected });
+        }
         self.ledger = state.ledger;
         self.step = step;
+        self.residual = state.residual;
         Ok(())
     }
 }

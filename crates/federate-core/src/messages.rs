@@ -49,6 +49,10 @@ pub struct FitReply {
     pub algorithm: AlgorithmReply,
     /// User-defined metrics (none from the built-in party); never read by the framework.
     pub metrics: BTreeMap<String, f64>,
+    /// When the task asked for compression: the encoded update exactly as it travels (see
+    /// `compress`); `params` then holds what the server decodes from it. `None`: `params`
+    /// travel as 32-bit floats.
+    pub upload: Option<Vec<u8>>,
 }
 
 /// What a party's local training did, as it reports it.
@@ -199,6 +203,9 @@ pub struct PartyState {
     /// The state of the algorithm's party half (SCAFFOLD's c_k, ADMM's dual, FedDyn's
     /// gradient), if it keeps any.
     pub algorithm: Option<AlgorithmState>,
+    /// Error feedback of compressed updates: what the codec has not sent yet, as long as the
+    /// model.
+    pub residual: Option<Vec<f32>>,
 }
 
 /// An algorithm's party-side state, in a form checkpoints store without knowing the
@@ -231,6 +238,37 @@ pub struct LocalTraining {
     /// What the party computes: plain local SGD (FedAvg), or another algorithm's party half.
     #[serde(default, skip_serializing_if = "LocalAlgorithm::is_sgd")]
     pub local: LocalAlgorithm,
+    /// How the party compresses its update before sending it (`None`: 32-bit floats).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<UpdateCompression>,
+}
+
+/// How a party compresses the update it sends: a lossy codec, optionally with error
+/// feedback (what the codec dropped is added to the next round's update) and zstd on top.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct UpdateCompression {
+    /// The lossy codec.
+    pub codec: Codec,
+    /// Keep what the codec dropped (the residual) and add it to the next update.
+    pub error_feedback: bool,
+    /// zstd over the encoded bytes.
+    pub zstd: bool,
+}
+
+/// A lossy codec for updates.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Codec {
+    /// Unbiased stochastic rounding to `bits` (4 or 8) per value, per block of values.
+    Quantize {
+        /// Bits per value: 4 or 8.
+        bits: u8,
+    },
+    /// The `fraction` of values largest in magnitude, with their indices.
+    TopK {
+        /// Fraction of the values sent, in (0, 1].
+        fraction: f64,
+    },
 }
 
 /// The party half of a round's algorithm: which registered algorithm (`algorithms::find`)

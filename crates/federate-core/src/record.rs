@@ -120,6 +120,14 @@ pub struct RoundRecord {
     /// Where this round's choice of parties came from.
     #[serde(default)]
     pub party_sampling: PartySampling,
+    /// Parameter bytes the round sent to parties: the model (and an algorithm's shared
+    /// vector) with every fit and evaluation task, at 4 bytes a value.
+    #[serde(default)]
+    pub bytes_down: u64,
+    /// Parameter bytes the parties sent back: each admitted update as it travelled (its
+    /// compressed payload, else 4 bytes a value) plus an algorithm's vector.
+    #[serde(default)]
+    pub bytes_up: u64,
 }
 
 impl RoundRecord {

@@ -58,11 +58,13 @@ pub enum Stream {
     AloneNoise,
     /// Random models for `federate bench aggregate`.
     BenchAggregate,
+    /// Stochastic rounding of a party's compressed update (under the task seed).
+    Compression,
 }
 
 impl Stream {
     /// Every stream.
-    pub const ALL: [Stream; 19] = [
+    pub const ALL: [Stream; 20] = [
         Stream::Fit,
         Stream::Init,
         Stream::Batches,
@@ -82,6 +84,7 @@ impl Stream {
         Stream::AloneDropout,
         Stream::AloneNoise,
         Stream::BenchAggregate,
+        Stream::Compression,
     ];
 
     /// The name hashed into the stream's seed.
@@ -106,6 +109,7 @@ impl Stream {
             Stream::AloneDropout => "alone-dropout",
             Stream::AloneNoise => "alone-noise",
             Stream::BenchAggregate => "bench-aggregate",
+            Stream::Compression => "compression",
         }
     }
 }

@@ -396,6 +396,10 @@ impl Server {
         let (tasks, sampling_error) = self.fit_tasks(round, cfg);
         observer(Event::RoundStarted { round, parties: tasks.len() });
         let Fits { replies, mut fit, mut failures, all_spent } = self.fit(round, global, &tasks, observer);
+        let bytes_up = replies.iter().map(|(_, r)| upload_bytes(r)).sum();
+        let model_bytes = 4 * global.values.len() as u64;
+        let vector_bytes = |v: &Option<Arc<Vec<f32>>>| v.as_ref().map_or(0, |v| 4 * v.len() as u64);
+        let mut bytes_down: u64 = tasks.iter().map(|(_, t)| model_bytes + vector_bytes(&t.vector)).sum();
         let fit_seconds = start.elapsed().as_secs_f64();
         let (aggregated, error) = match self.aggregate(round, global, &replies, &mut fit, &mut failures) {
             Ok(()) => (true, None),
@@ -409,7 +413,8 @@ impl Server {
         let (weighted, trained) = reported.fold((0.0, 0.0), |(s, n), (l, k)| (s + l * k, n + k));
         let train_loss = (trained > 0.0).then(|| weighted / trained);
         let t_eval = Instant::now();
-        let (evaluate, federated) = self.evaluate(round, global, cfg, &mut failures);
+        let (evaluate, federated, evaluated) = self.evaluate(round, global, cfg, &mut failures);
+        bytes_down += evaluated as u64 * model_bytes;
         let centralized = self.central.as_mut().and_then(|f| f(global));
         let (accuracy, loss, metrics) = match (&federated, centralized) {
             (Some(f), _) => (Some(f.accuracy), Some(f.loss), f.stats.metrics()),
@@ -435,6 +440,8 @@ impl Server {
             seconds: start.elapsed().as_secs_f64(),
             strategy: self.strategy.metrics(),
             party_sampling: cfg.sampling,
+            bytes_down,
+            bytes_up,
         };
         (record, all_spent)
     }
@@ -531,14 +538,14 @@ impl Server {
     }
 
     /// Sends the evaluation tasks, admits the replies (failures into `failures`) and
-    /// combines them.
+    /// combines them; also how many tasks were sent.
     fn evaluate(
         &mut self,
         round: u32,
         global: &Parameters,
         cfg: &ServerConfig,
         failures: &mut Vec<Failure>,
-    ) -> (Vec<ClientEval>, Option<EvaluateReply>) {
+    ) -> (Vec<ClientEval>, Option<EvaluateReply>, usize) {
         let mut rng = seed::stream(cfg.seed, Stream::EvaluateSampling, &[round as u64]);
         let mut etasks = self.strategy.configure_evaluate(round, self.clients.len(), &mut rng);
         for (_, t) in etasks.iter_mut() {
@@ -572,8 +579,19 @@ impl Server {
                 Err(reason) => failures.push(Failure { id, stage: "evaluate".into(), reason }),
             }
         }
-        (evaluate, self.strategy.aggregate_evaluate(round, &ereplies))
+        (evaluate, self.strategy.aggregate_evaluate(round, &ereplies), etasks.len())
     }
+}
+
+/// The bytes a reply's update travelled as: its compressed payload, else 4 a value; plus an
+/// algorithm's vector.
+fn upload_bytes(r: &FitReply) -> u64 {
+    let params = r.upload.as_ref().map_or(4 * r.params.len(), Vec::len) as u64;
+    let vector = match &r.algorithm {
+        crate::messages::AlgorithmReply::Vector(v) => 4 * v.len() as u64,
+        _ => 0,
+    };
+    params + vector
 }
 
 /// What the fit half of a round gathered.

@@ -20,6 +20,7 @@ impl LocalTraining {
             dp: None,
             update_dp: None,
             local: LocalAlgorithm::default(),
+            compression: None,
         }
     }
 }

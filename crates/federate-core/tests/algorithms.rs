@@ -34,6 +34,7 @@ fn base(epochs: usize, batch: usize, lr: f32, weight_decay: f32) -> FedAvg {
             dp: None,
             update_dp: None,
             local: LocalAlgorithm::default(),
+            compression: None,
         })
     }
 }

@@ -39,6 +39,7 @@ fn task(round: u32, dp: Option<DpSgd>, batch: usize) -> FitTask {
         dp,
         update_dp: None,
         local: LocalAlgorithm::default(),
+        compression: None,
     };
     FitTask { round, training, seed: round as u64, vector: None, scaling: None }
 }

@@ -94,8 +94,42 @@ pub fn split(values: &[f32], transfer_id: u64, chunk_bytes: usize, zstd: bool) -
         num_values: values.len() as u64,
         num_chunks: chunks.len() as u32,
         compression: if zstd { Compression::Zstd as i32 } else { Compression::None as i32 },
+        encoded_bytes: 0,
     };
     (header, chunks)
+}
+
+/// Splits a compressed update (`federate_core::compress` bytes) the way [`split`] splits
+/// values: its bytes packed four to a value, the last value zero-padded, and the exact length
+/// in the header's `encoded_bytes`. `zstd` is off: the update is already entropy-coded when
+/// its sender chose so.
+pub fn split_encoded(bytes: &[u8], transfer_id: u64, chunk_bytes: usize) -> (ParametersHeader, Vec<Chunk>) {
+    let words: Vec<f32> = bytes
+        .chunks(4)
+        .map(|c| {
+            let mut w = [0u8; 4];
+            w[..c.len()].copy_from_slice(c);
+            f32::from_le_bytes(w)
+        })
+        .collect();
+    let (mut header, chunks) = split(&words, transfer_id, chunk_bytes, false);
+    header.encoded_bytes = bytes.len() as u64;
+    (header, chunks)
+}
+
+/// The bytes of an encoded transfer ([`split_encoded`]) from the values it arrived as:
+/// exactly `encoded_bytes`, the padding dropped (it must be zeros).
+pub fn encoded_bytes(values: &[f32], encoded_bytes: u64) -> Result<Vec<u8>, WireError> {
+    let want = values.len() as u64 * 4;
+    if encoded_bytes > want || encoded_bytes + 4 <= want {
+        return Err(WireError::LengthMismatch { got: want, want: encoded_bytes });
+    }
+    let mut bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    if bytes[encoded_bytes as usize..].iter().any(|&b| b != 0) {
+        return Err(WireError::LengthMismatch { got: want, want: encoded_bytes });
+    }
+    bytes.truncate(encoded_bytes as usize);
+    Ok(bytes)
 }
 
 /// Reassembles one announced transfer from its chunks.
@@ -297,6 +331,22 @@ mod tests {
         assert!(matches!(join(h, c, Limits::default()), Err(WireError::Decompress(..))));
     }
 
+    #[test]
+    fn encoded_updates_travel_byte_exact() {
+        for len in [0usize, 1, 3, 4, 5, 1000, 4099] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 7 + 255) as u8).collect();
+            let (h, c) = split_encoded(&bytes, 9, 64);
+            assert_eq!(h.encoded_bytes, len as u64);
+            assert_eq!(h.num_values, len.div_ceil(4) as u64);
+            let values = join(h, c, Limits::default()).unwrap();
+            assert_eq!(encoded_bytes(&values, len as u64).unwrap(), bytes, "{len} bytes");
+        }
+        // A length the values cannot hold, or non-zero padding, is refused.
+        assert!(encoded_bytes(&[1.0], 5).is_err());
+        assert!(encoded_bytes(&[1.0, 2.0], 3).is_err());
+        assert!(encoded_bytes(&[f32::from_le_bytes([1, 2, 3, 4])], 3).is_err());
+    }
+
     /// Random headers and chunk bytes (fixed seed): every outcome is a value or an error,
     /// never a panic, and nothing beyond the limits is produced.
     #[test]
@@ -315,6 +365,7 @@ mod tests {
                 num_values: next() % 5000,
                 num_chunks: (next() % 40) as u32,
                 compression: (next() % 3) as i32,
+                encoded_bytes: 0,
             };
             let Ok(mut a) = Assembler::new(header, limits) else { continue };
             for i in 0..(next() % 12) {

@@ -1,7 +1,8 @@
 //! Conversions between the core types and their protocol messages.
 
 use federate_core::{
-    DpSgd, LocalAlgorithm, LocalTraining, Mechanism, OptimizerSpec, PrivacyReport, Sampling, TrainSummary, UpdateDp,
+    Codec, DpSgd, LocalAlgorithm, LocalTraining, Mechanism, OptimizerSpec, PrivacyReport, Sampling, TrainSummary,
+    UpdateCompression, UpdateDp,
 };
 use federate_privacy::Accountant;
 
@@ -56,7 +57,32 @@ pub fn training_to_proto(t: &LocalTraining) -> proto::LocalTraining {
         has_state: t.local.has_state,
         algorithm: t.local.name.clone(),
         algorithm_settings: t.local.settings.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        compression: t.compression.map(|c| {
+            let (codec, bits, fraction) = match c.codec {
+                Codec::Quantize { bits } => ("quantize", u32::from(bits), 0.0),
+                Codec::TopK { fraction } => ("top-k", 0, fraction),
+            };
+            proto::UpdateCompression {
+                codec: codec.into(),
+                bits,
+                fraction,
+                error_feedback: c.error_feedback,
+                zstd: c.zstd,
+            }
+        }),
     }
+}
+
+/// A task's compression setting, validated.
+fn compression_from_proto(c: &proto::UpdateCompression) -> Result<UpdateCompression, Malformed> {
+    let codec = match c.codec.as_str() {
+        "quantize" => Codec::Quantize { bits: u8::try_from(c.bits).unwrap_or(0) },
+        "top-k" => Codec::TopK { fraction: c.fraction },
+        other => return Err(Malformed(format!("unknown compression codec '{}'", other.escape_debug()))),
+    };
+    let u = UpdateCompression { codec, error_feedback: c.error_feedback, zstd: c.zstd };
+    u.validate().map_err(Malformed)?;
+    Ok(u)
 }
 
 /// A message's local-training settings, validated.
@@ -123,7 +149,16 @@ pub fn training_from_proto(t: &proto::LocalTraining) -> Result<LocalTraining, Ma
         }
     };
     let local = local_from_proto(t)?;
-    Ok(LocalTraining { epochs: t.epochs as usize, batch_size: t.batch_size as usize, optimizer, dp, update_dp, local })
+    let compression = t.compression.as_ref().map(compression_from_proto).transpose()?;
+    Ok(LocalTraining {
+        epochs: t.epochs as usize,
+        batch_size: t.batch_size as usize,
+        optimizer,
+        dp,
+        update_dp,
+        local,
+        compression,
+    })
 }
 
 /// Longest algorithm name or setting key accepted, and most settings.
@@ -302,15 +337,18 @@ mod tests {
                 settings: settings.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
                 has_state,
             };
-            for (dp, update_dp, local) in [
-                (None, None, LocalAlgorithm::default()),
-                (Some(dp), Some(u), local("fedprox", &[("mu", 0.01)], false)),
-                (None, None, local("fedsgd", &[("full", 1.0)], false)),
-                (None, None, local("admm", &[("rho", 0.5)], true)),
-                (None, None, local("scaffold", &[], false)),
-                (None, None, local("feddyn", &[("alpha", 0.1)], true)),
+            let q4 = UpdateCompression { codec: Codec::Quantize { bits: 4 }, error_feedback: true, zstd: false };
+            let top = UpdateCompression { codec: Codec::TopK { fraction: 0.01 }, error_feedback: false, zstd: true };
+            for (dp, update_dp, local, compression) in [
+                (None, None, LocalAlgorithm::default(), None),
+                (Some(dp), Some(u), local("fedprox", &[("mu", 0.01)], false), Some(q4)),
+                (None, None, local("fedsgd", &[("full", 1.0)], false), Some(top)),
+                (None, None, local("admm", &[("rho", 0.5)], true), None),
+                (None, None, local("scaffold", &[], false), None),
+                (None, None, local("feddyn", &[("alpha", 0.1)], true), None),
             ] {
-                let t = LocalTraining { epochs: 2, batch_size: 32, optimizer: optimizer.clone(), dp, update_dp, local };
+                let optimizer = optimizer.clone();
+                let t = LocalTraining { epochs: 2, batch_size: 32, optimizer, dp, update_dp, local, compression };
                 assert_eq!(training_from_proto(&training_to_proto(&t)).unwrap(), t);
             }
         }
@@ -321,7 +359,14 @@ mod tests {
             dp: None,
             update_dp: None,
             local: LocalAlgorithm::default(),
+            compression: None,
         });
+        let mut compression = bad.clone();
+        compression.compression =
+            Some(proto::UpdateCompression { codec: "quantize".into(), bits: 3, ..Default::default() });
+        assert!(training_from_proto(&compression).unwrap_err().to_string().contains("bits = 3"));
+        compression.compression = Some(proto::UpdateCompression { codec: "gzip".into(), ..Default::default() });
+        assert!(training_from_proto(&compression).unwrap_err().to_string().contains("unknown compression codec"));
         let mut unknown = bad.clone();
         bad.optimizer.as_mut().unwrap().lr = -1.0;
         assert!(training_from_proto(&bad).is_err());

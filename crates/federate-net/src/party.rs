@@ -494,7 +494,11 @@ async fn run_task(
 /// Sends a fit reply: its header, the parameters' chunks, then the algorithm's vector's.
 async fn send_fit(opts: &PartyOptions, tx: &mpsc::Sender<PartyMessage>, task_id: u64, r: FitReply) -> bool {
     use crate::proto::fit_result::Algorithm;
-    let (header, chunks) = codec::split(&r.params, task_id, opts.chunk_bytes, opts.zstd);
+    // A compressed update travels as its encoded bytes; the server decodes it.
+    let (header, chunks) = match &r.upload {
+        Some(bytes) => codec::split_encoded(bytes, task_id, opts.chunk_bytes),
+        None => codec::split(&r.params, task_id, opts.chunk_bytes, opts.zstd),
+    };
     let (algorithm, vector_chunks) = match &r.algorithm {
         AlgorithmReply::None => (None, Vec::new()),
         AlgorithmReply::PrimalResidual(v) => (Some(Algorithm::PrimalResidual(*v)), Vec::new()),

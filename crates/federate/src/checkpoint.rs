@@ -69,6 +69,10 @@ pub(crate) struct PartyMeta {
     /// Format 2 (read only): whether the party held a SCAFFOLD control variate.
     #[serde(default, skip_serializing)]
     pub(crate) scaffold: bool,
+    /// Whether the party holds an error-feedback residual (compressed updates): one more
+    /// vector, after the algorithm's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) residual: bool,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -159,6 +163,7 @@ pub(crate) fn encode_parties<'a>(
     for (id, p) in parties {
         let a = p.algorithm.as_ref();
         vectors.extend(a.iter().flat_map(|a| a.vectors.iter().map(Vec::as_slice)));
+        vectors.extend(p.residual.as_deref());
         metas.push(PartyMeta {
             id: id.to_string(),
             ledger: p.ledger.clone(),
@@ -168,6 +173,7 @@ pub(crate) fn encode_parties<'a>(
             vectors: a.map_or(0, |a| a.vectors.len()),
             admm_rho: None,
             scaffold: false,
+            residual: p.residual.is_some(),
         });
     }
     (metas, vectors)
@@ -215,7 +221,8 @@ pub(crate) fn decode_parties(
     if let Some(p) = metas.iter().find(|p| p.algorithm().is_some_and(|(_, _, n)| n > MAX_STATE_VECTORS)) {
         bail!("{}: party '{}' claims more than {MAX_STATE_VECTORS} state vectors", dir.display(), p.id);
     }
-    let count: usize = metas.iter().filter_map(|p| p.algorithm().map(|(_, _, n)| n)).sum();
+    let count: usize =
+        metas.iter().map(|p| p.algorithm().map_or(0, |(_, _, n)| n) + usize::from(p.residual)).sum();
     let all = match (file, count) {
         (_, 0) => Vec::new(),
         (Some(f), _) => read_f32s(dir, f, count.saturating_mul(len), sums)?,
@@ -241,7 +248,8 @@ pub(crate) fn decode_parties(
             scalars,
             vectors: (0..n).map(|_| next()).collect(),
         });
-        parties.push((p.id, PartyState { ledger: p.ledger, algorithm }));
+        let residual = p.residual.then(&mut next);
+        parties.push((p.id, PartyState { ledger: p.ledger, algorithm, residual }));
     }
     Ok(parties)
 }
@@ -516,6 +524,7 @@ pub(crate) mod tests {
                 PartyState {
                     ledger: ledger(3),
                     algorithm: state("admm", vec![0.1f32 as f64], vec![vec![0.5, -0.5], vec![1.5, 2.5]]),
+                    residual: None,
                 },
             ),
             (
@@ -525,6 +534,15 @@ pub(crate) mod tests {
             (
                 "d".to_string(),
                 PartyState { algorithm: state("feddyn", vec![], vec![vec![3.0, -3.0]]), ..Default::default() },
+            ),
+            ("e".to_string(), PartyState { residual: Some(vec![1e-9, f32::MIN_POSITIVE]), ..Default::default() }),
+            (
+                "f".to_string(),
+                PartyState {
+                    ledger: ledger(1),
+                    algorithm: state("scaffold", vec![], vec![vec![0.25, 0.5]]),
+                    residual: Some(vec![-0.125, 7.0]),
+                },
             ),
         ];
         write_checkpoint(dir.path(), checkpoint(3, &global, ("admm", None), parties.clone())).unwrap();

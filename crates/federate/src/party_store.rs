@@ -158,6 +158,7 @@ impl PartyStore {
                     .map_err(|e| bad(&path, e.to_string()))?;
             if let Some((_, s)) = parties.pop() {
                 state.algorithm = s.algorithm;
+                state.residual = s.residual;
             }
             found = true;
         }
@@ -179,11 +180,13 @@ impl<C: Client> Persisted<C> {
     pub(crate) fn new(mut inner: C, store: PartyStore) -> Result<Self> {
         if let Some(state) = store.load()? {
             println!(
-                "{}: restored its saved state (privacy ledger: {} DP steps in {} entries; algorithm state: {})",
+                "{}: restored its saved state (privacy ledger: {} DP steps in {} entries; algorithm state: {}; \
+                 error-feedback residual: {})",
                 store.id,
                 state.ledger.steps(),
                 state.ledger.entries.len(),
                 state.algorithm.as_ref().map_or("none", |a| a.name.as_str()),
+                if state.residual.is_some() { "kept" } else { "none" },
             );
             inner.restore(state).map_err(|e| anyhow::anyhow!("{}: {e}", store.meta_path().display()))?;
         }
@@ -235,7 +238,7 @@ mod tests {
             scalars: vec![0.2f32 as f64],
             vectors: vec![vec![0.25, -1.0], vec![3.0, 4.0]],
         };
-        let state = PartyState { ledger: ledger(40), algorithm: Some(admm) };
+        let state = PartyState { ledger: ledger(40), algorithm: Some(admm), residual: Some(vec![0.5, -0.0625]) };
         store.save(&state).unwrap();
         assert_eq!(store.load().unwrap(), Some(state.clone()));
         // Another federation (other seed, other model) gets the ledger, never the algorithm

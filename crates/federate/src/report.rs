@@ -108,6 +108,8 @@ impl RunDir {
             "alone": alone.map(|s| s.metrics()),
             "pooled": result.pooled.as_ref().map(|s| s.metrics()),
             "seconds": result.records.iter().map(|r| r.seconds).sum::<f64>(),
+            "bytes_down": result.records.iter().map(|r| r.bytes_down).sum::<u64>(),
+            "bytes_up": result.records.iter().map(|r| r.bytes_up).sum::<u64>(),
         });
         std::fs::write(self.path.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
         Ok(())

@@ -55,8 +55,15 @@ impl RoundLog {
     }
 }
 
+/// Bytes as megabytes (10^6) with three significant digits.
+fn megabytes(b: u64) -> String {
+    let mb = b as f64 / 1e6;
+    if mb >= 100.0 { format!("{mb:.0}") } else if mb >= 10.0 { format!("{mb:.1}") } else { format!("{mb:.3}") }
+}
+
 /// The console line of a finished round: accuracy, training loss, ε (sample-level, and
-/// client-level with its clip), who trained, who failed and why, time.
+/// client-level with its clip), who trained, who failed and why, parameter bytes each way,
+/// time.
 pub(crate) fn round_line(r: &RoundRecord, rounds: u32, note: &str, metric: &str) -> String {
     let failures = if r.failures.is_empty() {
         "0".to_string()
@@ -75,7 +82,8 @@ pub(crate) fn round_line(r: &RoundRecord, rounds: u32, note: &str, metric: &str)
         _ => format!("{metric} {}", r.metric(metric).map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into())),
     };
     format!(
-        "round {:>3}/{rounds}  {shown}  train loss {}{}{}  parties {}  failures {failures}  {:.1} s{note}",
+        "round {:>3}/{rounds}  {shown}  train loss {}{}{}  parties {}  failures {failures}  sent {} MB  received {} \
+         MB  {:.1} s{note}",
         r.round,
         r.train_loss.map(|l| format!("{l:.4}")).unwrap_or_else(|| "-".into()),
         r.epsilon.map(|e| format!("  ε {e:.3}")).unwrap_or_default(),
@@ -84,6 +92,8 @@ pub(crate) fn round_line(r: &RoundRecord, rounds: u32, note: &str, metric: &str)
             _ => String::new(),
         },
         r.fit.len(),
+        megabytes(r.bytes_down),
+        megabytes(r.bytes_up),
         r.seconds
     )
 }

@@ -73,6 +73,10 @@ impl PartyStep for Party {
         let full = super::local_setting(&task.training.local, "full", Range::Flag)? != 0.0;
         Ok((run.gradient(global, full, params)?, AlgorithmReply::None))
     }
+    /// The reply is a gradient, not a model.
+    fn reply_is_model(&self) -> bool {
+        false
+    }
     /// One step: over every example (q = 1) for a full-batch gradient, else one Poisson
     /// batch at the DP settings' rate.
     fn dp_steps(&self, training: &LocalTraining, dp: &DpSgd, n: usize) -> Result<(f64, u64), ClientError> {

@@ -213,6 +213,11 @@ pub trait PartyStep: Send {
         let q = dp.rate(n, training.batch_size);
         Ok((q, DpSgd::steps_per_epoch(q) as u64 * training.epochs as u64))
     }
+    /// Whether the reply's parameters are a model (compressed as their change from the model
+    /// sent) rather than something else (FedSGD's gradient, compressed as it is).
+    fn reply_is_model(&self) -> bool {
+        true
+    }
     /// What this party half keeps between rounds.
     fn state(&self) -> Option<AlgorithmState> {
         None

@@ -112,6 +112,27 @@ struct Encoded {
     chunks: Vec<crate::proto::Chunk>,
 }
 
+/// A fit reply whose update came compressed, decoded against the model the party was sent
+/// (`global`) by the function the party used to compute what it sent; other replies as
+/// they are.
+pub(crate) fn decode_upload(
+    reply: Result<FitReply, ClientError>,
+    global: &Parameters,
+    task: &FitTask,
+) -> Result<FitReply, ClientError> {
+    let mut f = reply?;
+    if let Some(bytes) = &f.upload {
+        if task.training.compression.is_none() {
+            return Err(ClientError::Unavailable(
+                "sent a compressed update where the task asked for 32-bit floats".into(),
+            ));
+        }
+        f.params = federate_core::compress::decode_reply(bytes, &global.values)
+            .map_err(|e| ClientError::Unavailable(format!("update refused: {e}")))?;
+    }
+    Ok(f)
+}
+
 /// What a fit task sends: the model, and the algorithm's shared vector in a transfer of its
 /// own (SCAFFOLD's c); each encoded once per round, whatever the number of parties.
 #[derive(Clone)]
@@ -406,7 +427,8 @@ impl Hub {
     /// Sends a fit task to party `id` and waits for its reply.
     pub async fn fit(&self, id: &str, global: &Parameters, task: &FitTask) -> Result<FitReply, ClientError> {
         let payload = self.fit_payload(global, task);
-        self.fit_encoded(id, &payload, task).await
+        let reply = self.fit_encoded(id, &payload, task).await;
+        decode_upload(reply, global, task)
     }
 
     /// Sends a fit task whose payload ([`Hub::fit_payload`]) is already encoded.

@@ -33,6 +33,8 @@ pub(super) enum Receiving {
         reply: Box<FitReply>,
         transfers: Transfers,
         vector: bool,
+        /// The parameters arrive as a compressed update of this many bytes (0: as values).
+        encoded: u64,
     },
 }
 
@@ -245,10 +247,13 @@ pub(super) async fn read_party(hub: &Hub, id: &str, conn: &Arc<Conn>, inbound: &
                     Err(e) => return format!("bad parameter chunk: {e}"),
                     Ok(None) => {}
                     Ok(Some(vectors)) => {
-                        if let Receiving::Fit { task_id, reply, vector, .. } =
+                        if let Receiving::Fit { task_id, reply, vector, encoded, .. } =
                             std::mem::replace(&mut state, Receiving::Nothing)
                         {
-                            let reply = with_vectors(*reply, vectors, vector);
+                            let reply = match with_vectors(*reply, vectors, vector, encoded) {
+                                Ok(r) => r,
+                                Err(e) => return format!("bad compressed update: {e}"),
+                            };
                             if let Some(i) = reply.params.iter().position(|v| !v.is_finite()) {
                                 warn!(party = id, "update has a non-finite value at {i}; the strategy will refuse it");
                             }
@@ -304,7 +309,24 @@ fn fit_header(f: crate::proto::FitResult, cfg: &super::HubConfig) -> Result<Rece
             vector = true;
         }
     }
-    if let Some((i, h)) = headers.iter().enumerate().find(|(_, h)| h.num_values != cfg.model_len as u64) {
+    // The parameters may come as a compressed update, bounded by the most any codec can
+    // take for this model; the algorithm's vector always comes as values.
+    let encoded = headers[0].encoded_bytes;
+    if encoded > 0 {
+        let most = federate_core::compress::max_payload(cfg.model_len) as u64;
+        if encoded > most || headers[0].num_values != encoded.div_ceil(4) {
+            return Err(format!(
+                "sent a compressed update of {encoded} bytes in {} values; a model of {} values takes at most {most} \
+                 bytes in ⌈bytes/4⌉ values",
+                headers[0].num_values, cfg.model_len
+            ));
+        }
+    }
+    if let Some((i, h)) = headers
+        .iter()
+        .enumerate()
+        .find(|(i, h)| h.num_values != cfg.model_len as u64 && !(*i == 0 && encoded > 0) || (*i > 0 && h.encoded_bytes > 0))
+    {
         let what = if i == 0 { "parameters" } else { "values in the algorithm's vector" };
         return Err(format!("sent {} {what}, the model has {}", h.num_values, cfg.model_len));
     }
@@ -319,19 +341,31 @@ fn fit_header(f: crate::proto::FitResult, cfg: &super::HubConfig) -> Result<Rece
         privacy: privacy_from_proto(f.privacy.as_ref()),
         algorithm,
         metrics: f.metrics.into_iter().map(|(k, v)| (clean_text(&k), v)).collect(),
+        upload: None,
     };
-    Ok(Receiving::Fit { task_id: f.task_id, reply: Box::new(reply), transfers, vector })
+    Ok(Receiving::Fit { task_id: f.task_id, reply: Box::new(reply), transfers, vector, encoded })
 }
 
-/// The reply with the vectors its transfers carried: the parameters, then the algorithm's
-/// vector when one was announced.
-fn with_vectors(mut reply: FitReply, vectors: Vec<Vec<f32>>, vector: bool) -> FitReply {
+/// The reply with the vectors its transfers carried: the parameters (or, when `encoded`, the
+/// compressed update's bytes, which the hub decodes against the model it sent), then the
+/// algorithm's vector when one was announced.
+fn with_vectors(
+    mut reply: FitReply,
+    vectors: Vec<Vec<f32>>,
+    vector: bool,
+    encoded: u64,
+) -> Result<FitReply, crate::codec::WireError> {
     let mut v = vectors.into_iter();
-    reply.params = v.next().unwrap_or_default();
+    let params = v.next().unwrap_or_default();
+    if encoded > 0 {
+        reply.upload = Some(crate::codec::encoded_bytes(&params, encoded)?);
+    } else {
+        reply.params = params;
+    }
     if vector {
         reply.algorithm = AlgorithmReply::Vector(v.next().unwrap_or_default());
     }
-    reply
+    Ok(reply)
 }
 
 pub(super) fn kind(m: &party_message::Msg) -> &'static str {

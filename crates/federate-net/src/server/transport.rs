@@ -98,10 +98,15 @@ impl federate_core::Transport for HubTransport {
             per_job.push(FitPayload { model: model.clone(), vector });
         }
         let per_job = Arc::new(per_job);
-        self.run_all(jobs, move |i, hub, id, task| {
+        let replies = self.run_all(jobs, move |i, hub, id, task| {
             let payloads = per_job.clone();
             async move { hub.fit_encoded(&id, &payloads[i], &task).await }
-        })
+        });
+        replies
+            .into_iter()
+            .zip(jobs)
+            .map(|((r, secs), (_, task))| (super::decode_upload(r, global, task), secs))
+            .collect()
     }
 
     fn evaluate_all(

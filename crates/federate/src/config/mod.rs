@@ -5,12 +5,14 @@
 //! The schema of the sections is here and in `privacy.rs` and `server.rs`; reading a file and
 //! `--set` in `load.rs`; the checks across sections in `validate.rs`.
 
+mod compression;
 mod data;
 mod load;
 mod privacy;
 mod server;
 mod validate;
 
+pub use compression::*;
 pub use data::*;
 pub use load::*;
 pub use privacy::*;
@@ -33,6 +35,7 @@ impl Config {
             dp: self.privacy.dp_sgd(),
             update_dp: None,
             local: Default::default(),
+            compression: self.compression.update_compression(),
         }
     }
 
@@ -87,6 +90,8 @@ pub struct Config {
     pub server: ServerSection,
     /// Simulated malicious parties (`federate run` only).
     pub attack: AttackConfig,
+    /// Compression of the updates parties send.
+    pub compression: CompressionConfig,
 }
 
 impl Default for Config {
@@ -105,6 +110,7 @@ impl Default for Config {
             client_privacy: ClientPrivacyConfig::default(),
             server: ServerSection::default(),
             attack: AttackConfig::default(),
+            compression: CompressionConfig::default(),
         }
     }
 }

@@ -21,6 +21,7 @@ pub fn validate(c: &Config) -> Result<()> {
     check_privacy(c)?;
     check_server(c)?;
     check_model(c)?;
+    c.compression.validate()?;
     c.loss()?;
     c.metric()?;
     Ok(())

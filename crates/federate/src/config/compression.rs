@@ -1,0 +1,73 @@
+//! `[compression]`: how parties compress the updates they send (see
+//! `federate_core::compress`). The server sends the setting with every task, so parties need
+//! no setting of their own.
+
+use anyhow::{Result, bail};
+use federate_core::{Codec, UpdateCompression};
+use serde::{Deserialize, Serialize};
+
+/// The codecs `[compression] update` accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateCodec {
+    /// 32-bit floats.
+    #[default]
+    None,
+    /// Stochastic quantisation to 8 bits per value.
+    Q8,
+    /// Stochastic quantisation to 4 bits per value.
+    Q4,
+    /// The `fraction` of values largest in magnitude.
+    TopK,
+}
+
+/// Update compression.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompressionConfig {
+    /// `none` (default), `q8`, `q4` or `top-k`.
+    pub update: UpdateCodec,
+    /// Top-k: the fraction of values sent, in (0, 1] (default 0.01).
+    pub fraction: f64,
+    /// Keep what the codec dropped and add it to the next update (default true).
+    pub error_feedback: bool,
+    /// zstd over the encoded update (default false).
+    pub zstd: bool,
+}
+
+impl Default for CompressionConfig {
+    fn default() -> Self {
+        CompressionConfig { update: UpdateCodec::None, fraction: 0.01, error_feedback: true, zstd: false }
+    }
+}
+
+impl CompressionConfig {
+    /// The setting the tasks carry (`None`: 32-bit floats).
+    pub fn update_compression(&self) -> Option<UpdateCompression> {
+        let codec = match self.update {
+            UpdateCodec::None => return None,
+            UpdateCodec::Q8 => Codec::Quantize { bits: 8 },
+            UpdateCodec::Q4 => Codec::Quantize { bits: 4 },
+            UpdateCodec::TopK => Codec::TopK { fraction: self.fraction },
+        };
+        Some(UpdateCompression { codec, error_feedback: self.error_feedback, zstd: self.zstd })
+    }
+
+    /// Checks the ranges, and that no key is set that the chosen codec does not read.
+    pub fn validate(&self) -> Result<()> {
+        let d = CompressionConfig::default();
+        if self.update != UpdateCodec::TopK && self.fraction != d.fraction {
+            bail!("compression.fraction is read only by update = \"top-k\": remove it, or set compression.update = \"top-k\"");
+        }
+        if self.update == UpdateCodec::None && (self.zstd != d.zstd || self.error_feedback != d.error_feedback) {
+            bail!(
+                "compression.zstd and compression.error_feedback need a codec: set compression.update to \"q8\", \
+                 \"q4\" or \"top-k\" (transport-level zstd of 32-bit floats is server.zstd)"
+            );
+        }
+        if let Some(c) = self.update_compression() {
+            c.validate().map_err(anyhow::Error::msg)?;
+        }
+        Ok(())
+    }
+}
