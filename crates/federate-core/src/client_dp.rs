@@ -221,7 +221,19 @@ impl Strategy for DpFedAvg {
         let chosen: Vec<usize> = (0..num_clients).filter(|_| rng.random::<f64>() < rate).collect();
         chosen
             .into_iter()
-            .map(|c| (c, FitTask { round, training: self.base.training.clone(), seed: 0, vector: None, scaling: None }))
+            .map(|c| {
+                (
+                    c,
+                    FitTask {
+                        round,
+                        training: self.base.training.clone(),
+                        seed: 0,
+                        vector: None,
+                        scaling: None,
+                        model: None,
+                    },
+                )
+            })
             .collect()
     }
 

@@ -219,7 +219,13 @@ fn dequantize(r: &mut Reader<'_>, n: usize) -> Result<Vec<f32>, CompressError> {
     let bytes = if bits == 8 { n } else { n.div_ceil(2) };
     let packed = r.take(bytes)?;
     let code = |i: usize| -> u8 {
-        if bits == 8 { packed[i] } else if i % 2 == 0 { packed[i / 2] & 0x0f } else { packed[i / 2] >> 4 }
+        if bits == 8 {
+            packed[i]
+        } else if i.is_multiple_of(2) {
+            packed[i / 2] & 0x0f
+        } else {
+            packed[i / 2] >> 4
+        }
     };
     let values: Vec<f32> = (0..n)
         .map(|i| {
@@ -240,9 +246,7 @@ fn top_k(x: &[f32], fraction: f64, out: &mut Vec<u8>) {
     if k < n && k > 0 {
         // Largest magnitude first, lower index on ties: a total order, so the same k win on
         // every machine.
-        idx.select_nth_unstable_by(k - 1, |&a, &b| {
-            x[b as usize].abs().total_cmp(&x[a as usize].abs()).then(a.cmp(&b))
-        });
+        idx.select_nth_unstable_by(k - 1, |&a, &b| x[b as usize].abs().total_cmp(&x[a as usize].abs()).then(a.cmp(&b)));
     }
     idx.truncate(k);
     idx.sort_unstable();
@@ -455,7 +459,8 @@ mod tests {
         top[19..23].copy_from_slice(&400u32.to_le_bytes());
         assert!(err(&top, 300).contains("beyond the model"));
         // A zstd bomb: a body far larger than any payload for this model.
-        let bomb: Vec<u8> = std::iter::once(ZSTD).chain(zstd::bulk::compress(&vec![0u8; 1 << 20], 3).unwrap()).collect();
+        let bomb: Vec<u8> =
+            std::iter::once(ZSTD).chain(zstd::bulk::compress(&vec![0u8; 1 << 20], 3).unwrap()).collect();
         assert!(err(&bomb, 300).contains("does not decompress within"));
         assert_eq!(
             c(Codec::Quantize { bits: 8 }, false).encode(&[1.0, f32::NAN], true, 0),
@@ -472,11 +477,15 @@ mod tests {
             let z = c(codec, true).encode(&x, true, 9).unwrap();
             assert_eq!(decode(&a, 5000).unwrap(), decode(&z, 5000).unwrap());
         }
-        assert!(UpdateCompression { codec: Codec::Quantize { bits: 2 }, error_feedback: false, zstd: false }
-            .validate()
-            .is_err());
-        assert!(UpdateCompression { codec: Codec::TopK { fraction: 0.0 }, error_feedback: false, zstd: false }
-            .validate()
-            .is_err());
+        assert!(
+            UpdateCompression { codec: Codec::Quantize { bits: 2 }, error_feedback: false, zstd: false }
+                .validate()
+                .is_err()
+        );
+        assert!(
+            UpdateCompression { codec: Codec::TopK { fraction: 0.0 }, error_feedback: false, zstd: false }
+                .validate()
+                .is_err()
+        );
     }
 }

@@ -13,6 +13,7 @@ pub mod algorithms;
 pub mod client;
 pub mod client_dp;
 pub mod compress;
+mod dispatch;
 pub mod dp;
 pub mod learner;
 pub mod messages;

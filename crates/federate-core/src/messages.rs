@@ -31,6 +31,12 @@ pub struct FitTask {
     /// rows with before training (the server sets it; strategies leave it `None`).
     #[serde(skip)]
     pub scaling: Option<Arc<Moments>>,
+    /// Which global model the task carries: the round whose aggregate it is (0: the model the
+    /// run started or resumed from). A transport sends a model a party already received by
+    /// this number instead of its values; `None` (what strategies leave, the server sets it):
+    /// always the values.
+    #[serde(default)]
+    pub model: Option<u32>,
 }
 
 /// A party's answer to a `FitTask`: typed fields for everything the framework reads, and
@@ -100,6 +106,9 @@ pub struct EvaluateTask {
     /// Tables: the federation's feature statistics from round 0 (as in [`FitTask`]).
     #[serde(skip)]
     pub scaling: Option<Arc<Moments>>,
+    /// Which global model the task carries (as in [`FitTask`]).
+    #[serde(default)]
+    pub model: Option<u32>,
 }
 
 /// A party's evaluation of the parameters it was sent, on its own test data.

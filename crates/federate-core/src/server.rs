@@ -9,6 +9,7 @@ use thiserror::Error;
 
 use crate::admission::Admission;
 use crate::client::ClientProxy;
+use crate::dispatch::dispatch;
 use crate::messages::{EvaluateReply, FitReply, FitTask, Moments};
 use crate::params::Parameters;
 pub use crate::record::{CentralEval, ClientEval, ClientFit, Failure, PartySampling, RoundRecord};
@@ -106,83 +107,6 @@ impl Parties<'_> {
 /// Evaluates global parameters on a server-held test set.
 pub type CentralEvaluator = Box<dyn FnMut(&Parameters) -> Option<CentralEval> + Send>;
 
-/// Runs every (client, task): parties behind a [`crate::Transport`] in one batch per
-/// transport (no thread per party), other `concurrent` proxies each on its own thread, the
-/// rest one after another. Outcomes come back in task order with their wall-clock seconds,
-/// whatever order they finished in, so aggregation is deterministic.
-fn dispatch<T: Sync, R: Send>(
-    clients: &mut [Box<dyn ClientProxy>],
-    tasks: &[(usize, T)],
-    call: impl Fn(&mut dyn ClientProxy, &T) -> Result<R, crate::ClientError> + Sync,
-    batch: impl Fn(&dyn crate::Transport, &[(&str, &T)]) -> Vec<(Result<R, crate::ClientError>, f64)> + Sync,
-) -> Vec<(usize, Result<R, crate::ClientError>, f64)> {
-    let timed = |client: &mut dyn ClientProxy, task: &T| {
-        let t = Instant::now();
-        let r = call(client, task);
-        (r, t.elapsed().as_secs_f64())
-    };
-    let wanted: std::collections::HashMap<usize, usize> = tasks.iter().enumerate().map(|(i, (c, _))| (*c, i)).collect();
-    let mut slots: Vec<Option<(Result<R, crate::ClientError>, f64)>> = tasks.iter().map(|_| None).collect();
-    // Tasks of parties behind a transport, grouped by transport.
-    let mut groups: Vec<(std::sync::Arc<dyn crate::Transport>, Vec<usize>)> = Vec::new();
-    for (i, (c, _)) in tasks.iter().enumerate() {
-        let Some(t) = clients.get(*c).and_then(|client| client.transport()) else { continue };
-        match groups.iter_mut().find(|(g, _)| std::sync::Arc::ptr_eq(g, &t)) {
-            Some((_, members)) => members.push(i),
-            None => groups.push((t, vec![i])),
-        }
-    }
-    let batched: std::collections::HashSet<usize> = groups.iter().flat_map(|(_, m)| m.iter().copied()).collect();
-    let ids: Vec<String> = clients.iter().map(|c| c.id().to_string()).collect();
-    std::thread::scope(|scope| {
-        let batch = &batch;
-        let group_handles: Vec<_> = groups
-            .iter()
-            .map(|(t, members)| {
-                let jobs: Vec<(&str, &T)> = members.iter().map(|&i| (ids[tasks[i].0].as_str(), &tasks[i].1)).collect();
-                (members, scope.spawn(move || batch(t.as_ref(), &jobs)))
-            })
-            .collect();
-        let mut handles = Vec::new();
-        for (c, client) in clients.iter_mut().enumerate() {
-            let Some(&i) = wanted.get(&c) else { continue };
-            if batched.contains(&i) {
-                continue;
-            }
-            let task = &tasks[i].1;
-            if client.concurrent() {
-                let timed = &timed;
-                handles.push((i, scope.spawn(move || timed(client.as_mut(), task))));
-            } else {
-                slots[i] = Some(timed(client.as_mut(), task));
-            }
-        }
-        for (i, h) in handles {
-            let r = h
-                .join()
-                .unwrap_or_else(|_| (Err(crate::ClientError::Unavailable("the party's handler panicked".into())), 0.0));
-            slots[i] = Some(r);
-        }
-        for (members, h) in group_handles {
-            let outcomes = h.join().unwrap_or_default();
-            let mut outcomes = outcomes.into_iter();
-            for &i in members {
-                slots[i] = Some(outcomes.next().unwrap_or_else(|| {
-                    (Err(crate::ClientError::Unavailable("the transport gave no answer for this party".into())), 0.0)
-                }));
-            }
-        }
-    });
-    tasks
-        .iter()
-        .zip(slots)
-        .map(|((c, _), s)| {
-            let (r, secs) = s.unwrap_or((Err(crate::ClientError::Unavailable("not dispatched".into())), 0.0));
-            (*c, r, secs)
-        })
-        .collect()
-}
-
 /// The federated server.
 pub struct Server {
     strategy: Box<dyn Strategy>,
@@ -191,12 +115,26 @@ pub struct Server {
     target: Option<(crate::metrics::MetricInfo, f64)>,
     admission: Admission,
     scaling: Option<Arc<Moments>>,
+    /// The round whose aggregate `global` is (0: the model the run started or resumed from).
+    model: u32,
+    /// Which model each party (by index) was last sent: a task carrying the same one sends
+    /// it by reference, so its bytes are not counted again.
+    held: std::collections::HashMap<usize, u32>,
 }
 
 impl Server {
     /// A server running `strategy` over `clients`.
     pub fn new(strategy: Box<dyn Strategy>, clients: Vec<Box<dyn ClientProxy>>) -> Self {
-        Server { strategy, clients, central: None, target: None, admission: Admission::default(), scaling: None }
+        Server {
+            strategy,
+            clients,
+            central: None,
+            target: None,
+            admission: Admission::default(),
+            scaling: None,
+            model: 0,
+            held: Default::default(),
+        }
     }
 
     /// Bounds what the parties may report (example counts, floats) and whose counts weight
@@ -360,6 +298,9 @@ impl Server {
         }
         let mut global = global;
         let mut records = Vec::new();
+        // Parties hold nothing of this run yet (a resumed server has new connections).
+        self.model = completed;
+        self.held.clear();
         for round in completed + 1..=cfg.rounds {
             let (record, all_spent) = self.round(round, &mut global, cfg, observer);
             let state = self.strategy.state();
@@ -397,9 +338,9 @@ impl Server {
         observer(Event::RoundStarted { round, parties: tasks.len() });
         let Fits { replies, mut fit, mut failures, all_spent } = self.fit(round, global, &tasks, observer);
         let bytes_up = replies.iter().map(|(_, r)| upload_bytes(r)).sum();
-        let model_bytes = 4 * global.values.len() as u64;
         let vector_bytes = |v: &Option<Arc<Vec<f32>>>| v.as_ref().map_or(0, |v| 4 * v.len() as u64);
-        let mut bytes_down: u64 = tasks.iter().map(|(_, t)| model_bytes + vector_bytes(&t.vector)).sum();
+        let mut bytes_down: u64 = tasks.iter().map(|(_, t)| vector_bytes(&t.vector)).sum();
+        bytes_down += self.model_bytes(tasks.iter().map(|(c, _)| *c), global.values.len());
         let fit_seconds = start.elapsed().as_secs_f64();
         let (aggregated, error) = match self.aggregate(round, global, &replies, &mut fit, &mut failures) {
             Ok(()) => (true, None),
@@ -414,7 +355,7 @@ impl Server {
         let train_loss = (trained > 0.0).then(|| weighted / trained);
         let t_eval = Instant::now();
         let (evaluate, federated, evaluated) = self.evaluate(round, global, cfg, &mut failures);
-        bytes_down += evaluated as u64 * model_bytes;
+        bytes_down += self.model_bytes(evaluated.into_iter(), global.values.len());
         let centralized = self.central.as_mut().and_then(|f| f(global));
         let (accuracy, loss, metrics) = match (&federated, centralized) {
             (Some(f), _) => (Some(f.accuracy), Some(f.loss), f.stats.metrics()),
@@ -446,6 +387,19 @@ impl Server {
         (record, all_spent)
     }
 
+    /// The bytes of sending the current model (`len` values) to `parties`: 4 a value to each
+    /// that was not sent it before, nothing to one that was (the transport sends it by
+    /// reference). Marks them as holding it.
+    fn model_bytes(&mut self, parties: impl Iterator<Item = usize>, len: usize) -> u64 {
+        let mut bytes = 0;
+        for c in parties {
+            if self.held.insert(c, self.model) != Some(self.model) {
+                bytes += 4 * len as u64;
+            }
+        }
+        bytes
+    }
+
     /// The strategy's fit tasks, each with the seed the server derives for its party; or why
     /// no party could be sampled.
     fn fit_tasks(&mut self, round: u32, cfg: &ServerConfig) -> (Vec<(usize, FitTask)>, Option<String>) {
@@ -456,6 +410,7 @@ impl Server {
                 for (c, t) in tasks.iter_mut() {
                     t.seed = seed::derive(cfg.seed, Stream::Fit, &[round as u64, *c as u64]);
                     t.scaling = self.scaling.clone();
+                    t.model = Some(self.model);
                 }
                 (tasks, None)
             }
@@ -534,22 +489,24 @@ impl Server {
             return Err(e);
         }
         *global = next;
+        self.model = round;
         Ok(())
     }
 
     /// Sends the evaluation tasks, admits the replies (failures into `failures`) and
-    /// combines them; also how many tasks were sent.
+    /// combines them; also the parties the tasks went to.
     fn evaluate(
         &mut self,
         round: u32,
         global: &Parameters,
         cfg: &ServerConfig,
         failures: &mut Vec<Failure>,
-    ) -> (Vec<ClientEval>, Option<EvaluateReply>, usize) {
+    ) -> (Vec<ClientEval>, Option<EvaluateReply>, Vec<usize>) {
         let mut rng = seed::stream(cfg.seed, Stream::EvaluateSampling, &[round as u64]);
         let mut etasks = self.strategy.configure_evaluate(round, self.clients.len(), &mut rng);
         for (_, t) in etasks.iter_mut() {
             t.scaling = self.scaling.clone();
+            t.model = Some(self.model);
         }
         let mut ereplies: Vec<(usize, EvaluateReply)> = Vec::new();
         let mut evaluate = Vec::new();
@@ -579,7 +536,8 @@ impl Server {
                 Err(reason) => failures.push(Failure { id, stage: "evaluate".into(), reason }),
             }
         }
-        (evaluate, self.strategy.aggregate_evaluate(round, &ereplies), etasks.len())
+        let sent = etasks.iter().map(|(c, _)| *c).collect();
+        (evaluate, self.strategy.aggregate_evaluate(round, &ereplies), sent)
     }
 }
 

@@ -94,7 +94,7 @@ pub fn split(values: &[f32], transfer_id: u64, chunk_bytes: usize, zstd: bool) -
         num_values: values.len() as u64,
         num_chunks: chunks.len() as u32,
         compression: if zstd { Compression::Zstd as i32 } else { Compression::None as i32 },
-        encoded_bytes: 0,
+        ..Default::default()
     };
     (header, chunks)
 }
@@ -365,7 +365,7 @@ mod tests {
                 num_values: next() % 5000,
                 num_chunks: (next() % 40) as u32,
                 compression: (next() % 3) as i32,
-                encoded_bytes: 0,
+                ..Default::default()
             };
             let Ok(mut a) = Assembler::new(header, limits) else { continue };
             for i in 0..(next() % 12) {

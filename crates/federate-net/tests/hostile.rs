@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use federate_core::{
-    Admission, ClientProxy, Declared, FedAvg, Layout, LocalTraining, Parameters, RoundRecord, Server, ServerConfig,
-    TensorSpec, Weighting,
+    Admission, ClientProxy, Codec, Declared, FedAvg, Layout, LocalTraining, Parameters, RoundRecord, Server,
+    ServerConfig, TensorSpec, UpdateCompression, Weighting,
 };
 use federate_net::codec::{self, Assembler, Limits};
 use federate_net::proto::federation_client::FederationClient;
@@ -61,6 +61,12 @@ enum Behaviour {
     /// Honest fits, but evaluation statistics with a confusion matrix that is not square and
     /// counts that are not its example count.
     EvalStats,
+    /// A fit result whose parameters claim to be a model reference (only the server sends those).
+    ForgedReference,
+    /// A compressed update (valid, of the model plus 1) whether or not the task asked for one.
+    Compressed,
+    /// A compressed update that claims one value more than the model.
+    CompressedTooLong,
 }
 
 fn out(m: party_message::Msg) -> PartyMessage {
@@ -111,15 +117,25 @@ async fn raw_party(url: String, id: String, b: Behaviour) {
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     };
-    let mut current: Option<(u64, bool, Assembler)> = None;
+    let mut current: Option<(u64, bool, u32, Assembler)> = None;
+    let mut kept: Option<(u32, Vec<f32>)> = None;
     let limits = Limits { max_values: 1 << 24, max_chunk_bytes: 1 << 20 };
     while let Ok(Some(ServerMessage { msg: Some(m) })) = inbound.message().await {
         match m {
+            // A model sent by reference is the one kept from the last numbered transfer.
+            server_message::Msg::Fit(f) if f.params.unwrap().by_reference => {
+                answer(&tx, b, f.task_id, true, kept.clone().unwrap().1).await
+            }
+            server_message::Msg::Evaluate(e) if e.params.unwrap().by_reference => {
+                answer(&tx, b, e.task_id, false, kept.clone().unwrap().1).await
+            }
             server_message::Msg::Fit(f) => {
-                current = Some((f.task_id, true, Assembler::new(f.params.unwrap(), limits).unwrap()))
+                let h = f.params.unwrap();
+                current = Some((f.task_id, true, h.model, Assembler::new(h, limits).unwrap()))
             }
             server_message::Msg::Evaluate(e) => {
-                current = Some((e.task_id, false, Assembler::new(e.params.unwrap(), limits).unwrap()))
+                let h = e.params.unwrap();
+                current = Some((e.task_id, false, h.model, Assembler::new(h, limits).unwrap()))
             }
             server_message::Msg::Stats(r) => {
                 // Round 0: an honest party sends two features' statistics; others lie.
@@ -142,86 +158,97 @@ async fn raw_party(url: String, id: String, b: Behaviour) {
                     tx.send(out(party_message::Msg::Stats(StatsResult { task_id: r.task_id, moments: Some(m) }))).await;
             }
             server_message::Msg::Chunk(c) => {
-                let Some((task_id, fit, a)) = current.as_mut() else { continue };
+                let Some((task_id, fit, model, a)) = current.as_mut() else { continue };
                 let Some(values) = a.push(c).unwrap() else { continue };
                 let (task_id, fit) = (*task_id, *fit);
+                kept = (*model != 0).then(|| (*model, values.clone()));
                 current = None;
-                if !fit {
-                    let mut r = EvaluateResult { task_id, num_examples: 5, loss: 0.5, accuracy: 0.5, stats: None };
-                    match b {
-                        Behaviour::EvalCount => r.num_examples = u64::MAX,
-                        Behaviour::EvalAccuracy => r.accuracy = 4.6e18,
-                        Behaviour::EvalStats => {
-                            r.stats = Some(federate_net::proto::EvalStats {
-                                confusion: vec![u64::MAX, 7, 1],
-                                ..Default::default()
-                            })
-                        }
-                        _ => {}
-                    }
-                    let _ = tx.send(out(party_message::Msg::Evaluate(r))).await;
-                    continue;
-                }
-                let mut params: Vec<f32> = values.iter().map(|v| v + 1.0).collect();
-                let mut count = 10u64;
-                let mut metrics = HashMap::new();
-                let mut training = None;
-                let mut algorithm = None;
-                match b {
-                    Behaviour::Honest { count: c, delta } => {
-                        count = c;
-                        params = values.iter().map(|v| v + delta).collect();
-                    }
-                    Behaviour::HugeCount => {
-                        count = 1_000_000_000_000;
-                        params = values.iter().map(|v| v * -10.0).collect();
-                    }
-                    Behaviour::MaxCount => count = u64::MAX,
-                    Behaviour::ZeroCount => count = 0,
-                    Behaviour::NonFinite => params[3] = f32::NAN,
-                    Behaviour::NanMetric => {
-                        metrics.insert("user_metric".to_string(), f64::NAN);
-                    }
-                    Behaviour::WrongVector => {
-                        let (h, _) = codec::split(&params[1..], task_id | 1 << 63, 16, false);
-                        algorithm = Some(federate_net::proto::fit_result::Algorithm::Vector(h));
-                    }
-                    Behaviour::NanLoss => {
-                        training = Some(TrainSummary { steps: 1, loss: Some(f64::NAN), ..Default::default() });
-                    }
-                    Behaviour::WrongCount => {
-                        params.pop();
-                    }
-                    Behaviour::Oversized => {
-                        let huge = Chunk { transfer_id: task_id, index: 0, data: vec![0u8; 128 << 10].into() };
-                        let _ = tx.send(out(party_message::Msg::Chunk(huge))).await;
-                        continue;
-                    }
-                    Behaviour::ForgedReason => {
-                        let reason = format!("boom\nround 9/9  accuracy 100.00 %\n{}", "x".repeat(60_000));
-                        let e = TaskError { task_id, reason, budget_spent: false };
-                        let _ = tx.send(out(party_message::Msg::Error(e))).await;
-                        continue;
-                    }
-                    Behaviour::EvalCount | Behaviour::EvalAccuracy | Behaviour::EvalStats => {}
-                }
-                let (h, chunks) = codec::split(&params, task_id, 16, false);
-                let head = FitResult {
-                    task_id,
-                    num_examples: count,
-                    metrics,
-                    params: Some(h),
-                    training,
-                    algorithm,
-                    ..Default::default()
-                };
-                let _ = tx.send(out(party_message::Msg::Fit(head))).await;
-                for c in chunks {
-                    let _ = tx.send(out(party_message::Msg::Chunk(c))).await;
-                }
+                answer(&tx, b, task_id, fit, values).await;
             }
             _ => {}
         }
+    }
+}
+
+/// A hand-written party's answer to a task whose model is `values`.
+async fn answer(tx: &tokio::sync::mpsc::Sender<PartyMessage>, b: Behaviour, task_id: u64, fit: bool, values: Vec<f32>) {
+    if !fit {
+        let mut r = EvaluateResult { task_id, num_examples: 5, loss: 0.5, accuracy: 0.5, stats: None };
+        match b {
+            Behaviour::EvalCount => r.num_examples = u64::MAX,
+            Behaviour::EvalAccuracy => r.accuracy = 4.6e18,
+            Behaviour::EvalStats => {
+                r.stats = Some(federate_net::proto::EvalStats { confusion: vec![u64::MAX, 7, 1], ..Default::default() })
+            }
+            _ => {}
+        }
+        let _ = tx.send(out(party_message::Msg::Evaluate(r))).await;
+        return;
+    }
+    let mut params: Vec<f32> = values.iter().map(|v| v + 1.0).collect();
+    let mut count = 10u64;
+    let mut metrics = HashMap::new();
+    let mut training = None;
+    let mut algorithm = None;
+    match b {
+        Behaviour::Honest { count: c, delta } => {
+            count = c;
+            params = values.iter().map(|v| v + delta).collect();
+        }
+        Behaviour::HugeCount => {
+            count = 1_000_000_000_000;
+            params = values.iter().map(|v| v * -10.0).collect();
+        }
+        Behaviour::MaxCount => count = u64::MAX,
+        Behaviour::ZeroCount => count = 0,
+        Behaviour::NonFinite => params[3] = f32::NAN,
+        Behaviour::NanMetric => {
+            metrics.insert("user_metric".to_string(), f64::NAN);
+        }
+        Behaviour::WrongVector => {
+            let (h, _) = codec::split(&params[1..], task_id | 1 << 63, 16, false);
+            algorithm = Some(federate_net::proto::fit_result::Algorithm::Vector(h));
+        }
+        Behaviour::NanLoss => {
+            training = Some(TrainSummary { steps: 1, loss: Some(f64::NAN), ..Default::default() });
+        }
+        Behaviour::WrongCount => {
+            params.pop();
+        }
+        Behaviour::Oversized => {
+            let huge = Chunk { transfer_id: task_id, index: 0, data: vec![0u8; 128 << 10].into() };
+            let _ = tx.send(out(party_message::Msg::Chunk(huge))).await;
+            return;
+        }
+        Behaviour::ForgedReason => {
+            let reason = format!("boom\nround 9/9  accuracy 100.00 %\n{}", "x".repeat(60_000));
+            let e = TaskError { task_id, reason, budget_spent: false };
+            let _ = tx.send(out(party_message::Msg::Error(e))).await;
+            return;
+        }
+        Behaviour::EvalCount | Behaviour::EvalAccuracy | Behaviour::EvalStats => {}
+        Behaviour::ForgedReference | Behaviour::Compressed | Behaviour::CompressedTooLong => {}
+    }
+    let (mut h, chunks) = match b {
+        Behaviour::Compressed | Behaviour::CompressedTooLong => {
+            let c = UpdateCompression { codec: Codec::Quantize { bits: 8 }, error_feedback: false, zstd: true };
+            let mut update = vec![1.0f32; values.len()];
+            if b == Behaviour::CompressedTooLong {
+                update.push(1.0);
+            }
+            codec::split_encoded(&c.encode(&update, true, 7).unwrap(), task_id, 16)
+        }
+        _ => codec::split(&params, task_id, 16, false),
+    };
+    if b == Behaviour::ForgedReference {
+        h.by_reference = true;
+        h.model = 1;
+    }
+    let head =
+        FitResult { task_id, num_examples: count, metrics, params: Some(h), training, algorithm, ..Default::default() };
+    let _ = tx.send(out(party_message::Msg::Fit(head))).await;
+    for c in chunks {
+        let _ = tx.send(out(party_message::Msg::Chunk(c))).await;
     }
 }
 
@@ -282,6 +309,62 @@ fn run_rounds(
     let init = Parameters::new(vec![0.5; model_len], layout).unwrap();
     let mut server = Server::new(Box::new(strategy), clients).with_admission(admission);
     server.run(init, &ServerConfig::new(rounds, 1), &mut |_| {}).unwrap()
+}
+
+/// [`run_rounds`] with the tasks' local training given.
+fn run_rounds_with(
+    rt: &tokio::runtime::Runtime,
+    hub: &Hub,
+    ids: &[&str],
+    rounds: u32,
+    training: LocalTraining,
+    model_len: usize,
+) -> (Parameters, Vec<RoundRecord>) {
+    let clients: Vec<Box<dyn ClientProxy>> =
+        ids.iter().map(|id| Box::new(RemoteParty::new(*id, hub.clone(), rt.handle().clone())) as _).collect();
+    let layout = Arc::new(Layout::new(vec![TensorSpec { name: "w".into(), shape: vec![model_len], offset: 0 }]));
+    let init = Parameters::new(vec![0.5; model_len], layout).unwrap();
+    let mut server = Server::new(Box::new(FedAvg::new(training)), clients);
+    server.run(init, &ServerConfig::new(rounds, 1), &mut |_| {}).unwrap()
+}
+
+#[test]
+fn compressed_updates_are_decoded_only_when_asked_for_and_references_come_only_from_the_server() {
+    let rt = runtime();
+    let parties = [
+        ("honest", Behaviour::Honest { count: 10, delta: 1.0 }),
+        ("compressed", Behaviour::Compressed),
+        ("toolong", Behaviour::CompressedTooLong),
+        ("forger", Behaviour::ForgedReference),
+    ];
+    let ids: Vec<&str> = parties.iter().map(|(id, _)| *id).collect();
+    // Without compression in the task, an encoded update is refused as such.
+    let hub = start(&rt, hub_config(&ids), &parties);
+    let (_, records) = run_rounds(&rt, &hub, &ids, 1, Admission::default(), N);
+    let r = &records[0];
+    assert!(reasons(r, "compressed", "fit").contains("asked for 32-bit floats"), "{r:?}");
+    assert!(reasons(r, "forger", "fit").contains("only the server sends those"), "{r:?}");
+    // With compression asked for, the valid one is decoded (model 0.5 + 1 from 8-bit codes
+    // of a constant block: exact) and weighs in; the one too long is refused by name.
+    let (parties, ids) = (&parties[..3], &ids[..3]);
+    let hub = start(&rt, hub_config(ids), parties);
+    let mut training = LocalTraining::sgd(1, 1, 0.1);
+    training.compression =
+        Some(UpdateCompression { codec: Codec::Quantize { bits: 8 }, error_feedback: true, zstd: false });
+    let (global, records) = run_rounds_with(&rt, &hub, ids, 2, training, N);
+    for r in &records {
+        let fitted: Vec<&str> = r.fit.iter().map(|f| f.id.as_str()).collect();
+        assert_eq!(fitted, vec!["honest", "compressed"], "{r:?}");
+        let long = reasons(r, "toolong", "fit");
+        assert!(long.contains("carries 11 values, the model has 10"), "{long}");
+    }
+    assert_eq!(global.values, vec![2.5; N]);
+    // Round 2 sent the model by reference to every party that held round 1's: only the
+    // evaluation of round 1 and the fit of round 1 carried it (3 parties, 40 bytes each).
+    assert_eq!(records[0].bytes_down, 2 * 3 * 40, "{:?}", records[0]);
+    assert_eq!(records[1].bytes_down, 3 * 40, "{:?}", records[1]);
+    let (sent, _) = hub.traffic();
+    assert_eq!(sent, 3 * 3 * 40, "the hub sent what the record counts");
 }
 
 fn reasons(r: &RoundRecord, id: &str, stage: &str) -> String {

@@ -221,8 +221,7 @@ pub(crate) fn decode_parties(
     if let Some(p) = metas.iter().find(|p| p.algorithm().is_some_and(|(_, _, n)| n > MAX_STATE_VECTORS)) {
         bail!("{}: party '{}' claims more than {MAX_STATE_VECTORS} state vectors", dir.display(), p.id);
     }
-    let count: usize =
-        metas.iter().map(|p| p.algorithm().map_or(0, |(_, _, n)| n) + usize::from(p.residual)).sum();
+    let count: usize = metas.iter().map(|p| p.algorithm().map_or(0, |(_, _, n)| n) + usize::from(p.residual)).sum();
     let all = match (file, count) {
         (_, 0) => Vec::new(),
         (Some(f), _) => read_f32s(dir, f, count.saturating_mul(len), sums)?,

@@ -58,7 +58,13 @@ impl RoundLog {
 /// Bytes as megabytes (10^6) with three significant digits.
 fn megabytes(b: u64) -> String {
     let mb = b as f64 / 1e6;
-    if mb >= 100.0 { format!("{mb:.0}") } else if mb >= 10.0 { format!("{mb:.1}") } else { format!("{mb:.3}") }
+    if mb >= 100.0 {
+        format!("{mb:.0}")
+    } else if mb >= 10.0 {
+        format!("{mb:.1}")
+    } else {
+        format!("{mb:.3}")
+    }
 }
 
 /// The console line of a finished round: accuracy, training loss, ε (sample-level, and

@@ -129,7 +129,7 @@ impl FedAvg {
                 }
                 training.epochs = rng.random_range(1..=training.epochs.max(1));
             }
-            out.push((c, FitTask { round, training, seed: 0, vector: None, scaling: None }));
+            out.push((c, FitTask { round, training, seed: 0, vector: None, scaling: None, model: None }));
         }
         out
     }
@@ -171,7 +171,7 @@ impl Strategy for FedAvg {
         }
         sample_clients(num_clients, self.fraction_evaluate, 1, rng)
             .into_iter()
-            .map(|c| (c, EvaluateTask { round, scaling: None }))
+            .map(|c| (c, EvaluateTask { round, scaling: None, model: None }))
             .collect()
     }
 }

@@ -154,9 +154,27 @@ struct Conn {
     tx: mpsc::Sender<Result<ServerMessage, Status>>,
     pending: Pending,
     guard: Arc<ConnGuard>,
+    /// The numbered model last sent on this connection, which the party keeps.
+    held: Mutex<Option<u32>>,
 }
 
 impl Conn {
+    /// The header that sends `enc`, global model number `model`, to this party: by reference
+    /// (no chunks; `false`) when it is the model last sent on this connection, else in full
+    /// (`true`), which the party then keeps in place of the one before.
+    fn model_header(&self, enc: &Encoded, model: Option<u32>) -> (crate::proto::ParametersHeader, bool) {
+        let mut h = enc.header;
+        h.model = model.map_or(0, |m| m.saturating_add(1));
+        let Ok(mut held) = self.held.lock() else { return (h, true) };
+        if model.is_some() && *held == model {
+            h.by_reference = true;
+            h.num_chunks = 0;
+            return (h, false);
+        }
+        *held = model;
+        (h, true)
+    }
+
     fn fail_all(&self, reason: &str) {
         let pending: Vec<_> = self.pending.lock().map(|mut p| p.drain().collect()).unwrap_or_default();
         for (_, tx) in pending {
@@ -352,7 +370,7 @@ impl Hub {
     /// Sends a task to party `id` and waits for its reply, all within the round deadline: a
     /// party that does not read its task in time is dropped and its connection closed, like a
     /// dead one; one that reads it but does not answer in time fails the task.
-    async fn call(&self, id: &str, build: impl FnOnce(u64) -> Vec<ServerMessage>) -> Result<Reply, ClientError> {
+    async fn call(&self, id: &str, build: impl FnOnce(u64, &Conn) -> Vec<ServerMessage>) -> Result<Reply, ClientError> {
         let timeout = self.inner.cfg.task_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         let conn = self.conn(id).await?;
@@ -367,7 +385,7 @@ impl Hub {
         if let Ok(mut p) = conn.pending.lock() {
             p.insert(task_id, tx);
         }
-        let messages = build(task_id);
+        let messages = build(task_id, &conn);
         let sent = tokio::time::timeout_at(deadline, async {
             for m in messages {
                 conn.tx.send(Ok(m)).await.map_err(|_| ())?;
@@ -434,18 +452,20 @@ impl Hub {
     /// Sends a fit task whose payload ([`Hub::fit_payload`]) is already encoded.
     async fn fit_encoded(&self, id: &str, payload: &FitPayload, task: &FitTask) -> Result<FitReply, ClientError> {
         let r = self
-            .call(id, |task_id| {
+            .call(id, |task_id, conn| {
+                let (params, full) = conn.model_header(&payload.model, task.model);
                 let head = msg(server_message::Msg::Fit(FitInstruction {
                     task_id,
                     round: task.round,
                     training: Some(training_to_proto(&task.training)),
                     seed: task.seed,
-                    params: Some(payload.model.header),
+                    params: Some(params),
                     vector: payload.vector.as_ref().map(|v| v.header),
                     scaling: task.scaling.as_deref().map(moments_to_proto),
                 }));
+                let model = if full { self.chunk_messages(&payload.model) } else { Vec::new() };
                 let vector = payload.vector.iter().flat_map(|v| self.chunk_messages(v));
-                std::iter::once(head).chain(self.chunk_messages(&payload.model)).chain(vector).collect()
+                std::iter::once(head).chain(model).chain(vector).collect()
             })
             .await?;
         match r {
@@ -472,14 +492,16 @@ impl Hub {
         task: &EvaluateTask,
     ) -> Result<EvaluateReply, ClientError> {
         let r = self
-            .call(id, |task_id| {
+            .call(id, |task_id, conn| {
+                let (params, full) = conn.model_header(payload, task.model);
                 let head = msg(server_message::Msg::Evaluate(EvaluateInstruction {
                     task_id,
                     round: task.round,
-                    params: Some(payload.header),
+                    params: Some(params),
                     scaling: task.scaling.as_deref().map(moments_to_proto),
                 }));
-                std::iter::once(head).chain(self.chunk_messages(payload)).collect()
+                let model = if full { self.chunk_messages(payload) } else { Vec::new() };
+                std::iter::once(head).chain(model).collect()
             })
             .await?;
         match r {
@@ -492,7 +514,7 @@ impl Hub {
     /// table).
     pub async fn statistics(&self, id: &str) -> Result<Option<Moments>, ClientError> {
         let r = self
-            .call(id, |task_id| vec![msg(server_message::Msg::Stats(crate::proto::StatsInstruction { task_id }))])
+            .call(id, |task_id, _| vec![msg(server_message::Msg::Stats(crate::proto::StatsInstruction { task_id }))])
             .await?;
         match r {
             Reply::Stats(m) => Ok(m),

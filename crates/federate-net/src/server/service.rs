@@ -195,8 +195,13 @@ impl Federation for Service {
         };
         let _ = tx.try_send(Ok(msg(server_message::Msg::Welcome(welcome))));
         let generation = self.hub.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let conn =
-            Arc::new(Conn { generation, tx: tx.clone(), pending: Mutex::new(HashMap::new()), guard: guard.clone() });
+        let conn = Arc::new(Conn {
+            generation,
+            tx: tx.clone(),
+            pending: Mutex::new(HashMap::new()),
+            guard: guard.clone(),
+            held: Mutex::new(None),
+        });
         self.hub.register(&id, conn.clone(), &peer);
         info!(party = %id, %peer, "joined");
         let hub = self.hub.clone();
@@ -309,6 +314,9 @@ fn fit_header(f: crate::proto::FitResult, cfg: &super::HubConfig) -> Result<Rece
             vector = true;
         }
     }
+    if let Some(h) = headers.iter().find(|h| h.by_reference || h.model != 0) {
+        return Err(format!("sent a model reference (model {}) in a fit result; only the server sends those", h.model));
+    }
     // The parameters may come as a compressed update, bounded by the most any codec can
     // take for this model; the algorithm's vector always comes as values.
     let encoded = headers[0].encoded_bytes;
@@ -322,11 +330,9 @@ fn fit_header(f: crate::proto::FitResult, cfg: &super::HubConfig) -> Result<Rece
             ));
         }
     }
-    if let Some((i, h)) = headers
-        .iter()
-        .enumerate()
-        .find(|(i, h)| h.num_values != cfg.model_len as u64 && !(*i == 0 && encoded > 0) || (*i > 0 && h.encoded_bytes > 0))
-    {
+    if let Some((i, h)) = headers.iter().enumerate().find(|(i, h)| {
+        h.num_values != cfg.model_len as u64 && !(*i == 0 && encoded > 0) || (*i > 0 && h.encoded_bytes > 0)
+    }) {
         let what = if i == 0 { "parameters" } else { "values in the algorithm's vector" };
         return Err(format!("sent {} {what}, the model has {}", h.num_values, cfg.model_len));
     }

@@ -57,7 +57,9 @@ impl CompressionConfig {
     pub fn validate(&self) -> Result<()> {
         let d = CompressionConfig::default();
         if self.update != UpdateCodec::TopK && self.fraction != d.fraction {
-            bail!("compression.fraction is read only by update = \"top-k\": remove it, or set compression.update = \"top-k\"");
+            bail!(
+                "compression.fraction is read only by update = \"top-k\": remove it, or set compression.update = \"top-k\""
+            );
         }
         if self.update == UpdateCodec::None && (self.zstd != d.zstd || self.error_feedback != d.error_feedback) {
             bail!(

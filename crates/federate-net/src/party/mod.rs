@@ -6,22 +6,22 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use federate_core::{AlgorithmReply, Client, ClientError, EvaluateTask, FitReply, FitTask, Layout, Parameters};
+use federate_core::{Client, ClientError, EvaluateTask, FitTask, Layout, Parameters};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tracing::{info, warn};
 
-use crate::codec::{self, Limits, Transfers};
-use crate::convert::{moments_from_proto, privacy_to_proto, summary_to_proto, training_from_proto};
+use crate::codec::{Limits, Transfers};
+use crate::convert::{moments_from_proto, training_from_proto};
 use crate::proto::federation_client::FederationClient;
-use crate::proto::{
-    EvaluateResult, FitResult, Heartbeat, Hello, PartyMessage, ServerMessage, StatsResult, TaskError, party_message,
-    server_message,
-};
+use crate::proto::{Heartbeat, Hello, PartyMessage, ServerMessage, party_message, server_message};
 use crate::server::PROTOCOL_VERSION;
 use crate::tls::TlsFiles;
+
+mod send;
 use federate_core::messages::Moments;
+use send::{Done, send_error, send_result, send_statistics};
 
 /// How a party connects.
 #[derive(Debug, Clone)]
@@ -312,6 +312,46 @@ struct Incoming {
     /// place of a result.
     task: Result<Task, String>,
     transfers: Transfers,
+    /// Where the task's model comes from.
+    model: ModelFrom,
+}
+
+/// Where a task's global model comes from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum ModelFrom {
+    /// Its values arrive as the task's first transfer; numbered ones are kept (the number:
+    /// `ParametersHeader.model`, 0 for none).
+    Transfer(u32),
+    /// The server refers to the model it sent last on this connection, with this number.
+    Kept(u32),
+}
+
+/// The numbered model the server last sent on this connection (`model`, values).
+type KeptModel = Option<(u32, Vec<f32>)>;
+
+/// A task's model: the one kept when the server refers to it, else the first transfer (kept
+/// when numbered, even if the task is then refused: the server counts it as held).
+fn task_model(
+    model: ModelFrom,
+    kept: &mut KeptModel,
+    vectors: &mut impl Iterator<Item = Vec<f32>>,
+) -> Result<Vec<f32>, String> {
+    match model {
+        ModelFrom::Kept(m) => match kept.as_ref() {
+            Some((k, v)) if *k == m => Ok(v.clone()),
+            other => {
+                let have = other.map_or("none".to_string(), |(k, _)| format!("model {k}"));
+                Err(format!(
+                    "the server referred to model {m} sent earlier on this connection, but this party kept {have}"
+                ))
+            }
+        },
+        ModelFrom::Transfer(m) => {
+            let v = vectors.next().unwrap_or_default();
+            *kept = (m != 0).then(|| (m, v.clone()));
+            Ok(v)
+        }
+    }
 }
 
 /// What the party does next after a message from the server.
@@ -333,6 +373,8 @@ async fn serve_instructions(
     silence: Duration,
 ) -> SessionEnd {
     let mut current: Option<Incoming> = None;
+    // Per connection, as the server keeps what it sent on it.
+    let mut kept: KeptModel = None;
     loop {
         let m = match tokio::time::timeout(silence, inbound.message()).await {
             Err(_) => return SessionEnd::Lost(format!("server silent for {silence:?}"), true),
@@ -345,7 +387,7 @@ async fn serve_instructions(
             Next::Wait => {}
             Next::End(end) => return end,
             Next::Run(incoming, vectors) => {
-                if let Some(end) = run_task(opts, tx, &client, &layout, incoming, vectors).await {
+                if let Some(end) = run_task(opts, tx, &client, &layout, incoming, vectors, &mut kept).await {
                     return end;
                 }
             }
@@ -357,7 +399,7 @@ async fn serve_instructions(
 /// continues them.
 fn receive(opts: &PartyOptions, m: server_message::Msg, current: &mut Option<Incoming>) -> Next {
     let bad = |e: String| Next::End(SessionEnd::Lost(format!("bad parameters from the server: {e}"), true));
-    let (task_id, task, headers) = match m {
+    let (task_id, task, params, vector) = match m {
         server_message::Msg::Heartbeat(_) | server_message::Msg::Welcome(_) => return Next::Wait,
         server_message::Msg::Shutdown(s) => return Next::End(SessionEnd::Finished(s.reason)),
         // After joining, a refusal means another connection took this identity's seat:
@@ -368,24 +410,43 @@ fn receive(opts: &PartyOptions, m: server_message::Msg, current: &mut Option<Inc
                 return Next::End(SessionEnd::Lost("fit instruction without parameters".into(), true));
             };
             let task = match (f.training.as_ref().map(training_from_proto), scaling(f.scaling, opts.limits)) {
-                (Some(Ok(training)), Ok(scaling)) => {
-                    Ok(Task::Fit(Box::new(FitTask { round: f.round, training, seed: f.seed, vector: None, scaling })))
-                }
+                (Some(Ok(training)), Ok(scaling)) => Ok(Task::Fit(Box::new(FitTask {
+                    round: f.round,
+                    training,
+                    seed: f.seed,
+                    vector: None,
+                    scaling,
+                    model: None,
+                }))),
                 (Some(Err(e)), _) => Err(e.to_string()),
                 (None, _) => Err("fit instruction without training settings".into()),
                 (_, Err(e)) => Err(e),
             };
-            (f.task_id, task, [Some(params), f.vector].into_iter().flatten().collect::<Vec<_>>())
+            (f.task_id, task, params, f.vector)
         }
         server_message::Msg::Evaluate(e) => {
             let Some(params) = e.params else {
                 return Next::End(SessionEnd::Lost("evaluate instruction without parameters".into(), true));
             };
-            let task =
-                scaling(e.scaling, opts.limits).map(|scaling| Task::Evaluate(EvaluateTask { round: e.round, scaling }));
-            (e.task_id, task, vec![params])
+            let task = scaling(e.scaling, opts.limits)
+                .map(|scaling| Task::Evaluate(EvaluateTask { round: e.round, scaling, model: None }));
+            (e.task_id, task, params, None)
         }
-        server_message::Msg::Stats(s) => (s.task_id, Ok(Task::Stats), Vec::new()),
+        server_message::Msg::Stats(s) => {
+            let none = Transfers::new([], opts.limits).map_err(|e| e.to_string());
+            return match none {
+                Ok(transfers) => Next::Run(
+                    Box::new(Incoming {
+                        task_id: s.task_id,
+                        task: Ok(Task::Stats),
+                        transfers,
+                        model: ModelFrom::Transfer(0),
+                    }),
+                    Vec::new(),
+                ),
+                Err(e) => bad(e),
+            };
+        }
         server_message::Msg::Chunk(c) => {
             let Some(incoming) = current.as_mut() else {
                 return Next::End(SessionEnd::Lost("chunk without an instruction".into(), true));
@@ -400,12 +461,18 @@ fn receive(opts: &PartyOptions, m: server_message::Msg, current: &mut Option<Inc
             };
         }
     };
-    match Transfers::new(headers, opts.limits) {
+    // A model sent by reference has no transfer: the party uses the one it kept.
+    let (model, headers) = if params.by_reference {
+        (ModelFrom::Kept(params.model), vec![vector])
+    } else {
+        (ModelFrom::Transfer(params.model), vec![Some(params), vector])
+    };
+    match Transfers::new(headers.into_iter().flatten(), opts.limits) {
         Err(e) => bad(e.to_string()),
         Ok(mut transfers) => match transfers.ready() {
-            Some(vectors) => Next::Run(Box::new(Incoming { task_id, task, transfers }), vectors),
+            Some(vectors) => Next::Run(Box::new(Incoming { task_id, task, transfers, model }), vectors),
             None => {
-                *current = Some(Incoming { task_id, task, transfers });
+                *current = Some(Incoming { task_id, task, transfers, model });
                 Next::Wait
             }
         },
@@ -420,8 +487,18 @@ async fn run_task(
     layout: &Arc<Layout>,
     incoming: Box<Incoming>,
     vectors: Vec<Vec<f32>>,
+    kept: &mut KeptModel,
 ) -> Option<SessionEnd> {
-    let Incoming { task_id, task, .. } = *incoming;
+    let Incoming { task_id, task, model, .. } = *incoming;
+    let mut vectors = vectors.into_iter();
+    let values = if matches!(task, Ok(Task::Stats)) { Ok(Vec::new()) } else { task_model(model, kept, &mut vectors) };
+    let values = match values {
+        Ok(v) => v,
+        Err(reason) => {
+            send_error(tx, task_id, reason).await;
+            return None;
+        }
+    };
     let mut task = match task {
         Ok(t) => t,
         Err(reason) => {
@@ -432,8 +509,6 @@ async fn run_task(
     if matches!(task, Task::Stats) {
         return send_statistics(tx, client, task_id).await;
     }
-    let mut vectors = vectors.into_iter();
-    let values = vectors.next().unwrap_or_default();
     if let Task::Fit(t) = &mut task {
         // The algorithm's vector is as long as the model, or empty (the server has not sized
         // it yet; the party half reads empty as zeros).
@@ -470,95 +545,6 @@ async fn run_task(
         Ok(r) => r,
         Err(e) => Err(ClientError::Model(format!("training thread failed: {e}"))),
     };
-    let sent = match result {
-        Err(e) => {
-            let budget = matches!(e, ClientError::BudgetSpent(_));
-            send_task_error(tx, task_id, e.to_string(), budget).await;
-            true
-        }
-        Ok(Done::Fit(r)) => send_fit(opts, tx, task_id, *r).await,
-        Ok(Done::Evaluate(r)) => tx
-            .send(out(party_message::Msg::Evaluate(EvaluateResult {
-                task_id,
-                num_examples: r.num_examples as u64,
-                loss: r.loss,
-                accuracy: r.accuracy,
-                stats: Some(crate::convert::eval_stats_to_proto(&r.stats)),
-            })))
-            .await
-            .is_ok(),
-    };
+    let sent = send_result(opts, tx, task_id, result).await;
     (!sent).then(|| SessionEnd::Lost("could not send the result".into(), true))
-}
-
-/// Sends a fit reply: its header, the parameters' chunks, then the algorithm's vector's.
-async fn send_fit(opts: &PartyOptions, tx: &mpsc::Sender<PartyMessage>, task_id: u64, r: FitReply) -> bool {
-    use crate::proto::fit_result::Algorithm;
-    // A compressed update travels as its encoded bytes; the server decodes it.
-    let (header, chunks) = match &r.upload {
-        Some(bytes) => codec::split_encoded(bytes, task_id, opts.chunk_bytes),
-        None => codec::split(&r.params, task_id, opts.chunk_bytes, opts.zstd),
-    };
-    let (algorithm, vector_chunks) = match &r.algorithm {
-        AlgorithmReply::None => (None, Vec::new()),
-        AlgorithmReply::PrimalResidual(v) => (Some(Algorithm::PrimalResidual(*v)), Vec::new()),
-        AlgorithmReply::Vector(v) => {
-            // Transfer ids only need to differ within the stream: the task id's high bit.
-            let (h, c) = codec::split(v, task_id | 1 << 63, opts.chunk_bytes, opts.zstd);
-            (Some(Algorithm::Vector(h)), c)
-        }
-    };
-    let head = FitResult {
-        task_id,
-        num_examples: r.num_examples as u64,
-        metrics: r.metrics.into_iter().collect(),
-        params: Some(header),
-        training: Some(summary_to_proto(&r.training)),
-        privacy: Some(privacy_to_proto(&r.privacy)),
-        algorithm,
-    };
-    let mut ok = tx.send(out(party_message::Msg::Fit(head))).await.is_ok();
-    for c in chunks.into_iter().chain(vector_chunks) {
-        ok = ok && tx.send(out(party_message::Msg::Chunk(c))).await.is_ok();
-    }
-    ok
-}
-
-enum Done {
-    Fit(Box<FitReply>),
-    Evaluate(federate_core::EvaluateReply),
-}
-
-/// Round 0: the statistics of this party's training rows (none for images), or its error.
-async fn send_statistics(
-    tx: &mpsc::Sender<PartyMessage>,
-    client: &Arc<Mutex<Box<dyn Client>>>,
-    task_id: u64,
-) -> Option<SessionEnd> {
-    let client = client.clone();
-    let work = tokio::task::spawn_blocking(move || {
-        let mut c = client.lock().map_err(|_| ClientError::Model("client state poisoned".into()))?;
-        c.statistics()
-    });
-    let result = work.await.unwrap_or_else(|e| Err(ClientError::Model(format!("statistics thread failed: {e}"))));
-    let sent = match result {
-        Err(e) => {
-            send_task_error(tx, task_id, e.to_string(), false).await;
-            true
-        }
-        Ok(m) => {
-            let r = StatsResult { task_id, moments: m.as_ref().map(crate::convert::moments_to_proto) };
-            tx.send(out(party_message::Msg::Stats(r))).await.is_ok()
-        }
-    };
-    (!sent).then(|| SessionEnd::Lost("could not send the result".into(), true))
-}
-
-async fn send_error(tx: &mpsc::Sender<PartyMessage>, task_id: u64, reason: String) {
-    send_task_error(tx, task_id, reason, false).await;
-}
-
-async fn send_task_error(tx: &mpsc::Sender<PartyMessage>, task_id: u64, reason: String, budget_spent: bool) {
-    warn!("task {task_id} failed: {reason}");
-    let _ = tx.send(out(party_message::Msg::Error(TaskError { task_id, reason, budget_spent }))).await;
 }

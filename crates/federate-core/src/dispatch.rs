@@ -1,0 +1,83 @@
+//! How the server reaches a round's parties: all at once where it can, answers back in
+//! task order whatever order they came in.
+
+use std::time::Instant;
+
+use crate::client::ClientProxy;
+
+/// Runs every (client, task): parties behind a [`crate::Transport`] in one batch per
+/// transport (no thread per party), other `concurrent` proxies each on its own thread, the
+/// rest one after another. Outcomes come back in task order with their wall-clock seconds,
+/// whatever order they finished in, so aggregation is deterministic.
+pub(crate) fn dispatch<T: Sync, R: Send>(
+    clients: &mut [Box<dyn ClientProxy>],
+    tasks: &[(usize, T)],
+    call: impl Fn(&mut dyn ClientProxy, &T) -> Result<R, crate::ClientError> + Sync,
+    batch: impl Fn(&dyn crate::Transport, &[(&str, &T)]) -> Vec<(Result<R, crate::ClientError>, f64)> + Sync,
+) -> Vec<(usize, Result<R, crate::ClientError>, f64)> {
+    let timed = |client: &mut dyn ClientProxy, task: &T| {
+        let t = Instant::now();
+        let r = call(client, task);
+        (r, t.elapsed().as_secs_f64())
+    };
+    let wanted: std::collections::HashMap<usize, usize> = tasks.iter().enumerate().map(|(i, (c, _))| (*c, i)).collect();
+    let mut slots: Vec<Option<(Result<R, crate::ClientError>, f64)>> = tasks.iter().map(|_| None).collect();
+    // Tasks of parties behind a transport, grouped by transport.
+    let mut groups: Vec<(std::sync::Arc<dyn crate::Transport>, Vec<usize>)> = Vec::new();
+    for (i, (c, _)) in tasks.iter().enumerate() {
+        let Some(t) = clients.get(*c).and_then(|client| client.transport()) else { continue };
+        match groups.iter_mut().find(|(g, _)| std::sync::Arc::ptr_eq(g, &t)) {
+            Some((_, members)) => members.push(i),
+            None => groups.push((t, vec![i])),
+        }
+    }
+    let batched: std::collections::HashSet<usize> = groups.iter().flat_map(|(_, m)| m.iter().copied()).collect();
+    let ids: Vec<String> = clients.iter().map(|c| c.id().to_string()).collect();
+    std::thread::scope(|scope| {
+        let batch = &batch;
+        let group_handles: Vec<_> = groups
+            .iter()
+            .map(|(t, members)| {
+                let jobs: Vec<(&str, &T)> = members.iter().map(|&i| (ids[tasks[i].0].as_str(), &tasks[i].1)).collect();
+                (members, scope.spawn(move || batch(t.as_ref(), &jobs)))
+            })
+            .collect();
+        let mut handles = Vec::new();
+        for (c, client) in clients.iter_mut().enumerate() {
+            let Some(&i) = wanted.get(&c) else { continue };
+            if batched.contains(&i) {
+                continue;
+            }
+            let task = &tasks[i].1;
+            if client.concurrent() {
+                let timed = &timed;
+                handles.push((i, scope.spawn(move || timed(client.as_mut(), task))));
+            } else {
+                slots[i] = Some(timed(client.as_mut(), task));
+            }
+        }
+        for (i, h) in handles {
+            let r = h
+                .join()
+                .unwrap_or_else(|_| (Err(crate::ClientError::Unavailable("the party's handler panicked".into())), 0.0));
+            slots[i] = Some(r);
+        }
+        for (members, h) in group_handles {
+            let outcomes = h.join().unwrap_or_default();
+            let mut outcomes = outcomes.into_iter();
+            for &i in members {
+                slots[i] = Some(outcomes.next().unwrap_or_else(|| {
+                    (Err(crate::ClientError::Unavailable("the transport gave no answer for this party".into())), 0.0)
+                }));
+            }
+        }
+    });
+    tasks
+        .iter()
+        .zip(slots)
+        .map(|((c, _), s)| {
+            let (r, secs) = s.unwrap_or((Err(crate::ClientError::Unavailable("not dispatched".into())), 0.0));
+            (*c, r, secs)
+        })
+        .collect()
+}
