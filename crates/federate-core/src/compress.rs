@@ -343,7 +343,7 @@ pub fn compress_reply(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
+    use rand::{RngExt, SeedableRng};
     use rand_distr::{Distribution, Normal};
 
     fn c(codec: Codec, zstd: bool) -> UpdateCompression {
@@ -466,6 +466,42 @@ mod tests {
             c(Codec::Quantize { bits: 8 }, false).encode(&[1.0, f32::NAN], true, 0),
             Err(CompressError::NotFinite(1))
         );
+    }
+
+    /// Random bytes and corrupted valid payloads (fixed seed; `fuzz/` has the fuzz target):
+    /// decoding never panics, and what it accepts is a model of the right size, finite.
+    #[test]
+    fn random_and_corrupted_payloads_never_panic() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let x = gaussian(700, 6);
+        let valid: Vec<Vec<u8>> =
+            [Codec::Quantize { bits: 8 }, Codec::Quantize { bits: 4 }, Codec::TopK { fraction: 0.1 }]
+                .iter()
+                .flat_map(|&codec| [false, true].map(|z| c(codec, z).encode(&x, true, 1).unwrap()))
+                .collect();
+        for i in 0..20_000 {
+            let mut p = if i % 2 == 0 {
+                let len = rng.random_range(0..64);
+                (0..len).map(|_| rng.random::<u8>()).collect()
+            } else {
+                valid[i % valid.len()].clone()
+            };
+            for _ in 0..rng.random_range(1..4) {
+                if p.is_empty() {
+                    break;
+                }
+                let at = rng.random_range(0..p.len());
+                match rng.random_range(0..3) {
+                    0 => p[at] = rng.random(),
+                    1 => p.truncate(at),
+                    _ => p.insert(at, rng.random()),
+                }
+            }
+            if let Ok(d) = decode(&p, 700) {
+                assert_eq!(d.values.len(), 700);
+                assert!(d.values.iter().all(|v| v.is_finite()));
+            }
+        }
     }
 
     #[test]

@@ -285,6 +285,19 @@ pub(crate) enum BenchCommand {
         #[arg(long)]
         zstd: bool,
     },
+    /// The federation (default: the worked example) under each update codec — none, q8, q4,
+    /// q4 + zstd, top-1 % with error feedback: bytes per round each way and final accuracy.
+    Compression {
+        /// Config file (default: the worked example).
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+        /// Overrides, as for `federate run --set`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Rounds.
+        #[arg(long, default_value_t = 10)]
+        rounds: u32,
+    },
     /// The parties of `bench net`, run in a child process (not for direct use).
     #[command(hide = true)]
     NetParties {

@@ -76,6 +76,9 @@ fn main() -> ExitCode {
         Command::Bench { what: BenchCommand::NetParties { parties, rounds, model, zstd, server } } => init_threads(2)
             .and_then(|_| bench_cmd::bench_net_config(parties, rounds, &model))
             .and_then(|cfg| bench::net_parties(&cfg, &server, zstd)),
+        Command::Bench { what: BenchCommand::Compression { config, set, rounds } } => {
+            bench_cmd::bench_compression(config.as_deref(), &set, rounds)
+        }
         Command::Bench { what: BenchCommand::Aggregate { model, parties, reps } } => {
             bench_cmd::bench_aggregate(&model, parties, reps)
         }

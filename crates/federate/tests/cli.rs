@@ -162,7 +162,10 @@ fn bench_net_reports_the_servers_own_memory_and_every_round() {
         let line = s.lines().find(|l| l.starts_with(r)).unwrap_or_else(|| panic!("{s}"));
         assert!(line.contains("parties=20"), "{line}");
     }
-    assert!(s.contains("ratio_to_model_x_parties=3.000"), "{s}");
+    // Per party: the model down for round 1's fit and for each round's evaluation (round 2's
+    // fit refers to the model evaluated in round 1), the update up each round: 5 models in 2
+    // rounds.
+    assert!(s.contains("ratio_to_model_x_parties=2.500"), "{s}");
 }
 
 #[test]
@@ -779,17 +782,24 @@ fn algorithms_whose_parties_keep_state_resume_exactly_too() {
     // SCAFFOLD's c_k, ADMM's duals (adaptive ρ), FedDyn's g_k and DP-SGD's accountant live in
     // the parties: the checkpoint must hold them, or the resumed rounds would differ.
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/algorithms");
-    let cases: [(&str, &[&str]); 4] = [
+    // Compressed updates with error feedback: each party's residual (what the codec has not
+    // sent yet; parties sit out rounds, keeping theirs) must come back exactly too.
+    let cases: [(&str, &[&str]); 6] = [
         ("scaffold.toml", &[]),
         ("admm.toml", &[]),
         ("feddyn.toml", &[]),
         ("fedavg.toml", &["privacy.mechanism=\"gaussian\"", "privacy.noise_multiplier=1.0", "train.epochs=2"]),
+        ("fedavg.toml", &["compression.update=\"top-k\"", "compression.fraction=0.05"]),
+        ("scaffold.toml", &["compression.update=\"q4\"", "compression.zstd=true"]),
     ];
     for (name, sets) in cases {
         let tmp = tempfile::tempdir().unwrap();
         let part = resumed_equals_uninterrupted(&dir.join(name), sets, tmp.path());
         let ckpt = std::fs::read_to_string(part.join("checkpoint/checkpoint.json")).unwrap();
         assert!(ckpt.contains("\"parties\""), "{name}: the checkpoint holds no party state");
+        if !sets.is_empty() && sets[0].starts_with("compression") {
+            assert!(ckpt.contains("\"residual\": true"), "{name} {sets:?}: no residual in the checkpoint");
+        }
     }
 }
 

@@ -186,7 +186,10 @@ const WORKED_EXAMPLE_3_ROUNDS: &str = "seed = 42\nrounds = 3\nthreads = 1\n[eval
 
 #[test]
 fn mutual_tls_federation_equals_the_simulation_bit_for_bit() {
-    let mut f = Fed::new(WORKED_EXAMPLE_3_ROUNDS, &[]);
+    // With 4-bit updates under zstd and error feedback: the server decodes what each party
+    // encoded exactly as the simulation does.
+    let compressed = format!("{WORKED_EXAMPLE_3_ROUNDS}[compression]\nupdate = \"q4\"\nzstd = true\n");
+    let mut f = Fed::new(&compressed, &[]);
     let s = f.serve(&[]);
     for i in 1..=3 {
         f.join(&format!("party-{i}"), "keys", &format!("join{i}.log"));
@@ -199,6 +202,9 @@ fn mutual_tls_federation_equals_the_simulation_bit_for_bit() {
     assert_eq!(rounds.len(), 3);
     assert!(rounds.iter().all(|r| r["failures"].as_array().unwrap().is_empty()));
     assert!(rounds[2]["accuracy"].as_f64().unwrap() > 0.95, "{:?}", rounds[2]["accuracy"]);
+    // 3 CNN updates of 6.65 MB as 32-bit floats; 4 bits a value is under an eighth of that.
+    let up = rounds[1]["bytes_up"].as_u64().unwrap();
+    assert!(up > 0 && up < 3 * 6_653_480 / 7, "{up}");
     assert!(f.log("serve.log").contains("mutual TLS"));
     assert_eq!(f.model(), f.simulate(), "deployment and simulation differ");
 }
@@ -226,7 +232,9 @@ fn a_party_killed_mid_round_is_dropped_for_that_round_and_rejoins() {
 fn a_scaffold_party_restarted_mid_round_continues_with_its_saved_control_variate() {
     // SCAFFOLD keeps c_k in every party. Without the state party-3 saved after round 1, the
     // restarted process would be refused in round 3 ("party-side state missing").
-    let mut f = Fed::new(&SMALL.replace("[strategy]\n", "[strategy]\nname = \"scaffold\"\n"), &[]);
+    // Its updates are top-5 % with error feedback: the residual is saved and restored too.
+    let cfg = SMALL.replace("[strategy]\n", "[strategy]\nname = \"scaffold\"\n");
+    let mut f = Fed::new(&format!("{cfg}[compression]\nupdate = \"top-k\"\nfraction = 0.05\n"), &[]);
     let s = f.serve_and_kill_party_3_in_round_2();
     // Its control variate, in this federation's own file (party-3.<seed>-<values>.f32).
     let saved = std::fs::read_dir(f.path().join("party-state"))
@@ -241,7 +249,8 @@ fn a_scaffold_party_restarted_mid_round_continues_with_its_saved_control_variate
     assert_eq!(ids(&r[2], "fit"), vec!["party-1", "party-2", "party-3"], "{}", r[2]);
     assert!(ids(&r[2], "failures").is_empty(), "{}", r[2]);
     f.wait(p3, Duration::from_secs(30));
-    assert!(f.log("join3b.log").contains("restored its saved state"), "{}", f.log("join3b.log"));
+    let log = f.log("join3b.log");
+    assert!(log.contains("restored its saved state") && log.contains("error-feedback residual: kept"), "{log}");
 }
 
 #[test]

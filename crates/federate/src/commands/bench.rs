@@ -120,3 +120,89 @@ pub(crate) fn bench_net(parties: usize, rounds: u32, model: &str, zstd: bool) ->
     );
     Ok(())
 }
+
+/// One row of `federate bench compression`.
+struct CompressionRow {
+    name: &'static str,
+    accuracy: Option<f64>,
+    /// Mean bytes per round, each way.
+    up: f64,
+    down: f64,
+    /// Mean bytes per round if every task re-sent the model (no evaluation by reference).
+    down_resend: f64,
+    seconds: f64,
+}
+
+/// `federate bench compression`: the federation of `config` (default: the worked example)
+/// for `rounds` rounds under each update codec, with the bytes each way per round and the
+/// final accuracy, against 32-bit floats.
+pub(crate) fn bench_compression(config: Option<&std::path::Path>, sets: &[String], rounds: u32) -> Result<()> {
+    let codecs: [(&str, &[&str]); 5] = [
+        ("none (32-bit floats)", &["compression.update=\"none\""]),
+        ("q8", &["compression.update=\"q8\""]),
+        ("q4", &["compression.update=\"q4\""]),
+        ("q4 + zstd", &["compression.update=\"q4\"", "compression.zstd=true"]),
+        ("top-1% + error feedback", &["compression.update=\"top-k\"", "compression.fraction=0.01"]),
+    ];
+    let mut rows = Vec::new();
+    let mut shown = None;
+    for (name, keys) in codecs {
+        let mut all: Vec<String> = vec![format!("rounds={rounds}"), "evaluation.baseline=false".into()];
+        all.extend(sets.iter().cloned());
+        all.extend(keys.iter().map(|k| k.to_string()));
+        let cfg = config::load(config, &all)?;
+        init_threads(cfg.threads)?;
+        let data = crate::assemble::federation_data(&cfg)?;
+        let model_bytes = std::cell::Cell::new(0u64);
+        let mut observer = |e: federate_core::Event<'_>| {
+            if let federate_core::Event::RoundFinished { global, .. } = e {
+                model_bytes.set(4 * global.values.len() as u64);
+            }
+        };
+        let t = std::time::Instant::now();
+        let result = crate::sim::simulate(&cfg, data, &mut observer, None, None)?;
+        let n = result.records.len().max(1) as f64;
+        let per = |f: &dyn Fn(&federate_core::RoundRecord) -> u64| result.records.iter().map(f).sum::<u64>() as f64 / n;
+        let resend = |r: &federate_core::RoundRecord| {
+            (r.fit.len() + r.failures.iter().filter(|f| f.stage == "fit").count() + r.evaluate.len()) as u64
+                * model_bytes.get()
+        };
+        shown.get_or_insert_with(|| (cfg.data.dataset.clone(), cfg.data.parties, cfg.model.name.clone()));
+        rows.push(CompressionRow {
+            name,
+            accuracy: result.records.last().and_then(|r| r.accuracy),
+            up: per(&|r| r.bytes_up),
+            down: per(&|r| r.bytes_down),
+            down_resend: per(&resend),
+            seconds: t.elapsed().as_secs_f64(),
+        });
+    }
+    let Some((dataset, parties, model)) = shown else { return Ok(()) };
+    println!("{model} on {dataset}, {parties} parties, {rounds} rounds; bytes per round (MB = 10^6 bytes):");
+    println!(
+        "{:<24} {:>9} {:>10} {:>9} {:>10} {:>11} {:>10} {:>8}",
+        "update codec", "accuracy", "up MB", "up ×", "down MB", "total MB", "total ×", "s"
+    );
+    let (base_up, base_total) = rows.first().map_or((1.0, 1.0), |r| (r.up, r.up + r.down_resend));
+    for r in &rows {
+        println!(
+            "{:<24} {:>8.2}% {:>10.3} {:>9.1} {:>10.2} {:>11.2} {:>10.2} {:>8.1}",
+            r.name,
+            r.accuracy.unwrap_or(f64::NAN) * 100.0,
+            r.up / 1e6,
+            base_up / r.up,
+            r.down / 1e6,
+            (r.up + r.down) / 1e6,
+            base_total / (r.up + r.down),
+            r.seconds
+        );
+    }
+    if let Some(r) = rows.first() {
+        println!(
+            "(× against 32-bit floats with the model re-sent for every task: {:.2} MB down, {:.2} MB per round in all)",
+            r.down_resend / 1e6,
+            (r.up + r.down_resend) / 1e6
+        );
+    }
+    Ok(())
+}
