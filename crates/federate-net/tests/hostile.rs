@@ -684,14 +684,18 @@ fn unknown_protocol_versions_and_strangers_are_refused() {
     let e = attempt(99, "a");
     assert_eq!(e.code(), tonic::Code::FailedPrecondition);
     assert!(e.message().contains("unsupported protocol version 99") && e.message().contains("upgrade this server"));
-    // A party of the first wave (protocol 1: closed algorithm list, metrics map) is told why.
-    let e = attempt(1, "a");
-    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
-    let m = e.message();
-    assert!(
-        m.contains("unsupported protocol version 1 (this server speaks 2)") && m.contains("upgrade the party"),
-        "{m}"
-    );
+    // Parties of earlier builds (protocol 1: closed algorithm list, metrics map; 2: no
+    // models by reference) are told why.
+    for old in [1, 2] {
+        let e = attempt(old, "a");
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+        let m = e.message();
+        assert!(
+            m.contains(&format!("unsupported protocol version {old} (this server speaks 3)"))
+                && m.contains("upgrade the party"),
+            "{m}"
+        );
+    }
     let e = attempt(PROTOCOL_VERSION, "stranger\nround 9/9 accuracy 100 %");
     assert_eq!(e.code(), tonic::Code::PermissionDenied);
     assert!(e.message().contains("not on the allow-list"), "{e}");

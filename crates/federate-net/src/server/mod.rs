@@ -48,8 +48,9 @@ pub use transport::{HubTransport, RemoteParty};
 
 /// The protocol version this build speaks.
 /// 2: the task's party half by registered name with settings, typed reply fields, and an
-/// algorithm's vector in a transfer of its own (docs in proto/federate.proto).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// algorithm's vector in a transfer of its own. 3: compressed updates, and models sent by
+/// reference to a party that holds them (docs in proto/federate.proto).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// How the server listens and treats parties.
 #[derive(Debug, Clone)]

@@ -146,12 +146,12 @@ pub(crate) fn bench_compression(config: Option<&std::path::Path>, sets: &[String
     ];
     let mut rows = Vec::new();
     let mut shown = None;
+    init_threads(config::load(config, sets)?.threads)?;
     for (name, keys) in codecs {
         let mut all: Vec<String> = vec![format!("rounds={rounds}"), "evaluation.baseline=false".into()];
         all.extend(sets.iter().cloned());
         all.extend(keys.iter().map(|k| k.to_string()));
         let cfg = config::load(config, &all)?;
-        init_threads(cfg.threads)?;
         let data = crate::assemble::federation_data(&cfg)?;
         let model_bytes = std::cell::Cell::new(0u64);
         let mut observer = |e: federate_core::Event<'_>| {
