@@ -348,3 +348,39 @@ fn binary_and_regression_networks_match_finite_differences() {
         }
     }
 }
+
+/// Convolution → ReLU → max-pool runs fused (the pool adds the bias and applies the ReLU in
+/// one pass); a no-op dropout between ReLU and pool keeps the three apart. Both must give the
+/// same loss, logits and gradient, bit for bit — with pooling windows that overlap (3, stride
+/// 2) and that do not, and with ties (inputs that are exactly zero).
+#[test]
+fn fused_conv_relu_pool_equals_the_layers_one_by_one() {
+    use LayerSpec::*;
+    let same = Padding::Named(PaddingName::Same);
+    for (kernel, stride) in [(2, None), (3, Some(2))] {
+        let spec = |split: bool| {
+            let mut layers = vec![Conv2d { out_channels: 6, kernel: 3, stride: 1, padding: same }, Relu];
+            if split {
+                layers.push(Dropout { p: 0.0 });
+            }
+            layers.extend([MaxPool2d { kernel, stride }, Flatten, Linear { out: 3 }]);
+            ModelSpec { loss: Default::default(), input: Shape::image(9, 9, 2), classes: 3, layers }
+        };
+        let (fused, apart) = (Network::new(spec(false)).unwrap(), Network::new(spec(true)).unwrap());
+        let p = fused.init(4);
+        assert_eq!(p, apart.init(4));
+        let (mut x, y) = data(5, fused.input_len(), 3, 8);
+        x.iter_mut().step_by(7).for_each(|v| *v = 0.0);
+        let run = |net: &Network| {
+            let mut ws = net.workspace(5, threads());
+            let mut g = vec![0.0; net.num_params()];
+            let s = net.loss_and_grad(&p, &mut ws, &x, Targets::Classes(&y), &mut g).unwrap();
+            let logits = net.forward(&p, &mut ws, &x, false).unwrap().to_vec();
+            (s.loss_sum.to_bits(), logits.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), g)
+        };
+        let (a, b) = (run(&fused), run(&apart));
+        assert_eq!(a.0, b.0, "loss, pool {kernel}");
+        assert_eq!(a.1, b.1, "logits, pool {kernel}");
+        assert!(a.2.iter().zip(&b.2).all(|(u, v)| u.to_bits() == v.to_bits()), "gradient, pool {kernel}");
+    }
+}

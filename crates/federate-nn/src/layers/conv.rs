@@ -94,14 +94,26 @@ impl Conv {
         });
     }
 
-    /// `y = conv(x) + b` for `n` examples; `cols` receives the im2col matrix.
+    /// `y = conv(x) + b` for `n` examples (`b = None`: without the bias, which a fused
+    /// ReLU-and-pool adds); `cols` receives the im2col matrix.
     #[allow(clippy::too_many_arguments)]
-    pub fn forward(&self, w: &[f32], b: &[f32], x: &[f32], y: &mut [f32], cols: &mut [f32], n: usize, threads: usize) {
+    pub fn forward(
+        &self,
+        w: &[f32],
+        b: Option<&[f32]>,
+        x: &[f32],
+        y: &mut [f32],
+        cols: &mut [f32],
+        n: usize,
+        threads: usize,
+    ) {
         let m = n * self.output.h * self.output.w;
         let cout = self.output.c;
         self.im2col(x, cols, n);
         matmul(m, cout, self.row_len(), y, cols, Op::N, w, Op::N, false, 1.0, threads);
-        add_bias(&mut y[..m * cout], b);
+        if let Some(b) = b {
+            add_bias(&mut y[..m * cout], b);
+        }
     }
 
     /// Weight and bias gradients from `dy`, and `dx` when asked. `cols` must still hold the

@@ -50,6 +50,64 @@ impl MaxPool {
             });
     }
 
+    /// `y = maxpool(relu(x + b))` with `b` one bias per channel, in one pass over the
+    /// convolution's output `x`: the same values and winners, bit for bit, as adding the bias,
+    /// applying the ReLU and pooling one after another, without writing the full-size
+    /// activations in between.
+    pub fn forward_bias_relu(&self, x: &[f32], b: &[f32], y: &mut [f32], arg: &mut [u32], n: usize) {
+        let (s, o) = (self.input, self.output);
+        let c = s.c;
+        y[..n * o.size()]
+            .par_chunks_mut(o.size())
+            .zip(arg[..n * o.size()].par_chunks_mut(o.size()))
+            .zip(x.par_chunks(s.size()))
+            .for_each(|((yi, ai), xi)| {
+                for oy in 0..o.h {
+                    for ox in 0..o.w {
+                        let out = &mut yi[(oy * o.w + ox) * c..][..c];
+                        let idx = &mut ai[(oy * o.w + ox) * c..][..c];
+                        let first = ((oy * self.stride) * s.w + ox * self.stride) * c;
+                        for ch in 0..c {
+                            out[ch] = (xi[first + ch] + b[ch]).max(0.0);
+                            idx[ch] = (first + ch) as u32;
+                        }
+                        for ky in 0..self.kernel {
+                            for kx in 0..self.kernel {
+                                let base = ((oy * self.stride + ky) * s.w + ox * self.stride + kx) * c;
+                                let src = &xi[base..base + c];
+                                for ch in 0..c {
+                                    let v = (src[ch] + b[ch]).max(0.0);
+                                    if v > out[ch] {
+                                        out[ch] = v;
+                                        idx[ch] = (base + ch) as u32;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+    }
+
+    /// The backward pass of [`MaxPool::forward_bias_relu`] up to the bias: each output
+    /// gradient goes to the input that won, where the (pooled, ReLU'd) output was positive.
+    pub fn backward_relu(&self, dy: &[f32], y: &[f32], arg: &[u32], dx: &mut [f32], n: usize) {
+        let (s, o) = (self.input, self.output);
+        dx[..n * s.size()]
+            .par_chunks_mut(s.size())
+            .zip(dy.par_chunks(o.size()))
+            .zip(y.par_chunks(o.size()))
+            .zip(arg.par_chunks(o.size()))
+            .for_each(|(((dxi, dyi), yi), ai)| {
+                dxi.fill(0.0);
+                for ((g, v), &a) in dyi.iter().zip(yi).zip(ai) {
+                    if *v > 0.0 {
+                        dxi[a as usize] += g;
+                    }
+                }
+            });
+    }
+
     /// Routes each output gradient to the input that won the forward max.
     pub fn backward(&self, dy: &[f32], arg: &[u32], dx: &mut [f32], n: usize) {
         let (s, o) = (self.input, self.output);

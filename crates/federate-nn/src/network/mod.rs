@@ -49,11 +49,29 @@ pub(crate) enum Layer {
     Linear { input: usize, output: usize },
 }
 
+/// A layer's part in a fused convolution → ReLU → max-pool: the convolution leaves out its
+/// bias, the ReLU does nothing, and the pooling adds the bias, applies the ReLU and pools in
+/// one pass (and routes the gradient straight to the convolution in the backward pass). The
+/// results are bit for bit those of the three layers one after another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// Runs on its own.
+    Alone,
+    /// The convolution of a fused triple.
+    FusedConv,
+    /// The ReLU of a fused triple.
+    FusedRelu,
+    /// The max-pool of a fused triple.
+    FusedPool,
+}
+
 /// A sequential network: structure and parameter layout, no state.
 #[derive(Debug, Clone)]
 pub struct Network {
     spec: ModelSpec,
     pub(crate) layers: Vec<Layer>,
+    /// Each layer's part in a fused convolution → ReLU → max-pool.
+    pub(crate) roles: Vec<Role>,
     pub(crate) shapes: Vec<Shape>,
     /// For each layer, the offset of its weight and bias in the flat vector.
     pub(crate) param_at: Vec<Option<(usize, usize, usize)>>,
@@ -159,7 +177,13 @@ impl Network {
             }
             layers.push(layer);
         }
-        Ok(Network { spec, layers, shapes, param_at, tensors, num_params: offset })
+        let mut roles = vec![Role::Alone; layers.len()];
+        for i in 0..layers.len().saturating_sub(2) {
+            if matches!(layers[i..i + 3], [Layer::Conv(_), Layer::Relu, Layer::Pool(_)]) {
+                roles[i..i + 3].copy_from_slice(&[Role::FusedConv, Role::FusedRelu, Role::FusedPool]);
+            }
+        }
+        Ok(Network { spec, layers, roles, shapes, param_at, tensors, num_params: offset })
     }
 
     /// The description this network was built from.
@@ -291,9 +315,17 @@ impl Network {
             match layer {
                 Layer::Conv(c) => {
                     let (w0, w1, b1) = self.param_at[i].unwrap_or_default();
-                    c.forward(&params[w0..w1], &params[w1..b1], xin, y, &mut ws.scratch[i], n, threads);
+                    let bias = (self.roles[i] != Role::FusedConv).then(|| &params[w1..b1]);
+                    c.forward(&params[w0..w1], bias, xin, y, &mut ws.scratch[i], n, threads);
+                }
+                Layer::Pool(p) if self.roles[i] == Role::FusedPool => {
+                    // The convolution's output (without its bias), two layers back.
+                    let conv_out = &before[i - 1][..n * self.shapes[i - 1].size()];
+                    let (_, w1, b1) = self.param_at[i - 2].unwrap_or_default();
+                    p.forward_bias_relu(conv_out, &params[w1..b1], y, &mut ws.argmax[i], n);
                 }
                 Layer::Pool(p) => p.forward(xin, y, &mut ws.argmax[i], n),
+                Layer::Relu if self.roles[i] == Role::FusedRelu => {}
                 Layer::Relu => relu_forward(xin, y),
                 Layer::Flatten => y.copy_from_slice(xin),
                 Layer::Dropout(p) => {
@@ -384,6 +416,17 @@ impl Network {
             let need_dx = i > 0;
             let (gb, ga) = ws.grads.split_at_mut(i + 1);
             let dy = &ga[0][..n * self.shapes[i + 1].size()];
+            if self.roles[i] == Role::FusedPool
+                && let Layer::Pool(p) = layer
+            {
+                // Straight to the convolution's output gradient (the ReLU's is skipped).
+                let y = &ws.acts[i + 1][..n * self.shapes[i + 1].size()];
+                p.backward_relu(dy, y, &ws.argmax[i], &mut gb[i - 1][..n * self.shapes[i - 1].size()], n);
+                continue;
+            }
+            if self.roles[i] == Role::FusedRelu {
+                continue;
+            }
             let dx: Option<&mut [f32]> = if need_dx { Some(&mut gb[i][..n * self.shapes[i].size()]) } else { None };
             let xin = &ws.acts[i][..n * self.shapes[i].size()];
             let yout = &ws.acts[i + 1][..n * self.shapes[i + 1].size()];
