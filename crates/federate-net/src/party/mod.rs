@@ -395,6 +395,23 @@ async fn serve_instructions(
     }
 }
 
+/// A fit instruction's task, or why this party refuses it (settings it cannot read).
+fn fit_task(f: crate::proto::FitInstruction, limits: Limits) -> Result<Task, String> {
+    match (f.training.as_ref().map(training_from_proto), scaling(f.scaling, limits)) {
+        (Some(Ok(training)), Ok(scaling)) => Ok(Task::Fit(Box::new(FitTask {
+            round: f.round,
+            training,
+            seed: f.seed,
+            vector: None,
+            scaling,
+            model: None,
+        }))),
+        (Some(Err(e)), _) => Err(e.to_string()),
+        (None, _) => Err("fit instruction without training settings".into()),
+        (_, Err(e)) => Err(e),
+    }
+}
+
 /// Takes one message from the server: an instruction starts a task's transfers, a chunk
 /// continues them.
 fn receive(opts: &PartyOptions, m: server_message::Msg, current: &mut Option<Incoming>) -> Next {
@@ -409,20 +426,8 @@ fn receive(opts: &PartyOptions, m: server_message::Msg, current: &mut Option<Inc
             let Some(params) = f.params else {
                 return Next::End(SessionEnd::Lost("fit instruction without parameters".into(), true));
             };
-            let task = match (f.training.as_ref().map(training_from_proto), scaling(f.scaling, opts.limits)) {
-                (Some(Ok(training)), Ok(scaling)) => Ok(Task::Fit(Box::new(FitTask {
-                    round: f.round,
-                    training,
-                    seed: f.seed,
-                    vector: None,
-                    scaling,
-                    model: None,
-                }))),
-                (Some(Err(e)), _) => Err(e.to_string()),
-                (None, _) => Err("fit instruction without training settings".into()),
-                (_, Err(e)) => Err(e),
-            };
-            (f.task_id, task, params, f.vector)
+            let (task_id, vector) = (f.task_id, f.vector);
+            (task_id, fit_task(f, opts.limits), params, vector)
         }
         server_message::Msg::Evaluate(e) => {
             let Some(params) = e.params else {
