@@ -5,16 +5,34 @@ use std::time::Instant;
 
 use crate::client::ClientProxy;
 
-/// Runs every (client, task): parties behind a [`crate::Transport`] in one batch per
-/// transport (no thread per party), other `concurrent` proxies each on its own thread, the
-/// rest one after another. Outcomes come back in task order with their wall-clock seconds,
-/// whatever order they finished in, so aggregation is deterministic.
+/// An outcome of one task: the party's index, its answer, the wall-clock seconds it took.
+pub(crate) type Outcome<R> = (usize, Result<R, crate::ClientError>, f64);
+
+/// [`dispatch_each`], with the outcomes collected in task order.
 pub(crate) fn dispatch<T: Sync, R: Send>(
     clients: &mut [Box<dyn ClientProxy>],
     tasks: &[(usize, T)],
     call: impl Fn(&mut dyn ClientProxy, &T) -> Result<R, crate::ClientError> + Sync,
     batch: impl Fn(&dyn crate::Transport, &[(&str, &T)]) -> Vec<(Result<R, crate::ClientError>, f64)> + Sync,
-) -> Vec<(usize, Result<R, crate::ClientError>, f64)> {
+) -> Vec<Outcome<R>> {
+    let mut out = Vec::with_capacity(tasks.len());
+    dispatch_each(clients, tasks, call, batch, |o| out.push(o));
+    out
+}
+
+/// Runs every (client, task): parties behind a [`crate::Transport`] in one batch per
+/// transport (no thread per party), other `concurrent` proxies each on its own thread, the
+/// rest one after another. Each outcome goes to `each` in task order, as soon as every task
+/// before it has one (a party running one after another hands its reply on at once, so a
+/// round of many such parties need not hold every reply), whatever order they finished in,
+/// so aggregation is deterministic.
+pub(crate) fn dispatch_each<T: Sync, R: Send>(
+    clients: &mut [Box<dyn ClientProxy>],
+    tasks: &[(usize, T)],
+    call: impl Fn(&mut dyn ClientProxy, &T) -> Result<R, crate::ClientError> + Sync,
+    batch: impl Fn(&dyn crate::Transport, &[(&str, &T)]) -> Vec<(Result<R, crate::ClientError>, f64)> + Sync,
+    mut each: impl FnMut(Outcome<R>),
+) {
     let timed = |client: &mut dyn ClientProxy, task: &T| {
         let t = Instant::now();
         let r = call(client, task);
@@ -22,6 +40,7 @@ pub(crate) fn dispatch<T: Sync, R: Send>(
     };
     let wanted: std::collections::HashMap<usize, usize> = tasks.iter().enumerate().map(|(i, (c, _))| (*c, i)).collect();
     let mut slots: Vec<Option<(Result<R, crate::ClientError>, f64)>> = tasks.iter().map(|_| None).collect();
+    let mut next = 0;
     // Tasks of parties behind a transport, grouped by transport.
     let mut groups: Vec<(std::sync::Arc<dyn crate::Transport>, Vec<usize>)> = Vec::new();
     for (i, (c, _)) in tasks.iter().enumerate() {
@@ -54,6 +73,7 @@ pub(crate) fn dispatch<T: Sync, R: Send>(
                 handles.push((i, scope.spawn(move || timed(client.as_mut(), task))));
             } else {
                 slots[i] = Some(timed(client.as_mut(), task));
+                flush(tasks, &mut slots, &mut next, &mut each, false);
             }
         }
         for (i, h) in handles {
@@ -61,6 +81,7 @@ pub(crate) fn dispatch<T: Sync, R: Send>(
                 .join()
                 .unwrap_or_else(|_| (Err(crate::ClientError::Unavailable("the party's handler panicked".into())), 0.0));
             slots[i] = Some(r);
+            flush(tasks, &mut slots, &mut next, &mut each, false);
         }
         for (members, h) in group_handles {
             let outcomes = h.join().unwrap_or_default();
@@ -72,12 +93,25 @@ pub(crate) fn dispatch<T: Sync, R: Send>(
             }
         }
     });
-    tasks
-        .iter()
-        .zip(slots)
-        .map(|((c, _), s)| {
-            let (r, secs) = s.unwrap_or((Err(crate::ClientError::Unavailable("not dispatched".into())), 0.0));
-            (*c, r, secs)
-        })
-        .collect()
+    flush(tasks, &mut slots, &mut next, &mut each, true);
+}
+
+/// Hands on the outcomes from task `next` on while they are in (all of them when `done`,
+/// a task without one as "not dispatched").
+fn flush<T, R>(
+    tasks: &[(usize, T)],
+    slots: &mut [Option<(Result<R, crate::ClientError>, f64)>],
+    next: &mut usize,
+    each: &mut impl FnMut(Outcome<R>),
+    done: bool,
+) {
+    while *next < slots.len() {
+        let outcome = match slots[*next].take() {
+            Some(o) => o,
+            None if done => (Err(crate::ClientError::Unavailable("not dispatched".into())), 0.0),
+            None => return,
+        };
+        each((tasks[*next].0, outcome.0, outcome.1));
+        *next += 1;
+    }
 }

@@ -336,8 +336,7 @@ impl Server {
         let start = Instant::now();
         let (tasks, sampling_error) = self.fit_tasks(round, cfg);
         observer(Event::RoundStarted { round, parties: tasks.len() });
-        let Fits { replies, mut fit, mut failures, all_spent } = self.fit(round, global, &tasks, observer);
-        let bytes_up = replies.iter().map(|(_, r)| upload_bytes(r)).sum();
+        let Fits { replies, mut fit, mut failures, all_spent, bytes_up } = self.fit(round, global, &tasks, observer);
         let vector_bytes = |v: &Option<Arc<Vec<f32>>>| v.as_ref().map_or(0, |v| 4 * v.len() as u64);
         let mut bytes_down: u64 = tasks.iter().map(|(_, t)| vector_bytes(&t.vector)).sum();
         bytes_down += self.model_bytes(tasks.iter().map(|(c, _)| *c), global.values.len());
@@ -418,7 +417,8 @@ impl Server {
         }
     }
 
-    /// Sends the fit tasks and admits the replies.
+    /// Sends the fit tasks, admits the replies as they arrive (in task order) and hands each
+    /// to the strategy's `fold_fit`, which may fold its parameters into a running aggregate.
     fn fit(
         &mut self,
         round: u32,
@@ -427,18 +427,15 @@ impl Server {
         observer: &mut dyn FnMut(Event<'_>),
     ) -> Fits {
         let mut out = Fits { replies: Vec::with_capacity(tasks.len()), ..Fits::default() };
-        let outcomes = dispatch(
-            &mut self.clients,
-            tasks,
-            |client, task| client.fit(global, task),
-            |t, jobs| t.fit_all(global, jobs),
-        );
-        out.all_spent = !outcomes.is_empty()
-            && outcomes.iter().all(|(_, o, _)| matches!(o, Err(crate::ClientError::BudgetSpent(_))));
-        for (c, outcome, seconds) in outcomes {
-            let id = self.clients[c].id().to_string();
+        let ids: Vec<String> = self.clients.iter().map(|c| c.id().to_string()).collect();
+        let (admission, strategy) = (&self.admission, &mut self.strategy);
+        let (mut answered, mut spent) = (0usize, 0usize);
+        let each = |(c, outcome, seconds): crate::dispatch::Outcome<FitReply>| {
+            answered += 1;
+            spent += usize::from(matches!(outcome, Err(crate::ClientError::BudgetSpent(_))));
+            let id = &ids[c];
             let outcome = outcome.map_err(|e| e.to_string()).and_then(|mut r| {
-                self.admission.fit(&id, &mut r).map_err(|e| format!("reply refused: {e}"))?;
+                admission.fit(id, &mut r).map_err(|e| format!("reply refused: {e}"))?;
                 Ok(r)
             });
             match outcome {
@@ -452,12 +449,22 @@ impl Server {
                         train_seconds: r.training.seconds,
                         epsilon: r.privacy.epsilon,
                     });
-                    out.replies.push((c, r));
+                    // Counted before folding empties the parameters.
+                    out.bytes_up += upload_bytes(&r);
+                    out.replies.push((c, strategy.fold_fit(round, global, c, r)));
                 }
                 Err(reason) => out.failures.push(Failure { id: id.clone(), stage: "fit".into(), reason }),
             }
-            observer(Event::FitDone { round, id: &id });
-        }
+            observer(Event::FitDone { round, id });
+        };
+        crate::dispatch::dispatch_each(
+            &mut self.clients,
+            tasks,
+            |client, task| client.fit(global, task),
+            |t, jobs| t.fit_all(global, jobs),
+            each,
+        );
+        out.all_spent = answered > 0 && spent == answered;
         out
     }
 
@@ -560,6 +567,8 @@ struct Fits {
     failures: Vec<Failure>,
     /// Every party answered that its privacy budget is spent.
     all_spent: bool,
+    /// The admitted updates' bytes as they travelled.
+    bytes_up: u64,
 }
 
 /// The generator that picks the round's parties.

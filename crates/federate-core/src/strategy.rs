@@ -58,6 +58,16 @@ pub trait Strategy: Send {
         replies: &[(usize, FitReply)],
     ) -> Result<(Parameters, Vec<Rejection>), StrategyError>;
 
+    /// Takes one admitted reply of `round` as it arrives, in task order, before
+    /// `aggregate_fit`. A strategy whose aggregate is a running sum (FedAvg's mean) adds the
+    /// reply's parameters to it and returns the reply with its parameters emptied, so a
+    /// round of many parties never holds every update at once; `aggregate_fit` then gets
+    /// that reply without parameters and must use what it folded. The default keeps the
+    /// reply whole.
+    fn fold_fit(&mut self, _round: u32, _global: &Parameters, _client: usize, reply: FitReply) -> FitReply {
+        reply
+    }
+
     /// The parties that evaluate the model `aggregate_fit` produced (or the kept one after a
     /// failed round). Default: every party.
     fn configure_evaluate(

@@ -133,3 +133,34 @@ fn deployments_sample_parties_from_the_os_and_simulations_from_the_seed() {
     assert_eq!(chosen(PartySampling::Seeded), chosen(PartySampling::Seeded));
     assert_ne!(chosen(PartySampling::Os), chosen(PartySampling::Os));
 }
+
+/// Replies folded one by one as they arrive (what the server does) give the very bits of the
+/// mean over all replies at once, with the same refusals; folded replies keep no parameters.
+/// A robust rule and an algorithm that reads the replies itself (SCAFFOLD) fold nothing.
+#[test]
+fn folding_replies_as_they_arrive_equals_averaging_them_at_once() {
+    use rand::RngExt;
+    let n = 1000;
+    let global = Parameters::new(vec![0.5; n], layout(n)).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let mut replies: Vec<(usize, FitReply)> =
+        (0..7).map(|c| (c, reply((0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect(), 10 + 37 * c))).collect();
+    replies[2].1.params[5] = f32::NAN; // refused
+    replies[4].1.params.pop(); // refused
+    for round in [1, 2] {
+        let (whole, refused) = fedavg().aggregate_fit(round, &global, &replies).unwrap();
+        let mut s = fedavg();
+        let folded: Vec<(usize, FitReply)> =
+            replies.iter().map(|(c, r)| (*c, s.fold_fit(round, &global, *c, r.clone()))).collect();
+        let kept: Vec<usize> = folded.iter().filter(|(_, r)| !r.params.is_empty()).map(|(c, _)| *c).collect();
+        assert_eq!(kept, vec![2, 4], "only the unusable replies keep their parameters");
+        let (streamed, refused_too) = s.aggregate_fit(round, &global, &folded).unwrap();
+        let bits = |p: &Parameters| p.values.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&streamed), bits(&whole));
+        assert_eq!(refused, refused_too);
+    }
+    let mut median = FedAvg { aggregator: Aggregator::Median, ..fedavg() };
+    assert_eq!(median.fold_fit(1, &global, 0, replies[0].1.clone()).params.len(), n);
+    let mut scaffold: Box<dyn Strategy> = Box::new(Scaffold::new(fedavg(), 1.0).unwrap());
+    assert_eq!(scaffold.fold_fit(1, &global, 0, replies[0].1.clone()).params.len(), n);
+}

@@ -203,6 +203,7 @@ pub fn net(cfg: &crate::config::Config, zstd: bool, child_args: &[String]) -> Re
         stragglers: 0.0,
         drop_stragglers: false,
         aggregator: Default::default(),
+        running: None,
     };
     let init = Parameters::new(NnLearner::new(spec, 1, 1)?.init(1), layout.clone())
         .ok_or_else(|| anyhow::anyhow!("layout"))?;

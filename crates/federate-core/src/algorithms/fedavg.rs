@@ -46,6 +46,21 @@ pub struct FedAvg {
     /// malicious parties).
     #[serde(default)]
     pub aggregator: crate::robust::Aggregator,
+    /// The mean of the round's replies so far, when they are folded as they arrive
+    /// ([`Strategy::fold_fit`]); never saved (it lives within one round). Leave it `None`.
+    #[serde(skip)]
+    pub running: Option<RunningMean>,
+}
+
+/// A round's example-weighted sum of parameters, added reply by reply in task order with the
+/// same arithmetic as the mean over all replies at once, so folding changes no bit.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RunningMean {
+    round: u32,
+    acc: Vec<f64>,
+    total: f64,
+    /// The parties folded in, in order.
+    clients: Vec<usize>,
 }
 
 impl FedAvg {
@@ -61,6 +76,7 @@ impl FedAvg {
             stragglers: 0.0,
             drop_stragglers: false,
             aggregator: crate::robust::Aggregator::Mean,
+            running: None,
         }
     }
 
@@ -72,14 +88,46 @@ impl FedAvg {
         global: &Parameters,
         replies: &[(usize, FitReply)],
     ) -> Result<(Vec<f32>, Vec<Rejection>), StrategyError> {
-        let (usable, rejected) = usable_replies(global, replies);
-        let usable: Vec<&FitReply> = usable.into_iter().map(|(_, r)| r).collect();
-        let avg = self.aggregator.combine(&usable)?;
-        let usable = usable.len();
+        let folded = self.running.as_ref().filter(|r| r.round == round && !r.clients.is_empty());
+        let (avg, usable, rejected) = match folded {
+            // Every usable reply was folded as it came (the server folds each one): what is
+            // left unfolded are replies `fold` found unusable, refused here as before.
+            Some(run) => {
+                let rest: Vec<(usize, FitReply)> =
+                    replies.iter().filter(|(c, _)| !run.clients.contains(c)).cloned().collect();
+                let (more, rejected) = usable_replies(global, &rest);
+                let mut run = run.clone();
+                for (c, r) in more {
+                    run.add(c, r);
+                }
+                (run.mean(), run.clients.len(), rejected)
+            }
+            None => {
+                let (usable, rejected) = usable_replies(global, replies);
+                let usable: Vec<&FitReply> = usable.into_iter().map(|(_, r)| r).collect();
+                (self.aggregator.combine(&usable)?, usable.len(), rejected)
+            }
+        };
         match avg {
             Some(values) if usable >= self.min_replies.max(1) => Ok((values, rejected)),
             _ => Err(StrategyError::TooFewReplies { round, got: usable, need: self.min_replies.max(1) }),
         }
+    }
+
+    /// Folds a usable reply into the round's running mean (the example-weighted mean only;
+    /// a robust rule needs every update at once, and an unusable reply is kept whole for
+    /// `average` to refuse): returns the reply, its parameters emptied when folded.
+    pub fn fold(&mut self, round: u32, global: &Parameters, client: usize, mut reply: FitReply) -> FitReply {
+        if self.aggregator != crate::robust::Aggregator::Mean || crate::strategy::check_reply(global, &reply).is_err() {
+            return reply;
+        }
+        let run = self.running.get_or_insert_with(RunningMean::default);
+        if run.round != round || run.acc.len() != global.len() {
+            *run = RunningMean { round, acc: vec![0.0; global.len()], total: 0.0, clients: Vec::new() };
+        }
+        run.add(client, &reply);
+        reply.params = Vec::new();
+        reply
     }
 
     /// [`FedAvg::average`] as the next global model (FedAvg's and FedProx's aggregation).
@@ -159,6 +207,9 @@ impl Strategy for FedAvg {
     ) -> Result<(Parameters, Vec<Rejection>), StrategyError> {
         self.next_model(round, global, replies)
     }
+    fn fold_fit(&mut self, round: u32, global: &Parameters, client: usize, reply: FitReply) -> FitReply {
+        self.fold(round, global, client, reply)
+    }
 
     fn configure_evaluate(
         &mut self,
@@ -173,5 +224,25 @@ impl Strategy for FedAvg {
             .into_iter()
             .map(|c| (c, EvaluateTask { round, scaling: None, model: None }))
             .collect()
+    }
+}
+
+impl RunningMean {
+    /// Adds a usable reply (`θ_k` weighted by `n_k`), as `robust::weighted_mean` does.
+    fn add(&mut self, client: usize, r: &FitReply) {
+        let w = r.num_examples as f64;
+        for (a, v) in self.acc.iter_mut().zip(&r.params) {
+            *a += w * *v as f64;
+        }
+        self.total += w;
+        self.clients.push(client);
+    }
+    /// The mean so far (`None` when no example was folded), rounded as `weighted_mean` does.
+    fn mean(&self) -> Option<Vec<f32>> {
+        if self.total == 0.0 {
+            return None;
+        }
+        let inv = 1.0 / self.total;
+        Some(self.acc.iter().map(|a| (a * inv) as f32).collect())
     }
 }

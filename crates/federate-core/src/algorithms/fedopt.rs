@@ -124,6 +124,10 @@ impl ServerHalf for FedOpt {
             ServerOptimizer::Yogi => "fedyogi",
         }
     }
+    /// It reads the parties' parameters only through FedAvg's average.
+    fn folds(&self) -> bool {
+        true
+    }
 
     fn aggregate(
         &mut self,

@@ -26,6 +26,10 @@ impl ServerHalf for Server {
     fn name(&self) -> &str {
         "fedprox"
     }
+    /// It reads the parties' parameters only through FedAvg's average.
+    fn folds(&self) -> bool {
+        true
+    }
     fn configure(&mut self, _num_clients: usize, tasks: &mut [(usize, FitTask)]) {
         set_local(tasks, "fedprox", &[("mu", self.mu as f32 as f64)], |_| false);
     }

@@ -43,6 +43,10 @@ impl ServerHalf for FedSgd {
     fn name(&self) -> &str {
         "fedsgd"
     }
+    /// It reads the parties' parameters only through FedAvg's average.
+    fn folds(&self) -> bool {
+        true
+    }
     fn configure(&mut self, _num_clients: usize, tasks: &mut [(usize, FitTask)]) {
         set_local(tasks, "fedsgd", &[("full", f64::from(u8::from(self.full)))], |_| false);
     }

@@ -31,7 +31,7 @@ use federate_data::Dataset;
 use rand_chacha::ChaCha8Rng;
 
 pub use admm::Admm;
-pub use fedavg::FedAvg;
+pub use fedavg::{FedAvg, RunningMean};
 pub use feddyn::FedDyn;
 pub use fednova::FedNova;
 pub use fedopt::{FedOpt, FedOptConfig, ServerOptimizer};
@@ -376,6 +376,12 @@ pub trait ServerHalf: Send {
         global: &Parameters,
         replies: &[(usize, FitReply)],
     ) -> Result<(Parameters, Vec<Rejection>), StrategyError>;
+    /// Whether its `aggregate` reads the parties' parameters only through
+    /// [`FedAvg::average`] (or `next_model`), so the server may fold them into FedAvg's running
+    /// mean as they arrive ([`Strategy::fold_fit`]). Default: no (it reads them itself).
+    fn folds(&self) -> bool {
+        false
+    }
     /// Numbers worth recording about the last aggregation. Default: none.
     fn metrics(&self) -> BTreeMap<String, f64> {
         BTreeMap::new()
@@ -421,6 +427,9 @@ impl<A: ServerHalf> Strategy for Federated<A> {
         replies: &[(usize, FitReply)],
     ) -> Result<(Parameters, Vec<Rejection>), StrategyError> {
         self.algorithm.aggregate(&self.base, round, global, replies)
+    }
+    fn fold_fit(&mut self, round: u32, global: &Parameters, client: usize, reply: FitReply) -> FitReply {
+        if self.algorithm.folds() { self.base.fold(round, global, client, reply) } else { reply }
     }
     fn configure_evaluate(
         &mut self,

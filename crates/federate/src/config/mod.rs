@@ -52,6 +52,7 @@ impl Config {
             stragglers: s.stragglers,
             drop_stragglers: s.drop_stragglers,
             aggregator: s.aggregator()?,
+            running: None,
         };
         base.validate()?;
         Ok(base)
