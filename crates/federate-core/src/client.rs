@@ -123,12 +123,21 @@ pub trait Transport: Send + Sync {
 pub struct InProcess<C: Client> {
     id: String,
     client: C,
+    parallel: bool,
 }
 
 impl<C: Client> InProcess<C> {
-    /// Wraps a client under an identity.
+    /// Wraps a client under an identity; it trains when its turn comes, one party after
+    /// another.
     pub fn new(id: impl Into<String>, client: C) -> Self {
-        InProcess { id: id.into(), client }
+        InProcess { id: id.into(), client, parallel: false }
+    }
+    /// Lets the round run this party beside others, on the server's workers
+    /// ([`crate::Server::with_workers`]); its client must then use only its own share of the
+    /// threads.
+    pub fn parallel(mut self) -> Self {
+        self.parallel = true;
+        self
     }
 }
 
@@ -150,6 +159,9 @@ impl<C: Client> ClientProxy for InProcess<C> {
     }
     fn statistics(&mut self) -> Result<Option<Moments>, ClientError> {
         self.client.statistics()
+    }
+    fn concurrent(&self) -> bool {
+        self.parallel
     }
 }
 

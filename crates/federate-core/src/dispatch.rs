@@ -14,15 +14,17 @@ pub(crate) fn dispatch<T: Sync, R: Send>(
     tasks: &[(usize, T)],
     call: impl Fn(&mut dyn ClientProxy, &T) -> Result<R, crate::ClientError> + Sync,
     batch: impl Fn(&dyn crate::Transport, &[(&str, &T)]) -> Vec<(Result<R, crate::ClientError>, f64)> + Sync,
+    workers: usize,
 ) -> Vec<Outcome<R>> {
     let mut out = Vec::with_capacity(tasks.len());
-    dispatch_each(clients, tasks, call, batch, |o| out.push(o));
+    dispatch_each(clients, tasks, call, batch, workers, |o| out.push(o));
     out
 }
 
 /// Runs every (client, task): parties behind a [`crate::Transport`] in one batch per
-/// transport (no thread per party), other `concurrent` proxies each on its own thread, the
-/// rest one after another. Each outcome goes to `each` in task order, as soon as every task
+/// transport (no thread per party), other `concurrent` proxies on at most `workers` threads
+/// (each party's outcome does not depend on which), the rest one after another on this
+/// thread. Each outcome goes to `each` in task order, as soon as every task
 /// before it has one (a party running one after another hands its reply on at once, so a
 /// round of many such parties need not hold every reply), whatever order they finished in,
 /// so aggregation is deterministic.
@@ -31,6 +33,7 @@ pub(crate) fn dispatch_each<T: Sync, R: Send>(
     tasks: &[(usize, T)],
     call: impl Fn(&mut dyn ClientProxy, &T) -> Result<R, crate::ClientError> + Sync,
     batch: impl Fn(&dyn crate::Transport, &[(&str, &T)]) -> Vec<(Result<R, crate::ClientError>, f64)> + Sync,
+    workers: usize,
     mut each: impl FnMut(Outcome<R>),
 ) {
     let timed = |client: &mut dyn ClientProxy, task: &T| {
@@ -61,25 +64,49 @@ pub(crate) fn dispatch_each<T: Sync, R: Send>(
                 (members, scope.spawn(move || batch(t.as_ref(), &jobs)))
             })
             .collect();
-        let mut handles = Vec::new();
+        // Concurrent parties go round-robin to at most `workers` threads, each running its
+        // share one after another and sending each outcome back as it finishes.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut shares: Vec<Vec<(usize, &mut Box<dyn ClientProxy>)>> = Vec::new();
+        let mut sequential = Vec::new();
         for (c, client) in clients.iter_mut().enumerate() {
             let Some(&i) = wanted.get(&c) else { continue };
             if batched.contains(&i) {
                 continue;
             }
-            let task = &tasks[i].1;
             if client.concurrent() {
-                let timed = &timed;
-                handles.push((i, scope.spawn(move || timed(client.as_mut(), task))));
+                let w = shares.iter().map(Vec::len).sum::<usize>() % workers.max(1);
+                if w == shares.len() {
+                    shares.push(Vec::new());
+                }
+                shares[w].push((i, client));
             } else {
-                slots[i] = Some(timed(client.as_mut(), task));
-                flush(tasks, &mut slots, &mut next, &mut each, false);
+                sequential.push((i, client));
             }
         }
-        for (i, h) in handles {
-            let r = h
-                .join()
-                .unwrap_or_else(|_| (Err(crate::ClientError::Unavailable("the party's handler panicked".into())), 0.0));
+        let spawned: usize = shares.iter().map(Vec::len).sum();
+        for share in shares {
+            let (timed, tx) = (&timed, tx.clone());
+            scope.spawn(move || {
+                for (i, client) in share {
+                    let task = &tasks[i].1;
+                    // A panicking party is reported as such, not lost with the worker.
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| timed(client.as_mut(), task)))
+                        .unwrap_or_else(|_| {
+                            (Err(crate::ClientError::Unavailable("the party's handler panicked".into())), 0.0)
+                        });
+                    if tx.send((i, r)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        for (i, client) in sequential {
+            slots[i] = Some(timed(client.as_mut(), &tasks[i].1));
+            flush(tasks, &mut slots, &mut next, &mut each, false);
+        }
+        for (i, r) in rx.iter().take(spawned) {
             slots[i] = Some(r);
             flush(tasks, &mut slots, &mut next, &mut each, false);
         }

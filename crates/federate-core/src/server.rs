@@ -120,6 +120,8 @@ pub struct Server {
     /// Which model each party (by index) was last sent: a task carrying the same one sends
     /// it by reference, so its bytes are not counted again.
     held: std::collections::HashMap<usize, u32>,
+    /// Most threads running `concurrent` parties at once.
+    workers: usize,
 }
 
 impl Server {
@@ -134,6 +136,7 @@ impl Server {
             scaling: None,
             model: 0,
             held: Default::default(),
+            workers: usize::MAX,
         }
     }
 
@@ -141,6 +144,13 @@ impl Server {
     /// them; the default caps every count at [`crate::admission::DEFAULT_MAX_EXAMPLES`].
     pub fn with_admission(mut self, admission: Admission) -> Self {
         self.admission = admission;
+        self
+    }
+
+    /// Runs the parties that may run beside others (`ClientProxy::concurrent`, e.g.
+    /// [`crate::InProcess::parallel`]) on at most `workers` threads (default: one each).
+    pub fn with_workers(mut self, workers: usize) -> Self {
+        self.workers = workers.max(1);
         self
     }
 
@@ -462,6 +472,7 @@ impl Server {
             tasks,
             |client, task| client.fit(global, task),
             |t, jobs| t.fit_all(global, jobs),
+            self.workers,
             each,
         );
         out.all_spent = answered > 0 && spent == answered;
@@ -522,6 +533,7 @@ impl Server {
             &etasks,
             |client, task| client.evaluate(global, task),
             |t, jobs| t.evaluate_all(global, jobs),
+            self.workers,
         );
         for (c, outcome, _) in outcomes {
             let id = self.clients[c].id().to_string();

@@ -281,6 +281,17 @@ pub fn check_data(cfg: &Config, spec: &ModelSpec, train: &Dataset, test: &Datase
     Ok(())
 }
 
+/// The threads each party trains with: `party_threads`, else every thread of the pool.
+pub fn party_threads(cfg: &Config) -> usize {
+    if cfg.party_threads > 0 { cfg.party_threads } else { rayon::current_num_threads() }
+}
+
+/// How many parties train side by side: as many as `party_threads` fit in the pool (1: one
+/// after another).
+pub fn party_workers(cfg: &Config) -> usize {
+    (rayon::current_num_threads() / party_threads(cfg)).max(1)
+}
+
 /// A party holding `train` and `test` as the config builds one: a learner for `spec`, the
 /// noise source, and the privacy floor of `floor` (from [`privacy_floors`]); parties of one
 /// process that train in turn share `pool`'s workspaces.
@@ -295,7 +306,7 @@ pub fn party(
 ) -> Result<LocalClient<NnLearner>> {
     let (train, test) = (train.into(), test.into());
     check_data(cfg, spec, &train, &test)?;
-    let mut learner = NnLearner::new(spec.clone(), cfg.train.batch_size, rayon::current_num_threads())?;
+    let mut learner = NnLearner::new(spec.clone(), cfg.train.batch_size, party_threads(cfg))?;
     if let Some(p) = pool {
         learner = learner.with_pool(p.clone());
     }

@@ -116,7 +116,8 @@ pub fn simulate(
     let ids: Vec<String> = parties.iter().map(|p| p.id.clone()).collect();
     let admission = cfg.server.admission();
     admission.validate(&ids).map_err(anyhow::Error::msg)?;
-    let mut server = Server::new(strategy, clients).with_admission(admission);
+    let workers = crate::assemble::party_workers(cfg);
+    let mut server = Server::new(strategy, clients).with_admission(admission).with_workers(workers);
     // Round 0 (tables): the parties' statistics added up, as a deployment does it; the
     // simulation's own copies (baselines, central evaluation) are scaled the same way.
     let preprocessing = match (server.round_zero(parties.len())?, &table) {
@@ -199,7 +200,8 @@ fn build_parties(
 ) -> Result<Vec<Box<dyn ClientProxy>>> {
     let mut clients: Vec<Box<dyn ClientProxy>> = Vec::with_capacity(parties.len());
     let floor = privacy_floors(cfg)?;
-    // The parties train one after another: one workspace for all of them.
+    // The parties share workspaces: one for all of them when they train one after another,
+    // one per worker when they train side by side (`party_threads`).
     let pool = Arc::new(federate_core::WorkspacePool::default());
     for p in parties {
         let n = p.train.len();
@@ -211,11 +213,14 @@ fn build_parties(
             let (f, id) = (f.clone(), p.id.clone());
             client = client.with_epoch_hook(Arc::new(move |round, done, all| f(&id, round, done, all)));
         }
+        let parallel = crate::assemble::party_workers(cfg) > 1;
         if clients.len() < cfg.attack.parties {
             let attacker = Attacker { inner: client, attack: cfg.attack.clone(), index: clients.len() as u64 };
-            clients.push(Box::new(InProcess::new(p.id.clone(), attacker)));
+            let proxy = InProcess::new(p.id.clone(), attacker);
+            clients.push(if parallel { Box::new(proxy.parallel()) } else { Box::new(proxy) });
         } else {
-            clients.push(Box::new(InProcess::new(p.id.clone(), client)));
+            let proxy = InProcess::new(p.id.clone(), client);
+            clients.push(if parallel { Box::new(proxy.parallel()) } else { Box::new(proxy) });
         }
     }
     Ok(clients)

@@ -867,3 +867,34 @@ fn a_party_whose_data_does_not_fit_the_model_exits_before_joining() {
     assert!(err.contains("examples of 1×13×1 = 13 values, but the model takes 28×28×1 = 784"), "{err}");
     assert!(start.elapsed() < std::time::Duration::from_secs(20), "it must not wait for the server");
 }
+
+/// `party_threads = 1` on 2 threads trains two parties side by side; each party's result
+/// depends on its own thread count only, so the model is the one a single thread gives, bit
+/// for bit — with DP-SGD (each party's noise and ledger) and compression with error feedback
+/// (each party's residual) too.
+#[test]
+fn parties_trained_side_by_side_give_the_model_of_one_after_another() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |name: &str, threads: &str, extra: &[&str]| {
+        let out = tmp.path().join(name);
+        let mut args = vec!["run", "--rounds", "2", "--quiet", "--threads", threads, "--out", out.to_str().unwrap()];
+        for s in ["data.parties=5", "data.train_per_party=64", "data.test_per_party=20", "evaluation.baseline=false"]
+            .iter()
+            .chain(extra)
+        {
+            args.extend(["--set", s]);
+        }
+        let o = federate(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::read(out.join("model.safetensors")).unwrap()
+    };
+    for (case, extra) in [
+        ("plain", &[][..]),
+        ("dp", &["privacy.mechanism=\"gaussian\"", "privacy.noise_multiplier=1.0"][..]),
+        ("top-k", &["compression.update=\"top-k\"", "compression.fraction=0.1"][..]),
+    ] {
+        let one = run(&format!("{case}-1"), "1", extra);
+        let side_by_side = run(&format!("{case}-2"), "2", &[extra, &["party_threads=1"]].concat());
+        assert!(one == side_by_side, "{case}: the models differ");
+    }
+}

@@ -69,6 +69,11 @@ pub struct Config {
     pub rounds: u32,
     /// Worker threads (0 = one per core).
     pub threads: usize,
+    /// Simulation: threads each party trains with (0 = all of them, one party at a time).
+    /// Fewer than `threads` trains `threads / party_threads` parties side by side; a party's
+    /// result depends on its own thread count only, so runs with the same `party_threads`
+    /// give the same model whatever `threads` is.
+    pub party_threads: usize,
     /// `federate run` writes a checkpoint (`<run directory>/checkpoint`) every this many
     /// rounds, so `federate run --resume` can continue a stopped run (0: never).
     /// `federate serve` checkpoints after every round regardless.
@@ -101,6 +106,7 @@ impl Default for Config {
             seed: 42,
             rounds: 10,
             threads: 0,
+            party_threads: 0,
             checkpoint_every: 10,
             data: DataConfig::default(),
             model: ModelConfig::default(),

@@ -42,6 +42,12 @@ fn check_data(c: &Config) -> Result<()> {
             d.parties
         );
     }
+    if c.party_threads > MAX_THREADS {
+        bail!(
+            "party_threads = {} is more than {MAX_THREADS}; 0 trains one party at a time on every thread",
+            c.party_threads
+        );
+    }
     if c.threads > MAX_THREADS {
         bail!("threads = {} is more than {MAX_THREADS}; 0 uses one per core", c.threads);
     }
