@@ -44,15 +44,7 @@ pub(crate) fn dispatch_each<T: Sync, R: Send>(
     let wanted: std::collections::HashMap<usize, usize> = tasks.iter().enumerate().map(|(i, (c, _))| (*c, i)).collect();
     let mut slots: Vec<Option<(Result<R, crate::ClientError>, f64)>> = tasks.iter().map(|_| None).collect();
     let mut next = 0;
-    // Tasks of parties behind a transport, grouped by transport.
-    let mut groups: Vec<(std::sync::Arc<dyn crate::Transport>, Vec<usize>)> = Vec::new();
-    for (i, (c, _)) in tasks.iter().enumerate() {
-        let Some(t) = clients.get(*c).and_then(|client| client.transport()) else { continue };
-        match groups.iter_mut().find(|(g, _)| std::sync::Arc::ptr_eq(g, &t)) {
-            Some((_, members)) => members.push(i),
-            None => groups.push((t, vec![i])),
-        }
-    }
+    let groups = transport_groups(clients, tasks);
     let batched: std::collections::HashSet<usize> = groups.iter().flat_map(|(_, m)| m.iter().copied()).collect();
     let ids: Vec<String> = clients.iter().map(|c| c.id().to_string()).collect();
     std::thread::scope(|scope| {
@@ -67,34 +59,18 @@ pub(crate) fn dispatch_each<T: Sync, R: Send>(
         // Concurrent parties go round-robin to at most `workers` threads, each running its
         // share one after another and sending each outcome back as it finishes.
         let (tx, rx) = std::sync::mpsc::channel();
-        let mut shares: Vec<Vec<(usize, &mut Box<dyn ClientProxy>)>> = Vec::new();
-        let mut sequential = Vec::new();
-        for (c, client) in clients.iter_mut().enumerate() {
-            let Some(&i) = wanted.get(&c) else { continue };
-            if batched.contains(&i) {
-                continue;
-            }
-            if client.concurrent() {
-                let w = shares.iter().map(Vec::len).sum::<usize>() % workers.max(1);
-                if w == shares.len() {
-                    shares.push(Vec::new());
-                }
-                shares[w].push((i, client));
-            } else {
-                sequential.push((i, client));
-            }
-        }
+        let (shares, sequential) = shares(clients, &wanted, &batched, workers);
         let spawned: usize = shares.iter().map(Vec::len).sum();
         for share in shares {
             let (timed, tx) = (&timed, tx.clone());
             scope.spawn(move || {
                 for (i, client) in share {
-                    let task = &tasks[i].1;
                     // A panicking party is reported as such, not lost with the worker.
-                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| timed(client.as_mut(), task)))
-                        .unwrap_or_else(|_| {
-                            (Err(crate::ClientError::Unavailable("the party's handler panicked".into())), 0.0)
-                        });
+                    let r =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| timed(client.as_mut(), &tasks[i].1)))
+                            .unwrap_or_else(|_| {
+                                (Err(crate::ClientError::Unavailable("the party panicked".into())), 0.0)
+                            });
                     if tx.send((i, r)).is_err() {
                         return;
                     }
@@ -121,6 +97,55 @@ pub(crate) fn dispatch_each<T: Sync, R: Send>(
         }
     });
     flush(tasks, &mut slots, &mut next, &mut each, true);
+}
+
+/// A task's party, by task index.
+type Job<'a> = (usize, &'a mut Box<dyn ClientProxy>);
+
+/// The parties with a task and no transport: the `concurrent` ones dealt round-robin into at
+/// most `workers` shares, and the others, in party order.
+fn shares<'a>(
+    clients: &'a mut [Box<dyn ClientProxy>],
+    wanted: &std::collections::HashMap<usize, usize>,
+    batched: &std::collections::HashSet<usize>,
+    workers: usize,
+) -> (Vec<Vec<Job<'a>>>, Vec<Job<'a>>) {
+    let mut shares: Vec<Vec<Job<'a>>> = Vec::new();
+    let mut sequential = Vec::new();
+    let mut dealt = 0;
+    for (c, client) in clients.iter_mut().enumerate() {
+        let Some(&i) = wanted.get(&c) else { continue };
+        if batched.contains(&i) {
+            continue;
+        }
+        if client.concurrent() {
+            let w = dealt % workers.max(1);
+            dealt += 1;
+            if w == shares.len() {
+                shares.push(Vec::new());
+            }
+            shares[w].push((i, client));
+        } else {
+            sequential.push((i, client));
+        }
+    }
+    (shares, sequential)
+}
+
+/// The tasks of parties behind a transport, grouped by transport (task indices).
+fn transport_groups<T>(
+    clients: &[Box<dyn ClientProxy>],
+    tasks: &[(usize, T)],
+) -> Vec<(std::sync::Arc<dyn crate::Transport>, Vec<usize>)> {
+    let mut groups: Vec<(std::sync::Arc<dyn crate::Transport>, Vec<usize>)> = Vec::new();
+    for (i, (c, _)) in tasks.iter().enumerate() {
+        let Some(t) = clients.get(*c).and_then(|client| client.transport()) else { continue };
+        match groups.iter_mut().find(|(g, _)| std::sync::Arc::ptr_eq(g, &t)) {
+            Some((_, members)) => members.push(i),
+            None => groups.push((t, vec![i])),
+        }
+    }
+    groups
 }
 
 /// Hands on the outcomes from task `next` on while they are in (all of them when `done`,
