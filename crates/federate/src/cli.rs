@@ -298,6 +298,22 @@ pub(crate) enum BenchCommand {
         #[arg(long, default_value_t = 10)]
         rounds: u32,
     },
+    /// A cross-device simulation: many parties holding MNIST dealt IID, a few training each
+    /// round; seconds per round and peak memory.
+    Parties {
+        /// Parties.
+        #[arg(long, default_value_t = 10_000)]
+        parties: usize,
+        /// Parties training (and evaluating) each round.
+        #[arg(long, default_value_t = 100)]
+        per_round: usize,
+        /// Rounds.
+        #[arg(long, default_value_t = 20)]
+        rounds: u32,
+        /// Overrides, as for `federate run --set` (e.g. party_threads=1, model.name="logreg").
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
     /// The parties of `bench net`, run in a child process (not for direct use).
     #[command(hide = true)]
     NetParties {

@@ -79,6 +79,9 @@ fn main() -> ExitCode {
         Command::Bench { what: BenchCommand::Compression { config, set, rounds } } => {
             bench_cmd::bench_compression(config.as_deref(), &set, rounds)
         }
+        Command::Bench { what: BenchCommand::Parties { parties, per_round, rounds, set } } => {
+            bench_cmd::bench_parties(parties, per_round, rounds, &set)
+        }
         Command::Bench { what: BenchCommand::Aggregate { model, parties, reps } } => {
             bench_cmd::bench_aggregate(&model, parties, reps)
         }

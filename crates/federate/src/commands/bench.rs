@@ -206,3 +206,51 @@ pub(crate) fn bench_compression(config: Option<&std::path::Path>, sets: &[String
     }
     Ok(())
 }
+
+/// The process's peak resident memory so far (VmHWM), in MB; `None` off Linux.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 =
+        status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// `federate bench parties`: a cross-device simulation — `parties` parties holding MNIST
+/// dealt IID, `per_round` of them training each round — with seconds per round and the
+/// process's peak memory, the figures BENCHMARKS.md records for 10,000 parties.
+pub(crate) fn bench_parties(parties: usize, per_round: usize, rounds: u32, sets: &[String]) -> Result<()> {
+    anyhow::ensure!(parties >= 1 && (1..=parties).contains(&per_round), "--per-round must be in 1..=--parties");
+    let fraction = per_round as f64 / parties as f64;
+    let mut all: Vec<String> = vec![
+        format!("data.parties={parties}"),
+        "data.partition=\"iid\"".into(),
+        format!("strategy.fraction_fit={fraction}"),
+        format!("strategy.fraction_evaluate={fraction}"),
+        "evaluation.baseline=false".into(),
+        "train.epochs=1".into(),
+        format!("rounds={rounds}"),
+    ];
+    all.extend(sets.iter().cloned());
+    let cfg = config::load(None, &all)?;
+    init_threads(cfg.threads)?;
+    let before = peak_rss_mb();
+    let data = crate::assemble::federation_data(&cfg)?;
+    let result = crate::sim::simulate(&cfg, data, &mut |_| {}, None, None)?;
+    let secs: Vec<f64> = result.records.iter().map(|r| r.seconds).collect();
+    let mean = secs.iter().sum::<f64>() / secs.len().max(1) as f64;
+    println!(
+        "parties={parties} per_round={per_round} rounds={} model={} threads={} party_threads={}",
+        result.records.len(),
+        cfg.model.name,
+        rayon::current_num_threads(),
+        crate::assemble::party_threads(&cfg)
+    );
+    println!(
+        "seconds_round_1={:.2} seconds_per_round={mean:.2} accuracy={:.4} peak_rss_mb={:.0} peak_rss_before_data_mb={:.0}",
+        secs.first().copied().unwrap_or(f64::NAN),
+        result.records.last().and_then(|r| r.accuracy).unwrap_or(f64::NAN),
+        peak_rss_mb().unwrap_or(f64::NAN),
+        before.unwrap_or(f64::NAN)
+    );
+    Ok(())
+}
