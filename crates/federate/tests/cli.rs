@@ -898,3 +898,34 @@ fn parties_trained_side_by_side_give_the_model_of_one_after_another() {
         assert!(one == side_by_side, "{case}: the models differ");
     }
 }
+
+#[test]
+fn bench_compression_and_bench_parties_print_their_tables() {
+    let sets =
+        ["--set", "model.name=\"logreg\"", "--set", "data.train_per_party=100", "--set", "data.test_per_party=50"];
+    let o = federate(&[&["bench", "compression", "--rounds", "1"], &sets[..]].concat());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s = String::from_utf8_lossy(&o.stdout);
+    // One row per codec; 32-bit floats are the reference (×1.0), 4-bit updates ~7×.
+    let row = |name: &str| s.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name}: {s}")).to_string();
+    let up_ratio = |name: &str| row(name).split_whitespace().nth_back(4).unwrap().parse::<f64>().unwrap();
+    assert_eq!(up_ratio("none (32-bit floats)"), 1.0, "{s}");
+    assert!(up_ratio("q4  ") > 6.0 && up_ratio("top-1% + error feedback") > 40.0, "{s}");
+    let o = federate(&[
+        "bench",
+        "parties",
+        "--parties",
+        "60",
+        "--per-round",
+        "6",
+        "--rounds",
+        "2",
+        "--set",
+        "model.name=\"logreg\"",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s = String::from_utf8_lossy(&o.stdout);
+    assert!(s.contains("parties=60 per_round=6 rounds=2 model=logreg") && s.contains("peak_rss_mb="), "{s}");
+    let o = federate(&["bench", "parties", "--parties", "5", "--per-round", "6"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--per-round"));
+}
