@@ -25,22 +25,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from pytorch_anchor import cnn, read_idx  # noqa: E402  (the same model and reader)
-
-
-def party_data(mnist, parties=3, train_per=2000, test_per=500):
-    x = read_idx(os.path.join(mnist, "train-images-idx3-ubyte"))
-    y = read_idx(os.path.join(mnist, "train-labels-idx1-ubyte"))
-    tx = read_idx(os.path.join(mnist, "t10k-images-idx3-ubyte"))
-    ty = read_idx(os.path.join(mnist, "t10k-labels-idx1-ubyte"))
-    rng = np.random.default_rng(42)
-    tr, te = rng.permutation(len(x)), rng.permutation(len(tx))
-    out = []
-    for k in range(parties):
-        i = tr[k * train_per:(k + 1) * train_per]
-        j = te[k * test_per:(k + 1) * test_per]
-        out.append((x[i], y[i], tx[j], ty[j]))
-    return out
+from pytorch_anchor import cnn, split_mnist  # noqa: E402  (the same model and split)
 
 
 def main():
@@ -56,7 +41,7 @@ def main():
     from flwr.server.strategy import FedAvg
     from flwr.simulation import run_simulation
 
-    data = party_data(a.mnist)
+    data = split_mnist(a.mnist)
     threads = a.threads
 
     def to_t(arr):

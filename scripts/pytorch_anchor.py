@@ -90,12 +90,13 @@ def read_idx(path):
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
 
 
-def example(mnist, rounds, parties, train_per, test_per):
+def split_mnist(mnist, parties=3, train_per=2000, test_per=500):
+    """Each party's (train images, labels, test images, labels): disjoint random draws of
+    MNIST's training and test sets (seed 42), the sizes of the worked example."""
     x = read_idx(os.path.join(mnist, "train-images-idx3-ubyte"))
     y = read_idx(os.path.join(mnist, "train-labels-idx1-ubyte"))
     tx = read_idx(os.path.join(mnist, "t10k-images-idx3-ubyte"))
     ty = read_idx(os.path.join(mnist, "t10k-labels-idx1-ubyte"))
-    torch.manual_seed(42)
     rng = np.random.default_rng(42)
     tr, te = rng.permutation(len(x)), rng.permutation(len(tx))
     data = []
@@ -103,6 +104,12 @@ def example(mnist, rounds, parties, train_per, test_per):
         i = tr[k * train_per:(k + 1) * train_per]
         j = te[k * test_per:(k + 1) * test_per]
         data.append((x[i], y[i], tx[j], ty[j]))
+    return data
+
+
+def example(mnist, rounds, parties, train_per, test_per):
+    torch.manual_seed(42)
+    data = split_mnist(mnist, parties, train_per, test_per)
     to_t = lambda a: torch.from_numpy(a.astype(np.float32) / 255.0).unsqueeze(1)
     glob = cnn()
     loss_fn = nn.CrossEntropyLoss()

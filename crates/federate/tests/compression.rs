@@ -5,30 +5,14 @@
 //! setting is refused by name.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn federate(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_federate")).args(args).output().expect("run federate")
-}
+mod common;
+use common::run_small;
 
-/// 3 parties × 300 MNIST examples, logistic regression (7,850 parameters), 2 rounds.
+/// The small MNIST run of `common`, 2 rounds.
 fn run(out: &Path, sets: &[&str]) -> Output {
-    let mut args = vec!["run", "--rounds", "2", "--quiet", "--out", out.to_str().unwrap()];
-    for s in [
-        "data.train_per_party=300",
-        "data.test_per_party=100",
-        "model.name=logreg",
-        "train.epochs=1",
-        "train.batch_size=32",
-        "train.lr=0.1",
-        "evaluation.baseline=false",
-    ]
-    .iter()
-    .chain(sets)
-    {
-        args.extend(["--set", s]);
-    }
-    federate(&args)
+    run_small(out, 2, sets)
 }
 
 /// (bytes up in round 2, accuracy after round 2, the model's bytes).

@@ -5,30 +5,14 @@
 //! training loss, accuracy, training time or clip fraction.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn federate(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_federate")).args(args).output().expect("run federate")
-}
+mod common;
+use common::{federate, run_small};
 
-/// 3 parties × 300 MNIST examples, logistic regression, one round of one epoch, batch 32.
+/// The small MNIST run of `common`, 1 round.
 fn run(out: &Path, sets: &[&str]) -> Output {
-    let mut args = vec!["run", "--rounds", "1", "--quiet", "--out", out.to_str().unwrap()];
-    for s in [
-        "data.train_per_party=300",
-        "data.test_per_party=100",
-        "model.name=logreg",
-        "train.epochs=1",
-        "train.batch_size=32",
-        "train.lr=0.1",
-        "evaluation.baseline=false",
-    ]
-    .iter()
-    .chain(sets)
-    {
-        args.extend(["--set", s]);
-    }
-    federate(&args)
+    run_small(out, 1, sets)
 }
 
 fn rounds(dir: &Path) -> Vec<serde_json::Value> {

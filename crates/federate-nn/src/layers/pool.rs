@@ -17,37 +17,7 @@ impl MaxPool {
     /// `y = maxpool(x)`; `arg` receives, per output, the index of its maximum within the
     /// example's input.
     pub fn forward(&self, x: &[f32], y: &mut [f32], arg: &mut [u32], n: usize) {
-        let (s, o) = (self.input, self.output);
-        let c = s.c;
-        y[..n * o.size()]
-            .par_chunks_mut(o.size())
-            .zip(arg[..n * o.size()].par_chunks_mut(o.size()))
-            .zip(x.par_chunks(s.size()))
-            .for_each(|((yi, ai), xi)| {
-                for oy in 0..o.h {
-                    for ox in 0..o.w {
-                        let out = &mut yi[(oy * o.w + ox) * c..][..c];
-                        let idx = &mut ai[(oy * o.w + ox) * c..][..c];
-                        let first = ((oy * self.stride) * s.w + ox * self.stride) * c;
-                        out.copy_from_slice(&xi[first..first + c]);
-                        for (ch, a) in idx.iter_mut().enumerate() {
-                            *a = (first + ch) as u32;
-                        }
-                        for ky in 0..self.kernel {
-                            for kx in 0..self.kernel {
-                                let base = ((oy * self.stride + ky) * s.w + ox * self.stride + kx) * c;
-                                let src = &xi[base..base + c];
-                                for ch in 0..c {
-                                    if src[ch] > out[ch] {
-                                        out[ch] = src[ch];
-                                        idx[ch] = (base + ch) as u32;
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            });
+        self.pool(x, y, arg, n, |v, _| v);
     }
 
     /// `y = maxpool(relu(x + b))` with `b` one bias per channel, in one pass over the
@@ -55,6 +25,12 @@ impl MaxPool {
     /// applying the ReLU and pooling one after another, without writing the full-size
     /// activations in between.
     pub fn forward_bias_relu(&self, x: &[f32], b: &[f32], y: &mut [f32], arg: &mut [u32], n: usize) {
+        self.pool(x, y, arg, n, |v, ch| (v + b[ch]).max(0.0));
+    }
+
+    /// Max pooling of `f(x, channel)`, scanning each window in order and keeping the first
+    /// maximum.
+    fn pool(&self, x: &[f32], y: &mut [f32], arg: &mut [u32], n: usize, f: impl Fn(f32, usize) -> f32 + Sync) {
         let (s, o) = (self.input, self.output);
         let c = s.c;
         y[..n * o.size()]
@@ -68,7 +44,7 @@ impl MaxPool {
                         let idx = &mut ai[(oy * o.w + ox) * c..][..c];
                         let first = ((oy * self.stride) * s.w + ox * self.stride) * c;
                         for ch in 0..c {
-                            out[ch] = (xi[first + ch] + b[ch]).max(0.0);
+                            out[ch] = f(xi[first + ch], ch);
                             idx[ch] = (first + ch) as u32;
                         }
                         for ky in 0..self.kernel {
@@ -76,7 +52,7 @@ impl MaxPool {
                                 let base = ((oy * self.stride + ky) * s.w + ox * self.stride + kx) * c;
                                 let src = &xi[base..base + c];
                                 for ch in 0..c {
-                                    let v = (src[ch] + b[ch]).max(0.0);
+                                    let v = f(src[ch], ch);
                                     if v > out[ch] {
                                         out[ch] = v;
                                         idx[ch] = (base + ch) as u32;
