@@ -302,13 +302,7 @@ fn run_rounds(
     admission: Admission,
     model_len: usize,
 ) -> (Parameters, Vec<RoundRecord>) {
-    let clients: Vec<Box<dyn ClientProxy>> =
-        ids.iter().map(|id| Box::new(RemoteParty::new(*id, hub.clone(), rt.handle().clone())) as _).collect();
-    let strategy = FedAvg::new(LocalTraining::sgd(1, 1, 0.1));
-    let layout = Arc::new(Layout::new(vec![TensorSpec { name: "w".into(), shape: vec![model_len], offset: 0 }]));
-    let init = Parameters::new(vec![0.5; model_len], layout).unwrap();
-    let mut server = Server::new(Box::new(strategy), clients).with_admission(admission);
-    server.run(init, &ServerConfig::new(rounds, 1), &mut |_| {}).unwrap()
+    run_rounds_with(rt, hub, ids, rounds, LocalTraining::sgd(1, 1, 0.1), admission, model_len)
 }
 
 /// [`run_rounds`] with the tasks' local training given.
@@ -318,13 +312,14 @@ fn run_rounds_with(
     ids: &[&str],
     rounds: u32,
     training: LocalTraining,
+    admission: Admission,
     model_len: usize,
 ) -> (Parameters, Vec<RoundRecord>) {
     let clients: Vec<Box<dyn ClientProxy>> =
         ids.iter().map(|id| Box::new(RemoteParty::new(*id, hub.clone(), rt.handle().clone())) as _).collect();
     let layout = Arc::new(Layout::new(vec![TensorSpec { name: "w".into(), shape: vec![model_len], offset: 0 }]));
     let init = Parameters::new(vec![0.5; model_len], layout).unwrap();
-    let mut server = Server::new(Box::new(FedAvg::new(training)), clients);
+    let mut server = Server::new(Box::new(FedAvg::new(training)), clients).with_admission(admission);
     server.run(init, &ServerConfig::new(rounds, 1), &mut |_| {}).unwrap()
 }
 
@@ -351,7 +346,7 @@ fn compressed_updates_are_decoded_only_when_asked_for_and_references_come_only_f
     let mut training = LocalTraining::sgd(1, 1, 0.1);
     training.compression =
         Some(UpdateCompression { codec: Codec::Quantize { bits: 8 }, error_feedback: true, zstd: false });
-    let (global, records) = run_rounds_with(&rt, &hub, ids, 2, training, N);
+    let (global, records) = run_rounds_with(&rt, &hub, ids, 2, training, Admission::default(), N);
     for r in &records {
         let fitted: Vec<&str> = r.fit.iter().map(|f| f.id.as_str()).collect();
         assert_eq!(fitted, vec!["honest", "compressed"], "{r:?}");
