@@ -8,10 +8,12 @@
 //!   of [`BLOCK`] values, `lo` = the block's minimum and `step` = (max − lo) / (2^b − 1); each
 //!   value becomes the integer code ⌊(x − lo)/step + u⌋ with u uniform in [0, 1), so the
 //!   decoded `lo + code·step` is unbiased. The codes are plain unsigned integers, packed two
-//!   to a byte at 4 bits. Secure aggregation (to come) adds integers in a ring: it needs the
-//!   parties to share `lo` and `step` per block (a range the server fixes for the round, e.g.
-//!   from a clipping bound) so their codes can be summed before decoding; the format keeps
-//!   codes and scales apart for that reason.
+//!   to a byte at 4 bits.
+//! - **Quantisation onto a shared grid** ([`Codec::Grid`]): the same, with every block's
+//!   `lo` and `step` those of one grid over [−range, range] that all parties use (values
+//!   beyond it clipped, error feedback keeping the rest). The parties' codes then add up as
+//!   integers — Σ decoded = K·lo + step·Σ codes — which is what secure aggregation (to come)
+//!   sums in a ring without seeing any party's codes.
 //! - **Top-k sparsification**: the ⌈fraction·n⌉ values largest in magnitude (ties broken by
 //!   index, so the choice is deterministic), as index gaps and exact values.
 //!
@@ -65,6 +67,9 @@ impl UpdateCompression {
             Codec::Quantize { bits } => Err(format!("compression bits = {bits}: use 8 or 4")),
             Codec::TopK { fraction } if fraction > 0.0 && fraction <= 1.0 => Ok(()),
             Codec::TopK { fraction } => Err(format!("compression.fraction = {fraction} must be in (0, 1]")),
+            Codec::Grid { bits, .. } if bits != 4 && bits != 8 => Err(format!("compression bits = {bits}: use 8 or 4")),
+            Codec::Grid { range, .. } if range > 0.0 && range.is_finite() => Ok(()),
+            Codec::Grid { range, .. } => Err(format!("compression.range = {range} must be a positive number")),
         }
     }
 
@@ -82,7 +87,15 @@ impl UpdateCompression {
                 body.push(u8::from(relative));
                 body.extend_from_slice(&(update.len() as u64).to_le_bytes());
                 body.push(bits);
-                quantize(update, bits, seed, &mut body);
+                quantize(update, bits, None, seed, &mut body);
+            }
+            Codec::Grid { bits, range } => {
+                // The same format: every block carries the shared grid's lo and step.
+                body.push(QUANTIZED);
+                body.push(u8::from(relative));
+                body.extend_from_slice(&(update.len() as u64).to_le_bytes());
+                body.push(bits);
+                quantize(update, bits, Some(range), seed, &mut body);
             }
             Codec::TopK { fraction } => {
                 body.push(TOP_K);
@@ -176,14 +189,26 @@ pub fn decode_reply(payload: &[u8], reference: &[f32]) -> Result<Vec<f32>, Compr
     Ok(reconstruct(&decode(payload, reference.len())?, reference))
 }
 
-fn quantize(x: &[f32], bits: u8, seed: u64, out: &mut Vec<u8>) {
+/// The grid of `bits` codes over [−range, range] that every party shares: (lo, step).
+pub fn grid(bits: u8, range: f32) -> (f32, f32) {
+    (-range, 2.0 * range / ((1u32 << bits) - 1) as f32)
+}
+
+/// Stochastic rounding of `x` to `bits`-bit codes per block: on the block's own [min, max],
+/// or on the shared grid over [−range, range] (values clipped to it) when `range` is given.
+fn quantize(x: &[f32], bits: u8, range: Option<f32>, seed: u64, out: &mut Vec<u8>) {
     let levels = ((1u32 << bits) - 1) as f32;
     let mut rng = crate::seed::stream(seed, crate::seed::Stream::Compression, &[]);
     let mut codes: Vec<u8> = Vec::with_capacity(x.len());
     for block in x.chunks(BLOCK) {
-        let lo = block.iter().copied().fold(f32::INFINITY, f32::min);
-        let hi = block.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut step = (hi - lo) / levels;
+        let (lo, mut step) = match range {
+            Some(r) => grid(bits, r),
+            None => {
+                let lo = block.iter().copied().fold(f32::INFINITY, f32::min);
+                let hi = block.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                (lo, (hi - lo) / levels)
+            }
+        };
         if !step.is_normal() {
             step = 0.0;
         }
@@ -465,6 +490,40 @@ mod tests {
         assert_eq!(
             c(Codec::Quantize { bits: 8 }, false).encode(&[1.0, f32::NAN], true, 0),
             Err(CompressError::NotFinite(1))
+        );
+    }
+
+    /// On the shared grid, two parties' integer codes add up: decoding the summed codes gives
+    /// the sum of what each sent (exactly, up to the f32 rounding of one multiply), which is
+    /// what secure aggregation will compute in a ring. Values beyond the grid are clipped,
+    /// and error feedback keeps the clipped part.
+    #[test]
+    fn codes_on_the_shared_grid_add_up_and_error_feedback_keeps_what_was_clipped() {
+        let comp = UpdateCompression { codec: Codec::Grid { bits: 8, range: 0.05 }, error_feedback: true, zstd: false };
+        let (a, mut b) = (gaussian(1000, 20), gaussian(1000, 21));
+        b[7] = 0.3; // beyond the grid
+        let codes = |p: &[u8]| -> Vec<u32> {
+            let blocks = 1000usize.div_ceil(BLOCK);
+            p[12 + blocks * 8..].iter().map(|&c| u32::from(c)).collect()
+        };
+        let (pa, pb) = (comp.encode(&a, true, 1).unwrap(), comp.encode(&b, true, 2).unwrap());
+        let (da, db) = (decode(&pa, 1000).unwrap().values, decode(&pb, 1000).unwrap().values);
+        let (lo, step) = grid(8, 0.05);
+        for (i, (ca, cb)) in codes(&pa).iter().zip(codes(&pb)).enumerate() {
+            // Summed in a ring of 2^32: no party's code can wrap it for any realistic count.
+            let sum = ca.wrapping_add(cb);
+            let from_sum = 2.0 * lo as f64 + step as f64 * sum as f64;
+            assert!((from_sum - (da[i] as f64 + db[i] as f64)).abs() < 1e-6, "value {i}");
+        }
+        assert!((db[7] - 0.05).abs() < 1e-6, "clipped to the grid: {}", db[7]);
+        let mut residual = None;
+        compress_reply(&comp, &b, &vec![0.0; 1000], true, &mut residual, 2).unwrap();
+        let kept = residual.unwrap()[7];
+        assert!((kept - 0.25).abs() < 1e-6, "error feedback keeps the clipped 0.25: {kept}");
+        assert!(
+            UpdateCompression { codec: Codec::Grid { bits: 8, range: 0.0 }, error_feedback: false, zstd: false }
+                .validate()
+                .is_err()
         );
     }
 

@@ -278,6 +278,16 @@ pub enum Codec {
         /// Fraction of the values sent, in (0, 1].
         fraction: f64,
     },
+    /// Unbiased stochastic rounding to `bits` (4 or 8) per value onto one grid every party
+    /// shares, [−range, range] (values beyond it are clipped; error feedback carries the
+    /// rest): the parties' integer codes then add up, the form secure aggregation sums in a
+    /// ring.
+    Grid {
+        /// Bits per value: 4 or 8.
+        bits: u8,
+        /// Half-width of the grid, > 0.
+        range: f32,
+    },
 }
 
 /// The party half of a round's algorithm: which registered algorithm (`algorithms::find`)

@@ -58,9 +58,10 @@ pub fn training_to_proto(t: &LocalTraining) -> proto::LocalTraining {
         algorithm: t.local.name.clone(),
         algorithm_settings: t.local.settings.iter().map(|(k, v)| (k.clone(), *v)).collect(),
         compression: t.compression.map(|c| {
-            let (codec, bits, fraction) = match c.codec {
-                Codec::Quantize { bits } => ("quantize", u32::from(bits), 0.0),
-                Codec::TopK { fraction } => ("top-k", 0, fraction),
+            let (codec, bits, fraction, range) = match c.codec {
+                Codec::Quantize { bits } => ("quantize", u32::from(bits), 0.0, 0.0),
+                Codec::Grid { bits, range } => ("grid", u32::from(bits), 0.0, range),
+                Codec::TopK { fraction } => ("top-k", 0, fraction, 0.0),
             };
             proto::UpdateCompression {
                 codec: codec.into(),
@@ -68,6 +69,7 @@ pub fn training_to_proto(t: &LocalTraining) -> proto::LocalTraining {
                 fraction,
                 error_feedback: c.error_feedback,
                 zstd: c.zstd,
+                range,
             }
         }),
     }
@@ -77,6 +79,7 @@ pub fn training_to_proto(t: &LocalTraining) -> proto::LocalTraining {
 fn compression_from_proto(c: &proto::UpdateCompression) -> Result<UpdateCompression, Malformed> {
     let codec = match c.codec.as_str() {
         "quantize" => Codec::Quantize { bits: u8::try_from(c.bits).unwrap_or(0) },
+        "grid" => Codec::Grid { bits: u8::try_from(c.bits).unwrap_or(0), range: c.range },
         "top-k" => Codec::TopK { fraction: c.fraction },
         other => return Err(Malformed(format!("unknown compression codec '{}'", other.escape_debug()))),
     };
@@ -339,11 +342,13 @@ mod tests {
             };
             let q4 = UpdateCompression { codec: Codec::Quantize { bits: 4 }, error_feedback: true, zstd: false };
             let top = UpdateCompression { codec: Codec::TopK { fraction: 0.01 }, error_feedback: false, zstd: true };
+            let grid =
+                UpdateCompression { codec: Codec::Grid { bits: 8, range: 0.5 }, error_feedback: true, zstd: false };
             for (dp, update_dp, local, compression) in [
                 (None, None, LocalAlgorithm::default(), None),
                 (Some(dp), Some(u), local("fedprox", &[("mu", 0.01)], false), Some(q4)),
                 (None, None, local("fedsgd", &[("full", 1.0)], false), Some(top)),
-                (None, None, local("admm", &[("rho", 0.5)], true), None),
+                (None, None, local("admm", &[("rho", 0.5)], true), Some(grid)),
                 (None, None, local("scaffold", &[], false), None),
                 (None, None, local("feddyn", &[("alpha", 0.1)], true), None),
             ] {

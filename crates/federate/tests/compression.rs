@@ -89,16 +89,22 @@ fn codecs_combine_with_privacy_and_robust_aggregation() {
     for (name, sets) in pairings {
         check(name, sets, q8, most);
     }
+    // The grid every party shares (the form secure aggregation sums), with DP-SGD too.
+    let grid: &[&str] = &["compression.update=\"q8\"", "compression.range=0.5"];
+    check("shared grid", &[], grid, most);
+    check("shared grid × DP-SGD", &["privacy.mechanism=gaussian", "privacy.noise_multiplier=1.0"], grid, most);
 }
 
 #[test]
 fn wrong_compression_settings_are_refused_by_name() {
     let out = tempfile::tempdir().unwrap();
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 6] = [
         (&["compression.update=\"q3\""], "compression.update"),
         (&["compression.update=\"top-k\"", "compression.fraction=0"], "compression.fraction = 0"),
         (&["compression.update=\"q4\"", "compression.fraction=0.1"], "compression.fraction is read only by"),
         (&["compression.zstd=true"], "need a codec"),
+        (&["compression.update=\"top-k\"", "compression.range=0.5"], "compression.range is read only by"),
+        (&["compression.update=\"q4\"", "compression.range=-1"], "compression.range = -1"),
     ];
     for (sets, want) in cases {
         let o = run(&out.path().join("x"), sets);

@@ -33,21 +33,31 @@ pub struct CompressionConfig {
     pub error_feedback: bool,
     /// zstd over the encoded update (default false).
     pub zstd: bool,
+    /// q8/q4: > 0 quantises onto one grid over [−range, range] that every party shares (the
+    /// form secure aggregation sums); 0 (default): each block's own minimum and maximum.
+    pub range: f64,
 }
 
 impl Default for CompressionConfig {
     fn default() -> Self {
-        CompressionConfig { update: UpdateCodec::None, fraction: 0.01, error_feedback: true, zstd: false }
+        CompressionConfig { update: UpdateCodec::None, fraction: 0.01, error_feedback: true, zstd: false, range: 0.0 }
     }
 }
 
 impl CompressionConfig {
     /// The setting the tasks carry (`None`: 32-bit floats).
     pub fn update_compression(&self) -> Option<UpdateCompression> {
+        let bits = |b| {
+            if self.range != 0.0 {
+                Codec::Grid { bits: b, range: self.range as f32 }
+            } else {
+                Codec::Quantize { bits: b }
+            }
+        };
         let codec = match self.update {
             UpdateCodec::None => return None,
-            UpdateCodec::Q8 => Codec::Quantize { bits: 8 },
-            UpdateCodec::Q4 => Codec::Quantize { bits: 4 },
+            UpdateCodec::Q8 => bits(8),
+            UpdateCodec::Q4 => bits(4),
             UpdateCodec::TopK => Codec::TopK { fraction: self.fraction },
         };
         Some(UpdateCompression { codec, error_feedback: self.error_feedback, zstd: self.zstd })
@@ -60,6 +70,9 @@ impl CompressionConfig {
             bail!(
                 "compression.fraction is read only by update = \"top-k\": remove it, or set compression.update = \"top-k\""
             );
+        }
+        if !matches!(self.update, UpdateCodec::Q8 | UpdateCodec::Q4) && self.range != d.range {
+            bail!("compression.range is read only by update = \"q8\" or \"q4\": remove it, or choose one of them");
         }
         if self.update == UpdateCodec::None && (self.zstd != d.zstd || self.error_feedback != d.error_feedback) {
             bail!(
