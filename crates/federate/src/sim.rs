@@ -102,7 +102,11 @@ pub fn simulate(
     let spec = model_spec(cfg, &parties[0].train)?;
     // Simulations use seeded noise unless the config asks for secure noise.
     let noise = cfg.privacy.noise.unwrap_or(federate_core::NoiseSource::Seeded);
-    let clients = build_parties(cfg, &parties, &spec, noise, on_epoch, table.as_ref())?;
+    // The parties share workspaces: one for all of them when they train one after another,
+    // one per worker when they train side by side (`party_threads`); the baselines after
+    // the rounds reuse them.
+    let pool = Arc::new(federate_core::WorkspacePool::default());
+    let clients = build_parties(cfg, &parties, &spec, noise, on_epoch, table.as_ref(), &pool)?;
     let init_learner = NnLearner::new(spec.clone(), 1, threads)?;
     let layout = init_learner.layout();
     let init_values = init_learner.init(seed::derive(cfg.seed, seed::Stream::Init, &[]));
@@ -154,13 +158,16 @@ pub fn simulate(
         server.resume(initial, completed, &ServerConfig::new(cfg.rounds, cfg.seed), observer)?;
     records.extend(new_records);
 
-    let holdout = Holdout { pooled: &pooled_test, pre: preprocessing.as_ref() };
+    // The baselines train with every thread: they share the parties' workspaces only when
+    // those were made for as many threads.
+    let same_threads = crate::assemble::party_threads(cfg) == rayon::current_num_threads();
+    let holdout = Holdout { pooled: &pooled_test, pre: preprocessing.as_ref(), pool: same_threads.then_some(&pool) };
     let results = party_results(cfg, &spec, &parties, &holdout, &global, &records, &init_values)?;
     let pooled = if cfg.evaluation.pooled {
         let rounds = records.iter().filter(|r| r.aggregated).count().max(1);
         let train = crate::assemble::pooled(parties.iter().map(|p| &*p.train));
         let all = PartyData { id: "pooled".into(), train: Arc::new(train), test: Arc::new(pooled_test.clone()) };
-        Some(train_alone(cfg, &spec, &all, &init_values, rounds, parties.len(), preprocessing.as_ref())?.0)
+        Some(train_alone(cfg, &spec, &all, &init_values, rounds, parties.len(), &holdout)?.0)
     } else {
         None
     };
@@ -182,10 +189,12 @@ pub fn evaluate(
     Ok((s, stats.map_err(anyhow::Error::msg)?))
 }
 
-/// Where the baselines are evaluated: the parties' pooled test set, and round 0's scaling.
+/// Where the baselines are evaluated: the parties' pooled test set, and round 0's scaling;
+/// and the workspaces they may reuse.
 struct Holdout<'a> {
     pooled: &'a federate_data::Dataset,
     pre: Option<&'a Preprocessing>,
+    pool: Option<&'a Arc<federate_core::WorkspacePool>>,
 }
 
 /// The simulated parties: a learner and its data each, with the privacy floor of the config,
@@ -197,15 +206,13 @@ fn build_parties(
     noise: federate_core::NoiseSource,
     on_epoch: Option<PartyEpochHook>,
     table: Option<&TableLayout>,
+    pool: &Arc<federate_core::WorkspacePool>,
 ) -> Result<Vec<Box<dyn ClientProxy>>> {
     let mut clients: Vec<Box<dyn ClientProxy>> = Vec::with_capacity(parties.len());
     let floor = privacy_floors(cfg)?;
-    // The parties share workspaces: one for all of them when they train one after another,
-    // one per worker when they train side by side (`party_threads`).
-    let pool = Arc::new(federate_core::WorkspacePool::default());
     for p in parties {
         let n = p.train.len();
-        let mut client = party(cfg, spec, p.train.clone(), p.test.clone(), noise, floor(n)?, Some(&pool))?;
+        let mut client = party(cfg, spec, p.train.clone(), p.test.clone(), noise, floor(n)?, Some(pool))?;
         if let Some(t) = table {
             client = client.with_table(t.features.clone(), t.numeric.clone(), t.scaling);
         }
@@ -239,11 +246,14 @@ fn party_results(
 ) -> Result<Vec<PartyResult>> {
     let mut results = Vec::with_capacity(parties.len());
     let mut eval = NnLearner::new(spec.clone(), 1, rayon::current_num_threads())?;
+    if let Some(pool) = holdout.pool {
+        eval = eval.with_pool(pool.clone());
+    }
     for (i, p) in parties.iter().enumerate() {
         let (fed, federated_stats) = evaluate(&mut eval, &global.values, &p.test, holdout.pre)?;
         let (alone_stats, alone_acc, alone_on_pooled) = if cfg.evaluation.baseline {
             let rounds_trained = records.iter().filter(|r| r.fit.iter().any(|f| f.id == p.id)).count();
-            let (stats, acc, params) = train_alone(cfg, spec, p, init_values, rounds_trained, i, holdout.pre)?;
+            let (stats, acc, params) = train_alone(cfg, spec, p, init_values, rounds_trained, i, holdout)?;
             let on_pooled = evaluate(&mut eval, &params, holdout.pooled, holdout.pre)?.1.metrics();
             (Some(stats), Some(acc), Some(on_pooled))
         } else {
@@ -313,9 +323,12 @@ fn train_alone(
     init: &[f32],
     rounds: usize,
     index: usize,
-    pre: Option<&Preprocessing>,
+    holdout: &Holdout<'_>,
 ) -> Result<(EvalStats, f64, Vec<f32>)> {
     let mut learner = NnLearner::new(spec.clone(), cfg.train.batch_size, rayon::current_num_threads())?;
+    if let Some(pool) = holdout.pool {
+        learner = learner.with_pool(pool.clone());
+    }
     let mut params = init.to_vec();
     let mut training = cfg.local_training();
     training.epochs = cfg.train.epochs * rounds;
@@ -324,6 +337,8 @@ fn train_alone(
     learner.reseed(seed::derive(cfg.seed, seed::Stream::AloneDropout, &[index as u64]));
     let noise = seed::derive(cfg.seed, seed::Stream::AloneNoise, &[index as u64]);
     train_local(&mut learner, &mut params, &p.train, &training, &mut opt, &mut rng, noise)?;
-    let (s, stats) = evaluate(&mut learner, &params, &p.test, pre)?;
+    let (s, stats) = evaluate(&mut learner, &params, &p.test, holdout.pre)?;
+    // Back to the pool for the next party's baseline.
+    learner.release();
     Ok((stats, s.accuracy(), params))
 }
