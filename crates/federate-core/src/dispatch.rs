@@ -46,13 +46,15 @@ pub(crate) fn dispatch_each<T: Sync, R: Send>(
     let mut next = 0;
     let groups = transport_groups(clients, tasks);
     let batched: std::collections::HashSet<usize> = groups.iter().flat_map(|(_, m)| m.iter().copied()).collect();
-    let ids: Vec<String> = clients.iter().map(|c| c.id().to_string()).collect();
+    // Identities of the parties behind a transport only (a simulation may hold 10,000).
+    let ids: std::collections::HashMap<usize, String> =
+        batched.iter().map(|&i| (tasks[i].0, clients[tasks[i].0].id().to_string())).collect();
     std::thread::scope(|scope| {
         let batch = &batch;
         let group_handles: Vec<_> = groups
             .iter()
             .map(|(t, members)| {
-                let jobs: Vec<(&str, &T)> = members.iter().map(|&i| (ids[tasks[i].0].as_str(), &tasks[i].1)).collect();
+                let jobs: Vec<(&str, &T)> = members.iter().map(|&i| (ids[&tasks[i].0].as_str(), &tasks[i].1)).collect();
                 (members, scope.spawn(move || batch(t.as_ref(), &jobs)))
             })
             .collect();

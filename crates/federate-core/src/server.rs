@@ -437,13 +437,17 @@ impl Server {
         observer: &mut dyn FnMut(Event<'_>),
     ) -> Fits {
         let mut out = Fits { replies: Vec::with_capacity(tasks.len()), ..Fits::default() };
-        let ids: Vec<String> = self.clients.iter().map(|c| c.id().to_string()).collect();
+        // The identities of this round's parties only (a simulation may hold 10,000).
+        let ids: std::collections::HashMap<usize, String> =
+            tasks.iter().filter_map(|(c, _)| Some((*c, self.clients.get(*c)?.id().to_string()))).collect();
         let (admission, strategy) = (&self.admission, &mut self.strategy);
         let (mut answered, mut spent) = (0usize, 0usize);
         let each = |(c, outcome, seconds): crate::dispatch::Outcome<FitReply>| {
             answered += 1;
             spent += usize::from(matches!(outcome, Err(crate::ClientError::BudgetSpent(_))));
-            let id = &ids[c];
+            // A task for a party the server does not have comes back "not dispatched".
+            let id = ids.get(&c).cloned().unwrap_or_else(|| format!("party #{c}"));
+            let id = &id;
             let outcome = outcome.map_err(|e| e.to_string()).and_then(|mut r| {
                 admission.fit(id, &mut r).map_err(|e| format!("reply refused: {e}"))?;
                 Ok(r)

@@ -102,9 +102,7 @@ pub fn simulate(
     let spec = model_spec(cfg, &parties[0].train)?;
     // Simulations use seeded noise unless the config asks for secure noise.
     let noise = cfg.privacy.noise.unwrap_or(federate_core::NoiseSource::Seeded);
-    // The parties share workspaces: one for all of them when they train one after another,
-    // one per worker when they train side by side (`party_threads`); the baselines after
-    // the rounds reuse them.
+    // Workspaces the parties (one per worker) and then the baselines share.
     let pool = Arc::new(federate_core::WorkspacePool::default());
     let clients = build_parties(cfg, &parties, &spec, noise, on_epoch, table.as_ref(), &pool)?;
     let init_learner = NnLearner::new(spec.clone(), 1, threads)?;
@@ -158,8 +156,7 @@ pub fn simulate(
         server.resume(initial, completed, &ServerConfig::new(cfg.rounds, cfg.seed), observer)?;
     records.extend(new_records);
 
-    // The baselines train with every thread: they share the parties' workspaces only when
-    // those were made for as many threads.
+    // The baselines train on every thread: the parties' workspaces fit them if made so.
     let same_threads = crate::assemble::party_threads(cfg) == rayon::current_num_threads();
     let holdout = Holdout { pooled: &pooled_test, pre: preprocessing.as_ref(), pool: same_threads.then_some(&pool) };
     let results = party_results(cfg, &spec, &parties, &holdout, &global, &records, &init_values)?;
@@ -210,6 +207,7 @@ fn build_parties(
 ) -> Result<Vec<Box<dyn ClientProxy>>> {
     let mut clients: Vec<Box<dyn ClientProxy>> = Vec::with_capacity(parties.len());
     let floor = privacy_floors(cfg)?;
+    let parallel = crate::assemble::party_workers(cfg) > 1;
     for p in parties {
         let n = p.train.len();
         let mut client = party(cfg, spec, p.train.clone(), p.test.clone(), noise, floor(n)?, Some(pool))?;
@@ -220,7 +218,6 @@ fn build_parties(
             let (f, id) = (f.clone(), p.id.clone());
             client = client.with_epoch_hook(Arc::new(move |round, done, all| f(&id, round, done, all)));
         }
-        let parallel = crate::assemble::party_workers(cfg) > 1;
         if clients.len() < cfg.attack.parties {
             let attacker = Attacker { inner: client, attack: cfg.attack.clone(), index: clients.len() as u64 };
             let proxy = InProcess::new(p.id.clone(), attacker);

@@ -96,11 +96,16 @@ impl FedAvg {
                 let rest: Vec<(usize, FitReply)> =
                     replies.iter().filter(|(c, _)| !run.clients.contains(c)).cloned().collect();
                 let (more, rejected) = usable_replies(global, &rest);
-                let mut run = run.clone();
-                for (c, r) in more {
-                    run.add(c, r);
+                if more.is_empty() {
+                    (run.mean(), run.clients.len(), rejected)
+                } else {
+                    // Only when a usable reply was not folded (a caller that folds part).
+                    let mut run = run.clone();
+                    for (c, r) in more {
+                        run.add(c, r);
+                    }
+                    (run.mean(), run.clients.len(), rejected)
                 }
-                (run.mean(), run.clients.len(), rejected)
             }
             None => {
                 let (usable, rejected) = usable_replies(global, replies);
