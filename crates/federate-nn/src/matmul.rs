@@ -121,11 +121,20 @@ pub(crate) fn matmul_tn_split(
         let hi = ((t + 1) * per).min(k);
         matmul(m, n, hi - lo, out, &a[lo * m..hi * m], Op::T, &b[lo * n..hi * n], Op::N, false, 1.0, 1);
     });
-    let (head, rest) = (c, &*partial);
-    head[..mn].par_chunks_mut(4096).enumerate().for_each(|(i, dst)| {
+    add_partials(&mut c[..mn], partial, chunks - 1);
+}
+
+/// `c += partial[0] + partial[1] + …` for the first `count` blocks of `c.len()` values in
+/// `partial`, added in that order (in parallel over `c`).
+pub(crate) fn add_partials(c: &mut [f32], partial: &[f32], count: usize) {
+    let len = c.len();
+    if count == 0 {
+        return;
+    }
+    c.par_chunks_mut(4096).enumerate().for_each(|(i, dst)| {
         let off = i * 4096;
-        for t in 0..chunks - 1 {
-            let src = &rest[t * mn + off..t * mn + off + dst.len()];
+        for t in 0..count {
+            let src = &partial[t * len + off..t * len + off + dst.len()];
             for (d, s) in dst.iter_mut().zip(src) {
                 *d += s;
             }

@@ -17,7 +17,8 @@ impl MaxPool {
     /// `y = maxpool(x)`; `arg` receives, per output, the index of its maximum within the
     /// example's input.
     pub fn forward(&self, x: &[f32], y: &mut [f32], arg: &mut [u32], n: usize) {
-        self.pool(x, y, arg, n, |v, _| v);
+        let zeros = vec![0.0; self.input.c];
+        self.pool(x, &zeros, y, arg, n, |v, _| v);
     }
 
     /// `y = maxpool(relu(x + b))` with `b` one bias per channel, in one pass over the
@@ -25,12 +26,14 @@ impl MaxPool {
     /// applying the ReLU and pooling one after another, without writing the full-size
     /// activations in between.
     pub fn forward_bias_relu(&self, x: &[f32], b: &[f32], y: &mut [f32], arg: &mut [u32], n: usize) {
-        self.pool(x, y, arg, n, |v, ch| (v + b[ch]).max(0.0));
+        self.pool(x, b, y, arg, n, |v, bb| (v + bb).max(0.0));
     }
 
-    /// Max pooling of `f(x, channel)`, scanning each window in order and keeping the first
-    /// maximum.
-    fn pool(&self, x: &[f32], y: &mut [f32], arg: &mut [u32], n: usize, f: impl Fn(f32, usize) -> f32 + Sync) {
+    /// Max pooling of `f(x, b[channel])`, scanning each window in order and keeping the first
+    /// maximum. Written as branch-free selects over whole pixels (all channels) so that the
+    /// compiler vectorises it.
+    #[allow(clippy::too_many_arguments)]
+    fn pool(&self, x: &[f32], b: &[f32], y: &mut [f32], arg: &mut [u32], n: usize, f: impl Fn(f32, f32) -> f32 + Sync) {
         let (s, o) = (self.input, self.output);
         let c = s.c;
         y[..n * o.size()]
@@ -38,26 +41,26 @@ impl MaxPool {
             .zip(arg[..n * o.size()].par_chunks_mut(o.size()))
             .zip(x.par_chunks(s.size()))
             .for_each(|((yi, ai), xi)| {
-                for oy in 0..o.h {
-                    for ox in 0..o.w {
-                        let out = &mut yi[(oy * o.w + ox) * c..][..c];
-                        let idx = &mut ai[(oy * o.w + ox) * c..][..c];
-                        let first = ((oy * self.stride) * s.w + ox * self.stride) * c;
-                        for ch in 0..c {
-                            out[ch] = f(xi[first + ch], ch);
-                            idx[ch] = (first + ch) as u32;
-                        }
-                        for ky in 0..self.kernel {
-                            for kx in 0..self.kernel {
-                                let base = ((oy * self.stride + ky) * s.w + ox * self.stride + kx) * c;
-                                let src = &xi[base..base + c];
-                                for ch in 0..c {
-                                    let v = f(src[ch], ch);
-                                    if v > out[ch] {
-                                        out[ch] = v;
-                                        idx[ch] = (base + ch) as u32;
-                                    }
-                                }
+                for (p, (out, idx)) in yi.chunks_exact_mut(c).zip(ai.chunks_exact_mut(c)).enumerate() {
+                    let (oy, ox) = (p / o.w, p % o.w);
+                    let first = ((oy * self.stride) * s.w + ox * self.stride) * c;
+                    for (((o, id), (&v, &bb)), k) in
+                        out.iter_mut().zip(idx.iter_mut()).zip(xi[first..first + c].iter().zip(b)).zip(first as u32..)
+                    {
+                        *o = f(v, bb);
+                        *id = k;
+                    }
+                    for ky in 0..self.kernel {
+                        for kx in 0..self.kernel {
+                            let base = ((oy * self.stride + ky) * s.w + ox * self.stride + kx) * c;
+                            let src = &xi[base..base + c];
+                            for (((o, id), (&v, &bb)), k) in
+                                out.iter_mut().zip(idx.iter_mut()).zip(src.iter().zip(b)).zip(base as u32..)
+                            {
+                                let v = f(v, bb);
+                                let better = v > *o;
+                                *o = if better { v } else { *o };
+                                *id = if better { k } else { *id };
                             }
                         }
                     }

@@ -249,7 +249,7 @@ impl Network {
             .map(|(i, l)| match l {
                 Layer::Conv(c) => {
                     partial_len = partial_len.max((threads - 1) * c.weight_len());
-                    vec![0.0; c.cols_len(capacity)]
+                    vec![0.0; c.scratch_len(threads)]
                 }
                 Layer::Dropout(_) => vec![0.0; capacity * self.shapes[i].size()],
                 _ => Vec::new(),
@@ -435,14 +435,15 @@ impl Network {
                     let (w0, w1, b1) = self.param_at[i].unwrap_or_default();
                     if per_example {
                         if let Some(dp) = ws.dp.as_mut() {
-                            dp.conv_per_example(i, c, &ws.scratch[i], dy, n);
+                            dp.conv_per_example(i, c, xin, dy, &mut ws.scratch[i], n, threads);
                         }
                         if let Some(dx) = dx {
                             c.input_grad(&params[w0..w1], dy, dx, &mut ws.scratch[i], n, threads);
                         }
                     } else {
                         let (gw, gbias) = grad[w0..b1].split_at_mut(w1 - w0);
-                        c.backward(&params[w0..w1], dy, gw, gbias, dx, &mut ws.scratch[i], &mut ws.partial, n, threads);
+                        let (scratch, partial) = (&mut ws.scratch[i], &mut ws.partial);
+                        c.backward(&params[w0..w1], xin, dy, gw, gbias, dx, scratch, partial, n, threads);
                     }
                 }
                 Layer::Pool(p) => {

@@ -3,8 +3,8 @@
 //!
 //! One forward and one backward pass. During the backward pass, dense layers contribute
 //! their per-example squared norms by the "ghost" identity ‖gᵢ aᵢᵀ‖² = ‖gᵢ‖²‖aᵢ‖² (plus ‖gᵢ‖²
-//! for the bias), and convolutions compute each example's weight gradient (one small GEMM
-//! per example, in parallel), since weight sharing rules out the ghost identity there.
+//! for the bias), and convolutions compute each example's weight gradient (small GEMMs over
+//! im2col tiles, examples shared among threads), since weight sharing rules out the ghost identity there.
 //! Clipping factors cᵢ = min(1, C/‖∇ᵢ‖) then weight the sums: dense weights in one GEMM with
 //! the output gradients' rows rescaled by cᵢ, convolutions as Σ cᵢ Gᵢ.
 
@@ -64,34 +64,51 @@ impl DpBuffers {
     }
 
     /// Each example's weight and bias gradient of convolution layer `i`, and their squared
-    /// norms. `cols` holds the layer's im2col matrix from the forward pass.
-    pub(crate) fn conv_per_example(&mut self, i: usize, c: &Conv, cols: &[f32], dy: &[f32], n: usize) {
-        let (row, cout) = (c.row_len(), c.output.c);
+    /// norms, from the layer's input `x` and output gradient `dy`; `scratch` holds the
+    /// threads' im2col tiles.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn conv_per_example(
+        &mut self,
+        i: usize,
+        c: &Conv,
+        x: &[f32],
+        dy: &[f32],
+        scratch: &mut [f32],
+        n: usize,
+        threads: usize,
+    ) {
+        let (cout, isz) = (c.output.c, c.input.size());
         let pixels = c.output.h * c.output.w;
         let wl = c.weight_len();
+        let sp = c.split(n, threads, scratch.len());
         let gw = &mut self.conv_w[i][..n * wl];
         let gb = &mut self.conv_b[i][..n * cout];
-        let norms: Vec<(f64, f64)> = gw
-            .par_chunks_mut(wl)
-            .zip(gb.par_chunks_mut(cout))
+        let norms: Vec<Vec<(f64, f64)>> = gw
+            .par_chunks_mut(sp.per * wl)
+            .zip(gb.par_chunks_mut(sp.per * cout))
+            .zip(scratch.par_chunks_mut(c.tile_values()))
             .enumerate()
-            .map(|(e, (w, b))| {
-                let ce = &cols[e * pixels * row..(e + 1) * pixels * row];
-                let de = &dy[e * pixels * cout..(e + 1) * pixels * cout];
-                matmul(row, cout, pixels, w, ce, Op::T, de, Op::N, false, 1.0, 1);
-                b.fill(0.0);
-                for px in de.chunks_exact(cout) {
-                    for (bb, v) in b.iter_mut().zip(px) {
-                        *bb += v;
+            .map(|(g, ((gws, gbs), tile))| {
+                let mut out = Vec::with_capacity(sp.per);
+                for (j, (w, b)) in gws.chunks_exact_mut(wl).zip(gbs.chunks_exact_mut(cout)).enumerate() {
+                    let e = g * sp.per + j;
+                    let de = &dy[e * pixels * cout..(e + 1) * pixels * cout];
+                    c.example_weight_grad(&x[e * isz..(e + 1) * isz], de, w, tile);
+                    b.fill(0.0);
+                    for px in de.chunks_exact(cout) {
+                        for (bb, v) in b.iter_mut().zip(px) {
+                            *bb += v;
+                        }
                     }
+                    out.push(w.iter().chain(b.iter()).fold((0.0, 0.0), |(sq, l1), v| {
+                        let v = *v as f64;
+                        (sq + v * v, l1 + v.abs())
+                    }));
                 }
-                w.iter().chain(b.iter()).fold((0.0, 0.0), |(sq, l1), v| {
-                    let v = *v as f64;
-                    (sq + v * v, l1 + v.abs())
-                })
+                out
             })
             .collect();
-        for ((s, l), (vs, vl)) in self.sq.iter_mut().zip(self.l1.iter_mut()).zip(norms) {
+        for ((s, l), (vs, vl)) in self.sq.iter_mut().zip(self.l1.iter_mut()).zip(norms.into_iter().flatten()) {
             *s += vs;
             *l += vl;
         }
