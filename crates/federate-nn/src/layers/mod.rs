@@ -2,5 +2,6 @@
 //! network's workspace owns; none allocates.
 
 pub(crate) mod conv;
+pub(crate) mod dense;
 pub(crate) mod pointwise;
 pub(crate) mod pool;

@@ -10,10 +10,11 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use crate::layers::conv::{Conv, add_bias, bias_grad};
+use crate::layers::conv::{Conv, add_bias};
+use crate::layers::dense;
 use crate::layers::pointwise::{dropout_backward, dropout_forward, relu_backward, relu_forward};
 use crate::layers::pool::MaxPool;
-use crate::matmul::{Op, matmul, matmul_tn_split};
+use crate::matmul::{Op, matmul};
 use crate::spec::{LayerSpec, ModelSpec, Padding, PaddingName, Shape};
 use crate::{NnError, Targets};
 
@@ -476,14 +477,14 @@ impl Network {
                         dp.dense_norms(xin, dy, *input, *output, n);
                     }
                     if let Some(dx) = dx {
-                        matmul(n, *input, *output, dx, dy, Op::N, &params[w0..w1], Op::T, false, 1.0, threads);
+                        dense::input_grad(n, *input, *output, dx, dy, &params[w0..w1], threads);
                     }
                 }
                 Layer::Linear { input, output } => {
                     let (w0, w1, b1) = self.param_at[i].unwrap_or_default();
                     let (gw, gbias) = grad[w0..b1].split_at_mut(w1 - w0);
                     let (w, partial) = (&params[w0..w1], &mut ws.partial);
-                    linear_backward((*input, *output, n), w, xin, dy, gw, gbias, dx, partial, threads);
+                    dense::backward((*input, *output, n), w, xin, dy, gw, gbias, dx, partial, threads);
                 }
             }
         }
@@ -562,30 +563,4 @@ pub fn predictions(logits: &[f32], classes: usize) -> Vec<u32> {
             best as u32
         })
         .collect()
-}
-
-/// A dense layer's backward pass: weight and bias gradients (summed over the batch), and the
-/// input gradient when asked. `dims` is (inputs, outputs, batch).
-#[allow(clippy::too_many_arguments)]
-fn linear_backward(
-    dims: (usize, usize, usize),
-    w: &[f32],
-    x: &[f32],
-    dy: &[f32],
-    gw: &mut [f32],
-    gbias: &mut [f32],
-    dx: Option<&mut [f32]>,
-    partial: &mut [f32],
-    threads: usize,
-) {
-    let (input, output, n) = dims;
-    if n >= 256 {
-        matmul_tn_split(input, output, n, gw, x, dy, partial, threads);
-    } else {
-        matmul(input, output, n, gw, x, Op::T, dy, Op::N, false, 1.0, threads);
-    }
-    bias_grad(dy, gbias);
-    if let Some(dx) = dx {
-        matmul(n, input, output, dx, dy, Op::N, w, Op::T, false, 1.0, threads);
-    }
 }
