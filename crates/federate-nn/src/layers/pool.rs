@@ -17,8 +17,10 @@ impl MaxPool {
     /// `y = maxpool(x)`; `arg` receives, per output, the index of its maximum within the
     /// example's input.
     pub fn forward(&self, x: &[f32], y: &mut [f32], arg: &mut [u32], n: usize) {
-        let zeros = vec![0.0; self.input.c];
-        self.pool(x, &zeros, y, arg, n, |v, _| v);
+        // `pool` zips one value per channel with each pixel; this `f` ignores it, so any
+        // `c` values do (x's own first pixel; with no examples nothing is read).
+        let ignored = &x[..self.input.c.min(x.len())];
+        self.pool(x, ignored, y, arg, n, |v, _| v);
     }
 
     /// `y = maxpool(relu(x + b))` with `b` one bias per channel, in one pass over the
