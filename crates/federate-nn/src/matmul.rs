@@ -148,10 +148,10 @@ pub(crate) fn add_partials(c: &mut [f32], partial: &[f32], count: usize) {
 /// of a row of `a` and a row of `b`, both contiguous. A dense layer's input gradient
 /// `dy·Wᵀ` has this form with W (inputs × outputs) as `b`; gemm has to repack all of W
 /// transposed for it, which costs more than the arithmetic at training batch sizes (W is
-/// 6.4 MB for the CNN's fc1, and only 10–64 rows of `a`). Here each thread takes a range of
-/// `a`'s rows, streams `b` four rows at a time and forms the dot products with pulp's SIMD
-/// (AVX2 or AVX-512 chosen at run time): `b` is read once per thread, nothing is packed.
-/// Each value is summed in one fixed order, whatever the thread count.
+/// 6.4 MB for the CNN's fc1, and only 10–64 rows of `a`). Here each thread takes a share of
+/// `b`'s rows, streams them four at a time against every row of `a` and forms the dot
+/// products with pulp's SIMD (AVX2 or AVX-512 chosen at run time): `b` is read once, nothing
+/// is packed. Each value is summed in one fixed order, whatever the thread count.
 pub(crate) fn matmul_nt_dots(m: usize, n: usize, k: usize, c: &mut [f32], a: &[f32], b: &[f32], threads: usize) {
     if m == 0 || n == 0 {
         return;
@@ -262,6 +262,13 @@ pub fn measure_gemm_gflops(n: usize, threads: usize, reps: usize) -> f64 {
 mod tests {
     use super::*;
 
+    /// Operands `a` (m×k) and `b` (n×k) of the dot-product form, with varied values.
+    fn nt_operands(m: usize, n: usize, k: usize) -> (Vec<f32>, Vec<f32>) {
+        let a = (0..m * k).map(|i| ((i * 37 % 11) as f32 - 5.0) / 3.0).collect();
+        let b = (0..n * k).map(|i| ((i * 13 % 7) as f32 - 3.0) / 2.0).collect();
+        (a, b)
+    }
+
     fn naive(m: usize, n: usize, k: usize, a: &[f32], ta: Op, b: &[f32], tb: Op) -> Vec<f32> {
         let mut c = vec![0.0; m * n];
         for i in 0..m {
@@ -284,8 +291,7 @@ mod tests {
     #[test]
     fn dot_products_match_naive_for_any_thread_count() {
         for (m, n, k) in [(1, 1, 1), (7, 5, 9), (10, 13, 512), (3, 4, 35), (33, 70, 100), (4, 6, 0)] {
-            let a: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 11) as f32 - 5.0) / 3.0).collect();
-            let b: Vec<f32> = (0..n * k).map(|i| ((i * 13 % 7) as f32 - 3.0) / 2.0).collect();
+            let (a, b) = nt_operands(m, n, k);
             let want = naive(m, n, k, &a, Op::N, &b, Op::T);
             let mut first: Option<Vec<f32>> = None;
             for threads in [1, 2, 3, 8] {
@@ -312,8 +318,7 @@ mod tests {
     fn dot_products_on_each_instruction_set() {
         use pulp::Simd;
         let (m, n, k) = (5, 9, 77);
-        let a: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 11) as f32 - 5.0) / 3.0).collect();
-        let b: Vec<f32> = (0..n * k).map(|i| ((i * 13 % 7) as f32 - 3.0) / 2.0).collect();
+        let (a, b) = nt_operands(m, n, k);
         let want = naive(m, n, k, &a, Op::N, &b, Op::T);
         let check = |name: &str, run: &dyn Fn(Dots<'_, '_>)| {
             let mut c = vec![f32::NAN; m * n];

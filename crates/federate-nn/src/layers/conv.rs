@@ -66,9 +66,15 @@ impl Conv {
         (TILE_FLOATS / self.row_len()).max(1)
     }
     /// Values of one tile.
-    fn tile_len(&self) -> usize {
+    pub fn tile_len(&self) -> usize {
         self.tile_rows() * self.row_len()
     }
+    /// The tiles `(r0, r1)` of `rows` im2col rows.
+    fn tiles(&self, rows: usize) -> impl Iterator<Item = (usize, usize)> {
+        let tr = self.tile_rows();
+        (0..rows).step_by(tr).map(move |r0| (r0, (r0 + tr).min(rows)))
+    }
+
     /// Scratch values this layer needs with `threads` threads: one tile each.
     pub fn scratch_len(&self, threads: usize) -> usize {
         threads.max(1) * self.tile_len()
@@ -170,7 +176,7 @@ impl Conv {
         n: usize,
         threads: usize,
     ) {
-        let (cout, row, tr, isz) = (self.output.c, self.row_len(), self.tile_rows(), self.input.size());
+        let (cout, row, isz) = (self.output.c, self.row_len(), self.input.size());
         let sp = self.split(n, threads, scratch.len());
         let out = sp.per * self.pixels() * cout;
         y[..n * self.pixels() * cout]
@@ -180,8 +186,7 @@ impl Conv {
             .for_each(|(g, (yg, tile))| {
                 let xg = &x[g * sp.per * isz..];
                 let rows = yg.len() / cout;
-                for r0 in (0..rows).step_by(tr) {
-                    let r1 = (r0 + tr).min(rows);
+                for (r0, r1) in self.tiles(rows) {
                     self.im2col_rows(xg, tile, r0, r1);
                     let yt = &mut yg[r0 * cout..r1 * cout];
                     matmul(r1 - r0, cout, row, yt, tile, Op::N, w, Op::N, false, 1.0, 1);
@@ -242,8 +247,7 @@ impl Conv {
         n: usize,
         sp: Split,
     ) {
-        let (cout, row, tr, isz, px) =
-            (self.output.c, self.row_len(), self.tile_rows(), self.input.size(), self.pixels());
+        let (cout, row, isz, px) = (self.output.c, self.row_len(), self.input.size(), self.pixels());
         let mut gws: Vec<Option<&mut [f32]>> = match gw {
             Some(v) => v.into_iter().map(Some).collect(),
             None => (0..sp.groups).map(|_| None).collect(),
@@ -262,12 +266,10 @@ impl Conv {
                 if let Some(d) = dxg.as_deref_mut() {
                     d.fill(0.0);
                 }
-                for r0 in (0..rows).step_by(tr) {
-                    let r1 = (r0 + tr).min(rows);
+                for (r0, r1) in self.tiles(rows) {
                     let dyt = &dyg[r0 * cout..r1 * cout];
                     if let Some(gw) = gw.as_deref_mut() {
-                        self.im2col_rows(&x[e0 * isz..e1 * isz], tile, r0, r1);
-                        matmul(row, cout, r1 - r0, gw, tile, Op::T, dyt, Op::N, r0 > 0, 1.0, 1);
+                        self.weight_grad_tile(&x[e0 * isz..e1 * isz], dyg, gw, tile, r0, r1);
                     }
                     if let Some(d) = dxg.as_deref_mut() {
                         matmul(r1 - r0, row, cout, tile, dyt, Op::N, w, Op::T, false, 1.0, 1);
@@ -281,17 +283,17 @@ impl Conv {
     /// One example's weight gradient `gw = colsᵀ·dy` from its input `x` and output gradient
     /// `dy`, built tile by tile in `tile` (DP-SGD's per-example gradients).
     pub fn example_weight_grad(&self, x: &[f32], dy: &[f32], gw: &mut [f32], tile: &mut [f32]) {
-        let (cout, row, tr, px) = (self.output.c, self.row_len(), self.tile_rows(), self.pixels());
-        for r0 in (0..px).step_by(tr) {
-            let r1 = (r0 + tr).min(px);
-            self.im2col_rows(x, tile, r0, r1);
-            matmul(row, cout, r1 - r0, gw, tile, Op::T, &dy[r0 * cout..r1 * cout], Op::N, r0 > 0, 1.0, 1);
+        for (r0, r1) in self.tiles(self.pixels()) {
+            self.weight_grad_tile(x, dy, gw, tile, r0, r1);
         }
     }
 
-    /// The tile size, for callers that share out tiles themselves.
-    pub fn tile_values(&self) -> usize {
-        self.tile_len()
+    /// Adds im2col rows `r0..r1`'s share of the weight gradient, `colsᵀ·dy`, to `gw` (writes
+    /// it for the first tile), building the rows from `x` in `tile`.
+    fn weight_grad_tile(&self, x: &[f32], dy: &[f32], gw: &mut [f32], tile: &mut [f32], r0: usize, r1: usize) {
+        let cout = self.output.c;
+        self.im2col_rows(x, tile, r0, r1);
+        matmul(self.row_len(), cout, r1 - r0, gw, tile, Op::T, &dy[r0 * cout..r1 * cout], Op::N, r0 > 0, 1.0, 1);
     }
 }
 

@@ -10,7 +10,7 @@
 
 use rayon::prelude::*;
 
-use crate::layers::conv::Conv;
+use crate::layers::conv::{Conv, bias_grad};
 use crate::matmul::{Op, matmul};
 use crate::network::Layer;
 use crate::{BatchStats, Network, NnError, Targets, Workspace};
@@ -86,7 +86,7 @@ impl DpBuffers {
         let norms: Vec<Vec<(f64, f64)>> = gw
             .par_chunks_mut(sp.per * wl)
             .zip(gb.par_chunks_mut(sp.per * cout))
-            .zip(scratch.par_chunks_mut(c.tile_values()))
+            .zip(scratch.par_chunks_mut(c.tile_len()))
             .enumerate()
             .map(|(g, ((gws, gbs), tile))| {
                 let mut out = Vec::with_capacity(sp.per);
@@ -94,12 +94,7 @@ impl DpBuffers {
                     let e = g * sp.per + j;
                     let de = &dy[e * pixels * cout..(e + 1) * pixels * cout];
                     c.example_weight_grad(&x[e * isz..(e + 1) * isz], de, w, tile);
-                    b.fill(0.0);
-                    for px in de.chunks_exact(cout) {
-                        for (bb, v) in b.iter_mut().zip(px) {
-                            *bb += v;
-                        }
-                    }
+                    bias_grad(de, b);
                     out.push(w.iter().chain(b.iter()).fold((0.0, 0.0), |(sq, l1), v| {
                         let v = *v as f64;
                         (sq + v * v, l1 + v.abs())
@@ -225,7 +220,7 @@ impl Network {
                     }
                     let a = &ws.acts[i][..n * input];
                     matmul(*input, *output, n, gw, a, Op::T, scaled, Op::N, false, 1.0, threads);
-                    crate::layers::conv::bias_grad(scaled, gb);
+                    bias_grad(scaled, gb);
                 }
                 _ => {}
             }
