@@ -105,19 +105,26 @@ pub trait ClientProxy: Send {
 /// loop gives it a whole round's tasks for its parties in one call, and it runs them
 /// concurrently on its own runtime, so a round over 10,000 parties needs no thread per party.
 ///
-/// Contract: the answer has one outcome per job, in job order, each with the seconds from
-/// the start of the call to that job's answer; a party that fails is an `Err` in its place,
-/// never a missing entry. Parties are named by [`ClientProxy::id`].
+/// Contract: every job's outcome goes to `done` once, as soon as it is in (in any order, named
+/// by the job's index), with the seconds from the start of the call to that job's answer; a
+/// party that fails is an `Err`, never a missing call; the call returns when every job has
+/// had its outcome. The round loop hands replies on as they come (in task order), so a
+/// round's updates can be folded into the aggregate rather than all held at once. Parties
+/// are named by [`ClientProxy::id`].
 pub trait Transport: Send + Sync {
-    /// Sends every fit task (party id, task) with the model `global` and waits for all replies.
-    fn fit_all(&self, global: &Parameters, jobs: &[(&str, &FitTask)]) -> Vec<(Result<FitReply, ClientError>, f64)>;
-    /// Sends every evaluation task with `params` and waits for all replies.
+    /// Sends every fit task (party id, task) with the model `global`; each reply to `done`.
+    fn fit_all(&self, global: &Parameters, jobs: &[(&str, &FitTask)], done: &TransportDone<'_, FitReply>);
+    /// Sends every evaluation task with `params`; each reply to `done`.
     fn evaluate_all(
         &self,
         params: &Parameters,
         jobs: &[(&str, &EvaluateTask)],
-    ) -> Vec<(Result<EvaluateReply, ClientError>, f64)>;
+        done: &TransportDone<'_, EvaluateReply>,
+    );
 }
+
+/// Where a [`Transport`] hands each job's outcome: (job index, outcome, seconds).
+pub type TransportDone<'a, R> = dyn Fn(usize, Result<R, ClientError>, f64) + Sync + 'a;
 
 /// A party living in the server's process (simulation).
 pub struct InProcess<C: Client> {

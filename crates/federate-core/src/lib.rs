@@ -10,6 +10,7 @@
 
 pub mod admission;
 pub mod algorithms;
+pub mod broadcast;
 pub mod client;
 pub mod client_dp;
 pub mod compress;
@@ -35,9 +36,10 @@ pub use algorithms::{
     ALGORITHMS, Admm, Algorithm, FedAvg, FedOpt, FedOptConfig, FedSgd, Federated, PartyStep, Scaffold, ServerHalf,
     ServerOptimizer,
 };
+pub use broadcast::BroadcastCompression;
 pub use client::{
     Client, ClientError, ClientProxy, EvaluateReply, EvaluateTask, FitReply, FitTask, InProcess, LocalClient,
-    LocalSummary, PartyState, Transport, release,
+    LocalSummary, PartyState, Transport, TransportDone, release,
 };
 pub use client_dp::{AdaptiveClip, ClientDp, ClientDpMode, DpFedAvg, UpdateDp};
 pub use dp::{DpSgd, Mechanism, NoiseSource, PrivacyFloor, Sampling};

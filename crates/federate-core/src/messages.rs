@@ -37,6 +37,25 @@ pub struct FitTask {
     /// always the values.
     #[serde(default)]
     pub model: Option<u32>,
+    /// Under a compressed broadcast: the model as the encoded change from an earlier global
+    /// model, which a transport sends to a party holding that one instead of the values (the
+    /// server sets it; strategies leave it `None`).
+    #[serde(skip)]
+    pub delta: Option<Arc<ModelDelta>>,
+}
+
+/// A global model as the compressed change from the one before it (see `broadcast`): a party
+/// holding model `base` gets model `base`'s values plus `payload` decoded; with no base, the
+/// payload is the model itself and any party can decode it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelDelta {
+    /// The global model the change is from (the round whose aggregate it is); `None`: the
+    /// payload carries the model's values themselves (a fresh run's initial model).
+    pub base: Option<u32>,
+    /// The global model the change leads to.
+    pub target: u32,
+    /// The encoded change (`compress`'s format, relative), or the encoded values.
+    pub payload: Vec<u8>,
 }
 
 /// A party's answer to a `FitTask`: typed fields for everything the framework reads, and
@@ -109,6 +128,9 @@ pub struct EvaluateTask {
     /// Which global model the task carries (as in [`FitTask`]).
     #[serde(default)]
     pub model: Option<u32>,
+    /// The model as a compressed change (as in [`FitTask`]).
+    #[serde(skip)]
+    pub delta: Option<Arc<ModelDelta>>,
 }
 
 /// A party's evaluation of the parameters it was sent, on its own test data.

@@ -60,11 +60,13 @@ pub enum Stream {
     BenchAggregate,
     /// Stochastic rounding of a party's compressed update (under the task seed).
     Compression,
+    /// Stochastic rounding of the compressed broadcast of a round's global model (ids: round).
+    Broadcast,
 }
 
 impl Stream {
     /// Every stream.
-    pub const ALL: [Stream; 20] = [
+    pub const ALL: [Stream; 21] = [
         Stream::Fit,
         Stream::Init,
         Stream::Batches,
@@ -85,6 +87,7 @@ impl Stream {
         Stream::AloneNoise,
         Stream::BenchAggregate,
         Stream::Compression,
+        Stream::Broadcast,
     ];
 
     /// The name hashed into the stream's seed.
@@ -110,6 +113,7 @@ impl Stream {
             Stream::AloneNoise => "alone-noise",
             Stream::BenchAggregate => "bench-aggregate",
             Stream::Compression => "compression",
+            Stream::Broadcast => "broadcast",
         }
     }
 }

@@ -115,11 +115,8 @@ pub struct Server {
     target: Option<(crate::metrics::MetricInfo, f64)>,
     admission: Admission,
     scaling: Option<Arc<Moments>>,
-    /// The round whose aggregate `global` is (0: the model the run started or resumed from).
-    model: u32,
-    /// Which model each party (by index) was last sent: a task carrying the same one sends
-    /// it by reference, so its bytes are not counted again.
-    held: std::collections::HashMap<usize, u32>,
+    /// The global model's number, which party holds which, and its compressed broadcast.
+    models: crate::broadcast::Models,
     /// Most threads running `concurrent` parties at once.
     workers: usize,
 }
@@ -134,8 +131,7 @@ impl Server {
             target: None,
             admission: Admission::default(),
             scaling: None,
-            model: 0,
-            held: Default::default(),
+            models: Default::default(),
             workers: usize::MAX,
         }
     }
@@ -152,6 +148,15 @@ impl Server {
     pub fn with_workers(mut self, workers: usize) -> Self {
         self.workers = workers.max(1);
         self
+    }
+
+    /// Sends a party holding the previous global model the compressed change to the next one
+    /// instead of its values (see [`crate::broadcast`]); the global model is then what the
+    /// parties reconstruct. The error names the setting to fix.
+    pub fn with_broadcast(mut self, c: crate::broadcast::BroadcastCompression) -> Result<Self, ServerError> {
+        c.validate().map_err(ServerError::BadInitial)?;
+        self.models.compress(c);
+        Ok(self)
     }
 
     /// Stops the run after the first round whose accuracy reaches `target` (a fraction).
@@ -308,9 +313,8 @@ impl Server {
         }
         let mut global = global;
         let mut records = Vec::new();
-        // Parties hold nothing of this run yet (a resumed server has new connections).
-        self.model = completed;
-        self.held.clear();
+        let seed = seed::derive(cfg.seed, Stream::Broadcast, &[completed as u64]);
+        self.models.restart(completed, &mut global.values, seed);
         for round in completed + 1..=cfg.rounds {
             let (record, all_spent) = self.round(round, &mut global, cfg, observer);
             let state = self.strategy.state();
@@ -349,9 +353,10 @@ impl Server {
         let Fits { replies, mut fit, mut failures, all_spent, bytes_up } = self.fit(round, global, &tasks, observer);
         let vector_bytes = |v: &Option<Arc<Vec<f32>>>| v.as_ref().map_or(0, |v| 4 * v.len() as u64);
         let mut bytes_down: u64 = tasks.iter().map(|(_, t)| vector_bytes(&t.vector)).sum();
-        bytes_down += self.model_bytes(tasks.iter().map(|(c, _)| *c), global.values.len());
+        bytes_down += self.models.send(tasks.iter().map(|(c, _)| *c), global.values.len());
         let fit_seconds = start.elapsed().as_secs_f64();
-        let (aggregated, error) = match self.aggregate(round, global, &replies, &mut fit, &mut failures) {
+        let aggregate = self.aggregate(round, global, &replies, &mut fit, &mut failures, cfg.seed);
+        let (aggregated, error) = match aggregate {
             Ok(()) => (true, None),
             Err(e) if all_spent => {
                 (false, Some(format!("every party has spent its privacy budget; the run stops ({e})")))
@@ -364,7 +369,7 @@ impl Server {
         let train_loss = (trained > 0.0).then(|| weighted / trained);
         let t_eval = Instant::now();
         let (evaluate, federated, evaluated) = self.evaluate(round, global, cfg, &mut failures);
-        bytes_down += self.model_bytes(evaluated.into_iter(), global.values.len());
+        bytes_down += self.models.send(evaluated.into_iter(), global.values.len());
         let centralized = self.central.as_mut().and_then(|f| f(global));
         let (accuracy, loss, metrics) = match (&federated, centralized) {
             (Some(f), _) => (Some(f.accuracy), Some(f.loss), f.stats.metrics()),
@@ -396,19 +401,6 @@ impl Server {
         (record, all_spent)
     }
 
-    /// The bytes of sending the current model (`len` values) to `parties`: 4 a value to each
-    /// that was not sent it before, nothing to one that was (the transport sends it by
-    /// reference). Marks them as holding it.
-    fn model_bytes(&mut self, parties: impl Iterator<Item = usize>, len: usize) -> u64 {
-        let mut bytes = 0;
-        for c in parties {
-            if self.held.insert(c, self.model) != Some(self.model) {
-                bytes += 4 * len as u64;
-            }
-        }
-        bytes
-    }
-
     /// The strategy's fit tasks, each with the seed the server derives for its party; or why
     /// no party could be sampled.
     fn fit_tasks(&mut self, round: u32, cfg: &ServerConfig) -> (Vec<(usize, FitTask)>, Option<String>) {
@@ -419,7 +411,7 @@ impl Server {
                 for (c, t) in tasks.iter_mut() {
                     t.seed = seed::derive(cfg.seed, Stream::Fit, &[round as u64, *c as u64]);
                     t.scaling = self.scaling.clone();
-                    t.model = Some(self.model);
+                    (t.model, t.delta) = self.models.stamp();
                 }
                 (tasks, None)
             }
@@ -475,7 +467,7 @@ impl Server {
             &mut self.clients,
             tasks,
             |client, task| client.fit(global, task),
-            |t, jobs| t.fit_all(global, jobs),
+            |t, jobs, done| t.fit_all(global, jobs, done),
             self.workers,
             each,
         );
@@ -484,8 +476,9 @@ impl Server {
     }
 
     /// The strategy's next model from the replies, checked finite: on success `global` is
-    /// replaced and refused replies move from `fit` to `failures`; a non-finite aggregate
-    /// keeps the previous model and rolls the strategy's state back.
+    /// replaced (under a compressed broadcast, by what the parties reconstruct; `seed` is the
+    /// run's) and refused replies move from `fit` to `failures`; a non-finite aggregate keeps
+    /// the previous model and rolls the strategy's state back.
     fn aggregate(
         &mut self,
         round: u32,
@@ -493,10 +486,11 @@ impl Server {
         replies: &[(usize, FitReply)],
         fit: &mut Vec<ClientFit>,
         failures: &mut Vec<Failure>,
+        seed: u64,
     ) -> Result<(), String> {
         // Kept so that a non-finite aggregate leaves the strategy as it found it.
         let before = self.strategy.state();
-        let (next, rejected) = self.strategy.aggregate_fit(round, global, replies).map_err(|e| e.to_string())?;
+        let (mut next, rejected) = self.strategy.aggregate_fit(round, global, replies).map_err(|e| e.to_string())?;
         for r in rejected {
             let id = self.clients[r.client].id().to_string();
             fit.retain(|f| f.id != id);
@@ -510,8 +504,9 @@ impl Server {
             }
             return Err(e);
         }
+        let seed = seed::derive(seed, Stream::Broadcast, &[round as u64]);
+        self.models.advance(round, &global.values, &mut next.values, seed);
         *global = next;
-        self.model = round;
         Ok(())
     }
 
@@ -528,7 +523,7 @@ impl Server {
         let mut etasks = self.strategy.configure_evaluate(round, self.clients.len(), &mut rng);
         for (_, t) in etasks.iter_mut() {
             t.scaling = self.scaling.clone();
-            t.model = Some(self.model);
+            (t.model, t.delta) = self.models.stamp();
         }
         let mut ereplies: Vec<(usize, EvaluateReply)> = Vec::new();
         let mut evaluate = Vec::new();
@@ -536,7 +531,7 @@ impl Server {
             &mut self.clients,
             &etasks,
             |client, task| client.evaluate(global, task),
-            |t, jobs| t.evaluate_all(global, jobs),
+            |t, jobs, done| t.evaluate_all(global, jobs, done),
             self.workers,
         );
         for (c, outcome, _) in outcomes {

@@ -202,7 +202,7 @@ fn admm_party_without_its_dual_refuses() {
         settings: [("rho".to_string(), 1.0)].into_iter().collect(),
         has_state: true,
     };
-    let task = FitTask { round: 2, training: t, seed: 1, vector: None, scaling: None, model: None };
+    let task = FitTask { round: 2, training: t, seed: 1, vector: None, scaling: None, model: None, delta: None };
     match c.fit(&initial(), &task) {
         Err(ClientError::MissingState(m)) => assert!(m.contains("dual"), "{m}"),
         other => panic!("expected MissingState, got {other:?}"),
@@ -421,7 +421,10 @@ fn feddyn_reaches_the_centralised_optimum_where_fedavg_drifts() {
         settings: [("alpha".to_string(), 0.5)].into_iter().collect(),
         has_state: true,
     };
-    match c.fit(&initial(), &FitTask { round: 2, training: t, seed: 1, vector: None, scaling: None, model: None }) {
+    match c.fit(
+        &initial(),
+        &FitTask { round: 2, training: t, seed: 1, vector: None, scaling: None, model: None, delta: None },
+    ) {
         Err(ClientError::MissingState(m)) => assert!(m.contains("FedDyn"), "{m}"),
         other => panic!("expected MissingState, got {other:?}"),
     }

@@ -680,13 +680,13 @@ fn unknown_protocol_versions_and_strangers_are_refused() {
     assert_eq!(e.code(), tonic::Code::FailedPrecondition);
     assert!(e.message().contains("unsupported protocol version 99") && e.message().contains("upgrade this server"));
     // Parties of earlier builds (protocol 1: closed algorithm list, metrics map; 2: no
-    // models by reference) are told why.
-    for old in [1, 2] {
+    // models by reference; 3: no compressed broadcast) are told why.
+    for old in [1, 2, 3] {
         let e = attempt(old, "a");
         assert_eq!(e.code(), tonic::Code::FailedPrecondition);
         let m = e.message();
         assert!(
-            m.contains(&format!("unsupported protocol version {old} (this server speaks 3)"))
+            m.contains(&format!("unsupported protocol version {old} (this server speaks 4)"))
                 && m.contains("upgrade the party"),
             "{m}"
         );

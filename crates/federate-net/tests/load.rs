@@ -183,6 +183,7 @@ fn a_task_the_party_cannot_read_is_refused_and_the_connection_goes_on() {
         vector: Some(Arc::new(vec![0.5; layout.len()])),
         scaling: None,
         model: None,
+        delta: None,
     };
     let e = rt.block_on(hub.fit("party-1", &global, &odd)).unwrap_err().to_string();
     assert!(e.contains("unknown local algorithm 'fedmagic'"), "{e}");
@@ -193,9 +194,61 @@ fn a_task_the_party_cannot_read_is_refused_and_the_connection_goes_on() {
         vector: None,
         scaling: None,
         model: None,
+        delta: None,
     };
     let r = rt.block_on(hub.fit("party-1", &global, &plain)).unwrap();
     assert_eq!((r.params.len(), r.num_examples), (layout.len(), 40));
     assert_eq!(hub.connected(), vec!["party-1".to_string()]);
     rt.block_on(hub.shutdown("done", Duration::from_secs(2)));
+}
+
+/// A compressed broadcast over the wire: parties that sit rounds out (half train, half
+/// evaluate) are sent the values, the others the 4-bit change, and each party decodes exactly
+/// the model the server defines, so the run equals in-process parties bit for bit; the hub's
+/// traffic is what the rounds' records count (an encoded transfer is padded to whole 4-byte
+/// words).
+#[test]
+fn a_compressed_broadcast_over_the_network_equals_the_simulation_and_counts_its_bytes() {
+    use federate_core::{BroadcastCompression, InProcess};
+    const N: usize = 6;
+    let spec = ModelSpec {
+        layers: vec![LayerSpec::Linear { out: 32 }, LayerSpec::Relu, LayerSpec::Linear { out: 2 }],
+        ..spec()
+    };
+    let layout = NnLearner::new(spec.clone(), 8, 1).unwrap().layout();
+    let strategy = || {
+        let base = FedAvg { fraction_fit: 0.5, fraction_evaluate: 0.5, ..FedAvg::new(LocalTraining::sgd(1, 8, 0.1)) };
+        Box::new(base)
+    };
+    let client = |i: usize| {
+        LocalClient::new(NnLearner::new(spec.clone(), 8, 1).unwrap(), data(i as u64, 40), data(99 + i as u64, 10))
+    };
+    let init = Parameters::new(NnLearner::new(spec.clone(), 1, 1).unwrap().init(1), Arc::clone(&layout)).unwrap();
+    let q4 = BroadcastCompression { bits: 4, zstd: true };
+    let cfg = ServerConfig::new(5, 3);
+    let local: Vec<Box<dyn ClientProxy>> =
+        (0..N).map(|i| Box::new(InProcess::new(format!("party-{}", i + 1), client(i))) as _).collect();
+    let mut sim = Server::new(strategy(), local).with_broadcast(q4).unwrap();
+    let (want, sim_records) = sim.run(init.clone(), &cfg, &mut |_| {}).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let (hub, remote) = federation(&rt, &layout, (0..N).map(client).collect(), 1 << 20, false);
+    let (got, records) =
+        Server::new(strategy(), remote).with_broadcast(q4).unwrap().run(init.clone(), &cfg, &mut |_| {}).unwrap();
+    rt.block_on(hub.shutdown("done", Duration::from_secs(5)));
+    assert!(
+        records.iter().all(|r| r.failures.is_empty()),
+        "{:?}",
+        records.iter().map(|r| &r.failures).collect::<Vec<_>>()
+    );
+    assert_eq!(got.values, want.values, "network and in-process runs differ");
+    assert_ne!(got.values, init.values);
+    let counted: u64 = records.iter().map(|r| r.bytes_down).sum();
+    assert_eq!(counted, sim_records.iter().map(|r| r.bytes_down).sum::<u64>());
+    let sends: u64 = records.iter().map(|r| (r.fit.len() + r.evaluate.len()) as u64).sum();
+    let (out, _) = hub.traffic();
+    assert!(counted <= out && out < counted + 4 * sends, "hub sent {out} bytes, the records count {counted}");
+    // Values to a party that does not hold the model before, a change of about an eighth of
+    // them to one that does: well under what 32-bit models cost.
+    let floats = sends * 4 * layout.len() as u64;
+    assert!(counted < floats / 2, "{counted} bytes down, {floats} as 32-bit floats");
 }

@@ -178,6 +178,21 @@ fn party_training(cfg: &Config) -> Result<federate_core::LocalTraining> {
     Ok(tasks.into_iter().next().map_or_else(|| cfg.local_training(), |(_, t)| t.training))
 }
 
+/// The server of a simulation or a deployment: `strategy` over `clients`, replies admitted by
+/// `admission`, the model broadcast as `[compression] broadcast` says.
+pub fn server(
+    cfg: &Config,
+    strategy: Box<dyn federate_core::Strategy>,
+    clients: Vec<Box<dyn federate_core::ClientProxy>>,
+    admission: federate_core::Admission,
+) -> Result<federate_core::Server> {
+    let server = federate_core::Server::new(strategy, clients).with_admission(admission);
+    Ok(match cfg.compression.broadcast_compression() {
+        Some(b) => server.with_broadcast(b)?,
+        None => server,
+    })
+}
+
 /// The server's strategy from the config: the registered algorithm `strategy.name` chooses,
 /// or DP-FedAvg when client-level DP is on (its central noise from `noise`).
 pub fn build_strategy(cfg: &Config, noise: federate_core::NoiseSource) -> Result<Box<dyn federate_core::Strategy>> {

@@ -285,8 +285,9 @@ pub(crate) enum BenchCommand {
         #[arg(long)]
         zstd: bool,
     },
-    /// The federation (default: the worked example) under each update codec — none, q8, q4,
-    /// q4 + zstd, top-1 % with error feedback: bytes per round each way and final accuracy.
+    /// The federation (default: the worked example) under each codec — updates none, q8, q4,
+    /// q4 + zstd, top-1 % with error feedback, and q4 or top-1 % updates with the model
+    /// broadcast as its q8 or q4 change: bytes per round each way and final accuracy.
     Compression {
         /// Config file (default: the worked example).
         #[arg(long)]

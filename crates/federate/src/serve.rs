@@ -141,7 +141,7 @@ pub fn serve(cfg: &Config, out: &Path, resume: bool, security: Security) -> Resu
         parties.iter().map(|p| Box::new(RemoteParty::new(p.clone(), hub.clone(), rt.handle().clone())) as _).collect();
     // The server's own noise (central client-level DP) is secure unless the config says seeded.
     let noise = cfg.privacy.noise.unwrap_or(federate_core::NoiseSource::Secure);
-    let mut server = Server::new(assemble::build_strategy(cfg, noise)?, clients).with_admission(sv.admission());
+    let mut server = assemble::server(cfg, assemble::build_strategy(cfg, noise)?, clients, sv.admission())?;
     if let Some((name, state)) = &restored_strategy {
         server
             .restore_strategy(name, state.as_ref())

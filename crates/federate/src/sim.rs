@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use federate_core::{
     CentralEval, Client, ClientError, ClientProxy, Event, FitReply, FitTask, InProcess, Learner, NnLearner, Parameters,
-    PartyState, RoundRecord, Server, ServerConfig, StrategyState, seed, train_local,
+    PartyState, RoundRecord, ServerConfig, StrategyState, seed, train_local,
 };
 use federate_nn::ModelSpec;
 
@@ -119,7 +119,7 @@ pub fn simulate(
     let admission = cfg.server.admission();
     admission.validate(&ids).map_err(anyhow::Error::msg)?;
     let workers = crate::assemble::party_workers(cfg);
-    let mut server = Server::new(strategy, clients).with_admission(admission).with_workers(workers);
+    let mut server = crate::assemble::server(cfg, strategy, clients, admission)?.with_workers(workers);
     // Round 0 (tables): the parties' statistics added up, as a deployment does it; the
     // simulation's own copies (baselines, central evaluation) are scaled the same way.
     let preprocessing = match (server.round_zero(parties.len())?, &table) {

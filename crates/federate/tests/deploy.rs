@@ -186,9 +186,11 @@ const WORKED_EXAMPLE_3_ROUNDS: &str = "seed = 42\nrounds = 3\nthreads = 1\n[eval
 
 #[test]
 fn mutual_tls_federation_equals_the_simulation_bit_for_bit() {
-    // With 4-bit updates under zstd and error feedback: the server decodes what each party
-    // encoded exactly as the simulation does.
-    let compressed = format!("{WORKED_EXAMPLE_3_ROUNDS}[compression]\nupdate = \"q4\"\nzstd = true\n");
+    // With 4-bit updates under zstd and error feedback, and the model broadcast in 4 bits: the
+    // server decodes what each party encoded, and each party what the server encoded, exactly
+    // as the simulation does.
+    let compressed =
+        format!("{WORKED_EXAMPLE_3_ROUNDS}[compression]\nupdate = \"q4\"\nbroadcast = \"q4\"\nzstd = true\n");
     let mut f = Fed::new(&compressed, &[]);
     let s = f.serve(&[]);
     for i in 1..=3 {
@@ -205,6 +207,11 @@ fn mutual_tls_federation_equals_the_simulation_bit_for_bit() {
     // 3 CNN updates of 6.65 MB as 32-bit floats; 4 bits a value is under an eighth of that.
     let up = rounds[1]["bytes_up"].as_u64().unwrap();
     assert!(up > 0 && up < 3 * 6_653_480 / 7, "{up}");
+    // Down, the initial model's 4-bit values and then each round's 4-bit change.
+    for r in &rounds {
+        let down = r["bytes_down"].as_u64().unwrap();
+        assert!(down > 0 && down < 2 * 3 * 6_653_480 / 7, "round {}: {down} bytes down", r["round"]);
+    }
     assert!(f.log("serve.log").contains("mutual TLS"));
     assert_eq!(f.model(), f.simulate(), "deployment and simulation differ");
 }
@@ -214,7 +221,9 @@ const SMALL: &str = "seed = 3\nrounds = 3\nthreads = 1\n[data]\ntrain_per_party 
 
 #[test]
 fn a_party_killed_mid_round_is_dropped_for_that_round_and_rejoins() {
-    let mut f = Fed::new(SMALL, &[]);
+    // Under a compressed broadcast: the rejoined party holds no model, so it is sent the
+    // values while the others get the change.
+    let mut f = Fed::new(&format!("{SMALL}[compression]\nbroadcast = \"q8\"\n"), &[]);
     let s = f.serve_and_kill_party_3_in_round_2();
     f.join("party-3", "keys", "join3b.log");
     assert!(f.wait(s, Duration::from_secs(300)), "{}", f.log("serve.log"));
@@ -225,6 +234,7 @@ fn a_party_killed_mid_round_is_dropped_for_that_round_and_rejoins() {
     let failed = ids(&r[1], "failures");
     assert!(failed.contains(&"party-3".to_string()), "{}", r[1]);
     assert_eq!(ids(&r[2], "fit"), vec!["party-1", "party-2", "party-3"], "{}", r[2]);
+    assert!(ids(&r[2], "failures").is_empty(), "{}", r[2]);
     assert!(f.log("serve.log").contains("party=party-3"), "{}", f.log("serve.log"));
 }
 
@@ -255,7 +265,9 @@ fn a_scaffold_party_restarted_mid_round_continues_with_its_saved_control_variate
 
 #[test]
 fn a_killed_server_resumes_from_its_checkpoint_and_finishes_identically() {
-    let mut f = Fed::new(&SMALL.replace("rounds = 3", "rounds = 4"), &[]);
+    // Under a compressed broadcast, whose model is what the parties reconstruct.
+    let cfg = SMALL.replace("rounds = 3", "rounds = 4");
+    let mut f = Fed::new(&format!("{cfg}[compression]\nbroadcast = \"q4\"\n"), &[]);
     let s = f.serve(&[]);
     for i in 1..=3 {
         f.join(&format!("party-{i}"), "keys", &format!("join{i}.log"));

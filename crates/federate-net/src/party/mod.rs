@@ -19,8 +19,10 @@ use crate::proto::{Heartbeat, Hello, PartyMessage, ServerMessage, party_message,
 use crate::server::PROTOCOL_VERSION;
 use crate::tls::TlsFiles;
 
+mod model;
 mod send;
 use federate_core::messages::Moments;
+use model::{KeptModel, ModelFrom, task_model};
 use send::{Done, send_error, send_result, send_statistics};
 
 /// How a party connects.
@@ -316,44 +318,6 @@ struct Incoming {
     model: ModelFrom,
 }
 
-/// Where a task's global model comes from.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum ModelFrom {
-    /// Its values arrive as the task's first transfer; numbered ones are kept (the number:
-    /// `ParametersHeader.model`, 0 for none).
-    Transfer(u32),
-    /// The server refers to the model it sent last on this connection, with this number.
-    Kept(u32),
-}
-
-/// The numbered model the server last sent on this connection (`model`, values).
-type KeptModel = Option<(u32, Vec<f32>)>;
-
-/// A task's model: the one kept when the server refers to it, else the first transfer (kept
-/// when numbered, even if the task is then refused: the server counts it as held).
-fn task_model(
-    model: ModelFrom,
-    kept: &mut KeptModel,
-    vectors: &mut impl Iterator<Item = Vec<f32>>,
-) -> Result<Vec<f32>, String> {
-    match model {
-        ModelFrom::Kept(m) => match kept.as_ref() {
-            Some((k, v)) if *k == m => Ok(v.clone()),
-            other => {
-                let have = other.map_or("none".to_string(), |(k, _)| format!("model {k}"));
-                Err(format!(
-                    "the server referred to model {m} sent earlier on this connection, but this party kept {have}"
-                ))
-            }
-        },
-        ModelFrom::Transfer(m) => {
-            let v = vectors.next().unwrap_or_default();
-            *kept = (m != 0).then(|| (m, v.clone()));
-            Ok(v)
-        }
-    }
-}
-
 /// What the party does next after a message from the server.
 enum Next {
     /// Wait for the next message.
@@ -405,6 +369,7 @@ fn fit_task(f: crate::proto::FitInstruction, limits: Limits) -> Result<Task, Str
             vector: None,
             scaling,
             model: None,
+            delta: None,
         }))),
         (Some(Err(e)), _) => Err(e.to_string()),
         (None, _) => Err("fit instruction without training settings".into()),
@@ -434,7 +399,7 @@ fn receive(opts: &PartyOptions, m: server_message::Msg, current: &mut Option<Inc
                 return Next::End(SessionEnd::Lost("evaluate instruction without parameters".into(), true));
             };
             let task = scaling(e.scaling, opts.limits)
-                .map(|scaling| Task::Evaluate(EvaluateTask { round: e.round, scaling, model: None }));
+                .map(|scaling| Task::Evaluate(EvaluateTask { round: e.round, scaling, model: None, delta: None }));
             (e.task_id, task, params, None)
         }
         server_message::Msg::Stats(s) => {
@@ -469,6 +434,9 @@ fn receive(opts: &PartyOptions, m: server_message::Msg, current: &mut Option<Inc
     // A model sent by reference has no transfer: the party uses the one it kept.
     let (model, headers) = if params.by_reference {
         (ModelFrom::Kept(params.model), vec![vector])
+    } else if params.delta_from != 0 || params.encoded_bytes != 0 {
+        let change = ModelFrom::Change { model: params.model, base: params.delta_from, bytes: params.encoded_bytes };
+        (change, vec![Some(params), vector])
     } else {
         (ModelFrom::Transfer(params.model), vec![Some(params), vector])
     };
@@ -496,7 +464,11 @@ async fn run_task(
 ) -> Option<SessionEnd> {
     let Incoming { task_id, task, model, .. } = *incoming;
     let mut vectors = vectors.into_iter();
-    let values = if matches!(task, Ok(Task::Stats)) { Ok(Vec::new()) } else { task_model(model, kept, &mut vectors) };
+    let values = if matches!(task, Ok(Task::Stats)) {
+        Ok(Vec::new())
+    } else {
+        task_model(model, kept, &mut vectors, layout.len())
+    };
     let values = match values {
         Ok(v) => v,
         Err(reason) => {

@@ -38,11 +38,13 @@ use crate::proto::{EvaluateInstruction, FitInstruction, ServerMessage, Shutdown,
 use crate::tls::{TlsFiles, server_config};
 
 mod guard;
+mod model;
 mod service;
 mod transport;
 
 use guard::{ConnGuard, DenyList, accept_loop};
 pub use guard::{MAX_METRICS, MAX_TEXT, clean_text};
+use model::ModelPayload;
 use service::Service;
 pub use transport::{HubTransport, RemoteParty};
 
@@ -50,7 +52,7 @@ pub use transport::{HubTransport, RemoteParty};
 /// 2: the task's party half by registered name with settings, typed reply fields, and an
 /// algorithm's vector in a transfer of its own. 3: compressed updates, and models sent by
 /// reference to a party that holds them (docs in proto/federate.proto).
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// How the server listens and treats parties.
 #[derive(Debug, Clone)]
@@ -138,7 +140,7 @@ pub(crate) fn decode_upload(
 /// own (SCAFFOLD's c); each encoded once per round, whatever the number of parties.
 #[derive(Clone)]
 struct FitPayload {
-    model: Arc<Encoded>,
+    model: ModelPayload,
     vector: Option<Arc<Encoded>>,
 }
 
@@ -160,22 +162,6 @@ struct Conn {
 }
 
 impl Conn {
-    /// The header that sends `enc`, global model number `model`, to this party: by reference
-    /// (no chunks; `false`) when it is the model last sent on this connection, else in full
-    /// (`true`), which the party then keeps in place of the one before.
-    fn model_header(&self, enc: &Encoded, model: Option<u32>) -> (crate::proto::ParametersHeader, bool) {
-        let mut h = enc.header;
-        h.model = model.map_or(0, |m| m.saturating_add(1));
-        let Ok(mut held) = self.held.lock() else { return (h, true) };
-        if model.is_some() && *held == model {
-            h.by_reference = true;
-            h.num_chunks = 0;
-            return (h, false);
-        }
-        *held = model;
-        (h, true)
-    }
-
     fn fail_all(&self, reason: &str) {
         let pending: Vec<_> = self.pending.lock().map(|mut p| p.drain().collect()).unwrap_or_default();
         for (_, tx) in pending {
@@ -440,7 +426,10 @@ impl Hub {
 
     /// What a fit task sends, encoded.
     fn fit_payload(&self, global: &Parameters, task: &FitTask) -> FitPayload {
-        FitPayload { model: self.encode(&global.values), vector: task.vector.as_ref().map(|v| self.encode(v)) }
+        FitPayload {
+            model: self.model_payload(global, task.model, task.delta.as_ref()),
+            vector: task.vector.as_ref().map(|v| self.encode(v)),
+        }
     }
 
     /// Sends a fit task to party `id` and waits for its reply.
@@ -454,7 +443,7 @@ impl Hub {
     async fn fit_encoded(&self, id: &str, payload: &FitPayload, task: &FitTask) -> Result<FitReply, ClientError> {
         let r = self
             .call(id, |task_id, conn| {
-                let (params, full) = conn.model_header(&payload.model, task.model);
+                let (params, sent) = conn.model_header(&payload.model, task.model);
                 let head = msg(server_message::Msg::Fit(FitInstruction {
                     task_id,
                     round: task.round,
@@ -464,7 +453,7 @@ impl Hub {
                     vector: payload.vector.as_ref().map(|v| v.header),
                     scaling: task.scaling.as_deref().map(moments_to_proto),
                 }));
-                let model = if full { self.chunk_messages(&payload.model) } else { Vec::new() };
+                let model = sent.map(|m| self.chunk_messages(m)).unwrap_or_default();
                 let vector = payload.vector.iter().flat_map(|v| self.chunk_messages(v));
                 std::iter::once(head).chain(model).chain(vector).collect()
             })
@@ -482,26 +471,26 @@ impl Hub {
         params: &Parameters,
         task: &EvaluateTask,
     ) -> Result<EvaluateReply, ClientError> {
-        let payload = self.encode(&params.values);
+        let payload = self.model_payload(params, task.model, task.delta.as_ref());
         self.evaluate_encoded(id, &payload, task).await
     }
 
     async fn evaluate_encoded(
         &self,
         id: &str,
-        payload: &Encoded,
+        payload: &ModelPayload,
         task: &EvaluateTask,
     ) -> Result<EvaluateReply, ClientError> {
         let r = self
             .call(id, |task_id, conn| {
-                let (params, full) = conn.model_header(payload, task.model);
+                let (params, sent) = conn.model_header(payload, task.model);
                 let head = msg(server_message::Msg::Evaluate(EvaluateInstruction {
                     task_id,
                     round: task.round,
                     params: Some(params),
                     scaling: task.scaling.as_deref().map(moments_to_proto),
                 }));
-                let model = if full { self.chunk_messages(payload) } else { Vec::new() };
+                let model = sent.map(|m| self.chunk_messages(m)).unwrap_or_default();
                 std::iter::once(head).chain(model).collect()
             })
             .await?;

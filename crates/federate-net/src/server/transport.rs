@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use federate_core::{ClientError, ClientProxy, EvaluateReply, EvaluateTask, FitReply, FitTask, Parameters};
+use federate_core::{
+    ClientError, ClientProxy, EvaluateReply, EvaluateTask, FitReply, FitTask, Parameters, TransportDone,
+};
 
 use super::*;
 
@@ -49,7 +51,9 @@ pub struct HubTransport {
 }
 
 impl HubTransport {
-    fn run_all<T, R, F, Fut>(&self, jobs: &[(&str, &T)], call: F) -> Vec<(Result<R, ClientError>, f64)>
+    /// Runs `call` for every job as a task on the runtime and hands each outcome to `done` as
+    /// it finishes.
+    fn run_all<T, R, F, Fut>(&self, jobs: &[(&str, &T)], call: F, done: impl Fn(usize, Result<R, ClientError>, f64))
     where
         T: Clone + Send + 'static,
         R: Send + 'static,
@@ -59,28 +63,31 @@ impl HubTransport {
         self.rt.block_on(async {
             let start = tokio::time::Instant::now();
             let mut set = tokio::task::JoinSet::new();
+            let mut answered = vec![false; jobs.len()];
             for (i, (id, task)) in jobs.iter().enumerate() {
                 let fut = call(i, self.hub.clone(), id.to_string(), (*task).clone());
                 set.spawn(async move { (i, fut.await, start.elapsed().as_secs_f64()) });
             }
-            let mut out: Vec<Option<(Result<R, ClientError>, f64)>> = jobs.iter().map(|_| None).collect();
-            while let Some(done) = set.join_next().await {
-                if let Ok((i, r, secs)) = done {
-                    out[i] = Some((r, secs));
+            while let Some(finished) = set.join_next().await {
+                if let Ok((i, r, secs)) = finished {
+                    answered[i] = true;
+                    done(i, r, secs);
                 }
             }
-            out.into_iter()
-                .map(|o| o.unwrap_or_else(|| (Err(ClientError::Unavailable("the party's task panicked".into())), 0.0)))
-                .collect()
+            for (i, _) in answered.iter().enumerate().filter(|(_, a)| !**a) {
+                done(i, Err(ClientError::Unavailable("the party's task panicked".into())), 0.0);
+            }
         })
     }
 }
 
 impl federate_core::Transport for HubTransport {
-    fn fit_all(&self, global: &Parameters, jobs: &[(&str, &FitTask)]) -> Vec<(Result<FitReply, ClientError>, f64)> {
+    fn fit_all(&self, global: &Parameters, jobs: &[(&str, &FitTask)], done: &TransportDone<'_, FitReply>) {
         // One encoding of the model and one of each distinct vector the tasks share (SCAFFOLD's
         // c), not one per party.
-        let model = self.hub.encode(&global.values);
+        // Tasks of one round name one model (and its change), so the first task's serves all.
+        let first = jobs.first().map(|(_, t)| *t);
+        let model = self.hub.model_payload(global, first.and_then(|t| t.model), first.and_then(|t| t.delta.as_ref()));
         let mut vectors: Vec<(*const Vec<f32>, Arc<Encoded>)> = Vec::new();
         let mut per_job = Vec::with_capacity(jobs.len());
         for (_, task) in jobs {
@@ -98,27 +105,27 @@ impl federate_core::Transport for HubTransport {
             per_job.push(FitPayload { model: model.clone(), vector });
         }
         let per_job = Arc::new(per_job);
-        let replies = self.run_all(jobs, move |i, hub, id, task| {
+        // Each update is decoded as it arrives, and handed on.
+        let call = move |i, hub: Hub, id: String, task: FitTask| {
             let payloads = per_job.clone();
             async move { hub.fit_encoded(&id, &payloads[i], &task).await }
-        });
-        replies
-            .into_iter()
-            .zip(jobs)
-            .map(|((r, secs), (_, task))| (super::decode_upload(r, global, task), secs))
-            .collect()
+        };
+        self.run_all(jobs, call, |i, r, secs| done(i, super::decode_upload(r, global, jobs[i].1), secs));
     }
 
     fn evaluate_all(
         &self,
         params: &Parameters,
         jobs: &[(&str, &EvaluateTask)],
-    ) -> Vec<(Result<EvaluateReply, ClientError>, f64)> {
-        let payload = self.hub.encode(&params.values);
-        self.run_all(jobs, move |_, hub, id, task| {
+        done: &TransportDone<'_, EvaluateReply>,
+    ) {
+        let first = jobs.first().map(|(_, t)| *t);
+        let payload = self.hub.model_payload(params, first.and_then(|t| t.model), first.and_then(|t| t.delta.as_ref()));
+        let call = move |_, hub: Hub, id: String, task: EvaluateTask| {
             let payload = payload.clone();
             async move { hub.evaluate_encoded(&id, &payload, &task).await }
-        })
+        };
+        self.run_all(jobs, call, done);
     }
 }
 

@@ -134,15 +134,20 @@ struct CompressionRow {
 }
 
 /// `federate bench compression`: the federation of `config` (default: the worked example)
-/// for `rounds` rounds under each update codec, with the bytes each way per round and the
-/// final accuracy, against 32-bit floats.
+/// for `rounds` rounds under each update codec, alone and with a compressed broadcast, with
+/// the bytes each way per round and the final accuracy, against 32-bit floats.
 pub(crate) fn bench_compression(config: Option<&std::path::Path>, sets: &[String], rounds: u32) -> Result<()> {
-    let codecs: [(&str, &[&str]); 5] = [
+    let (q4, top1) = ("compression.update=\"q4\"", "compression.update=\"top-k\"");
+    let (zstd, fraction) = ("compression.zstd=true", "compression.fraction=0.01");
+    let codecs: [(&str, &[&str]); 8] = [
         ("none (32-bit floats)", &["compression.update=\"none\""]),
         ("q8", &["compression.update=\"q8\""]),
-        ("q4", &["compression.update=\"q4\""]),
-        ("q4 + zstd", &["compression.update=\"q4\"", "compression.zstd=true"]),
-        ("top-1% + error feedback", &["compression.update=\"top-k\"", "compression.fraction=0.01"]),
+        ("q4", &[q4]),
+        ("q4 + zstd", &[q4, zstd]),
+        ("top-1% + error feedback", &[top1, fraction]),
+        ("q4 / q8 broadcast", &[q4, "compression.broadcast=\"q8\"", zstd]),
+        ("q4 / q4 broadcast", &[q4, "compression.broadcast=\"q4\"", zstd]),
+        ("top-1% / q4 broadcast", &[top1, fraction, "compression.broadcast=\"q4\"", zstd]),
     ];
     let mut rows = Vec::new();
     let mut shown = None;
@@ -180,26 +185,30 @@ pub(crate) fn bench_compression(config: Option<&std::path::Path>, sets: &[String
     let Some((dataset, parties, model)) = shown else { return Ok(()) };
     println!("{model} on {dataset}, {parties} parties, {rounds} rounds; bytes per round (MB = 10^6 bytes):");
     println!(
-        "{:<24} {:>9} {:>10} {:>9} {:>10} {:>11} {:>10} {:>8}",
-        "update codec", "accuracy", "up MB", "up ×", "down MB", "total MB", "total ×", "s"
+        "{:<24} {:>9} {:>9} {:>7} {:>9} {:>7} {:>9} {:>8} {:>9} {:>7}",
+        "update / broadcast", "accuracy", "up MB", "up ×", "down MB", "down ×", "total MB", "total ×", "re-send ×", "s"
     );
-    let (base_up, base_total) = rows.first().map_or((1.0, 1.0), |r| (r.up, r.up + r.down_resend));
+    let first = rows.first().map_or((1.0, 1.0, 1.0), |r| (r.up, r.down, r.up + r.down_resend));
     for r in &rows {
+        let total = r.up + r.down;
         println!(
-            "{:<24} {:>8.2}% {:>10.3} {:>9.1} {:>10.2} {:>11.2} {:>10.2} {:>8.1}",
+            "{:<24} {:>8.2}% {:>9.3} {:>7.1} {:>9.3} {:>7.1} {:>9.2} {:>8.2} {:>9.2} {:>7.1}",
             r.name,
             r.accuracy.unwrap_or(f64::NAN) * 100.0,
             r.up / 1e6,
-            base_up / r.up,
+            first.0 / r.up,
             r.down / 1e6,
-            (r.up + r.down) / 1e6,
-            base_total / (r.up + r.down),
+            first.1 / r.down,
+            total / 1e6,
+            (first.0 + first.1) / total,
+            first.2 / total,
             r.seconds
         );
     }
     if let Some(r) = rows.first() {
         println!(
-            "(× against 32-bit floats with the model re-sent for every task: {:.2} MB down, {:.2} MB per round in all)",
+            "(× against the first row; re-send ×: against 32-bit floats with the model re-sent for every task, {:.2} \
+             MB down and {:.2} MB per round in all)",
             r.down_resend / 1e6,
             (r.up + r.down_resend) / 1e6
         );

@@ -1,9 +1,10 @@
 //! `[compression]`: how parties compress the updates they send (see
-//! `federate_core::compress`). The server sends the setting with every task, so parties need
-//! no setting of their own.
+//! `federate_core::compress`), and how the server compresses the model it sends them (see
+//! `federate_core::broadcast`). The server sends the update setting with every task, and the
+//! model's encoding with the model, so parties need no setting of their own.
 
 use anyhow::{Result, bail};
-use federate_core::{Codec, UpdateCompression};
+use federate_core::{BroadcastCompression, Codec, UpdateCompression};
 use serde::{Deserialize, Serialize};
 
 /// The codecs `[compression] update` accepts.
@@ -21,7 +22,21 @@ pub enum UpdateCodec {
     TopK,
 }
 
-/// Update compression.
+/// The codecs `[compression] broadcast` accepts: the server's change from one global model to
+/// the next needs an unbiased codec, since it keeps no residual.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BroadcastCodec {
+    /// The model's values as 32-bit floats.
+    #[default]
+    None,
+    /// The change from the model a party holds, stochastically rounded to 8 bits per value.
+    Q8,
+    /// The same at 4 bits per value.
+    Q4,
+}
+
+/// Update and broadcast compression.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CompressionConfig {
@@ -31,16 +46,27 @@ pub struct CompressionConfig {
     pub fraction: f64,
     /// Keep what the codec dropped and add it to the next update (default true).
     pub error_feedback: bool,
-    /// zstd over the encoded update (default false).
+    /// zstd over the encoded update and the encoded broadcast (default false).
     pub zstd: bool,
     /// q8/q4: > 0 quantises onto one grid over [−range, range] that every party shares (the
     /// form secure aggregation sums); 0 (default): each block's own minimum and maximum.
     pub range: f64,
+    /// `none` (default), `q8` or `q4`: the server sends a party holding the previous global
+    /// model the change to the next one at 8 or 4 bits per value; the global model is then
+    /// what the parties reconstruct.
+    pub broadcast: BroadcastCodec,
 }
 
 impl Default for CompressionConfig {
     fn default() -> Self {
-        CompressionConfig { update: UpdateCodec::None, fraction: 0.01, error_feedback: true, zstd: false, range: 0.0 }
+        CompressionConfig {
+            update: UpdateCodec::None,
+            fraction: 0.01,
+            error_feedback: true,
+            zstd: false,
+            range: 0.0,
+            broadcast: BroadcastCodec::None,
+        }
     }
 }
 
@@ -63,6 +89,16 @@ impl CompressionConfig {
         Some(UpdateCompression { codec, error_feedback: self.error_feedback, zstd: self.zstd })
     }
 
+    /// How the server compresses the model it sends (`None`: 32-bit floats).
+    pub fn broadcast_compression(&self) -> Option<BroadcastCompression> {
+        let bits = match self.broadcast {
+            BroadcastCodec::None => return None,
+            BroadcastCodec::Q8 => 8,
+            BroadcastCodec::Q4 => 4,
+        };
+        Some(BroadcastCompression { bits, zstd: self.zstd })
+    }
+
     /// Checks the ranges, and that no key is set that the chosen codec does not read.
     pub fn validate(&self) -> Result<()> {
         let d = CompressionConfig::default();
@@ -74,10 +110,16 @@ impl CompressionConfig {
         if !matches!(self.update, UpdateCodec::Q8 | UpdateCodec::Q4) && self.range != d.range {
             bail!("compression.range is read only by update = \"q8\" or \"q4\": remove it, or choose one of them");
         }
-        if self.update == UpdateCodec::None && (self.zstd != d.zstd || self.error_feedback != d.error_feedback) {
+        if self.update == UpdateCodec::None && self.error_feedback != d.error_feedback {
             bail!(
-                "compression.zstd and compression.error_feedback need a codec: set compression.update to \"q8\", \
-                 \"q4\" or \"top-k\" (transport-level zstd of 32-bit floats is server.zstd)"
+                "compression.error_feedback needs an update codec: set compression.update to \"q8\", \"q4\" or \
+                 \"top-k\""
+            );
+        }
+        if self.update == UpdateCodec::None && self.broadcast == BroadcastCodec::None && self.zstd != d.zstd {
+            bail!(
+                "compression.zstd needs a codec: set compression.update to \"q8\", \"q4\" or \"top-k\", or \
+                 compression.broadcast to \"q8\" or \"q4\" (transport-level zstd of 32-bit floats is server.zstd)"
             );
         }
         if let Some(c) = self.update_compression() {
