@@ -906,11 +906,15 @@ fn bench_compression_and_bench_parties_print_their_tables() {
     let o = federate(&[&["bench", "compression", "--rounds", "1"], &sets[..]].concat());
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let s = String::from_utf8_lossy(&o.stdout);
-    // One row per codec; 32-bit floats are the reference (×1.0), 4-bit updates ~7×.
+    // One row per codec; 32-bit floats are the reference (×1.0), 4-bit updates ~7×, a 4-bit
+    // broadcast ~7× down after round 1's initial model (one round here: ~4× with it).
     let row = |name: &str| s.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name}: {s}")).to_string();
-    let up_ratio = |name: &str| row(name).split_whitespace().nth_back(4).unwrap().parse::<f64>().unwrap();
-    assert_eq!(up_ratio("none (32-bit floats)"), 1.0, "{s}");
+    let column = |name: &str, back: usize| row(name).split_whitespace().nth_back(back).unwrap().parse::<f64>().unwrap();
+    let (up_ratio, down_ratio) = (|name: &str| column(name, 6), |name: &str| column(name, 4));
+    assert_eq!((up_ratio("none (32-bit floats)"), down_ratio("none (32-bit floats)")), (1.0, 1.0), "{s}");
     assert!(up_ratio("q4  ") > 6.0 && up_ratio("top-1% + error feedback") > 40.0, "{s}");
+    assert_eq!(down_ratio("q4  "), 1.0, "{s}");
+    assert!(down_ratio("q4 / q4 broadcast") > 4.0 && down_ratio("q4 / q8 broadcast") > 2.0, "{s}");
     let o = federate(&[
         "bench",
         "parties",
