@@ -65,6 +65,7 @@ pub(crate) struct Models {
 }
 
 impl Models {
+    /// Broadcasts every later model as its compressed change.
     pub(crate) fn compress(&mut self, c: BroadcastCompression) {
         self.compression = Some(c);
     }

@@ -183,9 +183,9 @@ mod tests {
     use super::*;
     use crate::{ClientError, EvaluateReply, EvaluateTask, FitReply, FitTask, Parameters, Transport, TransportDone};
 
-    /// A transport that answers its jobs in `order` (in order and none silent: each only once the round loop
-    /// has handed on as many outcomes as the job's index, or after a timeout as a failure),
-    /// and leaves out the jobs in `silent`.
+    /// A transport that answers its jobs in `order` and leaves out the jobs in `silent`. When
+    /// it answers in task order with none left out, each job only once the round loop has
+    /// handed on as many outcomes as the job's index (after a timeout: as a failure).
     struct Relay {
         order: Vec<usize>,
         silent: Vec<usize>,
