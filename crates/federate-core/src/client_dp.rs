@@ -231,7 +231,7 @@ impl Strategy for DpFedAvg {
                         vector: None,
                         scaling: None,
                         model: None,
-                        delta: None,
+                        changes: Vec::new(),
                     },
                 )
             })

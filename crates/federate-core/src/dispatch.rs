@@ -240,7 +240,7 @@ mod tests {
         let mut clients: Vec<Box<dyn ClientProxy>> =
             (0..4).map(|i| Box::new(Remote(format!("p{i}"), relay.clone())) as _).collect();
         let tasks: Vec<(usize, EvaluateTask)> =
-            (0..4).map(|c| (c, EvaluateTask { round: 1, scaling: None, model: None, delta: None })).collect();
+            (0..4).map(|c| (c, EvaluateTask { round: 1, scaling: None, model: None, changes: Vec::new() })).collect();
         let mut got = Vec::new();
         let empty = Parameters::new(Vec::new(), Arc::new(crate::Layout::new(Vec::new()))).unwrap();
         let batch = |t: &dyn Transport, jobs: &[(&str, &EvaluateTask)], done: &TransportDone<'_, EvaluateReply>| {

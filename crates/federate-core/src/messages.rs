@@ -37,11 +37,12 @@ pub struct FitTask {
     /// always the values.
     #[serde(default)]
     pub model: Option<u32>,
-    /// Under a compressed broadcast: the model as the encoded change from an earlier global
-    /// model, which a transport sends to a party holding that one instead of the values (the
-    /// server sets it; strategies leave it `None`).
+    /// Under a compressed broadcast: the encoded changes leading to the task's model from
+    /// earlier global models, oldest first, each from the one before's target; a transport
+    /// sends a party holding one of those models the changes from it instead of the values
+    /// (`broadcast::changes_for`). The server sets them; strategies leave them empty.
     #[serde(skip)]
-    pub delta: Option<Arc<ModelDelta>>,
+    pub changes: Vec<Arc<ModelDelta>>,
 }
 
 /// A global model as the compressed change from the one before it (see `broadcast`): a party
@@ -128,9 +129,9 @@ pub struct EvaluateTask {
     /// Which global model the task carries (as in [`FitTask`]).
     #[serde(default)]
     pub model: Option<u32>,
-    /// The model as a compressed change (as in [`FitTask`]).
+    /// The model as compressed changes (as in [`FitTask`]).
     #[serde(skip)]
-    pub delta: Option<Arc<ModelDelta>>,
+    pub changes: Vec<Arc<ModelDelta>>,
 }
 
 /// A party's evaluation of the parameters it was sent, on its own test data.

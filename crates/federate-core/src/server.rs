@@ -411,7 +411,7 @@ impl Server {
                 for (c, t) in tasks.iter_mut() {
                     t.seed = seed::derive(cfg.seed, Stream::Fit, &[round as u64, *c as u64]);
                     t.scaling = self.scaling.clone();
-                    (t.model, t.delta) = self.models.stamp();
+                    (t.model, t.changes) = self.models.stamp();
                 }
                 (tasks, None)
             }
@@ -523,7 +523,7 @@ impl Server {
         let mut etasks = self.strategy.configure_evaluate(round, self.clients.len(), &mut rng);
         for (_, t) in etasks.iter_mut() {
             t.scaling = self.scaling.clone();
-            (t.model, t.delta) = self.models.stamp();
+            (t.model, t.changes) = self.models.stamp();
         }
         let mut ereplies: Vec<(usize, EvaluateReply)> = Vec::new();
         let mut evaluate = Vec::new();

@@ -76,7 +76,7 @@ pub trait Strategy: Send {
         num_clients: usize,
         _rng: &mut ChaCha8Rng,
     ) -> Vec<(usize, EvaluateTask)> {
-        (0..num_clients).map(|c| (c, EvaluateTask { round, scaling: None, model: None, delta: None })).collect()
+        (0..num_clients).map(|c| (c, EvaluateTask { round, scaling: None, model: None, changes: Vec::new() })).collect()
     }
 
     /// The federated evaluation from the admitted evaluation replies; `None` when there is

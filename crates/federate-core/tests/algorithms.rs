@@ -202,7 +202,8 @@ fn admm_party_without_its_dual_refuses() {
         settings: [("rho".to_string(), 1.0)].into_iter().collect(),
         has_state: true,
     };
-    let task = FitTask { round: 2, training: t, seed: 1, vector: None, scaling: None, model: None, delta: None };
+    let task =
+        FitTask { round: 2, training: t, seed: 1, vector: None, scaling: None, model: None, changes: Vec::new() };
     match c.fit(&initial(), &task) {
         Err(ClientError::MissingState(m)) => assert!(m.contains("dual"), "{m}"),
         other => panic!("expected MissingState, got {other:?}"),
@@ -423,7 +424,7 @@ fn feddyn_reaches_the_centralised_optimum_where_fedavg_drifts() {
     };
     match c.fit(
         &initial(),
-        &FitTask { round: 2, training: t, seed: 1, vector: None, scaling: None, model: None, delta: None },
+        &FitTask { round: 2, training: t, seed: 1, vector: None, scaling: None, model: None, changes: Vec::new() },
     ) {
         Err(ClientError::MissingState(m)) => assert!(m.contains("FedDyn"), "{m}"),
         other => panic!("expected MissingState, got {other:?}"),

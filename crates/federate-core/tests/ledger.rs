@@ -41,7 +41,7 @@ fn task(round: u32, dp: Option<DpSgd>, batch: usize) -> FitTask {
         local: LocalAlgorithm::default(),
         compression: None,
     };
-    FitTask { round, training, seed: round as u64, vector: None, scaling: None, model: None, delta: None }
+    FitTask { round, training, seed: round as u64, vector: None, scaling: None, model: None, changes: Vec::new() }
 }
 
 fn party(d: &Dataset, own: DpSgd) -> LocalClient<NnLearner> {

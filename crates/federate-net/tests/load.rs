@@ -183,7 +183,7 @@ fn a_task_the_party_cannot_read_is_refused_and_the_connection_goes_on() {
         vector: Some(Arc::new(vec![0.5; layout.len()])),
         scaling: None,
         model: None,
-        delta: None,
+        changes: Vec::new(),
     };
     let e = rt.block_on(hub.fit("party-1", &global, &odd)).unwrap_err().to_string();
     assert!(e.contains("unknown local algorithm 'fedmagic'"), "{e}");
@@ -194,7 +194,7 @@ fn a_task_the_party_cannot_read_is_refused_and_the_connection_goes_on() {
         vector: None,
         scaling: None,
         model: None,
-        delta: None,
+        changes: Vec::new(),
     };
     let r = rt.block_on(hub.fit("party-1", &global, &plain)).unwrap();
     assert_eq!((r.params.len(), r.num_examples), (layout.len(), 40));
@@ -246,9 +246,12 @@ fn a_compressed_broadcast_over_the_network_equals_the_simulation_and_counts_its_
     assert_eq!(counted, sim_records.iter().map(|r| r.bytes_down).sum::<u64>());
     let sends: u64 = records.iter().map(|r| (r.fit.len() + r.evaluate.len()) as u64).sum();
     let (out, _) = hub.traffic();
-    assert!(counted <= out && out < counted + 4 * sends, "hub sent {out} bytes, the records count {counted}");
-    // Values to a party that does not hold the model before, a change of about an eighth of
-    // them to one that does: well under what 32-bit models cost.
+    let padding = 4 * federate_core::broadcast::MAX_CHAIN as u64 * sends;
+    assert!(counted <= out && out < counted + padding, "hub sent {out} bytes, the records count {counted}");
+    // Every party is sent the changes from the model it holds (the first time, from the
+    // initial model's 4-bit values), each about an eighth of the values: under a fifth of what
+    // 32-bit models cost (with only the last change kept, the values to parties that sat a
+    // round out take it over a quarter).
     let floats = sends * 4 * layout.len() as u64;
-    assert!(counted < floats / 2, "{counted} bytes down, {floats} as 32-bit floats");
+    assert!(counted < floats / 5, "{counted} bytes down, {floats} as 32-bit floats");
 }

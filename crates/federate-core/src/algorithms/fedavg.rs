@@ -182,7 +182,10 @@ impl FedAvg {
                 }
                 training.epochs = rng.random_range(1..=training.epochs.max(1));
             }
-            out.push((c, FitTask { round, training, seed: 0, vector: None, scaling: None, model: None, delta: None }));
+            out.push((
+                c,
+                FitTask { round, training, seed: 0, vector: None, scaling: None, model: None, changes: Vec::new() },
+            ));
         }
         out
     }
@@ -227,7 +230,7 @@ impl Strategy for FedAvg {
         }
         sample_clients(num_clients, self.fraction_evaluate, 1, rng)
             .into_iter()
-            .map(|c| (c, EvaluateTask { round, scaling: None, model: None, delta: None }))
+            .map(|c| (c, EvaluateTask { round, scaling: None, model: None, changes: Vec::new() }))
             .collect()
     }
 }

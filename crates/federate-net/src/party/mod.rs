@@ -22,7 +22,7 @@ use crate::tls::TlsFiles;
 mod model;
 mod send;
 use federate_core::messages::Moments;
-use model::{KeptModel, ModelFrom, task_model};
+use model::{KeptModel, ModelFrom, model_from, task_model};
 use send::{Done, send_error, send_result, send_statistics};
 
 /// How a party connects.
@@ -369,7 +369,7 @@ fn fit_task(f: crate::proto::FitInstruction, limits: Limits) -> Result<Task, Str
             vector: None,
             scaling,
             model: None,
-            delta: None,
+            changes: Vec::new(),
         }))),
         (Some(Err(e)), _) => Err(e.to_string()),
         (None, _) => Err("fit instruction without training settings".into()),
@@ -381,26 +381,27 @@ fn fit_task(f: crate::proto::FitInstruction, limits: Limits) -> Result<Task, Str
 /// continues them.
 fn receive(opts: &PartyOptions, m: server_message::Msg, current: &mut Option<Incoming>) -> Next {
     let bad = |e: String| Next::End(SessionEnd::Lost(format!("bad parameters from the server: {e}"), true));
-    let (task_id, task, params, vector) = match m {
+    let (task_id, task, params, chain, vector) = match m {
         server_message::Msg::Heartbeat(_) | server_message::Msg::Welcome(_) => return Next::Wait,
         server_message::Msg::Shutdown(s) => return Next::End(SessionEnd::Finished(s.reason)),
         // After joining, a refusal means another connection took this identity's seat:
         // reconnecting would take it back and the two would flap, so it is final.
         server_message::Msg::Refusal(r) => return Next::End(SessionEnd::Refused(r.reason)),
-        server_message::Msg::Fit(f) => {
+        server_message::Msg::Fit(mut f) => {
             let Some(params) = f.params else {
                 return Next::End(SessionEnd::Lost("fit instruction without parameters".into(), true));
             };
-            let (task_id, vector) = (f.task_id, f.vector);
-            (task_id, fit_task(f, opts.limits), params, vector)
+            let (task_id, vector, chain) = (f.task_id, f.vector, std::mem::take(&mut f.chain));
+            (task_id, fit_task(f, opts.limits), params, chain, vector)
         }
         server_message::Msg::Evaluate(e) => {
             let Some(params) = e.params else {
                 return Next::End(SessionEnd::Lost("evaluate instruction without parameters".into(), true));
             };
-            let task = scaling(e.scaling, opts.limits)
-                .map(|scaling| Task::Evaluate(EvaluateTask { round: e.round, scaling, model: None, delta: None }));
-            (e.task_id, task, params, None)
+            let task = scaling(e.scaling, opts.limits).map(|scaling| {
+                Task::Evaluate(EvaluateTask { round: e.round, scaling, model: None, changes: Vec::new() })
+            });
+            (e.task_id, task, params, e.chain, None)
         }
         server_message::Msg::Stats(s) => {
             let none = Transfers::new([], opts.limits).map_err(|e| e.to_string());
@@ -431,16 +432,11 @@ fn receive(opts: &PartyOptions, m: server_message::Msg, current: &mut Option<Inc
             };
         }
     };
-    // A model sent by reference has no transfer: the party uses the one it kept.
-    let (model, headers) = if params.by_reference {
-        (ModelFrom::Kept(params.model), vec![vector])
-    } else if params.delta_from != 0 || params.encoded_bytes != 0 {
-        let change = ModelFrom::Change { model: params.model, base: params.delta_from, bytes: params.encoded_bytes };
-        (change, vec![Some(params), vector])
-    } else {
-        (ModelFrom::Transfer(params.model), vec![Some(params), vector])
+    let (model, headers) = match model_from(params, chain) {
+        Ok((model, headers)) => (model, headers.into_iter().chain(vector)),
+        Err(e) => return bad(e),
     };
-    match Transfers::new(headers.into_iter().flatten(), opts.limits) {
+    match Transfers::new(headers, opts.limits) {
         Err(e) => bad(e.to_string()),
         Ok(mut transfers) => match transfers.ready() {
             Some(vectors) => Next::Run(Box::new(Incoming { task_id, task, transfers, model }), vectors),

@@ -427,7 +427,7 @@ impl Hub {
     /// What a fit task sends, encoded.
     fn fit_payload(&self, global: &Parameters, task: &FitTask) -> FitPayload {
         FitPayload {
-            model: self.model_payload(global, task.model, task.delta.as_ref()),
+            model: self.model_payload(global, task.model, &task.changes),
             vector: task.vector.as_ref().map(|v| self.encode(v)),
         }
     }
@@ -443,17 +443,18 @@ impl Hub {
     async fn fit_encoded(&self, id: &str, payload: &FitPayload, task: &FitTask) -> Result<FitReply, ClientError> {
         let r = self
             .call(id, |task_id, conn| {
-                let (params, sent) = conn.model_header(&payload.model, task.model);
+                let sent = conn.model_header(&payload.model, task.model);
                 let head = msg(server_message::Msg::Fit(FitInstruction {
                     task_id,
                     round: task.round,
                     training: Some(training_to_proto(&task.training)),
                     seed: task.seed,
-                    params: Some(params),
+                    params: Some(sent.params),
                     vector: payload.vector.as_ref().map(|v| v.header),
                     scaling: task.scaling.as_deref().map(moments_to_proto),
+                    chain: sent.chain,
                 }));
-                let model = sent.map(|m| self.chunk_messages(m)).unwrap_or_default();
+                let model = sent.transfers.into_iter().flat_map(|m| self.chunk_messages(m));
                 let vector = payload.vector.iter().flat_map(|v| self.chunk_messages(v));
                 std::iter::once(head).chain(model).chain(vector).collect()
             })
@@ -471,7 +472,7 @@ impl Hub {
         params: &Parameters,
         task: &EvaluateTask,
     ) -> Result<EvaluateReply, ClientError> {
-        let payload = self.model_payload(params, task.model, task.delta.as_ref());
+        let payload = self.model_payload(params, task.model, &task.changes);
         self.evaluate_encoded(id, &payload, task).await
     }
 
@@ -483,14 +484,15 @@ impl Hub {
     ) -> Result<EvaluateReply, ClientError> {
         let r = self
             .call(id, |task_id, conn| {
-                let (params, sent) = conn.model_header(payload, task.model);
+                let sent = conn.model_header(payload, task.model);
                 let head = msg(server_message::Msg::Evaluate(EvaluateInstruction {
                     task_id,
                     round: task.round,
-                    params: Some(params),
+                    params: Some(sent.params),
                     scaling: task.scaling.as_deref().map(moments_to_proto),
+                    chain: sent.chain,
                 }));
-                let model = sent.map(|m| self.chunk_messages(m)).unwrap_or_default();
+                let model = sent.transfers.into_iter().flat_map(|m| self.chunk_messages(m));
                 std::iter::once(head).chain(model).collect()
             })
             .await?;

@@ -87,7 +87,7 @@ impl federate_core::Transport for HubTransport {
         // c), not one per party.
         // Tasks of one round name one model (and its change), so the first task's serves all.
         let first = jobs.first().map(|(_, t)| *t);
-        let model = self.hub.model_payload(global, first.and_then(|t| t.model), first.and_then(|t| t.delta.as_ref()));
+        let model = self.hub.model_payload(global, first.and_then(|t| t.model), first.map_or(&[][..], |t| &t.changes));
         let mut vectors: Vec<(*const Vec<f32>, Arc<Encoded>)> = Vec::new();
         let mut per_job = Vec::with_capacity(jobs.len());
         for (_, task) in jobs {
@@ -120,7 +120,8 @@ impl federate_core::Transport for HubTransport {
         done: &TransportDone<'_, EvaluateReply>,
     ) {
         let first = jobs.first().map(|(_, t)| *t);
-        let payload = self.hub.model_payload(params, first.and_then(|t| t.model), first.and_then(|t| t.delta.as_ref()));
+        let payload =
+            self.hub.model_payload(params, first.and_then(|t| t.model), first.map_or(&[][..], |t| &t.changes));
         let call = move |_, hub: Hub, id: String, task: EvaluateTask| {
             let payload = payload.clone();
             async move { hub.evaluate_encoded(&id, &payload, &task).await }
