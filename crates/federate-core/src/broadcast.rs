@@ -26,7 +26,7 @@
 //!
 //! The broadcast is post-processing of the aggregate, so it changes no privacy guarantee.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::compress;
@@ -84,7 +84,7 @@ pub(crate) struct Models {
     compression: Option<BroadcastCompression>,
     /// The last consecutive compressed changes, ending at `current` (empty when it went in
     /// full).
-    chain: VecDeque<Arc<ModelDelta>>,
+    chain: Vec<Arc<ModelDelta>>,
 }
 
 impl Models {
@@ -105,14 +105,14 @@ impl Models {
             && let Some((payload, values)) = encode(c, global, None, seed)
         {
             *global = values;
-            self.chain.push_back(Arc::new(ModelDelta { base: None, target: 0, payload }));
+            self.chain.push(Arc::new(ModelDelta { base: None, target: 0, payload }));
         }
     }
 
     /// What a task for the current model carries: its number, and the compressed changes
     /// leading to it.
     pub(crate) fn stamp(&self) -> (Option<u32>, Vec<Arc<ModelDelta>>) {
-        (Some(self.current), self.chain.iter().cloned().collect())
+        (Some(self.current), self.chain.clone())
     }
 
     /// Round `round`'s aggregate `next` becomes the current model. Under a compressed
@@ -127,9 +127,9 @@ impl Models {
         match change {
             Some((payload, values)) => {
                 *next = values;
-                self.chain.push_back(Arc::new(ModelDelta { base: Some(self.current), target: round, payload }));
+                self.chain.push(Arc::new(ModelDelta { base: Some(self.current), target: round, payload }));
                 if self.chain.len() > MAX_CHAIN {
-                    self.chain.pop_front();
+                    self.chain.remove(0);
                 }
             }
             // The model goes in full: no change leads to it.
@@ -142,11 +142,11 @@ impl Models {
     /// that holds it (sent by reference), the encoded changes from the model it holds when
     /// [`changes_for`] says so, 4 a value to any other. Marks them as holding it.
     pub(crate) fn send(&mut self, parties: impl Iterator<Item = usize>, len: usize) -> u64 {
-        let chain: Vec<Arc<ModelDelta>> = self.chain.iter().cloned().collect();
+        let chain = &self.chain;
         let mut bytes = 0;
         for c in parties {
             let before = self.held.insert(c, self.current);
-            bytes += match changes_for(&chain, before, len) {
+            bytes += match changes_for(chain, before, len) {
                 _ if before == Some(self.current) => 0,
                 Some(start) => chain[start..].iter().map(|d| d.payload.len() as u64).sum(),
                 None => 4 * len as u64,
@@ -181,7 +181,7 @@ mod tests {
     }
 
     fn last(m: &Models) -> Arc<ModelDelta> {
-        m.chain.back().cloned().expect("a change")
+        m.chain.last().cloned().expect("a change")
     }
 
     #[test]
@@ -213,8 +213,8 @@ mod tests {
                 m.advance(round, &model, &mut after, round as u64);
                 model = after;
             }
-            let chain: Vec<_> = m.chain.iter().cloned().collect();
-            let start = changes_for(&chain, Some(0), global.len()).expect("three changes cost less than the values");
+            let chain = &m.chain;
+            let start = changes_for(chain, Some(0), global.len()).expect("three changes cost less than the values");
             let held =
                 chain[start..].iter().fold(global.clone(), |h, d| compress::decode_reply(&d.payload, &h).unwrap());
             assert_eq!((start, held), (0, model));
@@ -255,11 +255,11 @@ mod tests {
         // Party 0 holds model 1, two behind: two changes.
         assert_eq!(m.send([0].into_iter(), n), size(&d2) + size(&d3));
         // Changes that together cost as much as the values are not sent.
-        let chain: Vec<_> = m.chain.iter().cloned().collect();
+        let chain = &m.chain;
         let all = (size(&p0) + size(&d1) + size(&d2) + size(&d3)) as usize;
-        assert_eq!(changes_for(&chain, None, all / 4 + 1), Some(0));
-        assert_eq!(changes_for(&chain, None, all / 4), None);
-        assert_eq!(changes_for(&chain, Some(2), 1), None);
+        assert_eq!(changes_for(chain, None, all / 4 + 1), Some(0));
+        assert_eq!(changes_for(chain, None, all / 4), None);
+        assert_eq!(changes_for(chain, Some(2), 1), None);
         // The server keeps the last MAX_CHAIN changes: a party further behind gets the values.
         let mut model = model3.clone();
         for round in 4..4 + MAX_CHAIN as u32 {

@@ -91,7 +91,6 @@ pub(super) fn task_model(
             // Every change's transfer is read, so the vectors after them stay in step.
             let packed: Vec<Vec<f32>> = steps.iter().map(|_| vectors.next().unwrap_or_default()).collect();
             let mut held = kept.take();
-            let mut applied = Ok(Vec::new());
             for (i, (step, packed)) in steps.iter().zip(&packed).enumerate() {
                 let from = match held.take() {
                     _ if step.base == 0 => Ok(Vec::new()),
@@ -108,14 +107,11 @@ pub(super) fn task_model(
                         step.base
                     )),
                 };
-                applied = from.and_then(|from| apply(*step, packed, &from, n));
-                match &applied {
-                    Ok(values) => held = Some((step.model, values.clone())),
-                    Err(_) => break,
-                }
+                // A change that cannot be applied leaves nothing kept (`held` is taken).
+                held = Some((step.model, from.and_then(|from| apply(*step, packed, &from, n))?));
             }
-            *kept = applied.as_ref().ok().and(held);
-            applied
+            *kept = held;
+            Ok(kept.as_ref().map(|(_, values)| values.clone()).unwrap_or_default())
         }
     }
 }
