@@ -20,6 +20,7 @@
 use rayon::prelude::*;
 
 use crate::Shape;
+use crate::layers::winograd::{CHANNEL_MULTIPLE, Winograd};
 use crate::matmul::{Op, add_partials, matmul};
 
 /// Values in one thread's im2col tile: 512 KB, half the L2 cache of the CNN's reference
@@ -75,14 +76,38 @@ impl Conv {
         (0..rows).step_by(tr).map(move |r0| (r0, (r0 + tr).min(rows)))
     }
 
-    /// Scratch values this layer needs with `threads` threads: one tile each.
-    pub fn scratch_len(&self, threads: usize) -> usize {
-        threads.max(1) * self.tile_len()
+    /// The Winograd form of this convolution's forward pass, when it has one: 5×5 kernels,
+    /// stride 1, 'same' padding, channel counts in whole SIMD vectors.
+    fn winograd(&self) -> Option<Winograd> {
+        let (i, o) = (self.input, self.output);
+        let fits = self.kernel == 5 && self.stride == 1 && self.pad == 2 && (i.h, i.w) == (o.h, o.w);
+        (fits && i.c % CHANNEL_MULTIPLE == 0 && o.c % CHANNEL_MULTIPLE == 0)
+            .then(|| Winograd::new(i.h, i.w, i.c, o.c, self.tile_len()))
     }
 
-    /// The batch's split among at most `threads` threads, as many as `scratch` has tiles for.
+    /// One thread's share of the scratch: an im2col tile, or a Winograd chunk's buffers when
+    /// those are larger.
+    fn slot_len(&self) -> usize {
+        let tile = self.tile_len();
+        self.winograd().map_or(tile, |g| tile.max(g.buffer_len()))
+    }
+
+    /// Scratch values this layer needs with `threads` threads: one slot each, then the
+    /// Winograd kernels when the layer has them.
+    pub fn scratch_len(&self, threads: usize) -> usize {
+        threads.max(1) * self.slot_len() + self.winograd().map_or(0, |g| g.kernel_len())
+    }
+
+    /// Splits `scratch` into the threads' slots and the room for the Winograd kernels.
+    fn kernel_room<'s>(&self, scratch: &'s mut [f32]) -> (&'s mut [f32], &'s mut [f32]) {
+        let room = self.winograd().map_or(0, |g| g.kernel_len());
+        let at = scratch.len().checked_sub(room).expect("conv scratch holds the Winograd kernels");
+        scratch.split_at_mut(at)
+    }
+
+    /// The batch's split among at most `threads` threads, as many as `scratch` has slots for.
     pub fn split(&self, n: usize, threads: usize, scratch: usize) -> Split {
-        let most = threads.min(scratch / self.tile_len()).clamp(1, n.max(1));
+        let most = threads.min(scratch / self.slot_len()).clamp(1, n.max(1));
         let per = n.div_ceil(most).max(1);
         Split { per, groups: n.div_ceil(per) }
     }
@@ -177,11 +202,20 @@ impl Conv {
         threads: usize,
     ) {
         let (cout, row, isz) = (self.output.c, self.row_len(), self.input.size());
-        let sp = self.split(n, threads, scratch.len());
+        let (slots, kernel) = self.kernel_room(scratch);
+        let sp = self.split(n, threads, slots.len());
+        if let Some(geo) = self.winograd() {
+            geo.transform_kernel(w, false, kernel);
+            geo.convolve(x, kernel, y, slots, self.slot_len(), n, sp.per);
+            if let Some(b) = b {
+                add_bias(&mut y[..n * self.pixels() * cout], b);
+            }
+            return;
+        }
         let out = sp.per * self.pixels() * cout;
         y[..n * self.pixels() * cout]
             .par_chunks_mut(out)
-            .zip(scratch.par_chunks_mut(self.tile_len()))
+            .zip(slots.par_chunks_mut(self.slot_len()))
             .enumerate()
             .for_each(|(g, (yg, tile))| {
                 let xg = &x[g * sp.per * isz..];
@@ -220,17 +254,49 @@ impl Conv {
             dw[..wl].fill(0.0);
             return;
         }
-        let sp = self.split(n, threads, scratch.len());
+        let (slots, kernel) = self.kernel_room(scratch);
+        let sp = self.split(n, threads, slots.len());
         let mut outs: Vec<&mut [f32]> = vec![&mut dw[..wl]];
         outs.extend(partial[..(sp.groups - 1) * wl].chunks_mut(wl));
-        self.tiles_backward(w, x, dy, Some(outs), dx, scratch, n, sp);
+        if let Some(geo) = self.winograd() {
+            geo.kernel_grad(x, dy, &mut dw[..wl], slots, self.slot_len(), n, sp.per);
+            if let Some(dx) = dx {
+                self.winograd_input_grad(w, dy, dx, slots, kernel, n, sp);
+            }
+            return;
+        }
+        self.tiles_backward(w, x, dy, Some(outs), dx, slots, n, sp);
         add_partials(&mut dw[..wl], partial, sp.groups - 1);
     }
 
     /// `dx` from `dy` alone (no weight gradient).
     pub fn input_grad(&self, w: &[f32], dy: &[f32], dx: &mut [f32], scratch: &mut [f32], n: usize, threads: usize) {
-        let sp = self.split(n, threads, scratch.len());
-        self.tiles_backward(w, &[], dy, None, Some(dx), scratch, n, sp);
+        let (slots, kernel) = self.kernel_room(scratch);
+        let sp = self.split(n, threads, slots.len());
+        if self.winograd().is_some() {
+            self.winograd_input_grad(w, dy, dx, slots, kernel, n, sp);
+        } else {
+            self.tiles_backward(w, &[], dy, None, Some(dx), slots, n, sp);
+        }
+    }
+
+    /// `dx` through the Winograd form: the same convolution of `dy` with the kernel rotated
+    /// 180° and its channels swapped.
+    #[allow(clippy::too_many_arguments)]
+    fn winograd_input_grad(
+        &self,
+        w: &[f32],
+        dy: &[f32],
+        dx: &mut [f32],
+        slots: &mut [f32],
+        kernel: &mut [f32],
+        n: usize,
+        sp: Split,
+    ) {
+        if let Some(geo) = self.winograd().map(Winograd::transposed) {
+            geo.transform_kernel(w, true, kernel);
+            geo.convolve(dy, kernel, dx, slots, self.slot_len(), n, sp.per);
+        }
     }
 
     /// The backward pass over each thread's examples, tile by tile: the weight gradient into
@@ -258,7 +324,7 @@ impl Conv {
         };
         gws.truncate(sp.groups);
         dxs.truncate(sp.groups);
-        gws.into_par_iter().zip(dxs).zip(scratch.par_chunks_mut(self.tile_len())).enumerate().for_each(
+        gws.into_par_iter().zip(dxs).zip(scratch.par_chunks_mut(self.slot_len())).enumerate().for_each(
             |(g, ((mut gw, mut dxg), tile))| {
                 let (e0, e1) = (g * sp.per, ((g + 1) * sp.per).min(n));
                 let dyg = &dy[e0 * px * cout..e1 * px * cout];
@@ -401,11 +467,22 @@ mod tests {
 
     /// The tiled products equal a direct convolution: tiles that end inside an example (rows of
     /// 1,152 and 1,600 values leave 113 and 81 rows a tile, fewer than an example's pixels),
-    /// examples shared unevenly among 1–3 threads, strides and paddings.
+    /// examples shared unevenly among 1–3 threads, strides and paddings; and so do the
+    /// Winograd forms of the 5×5 'same' ones (forward and input gradient).
     #[test]
     fn tiles_equal_a_direct_convolution() {
         let mut rng = ChaCha8Rng::seed_from_u64(3);
-        let geometries = [(9, 128, 6, 3, 1, 1), (10, 64, 5, 5, 1, 2), (11, 3, 4, 3, 2, 0), (7, 1, 8, 5, 2, 2)];
+        let geometries = [
+            (9, 128, 6, 3, 1, 1),
+            (10, 64, 5, 5, 1, 2),
+            (11, 3, 4, 3, 2, 0),
+            (7, 1, 8, 5, 2, 2),
+            // Winograd: the CNN's conv2, an odd side (tiles cut by the edge), and channel
+            // counts of one and three AVX-512 vectors.
+            (14, 32, 64, 5, 1, 2),
+            (7, 16, 32, 5, 1, 2),
+            (5, 48, 16, 5, 1, 2),
+        ];
         for (size, cin, cout, kernel, stride, pad) in geometries {
             let input = Shape::image(size, size, cin);
             let side = (size + 2 * pad - kernel) / stride + 1;

@@ -6,3 +6,4 @@ pub(crate) mod conv;
 pub(crate) mod dense;
 pub(crate) mod pointwise;
 pub(crate) mod pool;
+pub(crate) mod winograd;
