@@ -437,126 +437,6 @@ fn block<S: Simd, const R: usize, const NV: usize>(s: S, v: &[f32], u: &[f32], m
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Direct 5×5 'same' convolution in f64 of `n` examples, weights `[5, 5, cx, cy]`.
-    fn direct(geo: &Winograd, w: &[f32], x: &[f32], n: usize) -> Vec<f64> {
-        let (h, wd, cx, cy) = (geo.h, geo.w, geo.cx, geo.cy);
-        let mut y = vec![0.0; n * h * wd * cy];
-        for e in 0..n {
-            for oy in 0..h {
-                for ox in 0..wd {
-                    for k in 0..TAPS * TAPS {
-                        let (iy, ix) = ((oy + k / TAPS).wrapping_sub(2), (ox + k % TAPS).wrapping_sub(2));
-                        if iy >= h || ix >= wd {
-                            continue;
-                        }
-                        for a in 0..cx {
-                            let xv = x[((e * h + iy) * wd + ix) * cx + a] as f64;
-                            for b in 0..cy {
-                                y[((e * h + oy) * wd + ox) * cy + b] += xv * w[(k * cx + a) * cy + b] as f64;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        y
-    }
-
-    fn values(len: usize, seed: usize) -> Vec<f32> {
-        (0..len).map(|i| (((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.5) - 1.0).collect()
-    }
-
-    /// Direct weight gradient in f64: `dw[k][a][b] = Σ x[tap k of the output's window][a]·dy[b]`.
-    fn direct_weight_grad(geo: &Winograd, x: &[f32], dy: &[f32], n: usize) -> Vec<f64> {
-        let (h, wd, cx, cy) = (geo.h, geo.w, geo.cx, geo.cy);
-        let mut dw = vec![0.0; TAPS * TAPS * cx * cy];
-        for e in 0..n {
-            for oy in 0..h {
-                for ox in 0..wd {
-                    for k in 0..TAPS * TAPS {
-                        let (iy, ix) = ((oy + k / TAPS).wrapping_sub(2), (ox + k % TAPS).wrapping_sub(2));
-                        if iy >= h || ix >= wd {
-                            continue;
-                        }
-                        for a in 0..cx {
-                            let xv = x[((e * h + iy) * wd + ix) * cx + a] as f64;
-                            for b in 0..cy {
-                                dw[(k * cx + a) * cy + b] += xv * dy[((e * h + oy) * wd + ox) * cy + b] as f64;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        dw
-    }
-
-    fn close(what: &str, got: &[f32], want: &[f64]) {
-        assert_eq!(got.len(), want.len(), "{what}: length");
-        let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-        for (i, (g, d)) in got.iter().zip(want).enumerate() {
-            assert!((*g as f64 - d).abs() <= 1e-5 * scale, "{what} [{i}]: {g} vs {d}");
-        }
-    }
-
-    /// Forward, input gradient (the rotated kernel) and weight gradient on one instruction
-    /// set, against the direct method: chunks ending inside an example and tiles cut by the
-    /// image's edge included.
-    fn check<S: Simd>(s: S, name: &str) {
-        for (h, w, cx, cy, n) in [(14, 14, 32, 64, 2), (7, 9, 16, 48, 3), (3, 2, 16, 16, 1)] {
-            let geo = Winograd { h, w, cx, cy, chunk: 12 };
-            let at = format!("{name} {h}x{w} {cx}->{cy}");
-            let wt = values(TAPS * TAPS * cx * cy, 1);
-            let x = values(n * h * w * cx, 2);
-            let mut kernel = vec![f32::NAN; geo.kernel_len()];
-            let mut buf = vec![f32::NAN; geo.buffer_len()];
-            s.vectorize(KernelTransform { geo, w: &wt, flip: false, kernel: &mut kernel });
-            let mut y = vec![f32::NAN; n * h * w * cy];
-            s.vectorize(Group { geo, x: &x, u: &kernel[..POINTS * cx * cy], y: &mut y, buf: &mut buf, chunk: 12 });
-            close(&format!("output, {at}"), &y, &direct(&geo, &wt, &x, n));
-
-            let t = geo.transposed();
-            let dy = values(n * h * w * cy, 3);
-            s.vectorize(KernelTransform { geo: t, w: &wt, flip: true, kernel: &mut kernel });
-            let mut dx = vec![f32::NAN; n * h * w * cx];
-            s.vectorize(Group { geo: t, x: &dy, u: &kernel[..POINTS * cx * cy], y: &mut dx, buf: &mut buf, chunk: 12 });
-            let rotated: Vec<f32> = (0..TAPS * TAPS * cy * cx)
-                .map(|i| {
-                    let (k, b, a) = (i / (cy * cx), i / cx % cy, i % cx);
-                    wt[((TAPS * TAPS - 1 - k) * cx + a) * cy + b]
-                })
-                .collect();
-            close(&format!("input gradient, {at}"), &dx, &direct(&t, &rotated, &dy, n));
-
-            s.vectorize(KernelGrad { geo, x: &x, dy: &dy, buf: &mut buf });
-            let mut dw = vec![f32::NAN; wt.len()];
-            let du = &buf[POINTS * (cx + cy) * 12..];
-            s.vectorize(KernelBack { geo, du, dw: &mut dw });
-            close(&format!("weight gradient, {at}"), &dw, &direct_weight_grad(&geo, &x, &dy, n));
-        }
-    }
-
-    /// Every instruction set the dispatch may pick (the reference machines have AVX2 only)
-    /// gives the direct method's results, not only the one this machine picks.
-    #[test]
-    fn each_instruction_set_equals_the_direct_convolution() {
-        check(pulp::Scalar::new(), "scalar");
-        #[cfg(target_arch = "x86_64")]
-        {
-            if let Some(simd) = pulp::x86::V3::try_new() {
-                check(simd, "AVX2");
-            }
-            if let Some(simd) = pulp::x86::V4::try_new() {
-                check(simd, "AVX-512");
-            }
-        }
-    }
-}
-
 /// One thread's share of the kernel gradient: its tiles' `Σ V ⊙ (A dY Aᵀ)` per transform
 /// point, into the `dU` at the end of its buffer.
 struct KernelGrad<'a> {
@@ -722,6 +602,126 @@ impl WithSimd for KernelBack<'_> {
                         store::<S>(&mut dw[((ky * TAPS + kx) * cx + a) * cy + b..], dot(s, gy, tk));
                     }
                 }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Direct 5×5 'same' convolution in f64 of `n` examples, weights `[5, 5, cx, cy]`.
+    fn direct(geo: &Winograd, w: &[f32], x: &[f32], n: usize) -> Vec<f64> {
+        let (h, wd, cx, cy) = (geo.h, geo.w, geo.cx, geo.cy);
+        let mut y = vec![0.0; n * h * wd * cy];
+        for e in 0..n {
+            for oy in 0..h {
+                for ox in 0..wd {
+                    for k in 0..TAPS * TAPS {
+                        let (iy, ix) = ((oy + k / TAPS).wrapping_sub(2), (ox + k % TAPS).wrapping_sub(2));
+                        if iy >= h || ix >= wd {
+                            continue;
+                        }
+                        for a in 0..cx {
+                            let xv = x[((e * h + iy) * wd + ix) * cx + a] as f64;
+                            for b in 0..cy {
+                                y[((e * h + oy) * wd + ox) * cy + b] += xv * w[(k * cx + a) * cy + b] as f64;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    fn values(len: usize, seed: usize) -> Vec<f32> {
+        (0..len).map(|i| (((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.5) - 1.0).collect()
+    }
+
+    /// Direct weight gradient in f64: `dw[k][a][b] = Σ x[tap k of the output's window][a]·dy[b]`.
+    fn direct_weight_grad(geo: &Winograd, x: &[f32], dy: &[f32], n: usize) -> Vec<f64> {
+        let (h, wd, cx, cy) = (geo.h, geo.w, geo.cx, geo.cy);
+        let mut dw = vec![0.0; TAPS * TAPS * cx * cy];
+        for e in 0..n {
+            for oy in 0..h {
+                for ox in 0..wd {
+                    for k in 0..TAPS * TAPS {
+                        let (iy, ix) = ((oy + k / TAPS).wrapping_sub(2), (ox + k % TAPS).wrapping_sub(2));
+                        if iy >= h || ix >= wd {
+                            continue;
+                        }
+                        for a in 0..cx {
+                            let xv = x[((e * h + iy) * wd + ix) * cx + a] as f64;
+                            for b in 0..cy {
+                                dw[(k * cx + a) * cy + b] += xv * dy[((e * h + oy) * wd + ox) * cy + b] as f64;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        dw
+    }
+
+    fn close(what: &str, got: &[f32], want: &[f64]) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+        for (i, (g, d)) in got.iter().zip(want).enumerate() {
+            assert!((*g as f64 - d).abs() <= 1e-5 * scale, "{what} [{i}]: {g} vs {d}");
+        }
+    }
+
+    /// Forward, input gradient (the rotated kernel) and weight gradient on one instruction
+    /// set, against the direct method: chunks ending inside an example and tiles cut by the
+    /// image's edge included.
+    fn check<S: Simd>(s: S, name: &str) {
+        for (h, w, cx, cy, n) in [(14, 14, 32, 64, 2), (7, 9, 16, 48, 3), (3, 2, 16, 16, 1)] {
+            let geo = Winograd { h, w, cx, cy, chunk: 12 };
+            let at = format!("{name} {h}x{w} {cx}->{cy}");
+            let wt = values(TAPS * TAPS * cx * cy, 1);
+            let x = values(n * h * w * cx, 2);
+            let mut kernel = vec![f32::NAN; geo.kernel_len()];
+            let mut buf = vec![f32::NAN; geo.buffer_len()];
+            s.vectorize(KernelTransform { geo, w: &wt, flip: false, kernel: &mut kernel });
+            let mut y = vec![f32::NAN; n * h * w * cy];
+            s.vectorize(Group { geo, x: &x, u: &kernel[..POINTS * cx * cy], y: &mut y, buf: &mut buf, chunk: 12 });
+            close(&format!("output, {at}"), &y, &direct(&geo, &wt, &x, n));
+
+            let t = geo.transposed();
+            let dy = values(n * h * w * cy, 3);
+            s.vectorize(KernelTransform { geo: t, w: &wt, flip: true, kernel: &mut kernel });
+            let mut dx = vec![f32::NAN; n * h * w * cx];
+            s.vectorize(Group { geo: t, x: &dy, u: &kernel[..POINTS * cx * cy], y: &mut dx, buf: &mut buf, chunk: 12 });
+            let rotated: Vec<f32> = (0..TAPS * TAPS * cy * cx)
+                .map(|i| {
+                    let (k, b, a) = (i / (cy * cx), i / cx % cy, i % cx);
+                    wt[((TAPS * TAPS - 1 - k) * cx + a) * cy + b]
+                })
+                .collect();
+            close(&format!("input gradient, {at}"), &dx, &direct(&t, &rotated, &dy, n));
+
+            s.vectorize(KernelGrad { geo, x: &x, dy: &dy, buf: &mut buf });
+            let mut dw = vec![f32::NAN; wt.len()];
+            let du = &buf[POINTS * (cx + cy) * 12..];
+            s.vectorize(KernelBack { geo, du, dw: &mut dw });
+            close(&format!("weight gradient, {at}"), &dw, &direct_weight_grad(&geo, &x, &dy, n));
+        }
+    }
+
+    /// Every instruction set the dispatch may pick (the reference machines have AVX2 only)
+    /// gives the direct method's results, not only the one this machine picks.
+    #[test]
+    fn each_instruction_set_equals_the_direct_convolution() {
+        check(pulp::Scalar::new(), "scalar");
+        #[cfg(target_arch = "x86_64")]
+        {
+            if let Some(simd) = pulp::x86::V3::try_new() {
+                check(simd, "AVX2");
+            }
+            if let Some(simd) = pulp::x86::V4::try_new() {
+                check(simd, "AVX-512");
             }
         }
     }
