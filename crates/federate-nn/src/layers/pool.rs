@@ -48,35 +48,99 @@ impl MaxPool {
     /// The backward pass of [`MaxPool::forward_bias_relu`] up to the bias: each output
     /// gradient goes to the input that won, where the (pooled, ReLU'd) output was positive.
     pub fn backward_relu(&self, dy: &[f32], y: &[f32], arg: &[u32], dx: &mut [f32], n: usize) {
-        let (s, o) = (self.input, self.output);
-        dx[..n * s.size()]
-            .par_chunks_mut(s.size())
-            .zip(dy.par_chunks(o.size()))
-            .zip(y.par_chunks(o.size()))
-            .zip(arg.par_chunks(o.size()))
-            .for_each(|(((dxi, dyi), yi), ai)| {
-                dxi.fill(0.0);
-                // Without a branch on the data: adding 0.0 leaves every sum as it was (none
-                // is −0.0: it starts at +0.0, and +0.0 + −0.0 = +0.0).
-                for ((g, v), &a) in dyi.iter().zip(yi).zip(ai) {
-                    dxi[a as usize] += if *v > 0.0 { *g } else { 0.0 };
-                }
-            });
+        self.unpool(dy, Some(y), arg, dx, n);
     }
 
     /// Routes each output gradient to the input that won the forward max.
     pub fn backward(&self, dy: &[f32], arg: &[u32], dx: &mut [f32], n: usize) {
+        self.unpool(dy, None, arg, dx, n);
+    }
+
+    /// Each output gradient to the input that won (where `y`, when given, is positive).
+    /// Windows that do not overlap (kernel = stride, the usual pooling) are written in one
+    /// pass in SIMD: every input gets its window's gradient if it won, else zero. Overlapping
+    /// ones clear `dx` and add the gradients at the winners, without a branch on the data.
+    /// Either way `dx` is bit for bit the sum over the outputs each input won.
+    fn unpool(&self, dy: &[f32], y: Option<&[f32]>, arg: &[u32], dx: &mut [f32], n: usize) {
         let (s, o) = (self.input, self.output);
         dx[..n * s.size()]
             .par_chunks_mut(s.size())
             .zip(dy.par_chunks(o.size()))
             .zip(arg.par_chunks(o.size()))
-            .for_each(|((dxi, dyi), ai)| {
-                dxi.fill(0.0);
-                for (g, &a) in dyi.iter().zip(ai) {
-                    dxi[a as usize] += g;
+            .enumerate()
+            .for_each(|(e, ((dx, dy), arg))| {
+                let y = y.map(|y| &y[e * o.size()..(e + 1) * o.size()]);
+                if self.kernel == self.stride {
+                    pulp::Arch::new().dispatch(UnpoolExample { pool: self, dy, y, arg, dx });
+                    return;
+                }
+                dx.fill(0.0);
+                // Adding 0.0 leaves every sum as it was (none is −0.0: it starts at +0.0,
+                // and +0.0 + −0.0 = +0.0).
+                for (p, (g, &a)) in dy.iter().zip(arg).enumerate() {
+                    dx[a as usize] += if y.is_none_or(|y| y[p] > 0.0) { *g } else { 0.0 };
                 }
             });
+    }
+}
+
+/// One example's gradient through pooling with windows that do not overlap: each input
+/// written once, vectors of channels then the channels left over.
+struct UnpoolExample<'a> {
+    pool: &'a MaxPool,
+    dy: &'a [f32],
+    y: Option<&'a [f32]>,
+    arg: &'a [u32],
+    dx: &'a mut [f32],
+}
+
+impl WithSimd for UnpoolExample<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, s: S) {
+        let UnpoolExample { pool, dy, y, arg, dx } = self;
+        let (si, o, c, lanes) = (pool.input, pool.output, pool.input.c, S::F32_LANES);
+        if o.h * pool.stride != si.h || o.w * pool.stride != si.w {
+            dx.fill(0.0); // inputs in no window
+        }
+        let whole = c / lanes * lanes;
+        let zero = s.splat_f32s(0.0);
+        let lane_numbers: [u32; 16] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
+        let iota = S::as_simd_u32s(&lane_numbers[..lanes.min(16)]).0.first().copied();
+        for p in 0..o.h * o.w {
+            let (oy, ox) = (p / o.w, p % o.w);
+            if let Some(iota) = iota {
+                for ch in (0..whole).step_by(lanes) {
+                    let at = p * c + ch;
+                    // + 0.0: a −0.0 gradient becomes +0.0, as the sum from +0.0 made it.
+                    let mut g = s.add_f32s(S::as_simd_f32s(&dy[at..at + lanes]).0[0], zero);
+                    if let Some(y) = y {
+                        g = s.select_f32s(s.greater_than_f32s(S::as_simd_f32s(&y[at..at + lanes]).0[0], zero), g, zero);
+                    }
+                    let won = S::as_simd_u32s(&arg[at..at + lanes]).0[0];
+                    for ky in 0..pool.kernel {
+                        for kx in 0..pool.kernel {
+                            let base = ((oy * pool.stride + ky) * si.w + ox * pool.stride + kx) * c + ch;
+                            let here = s.add_u32s(s.splat_u32s(base as u32), iota);
+                            let v = s.select_f32s(s.equal_u32s(here, won), g, zero);
+                            S::as_mut_simd_f32s(&mut dx[base..base + lanes]).0[0] = v;
+                        }
+                    }
+                }
+            }
+            let done = if iota.is_some() { whole } else { 0 };
+            for ch in done..c {
+                let at = p * c + ch;
+                let g = if y.is_none_or(|y| y[at] > 0.0) { dy[at] + 0.0 } else { 0.0 };
+                for ky in 0..pool.kernel {
+                    for kx in 0..pool.kernel {
+                        let base = ((oy * pool.stride + ky) * si.w + ox * pool.stride + kx) * c + ch;
+                        dx[base] = if arg[at] as usize == base { g } else { 0.0 };
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -195,18 +259,60 @@ mod tests {
         }
     }
 
+    /// The gradient routed back by the definition: each output's gradient added at its
+    /// winner (where `y`, when given, is positive), from +0.0.
+    fn naive_back(p: &MaxPool, dy: &[f32], y: Option<&[f32]>, arg: &[u32]) -> Vec<f32> {
+        let mut dx = vec![0.0f32; p.input.size()];
+        for (i, (&g, &a)) in dy.iter().zip(arg).enumerate() {
+            if y.is_none_or(|y| y[i] > 0.0) {
+                dx[a as usize] += g;
+            }
+        }
+        dx
+    }
+
+    fn check_back<S: Simd>(s: S, name: &str) {
+        // Pooling that covers the input, and 2×2 windows on a 7×7 input (last row and column
+        // in no window); gradients with −0.0 in them.
+        for (side, c, kernel) in [(6, 16, 2), (7, 35, 2), (4, 3, 2)] {
+            let out = side / kernel;
+            let p = MaxPool {
+                input: Shape::image(side, side, c),
+                output: Shape::image(out, out, c),
+                kernel,
+                stride: kernel,
+            };
+            let x: Vec<f32> = (0..p.input.size()).map(|i| ((i * 7 % 5) as f32 - 2.0) * 0.5).collect();
+            let b: Vec<f32> = (0..c).map(|i| (i % 3) as f32 * 0.25 - 0.25).collect();
+            let (y, arg) = naive(&p, &x, &b, true);
+            let dy: Vec<f32> =
+                (0..p.output.size()).map(|i| if i % 4 == 0 { -0.0 } else { (i % 9) as f32 - 4.0 }).collect();
+            for relu in [false, true] {
+                let yr = relu.then_some(&y[..]);
+                let mut dx = vec![f32::NAN; p.input.size()];
+                s.vectorize(UnpoolExample { pool: &p, dy: &dy, y: yr, arg: &arg, dx: &mut dx });
+                let want = naive_back(&p, &dy, yr, &arg);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&dx), bits(&want), "{name}: backward {side}x{side}x{c} k{kernel} relu {relu}");
+            }
+        }
+    }
+
     /// Every instruction set the dispatch may pick gives the definition's maxima and first
-    /// winners, ties included.
+    /// winners, ties included, and routes the gradient back bit for bit as the definition.
     #[test]
     fn each_instruction_set_pools_by_the_definition() {
         check(pulp::Scalar::new(), "scalar");
+        check_back(pulp::Scalar::new(), "scalar");
         #[cfg(target_arch = "x86_64")]
         {
             if let Some(simd) = pulp::x86::V3::try_new() {
                 check(simd, "AVX2");
+                check_back(simd, "AVX2");
             }
             if let Some(simd) = pulp::x86::V4::try_new() {
                 check(simd, "AVX-512");
+                check_back(simd, "AVX-512");
             }
         }
     }
