@@ -69,8 +69,10 @@ pub struct NnLearner {
     threads: usize,
 }
 
-/// Batch size used when evaluating.
-const EVAL_BATCH: usize = 32;
+/// Batch size used when evaluating: forward passes only, so larger than training's; a dense
+/// layer's weights (6.4 MB for the CNN's fc1) are read from memory once per batch, and 128
+/// read them a quarter as often as 32 did (the anchor ~0.7 s faster, +18 MB peak).
+const EVAL_BATCH: usize = 128;
 
 impl NnLearner {
     /// A learner for `spec` whose training batches hold at most `batch` examples; matrix

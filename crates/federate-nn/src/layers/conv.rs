@@ -20,6 +20,7 @@
 use rayon::prelude::*;
 
 use crate::Shape;
+use crate::layers::direct;
 use crate::layers::winograd::{CHANNEL_MULTIPLE, Winograd};
 use crate::matmul::{Op, add_partials, matmul};
 
@@ -83,6 +84,11 @@ impl Conv {
         let fits = self.kernel == 5 && self.stride == 1 && self.pad == 2 && (i.h, i.w) == (o.h, o.w);
         (fits && i.c % CHANNEL_MULTIPLE == 0 && o.c % CHANNEL_MULTIPLE == 0)
             .then(|| Winograd::new(i.h, i.w, i.c, o.c, self.tile_len()))
+    }
+
+    /// Whether this convolution runs in the direct form ([`direct`]: few values per output).
+    fn direct(&self) -> bool {
+        direct::applies(self, self.slot_len())
     }
 
     /// One thread's share of the scratch: an im2col tile, or a Winograd chunk's buffers when
@@ -212,6 +218,13 @@ impl Conv {
             }
             return;
         }
+        if self.direct() {
+            direct::forward(self, w, x, y, slots, self.slot_len(), n, sp.per);
+            if let Some(b) = b {
+                add_bias(&mut y[..n * self.pixels() * cout], b);
+            }
+            return;
+        }
         let out = sp.per * self.pixels() * cout;
         y[..n * self.pixels() * cout]
             .par_chunks_mut(out)
@@ -262,6 +275,14 @@ impl Conv {
             geo.kernel_grad(x, dy, &mut dw[..wl], slots, self.slot_len(), n, sp.per);
             if let Some(dx) = dx {
                 self.winograd_input_grad(w, dy, dx, slots, kernel, n, sp);
+            }
+            return;
+        }
+        if self.direct() {
+            direct::weight_grad(self, x, dy, outs, slots, self.slot_len(), n, sp.per);
+            add_partials(&mut dw[..wl], partial, sp.groups - 1);
+            if let Some(dx) = dx {
+                self.tiles_backward(w, &[], dy, None, Some(dx), slots, n, sp);
             }
             return;
         }
@@ -477,6 +498,11 @@ mod tests {
             (10, 64, 5, 5, 1, 2),
             (11, 3, 4, 3, 2, 0),
             (7, 1, 8, 5, 2, 2),
+            // Direct (few values per output): the CNN's conv1, three channels with a stride,
+            // a padding that cuts the image on the right.
+            (28, 1, 32, 5, 1, 2),
+            (9, 3, 16, 3, 2, 1),
+            (8, 2, 48, 4, 3, 0),
             // Winograd: the CNN's conv2, an odd side (tiles cut by the edge), and channel
             // counts of one and three AVX-512 vectors.
             (14, 32, 64, 5, 1, 2),

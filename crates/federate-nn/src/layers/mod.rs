@@ -4,6 +4,7 @@
 
 pub(crate) mod conv;
 pub(crate) mod dense;
+pub(crate) mod direct;
 pub(crate) mod pointwise;
 pub(crate) mod pool;
 pub(crate) mod winograd;
