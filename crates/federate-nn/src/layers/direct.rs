@@ -263,15 +263,6 @@ mod tests {
     /// Every instruction set the dispatch may pick gives the direct sums.
     #[test]
     fn each_instruction_set_equals_the_definition() {
-        check(pulp::Scalar::new(), "scalar");
-        #[cfg(target_arch = "x86_64")]
-        {
-            if let Some(simd) = pulp::x86::V3::try_new() {
-                check(simd, "AVX2");
-            }
-            if let Some(simd) = pulp::x86::V4::try_new() {
-                check(simd, "AVX-512");
-            }
-        }
+        crate::each_instruction_set!(check);
     }
 }

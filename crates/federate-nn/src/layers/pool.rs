@@ -106,8 +106,7 @@ impl WithSimd for UnpoolExample<'_> {
         }
         let whole = c / lanes * lanes;
         let zero = s.splat_f32s(0.0);
-        let lane_numbers: [u32; 16] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
-        let iota = S::as_simd_u32s(&lane_numbers[..lanes.min(16)]).0.first().copied();
+        let iota = lane_numbers::<S>();
         for p in 0..o.h * o.w {
             let (oy, ox) = (p / o.w, p % o.w);
             if let Some(iota) = iota {
@@ -144,6 +143,13 @@ impl WithSimd for UnpoolExample<'_> {
     }
 }
 
+/// The vector `[0, 1, 2, …]` (None past 16 lanes, which no instruction set has).
+#[inline(always)]
+fn lane_numbers<S: Simd>() -> Option<S::u32s> {
+    let numbers: [u32; 16] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
+    S::as_simd_u32s(&numbers[..S::F32_LANES.min(16)]).0.first().copied()
+}
+
 /// One example's pooling in SIMD: whole vectors of channels, then the channels left over.
 struct PoolExample<'a> {
     pool: &'a MaxPool,
@@ -163,8 +169,7 @@ impl WithSimd for PoolExample<'_> {
         let (si, o, c, lanes) = (pool.input, pool.output, pool.input.c, S::F32_LANES);
         let whole = c / lanes * lanes;
         let zero = s.splat_f32s(0.0);
-        let lane_numbers: [u32; 16] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
-        let iota = S::as_simd_u32s(&lane_numbers[..lanes.min(16)]).0.first().copied();
+        let iota = lane_numbers::<S>();
         for p in 0..o.h * o.w {
             let (oy, ox) = (p / o.w, p % o.w);
             let first = ((oy * pool.stride) * si.w + ox * pool.stride) * c;
@@ -302,18 +307,7 @@ mod tests {
     /// winners, ties included, and routes the gradient back bit for bit as the definition.
     #[test]
     fn each_instruction_set_pools_by_the_definition() {
-        check(pulp::Scalar::new(), "scalar");
-        check_back(pulp::Scalar::new(), "scalar");
-        #[cfg(target_arch = "x86_64")]
-        {
-            if let Some(simd) = pulp::x86::V3::try_new() {
-                check(simd, "AVX2");
-                check_back(simd, "AVX2");
-            }
-            if let Some(simd) = pulp::x86::V4::try_new() {
-                check(simd, "AVX-512");
-                check_back(simd, "AVX-512");
-            }
-        }
+        crate::each_instruction_set!(check);
+        crate::each_instruction_set!(check_back);
     }
 }
