@@ -13,6 +13,12 @@
 //! 32, written once and read three times per step from memory), each thread now needs one
 //! tile (≤ 512 KB) and the gathers run out of cache.
 //!
+//! Two shapes take other forms, chosen in [`Conv::forward`] and [`Conv::backward`]: 5×5
+//! 'same' convolutions with stride 1 and channels in whole vectors go through Winograd
+//! F(2×2, 5×5) (`layers/winograd/`), and layers whose outputs see ≤ 75 values (a first layer
+//! on one to three channels) through a direct kernel for the forward pass and the weight
+//! gradient (`layers/direct.rs`). Both use the same per-thread slots of the scratch.
+//!
 //! Deterministic for a fixed thread count: the example ranges and tiles depend only on the
 //! batch size and the thread count, and the per-thread weight-gradient sums are added in
 //! thread order.
