@@ -275,8 +275,6 @@ impl Conv {
         }
         let (slots, kernel) = self.kernel_room(scratch);
         let sp = self.split(n, threads, slots.len());
-        let mut outs: Vec<&mut [f32]> = vec![&mut dw[..wl]];
-        outs.extend(partial[..(sp.groups - 1) * wl].chunks_mut(wl));
         if let Some(geo) = self.winograd() {
             geo.kernel_grad(x, dy, &mut dw[..wl], slots, self.slot_len(), n, sp.per);
             if let Some(dx) = dx {
@@ -284,6 +282,9 @@ impl Conv {
             }
             return;
         }
+        // Each thread's weight gradient: the first into dw, the others into `partial`.
+        let mut outs: Vec<&mut [f32]> = vec![&mut dw[..wl]];
+        outs.extend(partial[..(sp.groups - 1) * wl].chunks_mut(wl));
         if self.direct() {
             direct::weight_grad(self, x, dy, outs, slots, self.slot_len(), n, sp.per);
             add_partials(&mut dw[..wl], partial, sp.groups - 1);

@@ -109,27 +109,24 @@ impl WithSimd for UnpoolExample<'_> {
         let iota = lane_numbers::<S>();
         for p in 0..o.h * o.w {
             let (oy, ox) = (p / o.w, p % o.w);
-            if let Some(iota) = iota {
-                for ch in (0..whole).step_by(lanes) {
-                    let at = p * c + ch;
-                    // + 0.0: a −0.0 gradient becomes +0.0, as the sum from +0.0 made it.
-                    let mut g = s.add_f32s(S::as_simd_f32s(&dy[at..at + lanes]).0[0], zero);
-                    if let Some(y) = y {
-                        g = s.select_f32s(s.greater_than_f32s(S::as_simd_f32s(&y[at..at + lanes]).0[0], zero), g, zero);
-                    }
-                    let won = S::as_simd_u32s(&arg[at..at + lanes]).0[0];
-                    for ky in 0..pool.kernel {
-                        for kx in 0..pool.kernel {
-                            let base = ((oy * pool.stride + ky) * si.w + ox * pool.stride + kx) * c + ch;
-                            let here = s.add_u32s(s.splat_u32s(base as u32), iota);
-                            let v = s.select_f32s(s.equal_u32s(here, won), g, zero);
-                            S::as_mut_simd_f32s(&mut dx[base..base + lanes]).0[0] = v;
-                        }
+            for ch in (0..whole).step_by(lanes) {
+                let at = p * c + ch;
+                // + 0.0: a −0.0 gradient becomes +0.0, as the sum from +0.0 made it.
+                let mut g = s.add_f32s(S::as_simd_f32s(&dy[at..at + lanes]).0[0], zero);
+                if let Some(y) = y {
+                    g = s.select_f32s(s.greater_than_f32s(S::as_simd_f32s(&y[at..at + lanes]).0[0], zero), g, zero);
+                }
+                let won = S::as_simd_u32s(&arg[at..at + lanes]).0[0];
+                for ky in 0..pool.kernel {
+                    for kx in 0..pool.kernel {
+                        let base = ((oy * pool.stride + ky) * si.w + ox * pool.stride + kx) * c + ch;
+                        let here = s.add_u32s(s.splat_u32s(base as u32), iota);
+                        let v = s.select_f32s(s.equal_u32s(here, won), g, zero);
+                        S::as_mut_simd_f32s(&mut dx[base..base + lanes]).0[0] = v;
                     }
                 }
             }
-            let done = if iota.is_some() { whole } else { 0 };
-            for ch in done..c {
+            for ch in whole..c {
                 let at = p * c + ch;
                 let g = if y.is_none_or(|y| y[at] > 0.0) { dy[at] + 0.0 } else { 0.0 };
                 for ky in 0..pool.kernel {
@@ -143,11 +140,11 @@ impl WithSimd for UnpoolExample<'_> {
     }
 }
 
-/// The vector `[0, 1, 2, …]` (None past 16 lanes, which no instruction set has).
+/// The vector `[0, 1, 2, …]` (no instruction set has more than 16 lanes of `f32`).
 #[inline(always)]
-fn lane_numbers<S: Simd>() -> Option<S::u32s> {
+fn lane_numbers<S: Simd>() -> S::u32s {
     let numbers: [u32; 16] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
-    S::as_simd_u32s(&numbers[..S::F32_LANES.min(16)]).0.first().copied()
+    S::as_simd_u32s(&numbers[..S::F32_LANES]).0[0]
 }
 
 /// One example's pooling in SIMD: whole vectors of channels, then the channels left over.
@@ -174,32 +171,29 @@ impl WithSimd for PoolExample<'_> {
             let (oy, ox) = (p / o.w, p % o.w);
             let first = ((oy * pool.stride) * si.w + ox * pool.stride) * c;
             let (yp, ap) = (&mut y[p * c..(p + 1) * c], &mut arg[p * c..(p + 1) * c]);
-            if let Some(iota) = iota {
-                for ch in (0..whole).step_by(lanes) {
-                    let bias = if relu { S::as_simd_f32s(&b[ch..ch + lanes]).0[0] } else { zero };
-                    let mut best = S::as_simd_f32s(&x[first + ch..first + ch + lanes]).0[0];
-                    if relu {
-                        best = s.max_f32s(s.add_f32s(best, bias), zero);
-                    }
-                    let mut id = s.add_u32s(s.splat_u32s((first + ch) as u32), iota);
-                    for ky in 0..pool.kernel {
-                        for kx in 0..pool.kernel {
-                            let base = ((oy * pool.stride + ky) * si.w + ox * pool.stride + kx) * c;
-                            let mut v = S::as_simd_f32s(&x[base + ch..base + ch + lanes]).0[0];
-                            if relu {
-                                v = s.max_f32s(s.add_f32s(v, bias), zero);
-                            }
-                            let better = s.greater_than_f32s(v, best);
-                            best = s.select_f32s(better, v, best);
-                            id = s.select_u32s(better, s.add_u32s(s.splat_u32s((base + ch) as u32), iota), id);
-                        }
-                    }
-                    S::as_mut_simd_f32s(&mut yp[ch..ch + lanes]).0[0] = best;
-                    S::as_mut_simd_u32s(&mut ap[ch..ch + lanes]).0[0] = id;
+            for ch in (0..whole).step_by(lanes) {
+                let bias = if relu { S::as_simd_f32s(&b[ch..ch + lanes]).0[0] } else { zero };
+                let mut best = S::as_simd_f32s(&x[first + ch..first + ch + lanes]).0[0];
+                if relu {
+                    best = s.max_f32s(s.add_f32s(best, bias), zero);
                 }
+                let mut id = s.add_u32s(s.splat_u32s((first + ch) as u32), iota);
+                for ky in 0..pool.kernel {
+                    for kx in 0..pool.kernel {
+                        let base = ((oy * pool.stride + ky) * si.w + ox * pool.stride + kx) * c;
+                        let mut v = S::as_simd_f32s(&x[base + ch..base + ch + lanes]).0[0];
+                        if relu {
+                            v = s.max_f32s(s.add_f32s(v, bias), zero);
+                        }
+                        let better = s.greater_than_f32s(v, best);
+                        best = s.select_f32s(better, v, best);
+                        id = s.select_u32s(better, s.add_u32s(s.splat_u32s((base + ch) as u32), iota), id);
+                    }
+                }
+                S::as_mut_simd_f32s(&mut yp[ch..ch + lanes]).0[0] = best;
+                S::as_mut_simd_u32s(&mut ap[ch..ch + lanes]).0[0] = id;
             }
-            let done = if iota.is_some() { whole } else { 0 };
-            for ch in done..c {
+            for ch in whole..c {
                 let f = |v: f32| if relu { (v + b[ch]).max(0.0) } else { v };
                 let (mut best, mut id) = (f(x[first + ch]), (first + ch) as u32);
                 for ky in 0..pool.kernel {
