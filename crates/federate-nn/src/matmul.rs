@@ -207,7 +207,12 @@ impl pulp::WithSimd for Dots<'_, '_> {
                 let a1 = &a[(i0 + pair) * k..][..k];
                 let sums = dot2x4(simd, [a0, a1], bs);
                 for (row, s) in c[i0..=i0 + pair].iter_mut().zip(sums) {
-                    row[j0..j0 + width].copy_from_slice(&s[..width]);
+                    // Four values in one move where all four lie in the row (a copy of a
+                    // length unknown at compile time is a call to memmove).
+                    match row.get_mut(j0..j0 + 4) {
+                        Some(dst) => dst.copy_from_slice(&s),
+                        None => row[j0..j0 + width].copy_from_slice(&s[..width]),
+                    }
                 }
             }
         }

@@ -4,7 +4,7 @@
 use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
-use super::{ALPHA, GT, POINTS, TAPS, TILE, Winograd, dot, input_transform, load, store, tile_at};
+use super::{ALPHA, GT, POINTS, TAPS, Winograd, dot, input_transform, load, pick, store, tile_at};
 
 impl Winograd {
     /// The weight gradient `dw` (`[5, 5, cx, cy]`) from the layer's input `x` and output
@@ -93,23 +93,29 @@ fn expand<S: Simd>(s: S, y0: S::f32s, y1: S::f32s) -> [S::f32s; ALPHA] {
 /// `A dY Aᵀ` of tiles `t0..t0 + tn` of `dy` into `m` (`[point][chunk tile][cy]`); outputs
 /// past the image's edge count as zero.
 #[inline(always)]
-fn gradient_transform<S: Simd>(s: S, geo: &Winograd, dy: &[f32], t0: usize, tn: usize, m: &mut [f32], chunk: usize) {
+pub(super) fn gradient_transform<S: Simd>(
+    s: S,
+    geo: &Winograd,
+    dy: &[f32],
+    t0: usize,
+    tn: usize,
+    m: &mut [f32],
+    chunk: usize,
+) {
     let (h, w, cy) = (geo.h, geo.w, geo.cy);
-    let zero = s.splat_f32s(0.0);
     for ti in 0..tn {
         let (e, oy, ox) = tile_at(geo, t0 + ti);
         let img = &dy[e * h * w * cy..][..h * w * cy];
+        let (down, right) = (oy + 1 < h, ox + 1 < w);
         for c in (0..cy).step_by(S::F32_LANES) {
-            let mut d = [[zero; TILE]; TILE];
-            for (i, di) in d.iter_mut().enumerate() {
-                for (j, dij) in di.iter_mut().enumerate() {
-                    if oy + i < h && ox + j < w {
-                        *dij = load::<S>(&img[((oy + i) * w + ox + j) * cy + c..]);
-                    }
-                }
-            }
+            // The tile's four values (its first is always inside the image).
+            let at = (oy * w + ox) * cy + c;
+            let d00 = load::<S>(&img[at..]);
+            let d01 = pick::<S>(s, img, at + cy, right);
+            let d10 = pick::<S>(s, img, at + w * cy, down);
+            let d11 = pick::<S>(s, img, at + (w + 1) * cy, down && right);
             // Columns first: col[j] = A·dY[:, j]; then each row ξ times Aᵀ.
-            let col = [expand(s, d[0][0], d[1][0]), expand(s, d[0][1], d[1][1])];
+            let col = [expand(s, d00, d10), expand(s, d01, d11)];
             for xi in 0..ALPHA {
                 for (nu, val) in expand(s, col[0][xi], col[1][xi]).into_iter().enumerate() {
                     store::<S>(&mut m[((xi * ALPHA + nu) * chunk + ti) * cy + c..], val);

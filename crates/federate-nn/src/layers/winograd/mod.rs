@@ -279,33 +279,31 @@ fn tile_at(geo: &Winograd, t: usize) -> (usize, usize, usize) {
 #[inline(always)]
 fn input_transform<S: Simd>(s: S, geo: &Winograd, x: &[f32], t0: usize, tn: usize, v: &mut [f32], chunk: usize) {
     let (h, w, cx) = (geo.h, geo.w, geo.cx);
-    let zero = s.splat_f32s(0.0);
     for ti in 0..tn {
         let (e, oy, ox) = tile_at(geo, t0 + ti);
         let img = &x[e * h * w * cx..][..h * w * cx];
+        // Which of the tile's rows and columns lie inside the image (the rest read as zero).
+        let (iy, ix) = (oy.wrapping_sub(TAPS / 2), ox.wrapping_sub(TAPS / 2));
+        let (rows, cols) = (inside(iy, h), inside(ix, w));
+        // The tile's first value (wrapped: only read where it lies inside the image).
+        let corner = iy.wrapping_mul(w).wrapping_add(ix).wrapping_mul(cx);
         for c in (0..cx).step_by(S::F32_LANES) {
-            // d[j][i]: the tile's column j (zero outside the image).
-            let mut d = [[zero; ALPHA]; ALPHA];
-            for i in 0..ALPHA {
-                let iy = (oy + i).wrapping_sub(TAPS / 2);
-                for (j, dj) in d.iter_mut().enumerate() {
-                    let ix = (ox + j).wrapping_sub(TAPS / 2);
-                    if iy < h && ix < w {
-                        dj[i] = load::<S>(&img[(iy * w + ix) * cx + c..]);
-                    }
-                }
-            }
-            // Columns first: col[j][ξ] = (Bᵀ d)[ξ][j]; then each row ξ times B.
-            let mut col = [[zero; ALPHA]; ALPHA];
-            for (cj, dj) in col.iter_mut().zip(d) {
-                *cj = bt(s, dj);
-            }
+            // Columns first: col[j][ξ] = (Bᵀ d)[ξ][j]; then each row ξ times B. Every array
+            // here is built whole, so that it lives in registers (an array filled in
+            // conditionally is zeroed in memory first, and the transform waits on it).
+            let at = |j: usize| corner.wrapping_add(j * cx + c);
+            let col = [
+                bt(s, column::<S>(s, img, at(0), w * cx, rows, cols[0])),
+                bt(s, column::<S>(s, img, at(1), w * cx, rows, cols[1])),
+                bt(s, column::<S>(s, img, at(2), w * cx, rows, cols[2])),
+                bt(s, column::<S>(s, img, at(3), w * cx, rows, cols[3])),
+                bt(s, column::<S>(s, img, at(4), w * cx, rows, cols[4])),
+                bt(s, column::<S>(s, img, at(5), w * cx, rows, cols[5])),
+            ];
             for xi in 0..ALPHA {
-                let mut r = [zero; ALPHA];
-                for (rj, cj) in r.iter_mut().zip(&col) {
-                    *rj = cj[xi];
-                }
-                for (nu, val) in bt(s, r).into_iter().enumerate() {
+                let r = [col[0][xi], col[1][xi], col[2][xi], col[3][xi], col[4][xi], col[5][xi]];
+                let out = bt(s, r);
+                for (nu, val) in out.into_iter().enumerate() {
                     store::<S>(&mut v[((xi * ALPHA + nu) * chunk + ti) * cx + c..], val);
                 }
             }
@@ -313,29 +311,56 @@ fn input_transform<S: Simd>(s: S, geo: &Winograd, x: &[f32], t0: usize, tn: usiz
     }
 }
 
+/// For the six positions `first, first + 1, …` (wrapped, so `first` may be −2), whether each
+/// lies in `0..len`.
+#[inline(always)]
+fn inside(first: usize, len: usize) -> [bool; ALPHA] {
+    [0, 1, 2, 3, 4, 5].map(|k| first.wrapping_add(k) < len)
+}
+
+/// One column of a tile: the vectors at `at`, `at + stride`, … of `img`, zero for the rows
+/// outside the image (`rows`) or all zero if the column is (`col`).
+#[inline(always)]
+fn column<S: Simd>(s: S, img: &[f32], at: usize, stride: usize, rows: [bool; ALPHA], col: bool) -> [S::f32s; ALPHA] {
+    [
+        pick::<S>(s, img, at, rows[0] && col),
+        pick::<S>(s, img, at.wrapping_add(stride), rows[1] && col),
+        pick::<S>(s, img, at.wrapping_add(2 * stride), rows[2] && col),
+        pick::<S>(s, img, at.wrapping_add(3 * stride), rows[3] && col),
+        pick::<S>(s, img, at.wrapping_add(4 * stride), rows[4] && col),
+        pick::<S>(s, img, at.wrapping_add(5 * stride), rows[5] && col),
+    ]
+}
+
+/// The vector at `at` in `img` if `ok`, else zero.
+#[inline(always)]
+fn pick<S: Simd>(s: S, img: &[f32], at: usize, ok: bool) -> S::f32s {
+    if ok { load::<S>(&img[at..]) } else { s.splat_f32s(0.0) }
+}
+
 /// `Y = Aᵀ M A` of tiles `t0..t0 + tn` (in `m`, `[point][chunk tile][cy]`) into `y`.
 #[inline(always)]
 fn output_transform<S: Simd>(s: S, geo: &Winograd, m: &[f32], t0: usize, tn: usize, y: &mut [f32], chunk: usize) {
     let (h, w, cy) = (geo.h, geo.w, geo.cy);
-    let zero = s.splat_f32s(0.0);
+    // Point (ξ, ν) of a tile's channel vector is `ξ·6·plane + ν·plane` past its (0, 0).
+    let plane = chunk * cy;
     for ti in 0..tn {
         let (e, oy, ox) = tile_at(geo, t0 + ti);
         let img = &mut y[e * h * w * cy..][..h * w * cy];
         for c in (0..cy).step_by(S::F32_LANES) {
-            // Columns first: col[ν][i] = (Aᵀ M)[i][ν]; then each row i times A.
-            let mut col = [[zero; TILE]; ALPHA];
-            for (nu, cn) in col.iter_mut().enumerate() {
-                let mut mc = [zero; ALPHA];
-                for (xi, mx) in mc.iter_mut().enumerate() {
-                    *mx = load::<S>(&m[((xi * ALPHA + nu) * chunk + ti) * cy + c..]);
-                }
-                *cn = at(s, mc);
-            }
+            // Columns first: col[ν][i] = (Aᵀ M)[i][ν]; then each row i times A (arrays built
+            // whole, to stay in registers).
+            let at0 = ti * cy + c;
+            let col = [
+                at(s, gather::<S>(m, at0, ALPHA * plane)),
+                at(s, gather::<S>(m, at0 + plane, ALPHA * plane)),
+                at(s, gather::<S>(m, at0 + 2 * plane, ALPHA * plane)),
+                at(s, gather::<S>(m, at0 + 3 * plane, ALPHA * plane)),
+                at(s, gather::<S>(m, at0 + 4 * plane, ALPHA * plane)),
+                at(s, gather::<S>(m, at0 + 5 * plane, ALPHA * plane)),
+            ];
             for i in 0..TILE {
-                let mut r = [zero; ALPHA];
-                for (rn, cn) in r.iter_mut().zip(&col) {
-                    *rn = cn[i];
-                }
+                let r = [col[0][i], col[1][i], col[2][i], col[3][i], col[4][i], col[5][i]];
                 for (j, val) in at(s, r).into_iter().enumerate() {
                     if oy + i < h && ox + j < w {
                         store::<S>(&mut img[((oy + i) * w + ox + j) * cy + c..], val);
@@ -344,6 +369,19 @@ fn output_transform<S: Simd>(s: S, geo: &Winograd, m: &[f32], t0: usize, tn: usi
             }
         }
     }
+}
+
+/// The six vectors at `at`, `at + stride`, … of `m`.
+#[inline(always)]
+fn gather<S: Simd>(m: &[f32], at: usize, stride: usize) -> [S::f32s; ALPHA] {
+    [
+        load::<S>(&m[at..]),
+        load::<S>(&m[at + stride..]),
+        load::<S>(&m[at + 2 * stride..]),
+        load::<S>(&m[at + 3 * stride..]),
+        load::<S>(&m[at + 4 * stride..]),
+        load::<S>(&m[at + 5 * stride..]),
+    ]
 }
 
 /// `m (rows × cy) = v (rows × cx) · u (cx × cy)` for one transform point, in blocks of
