@@ -26,6 +26,7 @@
 use rayon::prelude::*;
 
 use crate::Shape;
+use crate::layers::bias::{add_bias, bias_grad};
 use crate::layers::direct;
 use crate::layers::winograd::{CHANNEL_MULTIPLE, Winograd};
 use crate::matmul::{Op, add_partials, matmul};
@@ -418,30 +419,6 @@ fn copy_short(dst: &mut [f32], src: &[f32]) {
         7 => fixed::<7>(dst, src),
         8 => fixed::<8>(dst, src),
         _ => dst.copy_from_slice(src),
-    }
-}
-
-/// Adds `b` to every row of `y` (rows of `b.len()` values).
-pub(crate) fn add_bias(y: &mut [f32], b: &[f32]) {
-    let c = b.len();
-    let rows_per = (16384 / c).max(1);
-    y.par_chunks_mut(rows_per * c).for_each(|chunk| {
-        for row in chunk.chunks_exact_mut(c) {
-            for (v, bb) in row.iter_mut().zip(b) {
-                *v += bb;
-            }
-        }
-    });
-}
-
-/// `db = Σ_rows dy`, summed in a fixed order.
-pub(crate) fn bias_grad(dy: &[f32], db: &mut [f32]) {
-    let c = db.len();
-    db.fill(0.0);
-    for row in dy.chunks_exact(c) {
-        for (d, v) in db.iter_mut().zip(row) {
-            *d += v;
-        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! Dense (fully connected) layers' backward pass. The forward pass is one GEMM and a bias,
 //! written where the network runs it.
 
-use crate::layers::conv::bias_grad;
+use crate::layers::bias::bias_grad;
 use crate::matmul::{Op, matmul, matmul_nt_dots, matmul_tn_split};
 
 /// A dense layer's backward pass: weight and bias gradients (summed over the batch), and the

@@ -10,7 +10,8 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use crate::layers::conv::{Conv, add_bias};
+use crate::layers::bias::add_bias;
+use crate::layers::conv::Conv;
 use crate::layers::dense;
 use crate::layers::pointwise::{dropout_backward, dropout_forward, relu_backward, relu_forward};
 use crate::layers::pool::MaxPool;

@@ -10,7 +10,8 @@
 
 use rayon::prelude::*;
 
-use crate::layers::conv::{Conv, bias_grad};
+use crate::layers::bias::bias_grad;
+use crate::layers::conv::Conv;
 use crate::matmul::{Op, matmul};
 use crate::network::Layer;
 use crate::{BatchStats, Network, NnError, Targets, Workspace};

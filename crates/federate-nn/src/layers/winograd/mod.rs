@@ -131,13 +131,13 @@ impl Winograd {
 
 /// One vector from the start of `x`.
 #[inline(always)]
-fn load<S: Simd>(x: &[f32]) -> S::f32s {
+pub(crate) fn load<S: Simd>(x: &[f32]) -> S::f32s {
     S::as_simd_f32s(&x[..S::F32_LANES]).0[0]
 }
 
 /// Writes `v` at the start of `x`.
 #[inline(always)]
-fn store<S: Simd>(x: &mut [f32], v: S::f32s) {
+pub(crate) fn store<S: Simd>(x: &mut [f32], v: S::f32s) {
     S::as_mut_simd_f32s(&mut x[..S::F32_LANES]).0[0] = v;
 }
 
