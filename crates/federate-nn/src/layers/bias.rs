@@ -20,18 +20,35 @@ pub(crate) fn add_bias(y: &mut [f32], b: &[f32]) {
 }
 
 /// `db = Σ_rows dy` (rows of `db.len()` values), each channel summed from zero in row order,
-/// so the result is the same bit for bit on every instruction set. In SIMD with the sums
-/// held in registers: a convolution's output gradient has a row per pixel (6,272 rows of 64
-/// for the CNN's conv2 at batch 32), and a loop that loads and stores the sums for each row
-/// took ~3 % of a training step on one thread.
-pub(crate) fn bias_grad(dy: &[f32], db: &mut [f32]) {
-    pulp::Arch::new().dispatch(BiasGrad { dy, db });
+/// so the result is the same bit for bit on every instruction set and for any `threads`. In
+/// SIMD with the sums held in registers, the channels split between up to `threads` threads:
+/// a convolution's output gradient has a row per pixel (25,088 rows of 32 for the CNN's
+/// conv1 at batch 32), and one thread loading and storing the sums for each row took ~5 % of
+/// a training step while the other thread waited.
+pub(crate) fn bias_grad(dy: &[f32], db: &mut [f32], threads: usize) {
+    let c = db.len();
+    let parts = threads.min(c / MIN_PART).max(1);
+    if parts > 1 && dy.len() >= PARALLEL_FROM {
+        let per = c.div_ceil(parts).next_multiple_of(MIN_PART);
+        db.par_chunks_mut(per).enumerate().for_each(|(i, part)| {
+            pulp::Arch::new().dispatch(BiasGrad { dy, db: part, first: i * per, c });
+        });
+    } else {
+        pulp::Arch::new().dispatch(BiasGrad { dy, db, first: 0, c });
+    }
 }
 
-/// [`bias_grad`] on one instruction set.
+/// The fewest channels a thread sums (the widest vector).
+const MIN_PART: usize = 16;
+/// The smallest output gradient worth splitting between threads.
+const PARALLEL_FROM: usize = 1 << 16;
+
+/// [`bias_grad`] of channels `first..first + db.len()` of rows of `c`, on one instruction set.
 struct BiasGrad<'a> {
     dy: &'a [f32],
     db: &'a mut [f32],
+    first: usize,
+    c: usize,
 }
 
 impl WithSimd for BiasGrad<'_> {
@@ -39,24 +56,28 @@ impl WithSimd for BiasGrad<'_> {
 
     #[inline(always)]
     fn with_simd<S: Simd>(self, s: S) {
-        let BiasGrad { dy, db } = self;
-        let (c, lanes) = (db.len(), S::F32_LANES);
+        let BiasGrad { dy, db, first, c } = self;
+        let (len, lanes) = (db.len(), S::F32_LANES);
         if c == 0 {
             return;
         }
         let mut b = 0;
-        while b + 4 * lanes <= c {
-            columns::<S, 4>(s, dy, &mut db[b..], b, c);
+        while b + 4 * lanes <= len {
+            columns::<S, 4>(s, dy, &mut db[b..], first + b, c);
             b += 4 * lanes;
         }
-        while b + lanes <= c {
-            columns::<S, 1>(s, dy, &mut db[b..], b, c);
+        while b + 2 * lanes <= len {
+            columns::<S, 2>(s, dy, &mut db[b..], first + b, c);
+            b += 2 * lanes;
+        }
+        while b + lanes <= len {
+            columns::<S, 1>(s, dy, &mut db[b..], first + b, c);
             b += lanes;
         }
         for (j, d) in db.iter_mut().enumerate().skip(b) {
             let mut sum = 0.0;
             for row in dy.chunks_exact(c) {
-                sum += row[j];
+                sum += row[first + j];
             }
             *d = sum;
         }
@@ -97,15 +118,40 @@ mod tests {
                     *w += v;
                 }
             }
-            let mut db = vec![f32::NAN; c];
-            s.vectorize(BiasGrad { dy: &dy, db: &mut db });
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            // All channels, and the channels from 16 on (a second thread's share).
+            let mut db = vec![f32::NAN; c];
+            s.vectorize(BiasGrad { dy: &dy, db: &mut db, first: 0, c });
             assert_eq!(bits(&db), bits(&want), "{name}: {c} channels");
+            if c > 16 {
+                let mut part = vec![f32::NAN; c - 16];
+                s.vectorize(BiasGrad { dy: &dy, db: &mut part, first: 16, c });
+                assert_eq!(bits(&part), bits(&want[16..]), "{name}: channels 16.. of {c}");
+            }
         }
     }
 
     #[test]
     fn each_instruction_set_sums_rows_in_order() {
         crate::each_instruction_set!(check);
+    }
+
+    /// Split between threads (in a pool of three), the sums are the one-thread sums bit for
+    /// bit, whatever the channel count.
+    #[test]
+    fn threads_split_channels_without_changing_a_bit() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().expect("a pool");
+        for c in [16, 32, 40, 64, 100, 512] {
+            let dy: Vec<f32> =
+                (0..(PARALLEL_FROM / c + 3) * c).map(|i| ((i * 7919 % 2003) as f32 - 1001.0) * 1e-3).collect();
+            let mut one = vec![f32::NAN; c];
+            bias_grad(&dy, &mut one, 1);
+            for threads in [2, 3] {
+                let mut split = vec![f32::NAN; c];
+                pool.install(|| bias_grad(&dy, &mut split, threads));
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&split), bits(&one), "{c} channels, {threads} threads");
+            }
+        }
     }
 }

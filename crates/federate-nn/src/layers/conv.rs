@@ -269,7 +269,7 @@ impl Conv {
     ) {
         let wl = self.weight_len();
         let threads = threads.min(1 + partial.len() / wl);
-        bias_grad(&dy[..n * self.pixels() * self.output.c], db);
+        bias_grad(&dy[..n * self.pixels() * self.output.c], db, threads);
         if n == 0 {
             dw[..wl].fill(0.0);
             return;

@@ -24,7 +24,7 @@ pub(crate) fn backward(
     } else {
         matmul(input, output, n, gw, x, Op::T, dy, Op::N, false, 1.0, threads);
     }
-    bias_grad(dy, gbias);
+    bias_grad(dy, gbias, threads);
     if let Some(dx) = dx {
         input_grad(n, input, output, dx, dy, w, threads);
     }

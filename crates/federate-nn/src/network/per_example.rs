@@ -95,7 +95,7 @@ impl DpBuffers {
                     let e = g * sp.per + j;
                     let de = &dy[e * pixels * cout..(e + 1) * pixels * cout];
                     c.example_weight_grad(&x[e * isz..(e + 1) * isz], de, w, tile);
-                    bias_grad(de, b);
+                    bias_grad(de, b, 1);
                     out.push(w.iter().chain(b.iter()).fold((0.0, 0.0), |(sq, l1), v| {
                         let v = *v as f64;
                         (sq + v * v, l1 + v.abs())
@@ -221,7 +221,7 @@ impl Network {
                     }
                     let a = &ws.acts[i][..n * input];
                     matmul(*input, *output, n, gw, a, Op::T, scaled, Op::N, false, 1.0, threads);
-                    bias_grad(scaled, gb);
+                    bias_grad(scaled, gb, threads);
                 }
                 _ => {}
             }
