@@ -58,6 +58,9 @@ use commands::{bench as bench_cmd, deploy, fetch, privacy, run};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        one_malloc_arena();
+    }
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Bench { what: BenchCommand::Train { model, batches, threads, seconds, dp_clip, dp_noise } } => {
@@ -104,6 +107,21 @@ fn main() -> ExitCode {
             eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Training allocates its large buffers (parameters, gradients, optimiser state: several MB
+/// each, per task) on rayon's workers, and glibc gives each thread its own arena, where what
+/// that thread freed stays for that thread: the worked example peaked 25 % higher (243 vs
+/// 195 MB) once training ran on the workers. One arena shares the freed buffers (198 MB, no
+/// slower: training allocates per task, not per step). Not for `serve`, whose connection
+/// tasks allocate at once on tokio's threads.
+fn one_malloc_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `mallopt` only sets a tuning parameter of glibc's allocator; it is called first
+    // thing in `main`, before this process has started any other thread.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
 
