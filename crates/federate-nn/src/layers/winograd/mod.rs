@@ -173,10 +173,13 @@ impl WithSimd for KernelTransform<'_> {
                 }
             }
             for b in (0..cy).step_by(S::F32_LANES) {
-                // gv[kx][ky], so that a column of taps is one array.
+                // gv[kx][ky], so that a column of taps is one array (loops of known length,
+                // so the arrays are unrolled into registers, not zeroed in memory).
                 let mut gv = [[zero; TAPS]; TAPS];
-                for (k, row) in g.chunks_exact(cy).enumerate() {
-                    gv[k % TAPS][k / TAPS] = load::<S>(&row[b..]);
+                for ky in 0..TAPS {
+                    for (kx, gk) in gv.iter_mut().enumerate() {
+                        gk[ky] = load::<S>(&g[(ky * TAPS + kx) * cy + b..]);
+                    }
                 }
                 // t[i][kx] = Σ_ky G[i][ky]·g[ky][kx], then U[i][j] = Σ_kx G[j][kx]·t[i][kx].
                 let mut t = [[zero; TAPS]; ALPHA];
