@@ -426,7 +426,7 @@ pub fn release(training: &LocalTraining, s: &LocalSummary) -> (TrainSummary, Pri
 /// Runs `f` on a worker of the current rayon pool (at once if this thread is one). The
 /// training step's parallel loops then hand work to the other workers from inside the pool,
 /// instead of each loop waking the pool from outside and putting this thread to sleep until
-/// it is done (two context switches per loop, hundreds of thousands in a run).
+/// it is done (two context switches per loop, tens of thousands in a run).
 fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() { f() } else { rayon::scope(|_| f()) }
 }

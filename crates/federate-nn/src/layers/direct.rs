@@ -8,9 +8,9 @@
 //! pulp's SIMD (AVX-512 or AVX2 chosen at run time) reads it directly: the forward pass
 //! keeps a block of output pixels × channel vectors in registers (7 × 2 on AVX-512, 8 × 1
 //! on AVX2) and walks the taps; the weight gradient keeps 13 taps × channel vectors (two on
-//! AVX-512, one on AVX2) and walks the pixels. Written by
-//! hand because no crate offers this form. Every value is summed in one fixed order (taps
-//! in order; pixels, then examples, in order, then the threads' sums in thread order).
+//! AVX-512, one on AVX2) and walks the pixels. Written by hand because no crate offers this
+//! form. Every value is summed in one fixed order (taps in order; pixels, then examples, in
+//! order, then the threads' sums in thread order).
 
 use pulp::{Simd, WithSimd};
 use rayon::prelude::*;

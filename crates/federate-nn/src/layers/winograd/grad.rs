@@ -93,15 +93,7 @@ fn expand<S: Simd>(s: S, y0: S::f32s, y1: S::f32s) -> [S::f32s; ALPHA] {
 /// `A dY Aᵀ` of tiles `t0..t0 + tn` of `dy` into `m` (`[point][chunk tile][cy]`); outputs
 /// past the image's edge count as zero.
 #[inline(always)]
-pub(super) fn gradient_transform<S: Simd>(
-    s: S,
-    geo: &Winograd,
-    dy: &[f32],
-    t0: usize,
-    tn: usize,
-    m: &mut [f32],
-    chunk: usize,
-) {
+fn gradient_transform<S: Simd>(s: S, geo: &Winograd, dy: &[f32], t0: usize, tn: usize, m: &mut [f32], chunk: usize) {
     let (h, w, cy) = (geo.h, geo.w, geo.cy);
     for ti in 0..tn {
         let (e, oy, ox) = tile_at(geo, t0 + ti);
