@@ -4,7 +4,7 @@
 use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
-use crate::layers::winograd::{load, store};
+use crate::layers::{load, store};
 
 /// Adds `b` to every row of `y` (rows of `b.len()` values).
 pub(crate) fn add_bias(y: &mut [f32], b: &[f32]) {

@@ -16,7 +16,7 @@ use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
 use super::conv::Conv;
-use super::winograd::{load, store};
+use super::{load, store};
 
 /// The most values one output sees for the direct form.
 const MAX_ROW: usize = 75;
@@ -99,6 +99,13 @@ pub(crate) fn weight_grad(
     });
 }
 
+/// Whether the kernels take two vectors of output channels a block: where there are
+/// registers for them (AVX-512's 32; AVX2's 16 hold one) and the channels pair up.
+#[inline(always)]
+fn two_vectors<S: Simd>(c: &Conv) -> bool {
+    S::F32_LANES >= 16 && (c.output.c / S::F32_LANES).is_multiple_of(2)
+}
+
 /// One example's forward pass from its padded image.
 struct Forward<'a> {
     c: &'a Conv,
@@ -115,7 +122,7 @@ impl WithSimd for Forward<'_> {
         // Blocks of 7 pixels × two vectors of channels where there are registers for them
         // (AVX-512): each input value broadcast then feeds two multiply-adds instead of one
         // (1.6× faster on the CNN's conv1, whose rows of 28 split into whole blocks of 7).
-        if S::F32_LANES >= 16 && (self.c.output.c / S::F32_LANES).is_multiple_of(2) {
+        if two_vectors::<S>(self.c) {
             forward_blocks::<S, 7, 2>(s, self)
         } else {
             forward_blocks::<S, PIXELS, 1>(s, self)
@@ -193,11 +200,7 @@ impl WithSimd for WeightGrad<'_> {
         // Two vectors of channels a block where the registers hold 13 × 2 sums (AVX-512):
         // each input value broadcast then feeds two multiply-adds instead of one (1.4× faster
         // on the CNN's conv1).
-        if S::F32_LANES >= 16 && (self.c.output.c / S::F32_LANES).is_multiple_of(2) {
-            weight_grad_blocks::<S, 2>(s, self)
-        } else {
-            weight_grad_blocks::<S, 1>(s, self)
-        }
+        if two_vectors::<S>(self.c) { weight_grad_blocks::<S, 2>(s, self) } else { weight_grad_blocks::<S, 1>(s, self) }
     }
 }
 

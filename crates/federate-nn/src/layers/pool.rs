@@ -4,6 +4,7 @@ use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
 use crate::Shape;
+use crate::layers::{load, store};
 
 /// Geometry of one max-pooling layer.
 #[derive(Debug, Clone)]
@@ -112,9 +113,9 @@ impl WithSimd for UnpoolExample<'_> {
             for ch in (0..whole).step_by(lanes) {
                 let at = p * c + ch;
                 // + 0.0: a −0.0 gradient becomes +0.0, as the sum from +0.0 made it.
-                let mut g = s.add_f32s(S::as_simd_f32s(&dy[at..at + lanes]).0[0], zero);
+                let mut g = s.add_f32s(load::<S>(&dy[at..]), zero);
                 if let Some(y) = y {
-                    g = s.select_f32s(s.greater_than_f32s(S::as_simd_f32s(&y[at..at + lanes]).0[0], zero), g, zero);
+                    g = s.select_f32s(s.greater_than_f32s(load::<S>(&y[at..]), zero), g, zero);
                 }
                 let won = S::as_simd_u32s(&arg[at..at + lanes]).0[0];
                 for ky in 0..pool.kernel {
@@ -122,7 +123,7 @@ impl WithSimd for UnpoolExample<'_> {
                         let base = ((oy * pool.stride + ky) * si.w + ox * pool.stride + kx) * c + ch;
                         let here = s.add_u32s(s.splat_u32s(base as u32), iota);
                         let v = s.select_f32s(s.equal_u32s(here, won), g, zero);
-                        S::as_mut_simd_f32s(&mut dx[base..base + lanes]).0[0] = v;
+                        store::<S>(&mut dx[base..], v);
                     }
                 }
             }
@@ -172,8 +173,8 @@ impl WithSimd for PoolExample<'_> {
             let first = ((oy * pool.stride) * si.w + ox * pool.stride) * c;
             let (yp, ap) = (&mut y[p * c..(p + 1) * c], &mut arg[p * c..(p + 1) * c]);
             for ch in (0..whole).step_by(lanes) {
-                let bias = if relu { S::as_simd_f32s(&b[ch..ch + lanes]).0[0] } else { zero };
-                let mut best = S::as_simd_f32s(&x[first + ch..first + ch + lanes]).0[0];
+                let bias = if relu { load::<S>(&b[ch..]) } else { zero };
+                let mut best = load::<S>(&x[first + ch..]);
                 if relu {
                     best = s.max_f32s(s.add_f32s(best, bias), zero);
                 }
@@ -181,7 +182,7 @@ impl WithSimd for PoolExample<'_> {
                 for ky in 0..pool.kernel {
                     for kx in 0..pool.kernel {
                         let base = ((oy * pool.stride + ky) * si.w + ox * pool.stride + kx) * c;
-                        let mut v = S::as_simd_f32s(&x[base + ch..base + ch + lanes]).0[0];
+                        let mut v = load::<S>(&x[base + ch..]);
                         if relu {
                             v = s.max_f32s(s.add_f32s(v, bias), zero);
                         }
@@ -190,7 +191,7 @@ impl WithSimd for PoolExample<'_> {
                         id = s.select_u32s(better, s.add_u32s(s.splat_u32s((base + ch) as u32), iota), id);
                     }
                 }
-                S::as_mut_simd_f32s(&mut yp[ch..ch + lanes]).0[0] = best;
+                store::<S>(&mut yp[ch..], best);
                 S::as_mut_simd_u32s(&mut ap[ch..ch + lanes]).0[0] = id;
             }
             for ch in whole..c {

@@ -4,7 +4,8 @@
 use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
-use super::{ALPHA, GT, POINTS, TAPS, Winograd, dot, input_transform, load, pick, store, tile_at};
+use super::{ALPHA, GT, POINTS, TAPS, Winograd, dot, input_transform, pick, tile_at};
+use crate::layers::{load, store};
 
 impl Winograd {
     /// The weight gradient `dw` (`[5, 5, cx, cy]`) from the layer's input `x` and output

@@ -23,6 +23,8 @@ use std::array::from_fn;
 mod grad;
 
 use pulp::{Simd, WithSimd};
+
+use super::{load, store};
 use rayon::prelude::*;
 
 /// Transform size along one axis (output tile 2 + kernel 5 − 1).
@@ -127,18 +129,6 @@ impl Winograd {
             pulp::Arch::new().dispatch(Group { geo, x, u, y, buf, chunk });
         });
     }
-}
-
-/// One vector from the start of `x`.
-#[inline(always)]
-pub(crate) fn load<S: Simd>(x: &[f32]) -> S::f32s {
-    S::as_simd_f32s(&x[..S::F32_LANES]).0[0]
-}
-
-/// Writes `v` at the start of `x`.
-#[inline(always)]
-pub(crate) fn store<S: Simd>(x: &mut [f32], v: S::f32s) {
-    S::as_mut_simd_f32s(&mut x[..S::F32_LANES]).0[0] = v;
 }
 
 /// The kernel transform over `geo.cy` output channels, one vector of them at a time.
